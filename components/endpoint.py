@@ -1,0 +1,118 @@
+"""`OnlineEndpoint`: one Azure ML online endpoint, its deployments and its traffic, as one component.
+
+Children, in the order Azure needs them:
+  1. the azure-native OnlineEndpoint, which never carries traffic (changes to it are ignored);
+  2. one azure-native OnlineDeployment per deployment, instance count in `sku.capacity`;
+  3. EndpointTraffic, depending on every deployment, which sets live and mirror traffic.
+"""
+
+from __future__ import annotations
+
+import pulumi
+import pulumi_azure_native.machinelearningservices as ml
+
+from components import azure_args
+from components.spec import EndpointSpec, InlineEnvironment
+from components.traffic import EndpointTraffic
+
+COMPONENT_TYPE = "mlcanary:endpoint:OnlineEndpoint"
+# The endpoint resource must not fight EndpointTraffic over these (engine property paths).
+TRAFFIC_PROPERTIES = ["properties.traffic", "properties.mirrorTraffic"]
+
+
+class OnlineEndpoint(pulumi.ComponentResource):
+    scoring_uri: pulumi.Output[str]
+    swagger_uri: pulumi.Output[str]
+    deployment_names: pulumi.Output[list[str]]
+    traffic: pulumi.Output[dict]
+    mirror_traffic: pulumi.Output[dict]
+    primary_key: pulumi.Output[str | None]
+    secondary_key: pulumi.Output[str | None]
+
+    def __init__(self, name: str, spec: EndpointSpec, opts: pulumi.ResourceOptions | None = None):
+        super().__init__(COMPONENT_TYPE, name, None, opts)
+        where = {"resource_group_name": spec.resource_group, "workspace_name": spec.workspace}
+        # Names are fixed (they are the Azure names), so a replacement must delete first:
+        # create-then-delete on the same name would delete the resource just written.
+        child = pulumi.ResourceOptions(parent=self, delete_before_replace=True)
+
+        endpoint = ml.OnlineEndpoint(
+            name,
+            endpoint_name=spec.name,
+            properties=azure_args.endpoint_properties(spec),
+            identity=ml.ManagedServiceIdentityArgs(type="SystemAssigned"),
+            tags=spec.tags or None,
+            opts=pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(ignore_changes=TRAFFIC_PROPERTIES)),
+            **where,
+        )
+        workspace_id = endpoint.id.apply(azure_args.workspace_id_of)
+
+        deployments = []
+        for deployment_name, deployment in spec.deployments.items():
+            environment_id = None
+            if isinstance(deployment.environment, InlineEnvironment):
+                version, properties = azure_args.inline_environment_args(deployment.environment)
+                environment_id = ml.EnvironmentVersion(
+                    f"{name}-{deployment_name}-env",
+                    name=f"{spec.name}-{deployment_name}",
+                    version=version,
+                    properties=properties,
+                    opts=pulumi.ResourceOptions(parent=self),
+                    **where,
+                ).id
+            elif deployment.environment is not None:
+                environment_id = workspace_id.apply(
+                    lambda ws, ref=deployment.environment: azure_args.asset_id(ref, ws, azure_args.ENVIRONMENTS)
+                )
+            deployments.append(
+                ml.OnlineDeployment(
+                    f"{name}-{deployment_name}",
+                    endpoint_name=endpoint.name,
+                    deployment_name=deployment_name,
+                    properties=azure_args.deployment_properties(deployment, workspace_id, environment_id),
+                    sku=ml.SkuArgs(name="Default", capacity=deployment.instance_count),
+                    tags=deployment.tags or None,
+                    opts=child,
+                    **where,
+                )
+            )
+
+        traffic = EndpointTraffic(
+            f"{name}-traffic",
+            endpoint_id=endpoint.id,
+            traffic=spec.live_traffic,
+            mirror_traffic=dict(spec.mirror_traffic),
+            deployments=list(spec.deployments),
+            endpoint_revision=azure_args.endpoint_revision(spec),
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[endpoint, *deployments]),
+        )
+
+        self.scoring_uri = endpoint.properties.scoring_uri
+        self.swagger_uri = endpoint.properties.swagger_uri
+        self.deployment_names = pulumi.Output.all(*[d.name for d in deployments]).apply(list)
+        self.traffic = traffic.traffic
+        self.mirror_traffic = traffic.mirror_traffic
+        self.primary_key, self.secondary_key = _keys(spec, endpoint)
+        self.register_outputs(
+            {
+                "scoring_uri": self.scoring_uri,
+                "swagger_uri": self.swagger_uri,
+                "deployment_names": self.deployment_names,
+                "traffic": self.traffic,
+                "mirror_traffic": self.mirror_traffic,
+                "primary_key": self.primary_key,
+                "secondary_key": self.secondary_key,
+            }
+        )
+
+
+def _keys(spec: EndpointSpec, endpoint: ml.OnlineEndpoint) -> tuple[pulumi.Output, pulumi.Output]:
+    """Endpoint keys as secrets; token-auth endpoints have none."""
+    if spec.auth_mode != "key":
+        return pulumi.Output.secret(None), pulumi.Output.secret(None)
+    keys = ml.list_online_endpoint_keys_output(
+        endpoint_name=endpoint.name,
+        resource_group_name=spec.resource_group,
+        workspace_name=spec.workspace,
+    )
+    return pulumi.Output.secret(keys.primary_key), pulumi.Output.secret(keys.secondary_key)

@@ -1,0 +1,189 @@
+"""Run the real Pulumi program offline, under the SDK's mocks, and record what it registers.
+
+No Pulumi CLI and no cloud: the program (`__main__.py`) runs against a mock resource monitor that
+records every registration the way the engine would receive it (inputs in wire form: camelCase
+keys, numbers as floats, secrets marked), plus parent, dependencies and options. Tests and
+`mlcanary check` both use this; each render runs in a fresh context, so stages can be rendered
+one after another in one process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import json
+import runpy
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from google.protobuf import json_format
+from pulumi.runtime import mocks, settings
+from pulumi.runtime.config import set_all_config
+from pulumi.runtime.stack import run_in_stack
+from pulumi.runtime.sync_await import _sync_await
+
+SECRET_SIG = "4dabf18193072939515e22adb298388d"
+SECRET_VALUE = "1b47061264138c4ac30d75fd1eb44270"
+MOCK_SUBSCRIPTION = "00000000-0000-0000-0000-000000000000"
+PROJECT = "mlcanary"
+
+
+@dataclass
+class Registration:
+    """One resource as the engine would have received it."""
+
+    urn: str
+    type: str
+    name: str
+    id: str
+    custom: bool
+    parent: str
+    inputs: dict[str, Any]  # wire form: camelCase keys, floats, secrets as {SECRET_SIG: ...}
+    dependencies: list[str]
+    ignore_changes: list[str]
+    delete_before_replace: bool
+
+
+@dataclass
+class Render:
+    resources: list[Registration] = field(default_factory=list)
+    outputs: dict[str, Any] = field(default_factory=dict)  # stack outputs, wire form
+    invokes: list[str] = field(default_factory=list)
+
+    def of_type(self, type_: str) -> list[Registration]:
+        return [r for r in self.resources if r.type == type_]
+
+    def named(self, name: str) -> Registration:
+        found = [r for r in self.resources if r.name == name]
+        if len(found) != 1:
+            raise KeyError(f"{len(found)} resources named {name!r}")
+        return found[0]
+
+    def by_urn(self, urn: str) -> Registration:
+        return next(r for r in self.resources if r.urn == urn)
+
+
+def is_secret(value: Any) -> bool:
+    return isinstance(value, dict) and value.get(SECRET_SIG) == SECRET_VALUE
+
+
+def reveal(value: Any) -> Any:
+    """The plain value of a wire value, secrets unwrapped."""
+    if is_secret(value):
+        return reveal(value.get("value"))
+    if isinstance(value, dict):
+        return {k: reveal(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [reveal(v) for v in value]
+    return value
+
+
+class AzureMocks(mocks.Mocks):
+    """Plausible Azure answers: ARM-shaped ids, scoring URIs, endpoint keys."""
+
+    def new_resource(self, args: mocks.MockResourceArgs) -> tuple[str, dict]:
+        inputs = dict(args.inputs)
+        rg, ws = inputs.get("resourceGroupName"), inputs.get("workspaceName")
+        workspace = (
+            f"/subscriptions/{MOCK_SUBSCRIPTION}/resourceGroups/{rg}"
+            f"/providers/Microsoft.MachineLearningServices/workspaces/{ws}"
+        )
+        if args.typ == "azure-native:machinelearningservices:OnlineEndpoint":
+            name = inputs["endpointName"]
+            host = f"https://{name}.{inputs.get('location') or 'westus2'}.inference.ml.azure.com"
+            properties = {**inputs.get("properties", {}), "scoringUri": f"{host}/score",
+                          "swaggerUri": f"{host}/swagger.json", "provisioningState": "Succeeded"}
+            return f"{workspace}/onlineEndpoints/{name}", {**inputs, "name": name, "properties": properties}
+        if args.typ == "azure-native:machinelearningservices:OnlineDeployment":
+            name = inputs["deploymentName"]
+            return f"{workspace}/onlineEndpoints/{inputs['endpointName']}/deployments/{name}", {**inputs, "name": name}
+        if args.typ == "azure-native:machinelearningservices:EnvironmentVersion":
+            return f"{workspace}/environments/{inputs['name']}/versions/{inputs['version']}", inputs
+        if "endpoint_id" in inputs:
+            return f"{inputs['endpoint_id']}/traffic", inputs
+        return f"{args.name}-id", inputs
+
+    def call(self, args: mocks.MockCallArgs) -> tuple[dict, list]:
+        if args.token == "azure-native:machinelearningservices:listOnlineEndpointKeys":
+            return {"primaryKey": "mock-primary-key", "secondaryKey": "mock-secondary-key"}, []
+        return {}, []
+
+
+class RecordingMonitor(mocks.MockMonitor):
+    def __init__(self, mock: mocks.Mocks, render: Render):
+        super().__init__(mock)
+        self.render = render
+
+    def RegisterResource(self, request):
+        response = super().RegisterResource(request)
+        if request.type != "pulumi:pulumi:Stack":
+            self.render.resources.append(
+                Registration(
+                    urn=response.urn,
+                    type=request.type,
+                    name=request.name,
+                    id=response.id,
+                    custom=request.custom,
+                    parent=request.parent,
+                    inputs=json_format.MessageToDict(request.object),
+                    dependencies=list(request.dependencies),
+                    ignore_changes=list(request.ignoreChanges),
+                    delete_before_replace=request.deleteBeforeReplace,
+                )
+            )
+        return response
+
+    def RegisterResourceOutputs(self, request):
+        if "::pulumi:pulumi:Stack::" in request.urn:
+            self.render.outputs = json_format.MessageToDict(request.outputs)
+        return super().RegisterResourceOutputs(request)
+
+    def Invoke(self, request):
+        self.render.invokes.append(request.tok)
+        return super().Invoke(request)
+
+
+def stack_config_values(config: Mapping[str, Any]) -> dict[str, str]:
+    """Stack config values as the Pulumi CLI hands them to a program: objects as JSON text."""
+    return {
+        key: value if isinstance(value, str) else json.dumps(value)
+        for key, value in config.items()
+    }
+
+
+def render_program(
+    program: Path, config: Mapping[str, Any], *, stack: str = "dev", mock: mocks.Mocks | None = None
+) -> Render:
+    """Run `program` with the stack `config` (full keys, e.g. `mlcanary:endpoint`) under mocks.
+
+    Raises whatever the program raises (e.g. `pulumi.RunError` for an invalid config).
+    """
+    render = Render()
+
+    def run() -> None:
+        loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)
+        try:
+            monitor = RecordingMonitor(mock or AzureMocks(), render)
+            settings.configure(
+                mocks.MockSettings(
+                    monitor=monitor,
+                    monitor_features=set(monitor.GetDeploymentInfo(None).supportedFeatures),
+                    engine=mocks.MockEngine(None),
+                    project=PROJECT,
+                    stack=stack,
+                    dry_run=False,
+                    organization="organization",
+                    callbacks=None,
+                )
+            )
+            set_all_config(stack_config_values(config))
+            _sync_await(run_in_stack(lambda: runpy.run_path(str(program), run_name="__main__")))
+        finally:
+            asyncio.set_event_loop(None)
+            loop.close()
+
+    contextvars.Context().run(run)
+    return render

@@ -1,0 +1,178 @@
+"""The rules of Azure ML online endpoints, as pure functions over plain values.
+
+This is the one place these rules live. The spec (stack config), the policy pack, `mlcanary check`
+and the local runtime all call these functions; none of them restates a limit.
+
+Every function takes the field it is judging (a dotted path the caller chooses, so messages can
+name a config path or a resource property) and returns a list of `Problem`; empty means allowed.
+Numbers may arrive as floats (Pulumi sends numbers over the wire as floats), so whole floats count
+as integers, and booleans never do.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+NAME_PATTERN = re.compile(r"^[a-zA-Z]([-a-zA-Z0-9]*[a-zA-Z0-9])?$")
+NAME_MIN_LENGTH = 3
+NAME_MAX_LENGTH = 32
+MAX_DEPLOYMENTS = 20
+MIN_INSTANCE_COUNT = 1
+MAX_INSTANCE_COUNT = 50
+MAX_MIRROR_PERCENT = 50
+MAX_REQUEST_TIMEOUT_MS = 180_000
+# Config spelling -> the ARM/azure-native spelling.
+AUTH_MODES = {"key": "Key", "aml_token": "AMLToken", "aad_token": "AADToken"}
+DEPLOYMENT_TYPES = ("managed", "kubernetes")
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One broken rule: where (a dotted field path) and what is wrong, including what is allowed."""
+
+    field: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.field}: {self.message}" if self.field else self.message
+
+
+def join(*parts: str) -> str:
+    """Join dotted path parts, skipping empty ones."""
+    return ".".join(p for p in parts if p)
+
+
+def whole_number(value: object) -> int | None:
+    """The integer a config or wire value stands for, or None if it is not a whole number."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return None
+
+
+def name_problems(field: str, name: object, what: str = "name") -> list[Problem]:
+    allowed = (
+        f"{NAME_MIN_LENGTH}-{NAME_MAX_LENGTH} characters, starting with a letter, "
+        "only letters, digits and hyphens, not ending in a hyphen"
+    )
+    if not isinstance(name, str):
+        return [Problem(field, f"{what} must be a string ({allowed}), got {name!r}")]
+    if not (NAME_MIN_LENGTH <= len(name) <= NAME_MAX_LENGTH) or not NAME_PATTERN.match(name):
+        return [Problem(field, f"{name!r} is not a valid {what}: {allowed}")]
+    return []
+
+
+def integer_range_problems(field: str, value: object, low: int, high: int, what: str) -> list[Problem]:
+    number = whole_number(value)
+    if number is None or not low <= number <= high:
+        return [Problem(field, f"{what} must be a whole number from {low} to {high}, got {value!r}")]
+    return []
+
+
+def instance_count_problems(
+    field: str, value: object, minimum: int = MIN_INSTANCE_COUNT
+) -> list[Problem]:
+    return integer_range_problems(field, value, minimum, MAX_INSTANCE_COUNT, "instance count")
+
+
+def deployment_count_problems(field: str, count: int) -> list[Problem]:
+    if count > MAX_DEPLOYMENTS:
+        return [
+            Problem(field, f"an endpoint has at most {MAX_DEPLOYMENTS} deployments, got {count}")
+        ]
+    return []
+
+
+def request_timeout_problems(field: str, timeout_ms: object) -> list[Problem]:
+    return integer_range_problems(
+        field, timeout_ms, 1, MAX_REQUEST_TIMEOUT_MS, "request timeout (ms) on a managed endpoint"
+    )
+
+
+def auth_mode_problems(field: str, mode: object, *, arm_spelling: bool = False) -> list[Problem]:
+    """`arm_spelling` judges the azure-native value (Key, AMLToken, AADToken) instead of the config one."""
+    allowed = list(AUTH_MODES.values() if arm_spelling else AUTH_MODES)
+    if mode not in allowed:
+        return [Problem(field, f"auth mode must be one of {', '.join(allowed)}, got {mode!r}")]
+    return []
+
+
+def traffic_problems(
+    traffic: Mapping[str, object],
+    mirror_traffic: Mapping[str, object],
+    deployments: Iterable[str],
+    *,
+    field: str = "",
+    max_mirror_percent: int = MAX_MIRROR_PERCENT,
+) -> list[Problem]:
+    """Live and mirror traffic maps of one endpoint against the deployments it has.
+
+    Live: whole numbers 0..100 naming existing deployments, summing to exactly 100, or to 0 when
+    nothing is live. Mirror: at most one deployment, at most `max_mirror_percent` (never above 50),
+    and never on a deployment that also takes live traffic.
+    """
+    known = set(deployments)
+    known_text = ", ".join(sorted(known)) or "none"
+    max_mirror_percent = min(max_mirror_percent, MAX_MIRROR_PERCENT)
+    live_field, mirror_field = join(field, "traffic"), join(field, "mirrorTraffic")
+    problems: list[Problem] = []
+
+    live: dict[str, int] = {}
+    for name, value in traffic.items():
+        key_field = join(live_field, name)
+        if name not in known:
+            problems.append(
+                Problem(key_field, f"live traffic names unknown deployment {name!r}; deployments: {known_text}")
+            )
+        found = integer_range_problems(key_field, value, 0, 100, "live traffic percent")
+        problems += found
+        if not found:
+            live[name] = whole_number(value) or 0
+    if len(live) == len(traffic):
+        total = sum(live.values())
+        if total not in (0, 100):
+            shares = ", ".join(f"{k}={v}" for k, v in live.items())
+            problems.append(
+                Problem(live_field, f"live traffic must sum to 100 (or 0 when nothing is live), got {total} ({shares})")
+            )
+
+    mirrored: dict[str, int] = {}
+    for name, value in mirror_traffic.items():
+        key_field = join(mirror_field, name)
+        if name not in known:
+            problems.append(
+                Problem(key_field, f"mirror traffic names unknown deployment {name!r}; deployments: {known_text}")
+            )
+        found = integer_range_problems(key_field, value, 0, max_mirror_percent, "mirror traffic percent")
+        problems += found
+        if not found and whole_number(value):
+            mirrored[name] = whole_number(value) or 0
+    if len(mirrored) > 1:
+        problems.append(
+            Problem(
+                mirror_field,
+                f"mirror traffic may go to at most one deployment, got {len(mirrored)} ({', '.join(mirrored)})",
+            )
+        )
+    for name in mirrored:
+        if live.get(name):
+            problems.append(
+                Problem(
+                    join(mirror_field, name),
+                    f"deployment {name!r} has live traffic ({live[name]}%) and mirror traffic "
+                    f"({mirrored[name]}%); a deployment takes one or the other",
+                )
+            )
+    return problems
+
+
+def kubernetes_mirror_problems(field: str, mirror_traffic: Mapping[str, object]) -> list[Problem]:
+    """Kubernetes online endpoints do not support mirror traffic at all."""
+    if any(whole_number(v) != 0 for v in mirror_traffic.values()):
+        return [Problem(field, "mirror traffic is not supported on Kubernetes online endpoints")]
+    return []

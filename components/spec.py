@@ -1,0 +1,390 @@
+"""The typed, immutable spec of one stack: the endpoint, its deployments and its traffic.
+
+`load_stack_config` is the only way in: it takes the `mlcanary:*` config values, reads any Azure ML
+CLI v2 deployment YAML files they point to, checks types with pydantic and every endpoint rule with
+`components.rules`, and either returns a `StackSpec` or raises `SpecError` listing every problem,
+each naming its config path (`mlcanary:endpoint.deployments.green.instanceCount`) and what is
+allowed. Nothing is registered with Pulumi before this has passed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Strict, ValidationError
+from pydantic.alias_generators import to_camel
+
+from components import rules
+from components.deployment_yaml import read_deployment_yaml
+from components.rules import Problem
+
+NAMESPACE = "mlcanary"
+CONFIG_KEYS = ("target", "endpoint")
+ENDPOINT_FIELD = f"{NAMESPACE}:endpoint"
+
+
+class SpecError(ValueError):
+    """The stack config is invalid; `problems` lists every broken rule with its config path."""
+
+    def __init__(self, problems: list[Problem]):
+        self.problems = problems
+        super().__init__("\n".join(str(p) for p in problems))
+
+
+def _whole_number_or_unchanged(value: Any) -> Any:
+    """Whole floats (wire numbers) and digit strings (`pulumi config set --type string`) become ints."""
+    number = rules.whole_number(value)
+    if number is not None:
+        return number
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value)
+    return value
+
+
+WholeNumber = Annotated[int, Strict(), BeforeValidator(_whole_number_or_unchanged)]
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(
+        frozen=True, extra="forbid", alias_generator=to_camel, populate_by_name=False
+    )
+
+
+class RequestSettings(_Spec):
+    request_timeout_ms: WholeNumber | None = None
+    max_concurrent_requests_per_instance: WholeNumber | None = None
+    max_queue_wait_ms: WholeNumber | None = None
+
+
+class Probe(_Spec):
+    """Probe settings in seconds, as the Azure ML CLI YAML has them."""
+
+    initial_delay: WholeNumber | None = None
+    period: WholeNumber | None = None
+    timeout: WholeNumber | None = None
+    success_threshold: WholeNumber | None = None
+    failure_threshold: WholeNumber | None = None
+
+
+class InlineEnvironment(_Spec):
+    """An environment defined in place: a base image and, optionally, a conda file."""
+
+    image: str
+    conda_file: str | None = None
+
+
+class DeploymentSpec(_Spec):
+    type: Literal["managed", "kubernetes"] = "managed"
+    model: str | None = None
+    code: str | None = None
+    scoring_script: str | None = None
+    environment: str | InlineEnvironment | None = None
+    instance_type: str
+    instance_count: WholeNumber = 1
+    request_settings: RequestSettings | None = None
+    liveness_probe: Probe | None = None
+    readiness_probe: Probe | None = None
+    environment_variables: dict[str, str] = {}
+    app_insights_enabled: bool | None = None
+    description: str | None = None
+    tags: dict[str, str] = {}
+
+
+class EndpointSpec(_Spec):
+    name: str
+    resource_group: str | None = None
+    workspace: str | None = None
+    auth_mode: str = "key"
+    description: str | None = None
+    tags: dict[str, str] = {}
+    compute: str | None = None
+    deployments: dict[str, DeploymentSpec] = {}
+    traffic: dict[str, WholeNumber] = {}
+    mirror_traffic: dict[str, WholeNumber] = {}
+
+    @property
+    def is_kubernetes(self) -> bool:
+        return self.compute is not None
+
+    @property
+    def live_traffic(self) -> dict[str, int]:
+        """Live traffic with every deployment present (0 where the config leaves it out)."""
+        return {name: self.traffic.get(name, 0) for name in self.deployments}
+
+
+class StackSpec(_Spec):
+    target: Literal["azure"] = "azure"
+    endpoint: EndpointSpec
+
+
+def load_stack_config(config: Mapping[str, Any], base_dir: Path) -> StackSpec:
+    """Validate the `mlcanary:*` config values (keys without the namespace) of one stack.
+
+    Relative paths (model, code, conda file, deployment YAML) resolve from `base_dir`, the Pulumi
+    project directory, except paths inside a deployment YAML, which resolve from that file's folder.
+    """
+    problems = [
+        Problem(f"{NAMESPACE}:{key}", f"unknown config key; allowed: {', '.join(CONFIG_KEYS)}")
+        for key in config
+        if key not in CONFIG_KEYS
+    ]
+    if "endpoint" not in config:
+        problems.append(Problem(ENDPOINT_FIELD, "required: the endpoint object is missing"))
+    if problems:
+        raise SpecError(problems)
+
+    raw_endpoint = config["endpoint"]
+    if not isinstance(raw_endpoint, Mapping):
+        raise SpecError([Problem(ENDPOINT_FIELD, f"must be an object, got {raw_endpoint!r}")])
+    endpoint, problems = _expand_deployments(raw_endpoint, base_dir)
+    if problems:
+        raise SpecError(problems)
+
+    raw = {"endpoint": endpoint}
+    if "target" in config:
+        raw["target"] = config["target"]
+    try:
+        spec = StackSpec.model_validate(raw)
+    except ValidationError as err:
+        raise SpecError([_problem_from_pydantic(e) for e in err.errors()]) from None
+    problems = stack_problems(spec)
+    if problems:
+        raise SpecError(problems)
+    return spec
+
+
+def stack_problems(spec: StackSpec) -> list[Problem]:
+    """Every endpoint rule the types alone cannot express, with config paths."""
+    endpoint = spec.endpoint
+    field = ENDPOINT_FIELD
+    problems = rules.name_problems(rules.join(field, "name"), endpoint.name, "endpoint name")
+    problems += rules.auth_mode_problems(rules.join(field, "authMode"), endpoint.auth_mode)
+    if spec.target == "azure":
+        for key, value in (("resourceGroup", endpoint.resource_group), ("workspace", endpoint.workspace)):
+            if not value:
+                problems.append(
+                    Problem(rules.join(field, key), "required on the azure target (the Azure ML workspace to deploy into)")
+                )
+    for name, deployment in endpoint.deployments.items():
+        problems += _asset_problems(rules.join(field, "deployments", name), deployment)
+    problems += rules.deployment_count_problems(
+        rules.join(field, "deployments"), len(endpoint.deployments)
+    )
+    for name, deployment in endpoint.deployments.items():
+        problems += _deployment_problems(rules.join(field, "deployments", name), name, deployment, endpoint)
+    problems += rules.traffic_problems(
+        endpoint.traffic, endpoint.mirror_traffic, endpoint.deployments, field=field
+    )
+    if endpoint.is_kubernetes:
+        problems += rules.kubernetes_mirror_problems(
+            rules.join(field, "mirrorTraffic"), endpoint.mirror_traffic
+        )
+    return problems
+
+
+def _deployment_problems(
+    field: str, name: str, deployment: DeploymentSpec, endpoint: EndpointSpec
+) -> list[Problem]:
+    problems = rules.name_problems(field, name, "deployment name")
+    problems += rules.instance_count_problems(rules.join(field, "instanceCount"), deployment.instance_count)
+    timeout = deployment.request_settings and deployment.request_settings.request_timeout_ms
+    if deployment.type == "managed" and timeout is not None:
+        problems += rules.request_timeout_problems(
+            rules.join(field, "requestSettings.requestTimeoutMs"), timeout
+        )
+    if (deployment.code is None) != (deployment.scoring_script is None):
+        problems.append(
+            Problem(field, "code and scoringScript go together: give both (a scoring script in a code folder) or neither")
+        )
+    if deployment.code is not None and deployment.environment is None:
+        problems.append(
+            Problem(rules.join(field, "environment"), "required when code is given: the environment the scoring script runs in")
+        )
+    if deployment.type == "kubernetes" and not endpoint.is_kubernetes:
+        problems.append(
+            Problem(rules.join(field, "type"), "a kubernetes deployment needs a Kubernetes endpoint: set endpoint.compute")
+        )
+    if deployment.type == "managed" and endpoint.is_kubernetes:
+        problems.append(
+            Problem(rules.join(field, "type"), "deployments of a Kubernetes endpoint (endpoint.compute is set) must have type kubernetes")
+        )
+    return problems
+
+
+def _asset_problems(field: str, deployment: DeploymentSpec) -> list[Problem]:
+    """The azure target deploys registered assets; references must pin a version."""
+    problems = []
+    environment = deployment.environment
+    named = {"model": deployment.model, "code": deployment.code}
+    if isinstance(environment, str):
+        named["environment"] = environment
+    for key, value in named.items():
+        if value is None:
+            continue
+        key_field = rules.join(field, key)
+        if not is_asset_reference(value):
+            problems.append(
+                Problem(
+                    key_field,
+                    f"{value} is a local path; the azure target deploys registered assets: register it "
+                    f"(az ml {key} create) and use azureml:<name>:<version>",
+                )
+            )
+        elif value.startswith("azureml:") and not value.startswith("azureml://") and value.count(":") != 2:
+            problems.append(
+                Problem(key_field, f"{value!r} must pin a version: azureml:<name>:<version>")
+            )
+    return problems
+
+
+# --- reading deployments given as `file:` and resolving local paths ---------------------------
+
+ASSET_PREFIXES = ("azureml:", "/subscriptions/", "https://", "http://")
+
+
+def is_asset_reference(value: str) -> bool:
+    """An Azure ML asset (azureml:name:version, azureml://registries/..., an ARM id); else a local path."""
+    return value.startswith(ASSET_PREFIXES)
+
+
+def _expand_deployments(
+    raw_endpoint: Mapping[str, Any], base_dir: Path
+) -> tuple[dict[str, Any], list[Problem]]:
+    endpoint = dict(raw_endpoint)
+    deployments = endpoint.get("deployments")
+    if not isinstance(deployments, Mapping):
+        return endpoint, []  # pydantic reports the wrong type with its path
+    problems: list[Problem] = []
+    expanded = {}
+    for name, raw in deployments.items():
+        field = rules.join(ENDPOINT_FIELD, "deployments", str(name))
+        if not isinstance(raw, Mapping):
+            expanded[name] = raw
+            continue
+        overrides = _resolve_paths(dict(raw), base_dir, field, problems)
+        file = overrides.pop("file", None)
+        if file is None:
+            expanded[name] = overrides
+            continue
+        file_field = rules.join(field, "file")
+        if not isinstance(file, str):
+            problems.append(Problem(file_field, f"must be a path to an Azure ML CLI v2 deployment YAML, got {file!r}"))
+            continue
+        path = (base_dir / file).resolve()
+        from_file, file_problems = read_deployment_yaml(path, file_field)
+        problems += file_problems
+        if file_problems:
+            continue
+        _check_file_names(from_file, name, endpoint.get("name"), file_field, problems)
+        expanded[name] = _deep_merge(_resolve_paths(from_file, path.parent, file_field, problems), overrides)
+    endpoint["deployments"] = expanded
+    return endpoint, problems
+
+
+def _check_file_names(
+    from_file: dict[str, Any], name: str, endpoint_name: Any, field: str, problems: list[Problem]
+) -> None:
+    """A deployment YAML's own name and endpoint_name must agree with the config that uses it."""
+    file_name = from_file.pop("name", None)
+    if file_name is not None and file_name != name:
+        problems.append(
+            Problem(field, f"the file names deployment {file_name!r} but is used as deployment {name!r}; make them match")
+        )
+    file_endpoint = from_file.pop("endpointName", None)
+    if file_endpoint is not None and file_endpoint != endpoint_name:
+        problems.append(
+            Problem(field, f"the file is for endpoint {file_endpoint!r} but this stack's endpoint is {endpoint_name!r}")
+        )
+
+
+def _resolve_paths(
+    deployment: dict[str, Any], base: Path, field: str, problems: list[Problem]
+) -> dict[str, Any]:
+    """Local model/code/conda paths become absolute (from `base`) and must exist."""
+
+    def resolve(value: Any, key_field: str) -> Any:
+        if not isinstance(value, str) or is_asset_reference(value):
+            return value
+        path = (base / value).resolve()
+        if not path.exists():
+            problems.append(Problem(key_field, f"local path {value!r} does not exist (looked for {path})"))
+        return str(path)
+
+    for key in ("model", "code"):
+        if key in deployment:
+            deployment[key] = resolve(deployment[key], rules.join(field, key))
+    environment = deployment.get("environment")
+    if isinstance(environment, Mapping) and "condaFile" in environment:
+        deployment["environment"] = {
+            **environment,
+            "condaFile": resolve(environment["condaFile"], rules.join(field, "environment.condaFile")),
+        }
+    return deployment
+
+
+def _deep_merge(base: dict[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in overrides.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = _deep_merge(dict(merged[key]), value)
+        else:
+            merged[key] = value
+    return merged
+
+
+# --- pydantic errors as problems with config paths --------------------------------------------
+
+def _problem_from_pydantic(error: Mapping[str, Any]) -> Problem:
+    loc = [str(part) for part in error["loc"]]
+    # Union members add their class name to the path (`environment.str`); the user never wrote it.
+    loc = [part for part in loc if part not in ("str", "InlineEnvironment", "int")]
+    field = f"{NAMESPACE}:{'.'.join(loc)}"
+    kind, value = error["type"], error.get("input")
+    if kind == "extra_forbidden":
+        return Problem(field, f"unknown key; allowed here: {_allowed_keys(loc)}")
+    if kind == "missing":
+        return Problem(field, "required")
+    if kind in ("int_type", "int_parsing", "int_from_float"):
+        return Problem(field, f"must be a whole number, got {value!r}")
+    if kind in ("string_type",):
+        return Problem(field, f"must be a string, got {value!r}")
+    if kind in ("dict_type", "model_type", "model_attributes_type"):
+        return Problem(field, f"must be an object (a mapping of keys to values), got {value!r}")
+    if kind == "literal_error":
+        return Problem(field, f"must be one of {error['ctx']['expected']}, got {value!r}")
+    if kind == "bool_type" or kind == "bool_parsing":
+        return Problem(field, f"must be true or false, got {value!r}")
+    return Problem(field, f"{error['msg']}, got {value!r}")
+
+
+def _allowed_keys(loc: list[str]) -> str:
+    """The keys the model at the parent of `loc` accepts, in config spelling."""
+    model: Any = StackSpec
+    for part in loc[:-1]:
+        field_info = model.model_fields.get(_snake(part)) if hasattr(model, "model_fields") else None
+        if field_info is None:
+            continue  # a dict key such as a deployment name
+        model = _model_in(field_info.annotation)
+    if not hasattr(model, "model_fields"):
+        return "?"
+    keys = [f.alias or n for n, f in model.model_fields.items()]
+    if model is DeploymentSpec:
+        keys.append("file")
+    return ", ".join(keys)
+
+
+def _model_in(annotation: Any) -> Any:
+    """The pydantic model inside an annotation such as `dict[str, DeploymentSpec] | None`."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()):
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _snake(camel: str) -> str:
+    return "".join(f"_{c.lower()}" if c.isupper() else c for c in camel)
