@@ -138,9 +138,10 @@ def load_stack_config(config: Mapping[str, Any], base_dir: Path) -> StackSpec:
     raw_endpoint = config["endpoint"]
     if not isinstance(raw_endpoint, Mapping):
         raise SpecError([Problem(ENDPOINT_FIELD, f"must be an object, got {raw_endpoint!r}")])
-    endpoint, problems = _expand_deployments(raw_endpoint, base_dir)
-    if problems:
-        raise SpecError(problems)
+    # Unreadable deployment files stop here; disagreements with the files are reported with the rest.
+    endpoint, unreadable, disagreements = _expand_deployments(raw_endpoint, base_dir)
+    if unreadable:
+        raise SpecError(unreadable + disagreements)
 
     raw = {"endpoint": endpoint}
     if "target" in config:
@@ -148,8 +149,8 @@ def load_stack_config(config: Mapping[str, Any], base_dir: Path) -> StackSpec:
     try:
         spec = StackSpec.model_validate(raw)
     except ValidationError as err:
-        raise SpecError([_problem_from_pydantic(e) for e in err.errors()]) from None
-    problems = stack_problems(spec)
+        raise SpecError(disagreements + [_problem_from_pydantic(e) for e in err.errors()]) from None
+    problems = disagreements + stack_problems(spec)
     if problems:
         raise SpecError(problems)
     return spec
@@ -251,12 +252,14 @@ def is_asset_reference(value: str) -> bool:
 
 def _expand_deployments(
     raw_endpoint: Mapping[str, Any], base_dir: Path
-) -> tuple[dict[str, Any], list[Problem]]:
+) -> tuple[dict[str, Any], list[Problem], list[Problem]]:
+    """Deployments with `file:` read and paths resolved; (endpoint, unreadable, disagreements)."""
     endpoint = dict(raw_endpoint)
     deployments = endpoint.get("deployments")
     if not isinstance(deployments, Mapping):
-        return endpoint, []  # pydantic reports the wrong type with its path
+        return endpoint, [], []  # pydantic reports the wrong type with its path
     problems: list[Problem] = []
+    disagreements: list[Problem] = []
     expanded = {}
     for name, raw in deployments.items():
         field = rules.join(ENDPOINT_FIELD, "deployments", str(name))
@@ -277,10 +280,10 @@ def _expand_deployments(
         problems += file_problems
         if file_problems:
             continue
-        _check_file_names(from_file, name, endpoint.get("name"), file_field, problems)
+        _check_file_names(from_file, name, endpoint.get("name"), file_field, disagreements)
         expanded[name] = _deep_merge(_resolve_paths(from_file, path.parent, file_field, problems), overrides)
     endpoint["deployments"] = expanded
-    return endpoint, problems
+    return endpoint, problems, disagreements
 
 
 def _check_file_names(

@@ -1,0 +1,30 @@
+"""Shared helpers: the project's own program and stage files, rendered offline under mocks."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from components.render import Render, render_program
+
+PROJECT_DIR = Path(__file__).resolve().parents[1]
+PROGRAM = PROJECT_DIR / "__main__.py"
+STAGE_FILES = sorted((PROJECT_DIR / "stacks").glob("stage-*.yaml"))
+
+
+def stage_config(path: Path) -> dict:
+    return yaml.safe_load(path.read_text())["config"]
+
+
+def render_config(config: dict) -> Render:
+    return render_program(PROGRAM, config)
+
+
+@pytest.fixture
+def canary_config() -> dict:
+    """A fresh copy of stage 5 (blue 90 / green 10), the stage most rules bite on."""
+    path = next(p for p in STAGE_FILES if p.name.startswith("stage-5"))
+    return copy.deepcopy(stage_config(path))
