@@ -1,0 +1,48 @@
+"""The README's claims that code can check: config reference, example error, set-up commands."""
+
+from __future__ import annotations
+
+import re
+
+import pulumi
+import pytest
+
+from components.render import render_program
+from components.spec import DeploymentSpec, EndpointSpec
+from conftest import PROGRAM, PROJECT_DIR
+
+README = (PROJECT_DIR / "README.md").read_text()
+
+
+def table_keys(heading: str) -> list[str]:
+    """First-column keys of the markdown table that follows `heading`."""
+    section = README.split(heading, 1)[1]
+    rows = re.findall(r"^\| `([A-Za-z]+)` \|", section.split("\n\n", 2)[1], flags=re.M)
+    return rows
+
+
+def aliases(model) -> list[str]:
+    return [field.alias for field in model.model_fields.values()]
+
+
+def test_endpoint_table_matches_the_model():
+    assert table_keys("`mlcanary:endpoint`:") == aliases(EndpointSpec)
+
+
+def test_deployment_table_matches_the_model():
+    assert table_keys("A deployment:") == ["file", *aliases(DeploymentSpec)]
+
+
+def test_example_error_is_what_the_program_prints(canary_config):
+    example = README.split("An invalid config stops the program", 1)[1].split("```")[1].strip()
+    canary_config["mlcanary:endpoint"]["traffic"] = {"blue": 80, "green": 10}
+    canary_config["mlcanary:endpoint"]["deployments"]["green"]["instanceCount"] = 0
+    with pytest.raises(pulumi.RunError) as raised:
+        render_program(PROGRAM, canary_config)
+    assert str(raised.value) == example
+
+
+def test_ci_runs_the_readme_test_command():
+    command = re.search(r"^(\./tasks test)\b", README, flags=re.M).group(1)
+    ci = (PROJECT_DIR / ".ci" / "run").read_text()
+    assert re.search(rf"^{re.escape(command)}$", ci, flags=re.M)

@@ -1,0 +1,242 @@
+"""The traffic provider against a fake ARM (requests and azure-identity mocked): the exact Azure calls."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import dill
+import pytest
+import requests
+from pulumi.dynamic.dynamic import serialize_provider
+
+from components.arm import ARM_ENDPOINT, ArmError
+from components.traffic import TrafficProvider
+
+ENDPOINT_ID = (
+    "/subscriptions/sub/resourceGroups/ml-prod-rg/providers/Microsoft.MachineLearningServices"
+    "/workspaces/ml-prod-ws/onlineEndpoints/fraud-scorer"
+)
+OPERATION = f"{ARM_ENDPOINT}/subscriptions/sub/providers/Microsoft.MachineLearningServices/locations/westus2/mfeOperationsStatus/op-1"
+TOKEN = "secret-arm-token-value"
+
+
+def response(status: int, body=None, headers=None) -> requests.Response:
+    r = requests.Response()
+    r.status_code = status
+    r._content = json.dumps(body).encode() if body is not None else b""
+    r.headers.update(headers or {})
+    return r
+
+
+class FakeArm:
+    """Azure's rules for endpoint traffic as ARM enforces them, and a log of every request."""
+
+    def __init__(self, deployments, traffic, mirror=None, operation_status="Succeeded"):
+        self.deployments = set(deployments)
+        self.endpoint = {
+            "id": ENDPOINT_ID,
+            "name": "fraud-scorer",
+            "type": "Microsoft.MachineLearningServices/workspaces/onlineEndpoints",
+            "location": "westus2",
+            "identity": {"type": "SystemAssigned"},
+            "tags": {"team": "risk"},
+            "systemData": {"createdBy": "someone"},
+            "properties": {
+                "authMode": "Key",
+                "traffic": dict(traffic),
+                "mirrorTraffic": dict(mirror or {}),
+                "provisioningState": "Succeeded",
+                "scoringUri": "https://fraud-scorer.westus2.inference.ml.azure.com/score",
+                "swaggerUri": "https://fraud-scorer.westus2.inference.ml.azure.com/swagger.json",
+            },
+        }
+        self.exists = True
+        self.operation_status = operation_status
+        self.calls: list[tuple[str, str, dict | None]] = []
+        self.tokens_seen: set[str] = set()
+
+    def request(self, method, url, headers=None, json=None, timeout=None):
+        self.tokens_seen.add(headers["Authorization"])
+        path = url.removeprefix(ARM_ENDPOINT).split("?")[0]
+        self.calls.append((method, path, json))
+        if url == OPERATION:
+            return response(200, {"status": self.operation_status, "error": {"code": "InternalError", "message": "boom"}})
+        if path == ENDPOINT_ID and method == "GET":
+            return response(200, self.endpoint) if self.exists else response(404, {"error": {"code": "NotFound"}})
+        if path == ENDPOINT_ID and method == "PUT":
+            live = json["properties"].get("traffic", {})
+            unknown = sorted((set(live) | set(json["properties"].get("mirrorTraffic", {}))) - self.deployments)
+            if unknown:
+                return response(400, {"error": {"code": "BadRequest", "message": f"Deployment(s) {unknown} not found"}})
+            if self.operation_status == "Succeeded":
+                self.endpoint["properties"].update(traffic=dict(live), mirrorTraffic=dict(json["properties"]["mirrorTraffic"]))
+            return response(201, json, {"Azure-AsyncOperation": OPERATION})
+        if path.startswith(f"{ENDPOINT_ID}/deployments/") and method == "DELETE":
+            name = path.rsplit("/", 1)[1]
+            share = self.endpoint["properties"]["traffic"].get(name, 0)
+            if share:
+                return response(400, {"error": {"code": "BadRequest", "message": f"{name} has {share}% traffic"}})
+            self.deployments.discard(name)
+            return response(200)
+        raise AssertionError(f"unexpected Azure call {method} {url}")
+
+    def paths(self):
+        return [(method, path) for method, path, _ in self.calls]
+
+
+@pytest.fixture
+def arm(mocker):
+    """Install a FakeArm behind requests.Session and a fake credential; returns a factory."""
+
+    def install(*args, **kwargs):
+        fake = FakeArm(*args, **kwargs)
+        credential = mocker.patch("azure.identity.DefaultAzureCredential").return_value
+        credential.get_token.return_value.token = TOKEN
+        session = mocker.patch("components.arm.requests.Session").return_value
+        session.request.side_effect = fake.request
+        return fake
+
+    return install
+
+
+def props(traffic, mirror=None, deployments=("blue", "green")):
+    return {
+        "endpoint_id": ENDPOINT_ID,
+        "traffic": {k: float(v) for k, v in traffic.items()},  # the engine sends floats
+        "mirror_traffic": {k: float(v) for k, v in (mirror or {}).items()},
+        "deployments": list(deployments),
+        "endpoint_revision": "r1",
+    }
+
+
+def test_create_reads_puts_waits_and_confirms(arm):
+    fake = arm(["blue"], traffic={})
+    result = TrafficProvider().create(props({"blue": 100}, deployments=["blue"]))
+    assert fake.paths() == [
+        ("GET", ENDPOINT_ID),
+        ("PUT", ENDPOINT_ID),
+        ("GET", OPERATION.removeprefix(ARM_ENDPOINT)),
+        ("GET", ENDPOINT_ID),
+    ]
+    put_body = fake.calls[1][2]
+    assert put_body["properties"] == {"authMode": "Key", "traffic": {"blue": 100}, "mirrorTraffic": {}}
+    assert put_body["identity"] == {"type": "SystemAssigned"} and put_body["tags"] == {"team": "risk"}
+    assert "systemData" not in put_body
+    assert result.id == f"{ENDPOINT_ID}/traffic"
+    assert result.outs["traffic"] == {"blue": 100}
+    assert fake.tokens_seen == {f"Bearer {TOKEN}"}
+
+
+def test_update_sets_mirror(arm):
+    fake = arm(["blue", "green"], traffic={"blue": 100, "green": 0})
+    old, new = props({"blue": 100, "green": 0}), props({"blue": 100, "green": 0}, {"green": 10})
+    result = TrafficProvider().update("id", old, new)
+    assert fake.calls[1][2]["properties"]["mirrorTraffic"] == {"green": 10}
+    assert fake.endpoint["properties"]["mirrorTraffic"] == {"green": 10}
+    assert result.outs["mirror_traffic"] == {"green": 10}
+
+
+def test_removed_deployment_goes_to_zero_before_it_is_deleted(arm):
+    """Stage 5 (blue 90) straight to stage 7 (blue gone): Pulumi updates traffic, then deletes blue."""
+    fake = arm(["blue", "green"], traffic={"blue": 90, "green": 10})
+    delete_blue = f"{ENDPOINT_ID}/deployments/blue"
+    # Azure refuses to delete a deployment that still has live traffic:
+    assert fake.request("DELETE", ARM_ENDPOINT + delete_blue, headers={"Authorization": "x"}).status_code == 400
+    fake.calls.clear()
+
+    TrafficProvider().update("id", props({"blue": 90, "green": 10}), props({"green": 100}, deployments=["green"]))
+    # ...what the engine then does for the resource that left the program (azure-native's delete):
+    deleted = fake.request("DELETE", ARM_ENDPOINT + delete_blue, headers={"Authorization": "x"})
+
+    assert [m for m, _ in fake.paths()] == ["GET", "PUT", "GET", "GET", "DELETE"]
+    assert fake.calls[1][2]["properties"]["traffic"] == {"green": 100}
+    assert deleted.status_code == 200 and fake.deployments == {"green"}
+
+
+def test_delete_takes_all_traffic_away(arm):
+    fake = arm(["green"], traffic={"green": 100})
+    TrafficProvider().delete("id", props({"green": 100}, deployments=["green"]))
+    assert fake.paths()[:2] == [("GET", ENDPOINT_ID), ("GET", ENDPOINT_ID)]
+    assert fake.calls[2][0] == "PUT"
+    assert fake.calls[2][2]["properties"]["traffic"] == {}
+    assert fake.calls[2][2]["properties"]["mirrorTraffic"] == {}
+    assert fake.endpoint["properties"]["traffic"] == {}
+
+
+def test_delete_when_the_endpoint_is_already_gone_calls_nothing_else(arm):
+    fake = arm(["green"], traffic={"green": 100})
+    fake.exists = False
+    TrafficProvider().delete("id", props({"green": 100}, deployments=["green"]))
+    assert fake.paths() == [("GET", ENDPOINT_ID)]
+
+
+def test_azure_refusal_is_a_clear_error_and_nothing_is_reported_applied(arm):
+    fake = arm(["blue"], traffic={"blue": 100})
+    with pytest.raises(ArmError) as raised:
+        TrafficProvider().update("id", props({"blue": 100}, deployments=["blue"]),
+                                 props({"blue": 90, "green": 10}, deployments=["blue"]))
+    message = str(raised.value)
+    assert message == (
+        f"Azure rejected PUT {ENDPOINT_ID} (HTTP 400): BadRequest: Deployment(s) ['green'] not found"
+    )
+    assert TOKEN not in message
+    assert fake.endpoint["properties"]["traffic"] == {"blue": 100}
+    assert [m for m, _ in fake.paths()] == ["GET", "PUT"]
+
+
+def test_failed_long_running_operation_is_an_error(arm):
+    fake = arm(["blue", "green"], traffic={"blue": 100}, operation_status="Failed")
+    with pytest.raises(ArmError, match=r"PUT .*fraud-scorer ended Failed: InternalError: boom"):
+        TrafficProvider().update("id", props({"blue": 100}), props({"blue": 90, "green": 10}))
+    assert fake.endpoint["properties"]["traffic"] == {"blue": 100}
+
+
+def test_accepted_but_not_applied_is_an_error(arm, mocker):
+    fake = arm(["blue", "green"], traffic={"blue": 100})
+    original = fake.request
+
+    def ignore_traffic(method, url, **kwargs):
+        if method == "PUT":
+            return response(200, kwargs["json"])  # accepted, but Azure's state does not change
+        return original(method, url, **kwargs)
+
+    mocker.patch("components.arm.requests.Session").return_value.request.side_effect = ignore_traffic
+    with pytest.raises(ArmError, match=r"reports traffic \{'blue': 100\} .* instead of \{'blue': 90, 'green': 10\}"):
+        TrafficProvider().update("id", props({"blue": 100}), props({"blue": 90, "green": 10}))
+
+
+def test_check_refuses_bad_traffic_before_any_call(arm):
+    fake = arm(["blue", "green"], traffic={"blue": 100})
+    result = TrafficProvider().check({}, props({"blue": 80, "green": 10}, {"green": 60}))
+    assert [(f.property, f.reason) for f in result.failures] == [
+        ("traffic", "live traffic must sum to 100 (or 0 when nothing is live), got 90 (blue=80, green=10)"),
+        ("mirrorTraffic.green", "mirror traffic percent must be a whole number from 0 to 50, got 60.0"),
+    ]
+    assert fake.calls == []
+
+
+def test_diff():
+    provider, base = TrafficProvider(), props({"blue": 100})
+    assert not provider.diff("id", base, props({"blue": 100})).changes
+    assert provider.diff("id", base, props({"blue": 90, "green": 10})).changes
+    assert provider.diff("id", base, {**base, "endpoint_revision": "r2"}).changes
+    moved = provider.diff("id", base, {**base, "endpoint_id": ENDPOINT_ID + "2"})
+    assert moved.changes and moved.replaces == ["endpoint_id"]
+
+
+def test_read_reports_drift(arm):
+    fake = arm(["blue", "green"], traffic={"blue": 50, "green": 50})
+    result = TrafficProvider().read("id", props({"blue": 90, "green": 10}))
+    assert result.outs["traffic"] == {"blue": 50, "green": 50}
+    fake.exists = False
+    assert TrafficProvider().read("id", props({"blue": 90, "green": 10})).id is None
+
+
+def test_provider_survives_the_dill_round_trip(arm):
+    """What Pulumi does to ship a dynamic provider: dill-serialize in the program, load in the host."""
+    shipped = dill.loads(base64.b64decode(serialize_provider(TrafficProvider(poll_interval_s=0.5))))
+    assert isinstance(shipped, TrafficProvider) and shipped.poll_interval_s == 0.5
+    fake = arm(["blue"], traffic={})
+    assert shipped.create(props({"blue": 100}, deployments=["blue"])).outs["traffic"] == {"blue": 100}
+    assert fake.endpoint["properties"]["traffic"] == {"blue": 100}
