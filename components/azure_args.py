@@ -9,17 +9,12 @@ from pathlib import Path
 import pulumi
 import pulumi_azure_native.machinelearningservices as ml
 
+from components.durations import iso_seconds
 from components.rules import AUTH_MODES
 from components.spec import DeploymentSpec, EndpointSpec, InlineEnvironment, Probe
 
 # Asset kind in an ARM id: .../workspaces/<ws>/<kind>/<name>/versions/<version>
 MODELS, CODES, ENVIRONMENTS = "models", "codes", "environments"
-
-
-def iso_seconds(seconds: float) -> str:
-    """ISO-8601 duration as Azure takes it: 90 -> PT90S, 0.5 -> PT0.5S."""
-    text = f"{seconds:.3f}".rstrip("0").rstrip(".")
-    return f"PT{text}S"
 
 
 def workspace_id_of(endpoint_id: str) -> str:

@@ -67,12 +67,14 @@ class OnlineEndpoint(pulumi.ComponentResource):
             deployments.append(
                 ml.OnlineDeployment(
                     f"{name}-{deployment_name}",
-                    endpoint_name=endpoint.name,
+                    # The plain name (known at preview, unlike endpoint.name) lets policies group
+                    # deployments by endpoint; depends_on keeps the creation order.
+                    endpoint_name=spec.name,
                     deployment_name=deployment_name,
                     properties=azure_args.deployment_properties(deployment, workspace_id, environment_id),
                     sku=ml.SkuArgs(name="Default", capacity=deployment.instance_count),
                     tags=deployment.tags or None,
-                    opts=child,
+                    opts=pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(depends_on=[endpoint])),
                     **where,
                 )
             )
@@ -80,6 +82,7 @@ class OnlineEndpoint(pulumi.ComponentResource):
         traffic = EndpointTraffic(
             f"{name}-traffic",
             endpoint_id=endpoint.id,
+            endpoint_name=spec.name,
             traffic=spec.live_traffic,
             mirror_traffic=dict(spec.mirror_traffic),
             deployments=list(spec.deployments),

@@ -13,7 +13,7 @@ import asyncio
 import contextvars
 import json
 import runpy
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -154,9 +154,14 @@ def stack_config_values(config: Mapping[str, Any]) -> dict[str, str]:
 
 
 def render_program(
-    program: Path, config: Mapping[str, Any], *, stack: str = "dev", mock: mocks.Mocks | None = None
+    program: Path | Callable[[], None],
+    config: Mapping[str, Any],
+    *,
+    stack: str = "dev",
+    mock: mocks.Mocks | None = None,
 ) -> Render:
-    """Run `program` with the stack `config` (full keys, e.g. `mlcanary:endpoint`) under mocks.
+    """Run `program` (a Pulumi program file, or a function) with the stack `config` (full keys,
+    e.g. `mlcanary:endpoint`) under mocks.
 
     Raises whatever the program raises (e.g. `pulumi.RunError` for an invalid config).
     """
@@ -180,7 +185,8 @@ def render_program(
                 )
             )
             set_all_config(stack_config_values(config))
-            _sync_await(run_in_stack(lambda: runpy.run_path(str(program), run_name="__main__")))
+            body = program if callable(program) else lambda: runpy.run_path(str(program), run_name="__main__")
+            _sync_await(run_in_stack(body))
         finally:
             asyncio.set_event_loop(None)
             loop.close()

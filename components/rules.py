@@ -80,25 +80,28 @@ def instance_count_problems(
     return integer_range_problems(field, value, minimum, MAX_INSTANCE_COUNT, "instance count")
 
 
-def deployment_count_problems(field: str, count: int) -> list[Problem]:
-    if count > MAX_DEPLOYMENTS:
-        return [
-            Problem(field, f"an endpoint has at most {MAX_DEPLOYMENTS} deployments, got {count}")
-        ]
+def deployment_count_problems(field: str, count: int, maximum: int = MAX_DEPLOYMENTS) -> list[Problem]:
+    maximum = min(maximum, MAX_DEPLOYMENTS)
+    if count > maximum:
+        return [Problem(field, f"an endpoint has at most {maximum} deployments, got {count}")]
     return []
 
 
-def request_timeout_problems(field: str, timeout_ms: object) -> list[Problem]:
+def request_timeout_problems(
+    field: str, timeout_ms: object, maximum_ms: int = MAX_REQUEST_TIMEOUT_MS
+) -> list[Problem]:
     return integer_range_problems(
-        field, timeout_ms, 1, MAX_REQUEST_TIMEOUT_MS, "request timeout (ms) on a managed endpoint"
+        field, timeout_ms, 1, min(maximum_ms, MAX_REQUEST_TIMEOUT_MS), "request timeout (ms) on a managed endpoint"
     )
 
 
-def auth_mode_problems(field: str, mode: object, *, arm_spelling: bool = False) -> list[Problem]:
-    """`arm_spelling` judges the azure-native value (Key, AMLToken, AADToken) instead of the config one."""
-    allowed = list(AUTH_MODES.values() if arm_spelling else AUTH_MODES)
-    if mode not in allowed:
-        return [Problem(field, f"auth mode must be one of {', '.join(allowed)}, got {mode!r}")]
+def auth_mode_problems(
+    field: str, mode: object, *, arm_spelling: bool = False, allowed: Iterable[str] = tuple(AUTH_MODES)
+) -> list[Problem]:
+    """`allowed` is in config spelling; `arm_spelling` judges the azure-native value (Key, AMLToken, AADToken)."""
+    names = [AUTH_MODES[m] if arm_spelling else m for m in AUTH_MODES if m in set(allowed)]
+    if mode not in names:
+        return [Problem(field, f"auth mode must be one of {', '.join(names)}, got {mode!r}")]
     return []
 
 
@@ -110,26 +113,49 @@ def traffic_problems(
     field: str = "",
     max_mirror_percent: int = MAX_MIRROR_PERCENT,
 ) -> list[Problem]:
-    """Live and mirror traffic maps of one endpoint against the deployments it has.
+    """Live and mirror traffic maps of one endpoint against the deployments it has."""
+    return traffic_target_problems(traffic, mirror_traffic, deployments, field=field) + traffic_share_problems(
+        traffic, mirror_traffic, field=field, max_mirror_percent=max_mirror_percent
+    )
 
-    Live: whole numbers 0..100 naming existing deployments, summing to exactly 100, or to 0 when
-    nothing is live. Mirror: at most one deployment, at most `max_mirror_percent` (never above 50),
-    and never on a deployment that also takes live traffic.
-    """
+
+def traffic_target_problems(
+    traffic: Mapping[str, object],
+    mirror_traffic: Mapping[str, object],
+    deployments: Iterable[str],
+    *,
+    field: str = "",
+) -> list[Problem]:
+    """Traffic and mirror keys must name deployments of this endpoint that exist."""
     known = set(deployments)
     known_text = ", ".join(sorted(known)) or "none"
+    problems = []
+    for kind, shares in (("traffic", traffic), ("mirrorTraffic", mirror_traffic)):
+        what = "live traffic" if kind == "traffic" else "mirror traffic"
+        for name in shares:
+            if name not in known:
+                problems.append(
+                    Problem(join(field, kind, name), f"{what} names unknown deployment {name!r}; deployments: {known_text}")
+                )
+    return problems
+
+
+def traffic_share_problems(
+    traffic: Mapping[str, object],
+    mirror_traffic: Mapping[str, object],
+    *,
+    field: str = "",
+    max_mirror_percent: int = MAX_MIRROR_PERCENT,
+) -> list[Problem]:
+    """Live: whole numbers 0..100 summing to exactly 100, or 0 when nothing is live. Mirror: at most
+    one deployment, at most `max_mirror_percent` (never above 50), never one with live traffic."""
     max_mirror_percent = min(max_mirror_percent, MAX_MIRROR_PERCENT)
     live_field, mirror_field = join(field, "traffic"), join(field, "mirrorTraffic")
     problems: list[Problem] = []
 
     live: dict[str, int] = {}
     for name, value in traffic.items():
-        key_field = join(live_field, name)
-        if name not in known:
-            problems.append(
-                Problem(key_field, f"live traffic names unknown deployment {name!r}; deployments: {known_text}")
-            )
-        found = integer_range_problems(key_field, value, 0, 100, "live traffic percent")
+        found = integer_range_problems(join(live_field, name), value, 0, 100, "live traffic percent")
         problems += found
         if not found:
             live[name] = whole_number(value) or 0
@@ -143,12 +169,7 @@ def traffic_problems(
 
     mirrored: dict[str, int] = {}
     for name, value in mirror_traffic.items():
-        key_field = join(mirror_field, name)
-        if name not in known:
-            problems.append(
-                Problem(key_field, f"mirror traffic names unknown deployment {name!r}; deployments: {known_text}")
-            )
-        found = integer_range_problems(key_field, value, 0, max_mirror_percent, "mirror traffic percent")
+        found = integer_range_problems(join(mirror_field, name), value, 0, max_mirror_percent, "mirror traffic percent")
         problems += found
         if not found and whole_number(value):
             mirrored[name] = whole_number(value) or 0

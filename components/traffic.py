@@ -29,7 +29,7 @@ from pulumi.dynamic import (
 
 from components import rules
 
-INPUT_KEYS = ("endpoint_id", "traffic", "mirror_traffic", "deployments", "endpoint_revision")
+INPUT_KEYS = ("endpoint_id", "endpoint_name", "traffic", "mirror_traffic", "deployments", "endpoint_revision")
 # Read-only properties Azure returns on GET that have no place in a PUT body.
 _READ_ONLY = ("provisioningState", "scoringUri", "swaggerUri")
 
@@ -141,6 +141,7 @@ class EndpointTraffic(pulumi.dynamic.Resource, module="azureml", name="EndpointT
     """Live and mirror traffic of one Azure ML online endpoint, set after its deployments exist."""
 
     endpoint_id: pulumi.Output[str]
+    endpoint_name: pulumi.Output[str]
     traffic: pulumi.Output[dict]
     mirror_traffic: pulumi.Output[dict]
     deployments: pulumi.Output[list]
@@ -150,6 +151,7 @@ class EndpointTraffic(pulumi.dynamic.Resource, module="azureml", name="EndpointT
         name: str,
         *,
         endpoint_id: pulumi.Input[str],
+        endpoint_name: str,
         traffic: dict[str, int],
         mirror_traffic: dict[str, int],
         deployments: list[str],
@@ -161,6 +163,7 @@ class EndpointTraffic(pulumi.dynamic.Resource, module="azureml", name="EndpointT
             name,
             {
                 "endpoint_id": endpoint_id,
+                "endpoint_name": endpoint_name,
                 "traffic": traffic,
                 "mirror_traffic": mirror_traffic,
                 "deployments": deployments,

@@ -105,6 +105,7 @@ def test_traffic_resource(stage):
     (endpoint,) = render.of_type(ENDPOINT)
     assert traffic.name == "fraud-scorer-traffic"
     assert traffic.inputs["endpoint_id"] == endpoint.id
+    assert traffic.inputs["endpoint_name"] == "fraud-scorer"
     assert traffic.inputs["traffic"] == {k: float(v) for k, v in live.items()}
     assert traffic.inputs["mirror_traffic"] == {k: float(v) for k, v in mirror.items()}
     assert sorted(traffic.inputs["deployments"]) == sorted(capacities)

@@ -103,6 +103,7 @@ def arm(mocker):
 def props(traffic, mirror=None, deployments=("blue", "green")):
     return {
         "endpoint_id": ENDPOINT_ID,
+        "endpoint_name": "fraud-scorer",
         "traffic": {k: float(v) for k, v in traffic.items()},  # the engine sends floats
         "mirror_traffic": {k: float(v) for k, v in (mirror or {}).items()},
         "deployments": list(deployments),
