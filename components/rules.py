@@ -70,7 +70,8 @@ def name_problems(field: str, name: object, what: str = "name") -> list[Problem]
 def integer_range_problems(field: str, value: object, low: int, high: int, what: str) -> list[Problem]:
     number = whole_number(value)
     if number is None or not low <= number <= high:
-        return [Problem(field, f"{what} must be a whole number from {low} to {high}, got {value!r}")]
+        shown = repr(value) if number is None else number  # 2.0 off the wire reads as 2
+        return [Problem(field, f"{what} must be a whole number from {low} to {high}, got {shown}")]
     return []
 
 

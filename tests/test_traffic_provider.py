@@ -212,7 +212,7 @@ def test_check_refuses_bad_traffic_before_any_call(arm):
     result = TrafficProvider().check({}, props({"blue": 80, "green": 10}, {"green": 60}))
     assert [(f.property, f.reason) for f in result.failures] == [
         ("traffic", "live traffic must sum to 100 (or 0 when nothing is live), got 90 (blue=80, green=10)"),
-        ("mirrorTraffic.green", "mirror traffic percent must be a whole number from 0 to 50, got 60.0"),
+        ("mirrorTraffic.green", "mirror traffic percent must be a whole number from 0 to 50, got 60"),
     ]
     assert fake.calls == []
 

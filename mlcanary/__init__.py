@@ -1,0 +1,1 @@
+"""mlcanary: staged rollouts of ML models to Azure ML online endpoints."""

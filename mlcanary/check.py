@@ -1,0 +1,178 @@
+"""`mlcanary check`: judge stage files offline, as `pulumi preview --policy-pack policies` would.
+
+For each stage file: validate its config, run the real program under Pulumi's mocks, and hand every
+registered resource to the policy pack's own analyzer servicer through the same gRPC messages the
+engine sends (Configure, Analyze per resource, AnalyzeStack), so the policies see inputs exactly as
+the engine gives them. Then judge each step between consecutive stages. Nothing is applied.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from itertools import pairwise
+from pathlib import Path
+
+from google.protobuf import json_format, struct_pb2
+from pulumi.runtime.proto import analyzer_pb2 as proto
+from pulumi_policy import EnforcementLevel
+from pulumi_policy.policy import _PolicyAnalyzerServicer
+
+from components import program
+from components.render import Registration, Render, render_program
+from components.spec import NAMESPACE, EndpointSpec, SpecError, load_stack_config
+from components.stage_file import StageFileError, namespaced, project_dir_of, read_stage_file
+from mlcanary.policy_config import PolicySettings
+from policies.azure_ml import POLICIES
+from policies.transitions import TRANSITION_POLICIES
+
+PACK_NAME = "mlcanary"
+PACK_VERSION = "0.1.0"
+_PROTO_LEVELS = {
+    EnforcementLevel.ADVISORY: proto.ADVISORY,
+    EnforcementLevel.MANDATORY: proto.MANDATORY,
+    EnforcementLevel.DISABLED: proto.DISABLED,
+    EnforcementLevel.REMEDIATE: proto.REMEDIATE,
+}
+_LEVEL_NAMES = {value: level.value for level, value in _PROTO_LEVELS.items()}
+
+
+def policy_defaults() -> dict:
+    """Every policy `check` runs, pack and transitions: name -> (default level, config schema)."""
+    return {p.name: (p.enforcement_level, p.config_schema) for p in [*POLICIES, *TRANSITION_POLICIES]}
+
+
+@dataclass(frozen=True)
+class Violation:
+    stage: str  # a stage file, or "A -> B" for a transition
+    policy: str
+    enforcementLevel: str  # noqa: N815 - the JSON output's key, as Pulumi spells it
+    resource: str  # URN, or `endpoint NAME` for what belongs to no single resource
+    description: str
+    message: str
+
+    def as_json(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class CheckReport:
+    violations: list[Violation] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    stages: int = 0
+    resources: int = 0
+    transitions: int = 0
+
+    def count(self, level: str) -> int:
+        return sum(v.enforcementLevel == level for v in self.violations)
+
+    @property
+    def exit_code(self) -> int:
+        if self.errors:
+            return 2
+        return 1 if self.count("mandatory") else 0
+
+
+def check_stages(paths: list[Path], settings: dict[str, PolicySettings]) -> CheckReport:
+    report = CheckReport()
+    analyzer = _configured_analyzer(settings)
+    specs: list[EndpointSpec | None] = []
+    for path in paths:
+        spec = _check_stage(path, analyzer, report)
+        specs.append(spec)
+    for (path_a, spec_a), (path_b, spec_b) in pairwise(zip(paths, specs)):
+        if spec_a is not None and spec_b is not None:
+            report.transitions += 1
+            report.violations += _check_transition(f"{path_a} -> {path_b}", spec_a, spec_b, settings)
+    return report
+
+
+def _check_stage(path: Path, analyzer: _PolicyAnalyzerServicer, report: CheckReport) -> EndpointSpec | None:
+    try:
+        config = read_stage_file(path)
+        project_dir = project_dir_of(path)
+        spec = load_stack_config(namespaced(config, NAMESPACE), project_dir)
+    except StageFileError as err:
+        report.errors.append(str(err))
+        return None
+    except SpecError as err:
+        report.errors.append(f"{path}: invalid stack config:\n" + "\n".join(f"  {p}" for p in err.problems))
+        return None
+    render = render_program(lambda: program.main(project_dir), config)
+    report.stages += 1
+    report.resources += len(render.resources)
+    report.violations += _analyze(str(path), render, analyzer)
+    return spec.endpoint
+
+
+def _configured_analyzer(settings: dict[str, PolicySettings]) -> _PolicyAnalyzerServicer:
+    """The pack's analyzer, configured as the engine does it for `--policy-pack-config`."""
+    analyzer = _PolicyAnalyzerServicer(PACK_NAME, PACK_VERSION, POLICIES, EnforcementLevel.MANDATORY)
+    request = proto.ConfigureAnalyzerRequest()
+    for policy in POLICIES:
+        chosen = settings[policy.name]
+        request.policyConfig[policy.name].enforcementLevel = _PROTO_LEVELS[chosen.level]
+        request.policyConfig[policy.name].properties.CopyFrom(_struct(chosen.properties))
+    analyzer.Configure(request, None)
+    return analyzer
+
+
+def _struct(value: dict) -> struct_pb2.Struct:
+    struct = struct_pb2.Struct()
+    json_format.ParseDict(value, struct)
+    return struct
+
+
+def _options(resource: Registration) -> proto.AnalyzerResourceOptions:
+    return proto.AnalyzerResourceOptions(
+        parent=resource.parent,
+        ignoreChanges=resource.ignore_changes,
+        deleteBeforeReplace=resource.delete_before_replace,
+        deleteBeforeReplaceDefined=True,
+    )
+
+
+def _analyze(stage: str, render: Render, analyzer: _PolicyAnalyzerServicer) -> list[Violation]:
+    diagnostics = []
+    for resource in render.resources:
+        request = proto.AnalyzeRequest(
+            type=resource.type, properties=_struct(resource.inputs), urn=resource.urn,
+            name=resource.name, options=_options(resource),
+        )
+        diagnostics += [(d, resource.urn) for d in analyzer.Analyze(request, None).diagnostics]
+    stack = proto.AnalyzeStackRequest(
+        resources=[
+            proto.AnalyzerResource(
+                type=r.type, properties=_struct(r.inputs), urn=r.urn, name=r.name, options=_options(r),
+                parent=r.parent, dependencies=r.dependencies,
+            )
+            for r in render.resources
+        ]
+    )
+    diagnostics += [(d, "") for d in analyzer.AnalyzeStack(stack, None).diagnostics]
+    return [
+        Violation(
+            stage=stage,
+            policy=d.policyName,
+            enforcementLevel=_LEVEL_NAMES[d.enforcementLevel],
+            resource=d.urn or urn or "(stack)",
+            description=d.description,
+            message=d.message.removeprefix(d.description).lstrip("\n"),
+        )
+        for d, urn in diagnostics
+    ]
+
+
+def _check_transition(
+    step: str, before: EndpointSpec, after: EndpointSpec, settings: dict[str, PolicySettings]
+) -> list[Violation]:
+    violations = []
+    for policy in TRANSITION_POLICIES:
+        chosen = settings[policy.name]
+        if chosen.level == EnforcementLevel.DISABLED:
+            continue
+        level = EnforcementLevel.MANDATORY if chosen.level == EnforcementLevel.REMEDIATE else chosen.level
+        for message in policy.check(before, after, chosen.properties):
+            violations.append(
+                Violation(step, policy.name, level.value, f"endpoint {after.name}", policy.description, message)
+            )
+    return violations

@@ -1,0 +1,86 @@
+"""The `mlcanary` command line."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from mlcanary.policy_config import PolicyConfigError, load_policy_config
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """Safe, staged rollouts of ML models to Azure ML online endpoints."""
+
+
+@main.command()
+@click.argument("stage_files", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option(
+    "--policy-pack-config",
+    type=click.Path(path_type=Path),
+    help="Policy levels and knobs, in the JSON format of `pulumi preview --policy-pack-config` "
+    "(see policies/policy-config.sample.json).",
+)
+@click.option(
+    "--format", "output_format", type=click.Choice(["text", "json"]), default="text", show_default=True,
+    help="json: an array with one object per violation (stage, policy, enforcementLevel, resource, message).",
+)
+def check(stage_files: tuple[Path, ...], policy_pack_config: Path | None, output_format: str) -> None:
+    """Check stage files offline, without the Pulumi CLI and without Azure.
+
+    Each STAGE_FILE (a Pulumi stack config file) is validated, run through the real Pulumi
+    program under mocks, and judged by every policy of the pack in policies/, as
+    `pulumi preview --policy-pack policies` would. Given several files, in rollout order, each
+    step from one stage to the next is judged too (a removed deployment had no traffic, a new
+    deployment goes dark or mirrored before live, ...). Nothing is applied anywhere.
+
+    Exit codes: 0 no mandatory violation; 1 a mandatory violation; 2 an input could not be read
+    or is invalid (a missing file, a YAML error, an invalid config, a bad policy config).
+    """
+    from mlcanary.check import check_stages, policy_defaults
+
+    try:
+        settings = load_policy_config(policy_pack_config, policy_defaults())
+    except PolicyConfigError as err:
+        click.echo(f"error: {err}", err=True)
+        sys.exit(2)
+    report = check_stages(list(stage_files), settings)
+    for error in report.errors:
+        click.echo(f"error: {error}", err=True)
+    if output_format == "json":
+        click.echo(json.dumps([v.as_json() for v in report.violations], indent=2))
+    else:
+        _print_text(report)
+    sys.exit(report.exit_code)
+
+
+def _resource_text(resource: str) -> str:
+    """`type: name` of a URN, as `pulumi preview` shows a resource; other labels as they are."""
+    if not resource.startswith("urn:pulumi:"):
+        return resource
+    qualified_type, name = resource.split("::")[2:4]
+    return f"{qualified_type.rsplit('$', 1)[-1]}: {name}"
+
+
+def _print_text(report) -> None:
+    stages = []
+    for violation in report.violations:
+        if violation.stage not in stages:
+            stages.append(violation.stage)
+    for stage in stages:
+        click.echo(stage)
+        for v in (v for v in report.violations if v.stage == stage):
+            marker = click.style(f"[{v.enforcementLevel}]", fg="red" if v.enforcementLevel == "mandatory" else "yellow")
+            click.echo(f"    - {marker}  {v.policy}  ({_resource_text(v.resource)})")
+            click.echo(f"      {v.description}")
+            click.echo(f"      {v.message}")
+    mandatory, advisory = report.count("mandatory"), report.count("advisory")
+    click.echo(
+        f"Checked {report.stages} stage(s) ({report.resources} resources) and {report.transitions} "
+        f"transition(s): {mandatory} mandatory, {advisory} advisory violation(s)"
+        + (f"; {len(report.errors)} input error(s)" if report.errors else "")
+        + "."
+    )
