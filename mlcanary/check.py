@@ -8,6 +8,9 @@ the engine gives them. Then judge each step between consecutive stages. Nothing 
 
 from __future__ import annotations
 
+import multiprocessing
+import os
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from itertools import pairwise
 from pathlib import Path
@@ -76,8 +79,13 @@ def check_stages(paths: list[Path], settings: dict[str, PolicySettings]) -> Chec
     report = CheckReport()
     analyzer = _configured_analyzer(settings)
     specs: list[EndpointSpec | None] = []
-    for path in paths:
-        spec = _check_stage(path, analyzer, report)
+    for path, (spec, render, error) in zip(paths, _load_and_render_all(paths)):
+        if error is not None:
+            report.errors.append(error)
+        else:
+            report.stages += 1
+            report.resources += len(render.resources)
+            report.violations += _analyze(str(path), render, analyzer)
         specs.append(spec)
     for (path_a, spec_a), (path_b, spec_b) in pairwise(zip(paths, specs)):
         if spec_a is not None and spec_b is not None:
@@ -86,22 +94,29 @@ def check_stages(paths: list[Path], settings: dict[str, PolicySettings]) -> Chec
     return report
 
 
-def _check_stage(path: Path, analyzer: _PolicyAnalyzerServicer, report: CheckReport) -> EndpointSpec | None:
+Loaded = tuple[EndpointSpec | None, Render | None, str | None]
+
+
+def _load_and_render_all(paths: list[Path]) -> list[Loaded]:
+    """Stages are independent and rendering is CPU-bound: with more than one core and stage, render
+    in forked workers, which inherit the already imported SDKs instead of importing them again."""
+    workers = min(len(paths), len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1)
+    if workers < 2 or "fork" not in multiprocessing.get_all_start_methods():
+        return [_load_and_render(path) for path in paths]
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
+        return list(pool.map(_load_and_render, paths))
+
+
+def _load_and_render(path: Path) -> Loaded:
     try:
         config = read_stage_file(path)
         project_dir = project_dir_of(path)
         spec = load_stack_config(namespaced(config, NAMESPACE), project_dir)
     except StageFileError as err:
-        report.errors.append(str(err))
-        return None
+        return None, None, str(err)
     except SpecError as err:
-        report.errors.append(f"{path}: invalid stack config:\n" + "\n".join(f"  {p}" for p in err.problems))
-        return None
-    render = render_program(lambda: program.main(project_dir), config)
-    report.stages += 1
-    report.resources += len(render.resources)
-    report.violations += _analyze(str(path), render, analyzer)
-    return spec.endpoint
+        return None, None, f"{path}: invalid stack config:\n" + "\n".join(f"  {p}" for p in err.problems)
+    return spec.endpoint, render_program(lambda: program.main(project_dir), config), None
 
 
 def _configured_analyzer(settings: dict[str, PolicySettings]) -> _PolicyAnalyzerServicer:

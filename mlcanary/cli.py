@@ -84,3 +84,7 @@ def _print_text(report) -> None:
         + (f"; {len(report.errors)} input error(s)" if report.errors else "")
         + "."
     )
+
+
+if __name__ == "__main__":
+    main()
