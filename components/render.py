@@ -55,8 +55,9 @@ class Render:
     def of_type(self, type_: str) -> list[Registration]:
         return [r for r in self.resources if r.type == type_]
 
-    def named(self, name: str) -> Registration:
-        found = [r for r in self.resources if r.name == name]
+    def named(self, name: str, type_: str | None = None) -> Registration:
+        """The one resource called `name` (of `type_`, where a component and its child share a name)."""
+        found = [r for r in self.resources if r.name == name and type_ in (None, r.type)]
         if len(found) != 1:
             raise KeyError(f"{len(found)} resources named {name!r}")
         return found[0]

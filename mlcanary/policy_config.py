@@ -39,7 +39,15 @@ def load_policy_config(
 
     `defaults` maps each policy name to its default enforcement level and config schema.
     """
-    raw = _read(path) if path else {}
+    return policy_settings(_read(path) if path else {}, defaults, str(path))
+
+
+def policy_settings(
+    raw: Mapping[str, Any],
+    defaults: Mapping[str, tuple[EnforcementLevel, PolicyConfigSchema | None]],
+    path: str = "policy config",
+) -> dict[str, PolicySettings]:
+    """Effective settings from an already parsed policy config document."""
     unknown = sorted(set(raw) - set(defaults) - {"all"})
     if unknown:
         raise PolicyConfigError(
