@@ -46,3 +46,12 @@ def test_ci_runs_the_readme_test_command():
     command = re.search(r"^(\./tasks test)\b", README, flags=re.M).group(1)
     ci = (PROJECT_DIR / ".ci" / "run").read_text()
     assert re.search(rf"^{re.escape(command)}$", ci, flags=re.M)
+
+
+def test_policy_tables_list_every_policy():
+    from policies.azure_ml import POLICIES
+    from policies.transitions import TRANSITION_POLICIES
+
+    for policy in [*POLICIES, *TRANSITION_POLICIES]:
+        level = policy.enforcement_level.value
+        assert re.search(rf"^\| `{policy.name}` \| {level} \|", README, flags=re.M), policy.name
