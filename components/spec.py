@@ -162,19 +162,21 @@ def stack_problems(spec: StackSpec) -> list[Problem]:
     field = ENDPOINT_FIELD
     problems = rules.name_problems(rules.join(field, "name"), endpoint.name, "endpoint name")
     problems += rules.auth_mode_problems(rules.join(field, "authMode"), endpoint.auth_mode)
-    if spec.target == "azure":
+    on_azure = spec.target == "azure"
+    if on_azure:
         for key, value in (("resourceGroup", endpoint.resource_group), ("workspace", endpoint.workspace)):
             if not value:
                 problems.append(
                     Problem(rules.join(field, key), "required on the azure target (the Azure ML workspace to deploy into)")
                 )
-    for name, deployment in endpoint.deployments.items():
-        problems += _asset_problems(rules.join(field, "deployments", name), deployment)
     problems += rules.deployment_count_problems(
         rules.join(field, "deployments"), len(endpoint.deployments)
     )
     for name, deployment in endpoint.deployments.items():
-        problems += _deployment_problems(rules.join(field, "deployments", name), name, deployment, endpoint)
+        deployment_field = rules.join(field, "deployments", name)
+        if on_azure:
+            problems += _asset_problems(deployment_field, deployment)
+        problems += _deployment_problems(deployment_field, name, deployment, endpoint)
     problems += rules.traffic_problems(
         endpoint.traffic, endpoint.mirror_traffic, endpoint.deployments, field=field
     )
