@@ -13,9 +13,6 @@ from components.durations import iso_seconds
 from components.rules import AUTH_MODES
 from components.spec import DeploymentSpec, EndpointSpec, InlineEnvironment, Probe
 
-# Asset kind in an ARM id: .../workspaces/<ws>/<kind>/<name>/versions/<version>
-MODELS, CODES, ENVIRONMENTS = "models", "codes", "environments"
-
 
 def workspace_id_of(endpoint_id: str) -> str:
     """The workspace ARM id of an online endpoint ARM id."""
@@ -84,19 +81,19 @@ def _request_settings(spec: DeploymentSpec) -> ml.OnlineRequestSettingsArgs | No
 
 
 def deployment_properties(
-    spec: DeploymentSpec, workspace_id: pulumi.Output[str], environment_id: pulumi.Input[str] | None
+    spec: DeploymentSpec,
+    model_id: pulumi.Input[str] | None,
+    code_id: pulumi.Input[str] | None,
+    environment_id: pulumi.Input[str] | None,
 ):
     """ManagedOnlineDeploymentArgs or KubernetesOnlineDeploymentArgs for one deployment."""
     args_type = ml.ManagedOnlineDeploymentArgs if spec.type == "managed" else ml.KubernetesOnlineDeploymentArgs
     code_configuration = None
-    if spec.code is not None:
-        code_configuration = ml.CodeConfigurationArgs(
-            code_id=workspace_id.apply(lambda ws: asset_id(spec.code, ws, CODES)),
-            scoring_script=spec.scoring_script,
-        )
+    if code_id is not None:
+        code_configuration = ml.CodeConfigurationArgs(code_id=code_id, scoring_script=spec.scoring_script)
     return args_type(
         endpoint_compute_type="Managed" if spec.type == "managed" else "Kubernetes",
-        model=workspace_id.apply(lambda ws: asset_id(spec.model, ws, MODELS)) if spec.model else None,
+        model=model_id,
         code_configuration=code_configuration,
         environment_id=environment_id,
         environment_variables=spec.environment_variables or None,

@@ -2,7 +2,8 @@
 
 Children, in the order Azure needs them:
   1. the azure-native OnlineEndpoint, which never carries traffic (changes to it are ignored);
-  2. one azure-native OnlineDeployment per deployment, instance count in `sku.capacity`;
+  2. one azure-native OnlineDeployment per deployment, instance count in `sku.capacity` (local
+     code and model folders are uploaded and registered first, see uploads.py);
   3. EndpointTraffic, depending on every deployment, which sets live and mirror traffic.
 """
 
@@ -11,8 +12,8 @@ from __future__ import annotations
 import pulumi
 import pulumi_azure_native.machinelearningservices as ml
 
-from components import azure_args
-from components.spec import EndpointSpec, InlineEnvironment
+from components import azure_args, uploads
+from components.spec import EndpointSpec, InlineEnvironment, is_asset_reference
 from components.traffic import EndpointTraffic
 
 COMPONENT_TYPE = "mlcanary:endpoint:OnlineEndpoint"
@@ -47,9 +48,23 @@ class OnlineEndpoint(pulumi.ComponentResource):
         )
         workspace_id = endpoint.id.apply(azure_args.workspace_id_of)
 
+        datastore = None  # the default datastore, looked up once if a local folder needs uploading
+
+        def asset(kind: str, reference: str | None, deployment_name: str) -> pulumi.Input[str] | None:
+            """An asset's ARM id: references resolve in this workspace, local paths are uploaded."""
+            nonlocal datastore
+            if reference is None:
+                return None
+            if is_asset_reference(reference):
+                return workspace_id.apply(lambda ws: azure_args.asset_id(reference, ws, f"{kind}s"))
+            datastore = datastore or uploads.default_datastore(where)
+            return uploads.upload_local_asset(
+                f"{name}-{deployment_name}-{kind}", f"{spec.name}-{deployment_name}-{kind}", reference,
+                kind, datastore, where, self,
+            )
+
         deployments = []
         for deployment_name, deployment in spec.deployments.items():
-            environment_id = None
             if isinstance(deployment.environment, InlineEnvironment):
                 version, properties = azure_args.inline_environment_args(deployment.environment)
                 environment_id = ml.EnvironmentVersion(
@@ -60,10 +75,14 @@ class OnlineEndpoint(pulumi.ComponentResource):
                     opts=pulumi.ResourceOptions(parent=self),
                     **where,
                 ).id
-            elif deployment.environment is not None:
-                environment_id = workspace_id.apply(
-                    lambda ws, ref=deployment.environment: azure_args.asset_id(ref, ws, azure_args.ENVIRONMENTS)
-                )
+            else:
+                environment_id = asset("environment", deployment.environment, deployment_name)
+            properties = azure_args.deployment_properties(
+                deployment,
+                asset("model", deployment.model, deployment_name),
+                asset("code", deployment.code, deployment_name),
+                environment_id,
+            )
             deployments.append(
                 ml.OnlineDeployment(
                     f"{name}-{deployment_name}",
@@ -71,7 +90,7 @@ class OnlineEndpoint(pulumi.ComponentResource):
                     # deployments by endpoint; depends_on keeps the creation order.
                     endpoint_name=spec.name,
                     deployment_name=deployment_name,
-                    properties=azure_args.deployment_properties(deployment, workspace_id, environment_id),
+                    properties=properties,
                     sku=ml.SkuArgs(name="Default", capacity=deployment.instance_count),
                     tags=deployment.tags or None,
                     opts=pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(depends_on=[endpoint])),

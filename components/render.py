@@ -100,8 +100,10 @@ class AzureMocks(mocks.Mocks):
         if args.typ == "azure-native:machinelearningservices:OnlineDeployment":
             name = inputs["deploymentName"]
             return f"{workspace}/onlineEndpoints/{inputs['endpointName']}/deployments/{name}", {**inputs, "name": name}
-        if args.typ == "azure-native:machinelearningservices:EnvironmentVersion":
-            return f"{workspace}/environments/{inputs['name']}/versions/{inputs['version']}", inputs
+        versions = {"EnvironmentVersion": "environments", "CodeVersion": "codes", "ModelVersion": "models"}
+        kind = versions.get(args.typ.rsplit(":", 1)[-1]) if args.typ.startswith("azure-native:machinelearningservices:") else None
+        if kind:
+            return f"{workspace}/{kind}/{inputs['name']}/versions/{inputs['version']}", inputs
         if "endpoint_id" in inputs:
             return f"{inputs['endpoint_id']}/traffic", inputs
         return f"{args.name}-id", inputs
@@ -109,6 +111,15 @@ class AzureMocks(mocks.Mocks):
     def call(self, args: mocks.MockCallArgs) -> tuple[dict, list]:
         if args.token == "azure-native:machinelearningservices:listOnlineEndpointKeys":
             return {"primaryKey": "mock-primary-key", "secondaryKey": "mock-secondary-key"}, []
+        if args.token == "azure-native:machinelearningservices:getDatastore":
+            return {
+                "name": args.args["name"],
+                "properties": {
+                    "datastoreType": "AzureBlob", "isDefault": True, "accountName": "mlprodstorage",
+                    "containerName": "azureml-blobstore-0000", "endpoint": "core.windows.net",
+                    "resourceGroup": args.args["resourceGroupName"],
+                },
+            }, []
         return {}, []
 
 

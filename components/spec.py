@@ -217,23 +217,22 @@ def _deployment_problems(
 
 
 def _asset_problems(field: str, deployment: DeploymentSpec) -> list[Problem]:
-    """The azure target deploys registered assets; references must pin a version."""
+    """On the azure target, references must pin a version and an environment must be an asset.
+
+    Local model and code paths are fine: they are uploaded and registered (components/uploads.py).
+    """
     problems = []
-    environment = deployment.environment
     named = {"model": deployment.model, "code": deployment.code}
-    if isinstance(environment, str):
-        named["environment"] = environment
+    if isinstance(deployment.environment, str):
+        named["environment"] = deployment.environment
     for key, value in named.items():
         if value is None:
             continue
         key_field = rules.join(field, key)
-        if not is_asset_reference(value):
+        if key == "environment" and not is_asset_reference(value):
             problems.append(
-                Problem(
-                    key_field,
-                    f"{value} is a local path; the azure target deploys registered assets: register it "
-                    f"(az ml {key} create) and use azureml:<name>:<version>",
-                )
+                Problem(key_field, f"{value!r} is not an environment asset: use azureml:<name>:<version>, "
+                        "or an inline environment {image, condaFile}")
             )
         elif value.startswith("azureml:") and not value.startswith("azureml://") and value.count(":") != 2:
             problems.append(

@@ -185,9 +185,9 @@ CASES = {
         lambda c, t: deployments(c)["blue"].update({"code": "./no-such-folder"}),
         rf"{E}\.deployments\.blue\.code: local path './no-such-folder' does not exist",
     ),
-    "local_path_on_azure_target": (
-        lambda c, t: deployments(c)["blue"].update({"code": str(t)}),
-        rf"{E}\.deployments\.blue\.code: .* is a local path; the azure target deploys registered assets",
+    "environment_not_an_asset": (
+        lambda c, t: deployments(c)["blue"].update({"environment": "./my-env"}),
+        rf"{E}\.deployments\.blue\.environment: './my-env' is not an environment asset: use azureml:<name>:<version>",
     ),
     "mirror_on_kubernetes_endpoint": (
         lambda c, t: (endpoint(c).update({"compute": "/subscriptions/x/k8s", "traffic": {"blue": 100, "green": 0},

@@ -173,3 +173,64 @@ def test_inline_environment_becomes_an_environment_version(canary_config, tmp_pa
     assert environment.inputs["name"] == "fraud-scorer-blue"
     assert environment.inputs["properties"]["condaFile"] == "dependencies: [python=3.11]\n"
     assert render.named("fraud-scorer-blue").inputs["properties"]["environmentId"] == environment.id
+
+
+def test_local_code_and_model_are_uploaded_and_registered(canary_config, tmp_path):
+    """As `az ml` does: blobs under LocalUpload/<digest>/ in the default datastore, then a version."""
+    code = tmp_path / "onlinescoring"
+    (code / "lib").mkdir(parents=True)
+    (code / "score.py").write_text("def init(): pass\ndef run(raw): return raw\n")
+    (code / "lib" / "features.py").write_text("SCALE = 2\n")
+    model = tmp_path / "model.pkl"
+    model.write_bytes(b"weights-v1")
+    blue = canary_config["mlcanary:endpoint"]["deployments"]["blue"]
+    blue.update(code=str(code), model=str(model))
+
+    render = render_config(canary_config)
+    assert "azure-native:machinelearningservices:getDatastore" in render.invokes
+    blobs = {r.inputs["blobName"]: r for r in render.of_type("azure-native:storage:Blob")}
+    code_version = render.named("fraud-scorer-blue-code")
+    digest = code_version.inputs["version"]
+    assert sorted(blobs) == [f"LocalUpload/{digest}/onlinescoring/lib/features.py",
+                             f"LocalUpload/{digest}/onlinescoring/score.py",
+                             f"LocalUpload/{render.named('fraud-scorer-blue-model').inputs['version']}/model.pkl"]
+    for blob in blobs.values():
+        assert blob.inputs["accountName"] == "mlprodstorage"
+        assert blob.inputs["containerName"] == "azureml-blobstore-0000"
+        assert blob.inputs["resourceGroupName"] == "ml-prod-rg"
+    assert code_version.inputs["name"] == "fraud-scorer-blue-code"
+    assert code_version.inputs["properties"]["codeUri"] == (
+        f"https://mlprodstorage.blob.core.windows.net/azureml-blobstore-0000/LocalUpload/{digest}/onlinescoring"
+    )
+    assert {blobs[n].urn for n in blobs if "onlinescoring" in n} <= set(code_version.dependencies)
+    model_version = render.named("fraud-scorer-blue-model")
+    assert model_version.inputs["properties"]["modelType"] == "custom_model"
+    deployment = render.named("fraud-scorer-blue").inputs["properties"]
+    assert deployment["codeConfiguration"]["codeId"] == code_version.id
+    assert deployment["model"] == model_version.id
+
+    (code / "score.py").write_text("def init(): pass\ndef run(raw): return [raw]\n")
+    changed = render_config(canary_config).named("fraud-scorer-blue-code").inputs["version"]
+    assert changed != digest  # new content, new version; the old one stays for rollback
+
+
+def test_paths_in_a_deployment_yaml_resolve_from_its_folder(canary_config, tmp_path):
+    (tmp_path / "model-2" / "onlinescoring").mkdir(parents=True)
+    (tmp_path / "model-2" / "onlinescoring" / "score.py").write_text("def init(): pass\n")
+    (tmp_path / "model-2" / "model").mkdir()
+    (tmp_path / "model-2" / "model" / "weights.bin").write_bytes(b"w2")
+    (tmp_path / "endpoints").mkdir()
+    (tmp_path / "endpoints" / "green.yml").write_text(
+        "name: green\n"
+        "model:\n  path: ../model-2/model\n"
+        "code_configuration:\n  code: ../model-2/onlinescoring\n  scoring_script: score.py\n"
+        "environment: azureml:fraud-score-env:3\n"
+        "instance_type: Standard_DS3_v2\n"
+    )
+    canary_config["mlcanary:endpoint"]["deployments"]["green"] = {"file": str(tmp_path / "endpoints" / "green.yml")}
+    render = render_config(canary_config)
+    blobs = sorted(r.inputs["blobName"] for r in render.of_type("azure-native:storage:Blob"))
+    assert [b.split("/", 2)[2] for b in blobs] == ["model/weights.bin", "onlinescoring/score.py"]
+    green = render.named("fraud-scorer-green").inputs
+    assert green["sku"]["capacity"] == 1.0  # the file gives no count: the default
+    assert green["properties"]["codeConfiguration"]["scoringScript"] == "score.py"
