@@ -38,7 +38,6 @@ class Registration:
     type: str
     name: str
     id: str
-    custom: bool
     parent: str
     inputs: dict[str, Any]  # wire form: camelCase keys, floats, secrets as {SECRET_SIG: ...}
     dependencies: list[str]
@@ -61,9 +60,6 @@ class Render:
         if len(found) != 1:
             raise KeyError(f"{len(found)} resources named {name!r}")
         return found[0]
-
-    def by_urn(self, urn: str) -> Registration:
-        return next(r for r in self.resources if r.urn == urn)
 
 
 def is_secret(value: Any) -> bool:
@@ -137,7 +133,6 @@ class RecordingMonitor(mocks.MockMonitor):
                     type=request.type,
                     name=request.name,
                     id=response.id,
-                    custom=request.custom,
                     parent=request.parent,
                     inputs=json_format.MessageToDict(request.object),
                     dependencies=list(request.dependencies),
