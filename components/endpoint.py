@@ -1,5 +1,7 @@
 """`OnlineEndpoint`: one Azure ML online endpoint, its deployments and its traffic, as one component.
 
+On the local target the same three kinds of children live in the local runtime instead.
+
 Children, in the order Azure needs them:
   1. the azure-native OnlineEndpoint, which never carries traffic (changes to it are ignored);
   2. one azure-native OnlineDeployment per deployment, instance count in `sku.capacity` (local
@@ -30,8 +32,31 @@ class OnlineEndpoint(pulumi.ComponentResource):
     primary_key: pulumi.Output[str | None]
     secondary_key: pulumi.Output[str | None]
 
-    def __init__(self, name: str, spec: EndpointSpec, opts: pulumi.ResourceOptions | None = None):
+    def __init__(
+        self,
+        name: str,
+        spec: EndpointSpec,
+        target: str = "azure",
+        opts: pulumi.ResourceOptions | None = None,
+    ):
         super().__init__(COMPONENT_TYPE, name, None, opts)
+        if target == "local":
+            self._local(name, spec)
+        else:
+            self._azure(name, spec)
+        self.register_outputs(
+            {
+                "scoring_uri": self.scoring_uri,
+                "swagger_uri": self.swagger_uri,
+                "deployment_names": self.deployment_names,
+                "traffic": self.traffic,
+                "mirror_traffic": self.mirror_traffic,
+                "primary_key": self.primary_key,
+                "secondary_key": self.secondary_key,
+            }
+        )
+
+    def _azure(self, name: str, spec: EndpointSpec) -> None:
         where = {"resource_group_name": spec.resource_group, "workspace_name": spec.workspace}
         # Names are fixed (they are the Azure names), so a replacement must delete first:
         # create-then-delete on the same name would delete the resource just written.
@@ -115,18 +140,38 @@ class OnlineEndpoint(pulumi.ComponentResource):
         self.traffic = traffic.traffic
         self.mirror_traffic = traffic.mirror_traffic
         self.primary_key, self.secondary_key = _keys(spec, endpoint)
-        self.register_outputs(
-            {
-                "scoring_uri": self.scoring_uri,
-                "swagger_uri": self.swagger_uri,
-                "deployment_names": self.deployment_names,
-                "traffic": self.traffic,
-                "mirror_traffic": self.mirror_traffic,
-                "primary_key": self.primary_key,
-                "secondary_key": self.secondary_key,
-            }
-        )
 
+    def _local(self, name: str, spec: EndpointSpec) -> None:
+        """The same tree on the local runtime (components/local_target.py)."""
+        from components import local_target
+        from local_runtime.apply import deployment_payload
+        from local_runtime.paths import state_dir
+
+        root = str(state_dir())
+        endpoint = local_target.LocalOnlineEndpoint(
+            name, endpoint_name=spec.name, auth_mode=spec.auth_mode, state_dir=root,
+            opts=pulumi.ResourceOptions(parent=self),
+        )
+        deployments = [
+            local_target.LocalOnlineDeployment(
+                f"{name}-{deployment_name}", endpoint_name=spec.name, deployment_name=deployment_name,
+                spec=deployment_payload(deployment), state_dir=root,
+                opts=pulumi.ResourceOptions(parent=self, depends_on=[endpoint]),
+            )
+            for deployment_name, deployment in spec.deployments.items()
+        ]
+        traffic = local_target.LocalEndpointTraffic(
+            f"{name}-traffic", endpoint_name=spec.name, traffic=spec.live_traffic,
+            mirror_traffic=dict(spec.mirror_traffic), deployments=list(spec.deployments), state_dir=root,
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[endpoint, *deployments]),
+        )
+        self.scoring_uri = endpoint.scoringUri
+        self.swagger_uri = pulumi.Output.from_input(None)
+        self.deployment_names = pulumi.Output.from_input(list(spec.deployments))
+        self.traffic = traffic.traffic
+        self.mirror_traffic = traffic.mirror_traffic
+        self.primary_key = pulumi.Output.secret(endpoint.primaryKey)
+        self.secondary_key = pulumi.Output.secret(endpoint.secondaryKey)
 
 def _keys(spec: EndpointSpec, endpoint: ml.OnlineEndpoint) -> tuple[pulumi.Output, pulumi.Output]:
     """Endpoint keys as secrets; token-auth endpoints have none."""

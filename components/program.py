@@ -40,7 +40,7 @@ def main(project_dir: Path) -> None:
     except SpecError as err:
         raise pulumi.RunError(f"invalid stack config:\n{err}") from None
 
-    endpoint = OnlineEndpoint(spec.endpoint.name, spec.endpoint)
+    endpoint = OnlineEndpoint(spec.endpoint.name, spec.endpoint, spec.target)
 
     pulumi.export("scoringUri", endpoint.scoring_uri)
     pulumi.export("swaggerUri", endpoint.swagger_uri)

@@ -81,7 +81,7 @@ class DeploymentSpec(_Spec):
     code: str | None = None
     scoring_script: str | None = None
     environment: str | InlineEnvironment | None = None
-    instance_type: str
+    instance_type: str | None = None
     instance_count: WholeNumber = 1
     request_settings: RequestSettings | None = None
     liveness_probe: Probe | None = None
@@ -115,7 +115,7 @@ class EndpointSpec(_Spec):
 
 
 class StackSpec(_Spec):
-    target: Literal["azure"] = "azure"
+    target: Literal["azure", "local"] = "azure"
     endpoint: EndpointSpec
 
 
@@ -172,10 +172,14 @@ def stack_problems(spec: StackSpec) -> list[Problem]:
     problems += rules.deployment_count_problems(
         rules.join(field, "deployments"), len(endpoint.deployments)
     )
+    if not on_azure and endpoint.is_kubernetes:
+        problems.append(Problem(rules.join(field, "compute"), "Kubernetes endpoints are not served on the local target"))
     for name, deployment in endpoint.deployments.items():
         deployment_field = rules.join(field, "deployments", name)
         if on_azure:
-            problems += _asset_problems(deployment_field, deployment)
+            problems += _azure_problems(deployment_field, deployment)
+        else:
+            problems += _local_problems(deployment_field, deployment)
         problems += _deployment_problems(deployment_field, name, deployment, endpoint)
     problems += rules.traffic_problems(
         endpoint.traffic, endpoint.mirror_traffic, endpoint.deployments, field=field
@@ -184,6 +188,23 @@ def stack_problems(spec: StackSpec) -> list[Problem]:
         problems += rules.kubernetes_mirror_problems(
             rules.join(field, "mirrorTraffic"), endpoint.mirror_traffic
         )
+    return problems
+
+
+def _local_problems(field: str, deployment: DeploymentSpec) -> list[Problem]:
+    """The local target serves a scoring script from a local folder with a local model."""
+    problems = []
+    if deployment.code is None:
+        problems.append(Problem(rules.join(field, "code"), "required on the local target: the folder holding the scoring script"))
+    for key, value in (("code", deployment.code), ("model", deployment.model)):
+        if value is not None and is_asset_reference(value):
+            problems.append(
+                Problem(rules.join(field, key), f"{value!r} is an Azure asset; the local target serves local files: give a path")
+            )
+    if deployment.code is not None and deployment.scoring_script and not is_asset_reference(deployment.code):
+        script = Path(deployment.code) / deployment.scoring_script
+        if not script.is_file():
+            problems.append(Problem(rules.join(field, "scoringScript"), f"{deployment.scoring_script!r} not found in {deployment.code}"))
     return problems
 
 
@@ -201,10 +222,6 @@ def _deployment_problems(
         problems.append(
             Problem(field, "code and scoringScript go together: give both (a scoring script in a code folder) or neither")
         )
-    if deployment.code is not None and deployment.environment is None:
-        problems.append(
-            Problem(rules.join(field, "environment"), "required when code is given: the environment the scoring script runs in")
-        )
     if deployment.type == "kubernetes" and not endpoint.is_kubernetes:
         problems.append(
             Problem(rules.join(field, "type"), "a kubernetes deployment needs a Kubernetes endpoint: set endpoint.compute")
@@ -216,12 +233,20 @@ def _deployment_problems(
     return problems
 
 
-def _asset_problems(field: str, deployment: DeploymentSpec) -> list[Problem]:
-    """On the azure target, references must pin a version and an environment must be an asset.
+def _azure_problems(field: str, deployment: DeploymentSpec) -> list[Problem]:
+    """On the azure target: a VM size, references that pin a version, an environment that is an asset.
 
     Local model and code paths are fine: they are uploaded and registered (components/uploads.py).
     """
     problems = []
+    if not deployment.instance_type:
+        problems.append(
+            Problem(rules.join(field, "instanceType"), "required on the azure target: the VM size, e.g. Standard_DS3_v2")
+        )
+    if deployment.code is not None and deployment.environment is None:
+        problems.append(
+            Problem(rules.join(field, "environment"), "required when code is given: the environment the scoring script runs in")
+        )
     named = {"model": deployment.model, "code": deployment.code}
     if isinstance(deployment.environment, str):
         named["environment"] = deployment.environment

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from mlcanary.local_cli import register as register_local_commands
 from mlcanary.policy_config import PolicyConfigError, load_policy_config
 
 
@@ -85,6 +86,8 @@ def _print_text(report) -> None:
         + "."
     )
 
+
+register_local_commands(main)
 
 if __name__ == "__main__":
     main()

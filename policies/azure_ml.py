@@ -29,6 +29,11 @@ from components.durations import parse_iso_seconds
 ENDPOINT = "azure-native:machinelearningservices:OnlineEndpoint"
 DEPLOYMENT = "azure-native:machinelearningservices:OnlineDeployment"
 TRAFFIC = "pulumi-python:dynamic/azureml:EndpointTraffic"
+# The local target's resources (components/local_target.py): same rules, same traffic input names.
+LOCAL_ENDPOINT = "pulumi-python:dynamic/local:LocalOnlineEndpoint"
+LOCAL_DEPLOYMENT = "pulumi-python:dynamic/local:LocalOnlineDeployment"
+LOCAL_TRAFFIC = "pulumi-python:dynamic/local:LocalEndpointTraffic"
+ENDPOINTS, DEPLOYMENTS, TRAFFICS = (ENDPOINT, LOCAL_ENDPOINT), (DEPLOYMENT, LOCAL_DEPLOYMENT), (TRAFFIC, LOCAL_TRAFFIC)
 
 
 def knobs(args: Any, schema: PolicyConfigSchema | None) -> dict[str, Any]:
@@ -51,7 +56,7 @@ def label(resource: Any) -> str:
 
 def traffic_of(resource: Any) -> tuple[Mapping, Mapping] | None:
     """(live, mirror) traffic a resource sets, or None if it sets none."""
-    if resource.resource_type == TRAFFIC:
+    if resource.resource_type in TRAFFICS:
         return resource.props.get("traffic") or {}, resource.props.get("mirror_traffic") or {}
     if resource.resource_type == ENDPOINT:
         properties = resource.props.get("properties") or {}
@@ -61,9 +66,9 @@ def traffic_of(resource: Any) -> tuple[Mapping, Mapping] | None:
 
 
 def endpoint_name_of(resource: Any) -> str | None:
-    if resource.resource_type == TRAFFIC:
+    if resource.resource_type in TRAFFICS:
         return resource.props.get("endpoint_name")
-    if resource.resource_type in (ENDPOINT, DEPLOYMENT):
+    if resource.resource_type in ENDPOINTS + DEPLOYMENTS:
         return resource.props.get("endpointName")
     return None
 
@@ -103,7 +108,7 @@ def _traffic_shares(args: Any, config: dict[str, Any]) -> list[rules.Problem]:
         return []
     live, mirror = found
     problems = rules.traffic_share_problems(live, mirror, max_mirror_percent=config["maxMirrorPercent"])
-    if args.resource_type == TRAFFIC:  # it declares its deployments; the stack policy checks they exist
+    if args.resource_type in TRAFFICS:  # it declares its deployments; the stack policy checks they exist
         problems += rules.traffic_target_problems(live, mirror, args.props.get("deployments") or [])
     return problems
 
@@ -112,14 +117,14 @@ traffic_valid = resource_policy(
     "endpoint-traffic-valid",
     "Live traffic is whole percents 0-100 summing to 100 (0 with nothing live); mirror traffic goes to at "
     "most one deployment, at most maxMirrorPercent (never above 50), never to one with live traffic.",
-    (TRAFFIC, ENDPOINT),
+    (*TRAFFICS, ENDPOINT),
     _traffic_shares,
     MAX_MIRROR_SCHEMA,
 )
 
 
 def _names(args: Any, _config: dict[str, Any]) -> list[rules.Problem]:
-    if args.resource_type == ENDPOINT:
+    if args.resource_type in ENDPOINTS:
         return rules.name_problems("endpointName", args.props.get("endpointName"), "endpoint name")
     return rules.name_problems("deploymentName", args.props.get("deploymentName"), "deployment name")
 
@@ -128,7 +133,7 @@ names_valid = resource_policy(
     "names-valid",
     "Endpoint and deployment names are 3-32 characters, start with a letter, use letters, digits and "
     "hyphens, and do not end in a hyphen.",
-    (ENDPOINT, DEPLOYMENT),
+    ENDPOINTS + DEPLOYMENTS,
     _names,
 )
 
@@ -140,6 +145,8 @@ INSTANCE_COUNT_SCHEMA = PolicyConfigSchema(
 
 
 def _instance_count(args: Any, config: dict[str, Any]) -> list[rules.Problem]:
+    if args.resource_type == LOCAL_DEPLOYMENT:
+        return rules.instance_count_problems("instanceCount", args.props.get("instanceCount"), config["minInstanceCount"])
     sku = args.props.get("sku") or {}
     capacity = sku.get("capacity", 1)  # Azure's default when no sku is given
     return rules.instance_count_problems("sku.capacity", capacity, config["minInstanceCount"])
@@ -148,7 +155,7 @@ def _instance_count(args: Any, config: dict[str, Any]) -> list[rules.Problem]:
 instance_count_in_range = resource_policy(
     "instance-count-in-range",
     "A deployment runs between minInstanceCount (default 1) and 50 instances.",
-    (DEPLOYMENT,),
+    DEPLOYMENTS,
     _instance_count,
     INSTANCE_COUNT_SCHEMA,
 )
@@ -161,6 +168,11 @@ REQUEST_TIMEOUT_SCHEMA = PolicyConfigSchema(
 
 
 def _request_timeout(args: Any, config: dict[str, Any]) -> list[rules.Problem]:
+    if args.resource_type == LOCAL_DEPLOYMENT:
+        timeout_ms = (args.props.get("spec") or {}).get("requestTimeoutMs")
+        if timeout_ms is None:
+            return []
+        return rules.request_timeout_problems("spec.requestTimeoutMs", timeout_ms, config["maxRequestTimeoutMs"])
     properties = args.props.get("properties") or {}
     if properties.get("endpointComputeType") != "Managed":
         return []
@@ -177,7 +189,7 @@ def _request_timeout(args: Any, config: dict[str, Any]) -> list[rules.Problem]:
 request_timeout_limit = resource_policy(
     "request-timeout-limit",
     "A managed deployment's request timeout is at most maxRequestTimeoutMs (never above 180 s).",
-    (DEPLOYMENT,),
+    DEPLOYMENTS,
     _request_timeout,
     REQUEST_TIMEOUT_SCHEMA,
 )
@@ -190,6 +202,8 @@ AUTH_MODE_SCHEMA = PolicyConfigSchema(
 
 
 def _auth_mode(args: Any, config: dict[str, Any]) -> list[rules.Problem]:
+    if args.resource_type == LOCAL_ENDPOINT:
+        return rules.auth_mode_problems("authMode", args.props.get("authMode"), allowed=config["allowedAuthModes"])
     mode = (args.props.get("properties") or {}).get("authMode")
     return rules.auth_mode_problems(
         "properties.authMode", mode, arm_spelling=True, allowed=config["allowedAuthModes"]
@@ -199,7 +213,7 @@ def _auth_mode(args: Any, config: dict[str, Any]) -> list[rules.Problem]:
 auth_mode_valid = resource_policy(
     "auth-mode-valid",
     "An endpoint's auth mode is one of allowedAuthModes (default: key, aml_token, aad_token).",
-    (ENDPOINT,),
+    ENDPOINTS,
     _auth_mode,
     AUTH_MODE_SCHEMA,
 )
@@ -217,7 +231,7 @@ def by_endpoint(resources: Iterable[Any]) -> dict[str, list[Any]]:
 
 
 def deployment_names(resources: Iterable[Any]) -> list[str]:
-    return [r.props.get("deploymentName") for r in resources if r.resource_type == DEPLOYMENT]
+    return [r.props.get("deploymentName") for r in resources if r.resource_type in DEPLOYMENTS]
 
 
 def stack_policy(

@@ -63,7 +63,7 @@ CASES = {
     ),
     "invalid_target": (
         lambda c, t: c.update({"mlcanary:target": "gcp"}),
-        r"mlcanary:target: must be one of 'azure', got 'gcp'",
+        r"mlcanary:target: must be one of 'azure' or 'local', got 'gcp'",
     ),
     "instance_count_not_a_number": (
         lambda c, t: deployments(c)["blue"].update({"instanceCount": "two"}),
@@ -83,7 +83,7 @@ CASES = {
     ),
     "missing_instance_type": (
         lambda c, t: deployments(c)["blue"].pop("instanceType"),
-        rf"{E}\.deployments\.blue\.instanceType: required",
+        rf"{E}\.deployments\.blue\.instanceType: required on the azure target: the VM size",
     ),
     "endpoint_name_starts_with_digit": (
         lambda c, t: endpoint(c).update({"name": "1fraud"}),  # also disagrees with green's file

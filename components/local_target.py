@@ -1,0 +1,151 @@
+"""The local target as Pulumi resources: endpoint, deployments and traffic in the local runtime.
+
+Same shape and order as on Azure (endpoint, then deployments, then traffic depending on every
+deployment), so `pulumi up -s local` runs the stages on a machine with the Pulumi CLI and no Azure.
+The providers talk to the runtime's control plane (starting the runtime when needed); they hold no
+client, since Pulumi ships them to its provider host with dill.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pulumi
+from pulumi.dynamic import CreateResult, DiffResult, ReadResult, ResourceProvider, UpdateResult
+
+
+
+def _client(props: dict[str, Any]):
+    from local_runtime.client import RuntimeClient
+    from local_runtime.paths import state_dir
+
+    return RuntimeClient(state_dir(props.get("stateDir")))
+
+
+def _missing(call) -> bool:
+    """Run a delete; True if the thing was already gone (404), which is fine for a delete."""
+    from local_runtime.client import NotRunning, RuntimeRefusal
+
+    try:
+        call()
+    except RuntimeRefusal as err:
+        if err.status != 404:
+            raise
+        return True
+    except NotRunning:
+        return True
+    return False
+
+
+def _diff(olds: dict, news: dict, replace_on: tuple[str, ...]) -> DiffResult:
+    keys = set(olds) | set(news)
+    changed = [k for k in keys if k != "__provider" and olds.get(k) != news.get(k)]
+    return DiffResult(changes=bool(changed), replaces=[k for k in changed if k in replace_on], delete_before_replace=True)
+
+
+class LocalEndpointProvider(ResourceProvider):
+    def create(self, props: dict[str, Any]) -> CreateResult:
+        return CreateResult(id_=props["endpointName"], outs=self._put(props))
+
+    def update(self, _id: str, _olds: dict, news: dict) -> UpdateResult:
+        return UpdateResult(outs=self._put(news))
+
+    def diff(self, _id: str, olds: dict, news: dict) -> DiffResult:
+        return _diff(olds, {**olds, **news}, ("endpointName", "stateDir"))
+
+    def delete(self, _id: str, props: dict[str, Any]) -> None:
+        _missing(lambda: _client(props).delete_endpoint(props["endpointName"]))
+
+    def read(self, id_: str, props: dict[str, Any]) -> ReadResult:
+        endpoints = _client(props).status(start=True)["endpoints"]
+        return ReadResult(id_, props) if id_ in endpoints else ReadResult(None, {})
+
+    @staticmethod
+    def _put(props: dict[str, Any]) -> dict[str, Any]:
+        client = _client(props)
+        status = client.put_endpoint(props["endpointName"], props["authMode"])
+        keys = client.keys(props["endpointName"])
+        return {**props, "scoringUri": status["scoringUri"],
+                "primaryKey": keys["primaryKey"], "secondaryKey": keys["secondaryKey"]}
+
+
+class LocalDeploymentProvider(ResourceProvider):
+    def create(self, props: dict[str, Any]) -> CreateResult:
+        return CreateResult(id_=f"{props['endpointName']}/{props['deploymentName']}", outs=self._put(props))
+
+    def update(self, _id: str, _olds: dict, news: dict) -> UpdateResult:
+        return UpdateResult(outs=self._put(news))
+
+    def diff(self, _id: str, olds: dict, news: dict) -> DiffResult:
+        return _diff(olds, news, ("endpointName", "deploymentName", "stateDir"))
+
+    def delete(self, _id: str, props: dict[str, Any]) -> None:
+        _missing(lambda: _client(props).delete_deployment(props["endpointName"], props["deploymentName"]))
+
+    @staticmethod
+    def _put(props: dict[str, Any]) -> dict[str, Any]:
+        spec = {**props["spec"], "instanceCount": int(props["spec"]["instanceCount"])}
+        if "requestTimeoutMs" in spec:
+            spec["requestTimeoutMs"] = int(spec["requestTimeoutMs"])
+        status = _client(props).put_deployment(props["endpointName"], props["deploymentName"], spec)
+        return {**props, "state": status["state"]}
+
+
+class LocalTrafficProvider(ResourceProvider):
+    def create(self, props: dict[str, Any]) -> CreateResult:
+        self._set(props, props.get("traffic"), props.get("mirror_traffic"))
+        return CreateResult(id_=f"{props['endpoint_name']}/traffic", outs=props)
+
+    def update(self, _id: str, _olds: dict, news: dict) -> UpdateResult:
+        self._set(news, news.get("traffic"), news.get("mirror_traffic"))
+        return UpdateResult(outs=news)
+
+    def diff(self, _id: str, olds: dict, news: dict) -> DiffResult:
+        return _diff(olds, news, ("endpoint_name", "stateDir"))
+
+    def delete(self, _id: str, props: dict[str, Any]) -> None:
+        _missing(lambda: self._set(props, {}, {}))
+
+    @staticmethod
+    def _set(props: dict[str, Any], traffic: Any, mirror: Any) -> None:
+        as_ints = lambda shares: {k: int(v) for k, v in (shares or {}).items()}  # noqa: E731 - wire floats
+        _client(props).set_traffic(props["endpoint_name"], as_ints(traffic), as_ints(mirror))
+
+
+class LocalOnlineEndpoint(pulumi.dynamic.Resource, module="local", name="LocalOnlineEndpoint"):
+    scoringUri: pulumi.Output[str]  # noqa: N815 - output names as the provider returns them
+    primaryKey: pulumi.Output[str]  # noqa: N815
+    secondaryKey: pulumi.Output[str]  # noqa: N815
+
+    def __init__(self, name: str, *, endpoint_name: str, auth_mode: str, state_dir: str, opts=None):
+        super().__init__(
+            LocalEndpointProvider(), name,
+            {"endpointName": endpoint_name, "authMode": auth_mode, "stateDir": state_dir,
+             "scoringUri": None, "primaryKey": None, "secondaryKey": None},
+            pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(additional_secret_outputs=["primaryKey", "secondaryKey"])),
+        )
+
+
+class LocalOnlineDeployment(pulumi.dynamic.Resource, module="local", name="LocalOnlineDeployment"):
+    def __init__(self, name: str, *, endpoint_name: str, deployment_name: str, spec: dict, state_dir: str, opts=None):
+        super().__init__(
+            LocalDeploymentProvider(), name,
+            {"endpointName": endpoint_name, "deploymentName": deployment_name, "spec": spec,
+             "instanceCount": spec["instanceCount"], "stateDir": state_dir, "state": None},
+            opts,
+        )
+
+
+class LocalEndpointTraffic(pulumi.dynamic.Resource, module="local", name="LocalEndpointTraffic"):
+    traffic: pulumi.Output[dict]
+    mirror_traffic: pulumi.Output[dict]
+
+    def __init__(self, name: str, *, endpoint_name: str, traffic: dict, mirror_traffic: dict,
+                 deployments: list[str], state_dir: str, opts=None):
+        super().__init__(
+            LocalTrafficProvider(), name,
+            {"endpoint_name": endpoint_name, "traffic": traffic, "mirror_traffic": mirror_traffic,
+             "deployments": deployments, "stateDir": state_dir},
+            opts,
+        )
+

@@ -1,0 +1,88 @@
+"""Apply one stage to the local runtime, in the order Azure needs and without the Pulumi CLI.
+
+1. deployments that are new or changed, each waited on until every instance is healthy;
+2. live and mirror traffic, in one atomic change;
+3. deployments the stage no longer has (their traffic is 0 by then), drained before they stop.
+A deployment that fails to start refuses the stage: deployments created by this apply are
+removed again and traffic is left as it was.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from components.spec import DeploymentSpec, StackSpec
+from local_runtime.client import RuntimeClient, RuntimeRefusal
+
+
+class StageRefused(RuntimeError):
+    pass
+
+
+def deployment_payload(spec: DeploymentSpec) -> dict[str, Any]:
+    """What the runtime needs to serve one deployment (environment and instance type do not apply)."""
+    payload: dict[str, Any] = {
+        "code": spec.code,
+        "scoringScript": spec.scoring_script,
+        "model": spec.model,
+        "instanceCount": spec.instance_count,
+        "environmentVariables": dict(spec.environment_variables),
+    }
+    if spec.request_settings and spec.request_settings.request_timeout_ms:
+        payload["requestTimeoutMs"] = spec.request_settings.request_timeout_ms
+    return payload
+
+
+@dataclass
+class Applied:
+    endpoint: str
+    scoring_uri: str
+    started: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+
+
+def apply_stage(
+    stack: StackSpec, client: RuntimeClient, progress: Callable[[str], None] = lambda _: None
+) -> Applied:
+    if stack.target != "local":
+        raise StageRefused(f"this stage targets {stack.target!r}; `mlcanary local up` applies local-target stages "
+                           "(mlcanary:target: local)")
+    spec = stack.endpoint
+    endpoint = client.put_endpoint(spec.name, spec.auth_mode)
+    current = endpoint["deployments"]
+    applied = Applied(spec.name, endpoint["scoringUri"])
+
+    created: list[str] = []
+    for name, deployment in spec.deployments.items():
+        payload = deployment_payload(deployment)
+        existing = current.get(name)
+        if existing and existing["state"] == "ready" and existing["spec"] == payload:
+            applied.unchanged.append(name)
+            continue
+        progress(f"starting {name} ({deployment.instance_count} instance(s))")
+        try:
+            client.put_deployment(spec.name, name, payload)
+        except RuntimeRefusal as err:
+            for new in created:
+                client.delete_deployment(spec.name, new)
+            tail = err.body.get("logTail", "")
+            raise StageRefused(f"{err}\n{tail}".rstrip() + "\nThe stage was refused; traffic is as it was.") from None
+        applied.started.append(name)
+        if existing is None:
+            created.append(name)
+
+    progress("setting traffic")
+    try:
+        client.set_traffic(spec.name, spec.live_traffic, dict(spec.mirror_traffic))
+    except RuntimeRefusal as err:
+        raise StageRefused(str(err)) from None
+
+    for name in current:
+        if name not in spec.deployments:
+            progress(f"removing {name}")
+            client.delete_deployment(spec.name, name)
+            applied.removed.append(name)
+    return applied

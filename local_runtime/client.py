@@ -1,0 +1,151 @@
+"""Talking to the local runtime: find it through the state directory, start it when asked."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import requests
+
+from local_runtime import paths
+
+START_TIMEOUT_S = 300.0  # the runtime restores its deployments before it answers
+
+
+class RuntimeRefusal(RuntimeError):
+    """The runtime refused or failed a request; the message is the runtime's own."""
+
+    def __init__(self, status: int, body: dict[str, Any]):
+        self.status = status
+        self.body = body
+        lines = [body.get("message", f"HTTP {status}")] + [f"  {p}" for p in body.get("problems", [])]
+        super().__init__("\n".join(lines))
+
+
+class NotRunning(RuntimeError):
+    pass
+
+
+class RuntimeClient:
+    def __init__(self, root: Path):
+        self.root = root
+        self.http = requests.Session()
+
+    # --- finding and starting --------------------------------------------------------------
+
+    def base_url(self) -> str | None:
+        """The control plane of a live runtime for this state directory, or None."""
+        try:
+            info = json.loads(paths.runtime_file(self.root).read_text())
+            os.kill(info["pid"], 0)
+        except (OSError, ValueError, KeyError):
+            return None
+        url = f"http://127.0.0.1:{info['controlPort']}"
+        try:
+            if self.http.get(f"{url}/health", timeout=2).ok:
+                return url
+        except requests.RequestException:
+            pass
+        return None
+
+    def pid(self) -> int | None:
+        try:
+            return json.loads(paths.runtime_file(self.root).read_text())["pid"] if self.base_url() else None
+        except (OSError, ValueError, KeyError):
+            return None
+
+    def ensure_running(self) -> str:
+        url = self.base_url()
+        if url:
+            return url
+        self.root.mkdir(parents=True, exist_ok=True)
+        paths.runtime_file(self.root).unlink(missing_ok=True)
+        with open(paths.runtime_log(self.root), "ab") as log:
+            subprocess.Popen(
+                [sys.executable, "-m", "local_runtime.server", "--state-dir", str(self.root)],
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+            )
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            url = self.base_url()
+            if url:
+                return url
+            time.sleep(0.1)
+        raise NotRunning(f"the local runtime did not start; see {paths.runtime_log(self.root)}")
+
+    def _url(self, start: bool) -> str:
+        url = self.ensure_running() if start else self.base_url()
+        if url is None:
+            raise NotRunning(f"no local runtime is running for {self.root}")
+        return url
+
+    def call(self, method: str, path: str, body: Any = None, *, start: bool = True, timeout: float = 600) -> Any:
+        response = self.http.request(method, f"{self._url(start)}{path}", json=body, timeout=timeout)
+        if response.status_code >= 400:
+            try:
+                payload = response.json()
+            except ValueError:
+                payload = {"message": response.text}
+            raise RuntimeRefusal(response.status_code, payload)
+        return response.json() if "json" in response.headers.get("Content-Type", "") else response.text
+
+    # --- operations --------------------------------------------------------------------------
+
+    def status(self, start: bool = False) -> dict[str, Any]:
+        return self.call("GET", "/status", start=start)
+
+    def put_endpoint(self, name: str, auth_mode: str) -> dict[str, Any]:
+        return self.call("PUT", f"/endpoints/{name}", {"authMode": auth_mode})
+
+    def delete_endpoint(self, name: str) -> None:
+        self.call("DELETE", f"/endpoints/{name}", start=False)
+
+    def keys(self, name: str) -> dict[str, str]:
+        return self.call("GET", f"/endpoints/{name}/keys", start=False)
+
+    def put_deployment(self, endpoint: str, name: str, spec: dict[str, Any]) -> dict[str, Any]:
+        return self.call("PUT", f"/endpoints/{endpoint}/deployments/{name}", spec)
+
+    def delete_deployment(self, endpoint: str, name: str) -> None:
+        self.call("DELETE", f"/endpoints/{endpoint}/deployments/{name}")
+
+    def set_traffic(self, endpoint: str, traffic: dict[str, int], mirror: dict[str, int]) -> dict[str, Any]:
+        return self.call("PUT", f"/endpoints/{endpoint}/traffic", {"traffic": traffic, "mirrorTraffic": mirror})
+
+    def logs(self, endpoint: str, deployment: str, lines: int) -> str:
+        return self.call("GET", f"/endpoints/{endpoint}/deployments/{deployment}/logs?lines={lines}", start=False)
+
+    def metrics(self) -> str:
+        return self.call("GET", "/metrics", start=False)
+
+    def shutdown(self, timeout_s: float = 60) -> None:
+        pid = self.pid()
+        if pid is None:
+            return
+        self.call("POST", "/shutdown", start=False)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if _exited(pid):
+                return
+            time.sleep(0.05)
+        raise NotRunning(f"the runtime (pid {pid}) did not stop within {timeout_s:.0f} s")
+
+
+def _exited(pid: int) -> bool:
+    """True once `pid` is gone. A runtime this process started must be reaped, or it stays a zombie."""
+    try:
+        reaped, _ = os.waitpid(pid, os.WNOHANG)
+        if reaped == pid:
+            return True
+    except ChildProcessError:
+        pass  # not our child
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        return True
+    return False

@@ -1,0 +1,67 @@
+"""Per-deployment request metrics, exposed in the Prometheus text format."""
+
+from __future__ import annotations
+
+import bisect
+from collections import Counter, defaultdict
+
+BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class DeploymentMetrics:
+    def __init__(self) -> None:
+        self.requests: Counter[int] = Counter()  # status code -> count, live and pinned requests
+        self.mirrored: Counter[int] = Counter()  # status code -> count, mirror copies
+        self.bucket_counts = [0] * (len(BUCKETS) + 1)
+        self.latency_sum = 0.0
+
+    def observe(self, status: int, seconds: float, mirrored: bool = False) -> None:
+        (self.mirrored if mirrored else self.requests)[status] += 1
+        if not mirrored:
+            self.bucket_counts[bisect.bisect_left(BUCKETS, seconds)] += 1
+            self.latency_sum += seconds
+
+    def summary(self) -> dict:
+        return {
+            "requests": sum(self.requests.values()),
+            "errors": sum(n for code, n in self.requests.items() if code >= 400),
+            "mirrored": sum(self.mirrored.values()),
+            "mirrorErrors": sum(n for code, n in self.mirrored.items() if code >= 400),
+        }
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.by_deployment: dict[tuple[str, str], DeploymentMetrics] = defaultdict(DeploymentMetrics)
+
+    def of(self, endpoint: str, deployment: str) -> DeploymentMetrics:
+        return self.by_deployment[(endpoint, deployment)]
+
+    def prometheus(self) -> str:
+        lines = [
+            "# HELP mlcanary_requests_total Requests answered by a deployment (live and header-pinned).",
+            "# TYPE mlcanary_requests_total counter",
+        ]
+        for (endpoint, deployment), m in sorted(self.by_deployment.items()):
+            for code, count in sorted(m.requests.items()):
+                lines.append(f'mlcanary_requests_total{{endpoint="{endpoint}",deployment="{deployment}",code="{code}"}} {count}')
+        lines += [
+            "# HELP mlcanary_mirrored_requests_total Mirror copies sent to a deployment, by its status code.",
+            "# TYPE mlcanary_mirrored_requests_total counter",
+        ]
+        for (endpoint, deployment), m in sorted(self.by_deployment.items()):
+            for code, count in sorted(m.mirrored.items()):
+                lines.append(f'mlcanary_mirrored_requests_total{{endpoint="{endpoint}",deployment="{deployment}",code="{code}"}} {count}')
+        lines += [
+            "# HELP mlcanary_request_duration_seconds Time to answer live and pinned requests.",
+            "# TYPE mlcanary_request_duration_seconds histogram",
+        ]
+        for (endpoint, deployment), m in sorted(self.by_deployment.items()):
+            labels = f'endpoint="{endpoint}",deployment="{deployment}"'
+            cumulative = 0
+            for bound, count in zip([*map(str, BUCKETS), "+Inf"], m.bucket_counts):
+                cumulative += count
+                lines.append(f'mlcanary_request_duration_seconds_bucket{{{labels},le="{bound}"}} {cumulative}')
+            lines.append(f"mlcanary_request_duration_seconds_sum{{{labels}}} {m.latency_sum:.6f}")
+            lines.append(f"mlcanary_request_duration_seconds_count{{{labels}}} {cumulative}")
+        return "\n".join(lines) + "\n"

@@ -1,0 +1,109 @@
+"""Rehearse a rollout on the local target: apply each stage, send probe traffic, compare with the plan."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import requests
+
+from components.spec import NAMESPACE, StackSpec, load_stack_config
+from components.stage_file import namespaced, project_dir_of, read_stage_file
+from local_runtime.apply import apply_stage
+from local_runtime.client import RuntimeClient
+from local_runtime.server import PIN_HEADER
+
+
+@dataclass
+class DeploymentReport:
+    name: str
+    configured_live: int
+    configured_mirror: int
+    answered: int = 0
+    mirrored: int = 0
+    errors: int = 0
+    latencies_ms: list[float] = field(default_factory=list)
+
+    def observed_live(self, total: int) -> float:
+        return 100.0 * self.answered / total if total else 0.0
+
+    def percentile(self, q: float) -> float | None:
+        if not self.latencies_ms:
+            return None
+        if len(self.latencies_ms) == 1:
+            return self.latencies_ms[0]
+        return statistics.quantiles(self.latencies_ms, n=100, method="inclusive")[int(q) - 1]
+
+
+@dataclass
+class StageReport:
+    stage: str
+    requests: int
+    deployments: list[DeploymentReport]
+    unrouted: int = 0  # answers from no deployment (e.g. 404 when nothing is live)
+
+
+def load_stage(path: Path) -> StackSpec:
+    return load_stack_config(namespaced(read_stage_file(path), NAMESPACE), project_dir_of(path))
+
+
+def probe(client: RuntimeClient, endpoint: str, body: bytes, count: int) -> StageReport:
+    status = client.status()["endpoints"][endpoint]
+    key = client.keys(endpoint)["primaryKey"]
+    before = {n: d["metrics"]["mirrored"] for n, d in status["deployments"].items()}
+    before_errors = {n: d["metrics"]["mirrorErrors"] for n, d in status["deployments"].items()}
+    reports = {
+        name: DeploymentReport(name, status["traffic"].get(name, 0), status["mirrorTraffic"].get(name, 0))
+        for name in status["deployments"]
+    }
+    report = StageReport("", count, list(reports.values()))
+    session = requests.Session()
+    headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+    for _ in range(count):
+        started = time.perf_counter()
+        answer = session.post(status["scoringUri"], data=body, headers=headers, timeout=60)
+        elapsed = (time.perf_counter() - started) * 1000
+        deployment = reports.get(answer.headers.get(PIN_HEADER, ""))
+        if deployment is None:
+            report.unrouted += 1
+            continue
+        deployment.answered += 1
+        deployment.latencies_ms.append(elapsed)
+        deployment.errors += answer.status_code != 200
+    _collect_mirrored(client, endpoint, before, before_errors, reports)
+    return report
+
+
+def _collect_mirrored(client: RuntimeClient, endpoint: str, before: dict, before_errors: dict, reports: dict) -> None:
+    """Mirror copies run in the background: read the counts once they stop moving."""
+    last = None
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        now = {n: d["metrics"] for n, d in client.status()["endpoints"][endpoint]["deployments"].items()}
+        if now == last:
+            break
+        last = now
+        time.sleep(0.2)
+    for name, metrics in (last or {}).items():
+        if name in reports:
+            reports[name].mirrored = metrics["mirrored"] - before.get(name, 0)
+            reports[name].errors += metrics["mirrorErrors"] - before_errors.get(name, 0)
+
+
+def rehearse(
+    paths: list[Path], client: RuntimeClient, body: bytes, count: int,
+    progress: Callable[[str], None] = lambda _: None,
+) -> list[StageReport]:
+    specs = [load_stage(p) for p in paths]  # every stage is valid before the first is applied
+    reports = []
+    for path, spec in zip(paths, specs):
+        progress(f"{path.name}: applying")
+        apply_stage(spec, client, lambda message, name=path.name: progress(f"{name}: {message}"))
+        progress(f"{path.name}: sending {count} probe requests")
+        report = probe(client, spec.endpoint.name, body, count)
+        report.stage = path.name
+        reports.append(report)
+    return reports

@@ -1,0 +1,299 @@
+"""`mlcanary local ...`, `invoke`, `logs`, `rehearse`: the local target from the command line.
+
+Heavy imports (rich, the runtime client) happen inside the commands, so `mlcanary check` does not
+pay for them.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+STATE_DIR_HELP = "Where the local runtime keeps its state (default: $MLCANARY_STATE_DIR, else ~/.mlcanary/local)."
+state_dir_option = click.option(
+    "--state-dir", type=click.Path(path_type=Path), envvar="MLCANARY_STATE_DIR", help=STATE_DIR_HELP
+)
+
+
+def _client(state_dir: Path | None):
+    try:
+        import aiohttp  # noqa: F401 - the runtime's router
+        import azureml_inference_server_http  # noqa: F401 - the workers
+    except ImportError as err:
+        _fail(f"the local target needs the `local` extra ({err.name} is missing): pip install -e '.[local]'", 2)
+    from local_runtime.client import RuntimeClient
+    from local_runtime.paths import state_dir as resolve
+
+    return RuntimeClient(resolve(state_dir))
+
+
+def _fail(message: str, code: int = 1) -> None:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+def _load(path: Path):
+    from components.spec import SpecError
+    from components.stage_file import StageFileError
+    from local_runtime.rehearse import load_stage
+
+    try:
+        return load_stage(path)
+    except StageFileError as err:
+        _fail(str(err), 2)
+    except SpecError as err:
+        _fail(f"{path}: invalid stack config:\n" + "\n".join(f"  {p}" for p in err.problems), 2)
+
+
+def _errors():
+    """The runtime's refusals and a runtime that is not there, as clean errors."""
+    from local_runtime.apply import StageRefused
+    from local_runtime.client import NotRunning, RuntimeRefusal
+
+    return (StageRefused, NotRunning, RuntimeRefusal)
+
+
+@click.group()
+def local() -> None:
+    """Serve endpoints on this machine: the local target, no Azure and no Pulumi CLI needed.
+
+    Deployments run the real Azure ML inference server (azureml-inference-server-http) with their
+    scoring script and model, in this project's Python environment: conda files and images of
+    Azure environments are not built locally. Everything listens on 127.0.0.1 only.
+    """
+
+
+@local.command("up")
+@click.argument("stage_file", type=click.Path(path_type=Path))
+@state_dir_option
+def local_up(stage_file: Path, state_dir: Path | None) -> None:
+    """Apply STAGE_FILE (mlcanary:target: local) to the local runtime, starting it if needed.
+
+    Order: new or changed deployments (waiting until every instance is healthy), then traffic,
+    then removed deployments (drained). An invalid stage, or a deployment whose init() fails, is
+    refused and traffic stays as it was.
+    """
+    from rich.console import Console
+
+    from local_runtime.apply import apply_stage
+
+    spec = _load(stage_file)
+    console = Console()
+    client = _client(state_dir)
+    try:
+        with console.status("starting the local runtime") as status:
+            client.ensure_running()
+            applied = apply_stage(spec, client, lambda message: status.update(message))
+    except _errors() as err:
+        _fail(str(err))
+    console.print(f"[green]applied[/] {stage_file}: endpoint [bold]{applied.endpoint}[/] at {applied.scoring_uri}")
+    for label, names in (("started", applied.started), ("unchanged", applied.unchanged), ("removed", applied.removed)):
+        if names:
+            console.print(f"  {label}: {', '.join(names)}")
+    _print_status(console, client.status(), spec.endpoint.name)
+
+
+def _print_status(console, status: dict, only: str | None = None) -> None:
+    from rich.table import Table
+
+    for name, endpoint in status["endpoints"].items():
+        if only and name != only:
+            continue
+        table = Table(title=f"{name}  {endpoint['scoringUri']}  (auth: {endpoint['authMode']})")
+        for column in ("deployment", "state", "instances", "live %", "mirror %", "requests", "errors", "mirrored", "restarts"):
+            table.add_column(column, justify="left" if column in ("deployment", "state") else "right")
+        for dep, info in endpoint["deployments"].items():
+            m = info["metrics"]
+            table.add_row(
+                dep, info["state"], f"{info['healthy']}/{info['instances']}",
+                str(endpoint["traffic"].get(dep, 0)), str(endpoint["mirrorTraffic"].get(dep, 0)),
+                str(m["requests"]), str(m["errors"]), str(m["mirrored"]), str(info["restarts"]),
+            )
+        console.print(table)
+
+
+@local.command("status")
+@click.argument("endpoint", required=False)
+@state_dir_option
+def local_status(endpoint: str | None, state_dir: Path | None) -> None:
+    """Show endpoints, deployments, traffic and request counts."""
+    from rich.console import Console
+
+    client = _client(state_dir)
+    if client.base_url() is None:
+        click.echo("no local runtime is running (start one with `mlcanary local up STAGE_FILE`)")
+        return
+    status = client.status()
+    if endpoint and endpoint not in status["endpoints"]:
+        _fail(f"endpoint {endpoint!r} not found; endpoints: {', '.join(status['endpoints']) or 'none'}")
+    if not status["endpoints"]:
+        click.echo("the local runtime is running with no endpoints")
+    _print_status(Console(), status, endpoint)
+
+
+@local.command("down")
+@click.argument("endpoint", required=False)
+@state_dir_option
+def local_down(endpoint: str | None, state_dir: Path | None) -> None:
+    """Delete ENDPOINT, or without it every endpoint, and stop the runtime."""
+    client = _client(state_dir)
+    if client.base_url() is None:
+        click.echo("no local runtime is running")
+        return
+    try:
+        if endpoint:
+            client.delete_endpoint(endpoint)
+            click.echo(f"deleted endpoint {endpoint}")
+            return
+        for name in client.status()["endpoints"]:
+            client.delete_endpoint(name)
+            click.echo(f"deleted endpoint {name}")
+        client.shutdown()
+        click.echo("stopped the local runtime")
+    except _errors() as err:
+        _fail(str(err))
+
+
+@local.command("keys")
+@click.argument("endpoint")
+@state_dir_option
+def local_keys(endpoint: str, state_dir: Path | None) -> None:
+    """Print ENDPOINT's primary and secondary keys (send one as `Authorization: Bearer <key>`)."""
+    try:
+        keys = _client(state_dir).keys(endpoint)
+    except _errors() as err:
+        _fail(str(err))
+    click.echo(f"primaryKey: {keys['primaryKey']}\nsecondaryKey: {keys['secondaryKey']}")
+
+
+@click.command()
+@click.argument("endpoint")
+@click.option("--request-file", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True,
+              help="JSON request body, e.g. samples/request.json.")
+@click.option("--deployment", help="Send to this deployment (the azureml-model-deployment header), whatever its traffic.")
+@state_dir_option
+def invoke(endpoint: str, request_file: Path, deployment: str | None, state_dir: Path | None) -> None:
+    """Score a request on a local ENDPOINT and print the response, like `az ml online-endpoint invoke`."""
+    import requests
+
+    from local_runtime.server import PIN_HEADER
+
+    client = _client(state_dir)
+    try:
+        status = client.status()
+        if endpoint not in status["endpoints"]:
+            _fail(f"endpoint {endpoint!r} not found; endpoints: {', '.join(status['endpoints']) or 'none'}")
+        key = client.keys(endpoint)["primaryKey"]
+    except _errors() as err:
+        _fail(str(err))
+    headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+    if deployment:
+        headers[PIN_HEADER] = deployment
+    answer = requests.post(status["endpoints"][endpoint]["scoringUri"], data=request_file.read_bytes(),
+                           headers=headers, timeout=300)
+    click.echo(answer.text)
+    if answer.status_code != 200:
+        _fail(f"HTTP {answer.status_code} from {answer.headers.get(PIN_HEADER) or endpoint}")
+
+
+@click.command()
+@click.argument("endpoint")
+@click.option("--deployment", required=True, help="The deployment whose worker logs to show.")
+@click.option("--lines", type=click.IntRange(min=1), default=50, show_default=True, help="Lines per instance.")
+@state_dir_option
+def logs(endpoint: str, deployment: str, lines: int, state_dir: Path | None) -> None:
+    """Show the last log lines of each instance of a local deployment (init(), run(), errors)."""
+    try:
+        click.echo(_client(state_dir).logs(endpoint, deployment, lines), nl=False)
+    except _errors() as err:
+        _fail(str(err))
+
+
+@click.command()
+@click.argument("stage_files", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--requests", "count", type=click.IntRange(min=1), default=200, show_default=True,
+              help="Probe requests sent at each stage.")
+@click.option("--request-file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              default=Path("samples/request.json"), show_default=True, help="JSON body of the probe requests.")
+@click.option("--keep/--down", default=False, show_default=True,
+              help="Keep the endpoint running after the last stage, or delete it.")
+@click.option("--format", "output_format", type=click.Choice(["text", "json"]), default="text", show_default=True,
+              help="json: one object per stage with its deployments' configured and observed numbers.")
+@state_dir_option
+def rehearse(stage_files: tuple[Path, ...], count: int, request_file: Path, keep: bool, output_format: str,
+             state_dir: Path | None) -> None:
+    """Apply local STAGE_FILES in order and, at each stage, send probe traffic and compare.
+
+    For every stage, a table per deployment: configured vs observed live share, configured mirror
+    share and mirrored requests, errors, and p50/p99 latency of the requests it answered. All
+    stage files are validated before the first is applied.
+    """
+    from rich.console import Console
+
+    from local_runtime.rehearse import rehearse as run_rehearsal
+
+    for path in stage_files:
+        _load(path)  # refuse an invalid stage before anything changes
+    console = Console()
+    client = _client(state_dir)
+    try:
+        with console.status("starting the local runtime") as status:
+            client.ensure_running()
+            reports = run_rehearsal(list(stage_files), client, request_file.read_bytes(), count, status.update)
+            endpoint = _load(stage_files[-1]).endpoint.name
+            if not keep:
+                status.update(f"deleting endpoint {endpoint}")
+                client.delete_endpoint(endpoint)
+    except _errors() as err:
+        _fail(str(err))
+    failed = sum(d.errors for r in reports for d in r.deployments) + sum(r.unrouted for r in reports)
+    if output_format == "json":
+        click.echo(json.dumps([_report_json(r) for r in reports], indent=2))
+    else:
+        for report in reports:
+            _print_report(console, report)
+        console.print(f"Rehearsed {len(reports)} stage(s), {count} probe requests each: "
+                      + ("[green]no errors[/]" if not failed else f"[red]{failed} failed or unrouted request(s)[/]"))
+    if failed:
+        sys.exit(1)
+
+
+def _report_json(report) -> dict:
+    return {
+        "stage": report.stage,
+        "requests": report.requests,
+        "unrouted": report.unrouted,
+        "deployments": {
+            d.name: {
+                "liveConfigured": d.configured_live, "liveObserved": round(d.observed_live(report.requests), 2),
+                "mirrorConfigured": d.configured_mirror, "mirrored": d.mirrored, "errors": d.errors,
+                "p50Ms": d.percentile(50), "p99Ms": d.percentile(99),
+            }
+            for d in report.deployments
+        },
+    }
+
+
+def _print_report(console, report) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"{report.stage}  ({report.requests} requests)")
+    for column in ("deployment", "live set", "live seen", "mirror set", "mirrored", "errors", "p50 ms", "p99 ms"):
+        table.add_column(column, justify="left" if column == "deployment" else "right")
+    ms = lambda v: "-" if v is None else f"{v:.1f}"  # noqa: E731
+    for d in report.deployments:
+        table.add_row(
+            d.name, f"{d.configured_live}%", f"{d.observed_live(report.requests):.1f}%", f"{d.configured_mirror}%",
+            str(d.mirrored), str(d.errors), ms(d.percentile(50)), ms(d.percentile(99)),
+        )
+    if report.unrouted:
+        table.add_row("(no deployment)", "", f"{100 * report.unrouted / report.requests:.1f}", "", "", str(report.unrouted), "", "")
+    console.print(table)
+
+
+def register(group: click.Group) -> None:
+    for command in (local, invoke, logs, rehearse):
+        group.add_command(command)

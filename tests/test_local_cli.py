@@ -1,0 +1,115 @@
+"""The local-target commands as a user runs them: up, status, keys, invoke, logs, down, rehearse."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from conftest import PROJECT_DIR
+from local_runtime.client import RuntimeClient
+from mlcanary.cli import main
+from test_local_runtime import MODELS, stop_runtime
+
+LOCAL = PROJECT_DIR / "stacks" / "local"
+STAGE = {p.stem.split("-")[1]: p for p in sorted(LOCAL.glob("stage-*.yaml"))}
+REQUEST = PROJECT_DIR / "samples" / "request.json"
+
+
+@pytest.fixture
+def state(tmp_path):
+    yield tmp_path / "state"
+    stop_runtime(RuntimeClient(tmp_path / "state"))
+
+
+def run(state, *args):
+    return CliRunner().invoke(main, [*map(str, args), "--state-dir", str(state)])
+
+
+def test_the_full_seven_stage_rehearsal(state):
+    result = run(state, "rehearse", "--requests", "100", "--request-file", REQUEST, "--format", "json", *STAGE.values())
+    assert result.exit_code == 0, result.output
+    reports = {r["stage"]: r["deployments"] for r in json.loads(result.output)}
+    assert list(reports) == [p.name for p in STAGE.values()]
+    seen = {stage: {n: (d["liveConfigured"], d["liveObserved"], d["mirrored"], d["errors"]) for n, d in deps.items()}
+            for stage, deps in reports.items()}
+    assert seen == {
+        "stage-1-create-blue.yaml": {"blue": (100, 100.0, 0, 0)},
+        "stage-2-scale-blue.yaml": {"blue": (100, 100.0, 0, 0)},
+        "stage-3-green-dark.yaml": {"blue": (100, 100.0, 0, 0), "green": (0, 0.0, 0, 0)},
+        "stage-4-mirror-green.yaml": {"blue": (100, 100.0, 0, 0), "green": (0, 0.0, 10, 0)},
+        "stage-5-canary-green.yaml": {"blue": (90, 90.0, 0, 0), "green": (10, 10.0, 0, 0)},
+        "stage-6-all-to-green.yaml": {"blue": (0, 0.0, 0, 0), "green": (100, 100.0, 0, 0)},
+        "stage-7-delete-blue.yaml": {"green": (100, 100.0, 0, 0)},
+    }
+    assert reports["stage-5-canary-green.yaml"]["green"]["p99Ms"] > 0
+    assert RuntimeClient(state).status()["endpoints"] == {}  # --down by default
+
+
+def test_rehearsal_prints_a_table_per_stage(state):
+    result = run(state, "rehearse", "--requests", "20", "--request-file", REQUEST, STAGE["1"], STAGE["2"])
+    assert result.exit_code == 0, result.output
+    assert result.output.count("(20 requests)") == 2
+    assert "Rehearsed 2 stage(s), 20 probe requests each: no errors" in result.output
+
+
+def test_up_status_invoke_logs_keys_down(state):
+    assert run(state, "local", "up", STAGE["3"]).exit_code == 0
+    status = run(state, "local", "status")
+    assert "fraud-scorer" in status.output and "blue" in status.output and "green" in status.output
+    green = run(state, "invoke", "fraud-scorer", "--request-file", REQUEST, "--deployment", "green")
+    assert green.exit_code == 0 and '"version": 2' in green.output
+    live = run(state, "invoke", "fraud-scorer", "--request-file", REQUEST)
+    assert live.exit_code == 0 and '"version": 1' in live.output  # green is dark: live goes to blue
+    logs = run(state, "logs", "fraud-scorer", "--deployment", "green", "--lines", "5")
+    assert "==> instance-0.log <==" in logs.output and "POST /score 200" in logs.output
+    keys = run(state, "local", "keys", "fraud-scorer")
+    assert keys.output.startswith("primaryKey: ") and "secondaryKey: " in keys.output
+    down = run(state, "local", "down")
+    assert "deleted endpoint fraud-scorer" in down.output and "stopped the local runtime" in down.output
+    assert RuntimeClient(state).base_url() is None
+
+
+def test_an_invalid_stage_is_refused_before_anything_changes(state, tmp_path):
+    assert run(state, "local", "up", STAGE["1"]).exit_code == 0
+    before = RuntimeClient(state).status()
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(STAGE["3"].read_text().replace("traffic: {blue: 100, green: 0}", "traffic: {blue: 80, green: 10}"))
+    result = run(state, "local", "up", bad)
+    assert result.exit_code == 2
+    assert "mlcanary:endpoint.traffic: live traffic must sum to 100 (or 0 when nothing is live), got 90" in result.output
+    after = RuntimeClient(state).status()
+    assert {n: (e["traffic"], sorted(e["deployments"])) for n, e in after["endpoints"].items()} == {
+        n: (e["traffic"], sorted(e["deployments"])) for n, e in before["endpoints"].items()}
+
+
+def test_a_failing_init_refuses_the_stage_and_leaves_traffic(state, tmp_path):
+    assert run(state, "local", "up", STAGE["1"]).exit_code == 0
+    broken = tmp_path / "broken.yaml"
+    broken.write_text(
+        STAGE["1"].read_text().replace("    traffic: {blue: 100}", f"""      green:
+        code: {MODELS / 'code'}
+        scoringScript: score.py
+        model: {MODELS / 'model'}
+        environmentVariables: {{FAIL_INIT: "1"}}
+    traffic: {{blue: 90, green: 10}}""")
+    )
+    result = run(state, "local", "up", broken)
+    assert result.exit_code == 1
+    assert "deployment 'green' of endpoint 'fraud-scorer' failed to start: init() failed (worker exit code 3)" in result.output
+    assert "init failed on purpose" in result.output  # the worker's log tail
+    assert "traffic is as it was" in result.output
+    endpoint = RuntimeClient(state).status()["endpoints"]["fraud-scorer"]
+    assert endpoint["traffic"] == {"blue": 100} and list(endpoint["deployments"]) == ["blue"]
+
+
+def test_a_missing_stage_file_exits_2(state, tmp_path):
+    result = run(state, "local", "up", tmp_path / "nope.yaml")
+    assert result.exit_code == 2 and "stage file not found" in result.output
+
+
+def test_an_azure_stage_is_refused_by_local_up(state):
+    result = run(state, "local", "up", PROJECT_DIR / "stacks" / "stage-1-create-blue.yaml")
+    assert result.exit_code == 1
+    assert "this stage targets 'azure'; `mlcanary local up` applies local-target stages" in result.output

@@ -1,0 +1,304 @@
+"""The local runtime for real: a runtime process, azureml-inference-server-http workers, HTTP on 127.0.0.1.
+
+One runtime and one endpoint serve the module (workers are reused where that does not weaken a
+test); tests that break things (crashes, failing init) use their own endpoints or runtime.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from local_runtime import paths
+from local_runtime.client import RuntimeClient, RuntimeRefusal
+from local_runtime.server import PIN_HEADER
+
+MODELS = Path(__file__).parent / "models"
+
+
+def spec(name: str, count: int = 1, **env: str) -> dict:
+    return {
+        "code": str(MODELS / "code"), "scoringScript": "score.py", "model": str(MODELS / "model"),
+        "instanceCount": count, "environmentVariables": {"MODEL_NAME": name, **env},
+    }
+
+
+def stop_runtime(client: RuntimeClient) -> None:
+    """Stop the runtime by its PID, whatever state it is in."""
+    pid = client.pid()
+    try:
+        client.shutdown(timeout_s=30)
+    except Exception:  # noqa: BLE001 - fall back to the PID
+        if pid:
+            os.kill(pid, signal.SIGKILL)
+
+
+@pytest.fixture(scope="module")
+def client(tmp_path_factory):
+    runtime = RuntimeClient(tmp_path_factory.mktemp("state"))
+    runtime.ensure_running()
+    yield runtime
+    stop_runtime(runtime)
+
+
+@pytest.fixture(scope="module")
+def endpoint(client):
+    """Endpoint `ep` with a (2 instances) and b live 90/10, d dark, slow (1 s timeout)."""
+    client.put_endpoint("ep-main", "key")
+    client.put_deployment("ep-main", "dep-a", spec("a", 2))
+    client.put_deployment("ep-main", "dep-b", spec("b"))
+    client.put_deployment("ep-main", "dep-dark", spec("dark"))
+    client.put_deployment("ep-main", "dep-slow", {**spec("slow"), "requestTimeoutMs": 1000})
+    client.set_traffic("ep-main", {"dep-a": 90, "dep-b": 10, "dep-dark": 0, "dep-slow": 0}, {})
+    status = client.status()["endpoints"]["ep-main"]
+    return {"uri": status["scoringUri"], "key": client.keys("ep-main")["primaryKey"], "client": client}
+
+
+def score(endpoint, body=None, key=None, pin=None, timeout=30):
+    headers = {"Content-Type": "application/json"}
+    if key is not False:
+        headers["Authorization"] = f"Bearer {key or endpoint['key']}"
+    if pin:
+        headers[PIN_HEADER] = pin
+    return requests.post(endpoint["uri"], data=json.dumps(body or {"x": 1}), headers=headers, timeout=timeout)
+
+
+def metrics_of(client, endpoint_name, deployment):
+    return client.status()["endpoints"][endpoint_name]["deployments"][deployment]["metrics"]
+
+
+def wait_for(condition, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+# --- data plane ---------------------------------------------------------------------------------
+
+def test_scores_with_the_real_inference_server(endpoint):
+    answer = score(endpoint, {"x": 7}, pin="dep-a")
+    assert answer.status_code == 200
+    assert answer.json() == {"name": "a", "weights": {"w": [1, 2, 3]}, "echo": {"x": 7}}
+    assert answer.headers[PIN_HEADER] == "dep-a"
+
+
+@pytest.mark.parametrize("key", [False, "wrong-key"], ids=["no_key", "wrong_key"])
+def test_requests_without_a_valid_key_get_401(endpoint, key):
+    answer = score(endpoint, key=key)
+    assert answer.status_code == 401
+    assert "Authorization: Bearer <key>" in answer.json()["message"]
+
+
+def test_secondary_key_works_too(endpoint):
+    secondary = endpoint["client"].keys("ep-main")["secondaryKey"]
+    assert score(endpoint, key=secondary).status_code == 200
+
+
+def test_live_traffic_splits_90_10(endpoint):
+    answered = [score(endpoint).headers[PIN_HEADER] for _ in range(100)]
+    assert answered.count("dep-a") == 90 and answered.count("dep-b") == 10
+
+
+def test_header_reaches_a_dark_deployment(endpoint):
+    answer = score(endpoint, pin="dep-dark")
+    assert answer.status_code == 200 and answer.json()["name"] == "dark"
+
+
+def test_header_to_unknown_deployment_is_404(endpoint):
+    answer = score(endpoint, pin="dep-nope")
+    assert answer.status_code == 404
+    assert answer.json()["message"] == "deployment 'dep-nope' not found on endpoint 'ep-main'"
+
+
+def test_model_error_is_424_with_the_model_status(endpoint):
+    answer = score(endpoint, {"fail": True}, pin="dep-a")
+    assert answer.status_code == 424
+    assert answer.headers["ms-azureml-model-error-statuscode"] == "500"
+
+
+def test_request_timeout_is_408(endpoint):
+    started = time.monotonic()
+    answer = score(endpoint, {"sleep": 3}, pin="dep-slow")
+    assert answer.status_code == 408
+    assert answer.json()["message"] == "request timed out after 1000 ms (requestTimeoutMs)"
+    assert time.monotonic() - started < 2.5
+
+
+def test_metrics_are_prometheus_text(endpoint):
+    score(endpoint, pin="dep-b")
+    text = endpoint["client"].metrics()
+    assert re.search(r'^mlcanary_requests_total\{endpoint="ep-main",deployment="dep-b",code="200"\} \d+$', text, re.M)
+    assert re.search(r'^mlcanary_request_duration_seconds_bucket\{endpoint="ep-main",deployment="dep-a",le="\+Inf"\} \d+$', text, re.M)
+    assert "# TYPE mlcanary_mirrored_requests_total counter" in text
+
+
+def test_logs_show_the_workers_output(endpoint):
+    text = endpoint["client"].logs("ep-main", "dep-a", 200)
+    assert "==> instance-0.log <==" in text and "==> instance-1.log <==" in text
+    assert "POST /score" in text
+
+
+def test_keys_never_reach_the_runtime_log(endpoint, client):
+    score(endpoint)
+    log = paths.runtime_log(client.root).read_text()
+    assert endpoint["key"] not in log
+
+
+def test_everything_listens_on_loopback_only(endpoint, client):
+    pids = {str(client.pid())}
+    children = subprocess.run(["pgrep", "-g", ",".join(pids) or "0"], capture_output=True, text=True).stdout.split()
+    listening = subprocess.run(["ss", "-ltnpH"], capture_output=True, text=True).stdout.splitlines()
+    ours = [line for line in listening if any(f"pid={pid}," in line for pid in pids | set(children))]
+    workers = [w for d in client.status()["endpoints"]["ep-main"]["deployments"].values() for w in range(d["instances"])]
+    assert ours and workers
+    assert all(line.split()[3].startswith("127.0.0.1:") for line in ours), ours
+
+
+# --- mirror -------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def mirrored(client):
+    """Endpoint with live `main` and a mirror target that always fails and sleeps 2 s."""
+    client.put_endpoint("ep-mirror", "key")
+    client.put_deployment("ep-mirror", "main", spec("main"))
+    client.put_deployment("ep-mirror", "shadow", {**spec("shadow", ALWAYS_FAIL="1", ALWAYS_SLEEP="2"), "requestTimeoutMs": 10000})
+    client.set_traffic("ep-mirror", {"main": 100, "shadow": 0}, {"shadow": 10})
+    status = client.status()["endpoints"]["ep-mirror"]
+    return {"uri": status["scoringUri"], "key": client.keys("ep-mirror")["primaryKey"], "client": client}
+
+
+def test_mirror_copies_ten_percent_and_the_client_never_waits_or_sees_it(mirrored, client):
+    before = metrics_of(client, "ep-mirror", "shadow")["mirrored"]
+    started = time.monotonic()
+    answers = [score(mirrored) for _ in range(50)]
+    elapsed = time.monotonic() - started
+    assert all(a.status_code == 200 and a.json()["name"] == "main" for a in answers)
+    assert elapsed < 2.0  # five mirror copies each take 2 s and fail; the client waited for none
+    assert wait_for(lambda: metrics_of(client, "ep-mirror", "shadow")["mirrored"] - before == 5)
+    shadow = metrics_of(client, "ep-mirror", "shadow")
+    assert shadow["mirrorErrors"] >= 5 and shadow["requests"] == 0
+
+
+def test_pinned_requests_are_not_mirrored(mirrored, client):
+    before = metrics_of(client, "ep-mirror", "shadow")["mirrored"]
+    for _ in range(30):
+        assert score(mirrored, pin="main").status_code == 200
+    time.sleep(0.3)
+    assert metrics_of(client, "ep-mirror", "shadow")["mirrored"] == before
+
+
+# --- control plane rules ------------------------------------------------------------------------
+
+def test_traffic_to_unknown_deployment_is_refused_and_changes_nothing(endpoint, client):
+    before = client.status()["endpoints"]["ep-main"]["traffic"]
+    with pytest.raises(RuntimeRefusal) as refused:
+        client.set_traffic("ep-main", {"dep-a": 50, "ghost": 50}, {})
+    assert refused.value.status == 400
+    assert "traffic.ghost: live traffic names unknown deployment 'ghost'" in str(refused.value)
+    assert client.status()["endpoints"]["ep-main"]["traffic"] == before
+
+
+@pytest.mark.parametrize(
+    "traffic, mirror, message",
+    [
+        ({"dep-a": 80, "dep-b": 10}, {}, "live traffic must sum to 100 (or 0 when nothing is live), got 90"),
+        ({"dep-a": 100}, {"dep-dark": 60}, "mirror traffic percent must be a whole number from 0 to 50, got 60"),
+        ({"dep-a": 90, "dep-b": 10}, {"dep-b": 10}, "deployment 'dep-b' has live traffic (10%) and mirror traffic (10%)"),
+    ],
+    ids=["sum_not_100", "mirror_above_50", "live_and_mirrored"],
+)
+def test_azure_traffic_rules_apply_locally(endpoint, client, traffic, mirror, message):
+    with pytest.raises(RuntimeRefusal, match=re.escape(message)):
+        client.set_traffic("ep-main", traffic, mirror)
+
+
+def test_deleting_a_deployment_with_live_traffic_is_refused(endpoint, client):
+    with pytest.raises(RuntimeRefusal) as refused:
+        client.delete_deployment("ep-main", "dep-b")
+    assert refused.value.status == 409
+    assert "deployment 'dep-b' still has 10% live and 0% mirror traffic; set its traffic to 0 first" in str(refused.value)
+    assert score(endpoint, pin="dep-b").status_code == 200
+
+
+def test_invalid_deployment_is_refused(endpoint, client):
+    with pytest.raises(RuntimeRefusal, match=r"instanceCount: instance count must be a whole number from 1 to 50, got 0"):
+        client.put_deployment("ep-main", "dep-zero", spec("zero", 0))
+    with pytest.raises(RuntimeRefusal, match=r"scoringScript: 'nope.py' not found in"):
+        client.put_deployment("ep-main", "dep-x", {**spec("x"), "scoringScript": "nope.py"})
+    assert "dep-zero" not in client.status()["endpoints"]["ep-main"]["deployments"]
+
+
+def test_failing_init_is_reported_with_the_log_tail_and_traffic_stays(endpoint, client):
+    before = client.status()["endpoints"]["ep-main"]
+    with pytest.raises(RuntimeRefusal) as refused:
+        client.put_deployment("ep-main", "dep-broken", spec("broken", FAIL_INIT="1"))
+    assert refused.value.status == 422
+    assert "failed to start: init() failed (worker exit code 3)" in str(refused.value)
+    assert "init failed on purpose" in refused.value.body["logTail"]
+    after = client.status()["endpoints"]["ep-main"]
+    assert "dep-broken" not in after["deployments"] and after["traffic"] == before["traffic"]
+
+
+# --- crashes ------------------------------------------------------------------------------------
+
+def worker_pids(client, endpoint_name):
+    text = subprocess.run(["pgrep", "-f", "azureml_inference_server_http"], capture_output=True, text=True).stdout
+    return [int(p) for p in text.split()]
+
+
+def test_a_worker_that_dies_is_restarted_and_requests_keep_succeeding(client):
+    client.put_endpoint("ep-crash", "key")
+    client.put_deployment("ep-crash", "only", spec("only", 2))
+    client.set_traffic("ep-crash", {"only": 100}, {})
+    status = client.status()["endpoints"]["ep-crash"]
+    target = {"uri": status["scoringUri"], "key": client.keys("ep-crash")["primaryKey"]}
+    masters = json.loads(paths.workers_file(client.root).read_text())["pgids"]
+    own = [pid for pid in masters if str(pid) in subprocess.run(["pgrep", "-g", str(pid)], capture_output=True, text=True).stdout]
+    victim = own[-1]
+    os.killpg(victim, signal.SIGKILL)
+    results = [score(target).status_code for _ in range(40)]
+    assert results == [200] * 40  # the other instance serves while one is down
+    assert wait_for(lambda: client.status()["endpoints"]["ep-crash"]["deployments"]["only"]["restarts"] >= 1)
+    assert wait_for(lambda: client.status()["endpoints"]["ep-crash"]["deployments"]["only"]["healthy"] == 2, 30)
+    client.delete_endpoint("ep-crash")
+
+
+def test_runtime_crash_and_restart_brings_back_endpoints_deployments_and_traffic(tmp_path):
+    runtime = RuntimeClient(tmp_path / "state")
+    runtime.ensure_running()
+    try:
+        runtime.put_endpoint("ep-restart", "key")
+        runtime.put_deployment("ep-restart", "blue", spec("blue"))
+        runtime.put_deployment("ep-restart", "green", spec("green"))
+        runtime.set_traffic("ep-restart", {"blue": 70, "green": 30}, {})
+        keys = runtime.keys("ep-restart")
+        before = runtime.status()["endpoints"]["ep-restart"]
+        old_workers = json.loads(paths.workers_file(runtime.root).read_text())["pgids"]
+
+        os.kill(runtime.pid(), signal.SIGKILL)  # a crash: no clean shutdown
+        assert wait_for(lambda: runtime.base_url() is None)
+        runtime.ensure_running()
+
+        after = runtime.status()["endpoints"]["ep-restart"]
+        assert after["traffic"] == {"blue": 70, "green": 30}
+        assert {n: d["state"] for n, d in after["deployments"].items()} == {"blue": "ready", "green": "ready"}
+        assert runtime.keys("ep-restart") == keys
+        assert after["scoringUri"] == before["scoringUri"]
+        for pgid in old_workers:  # the crashed runtime's workers were cleaned up
+            assert wait_for(lambda pgid=pgid: not Path(f"/proc/{pgid}").exists(), 10)
+        target = {"uri": after["scoringUri"], "key": keys["primaryKey"]}
+        answered = [score(target).json()["name"] for _ in range(10)]
+        assert answered.count("blue") == 7 and answered.count("green") == 3
+    finally:
+        stop_runtime(runtime)

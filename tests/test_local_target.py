@@ -1,0 +1,102 @@
+"""The local target as Pulumi resources: rendered under mocks, and the providers against a real runtime."""
+
+from __future__ import annotations
+
+import base64
+
+import dill
+import pytest
+from pulumi.dynamic.dynamic import serialize_provider
+
+from components.local_target import LocalDeploymentProvider, LocalEndpointProvider, LocalTrafficProvider
+from components.render import is_secret
+from conftest import PROJECT_DIR, render_config, stage_config
+from local_runtime.client import RuntimeClient, RuntimeRefusal
+from test_local_runtime import score, spec, stop_runtime
+
+LOCAL_STAGES = sorted((PROJECT_DIR / "stacks" / "local").glob("stage-*.yaml"))
+COMPONENT = "mlcanary:endpoint:OnlineEndpoint"
+ENDPOINT = "pulumi-python:dynamic/local:LocalOnlineEndpoint"
+DEPLOYMENT = "pulumi-python:dynamic/local:LocalOnlineDeployment"
+TRAFFIC = "pulumi-python:dynamic/local:LocalEndpointTraffic"
+
+
+@pytest.mark.parametrize("path", LOCAL_STAGES, ids=lambda p: p.stem)
+def test_local_stage_renders_the_same_tree_on_the_runtime(path):
+    config = stage_config(path)
+    render = render_config(config)
+    (component,) = render.of_type(COMPONENT)
+    children = [r for r in render.resources if r is not component]
+    assert all(r.parent == component.urn for r in children)
+    expected = config["mlcanary:endpoint"]
+    (endpoint,) = render.of_type(ENDPOINT)
+    deployments = {d.inputs["deploymentName"]: d for d in render.of_type(DEPLOYMENT)}
+    (traffic,) = render.of_type(TRAFFIC)
+    assert endpoint.inputs["endpointName"] == "fraud-scorer"
+    assert set(deployments) == set(expected["deployments"])
+    for deployment in deployments.values():
+        assert endpoint.urn in deployment.dependencies
+        assert deployment.inputs["spec"]["scoringScript"] == "score.py"
+        assert deployment.inputs["spec"]["code"].endswith("samples/fraud-model/onlinescoring")
+    assert set(traffic.dependencies) == {endpoint.urn, *(d.urn for d in deployments.values())}
+    assert {k: int(v) for k, v in traffic.inputs["traffic"].items() if v} == {
+        k: v for k, v in expected["traffic"].items() if v}
+    assert is_secret(render.outputs["primaryKey"]) and is_secret(render.outputs["secondaryKey"])
+
+
+@pytest.fixture(scope="module")
+def runtime(tmp_path_factory):
+    client = RuntimeClient(tmp_path_factory.mktemp("pulumi-local"))
+    yield client
+    stop_runtime(client)
+
+
+def test_providers_run_a_rollout_against_the_runtime(runtime):
+    root = str(runtime.root)
+    endpoint = LocalEndpointProvider().create({"endpointName": "ep-pulumi", "authMode": "key", "stateDir": root})
+    assert endpoint.id == "ep-pulumi" and endpoint.outs["scoringUri"].startswith("http://127.0.0.1:")
+    target = {"uri": endpoint.outs["scoringUri"], "key": endpoint.outs["primaryKey"]}
+
+    blue = {"endpointName": "ep-pulumi", "deploymentName": "blue", "spec": spec("blue"), "stateDir": root}
+    green = {"endpointName": "ep-pulumi", "deploymentName": "green", "spec": spec("green"), "stateDir": root}
+    assert LocalDeploymentProvider().create(blue).outs["state"] == "ready"
+    LocalDeploymentProvider().create(green)
+    traffic = {"endpoint_name": "ep-pulumi", "traffic": {"blue": 100.0, "green": 0.0}, "mirror_traffic": {},
+               "deployments": ["blue", "green"], "stateDir": root}
+    LocalTrafficProvider().create(traffic)
+    assert score(target).json()["name"] == "blue"
+
+    switched = {**traffic, "traffic": {"blue": 0.0, "green": 100.0}}
+    LocalTrafficProvider().update("id", traffic, switched)
+    assert score(target).json()["name"] == "green"
+
+    with pytest.raises(RuntimeRefusal, match="still has 100% live"):
+        LocalDeploymentProvider().delete("id", green)  # Azure's rule, enforced by the runtime
+    LocalDeploymentProvider().delete("id", blue)
+    LocalTrafficProvider().delete("id", switched)  # traffic to nothing
+    assert runtime.status()["endpoints"]["ep-pulumi"]["traffic"] == {}
+    LocalDeploymentProvider().delete("id", green)
+    LocalEndpointProvider().delete("id", {"endpointName": "ep-pulumi", "stateDir": root})
+    assert "ep-pulumi" not in runtime.status()["endpoints"]
+    LocalEndpointProvider().delete("id", {"endpointName": "ep-pulumi", "stateDir": root})  # already gone: fine
+
+
+def test_diff_replaces_only_on_identity():
+    old = {"endpointName": "ep", "deploymentName": "blue", "spec": {"instanceCount": 1}, "stateDir": "/s"}
+    scaled = LocalDeploymentProvider().diff("id", old, {**old, "spec": {"instanceCount": 2}})
+    assert scaled.changes and scaled.replaces == []
+    renamed = LocalDeploymentProvider().diff("id", old, {**old, "deploymentName": "green"})
+    assert renamed.replaces == ["deploymentName"]
+
+
+def test_providers_survive_the_dill_round_trip(runtime):
+    """What Pulumi does to ship dynamic providers; each shipped provider then does real work."""
+    ship = lambda provider: dill.loads(base64.b64decode(serialize_provider(provider)))  # noqa: E731
+    root = str(runtime.root)
+    ship(LocalEndpointProvider()).create({"endpointName": "ep-dill", "authMode": "key", "stateDir": root})
+    ship(LocalDeploymentProvider()).create(
+        {"endpointName": "ep-dill", "deploymentName": "only", "spec": spec("only"), "stateDir": root})
+    ship(LocalTrafficProvider()).create(
+        {"endpoint_name": "ep-dill", "traffic": {"only": 100.0}, "mirror_traffic": {}, "deployments": ["only"], "stateDir": root})
+    assert runtime.status()["endpoints"]["ep-dill"]["traffic"] == {"only": 100}
+    runtime.delete_endpoint("ep-dill")
