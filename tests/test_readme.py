@@ -55,3 +55,10 @@ def test_policy_tables_list_every_policy():
     for policy in [*POLICIES, *TRANSITION_POLICIES]:
         level = policy.enforcement_level.value
         assert re.search(rf"^\| `{policy.name}` \| {level} \|", README, flags=re.M), policy.name
+
+
+def test_the_main_command_rehearses_the_local_stages():
+    command = re.search(r"^(\./tasks rehearse)\b", README, flags=re.M).group(1)
+    tasks = (PROJECT_DIR / "tasks").read_text()
+    assert "rehearse)" in tasks and "mlcanary rehearse" in tasks and "stacks/local/stage-*.yaml" in tasks
+    assert command == "./tasks rehearse"
