@@ -48,6 +48,13 @@ def _load(path: Path):
         _fail(f"{path}: invalid stack config:\n" + "\n".join(f"  {p}" for p in err.problems), 2)
 
 
+def _console():
+    """A terminal's own width; 120 columns when the output goes to a file or a pipe."""
+    from rich.console import Console
+
+    return Console() if sys.stdout.isatty() else Console(width=120)
+
+
 def _errors():
     """The runtime's refusals and a runtime that is not there, as clean errors."""
     from local_runtime.apply import StageRefused
@@ -76,12 +83,10 @@ def local_up(stage_file: Path, state_dir: Path | None) -> None:
     then removed deployments (drained). An invalid stage, or a deployment whose init() fails, is
     refused and traffic stays as it was.
     """
-    from rich.console import Console
-
     from local_runtime.apply import apply_stage
 
     spec = _load(stage_file)
-    console = Console()
+    console = _console()
     client = _client(state_dir)
     try:
         with console.status("starting the local runtime") as status:
@@ -120,8 +125,6 @@ def _print_status(console, status: dict, only: str | None = None) -> None:
 @state_dir_option
 def local_status(endpoint: str | None, state_dir: Path | None) -> None:
     """Show endpoints, deployments, traffic and request counts."""
-    from rich.console import Console
-
     client = _client(state_dir)
     if client.base_url() is None:
         click.echo("no local runtime is running (start one with `mlcanary local up STAGE_FILE`)")
@@ -131,7 +134,7 @@ def local_status(endpoint: str | None, state_dir: Path | None) -> None:
         _fail(f"endpoint {endpoint!r} not found; endpoints: {', '.join(status['endpoints']) or 'none'}")
     if not status["endpoints"]:
         click.echo("the local runtime is running with no endpoints")
-    _print_status(Console(), status, endpoint)
+    _print_status(_console(), status, endpoint)
 
 
 @local.command("down")
@@ -231,14 +234,13 @@ def rehearse(stage_files: tuple[Path, ...], count: int, request_file: Path, keep
     share and mirrored requests, errors, and p50/p99 latency of the requests it answered. All
     stage files are validated before the first is applied.
     """
-    from rich.console import Console
-
     from local_runtime.rehearse import rehearse as run_rehearsal
 
     for path in stage_files:
         _load(path)  # refuse an invalid stage before anything changes
-    console = Console()
+    console = _console()
     client = _client(state_dir)
+    started_here = client.base_url() is None
     try:
         with console.status("starting the local runtime") as status:
             client.ensure_running()
@@ -247,6 +249,8 @@ def rehearse(stage_files: tuple[Path, ...], count: int, request_file: Path, keep
             if not keep:
                 status.update(f"deleting endpoint {endpoint}")
                 client.delete_endpoint(endpoint)
+                if started_here and not client.status()["endpoints"]:
+                    client.shutdown()  # leave the machine as the rehearsal found it
     except _errors() as err:
         _fail(str(err))
     failed = sum(d.errors for r in reports for d in r.deployments) + sum(r.unrouted for r in reports)

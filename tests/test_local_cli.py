@@ -44,7 +44,7 @@ def test_the_full_seven_stage_rehearsal(state):
         "stage-7-delete-blue.yaml": {"green": (100, 100.0, 0, 0)},
     }
     assert reports["stage-5-canary-green.yaml"]["green"]["p99Ms"] > 0
-    assert RuntimeClient(state).status()["endpoints"] == {}  # --down by default
+    assert RuntimeClient(state).base_url() is None  # --down: it stopped the runtime it started
 
 
 def test_rehearsal_prints_a_table_per_stage(state):
@@ -52,6 +52,14 @@ def test_rehearsal_prints_a_table_per_stage(state):
     assert result.exit_code == 0, result.output
     assert result.output.count("(20 requests)") == 2
     assert "Rehearsed 2 stage(s), 20 probe requests each: no errors" in result.output
+    assert "┃ deployment ┃" in result.output  # wide enough to read without a terminal
+
+
+def test_rehearsal_keeps_a_runtime_it_did_not_start(state):
+    RuntimeClient(state).ensure_running()
+    result = run(state, "rehearse", "--requests", "10", "--request-file", REQUEST, STAGE["1"])
+    assert result.exit_code == 0, result.output
+    assert RuntimeClient(state).base_url() is not None
 
 
 def test_up_status_invoke_logs_keys_down(state):
