@@ -66,26 +66,35 @@ class Endpoint:
         self.port = record["port"]
         self.deployments: dict[str, Deployment] = {}
         self.routing = Routing({}, {})
-        self._runner: web.AppRunner | None = None
+        self._server: web.Server | None = None
+        self._listener: asyncio.Server | None = None
 
     @property
     def scoring_uri(self) -> str:
         return f"http://127.0.0.1:{self.port}/score"
 
     async def serve(self) -> None:
-        app = web.Application(client_max_size=100 * 1024 * 1024)
-        app.router.add_post("/score", self.score)
-        self._runner = web.AppRunner(app, access_log=None)  # requests carry keys: no access log
-        await self._runner.setup()
+        # aiohttp's low-level server: the scoring URI is one route, and the application layers
+        # (router, middlewares) are measurable cost per request. No access log: requests carry keys.
+        self._server = web.Server(self.handle, access_log=None, client_max_size=100 * 1024 * 1024)
+        loop = asyncio.get_running_loop()
         try:
-            await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+            self._listener = await loop.create_server(self._server, "127.0.0.1", self.port)
         except OSError:  # the remembered port was taken meanwhile
             self.port = free_port()
-            await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+            self._listener = await loop.create_server(self._server, "127.0.0.1", self.port)
 
     async def close(self) -> None:
-        if self._runner:
-            await self._runner.cleanup()
+        if self._listener:
+            self._listener.close()
+            await self._server.shutdown(5)
+
+    async def handle(self, request: web.BaseRequest) -> web.Response:
+        if request.path != "/score":
+            return problem_response(404, f"no such path {request.path!r}; the scoring URI is {self.scoring_uri}")
+        if request.method != "POST":
+            return problem_response(405, "use POST to score")
+        return await self.score(request)
 
     def record(self) -> dict[str, Any]:
         return {
@@ -97,14 +106,14 @@ class Endpoint:
             "mirrorTraffic": self.routing.mirror_traffic,
         }
 
-    def authorized(self, request: web.Request) -> bool:
+    def authorized(self, request: web.BaseRequest) -> bool:
         header = request.headers.get("Authorization", "")
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token:
             return False
         return any(secrets.compare_digest(token, key) for key in self.keys.values())
 
-    async def score(self, request: web.Request) -> web.Response:
+    async def score(self, request: web.BaseRequest) -> web.Response:
         started = time.perf_counter()
         if not self.authorized(request):
             return problem_response(401, "Unauthorized: send `Authorization: Bearer <key>` (see `mlcanary local keys`)")
@@ -182,30 +191,24 @@ class Runtime:
                 if worker is None:
                     break
                 try:
-                    async with self.session.post(
-                        f"http://127.0.0.1:{worker.port}/score", data=body, headers={"Content-Type": content_type},
-                        timeout=aiohttp.ClientTimeout(total=deployment.request_timeout_s),
-                    ) as answer:
-                        payload = await answer.read()
-                        headers = {"Content-Type": answer.headers.get("Content-Type", "application/json")}
-                        if answer.status == 200:
-                            return 200, payload, headers
-                        # Azure: the model container answered with an error -> 424, with its status.
-                        headers["ms-azureml-model-error-statuscode"] = str(answer.status)
-                        headers["ms-azureml-model-error-reason"] = "model_error"
-                        return 424, payload, headers
-                except (aiohttp.ClientConnectorError, aiohttp.ServerDisconnectedError, aiohttp.ClientOSError):
+                    status, answer_headers, payload = await asyncio.wait_for(
+                        worker.upstream.post(body, content_type), deployment.request_timeout_s)
+                except asyncio.TimeoutError:  # before OSError: TimeoutError is one
+                    ms = int(deployment.request_timeout_s * 1000)
+                    return 408, json.dumps({"message": f"request timed out after {ms} ms (requestTimeoutMs)"}).encode(), {
+                        "Content-Type": "application/json"}
+                except (ConnectionError, OSError):
                     # The instance died: refused, or reset before any answer. Scoring is stateless,
                     # so another instance takes the request; the supervisor restarts this one.
                     worker.healthy = False
                     continue
-                except asyncio.TimeoutError:
-                    ms = int(deployment.request_timeout_s * 1000)
-                    return 408, json.dumps({"message": f"request timed out after {ms} ms (requestTimeoutMs)"}).encode(), {
-                        "Content-Type": "application/json"}
-                except aiohttp.ClientError as err:
-                    return 502, json.dumps({"message": f"deployment {deployment.name!r} dropped the request: {err}"}).encode(), {
-                        "Content-Type": "application/json"}
+                headers = {"Content-Type": answer_headers.get("content-type", "application/json")}
+                if status == 200:
+                    return 200, payload, headers
+                # Azure: the model container answered with an error -> 424, with its status.
+                headers["ms-azureml-model-error-statuscode"] = str(status)
+                headers["ms-azureml-model-error-reason"] = "model_error"
+                return 424, payload, headers
             return 503, json.dumps({"message": f"deployment {deployment.name!r} has no healthy instance"}).encode(), {
                 "Content-Type": "application/json"}
         finally:
@@ -439,7 +442,17 @@ def main(argv: list[str] | None = None) -> None:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         sys.exit(f"another mlcanary runtime already owns {root}")
-    asyncio.run(Runtime(root).run(args.port))
+    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+        runner.run(Runtime(root).run(args.port))
+
+
+def _loop_factory():
+    """uvloop where it is installed (the `local` extra): the router's per-request cost is mostly the loop."""
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
 
 
 if __name__ == "__main__":

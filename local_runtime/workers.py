@@ -21,6 +21,8 @@ from typing import Any
 
 import aiohttp
 
+from local_runtime.upstream import Upstream
+
 WSGI_APP = "azureml_inference_server_http.server.entry:app"
 DEFAULT_REQUEST_TIMEOUT_MS = 5000  # Azure's default request_timeout_ms
 START_TIMEOUT_S = 120.0
@@ -44,6 +46,7 @@ class Worker:
         self.log_path = log_path
         self.port = 0
         self.process: asyncio.subprocess.Process | None = None
+        self.upstream: Upstream | None = None
         self.healthy = False
 
     @property
@@ -56,6 +59,7 @@ class Worker:
     async def start(self) -> None:
         self.port = free_port()
         self.healthy = False
+        self.upstream = Upstream(self.port)
         code = Path(self.spec["code"])
         model = self.spec.get("model")
         env = {
@@ -73,6 +77,7 @@ class Worker:
             log.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} starting on 127.0.0.1:{self.port}\n".encode())
             self.process = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{self.port}", "--workers", "1",
+                "--worker-class", "gthread", "--threads", "1", "--keep-alive", "30",
                 "--timeout", str(timeout_s), "--graceful-timeout", "5", WSGI_APP,
                 cwd=str(code), env=env, stdout=log, stderr=asyncio.subprocess.STDOUT,
                 stdin=asyncio.subprocess.DEVNULL, start_new_session=True,
@@ -96,6 +101,8 @@ class Worker:
 
     async def stop(self, grace_s: float = 5.0) -> None:
         self.healthy = False
+        if self.upstream:
+            self.upstream.close()
         if not self.alive():
             return
         try:
@@ -217,6 +224,7 @@ class Deployment:
             "instances": len(self.workers),
             "healthy": sum(w.healthy and w.alive() for w in self.workers),
             "restarts": self.restarts,
+            "ports": [w.port for w in self.workers],
             "error": self.error,
             "spec": self.spec,
         }

@@ -1,0 +1,179 @@
+"""The local target's data plane, measured in one run against the same worker.
+
+1. Latency p50/p99 and throughput through the router vs straight to the worker, at concurrency 1
+   and 8 (targets: p50 overhead < 0.5 ms; router throughput >= 0.8 of direct).
+2. Split accuracy: 1,000 requests at 90/10 (target: within 1 percentage point).
+3. Mirror share: 1,000 requests with 10 % mirrored (target: within 1 point).
+4. Transition: the seven local sample stages applied while a client sends >= 50 requests/s
+   (target: 0 failed client requests).
+It starts its own runtime in a temporary state directory and stops it at the end, by PID.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import aiohttp
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from local_runtime.apply import apply_stage  # noqa: E402
+from local_runtime.client import RuntimeClient  # noqa: E402
+from local_runtime.rehearse import load_stage  # noqa: E402
+
+BODY = (ROOT / "samples" / "request.json").read_bytes()
+SAMPLE = ROOT / "samples" / "fraud-model"
+STAGES = sorted((ROOT / "stacks" / "local").glob("stage-*.yaml"))
+
+
+def deployment(count: int = 1) -> dict:
+    return {"code": str(SAMPLE / "onlinescoring"), "scoringScript": "score.py", "model": str(SAMPLE / "v1" / "model"),
+            "instanceCount": count, "environmentVariables": {}}
+
+
+async def load(url: str, headers: dict, total: int, concurrency: int) -> tuple[list[float], float, int]:
+    """Send `total` requests with `concurrency` in flight; latencies (ms), elapsed s, failures."""
+    latencies: list[float] = []
+    failures = 0
+    remaining = total
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+        async def client() -> None:
+            nonlocal remaining, failures
+            while remaining > 0:
+                remaining -= 1
+                started = time.perf_counter()
+                async with session.post(url, data=BODY, headers=headers) as answer:
+                    await answer.read()
+                    failures += answer.status != 200
+                latencies.append((time.perf_counter() - started) * 1000)
+
+        started = time.perf_counter()
+        await asyncio.gather(*(client() for _ in range(concurrency)))
+        return latencies, time.perf_counter() - started, failures
+
+
+def pct(values: list[float], q: int) -> float:
+    return statistics.quantiles(values, n=100, method="inclusive")[q - 1]
+
+
+def overhead(client: RuntimeClient) -> None:
+    client.put_endpoint("bench-router", "key")
+    status = client.put_deployment("bench-router", "only", deployment(1))
+    client.set_traffic("bench-router", {"only": 100}, {})
+    endpoint = client.status()["endpoints"]["bench-router"]
+    key = client.keys("bench-router")["primaryKey"]
+    routed = (endpoint["scoringUri"], {"Authorization": f"Bearer {key}", "Content-Type": "application/json"})
+    direct = (f"http://127.0.0.1:{status['ports'][0]}/score", {"Content-Type": "application/json"})
+    rounds = 5
+    print(f"1. router vs direct to the same worker (sample model; {rounds} paired rounds, router and direct "
+          "alternating; medians of the per-round figures)")
+    for concurrency, total in ((1, 1000), (8, 2000)):
+        asyncio.run(load(*routed, 300, concurrency)), asyncio.run(load(*direct, 300, concurrency))  # warm up
+        figures = {"router": [], "direct": []}  # per round: (p50, p99, req/s, failures)
+        for _ in range(rounds):
+            for name, (url, headers) in (("router", routed), ("direct", direct)):
+                latencies, elapsed, failures = asyncio.run(load(url, headers, total, concurrency))
+                figures[name].append((pct(latencies, 50), pct(latencies, 99), total / elapsed, failures))
+        med = lambda name, i: statistics.median(f[i] for f in figures[name])  # noqa: E731
+        overhead_ms = statistics.median(r[0] - d[0] for r, d in zip(figures["router"], figures["direct"]))
+        ratio = statistics.median(r[2] / d[2] for r, d in zip(figures["router"], figures["direct"]))
+        failures = sum(f[3] for runs in figures.values() for f in runs)
+        print(f"   concurrency {concurrency}: direct p50 {med('direct', 0):.2f} ms p99 {med('direct', 1):.2f} ms "
+              f"{med('direct', 2):.0f} req/s | router p50 {med('router', 0):.2f} ms p99 {med('router', 1):.2f} ms "
+              f"{med('router', 2):.0f} req/s | p50 overhead {overhead_ms:.2f} ms (target < 0.5) | "
+              f"throughput ratio {ratio:.2f} (target >= 0.8) | failures {failures}")
+    client.delete_endpoint("bench-router")
+
+
+def split_and_mirror(client: RuntimeClient) -> None:
+    client.put_endpoint("bench-split", "key")
+    for name in ("blue", "green", "shadow"):
+        client.put_deployment("bench-split", name, deployment(1))
+    key = client.keys("bench-split")["primaryKey"]
+    uri = client.status()["endpoints"]["bench-split"]["scoringUri"]
+    headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+
+    client.set_traffic("bench-split", {"blue": 90, "green": 10, "shadow": 0}, {"shadow": 10})
+    asyncio.run(load(uri, headers, 1000, 4))
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        deployments = client.status()["endpoints"]["bench-split"]["deployments"]
+        if sum(d["metrics"]["mirrored"] for d in deployments.values()) >= 100:
+            break
+        time.sleep(0.1)
+    metrics = {n: d["metrics"] for n, d in deployments.items()}
+    blue, green = metrics["blue"]["requests"], metrics["green"]["requests"]
+    print(f"2. split over 1,000 requests at 90/10: blue {100 * blue / 1000:.1f}%, green {100 * green / 1000:.1f}% "
+          f"(error {abs(100 * green / 1000 - 10):.1f} points, target <= 1)")
+    mirrored = metrics["shadow"]["mirrored"]
+    print(f"3. mirror over 1,000 requests at 10%: {mirrored} mirrored = {mirrored / 10:.1f}% "
+          f"(error {abs(mirrored / 10 - 10):.1f} points, target <= 1); shadow live requests: {metrics['shadow']['requests']}")
+    client.delete_endpoint("bench-split")
+
+
+def transition(client: RuntimeClient) -> None:
+    specs = [load_stage(p) for p in STAGES]
+    apply_stage(specs[0], client)
+    uri = client.status()["endpoints"]["fraud-scorer"]["scoringUri"]
+    headers = {"Authorization": f"Bearer {client.keys('fraud-scorer')['primaryKey']}", "Content-Type": "application/json"}
+    stop = threading.Event()
+    counts = {"sent": 0, "failed": 0}
+
+    async def steady(rate: float) -> None:
+        async with aiohttp.ClientSession() as session:
+            async def one() -> None:
+                try:
+                    async with session.post(uri, data=BODY, headers=headers, timeout=aiohttp.ClientTimeout(total=10)) as a:
+                        await a.read()
+                        counts["failed"] += a.status != 200
+                except aiohttp.ClientError:
+                    counts["failed"] += 1
+            tasks = []
+            next_at = time.perf_counter()
+            while not stop.is_set():
+                tasks.append(asyncio.create_task(one()))
+                counts["sent"] += 1
+                next_at += 1 / rate
+                await asyncio.sleep(max(0.0, next_at - time.perf_counter()))
+            await asyncio.gather(*tasks)
+
+    loader = threading.Thread(target=lambda: asyncio.run(steady(100)))
+    started = time.perf_counter()
+    loader.start()
+    for spec in specs[1:]:
+        apply_stage(spec, client)
+    time.sleep(0.5)
+    stop.set()
+    loader.join()
+    elapsed = time.perf_counter() - started
+    print(f"4. transition: stages 2-7 applied under load: {counts['sent']} requests in {elapsed:.1f} s "
+          f"({counts['sent'] / elapsed:.0f} req/s, target >= 50), failed client requests: {counts['failed']} (target 0)")
+    client.delete_endpoint("fraud-scorer")
+
+
+def main() -> None:
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())
+    print(f"machine: {os.cpu_count()} cores ({cpu}), Python {platform.python_version()}")
+    with tempfile.TemporaryDirectory() as state:
+        client = RuntimeClient(Path(state))
+        client.ensure_running()
+        try:
+            overhead(client)
+            split_and_mirror(client)
+            transition(client)
+        finally:
+            client.shutdown()
+
+
+if __name__ == "__main__":
+    main()
