@@ -149,13 +149,14 @@ def transition(client: RuntimeClient) -> None:
     loader = threading.Thread(target=lambda: asyncio.run(steady(100)))
     started = time.perf_counter()
     loader.start()
+    time.sleep(1)
     for spec in specs[1:]:
         apply_stage(spec, client)
-    time.sleep(0.5)
+        time.sleep(1)  # each stage serves a while before the next
     stop.set()
     loader.join()
     elapsed = time.perf_counter() - started
-    print(f"4. transition: stages 2-7 applied under load: {counts['sent']} requests in {elapsed:.1f} s "
+    print(f"4. transition: stages 2-7 applied under load (it starts once stage 1 has made the endpoint): {counts['sent']} requests in {elapsed:.1f} s "
           f"({counts['sent'] / elapsed:.0f} req/s, target >= 50), failed client requests: {counts['failed']} (target 0)")
     client.delete_endpoint("fraud-scorer")
 

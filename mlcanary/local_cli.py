@@ -172,6 +172,20 @@ def local_keys(endpoint: str, state_dir: Path | None) -> None:
     click.echo(f"primaryKey: {keys['primaryKey']}\nsecondaryKey: {keys['secondaryKey']}")
 
 
+@local.command("metrics")
+@state_dir_option
+def local_metrics(state_dir: Path | None) -> None:
+    """Print the runtime's per-deployment metrics in the Prometheus text format.
+
+    Requests by deployment and status code, mirrored requests, and a latency histogram; the same
+    text is served at GET /metrics on the control port (see runtime.json in the state directory).
+    """
+    try:
+        click.echo(_client(state_dir).metrics(), nl=False)
+    except _errors() as err:
+        _fail(str(err))
+
+
 @click.command()
 @click.argument("endpoint")
 @click.option("--request-file", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True,

@@ -72,6 +72,8 @@ def test_up_status_invoke_logs_keys_down(state):
     assert live.exit_code == 0 and '"version": 1' in live.output  # green is dark: live goes to blue
     logs = run(state, "logs", "fraud-scorer", "--deployment", "green", "--lines", "5")
     assert "==> instance-0.log <==" in logs.output and "POST /score 200" in logs.output
+    metrics = run(state, "local", "metrics")
+    assert 'mlcanary_requests_total{endpoint="fraud-scorer",deployment="green",code="200"} 1' in metrics.output
     keys = run(state, "local", "keys", "fraud-scorer")
     assert keys.output.startswith("primaryKey: ") and "secondaryKey: " in keys.output
     down = run(state, "local", "down")

@@ -302,3 +302,59 @@ def test_runtime_crash_and_restart_brings_back_endpoints_deployments_and_traffic
         assert answered.count("blue") == 7 and answered.count("green") == 3
     finally:
         stop_runtime(runtime)
+
+
+# --- changes under traffic ----------------------------------------------------------------------
+
+def test_traffic_changes_lose_no_request(client):
+    import threading
+
+    client.put_endpoint("ep-flip", "key")
+    client.put_deployment("ep-flip", "left", spec("left"))
+    client.put_deployment("ep-flip", "right", spec("right"))
+    client.set_traffic("ep-flip", {"left": 100, "right": 0}, {})
+    status = client.status()["endpoints"]["ep-flip"]
+    target = {"uri": status["scoringUri"], "key": client.keys("ep-flip")["primaryKey"]}
+    results, stop = [], threading.Event()
+
+    def hammer():
+        session = requests.Session()
+        while not stop.is_set():
+            results.append(session.post(target["uri"], data="{}", timeout=30,
+                                        headers={"Authorization": f"Bearer {target['key']}"}).status_code)
+
+    threads = [threading.Thread(target=hammer) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for i in range(20):
+        share = 100 if i % 2 else 0
+        client.set_traffic("ep-flip", {"left": share, "right": 100 - share}, {})
+        time.sleep(0.05)
+    stop.set()
+    for thread in threads:
+        thread.join()
+    assert len(results) > 100 and set(results) == {200}
+    client.delete_endpoint("ep-flip")
+
+
+def test_a_removed_deployment_drains_before_it_stops(client):
+    import threading
+
+    client.put_endpoint("ep-drain", "key")
+    client.put_deployment("ep-drain", "keep", spec("keep"))
+    client.put_deployment("ep-drain", "slowpoke", {**spec("slowpoke", ALWAYS_SLEEP="1.5"), "requestTimeoutMs": 10000})
+    client.set_traffic("ep-drain", {"keep": 100, "slowpoke": 0}, {})
+    status = client.status()["endpoints"]["ep-drain"]
+    target = {"uri": status["scoringUri"], "key": client.keys("ep-drain")["primaryKey"]}
+    answer = {}
+    in_flight = threading.Thread(target=lambda: answer.update(r=score(target, pin="slowpoke")))
+    in_flight.start()
+    time.sleep(0.3)  # the pinned request is inside the slow worker now
+    started = time.monotonic()
+    client.delete_deployment("ep-drain", "slowpoke")
+    waited = time.monotonic() - started
+    in_flight.join()
+    assert answer["r"].status_code == 200 and answer["r"].json()["name"] == "slowpoke"
+    assert waited >= 0.9  # the delete waited for the request to finish
+    assert score(target, pin="slowpoke").status_code == 404
+    client.delete_endpoint("ep-drain")
