@@ -89,7 +89,7 @@ def overhead(client: RuntimeClient) -> None:
         failures = sum(f[3] for runs in figures.values() for f in runs)
         print(f"   concurrency {concurrency}: direct p50 {med('direct', 0):.2f} ms p99 {med('direct', 1):.2f} ms "
               f"{med('direct', 2):.0f} req/s | router p50 {med('router', 0):.2f} ms p99 {med('router', 1):.2f} ms "
-              f"{med('router', 2):.0f} req/s | p50 overhead {overhead_ms:.2f} ms (target < 0.5) | "
+              f"{med('router', 2):.0f} req/s | p50 overhead (median of per-round differences) {overhead_ms:.2f} ms (target < 0.5) | "
               f"throughput ratio {ratio:.2f} (target >= 0.8) | failures {failures}")
     client.delete_endpoint("bench-router")
 
