@@ -38,20 +38,10 @@ class Metrics:
         return self.by_deployment[(endpoint, deployment)]
 
     def prometheus(self) -> str:
-        lines = [
-            "# HELP mlcanary_requests_total Requests answered by a deployment (live and header-pinned).",
-            "# TYPE mlcanary_requests_total counter",
-        ]
-        for (endpoint, deployment), m in sorted(self.by_deployment.items()):
-            for code, count in sorted(m.requests.items()):
-                lines.append(f'mlcanary_requests_total{{endpoint="{endpoint}",deployment="{deployment}",code="{code}"}} {count}')
-        lines += [
-            "# HELP mlcanary_mirrored_requests_total Mirror copies sent to a deployment, by its status code.",
-            "# TYPE mlcanary_mirrored_requests_total counter",
-        ]
-        for (endpoint, deployment), m in sorted(self.by_deployment.items()):
-            for code, count in sorted(m.mirrored.items()):
-                lines.append(f'mlcanary_mirrored_requests_total{{endpoint="{endpoint}",deployment="{deployment}",code="{code}"}} {count}')
+        lines = self._counter(
+            "mlcanary_requests_total", "Requests answered by a deployment (live and header-pinned).", "requests")
+        lines += self._counter(
+            "mlcanary_mirrored_requests_total", "Mirror copies sent to a deployment, by its status code.", "mirrored")
         lines += [
             "# HELP mlcanary_request_duration_seconds Time to answer live and pinned requests.",
             "# TYPE mlcanary_request_duration_seconds histogram",
@@ -65,3 +55,10 @@ class Metrics:
             lines.append(f"mlcanary_request_duration_seconds_sum{{{labels}}} {m.latency_sum:.6f}")
             lines.append(f"mlcanary_request_duration_seconds_count{{{labels}}} {cumulative}")
         return "\n".join(lines) + "\n"
+
+    def _counter(self, name: str, description: str, attribute: str) -> list[str]:
+        lines = [f"# HELP {name} {description}", f"# TYPE {name} counter"]
+        for (endpoint, deployment), m in sorted(self.by_deployment.items()):
+            for code, count in sorted(getattr(m, attribute).items()):
+                lines.append(f'{name}{{endpoint="{endpoint}",deployment="{deployment}",code="{code}"}} {count}')
+        return lines

@@ -169,6 +169,7 @@ class Runtime:
         self.lock = asyncio.Lock()  # one control change at a time
         self.stopping = asyncio.Event()
         self._tasks: set[asyncio.Task] = set()
+        self.draining: set[Deployment] = set()  # replaced deployments still finishing their requests
 
     # --- plumbing ---------------------------------------------------------------------------
 
@@ -179,7 +180,8 @@ class Runtime:
 
     def persist(self) -> None:
         store.save(paths.state_file(self.root), {"endpoints": {n: e.record() for n, e in self.endpoints.items()}})
-        pgids = [w.pid for e in self.endpoints.values() for d in e.deployments.values() for w in d.workers if w.pid]
+        live = [d for e in self.endpoints.values() for d in e.deployments.values()]
+        pgids = [w.pid for d in [*live, *self.draining] for w in d.workers if w.pid]
         paths.workers_file(self.root).write_text(json.dumps({"pgids": pgids}))
 
     async def forward(self, deployment: Deployment, body: bytes, content_type: str) -> tuple[int, bytes, dict]:
@@ -213,6 +215,15 @@ class Runtime:
                 "Content-Type": "application/json"}
         finally:
             deployment.inflight -= 1
+
+    async def retire(self, deployment: Deployment) -> None:
+        """Drain a replaced deployment; its workers stay in workers.json until they have stopped."""
+        self.draining.add(deployment)
+        try:
+            await deployment.drain_and_stop()
+        finally:
+            self.draining.discard(deployment)
+            self.persist()
 
     async def supervise(self) -> None:
         while not self.stopping.is_set():
@@ -357,7 +368,7 @@ class Runtime:
                     await replacement.start(self.session)
                     endpoint.deployments[name] = replacement
                     if current is not None:
-                        self.background(current.drain_and_stop())
+                        self.background(self.retire(current))
             except DeploymentFailed as err:
                 return problem_response(422, str(err), logTail=err.log_tail)
             self.persist()
