@@ -21,3 +21,8 @@ def test_pack_files_for_the_pulumi_cli():
     assert "name: python" in (folder / "PulumiPolicy.yaml").read_text()
     requirements = (folder / "requirements.txt").read_text().split()
     assert "-e" in requirements and ".." in requirements  # the pack imports the project's rules
+
+
+def test_the_pulumi_program_installs_what_the_local_target_needs():
+    """pulumi up -s local runs the local providers in the program's venv, built from requirements.txt."""
+    assert (PROJECT_DIR / "requirements.txt").read_text().strip() == "-e .[local]"
