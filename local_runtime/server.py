@@ -117,6 +117,10 @@ class Endpoint:
         started = time.perf_counter()
         if not self.authorized(request):
             return problem_response(401, "Unauthorized: send `Authorization: Bearer <key>` (see `mlcanary local keys`)")
+        # Read the body before routing: from choosing a deployment to `forward` counting the request
+        # as in flight there must be no await, or a drain could stop that deployment in between.
+        body = await request.read()
+        content_type = request.headers.get("Content-Type", "application/json")
         pinned = request.headers.get(PIN_HEADER)
         routing = self.routing  # one consistent map for this request, whatever changes meanwhile
         mirror_to = None
@@ -134,8 +138,6 @@ class Endpoint:
                     f"Set traffic, or pin a deployment with the {PIN_HEADER} header.",
                 )
             mirror_to = routing.mirror.take()
-        body = await request.read()
-        content_type = request.headers.get("Content-Type", "application/json")
         if mirror_to and mirror_to in self.deployments:
             self.runtime.background(self.mirror(self.deployments[mirror_to], body, content_type))
         status, payload, headers = await self.runtime.forward(deployment, body, content_type)
