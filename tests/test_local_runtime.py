@@ -362,3 +362,34 @@ def test_a_removed_deployment_drains_before_it_stops(client):
     assert waited >= 0.9  # the delete waited for the request to finish
     assert score(target, pin="slowpoke").status_code == 404
     client.delete_endpoint("ep-drain")
+
+
+def test_replacing_a_live_deployment_under_load_loses_no_request(client):
+    import threading
+
+    client.put_endpoint("ep-roll", "key")
+    client.put_deployment("ep-roll", "model", spec("v1", 2))
+    client.set_traffic("ep-roll", {"model": 100}, {})
+    status = client.status()["endpoints"]["ep-roll"]
+    target = {"uri": status["scoringUri"], "key": client.keys("ep-roll")["primaryKey"]}
+    results, stop = [], threading.Event()
+
+    def hammer():
+        session = requests.Session()
+        while not stop.is_set():
+            answer = session.post(target["uri"], data="{}", timeout=30, headers={"Authorization": f"Bearer {target['key']}"})
+            results.append((answer.status_code, answer.json().get("name") if answer.ok else answer.text))
+
+    threads = [threading.Thread(target=hammer) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    time.sleep(0.3)
+    client.put_deployment("ep-roll", "model", spec("v2", 2))  # new settings: a new set of instances takes over
+    time.sleep(0.5)
+    stop.set()
+    for thread in threads:
+        thread.join()
+    assert {status for status, _ in results} == {200}, [r for r in results if r[0] != 200][:3]
+    names = [name for _, name in results]
+    assert names[0] == "v1" and names[-1] == "v2"
+    client.delete_endpoint("ep-roll")
