@@ -39,7 +39,8 @@ def deployment_payload(spec: DeploymentSpec) -> dict[str, Any]:
 class Applied:
     endpoint: str
     scoring_uri: str
-    started: list[str] = field(default_factory=list)
+    started: list[str] = field(default_factory=list)  # new deployments
+    updated: list[str] = field(default_factory=list)  # scaled, or replaced with new settings
     unchanged: list[str] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
 
@@ -62,7 +63,8 @@ def apply_stage(
         if existing and existing["state"] == "ready" and existing["spec"] == payload:
             applied.unchanged.append(name)
             continue
-        progress(f"starting {name} ({deployment.instance_count} instance(s))")
+        verb = "starting" if existing is None else "updating"
+        progress(f"{verb} {name} ({deployment.instance_count} instance(s))")
         try:
             client.put_deployment(spec.name, name, payload)
         except RuntimeRefusal as err:
@@ -70,9 +72,11 @@ def apply_stage(
                 client.delete_deployment(spec.name, new)
             tail = err.body.get("logTail", "")
             raise StageRefused(f"{err}\n{tail}".rstrip() + "\nThe stage was refused; traffic is as it was.") from None
-        applied.started.append(name)
         if existing is None:
+            applied.started.append(name)
             created.append(name)
+        else:
+            applied.updated.append(name)
 
     progress("setting traffic")
     try:

@@ -95,7 +95,9 @@ def local_up(stage_file: Path, state_dir: Path | None) -> None:
     except _errors() as err:
         _fail(str(err))
     console.print(f"[green]applied[/] {stage_file}: endpoint [bold]{applied.endpoint}[/] at {applied.scoring_uri}")
-    for label, names in (("started", applied.started), ("unchanged", applied.unchanged), ("removed", applied.removed)):
+    changes = (("started", applied.started), ("updated", applied.updated), ("unchanged", applied.unchanged),
+               ("removed", applied.removed))
+    for label, names in changes:
         if names:
             console.print(f"  {label}: {', '.join(names)}")
     _print_status(console, client.status(), spec.endpoint.name)

@@ -63,7 +63,10 @@ def test_rehearsal_keeps_a_runtime_it_did_not_start(state):
 
 
 def test_up_status_invoke_logs_keys_down(state):
-    assert run(state, "local", "up", STAGE["3"]).exit_code == 0
+    first = run(state, "local", "up", STAGE["1"])
+    assert first.exit_code == 0 and "started: blue" in first.output
+    third = run(state, "local", "up", STAGE["3"])
+    assert third.exit_code == 0 and "started: green" in third.output and "updated: blue" in third.output
     status = run(state, "local", "status")
     assert "fraud-scorer" in status.output and "blue" in status.output and "green" in status.output
     green = run(state, "invoke", "fraud-scorer", "--request-file", REQUEST, "--deployment", "green")
