@@ -13,6 +13,7 @@ from typing import Any
 import requests
 
 from local_runtime import paths
+from local_runtime.protocol import CONTROL_TOKEN_HEADER
 
 START_TIMEOUT_S = 300.0  # the runtime restores its deployments before it answers
 
@@ -46,6 +47,7 @@ class RuntimeClient:
         except (OSError, ValueError, KeyError):
             return None
         url = f"http://127.0.0.1:{info['controlPort']}"
+        self.http.headers[CONTROL_TOKEN_HEADER] = info.get("token", "")
         try:
             if self.http.get(f"{url}/health", timeout=2).ok:
                 return url

@@ -14,7 +14,7 @@ from components.spec import NAMESPACE, StackSpec, load_stack_config
 from components.stage_file import namespaced, project_dir_of, read_stage_file
 from local_runtime.apply import apply_stage
 from local_runtime.client import RuntimeClient
-from local_runtime.server import PIN_HEADER
+from local_runtime.protocol import PIN_HEADER
 
 
 @dataclass

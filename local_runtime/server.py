@@ -29,11 +29,18 @@ from aiohttp import web
 from components import rules
 from local_runtime import paths, store
 from local_runtime.metrics import Metrics
+from local_runtime.protocol import CONTROL_TOKEN_HEADER, PIN_HEADER
 from local_runtime.routing import Routing
 from local_runtime.workers import WSGI_APP, Deployment, DeploymentFailed, free_port, log_tail
 
 log = logging.getLogger("mlcanary.local")
-PIN_HEADER = "azureml-model-deployment"
+
+
+def write_private(path: Path, document: dict[str, Any]) -> None:
+    """Write a JSON file only its owner can read, created that way (no window with wider rights)."""
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w") as file:
+        json.dump(document, file)
 
 
 def problem_response(status: int, message: str, problems: list[rules.Problem] | None = None, **extra) -> web.Response:
@@ -243,6 +250,7 @@ class Runtime:
     async def run(self, control_port: int) -> None:
         self.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
         kill_orphans(self.root)
+        self.control_token = secrets.token_urlsafe(32)
         app = self.control_app()
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
@@ -250,7 +258,7 @@ class Runtime:
         await site.start()
         port = runner.addresses[0][1]
         await self.restore()
-        paths.runtime_file(self.root).write_text(json.dumps({"pid": os.getpid(), "controlPort": port}))
+        write_private(paths.runtime_file(self.root), {"pid": os.getpid(), "controlPort": port, "token": self.control_token})
         log.info("runtime ready: control plane on 127.0.0.1:%s", port)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -287,7 +295,16 @@ class Runtime:
     # --- control plane -------------------------------------------------------------------------
 
     def control_app(self) -> web.Application:
-        app = web.Application()
+        @web.middleware
+        async def only_the_owner(request: web.Request, handler):
+            """The control plane hands out keys: only callers who can read runtime.json (0600) may use it."""
+            if request.path != "/health" and not secrets.compare_digest(
+                request.headers.get(CONTROL_TOKEN_HEADER, ""), self.control_token
+            ):
+                return problem_response(401, f"the control plane needs the {CONTROL_TOKEN_HEADER} header from runtime.json")
+            return await handler(request)
+
+        app = web.Application(middlewares=[only_the_owner])
         r = app.router
         r.add_get("/health", lambda _: web.json_response({"ok": True, "pid": os.getpid()}))
         r.add_get("/status", self.get_status)
@@ -449,6 +466,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     root = paths.state_dir(args.state_dir)
     root.mkdir(parents=True, exist_ok=True)
+    root.chmod(0o700)  # keys, the control token and logs live here
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     lock = open(paths.lock_file(root), "w")  # noqa: SIM115 - held for the life of the process
     try:

@@ -198,7 +198,7 @@ def invoke(endpoint: str, request_file: Path, deployment: str | None, state_dir:
     """Score a request on a local ENDPOINT and print the response, like `az ml online-endpoint invoke`."""
     import requests
 
-    from local_runtime.server import PIN_HEADER
+    from local_runtime.protocol import PIN_HEADER
 
     client = _client(state_dir)
     try:

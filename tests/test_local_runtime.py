@@ -19,7 +19,7 @@ import requests
 
 from local_runtime import paths
 from local_runtime.client import RuntimeClient, RuntimeRefusal
-from local_runtime.server import PIN_HEADER
+from local_runtime.protocol import CONTROL_TOKEN_HEADER, PIN_HEADER
 
 MODELS = Path(__file__).parent / "models"
 
@@ -393,3 +393,15 @@ def test_replacing_a_live_deployment_under_load_loses_no_request(client):
     names = [name for _, name in results]
     assert names[0] == "v1" and names[-1] == "v2"
     client.delete_endpoint("ep-roll")
+
+
+def test_the_control_plane_answers_only_its_owner(endpoint, client):
+    info = json.loads(paths.runtime_file(client.root).read_text())
+    url = f"http://127.0.0.1:{info['controlPort']}"
+    assert paths.runtime_file(client.root).stat().st_mode & 0o777 == 0o600
+    assert client.root.stat().st_mode & 0o777 == 0o700
+    assert requests.get(f"{url}/health", timeout=5).status_code == 200  # liveness needs no token
+    for path in ("/status", "/endpoints/ep-main/keys", "/metrics"):
+        assert requests.get(f"{url}{path}", timeout=5).status_code == 401
+        assert requests.get(f"{url}{path}", headers={CONTROL_TOKEN_HEADER: "guess"}, timeout=5).status_code == 401
+    assert requests.get(f"{url}/status", headers={CONTROL_TOKEN_HEADER: info["token"]}, timeout=5).status_code == 200
