@@ -6,11 +6,13 @@ test); tests that break things (crashes, failing init) use their own endpoints o
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import signal
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -69,6 +71,28 @@ def score(endpoint, body=None, key=None, pin=None, timeout=30):
     if pin:
         headers[PIN_HEADER] = pin
     return requests.post(endpoint["uri"], data=json.dumps(body or {"x": 1}), headers=headers, timeout=timeout)
+
+
+@contextlib.contextmanager
+def steady_load(target, clients: int = 4):
+    """Clients sending requests back to back until the block ends; yields (status, name) answers."""
+    results, stop = [], threading.Event()
+
+    def one_client():
+        session = requests.Session()
+        while not stop.is_set():
+            answer = session.post(target["uri"], data="{}", timeout=30, headers={"Authorization": f"Bearer {target['key']}"})
+            results.append((answer.status_code, answer.json().get("name") if answer.ok else answer.text))
+
+    threads = [threading.Thread(target=one_client) for _ in range(clients)]
+    for thread in threads:
+        thread.start()
+    try:
+        yield results
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
 
 
 def metrics_of(client, endpoint_name, deployment):
@@ -311,39 +335,23 @@ def test_runtime_crash_and_restart_brings_back_endpoints_deployments_and_traffic
 # --- changes under traffic ----------------------------------------------------------------------
 
 def test_traffic_changes_lose_no_request(client):
-    import threading
-
     client.put_endpoint("ep-flip", "key")
     client.put_deployment("ep-flip", "left", spec("left"))
     client.put_deployment("ep-flip", "right", spec("right"))
     client.set_traffic("ep-flip", {"left": 100, "right": 0}, {})
     status = client.status()["endpoints"]["ep-flip"]
     target = {"uri": status["scoringUri"], "key": client.keys("ep-flip")["primaryKey"]}
-    results, stop = [], threading.Event()
-
-    def hammer():
-        session = requests.Session()
-        while not stop.is_set():
-            results.append(session.post(target["uri"], data="{}", timeout=30,
-                                        headers={"Authorization": f"Bearer {target['key']}"}).status_code)
-
-    threads = [threading.Thread(target=hammer) for _ in range(4)]
-    for thread in threads:
-        thread.start()
-    for i in range(20):
-        share = 100 if i % 2 else 0
-        client.set_traffic("ep-flip", {"left": share, "right": 100 - share}, {})
-        time.sleep(0.05)
-    stop.set()
-    for thread in threads:
-        thread.join()
-    assert len(results) > 100 and set(results) == {200}
+    with steady_load(target) as results:
+        for i in range(20):
+            share = 100 if i % 2 else 0
+            client.set_traffic("ep-flip", {"left": share, "right": 100 - share}, {})
+            time.sleep(0.05)
+    assert len(results) > 100 and {status for status, _ in results} == {200}
+    assert {name for _, name in results} == {"left", "right"}
     client.delete_endpoint("ep-flip")
 
 
 def test_a_removed_deployment_drains_before_it_stops(client):
-    import threading
-
     client.put_endpoint("ep-drain", "key")
     client.put_deployment("ep-drain", "keep", spec("keep"))
     client.put_deployment("ep-drain", "slowpoke", {**spec("slowpoke", ALWAYS_SLEEP="1.5"), "requestTimeoutMs": 10000})
@@ -365,30 +373,15 @@ def test_a_removed_deployment_drains_before_it_stops(client):
 
 
 def test_replacing_a_live_deployment_under_load_loses_no_request(client):
-    import threading
-
     client.put_endpoint("ep-roll", "key")
     client.put_deployment("ep-roll", "model", spec("v1", 2))
     client.set_traffic("ep-roll", {"model": 100}, {})
     status = client.status()["endpoints"]["ep-roll"]
     target = {"uri": status["scoringUri"], "key": client.keys("ep-roll")["primaryKey"]}
-    results, stop = [], threading.Event()
-
-    def hammer():
-        session = requests.Session()
-        while not stop.is_set():
-            answer = session.post(target["uri"], data="{}", timeout=30, headers={"Authorization": f"Bearer {target['key']}"})
-            results.append((answer.status_code, answer.json().get("name") if answer.ok else answer.text))
-
-    threads = [threading.Thread(target=hammer) for _ in range(4)]
-    for thread in threads:
-        thread.start()
-    time.sleep(0.3)
-    client.put_deployment("ep-roll", "model", spec("v2", 2))  # new settings: a new set of instances takes over
-    time.sleep(0.5)
-    stop.set()
-    for thread in threads:
-        thread.join()
+    with steady_load(target) as results:
+        time.sleep(0.3)
+        client.put_deployment("ep-roll", "model", spec("v2", 2))  # new settings: a new set of instances takes over
+        time.sleep(0.5)
     assert {status for status, _ in results} == {200}, [r for r in results if r[0] != 200][:3]
     names = [name for _, name in results]
     assert names[0] == "v1" and names[-1] == "v2"
