@@ -226,3 +226,19 @@ def test_help_explains_exit_codes():
 def test_stage_files_are_plain_pulumi_config():
     for path in STAGE_FILES:
         assert set(yaml.safe_load(path.read_text())) == {"config"}
+
+
+def test_local_target_stages_are_checked_with_the_same_policies(tmp_path):
+    local = sorted((PROJECT_DIR / "stacks" / "local").glob("stage-*.yaml"))
+    result = run(*local)
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines()[-1] == (
+        "Checked 7 stage(s) (32 resources) and 6 transition(s): 0 mandatory, 1 advisory violation(s)."
+    )
+    config = tmp_path / "policy.json"
+    config.write_text('{"instance-count-in-range": {"minInstanceCount": 2}}')
+    strict = CliRunner().invoke(main, ["check", "--format", "json", "--policy-pack-config", str(config), str(local[0])])
+    (violation,) = json.loads(strict.output)
+    assert strict.exit_code == 1
+    assert "LocalOnlineDeployment" in violation["resource"]
+    assert violation["message"].endswith("instanceCount: instance count must be a whole number from 2 to 50, got 1")
