@@ -37,9 +37,9 @@ def _missing(call) -> bool:
     return False
 
 
-def _diff(olds: dict, news: dict, replace_on: tuple[str, ...]) -> DiffResult:
-    keys = set(olds) | set(news)
-    changed = [k for k in keys if k != "__provider" and olds.get(k) != news.get(k)]
+def _diff(olds: dict, news: dict, inputs: tuple[str, ...], replace_on: tuple[str, ...]) -> DiffResult:
+    """Compare inputs only: outputs (scoring URI, keys, state) are absent from new inputs by nature."""
+    changed = [k for k in inputs if olds.get(k) != news.get(k)]
     return DiffResult(changes=bool(changed), replaces=[k for k in changed if k in replace_on], delete_before_replace=True)
 
 
@@ -51,7 +51,7 @@ class LocalEndpointProvider(ResourceProvider):
         return UpdateResult(outs=self._put(news))
 
     def diff(self, _id: str, olds: dict, news: dict) -> DiffResult:
-        return _diff(olds, {**olds, **news}, ("endpointName", "stateDir"))
+        return _diff(olds, news, ("endpointName", "authMode", "stateDir"), ("endpointName", "stateDir"))
 
     def delete(self, _id: str, props: dict[str, Any]) -> None:
         _missing(lambda: _client(props).delete_endpoint(props["endpointName"]))
@@ -77,7 +77,8 @@ class LocalDeploymentProvider(ResourceProvider):
         return UpdateResult(outs=self._put(news))
 
     def diff(self, _id: str, olds: dict, news: dict) -> DiffResult:
-        return _diff(olds, news, ("endpointName", "deploymentName", "stateDir"))
+        return _diff(olds, news, ("endpointName", "deploymentName", "spec", "stateDir"),
+                     ("endpointName", "deploymentName", "stateDir"))
 
     def delete(self, _id: str, props: dict[str, Any]) -> None:
         _missing(lambda: _client(props).delete_deployment(props["endpointName"], props["deploymentName"]))
@@ -101,7 +102,8 @@ class LocalTrafficProvider(ResourceProvider):
         return UpdateResult(outs=news)
 
     def diff(self, _id: str, olds: dict, news: dict) -> DiffResult:
-        return _diff(olds, news, ("endpoint_name", "stateDir"))
+        return _diff(olds, news, ("endpoint_name", "traffic", "mirror_traffic", "deployments", "stateDir"),
+                     ("endpoint_name", "stateDir"))
 
     def delete(self, _id: str, props: dict[str, Any]) -> None:
         _missing(lambda: self._set(props, {}, {}))

@@ -81,6 +81,21 @@ def test_providers_run_a_rollout_against_the_runtime(runtime):
     LocalEndpointProvider().delete("id", {"endpointName": "ep-pulumi", "stateDir": root})  # already gone: fine
 
 
+def test_unchanged_inputs_are_no_change_whatever_the_outputs():
+    """Outputs recorded in the old state (URI, keys, state) are None in new inputs: not a change."""
+    endpoint = {"endpointName": "ep", "authMode": "key", "stateDir": "/s",
+                "scoringUri": None, "primaryKey": None, "secondaryKey": None}
+    recorded = {**endpoint, "scoringUri": "http://127.0.0.1:1/score", "primaryKey": "k", "secondaryKey": "k2"}
+    assert not LocalEndpointProvider().diff("id", recorded, endpoint).changes
+    assert LocalEndpointProvider().diff("id", recorded, {**endpoint, "authMode": "aml_token"}).changes
+    deployment = {"endpointName": "ep", "deploymentName": "blue", "spec": {"instanceCount": 1}, "instanceCount": 1,
+                  "stateDir": "/s", "state": None}
+    assert not LocalDeploymentProvider().diff("id", {**deployment, "state": "ready"}, deployment).changes
+    traffic = {"endpoint_name": "ep", "traffic": {"blue": 100.0}, "mirror_traffic": {}, "deployments": ["blue"], "stateDir": "/s"}
+    assert not LocalTrafficProvider().diff("id", {**traffic, "__provider": "old"}, {**traffic, "__provider": "new"}).changes
+    assert LocalTrafficProvider().diff("id", traffic, {**traffic, "mirror_traffic": {"blue": 0.0}}).changes
+
+
 def test_diff_replaces_only_on_identity():
     old = {"endpointName": "ep", "deploymentName": "blue", "spec": {"instanceCount": 1}, "stateDir": "/s"}
     scaled = LocalDeploymentProvider().diff("id", old, {**old, "spec": {"instanceCount": 2}})
