@@ -53,8 +53,7 @@ def load_stage(path: Path) -> StackSpec:
 def probe(client: RuntimeClient, endpoint: str, body: bytes, count: int) -> StageReport:
     status = client.status()["endpoints"][endpoint]
     key = client.keys(endpoint)["primaryKey"]
-    before = {n: d["metrics"]["mirrored"] for n, d in status["deployments"].items()}
-    before_errors = {n: d["metrics"]["mirrorErrors"] for n, d in status["deployments"].items()}
+    before = {n: d["metrics"] for n, d in status["deployments"].items()}
     reports = {
         name: DeploymentReport(name, status["traffic"].get(name, 0), status["mirrorTraffic"].get(name, 0))
         for name in status["deployments"]
@@ -73,11 +72,11 @@ def probe(client: RuntimeClient, endpoint: str, body: bytes, count: int) -> Stag
         deployment.answered += 1
         deployment.latencies_ms.append(elapsed)
         deployment.errors += answer.status_code != 200
-    _collect_mirrored(client, endpoint, before, before_errors, reports)
+    _collect_mirrored(client, endpoint, before, reports)
     return report
 
 
-def _collect_mirrored(client: RuntimeClient, endpoint: str, before: dict, before_errors: dict, reports: dict) -> None:
+def _collect_mirrored(client: RuntimeClient, endpoint: str, before: dict, reports: dict) -> None:
     """Mirror copies run in the background: read the counts once they stop moving."""
     last = None
     deadline = time.monotonic() + 10
@@ -89,17 +88,18 @@ def _collect_mirrored(client: RuntimeClient, endpoint: str, before: dict, before
         time.sleep(0.2)
     for name, metrics in (last or {}).items():
         if name in reports:
-            reports[name].mirrored = metrics["mirrored"] - before.get(name, 0)
-            reports[name].errors += metrics["mirrorErrors"] - before_errors.get(name, 0)
+            start = before.get(name, {})
+            reports[name].mirrored = metrics["mirrored"] - start.get("mirrored", 0)
+            reports[name].errors += metrics["mirrorErrors"] - start.get("mirrorErrors", 0)
 
 
 def rehearse(
-    paths: list[Path], client: RuntimeClient, body: bytes, count: int,
+    stages: list[tuple[Path, StackSpec]], client: RuntimeClient, body: bytes, count: int,
     progress: Callable[[str], None] = lambda _: None,
 ) -> list[StageReport]:
-    specs = [load_stage(p) for p in paths]  # every stage is valid before the first is applied
+    """Apply each (stage file, validated spec) in order and probe it; validate them all before calling this."""
     reports = []
-    for path, spec in zip(paths, specs):
+    for path, spec in stages:
         progress(f"{path.name}: applying")
         apply_stage(spec, client, lambda message, name=path.name: progress(f"{name}: {message}"))
         progress(f"{path.name}: sending {count} probe requests")

@@ -225,6 +225,7 @@ class Deployment:
             "healthy": sum(w.healthy and w.alive() for w in self.workers),
             "restarts": self.restarts,
             "ports": [w.port for w in self.workers],
+            "pids": [w.pid for w in self.workers],
             "error": self.error,
             "spec": self.spec,
         }

@@ -252,16 +252,15 @@ def rehearse(stage_files: tuple[Path, ...], count: int, request_file: Path, keep
     """
     from local_runtime.rehearse import rehearse as run_rehearsal
 
-    for path in stage_files:
-        _load(path)  # refuse an invalid stage before anything changes
+    stages = [(path, _load(path)) for path in stage_files]  # refuse an invalid stage before anything changes
     console = _console()
     client = _client(state_dir)
     started_here = client.base_url() is None
     try:
         with console.status("starting the local runtime") as status:
             client.ensure_running()
-            reports = run_rehearsal(list(stage_files), client, request_file.read_bytes(), count, status.update)
-            endpoint = _load(stage_files[-1]).endpoint.name
+            reports = run_rehearsal(stages, client, request_file.read_bytes(), count, status.update)
+            endpoint = stages[-1][1].endpoint.name
             if not keep:
                 status.update(f"deleting endpoint {endpoint}")
                 client.delete_endpoint(endpoint)

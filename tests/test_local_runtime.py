@@ -53,15 +53,21 @@ def client(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def endpoint(client):
-    """Endpoint `ep` with a (2 instances) and b live 90/10, d dark, slow (1 s timeout)."""
-    client.put_endpoint("ep-main", "key")
-    client.put_deployment("ep-main", "dep-a", spec("a", 2))
-    client.put_deployment("ep-main", "dep-b", spec("b"))
-    client.put_deployment("ep-main", "dep-dark", spec("dark"))
-    client.put_deployment("ep-main", "dep-slow", {**spec("slow"), "requestTimeoutMs": 1000})
-    client.set_traffic("ep-main", {"dep-a": 90, "dep-b": 10, "dep-dark": 0, "dep-slow": 0}, {})
-    status = client.status()["endpoints"]["ep-main"]
-    return {"uri": status["scoringUri"], "key": client.keys("ep-main")["primaryKey"], "client": client}
+    """Endpoint `ep-main`: dep-a (2 instances) and dep-b live 90/10, dep-dark dark, dep-slow (1 s timeout)."""
+    return serve(client, "ep-main", {
+        "dep-a": spec("a", 2), "dep-b": spec("b"), "dep-dark": spec("dark"),
+        "dep-slow": {**spec("slow"), "requestTimeoutMs": 1000},
+    }, {"dep-a": 90, "dep-b": 10, "dep-dark": 0, "dep-slow": 0})
+
+
+def serve(client, name: str, deployments: dict, traffic: dict, mirror: dict | None = None) -> dict:
+    """Create endpoint `name` with `deployments` (name -> spec) and traffic; its URI, key and client."""
+    client.put_endpoint(name, "key")
+    for deployment, deployment_spec in deployments.items():
+        client.put_deployment(name, deployment, deployment_spec)
+    client.set_traffic(name, traffic, mirror or {})
+    status = client.status()["endpoints"][name]
+    return {"uri": status["scoringUri"], "key": client.keys(name)["primaryKey"], "client": client}
 
 
 def score(endpoint, body=None, key=None, pin=None, timeout=30):
@@ -198,12 +204,10 @@ def test_everything_listens_on_loopback_only(endpoint, client):
 @pytest.fixture(scope="module")
 def mirrored(client):
     """Endpoint with live `main` and a mirror target that always fails and sleeps 2 s."""
-    client.put_endpoint("ep-mirror", "key")
-    client.put_deployment("ep-mirror", "main", spec("main"))
-    client.put_deployment("ep-mirror", "shadow", {**spec("shadow", ALWAYS_FAIL="1", ALWAYS_SLEEP="2"), "requestTimeoutMs": 10000})
-    client.set_traffic("ep-mirror", {"main": 100, "shadow": 0}, {"shadow": 10})
-    status = client.status()["endpoints"]["ep-mirror"]
-    return {"uri": status["scoringUri"], "key": client.keys("ep-mirror")["primaryKey"], "client": client}
+    return serve(client, "ep-mirror", {
+        "main": spec("main"),
+        "shadow": {**spec("shadow", ALWAYS_FAIL="1", ALWAYS_SLEEP="2"), "requestTimeoutMs": 10000},
+    }, {"main": 100, "shadow": 0}, {"shadow": 10})
 
 
 def test_mirror_copies_ten_percent_and_the_client_never_waits_or_sees_it(mirrored, client):
@@ -280,20 +284,9 @@ def test_failing_init_is_reported_with_the_log_tail_and_traffic_stays(endpoint, 
 
 # --- crashes ------------------------------------------------------------------------------------
 
-def worker_pids(client, endpoint_name):
-    text = subprocess.run(["pgrep", "-f", "azureml_inference_server_http"], capture_output=True, text=True).stdout
-    return [int(p) for p in text.split()]
-
-
 def test_a_worker_that_dies_is_restarted_and_requests_keep_succeeding(client):
-    client.put_endpoint("ep-crash", "key")
-    client.put_deployment("ep-crash", "only", spec("only", 2))
-    client.set_traffic("ep-crash", {"only": 100}, {})
-    status = client.status()["endpoints"]["ep-crash"]
-    target = {"uri": status["scoringUri"], "key": client.keys("ep-crash")["primaryKey"]}
-    masters = json.loads(paths.workers_file(client.root).read_text())["pgids"]
-    own = [pid for pid in masters if str(pid) in subprocess.run(["pgrep", "-g", str(pid)], capture_output=True, text=True).stdout]
-    victim = own[-1]
+    target = serve(client, "ep-crash", {"only": spec("only", 2)}, {"only": 100})
+    victim = client.status()["endpoints"]["ep-crash"]["deployments"]["only"]["pids"][0]
     os.killpg(victim, signal.SIGKILL)
     results = [score(target).status_code for _ in range(40)]
     assert results == [200] * 40  # the other instance serves while one is down
@@ -306,10 +299,7 @@ def test_runtime_crash_and_restart_brings_back_endpoints_deployments_and_traffic
     runtime = RuntimeClient(tmp_path / "state")
     runtime.ensure_running()
     try:
-        runtime.put_endpoint("ep-restart", "key")
-        runtime.put_deployment("ep-restart", "blue", spec("blue"))
-        runtime.put_deployment("ep-restart", "green", spec("green"))
-        runtime.set_traffic("ep-restart", {"blue": 70, "green": 30}, {})
+        serve(runtime, "ep-restart", {"blue": spec("blue"), "green": spec("green")}, {"blue": 70, "green": 30})
         keys = runtime.keys("ep-restart")
         before = runtime.status()["endpoints"]["ep-restart"]
         old_workers = json.loads(paths.workers_file(runtime.root).read_text())["pgids"]
@@ -335,12 +325,7 @@ def test_runtime_crash_and_restart_brings_back_endpoints_deployments_and_traffic
 # --- changes under traffic ----------------------------------------------------------------------
 
 def test_traffic_changes_lose_no_request(client):
-    client.put_endpoint("ep-flip", "key")
-    client.put_deployment("ep-flip", "left", spec("left"))
-    client.put_deployment("ep-flip", "right", spec("right"))
-    client.set_traffic("ep-flip", {"left": 100, "right": 0}, {})
-    status = client.status()["endpoints"]["ep-flip"]
-    target = {"uri": status["scoringUri"], "key": client.keys("ep-flip")["primaryKey"]}
+    target = serve(client, "ep-flip", {"left": spec("left"), "right": spec("right")}, {"left": 100, "right": 0})
     with steady_load(target) as results:
         for i in range(20):
             share = 100 if i % 2 else 0
@@ -352,12 +337,7 @@ def test_traffic_changes_lose_no_request(client):
 
 
 def test_a_removed_deployment_drains_before_it_stops(client):
-    client.put_endpoint("ep-drain", "key")
-    client.put_deployment("ep-drain", "keep", spec("keep"))
-    client.put_deployment("ep-drain", "slowpoke", {**spec("slowpoke", ALWAYS_SLEEP="1.5"), "requestTimeoutMs": 10000})
-    client.set_traffic("ep-drain", {"keep": 100, "slowpoke": 0}, {})
-    status = client.status()["endpoints"]["ep-drain"]
-    target = {"uri": status["scoringUri"], "key": client.keys("ep-drain")["primaryKey"]}
+    target = serve(client, "ep-drain", {"keep": spec("keep"), "slowpoke": {**spec("slowpoke", ALWAYS_SLEEP="1.5"), "requestTimeoutMs": 10000}}, {"keep": 100, "slowpoke": 0})
     answer = {}
     in_flight = threading.Thread(target=lambda: answer.update(r=score(target, pin="slowpoke")))
     in_flight.start()
@@ -373,11 +353,7 @@ def test_a_removed_deployment_drains_before_it_stops(client):
 
 
 def test_replacing_a_live_deployment_under_load_loses_no_request(client):
-    client.put_endpoint("ep-roll", "key")
-    client.put_deployment("ep-roll", "model", spec("v1", 2))
-    client.set_traffic("ep-roll", {"model": 100}, {})
-    status = client.status()["endpoints"]["ep-roll"]
-    target = {"uri": status["scoringUri"], "key": client.keys("ep-roll")["primaryKey"]}
+    target = serve(client, "ep-roll", {"model": spec("v1", 2)}, {"model": 100})
     with steady_load(target) as results:
         time.sleep(0.3)
         client.put_deployment("ep-roll", "model", spec("v2", 2))  # new settings: a new set of instances takes over
