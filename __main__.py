@@ -2,6 +2,6 @@
 
 from pathlib import Path
 
-from components.program import main
+from mlcanary.components.program import main
 
 main(Path(__file__).resolve().parent)

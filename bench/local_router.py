@@ -26,9 +26,9 @@ import aiohttp
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from local_runtime.apply import apply_stage  # noqa: E402
-from local_runtime.client import RuntimeClient  # noqa: E402
-from local_runtime.rehearse import load_stage  # noqa: E402
+from mlcanary.local_runtime.apply import apply_stage  # noqa: E402
+from mlcanary.local_runtime.client import RuntimeClient  # noqa: E402
+from mlcanary.local_runtime.rehearse import load_stage  # noqa: E402
 
 BODY = (ROOT / "samples" / "request.json").read_bytes()
 SAMPLE = ROOT / "samples" / "fraud-model"

@@ -9,9 +9,9 @@ from pathlib import Path
 import pulumi
 import pulumi_azure_native.machinelearningservices as ml
 
-from components.durations import iso_seconds
-from components.rules import AUTH_MODES
-from components.spec import DeploymentSpec, EndpointSpec, InlineEnvironment, Probe
+from mlcanary.components.durations import iso_seconds
+from mlcanary.components.rules import AUTH_MODES
+from mlcanary.components.spec import DeploymentSpec, EndpointSpec, InlineEnvironment, Probe
 
 
 def workspace_id_of(endpoint_id: str) -> str:

@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from components.rules import Problem
+from mlcanary.components.rules import Problem
 
 # CLI key -> spec key, for keys whose values need no reshaping.
 _PLAIN_KEYS = {

@@ -14,9 +14,9 @@ from __future__ import annotations
 import pulumi
 import pulumi_azure_native.machinelearningservices as ml
 
-from components import azure_args, uploads
-from components.spec import EndpointSpec, InlineEnvironment, is_asset_reference
-from components.traffic import EndpointTraffic
+from mlcanary.components import azure_args, uploads
+from mlcanary.components.spec import EndpointSpec, InlineEnvironment, is_asset_reference
+from mlcanary.components.traffic import EndpointTraffic
 
 COMPONENT_TYPE = "mlcanary:endpoint:OnlineEndpoint"
 # The endpoint resource must not fight EndpointTraffic over these (engine property paths).
@@ -143,9 +143,9 @@ class OnlineEndpoint(pulumi.ComponentResource):
 
     def _local(self, name: str, spec: EndpointSpec) -> None:
         """The same tree on the local runtime (components/local_target.py)."""
-        from components import local_target
-        from local_runtime.apply import deployment_payload
-        from local_runtime.paths import state_dir
+        from mlcanary.components import local_target
+        from mlcanary.local_runtime.apply import deployment_payload
+        from mlcanary.local_runtime.paths import state_dir
 
         root = str(state_dir())
         endpoint = local_target.LocalOnlineEndpoint(

@@ -16,15 +16,15 @@ from pulumi.dynamic import CreateResult, DiffResult, ReadResult, ResourceProvide
 
 
 def _client(props: dict[str, Any]):
-    from local_runtime.client import RuntimeClient
-    from local_runtime.paths import state_dir
+    from mlcanary.local_runtime.client import RuntimeClient
+    from mlcanary.local_runtime.paths import state_dir
 
     return RuntimeClient(state_dir(props.get("stateDir")))
 
 
 def _missing(call) -> bool:
     """Run a delete; True if the thing was already gone (404), which is fine for a delete."""
-    from local_runtime.client import NotRunning, RuntimeRefusal
+    from mlcanary.local_runtime.client import NotRunning, RuntimeRefusal
 
     try:
         call()

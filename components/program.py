@@ -13,8 +13,8 @@ from pathlib import Path
 import pulumi
 from pulumi.runtime.config import CONFIG, get_config_env
 
-from components.endpoint import OnlineEndpoint
-from components.spec import NAMESPACE, SpecError, load_stack_config
+from mlcanary.components.endpoint import OnlineEndpoint
+from mlcanary.components.spec import NAMESPACE, SpecError, load_stack_config
 
 
 def stack_config() -> dict:

@@ -2,7 +2,7 @@
 
 `load_stack_config` is the only way in: it takes the `mlcanary:*` config values, reads any Azure ML
 CLI v2 deployment YAML files they point to, checks types with pydantic and every endpoint rule with
-`components.rules`, and either returns a `StackSpec` or raises `SpecError` listing every problem,
+`mlcanary.components.rules`, and either returns a `StackSpec` or raises `SpecError` listing every problem,
 each naming its config path (`mlcanary:endpoint.deployments.green.instanceCount`) and what is
 allowed. Nothing is registered with Pulumi before this has passed.
 """
@@ -16,9 +16,9 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Strict, ValidationError
 from pydantic.alias_generators import to_camel
 
-from components import rules
-from components.deployment_yaml import read_deployment_yaml
-from components.rules import Problem
+from mlcanary.components import rules
+from mlcanary.components.deployment_yaml import read_deployment_yaml
+from mlcanary.components.rules import Problem
 
 NAMESPACE = "mlcanary"
 CONFIG_KEYS = ("target", "endpoint")

@@ -27,7 +27,7 @@ from pulumi.dynamic import (
     UpdateResult,
 )
 
-from components import rules
+from mlcanary.components import rules
 
 INPUT_KEYS = ("endpoint_id", "endpoint_name", "traffic", "mirror_traffic", "deployments", "endpoint_revision")
 # Read-only properties Azure returns on GET that have no place in a PUT body.
@@ -47,7 +47,7 @@ class TrafficProvider(ResourceProvider):
         self.poll_interval_s = poll_interval_s
 
     def _client(self):
-        from components.arm import ArmClient
+        from mlcanary.components.arm import ArmClient
 
         return ArmClient(poll_interval_s=self.poll_interval_s)
 
@@ -97,7 +97,7 @@ class TrafficProvider(ResourceProvider):
         )
 
     def _apply(self, endpoint_id: str, traffic: Any, mirror: Any, client=None) -> dict[str, Any]:
-        from components.arm import ArmError
+        from mlcanary.components.arm import ArmError
 
         client = client or self._client()
         want_live, want_mirror = _percentages(traffic), _percentages(mirror)

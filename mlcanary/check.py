@@ -20,13 +20,13 @@ from pulumi.runtime.proto import analyzer_pb2 as proto
 from pulumi_policy import EnforcementLevel
 from pulumi_policy.policy import _PolicyAnalyzerServicer
 
-from components import program
-from components.render import Registration, Render, render_program
-from components.spec import NAMESPACE, EndpointSpec, SpecError, load_stack_config
-from components.stage_file import StageFileError, namespaced, project_dir_of, read_stage_file
+from mlcanary.components import program
+from mlcanary.components.render import Registration, Render, render_program
+from mlcanary.components.spec import NAMESPACE, EndpointSpec, SpecError, load_stack_config
+from mlcanary.components.stage_file import StageFileError, namespaced, project_dir_of, read_stage_file
 from mlcanary.policy_config import PolicySettings
-from policies.azure_ml import POLICIES
-from policies.transitions import TRANSITION_POLICIES
+from mlcanary.policies.azure_ml import POLICIES
+from mlcanary.policies.transitions import TRANSITION_POLICIES
 
 PACK_NAME = "mlcanary"
 PACK_VERSION = "0.1.0"

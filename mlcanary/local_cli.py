@@ -24,8 +24,8 @@ def _client(state_dir: Path | None):
         import azureml_inference_server_http  # noqa: F401 - the workers
     except ImportError as err:
         _fail(f"the local target needs the `local` extra ({err.name} is missing): pip install -e '.[local]'", 2)
-    from local_runtime.client import RuntimeClient
-    from local_runtime.paths import state_dir as resolve
+    from mlcanary.local_runtime.client import RuntimeClient
+    from mlcanary.local_runtime.paths import state_dir as resolve
 
     return RuntimeClient(resolve(state_dir))
 
@@ -36,9 +36,9 @@ def _fail(message: str, code: int = 1) -> None:
 
 
 def _load(path: Path):
-    from components.spec import SpecError
-    from components.stage_file import StageFileError
-    from local_runtime.rehearse import load_stage
+    from mlcanary.components.spec import SpecError
+    from mlcanary.components.stage_file import StageFileError
+    from mlcanary.local_runtime.rehearse import load_stage
 
     try:
         return load_stage(path)
@@ -57,8 +57,8 @@ def _console():
 
 def _errors():
     """The runtime's refusals and a runtime that is not there, as clean errors."""
-    from local_runtime.apply import StageRefused
-    from local_runtime.client import NotRunning, RuntimeRefusal
+    from mlcanary.local_runtime.apply import StageRefused
+    from mlcanary.local_runtime.client import NotRunning, RuntimeRefusal
 
     return (StageRefused, NotRunning, RuntimeRefusal)
 
@@ -83,7 +83,7 @@ def local_up(stage_file: Path, state_dir: Path | None) -> None:
     then removed deployments (drained). An invalid stage, or a deployment whose init() fails, is
     refused and traffic stays as it was.
     """
-    from local_runtime.apply import apply_stage
+    from mlcanary.local_runtime.apply import apply_stage
 
     spec = _load(stage_file)
     console = _console()
@@ -198,7 +198,7 @@ def invoke(endpoint: str, request_file: Path, deployment: str | None, state_dir:
     """Score a request on a local ENDPOINT and print the response, like `az ml online-endpoint invoke`."""
     import requests
 
-    from local_runtime.protocol import PIN_HEADER
+    from mlcanary.local_runtime.protocol import PIN_HEADER
 
     client = _client(state_dir)
     try:
@@ -250,7 +250,7 @@ def rehearse(stage_files: tuple[Path, ...], count: int, request_file: Path, keep
     share and mirrored requests, errors, and p50/p99 latency of the requests it answered. All
     stage files are validated before the first is applied.
     """
-    from local_runtime.rehearse import rehearse as run_rehearsal
+    from mlcanary.local_runtime.rehearse import rehearse as run_rehearsal
 
     stages = [(path, _load(path)) for path in stage_files]  # refuse an invalid stage before anything changes
     console = _console()

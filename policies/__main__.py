@@ -6,6 +6,6 @@ policies/azure_ml.py so `mlcanary check` and the tests can import them.
 
 from pulumi_policy import EnforcementLevel, PolicyPack
 
-from policies.azure_ml import POLICIES
+from mlcanary.policies.azure_ml import POLICIES
 
 PolicyPack(name="mlcanary", enforcement_level=EnforcementLevel.MANDATORY, policies=POLICIES)

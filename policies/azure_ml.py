@@ -1,7 +1,7 @@
 """CrossGuard policies for Azure ML online endpoints.
 
 Importable without starting a policy server (only policies/__main__.py builds the PolicyPack).
-Every check calls `components.rules`; this module only finds the values in the resource inputs
+Every check calls `mlcanary.components.rules`; this module only finds the values in the resource inputs
 (as the engine hands them over: camelCase keys, numbers as floats) and applies the policy's knobs.
 Each knob's default lives in its schema; the code reads defaults from there, because the SDK does
 not apply schema defaults itself.
@@ -23,8 +23,8 @@ from pulumi_policy import (
     StackValidationPolicy,
 )
 
-from components import rules
-from components.durations import parse_iso_seconds
+from mlcanary.components import rules
+from mlcanary.components.durations import parse_iso_seconds
 
 ENDPOINT = "azure-native:machinelearningservices:OnlineEndpoint"
 DEPLOYMENT = "azure-native:machinelearningservices:OnlineDeployment"

@@ -13,7 +13,7 @@ from typing import Any
 
 from pulumi_policy import EnforcementLevel, PolicyConfigSchema
 
-from components.spec import EndpointSpec
+from mlcanary.components.spec import EndpointSpec
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from components.render import Render, render_program
+from mlcanary.components.render import Render, render_program
 
 PROJECT_DIR = Path(__file__).resolve().parents[1]
 PROGRAM = PROJECT_DIR / "__main__.py"

@@ -12,8 +12,8 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from components.spec import load_stack_config
-from components.stage_file import namespaced
+from mlcanary.components.spec import load_stack_config
+from mlcanary.components.stage_file import namespaced
 from conftest import PROJECT_DIR, STAGE_FILES, stage_config
 from mlcanary.check import _check_transition, policy_defaults
 from mlcanary.cli import main

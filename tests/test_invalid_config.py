@@ -8,7 +8,7 @@ import re
 import pulumi
 import pytest
 
-from components.render import AzureMocks, render_program
+from mlcanary.components.render import AzureMocks, render_program
 from conftest import PROGRAM
 
 

@@ -8,7 +8,7 @@ import pytest
 from click.testing import CliRunner
 
 from conftest import PROJECT_DIR
-from local_runtime.client import RuntimeClient
+from mlcanary.local_runtime.client import RuntimeClient
 from mlcanary.cli import main
 from test_local_runtime import MODELS, stop_runtime
 

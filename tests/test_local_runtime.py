@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 import requests
 
-from local_runtime import paths
-from local_runtime.client import RuntimeClient, RuntimeRefusal
-from local_runtime.protocol import CONTROL_TOKEN_HEADER, PIN_HEADER
+from mlcanary.local_runtime import paths
+from mlcanary.local_runtime.client import RuntimeClient, RuntimeRefusal
+from mlcanary.local_runtime.protocol import CONTROL_TOKEN_HEADER, PIN_HEADER
 
 MODELS = Path(__file__).parent / "models"
 

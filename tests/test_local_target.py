@@ -8,10 +8,10 @@ import dill
 import pytest
 from pulumi.dynamic.dynamic import serialize_provider
 
-from components.local_target import LocalDeploymentProvider, LocalEndpointProvider, LocalTrafficProvider
-from components.render import is_secret
+from mlcanary.components.local_target import LocalDeploymentProvider, LocalEndpointProvider, LocalTrafficProvider
+from mlcanary.components.render import is_secret
 from conftest import PROJECT_DIR, render_config, stage_config
-from local_runtime.client import RuntimeClient, RuntimeRefusal
+from mlcanary.local_runtime.client import RuntimeClient, RuntimeRefusal
 from test_local_runtime import score, spec, stop_runtime
 
 LOCAL_STAGES = sorted((PROJECT_DIR / "stacks" / "local").glob("stage-*.yaml"))

@@ -7,16 +7,16 @@ import json
 
 import pytest
 
-from local_runtime import paths, store
-from local_runtime.routing import LiveSplit, MirrorShare
-from local_runtime.upstream import Upstream, UpstreamClosed
+from mlcanary.local_runtime import paths, store
+from mlcanary.local_runtime.routing import LiveSplit, MirrorShare
+from mlcanary.local_runtime.upstream import Upstream, UpstreamClosed
 
 
 def test_state_is_replaced_atomically_and_a_failed_write_keeps_the_old_file(tmp_path, mocker):
     path = tmp_path / "state.json"
     store.save(path, {"endpoints": {"a": {"keys": {"primary": "k"}}}})
     assert path.stat().st_mode & 0o777 == 0o600  # it holds endpoint keys
-    mocker.patch("local_runtime.store.json.dump", side_effect=OSError("disk full"))
+    mocker.patch("mlcanary.local_runtime.store.json.dump", side_effect=OSError("disk full"))
     with pytest.raises(OSError, match="disk full"):
         store.save(path, {"endpoints": {}})
     assert store.load(path) == {"endpoints": {"a": {"keys": {"primary": "k"}}}}
@@ -106,7 +106,7 @@ def test_orphan_workers_of_a_crashed_runtime_are_killed_and_nothing_else(tmp_pat
     import subprocess
     import sys
 
-    from local_runtime.server import WSGI_APP, kill_orphans
+    from mlcanary.local_runtime.server import WSGI_APP, kill_orphans
 
     sleep = [sys.executable, "-c", "import time; time.sleep(60)"]
     orphan = subprocess.Popen([*sleep, WSGI_APP], start_new_session=True)  # looks like our worker

@@ -12,11 +12,11 @@ import re
 
 import pytest
 
-from components.render import Registration, Render
+from mlcanary.components.render import Registration, Render
 from conftest import STAGE_FILES, render_config, stage_config
 from mlcanary.check import _analyze, _configured_analyzer, policy_defaults
 from mlcanary.policy_config import PolicyConfigError, policy_settings
-from policies.azure_ml import ENDPOINT, POLICIES, TRAFFIC
+from mlcanary.policies.azure_ml import ENDPOINT, POLICIES, TRAFFIC
 
 
 @pytest.fixture(scope="module")

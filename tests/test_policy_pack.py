@@ -7,7 +7,7 @@ import runpy
 from pulumi_policy import EnforcementLevel
 
 from conftest import PROJECT_DIR
-from policies.azure_ml import POLICIES
+from mlcanary.policies.azure_ml import POLICIES
 
 
 def test_pack_entry_point_builds_the_pack_from_the_shared_policies(mocker):

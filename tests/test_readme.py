@@ -7,8 +7,8 @@ import re
 import pulumi
 import pytest
 
-from components.render import render_program
-from components.spec import DeploymentSpec, EndpointSpec
+from mlcanary.components.render import render_program
+from mlcanary.components.spec import DeploymentSpec, EndpointSpec
 from conftest import PROGRAM, PROJECT_DIR
 
 README = (PROJECT_DIR / "README.md").read_text()
@@ -49,8 +49,8 @@ def test_ci_runs_the_readme_test_command():
 
 
 def test_policy_tables_list_every_policy():
-    from policies.azure_ml import POLICIES
-    from policies.transitions import TRANSITION_POLICIES
+    from mlcanary.policies.azure_ml import POLICIES
+    from mlcanary.policies.transitions import TRANSITION_POLICIES
 
     for policy in [*POLICIES, *TRANSITION_POLICIES]:
         level = policy.enforcement_level.value

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from components.render import is_secret, reveal
+from mlcanary.components.render import is_secret, reveal
 from conftest import PROJECT_DIR, STAGE_FILES, render_config, stage_config
 
 COMPONENT = "mlcanary:endpoint:OnlineEndpoint"

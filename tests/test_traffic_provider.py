@@ -10,8 +10,8 @@ import pytest
 import requests
 from pulumi.dynamic.dynamic import serialize_provider
 
-from components.arm import ARM_ENDPOINT, ArmError
-from components.traffic import TrafficProvider
+from mlcanary.components.arm import ARM_ENDPOINT, ArmError
+from mlcanary.components.traffic import TrafficProvider
 
 ENDPOINT_ID = (
     "/subscriptions/sub/resourceGroups/ml-prod-rg/providers/Microsoft.MachineLearningServices"
@@ -93,7 +93,7 @@ def arm(mocker):
         fake = FakeArm(*args, **kwargs)
         credential = mocker.patch("azure.identity.DefaultAzureCredential").return_value
         credential.get_token.return_value.token = TOKEN
-        session = mocker.patch("components.arm.requests.Session").return_value
+        session = mocker.patch("mlcanary.components.arm.requests.Session").return_value
         session.request.side_effect = fake.request
         return fake
 
@@ -202,7 +202,7 @@ def test_accepted_but_not_applied_is_an_error(arm, mocker):
             return response(200, kwargs["json"])  # accepted, but Azure's state does not change
         return original(method, url, **kwargs)
 
-    mocker.patch("components.arm.requests.Session").return_value.request.side_effect = ignore_traffic
+    mocker.patch("mlcanary.components.arm.requests.Session").return_value.request.side_effect = ignore_traffic
     with pytest.raises(ArmError, match=r"reports traffic \{'blue': 100\} .* instead of \{'blue': 90, 'green': 10\}"):
         TrafficProvider().update("id", props({"blue": 100}), props({"blue": 90, "green": 10}))
 

@@ -13,8 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from components.spec import DeploymentSpec, StackSpec
-from local_runtime.client import RuntimeClient, RuntimeRefusal
+from mlcanary.components.spec import DeploymentSpec, StackSpec
+from mlcanary.local_runtime.client import RuntimeClient, RuntimeRefusal
 
 
 class StageRefused(RuntimeError):

@@ -1,9 +1,9 @@
 """The local runtime process: control plane, one data plane per endpoint, worker supervision.
 
-Run by the CLI on demand (`python -m local_runtime.server --state-dir DIR`), found again through
+Run by the CLI on demand (`python -m mlcanary.local_runtime.server --state-dir DIR`), found again through
 DIR/runtime.json. Everything it starts listens on 127.0.0.1 only. Desired state is written
 atomically after every accepted change and restored on start, so a crash or restart brings back the
-same endpoints, deployments and traffic. Rules are the project's one copy (components.rules):
+same endpoints, deployments and traffic. Rules are the project's one copy (mlcanary.components.rules):
 a change Azure would refuse is refused here too, and changes nothing.
 """
 
@@ -26,12 +26,12 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from components import rules
-from local_runtime import paths, store
-from local_runtime.metrics import Metrics
-from local_runtime.protocol import CONTROL_TOKEN_HEADER, PIN_HEADER
-from local_runtime.routing import Routing
-from local_runtime.workers import WSGI_APP, Deployment, DeploymentFailed, free_port, log_tail
+from mlcanary.components import rules
+from mlcanary.local_runtime import paths, store
+from mlcanary.local_runtime.metrics import Metrics
+from mlcanary.local_runtime.protocol import CONTROL_TOKEN_HEADER, PIN_HEADER
+from mlcanary.local_runtime.routing import Routing
+from mlcanary.local_runtime.workers import WSGI_APP, Deployment, DeploymentFailed, free_port, log_tail
 
 log = logging.getLogger("mlcanary.local")
 

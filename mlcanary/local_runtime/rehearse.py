@@ -10,11 +10,11 @@ from pathlib import Path
 
 import requests
 
-from components.spec import NAMESPACE, StackSpec, load_stack_config
-from components.stage_file import namespaced, project_dir_of, read_stage_file
-from local_runtime.apply import apply_stage
-from local_runtime.client import RuntimeClient
-from local_runtime.protocol import PIN_HEADER
+from mlcanary.components.spec import NAMESPACE, StackSpec, load_stack_config
+from mlcanary.components.stage_file import namespaced, project_dir_of, read_stage_file
+from mlcanary.local_runtime.apply import apply_stage
+from mlcanary.local_runtime.client import RuntimeClient
+from mlcanary.local_runtime.protocol import PIN_HEADER
 
 
 @dataclass

@@ -21,7 +21,7 @@ from typing import Any
 
 import aiohttp
 
-from local_runtime.upstream import Upstream
+from mlcanary.local_runtime.upstream import Upstream
 
 WSGI_APP = "azureml_inference_server_http.server.entry:app"
 DEFAULT_REQUEST_TIMEOUT_MS = 5000  # Azure's default request_timeout_ms

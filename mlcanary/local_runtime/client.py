@@ -12,8 +12,8 @@ from typing import Any
 
 import requests
 
-from local_runtime import paths
-from local_runtime.protocol import CONTROL_TOKEN_HEADER
+from mlcanary.local_runtime import paths
+from mlcanary.local_runtime.protocol import CONTROL_TOKEN_HEADER
 
 START_TIMEOUT_S = 300.0  # the runtime restores its deployments before it answers
 
@@ -69,7 +69,7 @@ class RuntimeClient:
         paths.runtime_file(self.root).unlink(missing_ok=True)
         with open(paths.runtime_log(self.root), "ab") as log:
             subprocess.Popen(
-                [sys.executable, "-m", "local_runtime.server", "--state-dir", str(self.root)],
+                [sys.executable, "-m", "mlcanary.local_runtime.server", "--state-dir", str(self.root)],
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
             )
         deadline = time.monotonic() + START_TIMEOUT_S
