@@ -13,30 +13,46 @@ from mlcanary.components.durations import iso_seconds
 from mlcanary.components.rules import AUTH_MODES
 from mlcanary.components.spec import DeploymentSpec, EndpointSpec, InlineEnvironment, Probe
 
+# `azure-native:environment` (Pulumi's name of the cloud) -> azure-ai-ml's / Azure CLI's cloud name.
+CLOUDS = {"public": "AzureCloud", "usgovernment": "AzureUSGovernment", "china": "AzureChinaCloud"}
+CURATED_ENVIRONMENT_PREFIX = "azureml:AzureML-"
 
-def workspace_id_of(endpoint_id: str) -> str:
-    """The workspace ARM id of an online endpoint ARM id."""
-    marker = "/onlineendpoints/"
-    at = endpoint_id.lower().rfind(marker)
-    if at < 0:
-        raise ValueError(f"not an online endpoint ARM id: {endpoint_id!r}")
-    return endpoint_id[:at]
+
+def cloud_name(azure_native_environment: str | None) -> str:
+    """The cloud the stack deploys to (public unless `azure-native:environment` says otherwise)."""
+    return CLOUDS.get((azure_native_environment or "public").lower(), "AzureCloud")
 
 
 def asset_id(reference: str, workspace_id: str, kind: str) -> str:
-    """`azureml:name:version` -> the asset's ARM id in this workspace; registry URIs and ARM ids as they are."""
+    """An asset reference as `az ml` sends it (azure-ai-ml's OperationOrchestrator.get_asset_arm_id):
+    `azureml:name:version` -> the asset's ARM id in this workspace, `azureml:/subscriptions/...` -> that
+    ARM id; curated environments (`azureml:AzureML-<env>:<n>`), registry URIs and ARM ids unchanged."""
+    if reference.startswith("azureml:/subscriptions/"):
+        return reference.removeprefix("azureml:")
+    if kind == "environments" and reference.startswith(CURATED_ENVIRONMENT_PREFIX):
+        return reference
     if reference.startswith("azureml:") and not reference.startswith("azureml://"):
         name, version = reference.removeprefix("azureml:").rsplit(":", 1)
         return f"{workspace_id}/{kind}/{name}/versions/{version}"
     return reference
 
 
-def endpoint_properties(spec: EndpointSpec) -> ml.OnlineEndpointPropertiesArgs:
+def compute_id(compute: str, workspace_id: str) -> str:
+    """A Kubernetes endpoint's compute: `azureml:<name>` (or a bare name) -> the workspace compute's ARM id."""
+    if compute.startswith("/subscriptions/"):
+        return compute
+    return f"{workspace_id}/computes/{compute.removeprefix('azureml:')}"
+
+
+def endpoint_properties(spec: EndpointSpec, workspace_id: pulumi.Input[str]) -> ml.OnlineEndpointPropertiesArgs:
     """The endpoint without traffic: traffic belongs to the EndpointTraffic resource."""
+    compute = None
+    if spec.compute is not None:
+        compute = pulumi.Output.from_input(workspace_id).apply(lambda ws: compute_id(spec.compute, ws))
     return ml.OnlineEndpointPropertiesArgs(
         auth_mode=AUTH_MODES[spec.auth_mode],
         description=spec.description,
-        compute=spec.compute,
+        compute=compute,
     )
 
 
@@ -68,6 +84,38 @@ def _probe(probe: Probe | None) -> ml.ProbeSettingsArgs | None:
     )
 
 
+def _scale_settings(spec: DeploymentSpec):
+    """Kubernetes deployments always carry scale settings (Azure would otherwise autoscale them)."""
+    settings = spec.scale_settings
+    if settings is None:
+        return ml.DefaultScaleSettingsArgs(scale_type="Default") if spec.type == "kubernetes" else None
+    if settings.type == "default":
+        return ml.DefaultScaleSettingsArgs(scale_type="Default")
+    return ml.TargetUtilizationScaleSettingsArgs(
+        scale_type="TargetUtilization",
+        min_instances=settings.min_instances,
+        max_instances=settings.max_instances,
+        polling_interval=iso_seconds(settings.polling_interval) if settings.polling_interval is not None else None,
+        target_utilization_percentage=settings.target_utilization_percentage,
+    )
+
+
+def _container_resources(spec: DeploymentSpec) -> ml.ContainerResourceRequirementsArgs | None:
+    resources = spec.resources
+    if resources is None:
+        return None
+
+    def settings(quantities):
+        if quantities is None:
+            return None
+        return ml.ContainerResourceSettingsArgs(cpu=quantities.cpu, memory=quantities.memory, gpu=quantities.gpu)
+
+    return ml.ContainerResourceRequirementsArgs(
+        container_resource_requests=settings(resources.requests),
+        container_resource_limits=settings(resources.limits),
+    )
+
+
 def _request_settings(spec: DeploymentSpec) -> ml.OnlineRequestSettingsArgs | None:
     settings = spec.request_settings
     if settings is None:
@@ -87,12 +135,23 @@ def deployment_properties(
     environment_id: pulumi.Input[str] | None,
 ):
     """ManagedOnlineDeploymentArgs or KubernetesOnlineDeploymentArgs for one deployment."""
-    args_type = ml.ManagedOnlineDeploymentArgs if spec.type == "managed" else ml.KubernetesOnlineDeploymentArgs
     code_configuration = None
     if code_id is not None:
         code_configuration = ml.CodeConfigurationArgs(code_id=code_id, scoring_script=spec.scoring_script)
+    if spec.type == "managed":
+        args_type, extra = ml.ManagedOnlineDeploymentArgs, {
+            "egress_public_network_access": spec.egress_public_network_access.capitalize()
+            if spec.egress_public_network_access else None,
+        }
+    else:
+        args_type, extra = ml.KubernetesOnlineDeploymentArgs, {
+            "container_resource_requirements": _container_resources(spec),
+        }
     return args_type(
         endpoint_compute_type="Managed" if spec.type == "managed" else "Kubernetes",
+        scale_settings=_scale_settings(spec),
+        model_mount_path=spec.model_mount_path,
+        **extra,
         model=model_id,
         code_configuration=code_configuration,
         environment_id=environment_id,
@@ -107,7 +166,10 @@ def deployment_properties(
 
 
 def inline_environment_args(environment: InlineEnvironment) -> tuple[str, ml.EnvironmentVersionPropertiesArgs]:
-    """A content-addressed version and the properties of an environment given inline."""
+    """The version and the properties of an environment given inline: its own version if it names
+    one, else a content-addressed one."""
     conda = Path(environment.conda_file).read_text(encoding="utf-8") if environment.conda_file else None
-    version = hashlib.sha256(f"{environment.image}\n{conda or ''}".encode()).hexdigest()[:12]
-    return version, ml.EnvironmentVersionPropertiesArgs(image=environment.image, conda_file=conda)
+    version = environment.version or hashlib.sha256(f"{environment.image}\n{conda or ''}".encode()).hexdigest()[:12]
+    return version, ml.EnvironmentVersionPropertiesArgs(
+        image=environment.image, conda_file=conda, description=environment.description
+    )

@@ -26,6 +26,8 @@ _PLAIN_KEYS = {
     "instance_count": "instanceCount",
     "environment_variables": "environmentVariables",
     "app_insights_enabled": "appInsightsEnabled",
+    "egress_public_network_access": "egressPublicNetworkAccess",
+    "model_mount_path": "modelMountPath",
 }
 _NESTED_KEYS = {
     "request_settings": (
@@ -38,6 +40,16 @@ _NESTED_KEYS = {
     ),
     "liveness_probe": ("livenessProbe", None),
     "readiness_probe": ("readinessProbe", None),
+    "scale_settings": (
+        "scaleSettings",
+        {
+            "type": "type",
+            "min_instances": "minInstances",
+            "max_instances": "maxInstances",
+            "polling_interval": "pollingInterval",
+            "target_utilization_percentage": "targetUtilizationPercentage",
+        },
+    ),
 }
 _PROBE_KEYS = {
     "initial_delay": "initialDelay",
@@ -46,12 +58,25 @@ _PROBE_KEYS = {
     "success_threshold": "successThreshold",
     "failure_threshold": "failureThreshold",
 }
-_SPECIAL_KEYS = ("$schema", "model", "code_configuration", "environment")
+# Kubernetes container requests/limits: the CLI's quantity names -> the spec's.
+_QUANTITY_KEYS = {"cpu": "cpu", "memory": "memory", "nvidia.com/gpu": "gpu"}
+_INLINE_MODEL_KEYS = {"path": "model", "type": "modelType", "name": "modelName", "version": "modelVersion",
+                      "description": "modelDescription"}
+_SPECIAL_KEYS = ("$schema", "model", "code_configuration", "environment", "resources")
 SUPPORTED_KEYS = tuple(_PLAIN_KEYS) + tuple(_NESTED_KEYS) + _SPECIAL_KEYS
 
 
 def read_deployment_yaml(path: Path, field: str) -> tuple[dict[str, Any], list[Problem]]:
     """The deployment in `path` as spec keys, or the problems that stop it being read."""
+    document, problems = _read_yaml(path, field)
+    if problems:
+        return {}, problems
+    spec = _translate(document, f"{field} ({path})", problems)
+    return spec, problems
+
+
+def _read_yaml(path: Path, field: str) -> tuple[dict[str, Any], list[Problem]]:
+    """The file's top-level mapping (the one place this module reads YAML)."""
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -66,9 +91,7 @@ def read_deployment_yaml(path: Path, field: str) -> tuple[dict[str, Any], list[P
         return {}, [Problem(field, f"{path} is not valid YAML{at}: {getattr(err, 'problem', err)}")]
     if not isinstance(document, dict):
         return {}, [Problem(field, f"{path} must hold a mapping of deployment keys, got {type(document).__name__}")]
-    problems: list[Problem] = []
-    spec = _translate(document, f"{field} ({path})", problems)
-    return spec, problems
+    return document, []
 
 
 def _translate(document: dict[str, Any], where: str, problems: list[Problem]) -> dict[str, Any]:
@@ -84,7 +107,9 @@ def _translate(document: dict[str, Any], where: str, problems: list[Problem]) ->
             target, names = _NESTED_KEYS[key]
             spec[target] = _rename(value, names or _PROBE_KEYS, key, problem)
         elif key == "model":
-            spec["model"] = _model(value, key, problem)
+            spec.update(_model(value, key, problem))
+        elif key == "resources":
+            spec["resources"] = _resources(value, key, problem)
         elif key == "code_configuration":
             if not isinstance(value, dict):
                 problem(key, "must be a mapping with code and scoring_script")
@@ -116,19 +141,46 @@ def _rename(value: Any, names: dict[str, str], key: str, problem) -> Any:
     return renamed
 
 
-def _model(value: Any, key: str, problem) -> Any:
-    """`model: azureml:name:1`, or an inline model whose `path` is the local model folder or file."""
+def _model(value: Any, key: str, problem) -> dict[str, Any]:
+    """`model: azureml:name:1`, or an inline model: `path` (the local model folder or file), `type`,
+    and the `name` / `version` / `description` it is registered with."""
     if isinstance(value, str):
+        return {"model": value}
+    if not isinstance(value, dict):
+        problem(key, f"must be an asset reference or an inline model mapping, got {value!r}")
+        return {}
+    unknown = sorted(set(value) - set(_INLINE_MODEL_KEYS))
+    if unknown:
+        problem(key, f"unknown keys {unknown} in the inline model; allowed: {', '.join(_INLINE_MODEL_KEYS)}")
+    if "path" not in value:
+        if "name" in value and "version" in value and set(value) <= {"name", "version"}:
+            return {"model": f"azureml:{value['name']}:{value['version']}"}
+        problem(key, "an inline model needs a path (local model folder or file), or only a name and version")
+        return {}
+    return {_INLINE_MODEL_KEYS[k]: v if k != "version" or not isinstance(v, int) else str(v)
+            for k, v in value.items() if k in _INLINE_MODEL_KEYS}
+
+
+def _resources(value: Any, key: str, problem) -> Any:
+    """Kubernetes `resources: {requests: {cpu, memory, nvidia.com/gpu}, limits: {...}}`."""
+    if not isinstance(value, dict):
+        problem(key, f"must be a mapping with requests and/or limits, got {value!r}")
         return value
-    if isinstance(value, dict):
-        if "path" in value:
-            return value["path"]
-        if "name" in value and "version" in value:
-            return f"azureml:{value['name']}:{value['version']}"
-        problem(key, "an inline model needs a path (local model folder or file), or a name and version")
-        return None
-    problem(key, f"must be an asset reference or an inline model mapping, got {value!r}")
-    return None
+    resources = {}
+    for part, quantities in value.items():
+        if part not in ("requests", "limits"):
+            problem(f"{key}.{part}", "unknown key; allowed: requests, limits")
+            continue
+        if not isinstance(quantities, dict):
+            problem(f"{key}.{part}", f"must be a mapping of quantities, got {quantities!r}")
+            continue
+        resources[part] = {}
+        for name, quantity in quantities.items():
+            if name not in _QUANTITY_KEYS:
+                problem(f"{key}.{part}.{name}", f"unknown resource; allowed: {', '.join(_QUANTITY_KEYS)}")
+            else:
+                resources[part][_QUANTITY_KEYS[name]] = str(quantity) if isinstance(quantity, (int, float)) else quantity
+    return resources
 
 
 def _environment(value: Any, key: str, problem) -> Any:
@@ -145,6 +197,9 @@ def _environment(value: Any, key: str, problem) -> Any:
         inline = {"image": value["image"]}
         if "conda_file" in value:
             inline["condaFile"] = value["conda_file"]
+        for name in ("name", "version", "description"):
+            if name in value:
+                inline[name] = str(value[name]) if name == "version" and isinstance(value[name], int) else value[name]
         return inline
     problem(key, f"must be an asset reference or an inline environment mapping, got {value!r}")
     return None

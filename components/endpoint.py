@@ -15,7 +15,7 @@ import pulumi
 import pulumi_azure_native.machinelearningservices as ml
 
 from mlcanary.components import azure_args, uploads
-from mlcanary.components.spec import EndpointSpec, InlineEnvironment, is_asset_reference
+from mlcanary.components.spec import DeploymentSpec, EndpointSpec, InlineEnvironment, is_asset_reference
 from mlcanary.components.traffic import EndpointTraffic
 
 COMPONENT_TYPE = "mlcanary:endpoint:OnlineEndpoint"
@@ -61,32 +61,42 @@ class OnlineEndpoint(pulumi.ComponentResource):
         # Names are fixed (they are the Azure names), so a replacement must delete first:
         # create-then-delete on the same name would delete the resource just written.
         child = pulumi.ResourceOptions(parent=self, delete_before_replace=True)
+        # Azure requires a location on the endpoint and its deployments; `az ml` sends the
+        # workspace's region (not the provider's default location or the resource group's).
+        workspace = ml.get_workspace_output(**where)
+        workspace_id, location = workspace.id, workspace.location
+        cloud = azure_args.cloud_name(pulumi.Config("azure-native").get("environment"))
+        # Asset versions are never deleted by a content change: a rollback needs the previous one.
+        asset_options = pulumi.ResourceOptions(parent=self, retain_on_delete=True)
 
         endpoint = ml.OnlineEndpoint(
             name,
             endpoint_name=spec.name,
-            properties=azure_args.endpoint_properties(spec),
+            location=location,
+            properties=azure_args.endpoint_properties(spec, workspace_id),
             identity=ml.ManagedServiceIdentityArgs(type="SystemAssigned"),
             tags=spec.tags or None,
             opts=pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(ignore_changes=TRAFFIC_PROPERTIES)),
             **where,
         )
-        workspace_id = endpoint.id.apply(azure_args.workspace_id_of)
 
-        datastore = None  # the default datastore, looked up once if a local folder needs uploading
-
-        def asset(kind: str, reference: str | None, deployment_name: str) -> pulumi.Input[str] | None:
-            """An asset's ARM id: references resolve in this workspace, local paths are uploaded."""
-            nonlocal datastore
+        def asset(kind: str, reference: str | None, deployment: DeploymentSpec, deployment_name: str):
+            """An asset's ARM id: references resolve in this workspace, local paths are registered
+            by azure-ai-ml (uploads.WorkspaceAsset)."""
             if reference is None:
                 return None
             if is_asset_reference(reference):
                 return workspace_id.apply(lambda ws: azure_args.asset_id(reference, ws, f"{kind}s"))
-            datastore = datastore or uploads.default_datastore(where)
-            return uploads.upload_local_asset(
-                f"{name}-{deployment_name}-{kind}", f"{spec.name}-{deployment_name}-{kind}", reference,
-                kind, datastore, where, self,
-            )
+            model = kind == "model"
+            return uploads.WorkspaceAsset(
+                f"{name}-{deployment_name}-{kind}",
+                workspace_id=workspace_id, kind=kind, path=reference, cloud=cloud,
+                model_type=deployment.model_type if model else None,
+                asset_name=deployment.model_name if model else None,
+                version=deployment.model_version if model else None,
+                description=deployment.model_description if model else None,
+                opts=asset_options,
+            ).asset_id
 
         deployments = []
         for deployment_name, deployment in spec.deployments.items():
@@ -94,18 +104,18 @@ class OnlineEndpoint(pulumi.ComponentResource):
                 version, properties = azure_args.inline_environment_args(deployment.environment)
                 environment_id = ml.EnvironmentVersion(
                     f"{name}-{deployment_name}-env",
-                    name=f"{spec.name}-{deployment_name}",
+                    name=deployment.environment.name or f"{spec.name}-{deployment_name}",
                     version=version,
                     properties=properties,
-                    opts=pulumi.ResourceOptions(parent=self),
+                    opts=asset_options,
                     **where,
                 ).id
             else:
-                environment_id = asset("environment", deployment.environment, deployment_name)
+                environment_id = asset("environment", deployment.environment, deployment, deployment_name)
             properties = azure_args.deployment_properties(
                 deployment,
-                asset("model", deployment.model, deployment_name),
-                asset("code", deployment.code, deployment_name),
+                asset("model", deployment.model, deployment, deployment_name),
+                asset("code", deployment.code, deployment, deployment_name),
                 environment_id,
             )
             deployments.append(
@@ -115,6 +125,7 @@ class OnlineEndpoint(pulumi.ComponentResource):
                     # deployments by endpoint; depends_on keeps the creation order.
                     endpoint_name=spec.name,
                     deployment_name=deployment_name,
+                    location=location,
                     properties=properties,
                     sku=ml.SkuArgs(name="Default", capacity=deployment.instance_count),
                     tags=deployment.tags or None,

@@ -27,6 +27,8 @@ from pulumi.runtime.sync_await import _sync_await
 SECRET_SIG = "4dabf18193072939515e22adb298388d"
 SECRET_VALUE = "1b47061264138c4ac30d75fd1eb44270"
 MOCK_SUBSCRIPTION = "00000000-0000-0000-0000-000000000000"
+# The mock workspace's region: not the stage files' `azure-native:location`, so a render shows which is used.
+MOCK_WORKSPACE_LOCATION = "swedencentral"
 PROJECT = "mlcanary"
 
 
@@ -43,6 +45,7 @@ class Registration:
     dependencies: list[str]
     ignore_changes: list[str]
     delete_before_replace: bool
+    retain_on_delete: bool = False
 
 
 @dataclass
@@ -102,20 +105,20 @@ class AzureMocks(mocks.Mocks):
             return f"{workspace}/{kind}/{inputs['name']}/versions/{inputs['version']}", inputs
         if "endpoint_id" in inputs:
             return f"{inputs['endpoint_id']}/traffic", inputs
+        if "content_hash" in inputs:  # a WorkspaceAsset: azure-ai-ml registers an anonymous version
+            kind = "codes" if inputs["kind"] == "code" else "models"
+            asset_id = f"{inputs['workspace_id']}/{kind}/{inputs.get('name') or inputs['content_hash']}/versions/{inputs.get('version') or 1}"
+            return asset_id, {**inputs, "asset_id": asset_id}
         return f"{args.name}-id", inputs
 
     def call(self, args: mocks.MockCallArgs) -> tuple[dict, list]:
         if args.token == "azure-native:machinelearningservices:listOnlineEndpointKeys":
             return {"primaryKey": "mock-primary-key", "secondaryKey": "mock-secondary-key"}, []
-        if args.token == "azure-native:machinelearningservices:getDatastore":
-            return {
-                "name": args.args["name"],
-                "properties": {
-                    "datastoreType": "AzureBlob", "isDefault": True, "accountName": "mlprodstorage",
-                    "containerName": "azureml-blobstore-0000", "endpoint": "core.windows.net",
-                    "resourceGroup": args.args["resourceGroupName"],
-                },
-            }, []
+        if args.token == "azure-native:machinelearningservices:getWorkspace":
+            rg, ws = args.args["resourceGroupName"], args.args["workspaceName"]
+            workspace_id = (f"/subscriptions/{MOCK_SUBSCRIPTION}/resourceGroups/{rg}"
+                            f"/providers/Microsoft.MachineLearningServices/workspaces/{ws}")
+            return {"id": workspace_id, "name": ws, "location": MOCK_WORKSPACE_LOCATION}, []
         return {}, []
 
 
@@ -138,6 +141,7 @@ class RecordingMonitor(mocks.MockMonitor):
                     dependencies=list(request.dependencies),
                     ignore_changes=list(request.ignoreChanges),
                     delete_before_replace=request.deleteBeforeReplace,
+                    retain_on_delete=request.retainOnDelete,
                 )
             )
         return response

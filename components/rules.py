@@ -198,3 +198,29 @@ def kubernetes_mirror_problems(field: str, mirror_traffic: Mapping[str, object])
     if any(whole_number(v) != 0 for v in mirror_traffic.values()):
         return [Problem(field, "mirror traffic is not supported on Kubernetes online endpoints")]
     return []
+
+
+ENVIRONMENT_VARIABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+ASSET_NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,254}")
+
+
+def environment_variable_problems(field: str, variables: Mapping[str, object]) -> list[Problem]:
+    """Names are identifiers (a `=` would be mangled into the value), values hold no NUL."""
+    problems = []
+    for name, value in variables.items():
+        if not ENVIRONMENT_VARIABLE_NAME.fullmatch(name):
+            problems.append(
+                Problem(join(field, name), f"{name!r} is not a valid environment variable name: letters, digits and "
+                        "underscores, not starting with a digit")
+            )
+        if isinstance(value, str) and "\0" in value:
+            problems.append(Problem(join(field, name), "an environment variable value cannot contain a NUL character"))
+    return problems
+
+
+def asset_name_problems(field: str, name: str) -> list[Problem]:
+    """Azure ML asset names: letters, digits, `-`, `_`, `.`, starting with a letter or digit, at most 255."""
+    if not ASSET_NAME_PATTERN.fullmatch(name):
+        return [Problem(field, f"{name!r} is not a valid asset name: up to 255 letters, digits, '-', '_' and '.', "
+                        "starting with a letter or digit")]
+    return []

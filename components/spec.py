@@ -69,15 +69,63 @@ class Probe(_Spec):
 
 
 class InlineEnvironment(_Spec):
-    """An environment defined in place: a base image and, optionally, a conda file."""
+    """An environment defined in place: a base image and, optionally, a conda file.
+
+    With `name` and `version` it is registered as that environment version (as `az ml` does with an
+    inline environment that names itself); without, as a content-addressed one.
+    """
 
     image: str
     conda_file: str | None = None
+    name: str | None = None
+    version: str | None = None
+    description: str | None = None
+
+
+class ScaleSettings(_Spec):
+    """`default` (a fixed instance count), or Kubernetes-only `target_utilization` autoscaling."""
+
+    type: Literal["default", "target_utilization"] = "default"
+    min_instances: WholeNumber | None = None
+    max_instances: WholeNumber | None = None
+    polling_interval: WholeNumber | None = None
+    target_utilization_percentage: WholeNumber | None = None
+
+
+class ResourceQuantities(_Spec):
+    """Kubernetes quantities as strings, e.g. cpu "0.5", memory "1Gi", gpu "1"."""
+
+    cpu: str | None = None
+    memory: str | None = None
+    gpu: str | None = None
+
+
+class ContainerResources(_Spec):
+    requests: ResourceQuantities | None = None
+    limits: ResourceQuantities | None = None
+
+
+def _environment_text(value: Any) -> Any:
+    """Environment variable values as `az ml` takes them from YAML: numbers and booleans are sent as
+    text (Azure stores every value as a string; .NET spells booleans True/False)."""
+    if isinstance(value, bool):
+        return "True" if value else "False"
+    if isinstance(value, (int, float)):
+        return str(value)
+    return value
+
+
+EnvironmentValue = Annotated[str, BeforeValidator(_environment_text)]
 
 
 class DeploymentSpec(_Spec):
     type: Literal["managed", "kubernetes"] = "managed"
     model: str | None = None
+    model_type: Literal["custom_model", "mlflow_model", "triton_model"] = "custom_model"
+    model_name: str | None = None
+    model_version: str | None = None
+    model_description: str | None = None
+    model_mount_path: str | None = None
     code: str | None = None
     scoring_script: str | None = None
     environment: str | InlineEnvironment | None = None
@@ -86,8 +134,11 @@ class DeploymentSpec(_Spec):
     request_settings: RequestSettings | None = None
     liveness_probe: Probe | None = None
     readiness_probe: Probe | None = None
-    environment_variables: dict[str, str] = {}
+    scale_settings: ScaleSettings | None = None
+    resources: ContainerResources | None = None
+    environment_variables: dict[str, EnvironmentValue] = {}
     app_insights_enabled: bool | None = None
+    egress_public_network_access: Literal["enabled", "disabled"] | None = None
     description: str | None = None
     tags: dict[str, str] = {}
 
@@ -174,6 +225,11 @@ def stack_problems(spec: StackSpec) -> list[Problem]:
     )
     if not on_azure and endpoint.is_kubernetes:
         problems.append(Problem(rules.join(field, "compute"), "Kubernetes endpoints are not served on the local target"))
+    if endpoint.is_kubernetes and endpoint.auth_mode == "aad_token":
+        problems.append(
+            Problem(rules.join(field, "authMode"), "aad_token is supported on managed endpoints only; "
+                    "a Kubernetes endpoint takes key or aml_token")
+        )
     for name, deployment in endpoint.deployments.items():
         deployment_field = rules.join(field, "deployments", name)
         if on_azure:
@@ -201,10 +257,64 @@ def _local_problems(field: str, deployment: DeploymentSpec) -> list[Problem]:
             problems.append(
                 Problem(rules.join(field, key), f"{value!r} is an Azure asset; the local target serves local files: give a path")
             )
-    if deployment.code is not None and deployment.scoring_script and not is_asset_reference(deployment.code):
-        script = Path(deployment.code) / deployment.scoring_script
-        if not script.is_file():
-            problems.append(Problem(rules.join(field, "scoringScript"), f"{deployment.scoring_script!r} not found in {deployment.code}"))
+    return problems
+
+
+def _local_code_problems(field: str, deployment: DeploymentSpec) -> list[Problem]:
+    """A local code path is a folder holding the scoring script (both targets, as `az ml` demands)."""
+    if deployment.code is None or is_asset_reference(deployment.code):
+        return []
+    code = Path(deployment.code)
+    if code.is_file():
+        return [Problem(rules.join(field, "code"), f"{deployment.code!r} is a file; code must be the folder holding the scoring script")]
+    if code.is_dir() and deployment.scoring_script and not (code / deployment.scoring_script).is_file():
+        return [Problem(rules.join(field, "scoringScript"), f"{deployment.scoring_script!r} not found in {deployment.code}")]
+    return []
+
+
+def _kubernetes_only_problems(field: str, deployment: DeploymentSpec) -> list[Problem]:
+    """Scale settings, resources and egress: which kind of deployment takes which."""
+    problems = []
+    kubernetes = deployment.type == "kubernetes"
+    scale = deployment.scale_settings
+    if scale is not None:
+        scale_field = rules.join(field, "scaleSettings")
+        autoscale_keys = ("min_instances", "max_instances", "polling_interval", "target_utilization_percentage")
+        if scale.type == "target_utilization" and not kubernetes:
+            problems.append(Problem(rules.join(scale_field, "type"),
+                                    "target_utilization autoscaling is for kubernetes deployments; managed ones take default"))
+        if scale.type == "default" and any(getattr(scale, key) is not None for key in autoscale_keys):
+            problems.append(Problem(scale_field, "minInstances, maxInstances, pollingInterval and "
+                                    "targetUtilizationPercentage go with type target_utilization"))
+        for key, low, high in (("min_instances", 0, rules.MAX_INSTANCE_COUNT), ("max_instances", 1, rules.MAX_INSTANCE_COUNT),
+                               ("polling_interval", 1, 3600), ("target_utilization_percentage", 1, 100)):
+            value = getattr(scale, key)
+            if value is not None:
+                problems += rules.integer_range_problems(rules.join(scale_field, to_camel(key)), value, low, high, to_camel(key))
+        if scale.min_instances is not None and scale.max_instances is not None and scale.min_instances > scale.max_instances:
+            problems.append(Problem(scale_field, f"minInstances ({scale.min_instances}) is above maxInstances ({scale.max_instances})"))
+    if deployment.resources is not None and not kubernetes:
+        problems.append(Problem(rules.join(field, "resources"), "container requests and limits are for kubernetes deployments; "
+                                "a managed deployment's size is its instanceType"))
+    if deployment.egress_public_network_access is not None and kubernetes:
+        problems.append(Problem(rules.join(field, "egressPublicNetworkAccess"), "is for managed deployments only"))
+    return problems
+
+
+def _model_problems(field: str, deployment: DeploymentSpec) -> list[Problem]:
+    """modelName / modelVersion name the version a local model folder is registered as."""
+    problems = []
+    named = deployment.model_name is not None or deployment.model_version is not None
+    if named and (deployment.model is None or is_asset_reference(deployment.model)):
+        problems.append(Problem(rules.join(field, "modelName"), "modelName and modelVersion register a local model "
+                                "folder; an asset reference already names its version"))
+    elif named and (deployment.model_name is None or deployment.model_version is None):
+        problems.append(Problem(rules.join(field, "modelName"), "modelName and modelVersion go together"))
+    version = deployment.model_version
+    if version is not None and not (version.isascii() and version.isdigit() and int(version) > 0):
+        problems.append(Problem(rules.join(field, "modelVersion"), f"a model version is a positive whole number, got {version!r}"))
+    if deployment.model_name is not None:
+        problems += rules.asset_name_problems(rules.join(field, "modelName"), deployment.model_name)
     return problems
 
 
@@ -213,6 +323,12 @@ def _deployment_problems(
 ) -> list[Problem]:
     problems = rules.name_problems(field, name, "deployment name")
     problems += rules.instance_count_problems(rules.join(field, "instanceCount"), deployment.instance_count)
+    problems += rules.environment_variable_problems(
+        rules.join(field, "environmentVariables"), deployment.environment_variables
+    )
+    problems += _local_code_problems(field, deployment)
+    problems += _kubernetes_only_problems(field, deployment)
+    problems += _model_problems(field, deployment)
     timeout = deployment.request_settings and deployment.request_settings.request_timeout_ms
     if deployment.type == "managed" and timeout is not None:
         problems += rules.request_timeout_problems(
@@ -239,9 +355,14 @@ def _azure_problems(field: str, deployment: DeploymentSpec) -> list[Problem]:
     Local model and code paths are fine: they are uploaded and registered (components/uploads.py).
     """
     problems = []
-    if not deployment.instance_type:
+    if not deployment.instance_type and deployment.type == "managed":
         problems.append(
             Problem(rules.join(field, "instanceType"), "required on the azure target: the VM size, e.g. Standard_DS3_v2")
+        )
+    if deployment.code is None and deployment.model_type == "custom_model":
+        problems.append(
+            Problem(rules.join(field, "code"), "required for a custom model: the folder with the scoring script "
+                    "(only an mlflow_model or triton_model deploys without code)")
         )
     if deployment.code is not None and deployment.environment is None:
         problems.append(
@@ -259,7 +380,11 @@ def _azure_problems(field: str, deployment: DeploymentSpec) -> list[Problem]:
                 Problem(key_field, f"{value!r} is not an environment asset: use azureml:<name>:<version>, "
                         "or an inline environment {image, condaFile}")
             )
-        elif value.startswith("azureml:") and not value.startswith("azureml://") and value.count(":") != 2:
+        elif (
+            value.startswith("azureml:")
+            and not value.startswith(("azureml://", "azureml:/subscriptions/"))
+            and value.count(":") != 2
+        ):
             problems.append(
                 Problem(key_field, f"{value!r} must pin a version: azureml:<name>:<version>")
             )
@@ -306,26 +431,24 @@ def _expand_deployments(
         problems += file_problems
         if file_problems:
             continue
-        _check_file_names(from_file, name, endpoint.get("name"), file_field, disagreements)
+        _check_file_names(from_file, name, file_field, disagreements)
         expanded[name] = _deep_merge(_resolve_paths(from_file, path.parent, file_field, problems), overrides)
     endpoint["deployments"] = expanded
     return endpoint, problems, disagreements
 
 
-def _check_file_names(
-    from_file: dict[str, Any], name: str, endpoint_name: Any, field: str, problems: list[Problem]
-) -> None:
-    """A deployment YAML's own name and endpoint_name must agree with the config that uses it."""
+def _check_file_names(from_file: dict[str, Any], name: str, field: str, problems: list[Problem]) -> None:
+    """A deployment YAML's own name must agree with the config that uses it.
+
+    Its `endpoint_name` is not used: the stack's endpoint wins, as `az ml online-deployment create -f
+    FILE --endpoint-name X` overrides the file (Microsoft's samples carry `<ENDPOINT_NAME>` there).
+    """
     file_name = from_file.pop("name", None)
     if file_name is not None and file_name != name:
         problems.append(
             Problem(field, f"the file names deployment {file_name!r} but is used as deployment {name!r}; make them match")
         )
-    file_endpoint = from_file.pop("endpointName", None)
-    if file_endpoint is not None and file_endpoint != endpoint_name:
-        problems.append(
-            Problem(field, f"the file is for endpoint {file_endpoint!r} but this stack's endpoint is {endpoint_name!r}")
-        )
+    from_file.pop("endpointName", None)
 
 
 def _resolve_paths(
@@ -368,7 +491,7 @@ def _deep_merge(base: dict[str, Any], overrides: Mapping[str, Any]) -> dict[str,
 def _problem_from_pydantic(error: Mapping[str, Any]) -> Problem:
     loc = [str(part) for part in error["loc"]]
     # Union members add their class name to the path (`environment.str`); the user never wrote it.
-    loc = [part for part in loc if part not in ("str", "InlineEnvironment", "int")]
+    loc = [part for part in loc if part not in ("str", "InlineEnvironment", "int", "function-before[_environment_text(), str]")]
     field = f"{NAMESPACE}:{'.'.join(loc)}"
     kind, value = error["type"], error.get("input")
     if kind == "extra_forbidden":

@@ -1,88 +1,128 @@
-"""Local code and model folders on the azure target, registered the way `az ml` does it.
+"""Local code and model folders on the azure target, registered by Azure's own client.
 
-`az ml online-deployment create -f` uploads a local `code` or `model` path to the workspace's
-default blob datastore under `LocalUpload/<hash>/<name>` and registers a code or model version
-pointing there. This does the same with Pulumi resources: one storage Blob per file, then a
-CodeVersion / ModelVersion that depends on every blob. The version is a digest of the content, so
-an unchanged folder changes nothing and a changed one becomes a new version.
+`az ml online-deployment create -f` turns a deployment's local `code` or `model` path into an asset
+with azure-ai-ml: it hashes the folder (honouring `.amlignore` / `.gitignore`), uploads it (code
+through the SAS the workspace issues for a pending upload, models to the workspace's default
+datastore with the datastore's credentials or the user's identity - never the storage account
+keys), and registers an anonymous version (name: the content hash, version `1`) or, for a model
+that names itself, that name and version. `WorkspaceAsset` does exactly that by calling azure-ai-ml
+from a Pulumi dynamic resource, so the upload, ignore rules, hashing and retries are Azure's own.
+
+The content hash (azure-ai-ml's own `get_object_hash` with the folder's ignore file) is an input:
+unchanged content changes nothing, changed content replaces the resource with a new version. Asset
+versions are never deleted by Pulumi (delete is a no-op): a rollback to the previous stage finds
+its version still registered.
 """
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Any
 
 import pulumi
-import pulumi_azure_native.machinelearningservices as ml
+from pulumi.dynamic import CreateResult, DiffResult, ResourceProvider
 
-DEFAULT_DATASTORE = "workspaceblobstore"
-
-
-def files_of(root: Path) -> list[tuple[Path, str]]:
-    """(file, path relative to `root`) for every file under `root`, sorted; a file root is itself."""
-    if root.is_file():
-        return [(root, root.name)]
-    return sorted(
-        ((path, path.relative_to(root).as_posix()) for path in root.rglob("*") if path.is_file()),
-        key=lambda item: item[1],
-    )
+# Inputs whose change means a different asset version (a replacement, never an in-place update).
+IDENTITY_KEYS = (
+    "workspace_id", "kind", "path", "content_hash", "name", "version", "model_type", "description", "cloud",
+)
 
 
-def content_digest(root: Path) -> str:
-    digest = hashlib.sha256()
-    for path, relative in files_of(root):
-        digest.update(relative.encode() + b"\0" + hashlib.sha256(path.read_bytes()).digest())
-    return digest.hexdigest()[:16]
+def content_hash(path: str) -> str:
+    """azure-ai-ml's hash of a file or folder, with the folder's `.amlignore` / `.gitignore` applied."""
+    from azure.ai.ml._utils._asset_utils import get_ignore_file, get_object_hash
+
+    root = Path(path)
+    ignore = get_ignore_file(root if root.is_dir() else root.parent)
+    return get_object_hash(root, ignore)
 
 
-def default_datastore(where: dict[str, str]) -> pulumi.Output[dict[str, Any]]:
-    """The workspace's default blob datastore (account, container, storage endpoint, resource group)."""
-    return ml.get_datastore_output(name=DEFAULT_DATASTORE, **where).properties
-
-
-def upload_local_asset(
-    resource_name: str,
-    asset_name: str,
-    local_path: str,
-    kind: str,
-    datastore: pulumi.Output[dict[str, Any]],
-    where: dict[str, str],
-    parent: pulumi.Resource,
-) -> pulumi.Output[str]:
-    """Upload `local_path` and register it as a code (`kind="code"`) or model version; its ARM id."""
-    from pulumi_azure_native import storage
-
-    root = Path(local_path)
-    digest = content_digest(root)
-    prefix = f"LocalUpload/{digest}/{root.name}"
-    account = datastore.apply(lambda d: d["accountName"])
-    container = datastore.apply(lambda d: d["containerName"])
-    blobs = [
-        storage.Blob(
-            f"{resource_name}-{relative}",
-            account_name=account,
-            container_name=container,
-            resource_group_name=datastore.apply(lambda d: d["resourceGroup"]),
-            blob_name=prefix if root.is_file() else f"{prefix}/{relative}",
-            source=pulumi.FileAsset(str(path)),
-            type="Block",
-            opts=pulumi.ResourceOptions(parent=parent),
+def workspace_scope(workspace_id: str) -> tuple[str, str, str]:
+    """(subscription, resource group, workspace) of a workspace ARM id."""
+    parts = workspace_id.strip("/").split("/")
+    lowered = [p.lower() for p in parts]
+    try:
+        return (
+            parts[lowered.index("subscriptions") + 1],
+            parts[lowered.index("resourcegroups") + 1],
+            parts[lowered.index("workspaces") + 1],
         )
-        for path, relative in files_of(root)
-    ]
-    uri = datastore.apply(
-        lambda d: f"https://{d['accountName']}.blob.{d.get('endpoint') or 'core.windows.net'}/{d['containerName']}/{prefix}"
-    )
-    options = pulumi.ResourceOptions(parent=parent, depends_on=blobs)
-    if kind == "code":
-        version = ml.CodeVersion(
-            resource_name, name=asset_name, version=digest,
-            properties=ml.CodeVersionPropertiesArgs(code_uri=uri), opts=options, **where,
+    except (ValueError, IndexError):
+        raise ValueError(f"not an Azure ML workspace ARM id: {workspace_id!r}") from None
+
+
+class WorkspaceAssetProvider(ResourceProvider):
+    """Dynamic provider; pickled with dill, so the azure-ai-ml client is made inside each method."""
+
+    def _client(self, workspace_id: str, cloud: str | None):
+        from azure.ai.ml import MLClient
+        from azure.identity import DefaultAzureCredential
+
+        subscription, resource_group, workspace = workspace_scope(workspace_id)
+        extra = {"cloud": cloud} if cloud else {}
+        return MLClient(DefaultAzureCredential(), subscription, resource_group, workspace, **extra)
+
+    def create(self, props: dict[str, Any]) -> CreateResult:
+        client = self._client(props["workspace_id"], props.get("cloud"))
+        if props["kind"] == "code":
+            from azure.ai.ml.entities import Code
+
+            registered = client._code.create_or_update(Code(path=props["path"]))
+        else:
+            from azure.ai.ml.entities import Model
+
+            registered = client.models.create_or_update(
+                Model(
+                    path=props["path"],
+                    type=props.get("model_type") or "custom_model",
+                    name=props.get("name"),
+                    version=props.get("version"),
+                    description=props.get("description"),
+                )
+            )
+        return CreateResult(id_=registered.id, outs={**props, "asset_id": registered.id})
+
+    def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
+        changed = [key for key in IDENTITY_KEYS if olds.get(key) != news.get(key)]
+        return DiffResult(changes=bool(changed), replaces=changed, stables=[], delete_before_replace=False)
+
+    def delete(self, _id: str, _props: dict[str, Any]) -> None:
+        """Registered versions stay: the previous stage may roll back to them."""
+
+
+class WorkspaceAsset(pulumi.dynamic.Resource, module="azureml", name="WorkspaceAsset"):
+    """A local code or model folder uploaded and registered the way `az ml` does; `asset_id` is its ARM id."""
+
+    asset_id: pulumi.Output[str]
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        workspace_id: pulumi.Input[str],
+        kind: str,
+        path: str,
+        model_type: str | None = None,
+        asset_name: str | None = None,
+        version: str | None = None,
+        description: str | None = None,
+        cloud: str | None = None,
+        opts: pulumi.ResourceOptions | None = None,
+    ):
+        super().__init__(
+            WorkspaceAssetProvider(),
+            name,
+            {
+                "workspace_id": workspace_id,
+                "kind": kind,
+                "path": path,
+                "content_hash": content_hash(path),
+                "model_type": model_type,
+                "name": asset_name,
+                "version": version,
+                "description": description,
+                "cloud": cloud,
+                "asset_id": None,
+            },
+            opts,
         )
-    else:
-        version = ml.ModelVersion(
-            resource_name, name=asset_name, version=digest,
-            properties=ml.ModelVersionPropertiesArgs(model_uri=uri, model_type="custom_model"), opts=options, **where,
-        )
-    return version.id

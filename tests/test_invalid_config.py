@@ -41,6 +41,18 @@ def many_deployments(config, count):
     endpoint(config)["traffic"] = {"model-00": 100}
     endpoint(config)["mirrorTraffic"] = {}
 
+def kubernetes(config):
+    endpoint(config).update({"compute": "azureml:k8s-compute"})
+    for deployment in deployments(config).values():
+        deployment["type"] = "kubernetes"
+
+
+def code_folder(tmp_path, script="score.py"):
+    folder = tmp_path / "onlinescoring"
+    folder.mkdir(exist_ok=True)
+    (folder / script).write_text("def init(): pass\n")
+    return str(folder)
+
 
 E = "mlcanary:endpoint"
 GREEN_YAML = "name: green\ninstance_type: Standard_DS3_v2\n"
@@ -59,7 +71,7 @@ CASES = {
     ),
     "unknown_deployment_key": (
         lambda c, t: deployments(c)["blue"].update({"instanceCnt": 2}),
-        rf"{E}\.deployments\.blue\.instanceCnt: unknown key; allowed here: type, model, code",
+        rf"{E}\.deployments\.blue\.instanceCnt: unknown key; allowed here: type, model, modelType, modelName",
     ),
     "invalid_target": (
         lambda c, t: c.update({"mlcanary:target": "gcp"}),
@@ -213,21 +225,78 @@ CASES = {
         rf"{E}\.deployments\.green\.file: .*list\.yml must hold a mapping of deployment keys, got list",
     ),
     "deployment_yaml_unsupported_key": (
-        lambda c, t: deployments(c)["green"].update({"file": write(t, "g.yml", GREEN_YAML + "scale_settings: {type: default}\n")}),
-        rf"{E}\.deployments\.green\.file \(.*g\.yml\) scale_settings: key not supported by mlcanary; supported: name",
+        lambda c, t: deployments(c)["green"].update({"file": write(t, "g.yml", GREEN_YAML + "data_collector: {collections: {}}\n")}),
+        rf"{E}\.deployments\.green\.file \(.*g\.yml\) data_collector: key not supported by mlcanary; supported: name",
     ),
     "deployment_yaml_name_mismatch": (
         lambda c, t: deployments(c)["green"].update({"file": write(t, "g.yml", "name: red\ninstance_type: x\n")}),
         rf"{E}\.deployments\.green\.file: the file names deployment 'red' but is used as deployment 'green'",
     ),
-    "deployment_yaml_other_endpoint": (
-        lambda c, t: deployments(c)["green"].update({"file": write(t, "g.yml", GREEN_YAML + "endpoint_name: other-ep\n")}),
-        rf"{E}\.deployments\.green\.file: the file is for endpoint 'other-ep' but this stack's endpoint is 'fraud-scorer'",
-    ),
     "deployment_yaml_bad_value": (
         lambda c, t: deployments(c)["green"].update({"file": write(t, "g.yml", GREEN_YAML + "instance_count: 0\n"),
                                                      "instanceCount": None}) or deployments(c)["green"].pop("instanceCount"),
         rf"{E}\.deployments\.green\.instanceCount: instance count must be a whole number from 1 to 50, got 0",
+    ),
+    "environment_variable_name_with_equals": (
+        lambda c, t: deployments(c)["blue"].update({"environmentVariables": {"A=B": "1"}}),
+        rf"{E}\.deployments\.blue\.environmentVariables\.A=B: 'A=B' is not a valid environment variable name",
+    ),
+    "environment_variable_name_starts_with_digit": (
+        lambda c, t: deployments(c)["blue"].update({"environmentVariables": {"1WORKERS": "4"}}),
+        rf"{E}\.deployments\.blue\.environmentVariables\.1WORKERS: '1WORKERS' is not a valid environment variable name",
+    ),
+    "environment_variable_value_with_nul": (
+        lambda c, t: deployments(c)["blue"].update({"environmentVariables": {"MODE": "a\0b"}}),
+        rf"{E}\.deployments\.blue\.environmentVariables\.MODE: an environment variable value cannot contain a NUL",
+    ),
+    "environment_variable_value_a_list": (
+        lambda c, t: deployments(c)["blue"].update({"environmentVariables": {"MODE": ["a"]}}),
+        rf"{E}\.deployments\.blue\.environmentVariables\.MODE: must be a string, got \['a'\]",
+    ),
+    "code_is_a_single_file": (
+        lambda c, t: deployments(c)["blue"].update({"code": code_folder(t) + "/score.py"}),
+        rf"{E}\.deployments\.blue\.code: '.*score\.py' is a file; code must be the folder holding the scoring script",
+    ),
+    "scoring_script_missing_on_azure": (
+        lambda c, t: deployments(c)["blue"].update({"code": code_folder(t, "other.py")}),
+        rf"{E}\.deployments\.blue\.scoringScript: 'score\.py' not found in .*onlinescoring",
+    ),
+    "custom_model_without_code": (
+        lambda c, t: [deployments(c)["blue"].pop(k) for k in ("code", "scoringScript")],
+        rf"{E}\.deployments\.blue\.code: required for a custom model",
+    ),
+    "model_version_not_an_integer": (
+        lambda c, t: deployments(c)["blue"].update({"model": code_folder(t), "modelName": "fraud", "modelVersion": "v2"}),
+        rf"{E}\.deployments\.blue\.modelVersion: a model version is a positive whole number, got 'v2'",
+    ),
+    "model_name_for_a_registered_model": (
+        lambda c, t: deployments(c)["blue"].update({"modelName": "fraud", "modelVersion": "2"}),
+        rf"{E}\.deployments\.blue\.modelName: modelName and modelVersion register a local model folder",
+    ),
+    "inline_model_unknown_key": (
+        lambda c, t: deployments(c)["green"].update({"file": write(t, "g.yml", GREEN_YAML + "model: {path: ., stage: prod}\n")}),
+        rf"{E}\.deployments\.green\.file \(.*g\.yml\) model: unknown keys \['stage'\] in the inline model",
+    ),
+    "aad_token_on_kubernetes": (
+        lambda c, t: (kubernetes(c), endpoint(c).update({"authMode": "aad_token"})),
+        rf"{E}\.authMode: aad_token is supported on managed endpoints only",
+    ),
+    "autoscaling_on_managed": (
+        lambda c, t: deployments(c)["blue"].update({"scaleSettings": {"type": "target_utilization", "maxInstances": 3}}),
+        rf"{E}\.deployments\.blue\.scaleSettings\.type: target_utilization autoscaling is for kubernetes deployments",
+    ),
+    "autoscaling_min_above_max": (
+        lambda c, t: (kubernetes(c), deployments(c)["blue"].update(
+            {"scaleSettings": {"type": "target_utilization", "minInstances": 4, "maxInstances": 3}})),
+        rf"{E}\.deployments\.blue\.scaleSettings: minInstances \(4\) is above maxInstances \(3\)",
+    ),
+    "resources_on_managed": (
+        lambda c, t: deployments(c)["blue"].update({"resources": {"requests": {"cpu": "1"}}}),
+        rf"{E}\.deployments\.blue\.resources: container requests and limits are for kubernetes deployments",
+    ),
+    "resources_unknown_quantity": (
+        lambda c, t: deployments(c)["green"].update({"file": write(t, "g.yml", GREEN_YAML + "resources: {limits: {disk: 1Gi}}\n")}),
+        rf"{E}\.deployments\.green\.file \(.*g\.yml\) resources\.limits\.disk: unknown resource; allowed: cpu, memory, nvidia\.com/gpu",
     ),
 }
 
@@ -253,7 +322,6 @@ def test_every_problem_is_reported_at_once(canary_config):
         render_program(PROGRAM, canary_config, mock=CountingMocks())
     lines = str(raised.value).splitlines()[1:]
     assert [line.split(":")[1] for line in lines] == [
-        "endpoint.deployments.green.file",  # green's file is for endpoint fraud-scorer
         "endpoint.name",
         "endpoint.deployments.blue.instanceCount",
         "endpoint.traffic",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from mlcanary.components.render import is_secret, reveal
+from mlcanary.components.render import MOCK_WORKSPACE_LOCATION, is_secret, reveal
 from conftest import PROJECT_DIR, STAGE_FILES, render_config, stage_config
 
 COMPONENT = "mlcanary:endpoint:OnlineEndpoint"
@@ -59,6 +59,14 @@ def test_endpoint_carries_no_traffic_of_its_own(stage):
     assert "mirrorTraffic" not in endpoint.inputs["properties"]
     assert sorted(endpoint.ignore_changes) == ["properties.mirrorTraffic", "properties.traffic"]
     assert endpoint.delete_before_replace
+
+
+def test_endpoint_and_deployments_are_placed_in_the_workspace_region(stage):
+    """As `az ml` does: the workspace's region, not `azure-native:location` (westus2 in the stage files)."""
+    _, render = stage
+    assert "azure-native:machinelearningservices:getWorkspace" in render.invokes
+    for resource in render.of_type(ENDPOINT) + render.of_type(DEPLOYMENT):
+        assert resource.inputs["location"] == MOCK_WORKSPACE_LOCATION, resource.name
 
 
 def test_deployments(stage):
@@ -118,8 +126,8 @@ def test_outputs_and_secret_keys(stage):
     name, render = stage
     capacities, live, mirror = EXPECTED[name]
     outputs = render.outputs
-    assert outputs["scoringUri"] == "https://fraud-scorer.westus2.inference.ml.azure.com/score"
-    assert outputs["swaggerUri"] == "https://fraud-scorer.westus2.inference.ml.azure.com/swagger.json"
+    assert outputs["scoringUri"] == "https://fraud-scorer.swedencentral.inference.ml.azure.com/score"
+    assert outputs["swaggerUri"] == "https://fraud-scorer.swedencentral.inference.ml.azure.com/swagger.json"
     assert sorted(outputs["deployments"]) == sorted(capacities)
     assert outputs["traffic"] == {k: float(v) for k, v in live.items()}
     assert outputs["mirrorTraffic"] == {k: float(v) for k, v in mirror.items()}
@@ -175,43 +183,72 @@ def test_inline_environment_becomes_an_environment_version(canary_config, tmp_pa
     assert render.named("fraud-scorer-blue").inputs["properties"]["environmentId"] == environment.id
 
 
-def test_local_code_and_model_are_uploaded_and_registered(canary_config, tmp_path):
-    """As `az ml` does: blobs under LocalUpload/<digest>/ in the default datastore, then a version."""
+ASSET = "pulumi-python:dynamic/azureml:WorkspaceAsset"
+
+
+def local_blue(canary_config, tmp_path):
+    """Blue with a local code folder (with an .amlignore) and a local model file."""
     code = tmp_path / "onlinescoring"
     (code / "lib").mkdir(parents=True)
     (code / "score.py").write_text("def init(): pass\ndef run(raw): return raw\n")
     (code / "lib" / "features.py").write_text("SCALE = 2\n")
+    (code / ".amlignore").write_text(".env\n__pycache__\n*.pyc\n")
     model = tmp_path / "model.pkl"
     model.write_bytes(b"weights-v1")
-    blue = canary_config["mlcanary:endpoint"]["deployments"]["blue"]
-    blue.update(code=str(code), model=str(model))
+    canary_config["mlcanary:endpoint"]["deployments"]["blue"].update(code=str(code), model=str(model))
+    return code, model
 
+
+def test_local_code_and_model_are_registered_by_azure_ai_ml(canary_config, tmp_path):
+    """As `az ml` does: anonymous versions (name = azure-ai-ml's content hash, version 1), no storage keys."""
+    from azure.ai.ml._utils._asset_utils import get_ignore_file, get_object_hash
+
+    code, model = local_blue(canary_config, tmp_path)
     render = render_config(canary_config)
-    assert "azure-native:machinelearningservices:getDatastore" in render.invokes
-    blobs = {r.inputs["blobName"]: r for r in render.of_type("azure-native:storage:Blob")}
-    code_version = render.named("fraud-scorer-blue-code")
-    digest = code_version.inputs["version"]
-    assert sorted(blobs) == [f"LocalUpload/{digest}/onlinescoring/lib/features.py",
-                             f"LocalUpload/{digest}/onlinescoring/score.py",
-                             f"LocalUpload/{render.named('fraud-scorer-blue-model').inputs['version']}/model.pkl"]
-    for blob in blobs.values():
-        assert blob.inputs["accountName"] == "mlprodstorage"
-        assert blob.inputs["containerName"] == "azureml-blobstore-0000"
-        assert blob.inputs["resourceGroupName"] == "ml-prod-rg"
-    assert code_version.inputs["name"] == "fraud-scorer-blue-code"
-    assert code_version.inputs["properties"]["codeUri"] == (
-        f"https://mlprodstorage.blob.core.windows.net/azureml-blobstore-0000/LocalUpload/{digest}/onlinescoring"
-    )
-    assert {blobs[n].urn for n in blobs if "onlinescoring" in n} <= set(code_version.dependencies)
-    model_version = render.named("fraud-scorer-blue-model")
-    assert model_version.inputs["properties"]["modelType"] == "custom_model"
-    deployment = render.named("fraud-scorer-blue").inputs["properties"]
-    assert deployment["codeConfiguration"]["codeId"] == code_version.id
-    assert deployment["model"] == model_version.id
+    assert render.of_type("azure-native:storage:Blob") == []  # no shared-key uploads
+    assert "azure-native:machinelearningservices:getDatastore" not in render.invokes
+    code_asset, model_asset = render.named("fraud-scorer-blue-code"), render.named("fraud-scorer-blue-model")
+    assert code_asset.type == model_asset.type == ASSET
+    assert code_asset.inputs["content_hash"] == get_object_hash(code, get_ignore_file(code))
+    assert model_asset.inputs["content_hash"] == get_object_hash(model)
+    assert model_asset.inputs["model_type"] == "custom_model" and model_asset.inputs["workspace_id"] == WORKSPACE
+    assert code_asset.retain_on_delete and model_asset.retain_on_delete
+    deployment = render.named("fraud-scorer-blue")
+    assert deployment.inputs["properties"]["codeConfiguration"]["codeId"] == (
+        f"{WORKSPACE}/codes/{code_asset.inputs['content_hash']}/versions/1")
+    assert deployment.inputs["properties"]["model"] == f"{WORKSPACE}/models/{model_asset.inputs['content_hash']}/versions/1"
+    assert {code_asset.urn, model_asset.urn} <= set(deployment.dependencies)
 
+
+def test_ignored_files_change_no_version(canary_config, tmp_path):
+    code, _ = local_blue(canary_config, tmp_path)
+    before = render_config(canary_config).named("fraud-scorer-blue-code").inputs["content_hash"]
+    (code / ".env").write_text("SECRET=1\n")
+    (code / "__pycache__").mkdir()
+    (code / "__pycache__" / "score.cpython-311.pyc").write_bytes(b"\0stray")
+    (code / "stray.pyc").write_bytes(b"\0stray")
+    assert render_config(canary_config).named("fraud-scorer-blue-code").inputs["content_hash"] == before
+
+
+def test_a_rollback_finds_the_previous_version_kept(canary_config, tmp_path):
+    """Stage N registers v1, stage N+1 changes the code (v2), stage N+2 rolls back: v1 again, never deleted."""
+    code, _ = local_blue(canary_config, tmp_path)
+    first = render_config(canary_config)
     (code / "score.py").write_text("def init(): pass\ndef run(raw): return [raw]\n")
-    changed = render_config(canary_config).named("fraud-scorer-blue-code").inputs["version"]
-    assert changed != digest  # new content, new version; the old one stays for rollback
+    second = render_config(canary_config)
+    (code / "score.py").write_text("def init(): pass\ndef run(raw): return raw\n")
+    rolled_back = render_config(canary_config)
+    ids = [r.named("fraud-scorer-blue").inputs["properties"]["codeConfiguration"]["codeId"]
+           for r in (first, second, rolled_back)]
+    assert ids[0] != ids[1] and ids[2] == ids[0]
+    assert all(r.named("fraud-scorer-blue-code").retain_on_delete for r in (first, second, rolled_back))
+
+
+def test_environment_versions_are_kept_on_change(canary_config, tmp_path):
+    blue = canary_config["mlcanary:endpoint"]["deployments"]["blue"]
+    blue["environment"] = {"image": "mcr.microsoft.com/azureml/minimal-ubuntu22.04-py39-cpu-inference"}
+    (environment,) = render_config(canary_config).of_type("azure-native:machinelearningservices:EnvironmentVersion")
+    assert environment.retain_on_delete
 
 
 def test_paths_in_a_deployment_yaml_resolve_from_its_folder(canary_config, tmp_path):
@@ -229,8 +266,8 @@ def test_paths_in_a_deployment_yaml_resolve_from_its_folder(canary_config, tmp_p
     )
     canary_config["mlcanary:endpoint"]["deployments"]["green"] = {"file": str(tmp_path / "endpoints" / "green.yml")}
     render = render_config(canary_config)
-    blobs = sorted(r.inputs["blobName"] for r in render.of_type("azure-native:storage:Blob"))
-    assert [b.split("/", 2)[2] for b in blobs] == ["model/weights.bin", "onlinescoring/score.py"]
+    assert render.named("fraud-scorer-green-model").inputs["path"] == str(tmp_path / "model-2" / "model")
+    assert render.named("fraud-scorer-green-code").inputs["path"] == str(tmp_path / "model-2" / "onlinescoring")
     green = render.named("fraud-scorer-green").inputs
     assert green["sku"]["capacity"] == 1.0  # the file gives no count: the default
     assert green["properties"]["codeConfiguration"]["scoringScript"] == "score.py"
