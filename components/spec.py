@@ -359,6 +359,12 @@ def _azure_problems(field: str, deployment: DeploymentSpec) -> list[Problem]:
         problems.append(
             Problem(rules.join(field, "instanceType"), "required on the azure target: the VM size, e.g. Standard_DS3_v2")
         )
+    elif not deployment.instance_type:
+        # azure-native would otherwise send its own default, a VM size the cluster does not have.
+        problems.append(
+            Problem(rules.join(field, "instanceType"), "required on a Kubernetes deployment: an instance type of the "
+                    "cluster, e.g. defaultinstancetype")
+        )
     if deployment.code is None and deployment.model_type == "custom_model":
         problems.append(
             Problem(rules.join(field, "code"), "required for a custom model: the folder with the scoring script "

@@ -65,7 +65,7 @@ class WorkspaceAssetProvider(ResourceProvider):
     def create(self, props: dict[str, Any]) -> CreateResult:
         client = self._client(props["workspace_id"], props.get("cloud"))
         if props["kind"] == "code":
-            from azure.ai.ml.entities import Code
+            from azure.ai.ml.entities._assets import Code
 
             registered = client._code.create_or_update(Code(path=props["path"]))
         else:
