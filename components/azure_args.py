@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 
 import pulumi
@@ -54,22 +53,6 @@ def endpoint_properties(spec: EndpointSpec, workspace_id: pulumi.Input[str]) -> 
         description=spec.description,
         compute=compute,
     )
-
-
-def endpoint_revision(spec: EndpointSpec) -> str:
-    """Fingerprint of what the endpoint resource itself sends to Azure.
-
-    Any change to it means the endpoint is PUT again, and a PUT without traffic may clear
-    Azure's traffic map; feeding this into the traffic resource makes Pulumi re-apply traffic
-    right after every such endpoint update.
-    """
-    sent = {
-        "authMode": spec.auth_mode,
-        "description": spec.description,
-        "compute": spec.compute,
-        "tags": spec.tags,
-    }
-    return hashlib.sha256(json.dumps(sent, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _probe(probe: Probe | None) -> ml.ProbeSettingsArgs | None:

@@ -141,7 +141,9 @@ class OnlineEndpoint(pulumi.ComponentResource):
             traffic=spec.live_traffic,
             mirror_traffic=dict(spec.mirror_traffic),
             deployments=list(spec.deployments),
-            endpoint_revision=azure_args.endpoint_revision(spec),
+            # Any write of the endpoint (ours, a provider default, a fix of drift) re-applies traffic.
+            endpoint_modified_at=endpoint.system_data.apply(lambda data: getattr(data, "last_modified_at", None)),
+            cloud=cloud,
             opts=pulumi.ResourceOptions(parent=self, depends_on=[endpoint, *deployments]),
         )
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import hashlib
 import json
 import runpy
 from collections.abc import Callable, Mapping
@@ -95,7 +96,11 @@ class AzureMocks(mocks.Mocks):
             host = f"https://{name}.{inputs.get('location') or 'westus2'}.inference.ml.azure.com"
             properties = {**inputs.get("properties", {}), "scoringUri": f"{host}/score",
                           "swaggerUri": f"{host}/swagger.json", "provisioningState": "Succeeded"}
-            return f"{workspace}/onlineEndpoints/{name}", {**inputs, "name": name, "properties": properties}
+            # Azure stamps every write; here the stamp stands for what was written.
+            written = hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()[:12]
+            system_data = {"lastModifiedAt": f"2026-01-01T00:00:00Z#{written}"}
+            return f"{workspace}/onlineEndpoints/{name}", {**inputs, "name": name, "properties": properties,
+                                                           "systemData": system_data}
         if args.typ == "azure-native:machinelearningservices:OnlineDeployment":
             name = inputs["deploymentName"]
             return f"{workspace}/onlineEndpoints/{inputs['endpointName']}/deployments/{name}", {**inputs, "name": name}

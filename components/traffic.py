@@ -9,7 +9,14 @@ is the order Azure demands. Destroying the stack deletes this resource before th
 traffic goes to nothing first.
 
 The provider talks to ARM with GET-modify-PUT on the endpoint, as `az ml online-endpoint update
---traffic` does, and confirms the result with a final GET before reporting success.
+--traffic` does (zero shares stripped and names lowercased by azure-ai-ml's own function, read-only
+properties dropped by Azure's REST model of the endpoint), and confirms the result with the final
+GET of ARM's long-running-operation protocol before reporting success. Deployment names are
+case-insensitive in Azure and a 0 % share is no share, so comparisons ignore both.
+
+Traffic is re-applied whenever the endpoint resource was actually written (its
+`systemData.lastModifiedAt` changed: a PUT without traffic may reset Azure's map), and a refresh
+reads Azure's map, so traffic moved by anything else shows as a diff.
 """
 
 from __future__ import annotations
@@ -29,14 +36,31 @@ from pulumi.dynamic import (
 
 from mlcanary.components import rules
 
-INPUT_KEYS = ("endpoint_id", "endpoint_name", "traffic", "mirror_traffic", "deployments", "endpoint_revision")
-# Read-only properties Azure returns on GET that have no place in a PUT body.
-_READ_ONLY = ("provisioningState", "scoringUri", "swaggerUri")
+INPUT_KEYS = (
+    "endpoint_id", "endpoint_name", "traffic", "mirror_traffic", "deployments", "endpoint_modified_at", "cloud",
+)
+TRAFFIC_KEYS = ("traffic", "mirror_traffic")
 
 
 def _percentages(value: Any) -> dict[str, int]:
     """Traffic map with wire floats made ints, as Azure takes them."""
     return {name: int(percent) for name, percent in (value or {}).items()}
+
+
+def _as_sent(value: Any) -> dict[str, int]:
+    """A traffic map as `az ml` sends it and Azure keeps it: no zero shares, lowercase names."""
+    from azure.ai.ml.operations._online_endpoint_operations import _strip_zeroes_from_traffic
+
+    return _strip_zeroes_from_traffic(_percentages(value))
+
+
+def put_body(endpoint: dict[str, Any], live: dict[str, int], mirror: dict[str, int]) -> dict[str, Any]:
+    """The endpoint as Azure returned it, with the new traffic and without read-only properties."""
+    from azure.ai.ml._restclient.arm_ml_service.models import OnlineEndpoint
+
+    body = OnlineEndpoint(endpoint).as_dict(exclude_readonly=True)
+    body["properties"] = {**body.get("properties", {}), "traffic": live, "mirrorTraffic": mirror}
+    return body
 
 
 class TrafficProvider(ResourceProvider):
@@ -46,10 +70,10 @@ class TrafficProvider(ResourceProvider):
         super().__init__()
         self.poll_interval_s = poll_interval_s
 
-    def _client(self):
+    def _client(self, props: dict[str, Any]):
         from mlcanary.components.arm import ArmClient
 
-        return ArmClient(poll_interval_s=self.poll_interval_s)
+        return ArmClient(cloud=props.get("cloud"), poll_interval_s=self.poll_interval_s)
 
     def check(self, _olds: dict[str, Any], news: dict[str, Any]) -> CheckResult:
         problems = rules.traffic_problems(
@@ -58,7 +82,7 @@ class TrafficProvider(ResourceProvider):
         return CheckResult(news, [CheckFailure(p.field, p.message) for p in problems])
 
     def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
-        changed = [key for key in INPUT_KEYS if _comparable(olds.get(key)) != _comparable(news.get(key))]
+        changed = [key for key in INPUT_KEYS if _comparable(key, olds.get(key)) != _comparable(key, news.get(key))]
         return DiffResult(
             changes=bool(changed),
             replaces=["endpoint_id"] if "endpoint_id" in changed else [],
@@ -67,23 +91,23 @@ class TrafficProvider(ResourceProvider):
         )
 
     def create(self, props: dict[str, Any]) -> CreateResult:
-        applied = self._apply(props["endpoint_id"], props.get("traffic"), props.get("mirror_traffic"))
+        applied = self._apply(props, props.get("traffic"), props.get("mirror_traffic"))
         return CreateResult(id_=f"{props['endpoint_id']}/traffic", outs={**props, **applied})
 
     def update(self, _id: str, _olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
-        applied = self._apply(news["endpoint_id"], news.get("traffic"), news.get("mirror_traffic"))
+        applied = self._apply(news, news.get("traffic"), news.get("mirror_traffic"))
         return UpdateResult(outs={**news, **applied})
 
     def delete(self, _id: str, props: dict[str, Any]) -> None:
         """Nothing live, nothing mirrored; an endpoint already gone needs nothing."""
-        client = self._client()
+        client = self._client(props)
         if client.get(props["endpoint_id"]) is None:
             return
-        self._apply(props["endpoint_id"], {}, {}, client)
+        self._apply(props, {}, {}, client)
 
     def read(self, id_: str, props: dict[str, Any]) -> ReadResult:
         """Refresh: what Azure has now, so drift (someone moved traffic by hand) shows in a diff."""
-        endpoint = self._client().get(props["endpoint_id"])
+        endpoint = self._client(props).get(props["endpoint_id"])
         if endpoint is None:
             return ReadResult(None, {})
         properties = endpoint.get("properties", {})
@@ -96,44 +120,31 @@ class TrafficProvider(ResourceProvider):
             },
         )
 
-    def _apply(self, endpoint_id: str, traffic: Any, mirror: Any, client=None) -> dict[str, Any]:
+    def _apply(self, props: dict[str, Any], traffic: Any, mirror: Any, client=None) -> dict[str, Any]:
         from mlcanary.components.arm import ArmError
 
-        client = client or self._client()
-        want_live, want_mirror = _percentages(traffic), _percentages(mirror)
+        endpoint_id = props["endpoint_id"]
+        client = client or self._client(props)
+        want_live, want_mirror = _as_sent(traffic), _as_sent(mirror)
         endpoint = client.get(endpoint_id)
         if endpoint is None:
             raise ArmError(f"cannot set traffic: endpoint {endpoint_id} does not exist")
-        properties = {
-            k: v for k, v in endpoint.get("properties", {}).items() if k not in _READ_ONLY
-        }
-        properties["traffic"] = want_live
-        properties["mirrorTraffic"] = want_mirror
-        body = {k: v for k, v in endpoint.items() if k not in ("systemData", "properties")}
-        body["properties"] = properties
-        result = client.put(endpoint_id, body).get("properties", {})
-        got_live = _nonzero(_percentages(result.get("traffic")))
-        got_mirror = _nonzero(_percentages(result.get("mirrorTraffic")))
-        if got_live != _nonzero(want_live) or got_mirror != _nonzero(want_mirror):
+        result = client.put(endpoint_id, put_body(endpoint, want_live, want_mirror)).get("properties", {})
+        got_live, got_mirror = _as_sent(result.get("traffic")), _as_sent(result.get("mirrorTraffic"))
+        if got_live != want_live or got_mirror != want_mirror:
             raise ArmError(
                 f"Azure accepted the traffic update of {endpoint_id} but reports traffic {got_live} "
-                f"and mirror {got_mirror} instead of {_nonzero(want_live)} and {_nonzero(want_mirror)}"
+                f"and mirror {got_mirror} instead of {want_live} and {want_mirror}"
             )
-        return {"traffic": want_live, "mirror_traffic": want_mirror}
+        return {"traffic": _percentages(traffic), "mirror_traffic": _percentages(mirror)}
 
 
-def _nonzero(percentages: dict[str, int]) -> dict[str, int]:
-    """Azure may leave or drop 0 % entries; only the non-zero shares mean anything."""
-    return {k: v for k, v in percentages.items() if v}
-
-
-def _comparable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _comparable(v) for k, v in sorted(value.items())}
+def _comparable(key: str, value: Any) -> Any:
+    """A value as it matters to Azure: traffic maps as sent, lists as sets, wire floats as ints."""
+    if key in TRAFFIC_KEYS:
+        return _as_sent(value)
     if isinstance(value, (list, tuple)):
-        return sorted(_comparable(v) for v in value)
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
+        return sorted(str(v).lower() for v in value)
     return value
 
 
@@ -155,7 +166,8 @@ class EndpointTraffic(pulumi.dynamic.Resource, module="azureml", name="EndpointT
         traffic: dict[str, int],
         mirror_traffic: dict[str, int],
         deployments: list[str],
-        endpoint_revision: str,
+        endpoint_modified_at: pulumi.Input[str | None],
+        cloud: str | None = None,
         opts: pulumi.ResourceOptions | None = None,
     ):
         super().__init__(
@@ -167,7 +179,8 @@ class EndpointTraffic(pulumi.dynamic.Resource, module="azureml", name="EndpointT
                 "traffic": traffic,
                 "mirror_traffic": mirror_traffic,
                 "deployments": deployments,
-                "endpoint_revision": endpoint_revision,
+                "endpoint_modified_at": endpoint_modified_at,
+                "cloud": cloud,
             },
             opts,
         )

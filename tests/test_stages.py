@@ -117,6 +117,9 @@ def test_traffic_resource(stage):
     assert traffic.inputs["traffic"] == {k: float(v) for k, v in live.items()}
     assert traffic.inputs["mirror_traffic"] == {k: float(v) for k, v in mirror.items()}
     assert sorted(traffic.inputs["deployments"]) == sorted(capacities)
+    # Any write of the endpoint resource (its systemData stamp changes) re-applies traffic.
+    assert traffic.inputs["endpoint_modified_at"].startswith("2026-01-01T00:00:00Z#")
+    assert traffic.inputs["cloud"] == "AzureCloud"
     # Set only after the endpoint and every deployment exist: the ordering problem.
     deployment_urns = [d.urn for d in render.of_type(DEPLOYMENT)]
     assert set(traffic.dependencies) == {endpoint.urn, *deployment_urns}
@@ -271,3 +274,15 @@ def test_paths_in_a_deployment_yaml_resolve_from_its_folder(canary_config, tmp_p
     green = render.named("fraud-scorer-green").inputs
     assert green["sku"]["capacity"] == 1.0  # the file gives no count: the default
     assert green["properties"]["codeConfiguration"]["scoringScript"] == "score.py"
+
+
+def test_an_endpoint_write_changes_the_traffic_input(canary_config):
+    before = render_config(canary_config).named("fraud-scorer-traffic").inputs["endpoint_modified_at"]
+    canary_config["mlcanary:endpoint"]["description"] = "fraud scoring, now described"
+    after = render_config(canary_config).named("fraud-scorer-traffic").inputs["endpoint_modified_at"]
+    assert after != before
+
+
+def test_sovereign_cloud_reaches_the_traffic_resource(canary_config):
+    canary_config["azure-native:environment"] = "usgovernment"
+    assert render_config(canary_config).named("fraud-scorer-traffic").inputs["cloud"] == "AzureUSGovernment"

@@ -1,17 +1,26 @@
-"""The traffic provider against a fake ARM (requests and azure-identity mocked): the exact Azure calls."""
+"""The traffic provider against a fake ARM behind azure-core's own requests transport (the HTTP
+session and azure-identity mocked): the exact Azure calls. The fake validates every PUT body
+against Azure's REST models, as ARM would."""
 
 from __future__ import annotations
 
 import base64
 import json
+import time
+from unittest.mock import MagicMock
 
 import dill
 import pytest
 import requests
+from azure.ai.ml._restclient.arm_ml_service import models as rest
+from azure.core.credentials import AccessToken
 from pulumi.dynamic.dynamic import serialize_provider
 
-from mlcanary.components.arm import ARM_ENDPOINT, ArmError
+from azure_rest import rest_problems
+from mlcanary.components.arm import ArmClient, ArmError
 from mlcanary.components.traffic import TrafficProvider
+
+ARM_ENDPOINT = "https://management.azure.com"
 
 ENDPOINT_ID = (
     "/subscriptions/sub/resourceGroups/ml-prod-rg/providers/Microsoft.MachineLearningServices"
@@ -25,14 +34,16 @@ def response(status: int, body=None, headers=None) -> requests.Response:
     r = requests.Response()
     r.status_code = status
     r._content = json.dumps(body).encode() if body is not None else b""
-    r.headers.update(headers or {})
+    r.headers.update({"Content-Type": "application/json", **(headers or {})})
+    r.raw = MagicMock()
+    r._content_consumed = True  # a body already read, as requests has it after a non-streamed call
     return r
 
 
 class FakeArm:
     """Azure's rules for endpoint traffic as ARM enforces them, and a log of every request."""
 
-    def __init__(self, deployments, traffic, mirror=None, operation_status="Succeeded"):
+    def __init__(self, deployments, traffic, mirror=None, operation_status="Succeeded", host=ARM_ENDPOINT):
         self.deployments = set(deployments)
         self.endpoint = {
             "id": ENDPOINT_ID,
@@ -52,26 +63,36 @@ class FakeArm:
             },
         }
         self.exists = True
+        self.host = host
+        self.operation = OPERATION.replace(ARM_ENDPOINT, host)
+        self.throttle: list[requests.Response] = []  # answers given before the real one (429, 409, ...)
         self.operation_status = operation_status
         self.calls: list[tuple[str, str, dict | None]] = []
         self.tokens_seen: set[str] = set()
 
-    def request(self, method, url, headers=None, json=None, timeout=None):
+    def request(self, method, url, headers=None, data=None, **_kwargs):
         self.tokens_seen.add(headers["Authorization"])
-        path = url.removeprefix(ARM_ENDPOINT).split("?")[0]
-        self.calls.append((method, path, json))
-        if url == OPERATION:
+        assert url.startswith(self.host), url
+        path = url.removeprefix(self.host).split("?")[0]
+        body = json.loads(data) if data else None
+        self.calls.append((method, path, body))
+        if self.throttle:
+            return self.throttle.pop(0)
+        if url.split("?")[0] == self.operation:
             return response(200, {"status": self.operation_status, "error": {"code": "InternalError", "message": "boom"}})
         if path == ENDPOINT_ID and method == "GET":
             return response(200, self.endpoint) if self.exists else response(404, {"error": {"code": "NotFound"}})
         if path == ENDPOINT_ID and method == "PUT":
-            live = json["properties"].get("traffic", {})
-            unknown = sorted((set(live) | set(json["properties"].get("mirrorTraffic", {}))) - self.deployments)
+            problems = rest_problems(rest.OnlineEndpoint, body)
+            if problems:
+                return response(400, {"error": {"code": "BadRequest", "message": "; ".join(problems)}})
+            live = body["properties"].get("traffic", {})
+            unknown = sorted((set(live) | set(body["properties"].get("mirrorTraffic", {}))) - self.deployments)
             if unknown:
                 return response(400, {"error": {"code": "BadRequest", "message": f"Deployment(s) {unknown} not found"}})
             if self.operation_status == "Succeeded":
-                self.endpoint["properties"].update(traffic=dict(live), mirrorTraffic=dict(json["properties"]["mirrorTraffic"]))
-            return response(201, json, {"Azure-AsyncOperation": OPERATION})
+                self.endpoint["properties"].update(traffic=dict(live), mirrorTraffic=dict(body["properties"]["mirrorTraffic"]))
+            return response(201, body, {"Azure-AsyncOperation": self.operation})
         if path.startswith(f"{ENDPOINT_ID}/deployments/") and method == "DELETE":
             name = path.rsplit("/", 1)[1]
             share = self.endpoint["properties"]["traffic"].get(name, 0)
@@ -85,15 +106,21 @@ class FakeArm:
         return [(method, path) for method, path, _ in self.calls]
 
 
+class FakeCredential:
+    def get_token(self, *scopes, **_kwargs):
+        self.scopes = scopes
+        return AccessToken(TOKEN, int(time.time()) + 3600)
+
+
 @pytest.fixture
 def arm(mocker):
-    """Install a FakeArm behind requests.Session and a fake credential; returns a factory."""
+    """Install a FakeArm behind requests.Session (azure-core's transport) and a fake credential."""
 
     def install(*args, **kwargs):
         fake = FakeArm(*args, **kwargs)
-        credential = mocker.patch("azure.identity.DefaultAzureCredential").return_value
-        credential.get_token.return_value.token = TOKEN
-        session = mocker.patch("mlcanary.components.arm.requests.Session").return_value
+        fake.credential = FakeCredential()
+        mocker.patch("azure.identity.DefaultAzureCredential", return_value=fake.credential)
+        session = mocker.patch("requests.Session").return_value
         session.request.side_effect = fake.request
         return fake
 
@@ -107,7 +134,8 @@ def props(traffic, mirror=None, deployments=("blue", "green")):
         "traffic": {k: float(v) for k, v in traffic.items()},  # the engine sends floats
         "mirror_traffic": {k: float(v) for k, v in (mirror or {}).items()},
         "deployments": list(deployments),
-        "endpoint_revision": "r1",
+        "endpoint_modified_at": "2026-01-01T00:00:00Z",
+        "cloud": "AzureCloud",
     }
 
 
@@ -123,7 +151,9 @@ def test_create_reads_puts_waits_and_confirms(arm):
     put_body = fake.calls[1][2]
     assert put_body["properties"] == {"authMode": "Key", "traffic": {"blue": 100}, "mirrorTraffic": {}}
     assert put_body["identity"] == {"type": "SystemAssigned"} and put_body["tags"] == {"team": "risk"}
-    assert "systemData" not in put_body
+    # Read-only properties are not echoed back (Azure's REST model decides which they are).
+    assert {"id", "name", "type", "systemData"}.isdisjoint(put_body)
+    assert put_body["location"] == "westus2"
     assert result.id == f"{ENDPOINT_ID}/traffic"
     assert result.outs["traffic"] == {"blue": 100}
     assert fake.tokens_seen == {f"Bearer {TOKEN}"}
@@ -133,6 +163,7 @@ def test_update_sets_mirror(arm):
     fake = arm(["blue", "green"], traffic={"blue": 100, "green": 0})
     old, new = props({"blue": 100, "green": 0}), props({"blue": 100, "green": 0}, {"green": 10})
     result = TrafficProvider().update("id", old, new)
+    assert fake.calls[1][2]["properties"]["traffic"] == {"blue": 100}  # as az ml sends it: no 0 % shares
     assert fake.calls[1][2]["properties"]["mirrorTraffic"] == {"green": 10}
     assert fake.endpoint["properties"]["mirrorTraffic"] == {"green": 10}
     assert result.outs["mirror_traffic"] == {"green": 10}
@@ -188,7 +219,7 @@ def test_azure_refusal_is_a_clear_error_and_nothing_is_reported_applied(arm):
 
 def test_failed_long_running_operation_is_an_error(arm):
     fake = arm(["blue", "green"], traffic={"blue": 100}, operation_status="Failed")
-    with pytest.raises(ArmError, match=r"PUT .*fraud-scorer ended Failed: InternalError: boom"):
+    with pytest.raises(ArmError, match=r"PUT .*fraud-scorer ended Failed: .*boom"):
         TrafficProvider().update("id", props({"blue": 100}), props({"blue": 90, "green": 10}))
     assert fake.endpoint["properties"]["traffic"] == {"blue": 100}
 
@@ -199,10 +230,10 @@ def test_accepted_but_not_applied_is_an_error(arm, mocker):
 
     def ignore_traffic(method, url, **kwargs):
         if method == "PUT":
-            return response(200, kwargs["json"])  # accepted, but Azure's state does not change
+            return response(200, json.loads(kwargs["data"]))  # accepted, but Azure's state does not change
         return original(method, url, **kwargs)
 
-    mocker.patch("mlcanary.components.arm.requests.Session").return_value.request.side_effect = ignore_traffic
+    mocker.patch("requests.Session").return_value.request.side_effect = ignore_traffic
     with pytest.raises(ArmError, match=r"reports traffic \{'blue': 100\} .* instead of \{'blue': 90, 'green': 10\}"):
         TrafficProvider().update("id", props({"blue": 100}), props({"blue": 90, "green": 10}))
 
@@ -221,7 +252,7 @@ def test_diff():
     provider, base = TrafficProvider(), props({"blue": 100})
     assert not provider.diff("id", base, props({"blue": 100})).changes
     assert provider.diff("id", base, props({"blue": 90, "green": 10})).changes
-    assert provider.diff("id", base, {**base, "endpoint_revision": "r2"}).changes
+    assert provider.diff("id", base, {**base, "endpoint_modified_at": "2026-01-02T00:00:00Z"}).changes
     moved = provider.diff("id", base, {**base, "endpoint_id": ENDPOINT_ID + "2"})
     assert moved.changes and moved.replaces == ["endpoint_id"]
 
@@ -241,3 +272,50 @@ def test_provider_survives_the_dill_round_trip(arm):
     fake = arm(["blue"], traffic={})
     assert shipped.create(props({"blue": 100}, deployments=["blue"])).outs["traffic"] == {"blue": 100}
     assert fake.endpoint["properties"]["traffic"] == {"blue": 100}
+
+
+def test_zero_shares_are_stripped_and_names_lowercased_as_az_ml_does(arm):
+    fake = arm(["blue", "green"], traffic={"blue": 100})
+    TrafficProvider().update("id", props({"blue": 100}), props({"Blue": 90, "green": 10, "red": 0}))
+    assert fake.calls[1][2]["properties"]["traffic"] == {"blue": 90, "green": 10}
+
+
+def test_a_refresh_shows_no_diff_for_zero_shares_or_case(arm):
+    """Azure keeps lowercase names and drops 0 % shares; the config may spell them otherwise."""
+    arm(["blue", "green"], traffic={"blue": 100})
+    config = props({"Blue": 100, "green": 0})
+    refreshed = TrafficProvider().read("id", config).outs
+    assert not TrafficProvider().diff("id", refreshed, config).changes
+
+
+def test_drift_shows_as_a_diff_after_refresh(arm):
+    arm(["blue", "green"], traffic={"blue": 50, "green": 50})
+    config = props({"blue": 90, "green": 10})
+    refreshed = TrafficProvider().read("id", config).outs
+    assert TrafficProvider().diff("id", refreshed, config).changes
+
+
+@pytest.mark.parametrize("status", [408, 409, 429, 500, 502, 503, 504])
+def test_transient_answers_are_retried_honouring_retry_after(arm, status):
+    fake = arm(["blue"], traffic={})
+    fake.throttle = [response(status, {"error": {"code": "Busy", "message": "try again"}}, {"Retry-After": "0"})]
+    TrafficProvider().create(props({"blue": 100}, deployments=["blue"]))
+    assert [m for m, _ in fake.paths()][:2] == ["GET", "GET"]  # the first GET, answered status, then again
+    assert fake.endpoint["properties"]["traffic"] == {"blue": 100}
+
+
+def test_a_body_without_location_is_refused_by_the_fake_arm(arm):
+    """The fake judges bodies with Azure's REST models, so a missing location fails a test."""
+    fake = arm(["blue"], traffic={})
+    body = {k: v for k, v in fake.endpoint.items() if k != "location"}
+    answer = fake.request("PUT", f"{ARM_ENDPOINT}{ENDPOINT_ID}", headers={"Authorization": "x"}, data=json.dumps(body))
+    assert answer.status_code == 400 and "body.location: required" in answer.json()["error"]["message"]
+
+
+def test_sovereign_cloud_uses_its_own_arm_host_and_token_scope(arm):
+    host = "https://management.usgovcloudapi.net"
+    fake = arm(["blue"], traffic={}, host=host)
+    TrafficProvider().create({**props({"blue": 100}, deployments=["blue"]), "cloud": "AzureUSGovernment"})
+    assert fake.endpoint["properties"]["traffic"] == {"blue": 100}
+    assert fake.credential.scopes == (f"{host}/.default",)
+    assert ArmClient(cloud="AzureChinaCloud").endpoint == "https://management.chinacloudapi.cn"
