@@ -286,3 +286,30 @@ def test_an_endpoint_write_changes_the_traffic_input(canary_config):
 def test_sovereign_cloud_reaches_the_traffic_resource(canary_config):
     canary_config["azure-native:environment"] = "usgovernment"
     assert render_config(canary_config).named("fraud-scorer-traffic").inputs["cloud"] == "AzureUSGovernment"
+
+
+def test_mlflow_no_code_deployment_from_a_cli_file(canary_config, tmp_path):
+    """azureml-examples cli/endpoints/online/ncd: an MLflow model, no code, no environment."""
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "MLmodel").write_text("flavors: {python_function: {loader_module: mlflow.sklearn}}\n")
+    (tmp_path / "green.yml").write_text(
+        "name: green\nendpoint_name: <ENDPOINT_NAME>\n"
+        "model:\n  name: sklearn-diabetes\n  version: 1\n  path: model\n  type: mlflow_model\n  description: ncd\n"
+        "instance_type: Standard_DS3_v2\n"
+    )
+    canary_config["mlcanary:endpoint"]["deployments"]["green"] = {"file": str(tmp_path / "green.yml")}
+    render = render_config(canary_config)
+    model = render.named("fraud-scorer-green-model").inputs
+    assert (model["model_type"], model["name"], model["version"], model["description"]) == (
+        "mlflow_model", "sklearn-diabetes", "1", "ncd")
+    green = render.named("fraud-scorer-green", DEPLOYMENT).inputs
+    assert green["properties"]["model"] == f"{WORKSPACE}/models/sklearn-diabetes/versions/1"
+    assert "codeConfiguration" not in green["properties"] and "environmentId" not in green["properties"]
+
+
+def test_the_stack_endpoint_wins_over_a_files_endpoint_name(canary_config, tmp_path):
+    """As `az ml online-deployment create -f FILE --endpoint-name X`: the file's endpoint_name yields."""
+    text = (PROJECT_DIR / "stacks" / "deployments" / "green.yml").read_text()
+    (tmp_path / "green.yml").write_text(text.replace("endpoint_name: fraud-scorer", "endpoint_name: other-endpoint"))
+    canary_config["mlcanary:endpoint"]["deployments"]["green"]["file"] = str(tmp_path / "green.yml")
+    assert render_config(canary_config).named("fraud-scorer-green", DEPLOYMENT).inputs["endpointName"] == "fraud-scorer"
