@@ -497,7 +497,7 @@ def _deep_merge(base: dict[str, Any], overrides: Mapping[str, Any]) -> dict[str,
 def _problem_from_pydantic(error: Mapping[str, Any]) -> Problem:
     loc = [str(part) for part in error["loc"]]
     # Union members add their class name to the path (`environment.str`); the user never wrote it.
-    loc = [part for part in loc if part not in ("str", "InlineEnvironment", "int", "function-before[_environment_text(), str]")]
+    loc = [part for part in loc if part not in ("str", "InlineEnvironment", "int")]
     field = f"{NAMESPACE}:{'.'.join(loc)}"
     kind, value = error["type"], error.get("input")
     if kind == "extra_forbidden":
