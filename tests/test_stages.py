@@ -313,3 +313,12 @@ def test_the_stack_endpoint_wins_over_a_files_endpoint_name(canary_config, tmp_p
     (tmp_path / "green.yml").write_text(text.replace("endpoint_name: fraud-scorer", "endpoint_name: other-endpoint"))
     canary_config["mlcanary:endpoint"]["deployments"]["green"]["file"] = str(tmp_path / "green.yml")
     assert render_config(canary_config).named("fraud-scorer-green", DEPLOYMENT).inputs["endpointName"] == "fraud-scorer"
+
+
+def test_an_inline_environment_that_names_itself_keeps_its_name_and_version(canary_config):
+    blue = canary_config["mlcanary:endpoint"]["deployments"]["blue"]
+    blue["environment"] = {"image": "mcr.microsoft.com/azureml/minimal-ubuntu22.04-py39-cpu-inference",
+                           "name": "fraud-score-env", "version": "4", "description": "pinned"}
+    (environment,) = render_config(canary_config).of_type("azure-native:machinelearningservices:EnvironmentVersion")
+    assert (environment.inputs["name"], environment.inputs["version"]) == ("fraud-score-env", "4")
+    assert environment.inputs["properties"]["description"] == "pinned"
