@@ -11,9 +11,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from mlcanary.components.rules import Problem
+from mlcanary.components.rules import Problem, shown
+from mlcanary.components.safe_yaml import load_yaml_file
+from mlcanary.components.user_files import UnusableFile
 
 # CLI key -> spec key, for keys whose values need no reshaping.
 _PLAIN_KEYS = {
@@ -53,17 +53,9 @@ SUPPORTED_KEYS = tuple(_PLAIN_KEYS) + tuple(_NESTED_KEYS) + _SPECIAL_KEYS
 def read_deployment_yaml(path: Path, field: str) -> tuple[dict[str, Any], list[Problem]]:
     """The deployment in `path` as spec keys, or the problems that stop it being read."""
     try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        return {}, [Problem(field, f"deployment YAML file not found: {path}")]
-    except OSError as err:
-        return {}, [Problem(field, f"cannot read deployment YAML file {path}: {err.strerror}")]
-    try:
-        document = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        where = getattr(err, "problem_mark", None)
-        at = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
-        return {}, [Problem(field, f"{path} is not valid YAML{at}: {getattr(err, 'problem', err)}")]
+        document = load_yaml_file(path, "deployment YAML file", "a deployment YAML file is a few KB")
+    except UnusableFile as err:
+        return {}, [Problem(field, str(err))]
     if not isinstance(document, dict):
         return {}, [Problem(field, f"{path} must hold a mapping of deployment keys, got {type(document).__name__}")]
     problems: list[Problem] = []
@@ -91,7 +83,7 @@ def _translate(document: dict[str, Any], where: str, problems: list[Problem]) ->
                 continue
             unknown = set(value) - {"code", "scoring_script"}
             if unknown:
-                problem(key, f"unknown keys {sorted(unknown)}; allowed: code, scoring_script")
+                problem(key, f"unknown keys {shown(sorted(unknown, key=str))}; allowed: code, scoring_script")
             if "code" in value:
                 spec["code"] = value["code"]
             if "scoring_script" in value:
@@ -105,7 +97,7 @@ def _translate(document: dict[str, Any], where: str, problems: list[Problem]) ->
 
 def _rename(value: Any, names: dict[str, str], key: str, problem) -> Any:
     if not isinstance(value, dict):
-        problem(key, f"must be a mapping, got {value!r}")
+        problem(key, f"must be a mapping, got {shown(value)}")
         return value
     renamed = {}
     for inner, inner_value in value.items():
@@ -127,7 +119,7 @@ def _model(value: Any, key: str, problem) -> Any:
             return f"azureml:{value['name']}:{value['version']}"
         problem(key, "an inline model needs a path (local model folder or file), or a name and version")
         return None
-    problem(key, f"must be an asset reference or an inline model mapping, got {value!r}")
+    problem(key, f"must be an asset reference or an inline model mapping, got {shown(value)}")
     return None
 
 
@@ -141,10 +133,10 @@ def _environment(value: Any, key: str, problem) -> Any:
             return None
         unknown = set(value) - {"image", "conda_file", "name", "version", "description"}
         if unknown:
-            problem(key, f"unknown keys {sorted(unknown)}; allowed: image, conda_file, name, version, description")
+            problem(key, f"unknown keys {shown(sorted(unknown, key=str))}; allowed: image, conda_file, name, version, description")
         inline = {"image": value["image"]}
         if "conda_file" in value:
             inline["condaFile"] = value["conda_file"]
         return inline
-    problem(key, f"must be an asset reference or an inline environment mapping, got {value!r}")
+    problem(key, f"must be an asset reference or an inline environment mapping, got {shown(value)}")
     return None

@@ -9,6 +9,8 @@ allowed. Nothing is registered with Pulumi before this has passed.
 
 from __future__ import annotations
 
+import errno
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -34,12 +36,17 @@ class SpecError(ValueError):
 
 
 def _whole_number_or_unchanged(value: Any) -> Any:
-    """Whole floats (wire numbers) and digit strings (`pulumi config set --type string`) become ints."""
+    """Whole floats (wire numbers) and ASCII digit strings (`pulumi config set --type string`) become
+    ints; str.isdigit() and int() would also take full-width and other Unicode digits ("１００")."""
     number = rules.whole_number(value)
     if number is not None:
         return number
-    if isinstance(value, str) and value.strip().isdigit():
-        return int(value)
+    text = value.strip() if isinstance(value, str) else ""
+    if text.isascii() and text.isdigit():
+        try:
+            return int(text)
+        except ValueError:  # more digits than Python converts: not a usable number either
+            return value
     return value
 
 
@@ -137,7 +144,7 @@ def load_stack_config(config: Mapping[str, Any], base_dir: Path) -> StackSpec:
 
     raw_endpoint = config["endpoint"]
     if not isinstance(raw_endpoint, Mapping):
-        raise SpecError([Problem(ENDPOINT_FIELD, f"must be an object, got {raw_endpoint!r}")])
+        raise SpecError([Problem(ENDPOINT_FIELD, f"must be an object, got {rules.shown(raw_endpoint)}")])
     # Unreadable deployment files stop here; disagreements with the files are reported with the rest.
     endpoint, unreadable, disagreements = _expand_deployments(raw_endpoint, base_dir)
     if unreadable:
@@ -199,13 +206,19 @@ def _local_problems(field: str, deployment: DeploymentSpec) -> list[Problem]:
     for key, value in (("code", deployment.code), ("model", deployment.model)):
         if value is not None and is_asset_reference(value):
             problems.append(
-                Problem(rules.join(field, key), f"{value!r} is an Azure asset; the local target serves local files: give a path")
+                Problem(rules.join(field, key), f"{rules.shown(value)} is an Azure asset; the local target serves local files: give a path")
             )
     if deployment.code is not None and deployment.scoring_script and not is_asset_reference(deployment.code):
-        script = Path(deployment.code) / deployment.scoring_script
-        if not script.is_file():
-            problems.append(Problem(rules.join(field, "scoringScript"), f"{deployment.scoring_script!r} not found in {deployment.code}"))
+        if not _is_file(Path(deployment.code) / deployment.scoring_script):
+            problems.append(Problem(rules.join(field, "scoringScript"), f"{rules.shown(deployment.scoring_script)} not found in {rules.shown_text(deployment.code)}"))
     return problems
+
+
+def _is_file(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except (OSError, ValueError):  # a name too long for the file system, a NUL character
+        return False
 
 
 def _deployment_problems(
@@ -256,12 +269,12 @@ def _azure_problems(field: str, deployment: DeploymentSpec) -> list[Problem]:
         key_field = rules.join(field, key)
         if key == "environment" and not is_asset_reference(value):
             problems.append(
-                Problem(key_field, f"{value!r} is not an environment asset: use azureml:<name>:<version>, "
+                Problem(key_field, f"{rules.shown(value)} is not an environment asset: use azureml:<name>:<version>, "
                         "or an inline environment {image, condaFile}")
             )
         elif value.startswith("azureml:") and not value.startswith("azureml://") and value.count(":") != 2:
             problems.append(
-                Problem(key_field, f"{value!r} must pin a version: azureml:<name>:<version>")
+                Problem(key_field, f"{rules.shown(value)} must pin a version: azureml:<name>:<version>")
             )
     return problems
 
@@ -299,9 +312,12 @@ def _expand_deployments(
             continue
         file_field = rules.join(field, "file")
         if not isinstance(file, str):
-            problems.append(Problem(file_field, f"must be a path to an Azure ML CLI v2 deployment YAML, got {file!r}"))
+            problems.append(Problem(file_field, f"must be a path to an Azure ML CLI v2 deployment YAML, got {rules.shown(file)}"))
             continue
-        path = (base_dir / file).resolve()
+        path = _real_path(base_dir, file)
+        if path is None:
+            problems.append(Problem(file_field, f"{rules.shown(file)} is not a path: it holds a NUL character"))
+            continue
         from_file, file_problems = read_deployment_yaml(path, file_field)
         problems += file_problems
         if file_problems:
@@ -319,12 +335,14 @@ def _check_file_names(
     file_name = from_file.pop("name", None)
     if file_name is not None and file_name != name:
         problems.append(
-            Problem(field, f"the file names deployment {file_name!r} but is used as deployment {name!r}; make them match")
+            Problem(field, f"the file names deployment {rules.shown(file_name)} but is used as deployment {rules.shown(name)}; "
+                    "make them match")
         )
     file_endpoint = from_file.pop("endpointName", None)
     if file_endpoint is not None and file_endpoint != endpoint_name:
         problems.append(
-            Problem(field, f"the file is for endpoint {file_endpoint!r} but this stack's endpoint is {endpoint_name!r}")
+            Problem(field, f"the file is for endpoint {rules.shown(file_endpoint)} but this stack's endpoint is "
+                    f"{rules.shown(endpoint_name)}")
         )
 
 
@@ -336,9 +354,18 @@ def _resolve_paths(
     def resolve(value: Any, key_field: str) -> Any:
         if not isinstance(value, str) or is_asset_reference(value):
             return value
-        path = (base / value).resolve()
-        if not path.exists():
-            problems.append(Problem(key_field, f"local path {value!r} does not exist (looked for {path})"))
+        path = _real_path(base, value)
+        if path is None:
+            problems.append(Problem(key_field, f"{rules.shown(value)} is not a path: it holds a NUL character"))
+            return value
+        try:
+            path.stat()
+        except FileNotFoundError:
+            problems.append(Problem(
+                key_field, f"local path {rules.shown(value)} does not exist (looked for {rules.shown_text(str(path))})"))
+        except OSError as err:
+            reason = "is a symlink loop" if err.errno == errno.ELOOP else f"cannot be used: {err.strerror}"
+            problems.append(Problem(key_field, f"local path {rules.shown(value)} {reason}"))
         return str(path)
 
     for key in ("model", "code"):
@@ -351,6 +378,14 @@ def _resolve_paths(
             "condaFile": resolve(environment["condaFile"], rules.join(field, "environment.condaFile")),
         }
     return deployment
+
+
+def _real_path(base: Path, value: str) -> Path | None:
+    """`value` from `base` with symlinks resolved as far as they go (a loop stays, for stat to name);
+    None for a string no path can hold."""
+    if "\0" in value:
+        return None
+    return Path(os.path.realpath(base / value))
 
 
 def _deep_merge(base: dict[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
@@ -376,16 +411,16 @@ def _problem_from_pydantic(error: Mapping[str, Any]) -> Problem:
     if kind == "missing":
         return Problem(field, "required")
     if kind in ("int_type", "int_parsing", "int_from_float"):
-        return Problem(field, f"must be a whole number, got {value!r}")
+        return Problem(field, f"must be a whole number, got {rules.shown(value)}")
     if kind in ("string_type",):
-        return Problem(field, f"must be a string, got {value!r}")
+        return Problem(field, f"must be a string, got {rules.shown(value)}")
     if kind in ("dict_type", "model_type", "model_attributes_type"):
-        return Problem(field, f"must be an object (a mapping of keys to values), got {value!r}")
+        return Problem(field, f"must be an object (a mapping of keys to values), got {rules.shown(value)}")
     if kind == "literal_error":
-        return Problem(field, f"must be one of {error['ctx']['expected']}, got {value!r}")
+        return Problem(field, f"must be one of {error['ctx']['expected']}, got {rules.shown(value)}")
     if kind == "bool_type" or kind == "bool_parsing":
-        return Problem(field, f"must be true or false, got {value!r}")
-    return Problem(field, f"{error['msg']}, got {value!r}")
+        return Problem(field, f"must be true or false, got {rules.shown(value)}")
+    return Problem(field, f"{error['msg']}, got {rules.shown(value)}")
 
 
 def _allowed_keys(loc: list[str]) -> str:

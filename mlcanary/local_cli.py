@@ -41,11 +41,25 @@ def _load(path: Path):
     from mlcanary.local_runtime.rehearse import load_stage
 
     try:
-        return load_stage(path)
+        stage = load_stage(path)
     except StageFileError as err:
         _fail(str(err), 2)
     except SpecError as err:
         _fail(f"{path}: invalid stack config:\n" + "\n".join(f"  {p}" for p in err.problems), 2)
+    if stage.target != "local":  # unusable here, like an invalid stage: refused before anything starts
+        _fail(f"{path}: this stage targets {stage.target!r}; the local target applies local-target stages "
+              "(mlcanary:target: local)", 2)
+    return stage
+
+
+def _request_body(path: Path) -> bytes:
+    """A request file, read with a bound (a device or FIFO is refused, not read forever)."""
+    from mlcanary.components.user_files import MIB, UnusableFile, read_bytes
+
+    try:
+        return read_bytes(path, "request file", 100 * MIB, "a request body is at most 100 MiB")
+    except UnusableFile as err:
+        _fail(str(err), 2)
 
 
 def _console():
@@ -200,6 +214,7 @@ def invoke(endpoint: str, request_file: Path, deployment: str | None, state_dir:
 
     from mlcanary.local_runtime.protocol import PIN_HEADER
 
+    body = _request_body(request_file)
     client = _client(state_dir)
     try:
         status = client.status()
@@ -211,7 +226,7 @@ def invoke(endpoint: str, request_file: Path, deployment: str | None, state_dir:
     headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
     if deployment:
         headers[PIN_HEADER] = deployment
-    answer = requests.post(status["endpoints"][endpoint]["scoringUri"], data=request_file.read_bytes(),
+    answer = requests.post(status["endpoints"][endpoint]["scoringUri"], data=body,
                            headers=headers, timeout=300)
     click.echo(answer.text)
     if answer.status_code != 200:
@@ -253,13 +268,14 @@ def rehearse(stage_files: tuple[Path, ...], count: int, request_file: Path, keep
     from mlcanary.local_runtime.rehearse import rehearse as run_rehearsal
 
     stages = [(path, _load(path)) for path in stage_files]  # refuse an invalid stage before anything changes
+    body = _request_body(request_file)
     console = _console()
     client = _client(state_dir)
     started_here = client.base_url() is None
     try:
         with console.status("starting the local runtime") as status:
             client.ensure_running()
-            reports = run_rehearsal(stages, client, request_file.read_bytes(), count, status.update)
+            reports = run_rehearsal(stages, client, body, count, status.update)
             endpoint = stages[-1][1].endpoint.name
             if not keep:
                 status.update(f"deleting endpoint {endpoint}")

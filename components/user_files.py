@@ -1,0 +1,105 @@
+"""Reading a file a user points at (a stage file, a deployment YAML, a policy config, a request body).
+
+Only a regular file of bounded size is read, and never past its limit: a directory, a FIFO (which
+would block), a device (`file: /dev/zero` would fill memory), anything under /dev and a symlink loop
+are refused before a byte is read, each with one message that names the file.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from pathlib import Path
+
+KIB = 1024
+MIB = 1024 * KIB
+CONFIG_FILE_LIMIT = 1 * MIB  # stage files, deployment YAMLs and policy configs are a few KB
+
+
+class UnusableFile(ValueError):
+    """The file cannot be used; the message starts with its path and says why."""
+
+
+def read_text(path: Path, what: str, limit: int = CONFIG_FILE_LIMIT, typical: str = "") -> str:
+    """The UTF-8 text of `path`, a `what` ("stage file") of at most `limit` bytes.
+
+    `typical` says what size to expect ("a stage file is a few KB") in the too-large message.
+    """
+    data = read_bytes(path, what, limit, typical)
+    if b"\0" in data:
+        raise UnusableFile(f"{path}: is binary data, not a text {what} (a NUL byte at offset {data.index(0)})")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise UnusableFile(
+            f"{path}: is not UTF-8 text (byte 0x{data[err.start]:02x} at offset {err.start}); save the {what} as UTF-8"
+        ) from None
+
+
+def read_bytes(path: Path, what: str, limit: int, typical: str = "") -> bytes:
+    """The bytes of the regular file `path`, refused when it is anything else or over `limit` bytes."""
+    _refuse_unless_regular(os.stat, path, what)  # before opening: opening a device can have effects
+    if Path(os.path.realpath(path)).is_relative_to("/dev"):
+        raise UnusableFile(f"{path}: is under /dev; a {what} is a regular file")
+    try:
+        descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    except OSError as err:
+        raise _unusable(path, what, err) from None
+    try:
+        # The path may have been swapped since the check above: judge what was actually opened.
+        size = _refuse_unless_regular(os.fstat, descriptor, what, path)
+        if size > limit:
+            raise _too_large(path, size, limit, typical)
+        chunks, total = [], 0
+        while chunk := os.read(descriptor, min(64 * KIB, limit + 1 - total)):
+            chunks.append(chunk)
+            total += len(chunk)
+            if total > limit:
+                raise _too_large(path, None, limit, typical)
+        return b"".join(chunks)
+    except OSError as err:
+        raise _unusable(path, what, err) from None
+    finally:
+        os.close(descriptor)
+
+
+def _refuse_unless_regular(stat_of, target, what: str, path: Path | None = None) -> int:
+    """The size of the regular file `target`; anything else is refused."""
+    path = target if path is None else path
+    try:
+        mode_and_size = stat_of(target)
+    except OSError as err:
+        raise _unusable(path, what, err) from None
+    mode = mode_and_size.st_mode
+    if stat.S_ISREG(mode):
+        return mode_and_size.st_size
+    if stat.S_ISDIR(mode):
+        raise UnusableFile(f"{path}: is a directory, not a {what}")
+    if stat.S_ISFIFO(mode):
+        raise UnusableFile(f"{path}: is a named pipe (FIFO), not a regular file; a {what} is a regular file")
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        raise UnusableFile(f"{path}: is a device, not a regular file; a {what} is a regular file")
+    raise UnusableFile(f"{path}: is not a regular file; a {what} is a regular file")
+
+
+def _unusable(path: Path, what: str, err: OSError) -> UnusableFile:
+    if err.errno == errno.ENOENT:
+        return UnusableFile(f"{path}: {what} not found")
+    if err.errno == errno.ELOOP:
+        return UnusableFile(f"{path}: is a symlink loop (too many levels of symbolic links)")
+    return UnusableFile(f"{path}: cannot read the {what}: {err.strerror}")
+
+
+def _too_large(path: Path, size: int | None, limit: int, typical: str) -> UnusableFile:
+    """`size` None: a file whose size only shows by reading it (it went on past the limit)."""
+    why = f": {typical}" if typical else ""
+    size_text = f"more than {_size_text(limit)}" if size is None else _size_text(size)
+    return UnusableFile(f"{path}: {size_text} is too large{why} (the limit is {_size_text(limit)})")
+
+
+def _size_text(size: int) -> str:
+    for unit, name in ((MIB, "MiB"), (KIB, "KiB")):
+        if size >= unit:
+            return f"{size // unit} {name}" if size % unit == 0 else f"{size / unit:.1f} {name}"
+    return f"{size} bytes"
