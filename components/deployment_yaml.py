@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from mlcanary.components.rules import Problem, shown
+from mlcanary.components.rules import Problem, shown, shown_text
 from mlcanary.components.safe_yaml import load_yaml_file
 from mlcanary.components.user_files import UnusableFile
 
@@ -67,7 +67,7 @@ def _translate(document: dict[str, Any], where: str, problems: list[Problem]) ->
     spec: dict[str, Any] = {}
 
     def problem(key: str, message: str) -> None:
-        problems.append(Problem(f"{where} {key}", message))
+        problems.append(Problem(f"{where} {shown_text(str(key))}", message))
 
     for key, value in document.items():
         if key in _PLAIN_KEYS:
@@ -102,7 +102,7 @@ def _rename(value: Any, names: dict[str, str], key: str, problem) -> Any:
     renamed = {}
     for inner, inner_value in value.items():
         if inner not in names:
-            problem(f"{key}.{inner}", f"unknown key; allowed: {', '.join(names)}")
+            problem(f"{key}.{shown_text(str(inner))}", f"unknown key; allowed: {', '.join(names)}")
         else:
             renamed[names[inner]] = inner_value
     return renamed

@@ -70,16 +70,13 @@ class Problem:
     message: str
 
     def __str__(self) -> str:
-        if not self.field:
-            return self.message
-        # A field path holds the user's own keys (deployment names): each part is cut short too.
-        field = ".".join(shown_text(part) for part in self.field.split("."))
-        return f"{field}: {self.message}"
+        return f"{self.field}: {self.message}" if self.field else self.message
 
 
-def join(*parts: str) -> str:
-    """Join dotted path parts, skipping empty ones."""
-    return ".".join(p for p in parts if p)
+def join(field: str, *keys: str) -> str:
+    """`field` and `keys` as a dotted path, skipping empty ones. Keys may be the user's own (a
+    deployment name), so each is cut short: a 100 KB name does not make a 100 KB path."""
+    return ".".join(p for p in (field, *(shown_text(str(key)) for key in keys)) if p)
 
 
 def whole_number(value: object) -> int | None:
@@ -216,7 +213,7 @@ def traffic_share_problems(
         problems.append(
             Problem(
                 mirror_field,
-                f"mirror traffic may go to at most one deployment, got {len(mirrored)} ({', '.join(mirrored)})",
+                f"mirror traffic may go to at most one deployment, got {len(mirrored)} ({', '.join(map(shown_text, mirrored))})",
             )
         )
     for name in mirrored:

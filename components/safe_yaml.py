@@ -21,7 +21,7 @@ from mlcanary.components.rules import shown, shown_text
 from mlcanary.components.user_files import CONFIG_FILE_LIMIT, UnusableFile, read_text
 
 MAX_DEPTH = 50  # a stage file is 6-8 levels deep
-MAX_VALUES = 100_000  # a stage file holds a few hundred
+MAX_VALUES = 10_000  # a stage file holds a few hundred; 20 deployments with every key, a few thousand
 _MERGE_TAG = "tag:yaml.org,2002:merge"
 _KINDS = {"int": "an integer", "float": "a number", "timestamp": "a date", "bool": "true or false"}
 
@@ -88,7 +88,7 @@ class _BoundedLoader(yaml.SafeLoader):
                 )
             if event.anchor in self._measures:  # else PyYAML reports the undefined alias
                 values, height = self._measures[event.anchor]
-                self._count(values, depth + height - 1, event.start_mark)
+                self._count(values, depth + height - 1, event.start_mark, alias=True)
             return super().compose_node(parent, index)
         anchor = getattr(event, "anchor", None)
         before = self._values
@@ -105,17 +105,19 @@ class _BoundedLoader(yaml.SafeLoader):
             self._measures[anchor] = (self._values - before, deepest - depth + 1)
         return node
 
-    def _count(self, values: int, reached: int, mark: yaml.Mark) -> None:
+    def _count(self, values: int, reached: int, mark: yaml.Mark, alias: bool = False) -> None:
         self._values += values
         if self._deepest:
             self._deepest[-1] = max(self._deepest[-1], reached)
         if reached > MAX_DEPTH:
-            raise _Refused(f"nested deeper than {MAX_DEPTH} levels at line {mark.line + 1} (aliases included)")
-        if self._values > MAX_VALUES:
+            raise _Refused(f"nested deeper than {MAX_DEPTH} levels at line {mark.line + 1}")
+        if self._values > MAX_VALUES and alias:
             raise _Refused(
                 f"more than {MAX_VALUES} values once YAML aliases are expanded, at line {mark.line + 1}",
                 "write the values out or use fewer aliases",
             )
+        if self._values > MAX_VALUES:
+            raise _Refused(f"more than {MAX_VALUES} values, at line {mark.line + 1}", "it holds a few hundred")
 
     def compose_mapping_node(self, anchor: str | None) -> MappingNode:
         node = super().compose_mapping_node(anchor)

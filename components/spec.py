@@ -133,7 +133,7 @@ def load_stack_config(config: Mapping[str, Any], base_dir: Path) -> StackSpec:
     project directory, except paths inside a deployment YAML, which resolve from that file's folder.
     """
     problems = [
-        Problem(f"{NAMESPACE}:{key}", f"unknown config key; allowed: {', '.join(CONFIG_KEYS)}")
+        Problem(f"{NAMESPACE}:{rules.shown_text(str(key))}", f"unknown config key; allowed: {', '.join(CONFIG_KEYS)}")
         for key in config
         if key not in CONFIG_KEYS
     ]
@@ -404,7 +404,7 @@ def _problem_from_pydantic(error: Mapping[str, Any]) -> Problem:
     loc = [str(part) for part in error["loc"]]
     # Union members add their class name to the path (`environment.str`); the user never wrote it.
     loc = [part for part in loc if part not in ("str", "InlineEnvironment", "int")]
-    field = f"{NAMESPACE}:{'.'.join(loc)}"
+    field = rules.join(f"{NAMESPACE}:{loc[0] if loc else ''}", *loc[1:])
     kind, value = error["type"], error.get("input")
     if kind == "extra_forbidden":
         return Problem(field, f"unknown key; allowed here: {_allowed_keys(loc)}")
