@@ -149,7 +149,9 @@ class _BoundedLoader(yaml.SafeLoader):
     def construct_object(self, node: Node, deep: bool = False) -> Any:
         try:
             return super().construct_object(node, deep=deep)
-        except (ValueError, OverflowError):
+        except (_Refused, yaml.YAMLError):
+            raise
+        except Exception:  # noqa: BLE001 - PyYAML's constructors fail in many ways (`!!timestamp x`)
             kind = _KINDS.get(node.tag.rsplit(":", 1)[-1], node.tag)
             raise yaml.constructor.ConstructorError(
                 None, None, f"cannot read {shown_text(str(node.value), repr)} as {kind}", node.start_mark

@@ -271,6 +271,11 @@ def test_a_number_too_long_to_read_is_refused(tmp_path):
                      r"as an integer$", message), message
 
 
+def test_a_value_its_explicit_tag_cannot_read_is_refused(tmp_path):
+    text = local_stage_text().replace("    traffic:", "    description: !!timestamp soon\n    traffic:")
+    assert re.search(r"not valid YAML at line \d+, column 18: cannot read 'soon' as a date$", stage_error(tmp_path, text))
+
+
 def test_an_impossible_date_is_refused(tmp_path):
     text = local_stage_text().replace("    traffic:", "    description: 2024-13-45\n    traffic:")
     assert re.search(r"not valid YAML at line \d+, column 18: cannot read '2024-13-45' as a date$", stage_error(tmp_path, text))
