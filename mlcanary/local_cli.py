@@ -12,6 +12,15 @@ from pathlib import Path
 
 import click
 
+class WholeNumber(click.IntRange):
+    """click's INT takes any Unicode digits ("１００" is 100): here only ASCII digits are numbers."""
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, str) and not (value.strip().lstrip("+-").isascii()):
+            self.fail(f"{value!r} is not a whole number (ASCII digits 0-9).", param, ctx)
+        return super().convert(value, param, ctx)
+
+
 STATE_DIR_HELP = "Where the local runtime keeps its state (default: $MLCANARY_STATE_DIR, else ~/.mlcanary/local)."
 state_dir_option = click.option(
     "--state-dir", type=click.Path(path_type=Path), envvar="MLCANARY_STATE_DIR", help=STATE_DIR_HELP
@@ -236,7 +245,7 @@ def invoke(endpoint: str, request_file: Path, deployment: str | None, state_dir:
 @click.command()
 @click.argument("endpoint")
 @click.option("--deployment", required=True, help="The deployment whose worker logs to show.")
-@click.option("--lines", type=click.IntRange(min=1), default=50, show_default=True, help="Lines per instance.")
+@click.option("--lines", type=WholeNumber(min=1), default=50, show_default=True, help="Lines per instance.")
 @state_dir_option
 def logs(endpoint: str, deployment: str, lines: int, state_dir: Path | None) -> None:
     """Show the last log lines of each instance of a local deployment (init(), run(), errors)."""
@@ -248,7 +257,7 @@ def logs(endpoint: str, deployment: str, lines: int, state_dir: Path | None) -> 
 
 @click.command()
 @click.argument("stage_files", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--requests", "count", type=click.IntRange(min=1), default=200, show_default=True,
+@click.option("--requests", "count", type=WholeNumber(min=1), default=200, show_default=True,
               help="Probe requests sent at each stage.")
 @click.option("--request-file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               default=Path("samples/request.json"), show_default=True, help="JSON body of the probe requests.")

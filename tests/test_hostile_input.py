@@ -342,6 +342,18 @@ def test_ascii_digit_strings_still_count():
     assert spec.endpoint.deployments["blue"].instance_count == 2
 
 
+@pytest.mark.parametrize(
+    "args",
+    [["rehearse", str(LOCAL_STAGE_1), "--requests", FULL_WIDTH_100], ["logs", "fraud-scorer", "--deployment", "blue", "--lines", "\u0665"]],
+    ids=["rehearse_requests", "logs_lines"],
+)
+def test_command_line_numbers_take_ascii_digits_only(state, args):
+    result = CliRunner().invoke(main, [*args, "--state-dir", str(state)])
+    assert result.exit_code == 2, result.output
+    assert "is not a whole number (ASCII digits 0-9)" in result.output
+    assert not (state / "runtime.json").exists()
+
+
 @pytest.mark.parametrize("text", ["PT\uff11\uff10S", "P\uff11D", "PT1\u0660S"], ids=["full_width", "days", "arabic_indic"])
 def test_durations_take_ascii_digits_only(text):
     assert parse_iso_seconds(text) is None
