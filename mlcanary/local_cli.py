@@ -36,7 +36,32 @@ def _client(state_dir: Path | None):
     from mlcanary.local_runtime.client import RuntimeClient
     from mlcanary.local_runtime.paths import state_dir as resolve
 
-    return RuntimeClient(resolve(state_dir))
+    try:
+        root = resolve(state_dir)
+    except (RuntimeError, OSError):  # resolve() on a symlink loop
+        _fail(f"--state-dir {state_dir}: is a symlink loop (too many levels of symbolic links)", 2)
+    problem = _state_dir_problem(root)
+    if problem:
+        _fail(f"--state-dir {root}: {problem}", 2)
+    return RuntimeClient(root)
+
+
+def _state_dir_problem(root: Path) -> str | None:
+    """Why `root` cannot be (or become) the state directory: it, or the nearest part of it that
+    exists, must be a directory."""
+    import stat
+
+    for existing in (root, *root.parents):
+        try:
+            mode = existing.stat().st_mode
+        except (FileNotFoundError, NotADirectoryError):  # not there yet, or under a file: look higher
+            continue
+        except OSError as err:
+            return f"cannot use {existing}: {err.strerror}"
+        if stat.S_ISDIR(mode):
+            return None
+        return "is not a directory" if existing == root else f"{existing} is not a directory"
+    return None
 
 
 def _fail(message: str, code: int = 1) -> None:

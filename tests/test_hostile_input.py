@@ -534,6 +534,30 @@ def test_an_unreadable_request_file_for_rehearse_exits_2(state):
     assert not (state / "runtime.json").exists()
 
 
+def state_dir_case(folder: Path, case: str) -> Path:
+    if case == "symlink_loop":
+        os.symlink("state", folder / "state")
+        return folder / "state"
+    (folder / "state").write_text("a file")
+    return folder / "state" / "sub" if case == "under_a_file" else folder / "state"
+
+
+@pytest.mark.parametrize(
+    "case, message",
+    [("a_file", r"state: is not a directory"), ("under_a_file", r"state/sub: .*state is not a directory"),
+     ("symlink_loop", r"state: is a symlink loop")],
+    ids=["a_file", "under_a_file", "symlink_loop"],
+)
+@pytest.mark.parametrize("command", ["local_up", "rehearse"])
+def test_an_unusable_state_dir_exits_2(tmp_path, case, message, command):
+    state = state_dir_case(tmp_path, case)
+    assert state.is_relative_to(tmp_path)
+    result = CliRunner().invoke(main, COMMANDS[command](LOCAL_STAGE_1, state))
+    assert result.exit_code == 2, result.output
+    assert isinstance(result.exception, SystemExit), result.exception
+    assert re.search(rf"^error: --state-dir .*{message}", result.output, flags=re.M), result.output
+
+
 POLICY_CONFIGS = {
     "directory": (lambda d: (d / "policy.json").mkdir(), r"policy\.json: is a directory, not a policy config file"),
     "dev_zero": (lambda d: os.symlink("/dev/zero", d / "policy.json"), r"policy\.json: is a device, not a regular file"),
