@@ -12,6 +12,7 @@ import pulumi_azure_native.machinelearningservices as ml
 from mlcanary.components.durations import iso_seconds
 from mlcanary.components.rules import AUTH_MODES
 from mlcanary.components.spec import DeploymentSpec, EndpointSpec, InlineEnvironment, Probe
+from mlcanary.components.user_files import read_conda_file
 
 
 def workspace_id_of(endpoint_id: str) -> str:
@@ -108,6 +109,6 @@ def deployment_properties(
 
 def inline_environment_args(environment: InlineEnvironment) -> tuple[str, ml.EnvironmentVersionPropertiesArgs]:
     """A content-addressed version and the properties of an environment given inline."""
-    conda = Path(environment.conda_file).read_text(encoding="utf-8") if environment.conda_file else None
+    conda = read_conda_file(Path(environment.conda_file)) if environment.conda_file else None
     version = hashlib.sha256(f"{environment.image}\n{conda or ''}".encode()).hexdigest()[:12]
     return version, ml.EnvironmentVersionPropertiesArgs(image=environment.image, conda_file=conda)

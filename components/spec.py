@@ -21,6 +21,7 @@ from pydantic.alias_generators import to_camel
 from mlcanary.components import rules
 from mlcanary.components.deployment_yaml import read_deployment_yaml
 from mlcanary.components.rules import Problem
+from mlcanary.components.user_files import UnusableFile, read_conda_file
 
 NAMESPACE = "mlcanary"
 CONFIG_KEYS = ("target", "endpoint")
@@ -373,10 +374,14 @@ def _resolve_paths(
             deployment[key] = resolve(deployment[key], rules.join(field, key))
     environment = deployment.get("environment")
     if isinstance(environment, Mapping) and "condaFile" in environment:
-        deployment["environment"] = {
-            **environment,
-            "condaFile": resolve(environment["condaFile"], rules.join(field, "environment.condaFile")),
-        }
+        conda_field, found = rules.join(field, "environment.condaFile"), len(problems)
+        conda_file = resolve(environment["condaFile"], conda_field)
+        if isinstance(conda_file, str) and len(problems) == found and not is_asset_reference(conda_file):
+            try:
+                read_conda_file(Path(conda_file))  # its text is sent to Azure: it must be readable
+            except UnusableFile as err:
+                problems.append(Problem(conda_field, str(err)))
+        deployment["environment"] = {**environment, "condaFile": conda_file}
     return deployment
 
 

@@ -37,6 +37,11 @@ def read_text(path: Path, what: str, limit: int = CONFIG_FILE_LIMIT, typical: st
         ) from None
 
 
+def read_conda_file(path: Path) -> str:
+    """An inline environment's conda file (its text goes to Azure as is)."""
+    return read_text(path, "conda file", CONFIG_FILE_LIMIT, "a conda file is a few KB")
+
+
 def read_bytes(path: Path, what: str, limit: int, typical: str = "") -> bytes:
     """The bytes of the regular file `path`, refused when it is anything else or over `limit` bytes."""
     _refuse_unless_regular(os.stat, path, what)  # before opening: opening a device can have effects

@@ -300,6 +300,25 @@ def test_a_file_deployment_that_is_not_a_file_is_refused(tmp_path, target, messa
         load_stack_config(namespaced(config, "mlcanary"), tmp_path)
 
 
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda d: "/dev/zero", r"/dev/zero: is a device, not a regular file; a conda file is a regular file"),
+        (lambda d: (d / "conda").mkdir() or "conda", r"conda: is a directory, not a conda file"),
+        (lambda d: (d / "conda.yml").write_bytes(b"name: caf\xe9\n") and "conda.yml", r"conda\.yml: is not UTF-8 text"),
+        (lambda d: (d / "conda.yml").write_text("#" * (2 * 1024 * 1024)) and "conda.yml",
+         r"conda\.yml: 2 MiB is too large: a conda file is a few KB \(the limit is 1 MiB\)"),
+    ],
+    ids=["dev_zero", "directory", "non_utf8", "too_large"],
+)
+def test_a_conda_file_that_cannot_be_read_is_refused(tmp_path, make, message):
+    """Its text goes to Azure: `condaFile: /dev/zero` used to fill memory while rendering."""
+    config = stage_config(AZURE_STAGE_1)
+    config["mlcanary:endpoint"]["deployments"]["blue"]["environment"] = {"image": "img", "condaFile": make(tmp_path)}
+    with pytest.raises(SpecError, match=rf"{E}\.deployments\.blue\.environment\.condaFile: .*{message}"):
+        load_stack_config(namespaced(config, "mlcanary"), tmp_path)
+
+
 def test_a_local_code_path_that_is_a_symlink_loop_is_refused(tmp_path):
     os.symlink("code", tmp_path / "code")
     config = renamed_deployment(LOCAL_STAGE_1, "blue")
