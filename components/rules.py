@@ -198,7 +198,7 @@ def traffic_share_problems(
     if len(live) == len(traffic):
         total = sum(live.values())
         if total not in (0, 100):
-            shares = ", ".join(f"{k}={v}" for k, v in live.items())
+            shares = ", ".join(f"{shown_text(str(k))}={v}" for k, v in live.items())
             problems.append(
                 Problem(live_field, f"live traffic must sum to 100 (or 0 when nothing is live), got {total} ({shares})")
             )

@@ -103,6 +103,22 @@ def test_the_policy_pack_refuses_a_name_ending_in_a_newline(resource, key, what)
     assert f"is not a valid {what}" in found[0].message and r"\n'" in found[0].message
 
 
+@pytest.mark.parametrize(
+    "timeout, shown",
+    [("PT\uff11\uff10S", "'PT\uff11\uff10S'"), ("PT" + "9" * 400 + "S", "'PT999"), ("PT5S\n", r"'PT5S\n'"),
+     ("PT" + "1" * 100_000 + "X", "'PT111")],
+    ids=["full_width_digits", "endless", "trailing_newline", "100_kb"],
+)
+def test_the_policy_pack_refuses_a_request_timeout_that_is_no_duration(timeout, shown):
+    render = copy.deepcopy(render_config(stage_config(STAGE_FILES[0])))
+    (deployment,) = [r for r in render.resources if r.name == "fraud-scorer-blue" and "deploymentName" in r.inputs]
+    deployment.inputs["properties"]["requestSettings"]["requestTimeout"] = timeout
+    analyzer = _configured_analyzer(policy_settings({}, policy_defaults()))
+    (found,) = [v for v in _analyze("stage", render, analyzer) if v.policy == "request-timeout-limit"]
+    assert "must be an ISO-8601 duration such as PT90S, got " + shown in found.message
+    assert len(found.message) < 300
+
+
 @pytest.fixture(scope="module")
 def runtime(tmp_path_factory):
     from mlcanary.local_runtime.client import RuntimeClient
