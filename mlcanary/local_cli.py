@@ -96,6 +96,12 @@ def _request_body(path: Path) -> bytes:
         _fail(str(err), 2)
 
 
+def _no_such_endpoint(endpoint: str, status: dict) -> str:
+    from mlcanary.components.rules import shown
+
+    return f"endpoint {shown(endpoint)} not found; endpoints: {', '.join(status['endpoints']) or 'none'}"
+
+
 def _console():
     """A terminal's own width; 120 columns when the output goes to a file or a pipe."""
     from rich.console import Console
@@ -181,7 +187,7 @@ def local_status(endpoint: str | None, state_dir: Path | None) -> None:
         return
     status = client.status()
     if endpoint and endpoint not in status["endpoints"]:
-        _fail(f"endpoint {endpoint!r} not found; endpoints: {', '.join(status['endpoints']) or 'none'}")
+        _fail(_no_such_endpoint(endpoint, status))
     if not status["endpoints"]:
         click.echo("the local runtime is running with no endpoints")
     _print_status(_console(), status, endpoint)
@@ -253,7 +259,7 @@ def invoke(endpoint: str, request_file: Path, deployment: str | None, state_dir:
     try:
         status = client.status()
         if endpoint not in status["endpoints"]:
-            _fail(f"endpoint {endpoint!r} not found; endpoints: {', '.join(status['endpoints']) or 'none'}")
+            _fail(_no_such_endpoint(endpoint, status))
         key = client.keys(endpoint)["primaryKey"]
     except _errors() as err:
         _fail(str(err))

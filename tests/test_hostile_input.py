@@ -150,6 +150,14 @@ def test_the_local_control_plane_refuses_a_deployment_name_ending_in_a_newline(r
     assert runtime.status()["endpoints"]["ep-names"]["deployments"] == {}
 
 
+@pytest.mark.parametrize("command", [["local", "status"], ["invoke", "--request-file", str(SAMPLES / "request.json")]],
+                         ids=["status", "invoke"])
+def test_a_100_kb_endpoint_name_on_the_command_line_is_not_echoed_in_full(runtime, command):
+    result = CliRunner().invoke(main, [*command, "e" * 100_000, "--state-dir", str(runtime.root)])
+    assert result.exit_code == 1, result.output
+    assert "not found" in result.output and "(100000 characters)" in result.output and len(result.output) < 500
+
+
 # --- one safe YAML reader ------------------------------------------------------------------------
 
 def stage_error(tmp_path, text: str | bytes) -> str:
