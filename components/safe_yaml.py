@@ -77,6 +77,18 @@ class _BoundedLoader(yaml.SafeLoader):
         self._measures: dict[str, tuple[int, int]] = {}  # anchor -> (values, height) of its node
         self._own_keys: dict[int, list[tuple[Node, Node]]] = {}  # mapping node id -> its written pairs
 
+    # The scanner looks ahead for keys inside flow collections at a cost that grows with their
+    # depth, so nesting is refused there already, as well as in the composer below.
+    def fetch_flow_collection_start(self, token_class: type) -> None:
+        if self.flow_level >= MAX_DEPTH:
+            raise _Refused(f"nested deeper than {MAX_DEPTH} levels at line {self.line + 1}")
+        super().fetch_flow_collection_start(token_class)
+
+    def add_indent(self, column: int) -> bool:
+        if len(self.indents) >= MAX_DEPTH:
+            raise _Refused(f"nested deeper than {MAX_DEPTH} levels at line {self.line + 1}")
+        return super().add_indent(column)
+
     def compose_node(self, parent: Node | None, index: Any) -> Node:
         event = self.peek_event()
         depth = len(self._deepest) + 1
