@@ -282,6 +282,12 @@ def test_dev_files_are_refused_as_stage_files(path):
         read_stage_file(Path(path))
 
 
+def test_a_stage_file_saved_on_windows_still_reads(tmp_path):
+    """A UTF-8 byte order mark and CRLF line ends are text, not garbage."""
+    data = b"\xef\xbb\xbf" + AZURE_STAGE_1.read_bytes().replace(b"\n", b"\r\n")
+    assert read_stage_file(write(tmp_path, data)) == stage_config(AZURE_STAGE_1)
+
+
 def test_config_keys_must_be_strings(tmp_path):
     assert stage_error(tmp_path, "config:\n  1: 2\n").endswith(
         "config keys are strings such as mlcanary:endpoint, got 1"
