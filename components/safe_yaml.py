@@ -44,7 +44,7 @@ def load_yaml(text: str, source: str, typical: str = "") -> Any:
         line, column = _line_and_column(text, err.position)
         raise UnusableFile(
             f"{source}: not valid YAML at line {line}, column {column}: unacceptable character "
-            f"#x{err.character if isinstance(err.character, int) else ord(err.character):04x} ({err.reason})"
+            f"#x{err.character:04x} ({err.reason})"
         ) from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import click
 
+
 class WholeNumber(click.IntRange):
     """click's INT takes any Unicode digits ("１００" is 100): here only ASCII digits are numbers."""
 
