@@ -18,7 +18,7 @@ import yaml
 from yaml.nodes import MappingNode, Node
 
 from mlcanary.components.rules import shown, shown_text
-from mlcanary.components.user_files import CONFIG_FILE_LIMIT, UnusableFile, read_text
+from mlcanary.components.user_files import CONFIG_FILE_LIMIT, UnusableFile, read_text, shown_path
 
 MAX_DEPTH = 50  # a stage file is 6-8 levels deep
 MAX_VALUES = 10_000  # a stage file holds a few hundred; 20 deployments with every key, a few thousand
@@ -28,7 +28,7 @@ _KINDS = {"int": "an integer", "float": "a number", "timestamp": "a date", "bool
 
 def load_yaml_file(path: Path, what: str, typical: str) -> Any:
     """The document in the YAML file `path`, a `what` ("stage file"); `typical` says its usual size."""
-    return load_yaml(read_text(path, what, CONFIG_FILE_LIMIT, typical), str(path), typical)
+    return load_yaml(read_text(path, what, CONFIG_FILE_LIMIT, typical), shown_path(path), typical)
 
 
 def load_yaml(text: str, source: str, typical: str = "") -> Any:

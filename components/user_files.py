@@ -12,13 +12,27 @@ import os
 import stat
 from pathlib import Path
 
+from mlcanary.components.rules import shown_text
+
 KIB = 1024
 MIB = 1024 * KIB
 CONFIG_FILE_LIMIT = 1 * MIB  # stage files, deployment YAMLs and policy configs are a few KB
 
 
+PATH_SHOWN_CHARACTERS = 256  # real paths fit; a 100 KB "path" from a config is cut
+
+
 class UnusableFile(ValueError):
     """The file cannot be used; the message starts with its path and says why."""
+
+
+def shown_path(path: Path | str) -> str:
+    """A path as messages show it: in full, unless it is far longer than any real path."""
+    return shown_text(str(path), str, PATH_SHOWN_CHARACTERS)
+
+
+def _refused(path: Path, reason: str) -> UnusableFile:
+    return UnusableFile(f"{shown_path(path)}: {reason}")
 
 
 def read_text(path: Path, what: str, limit: int = CONFIG_FILE_LIMIT, typical: str = "") -> str:
@@ -28,12 +42,12 @@ def read_text(path: Path, what: str, limit: int = CONFIG_FILE_LIMIT, typical: st
     """
     data = read_bytes(path, what, limit, typical)
     if b"\0" in data:
-        raise UnusableFile(f"{path}: is binary data, not a text {what} (a NUL byte at offset {data.index(0)})")
+        raise _refused(path, f"is binary data, not a text {what} (a NUL byte at offset {data.index(0)})")
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as err:
-        raise UnusableFile(
-            f"{path}: is not UTF-8 text (byte 0x{data[err.start]:02x} at offset {err.start}); save the {what} as UTF-8"
+        raise _refused(
+            path, f"is not UTF-8 text (byte 0x{data[err.start]:02x} at offset {err.start}); save the {what} as UTF-8"
         ) from None
 
 
@@ -46,7 +60,7 @@ def read_bytes(path: Path, what: str, limit: int, typical: str = "") -> bytes:
     """The bytes of the regular file `path`, refused when it is anything else or over `limit` bytes."""
     _refuse_unless_regular(os.stat, path, what)  # before opening: opening a device can have effects
     if Path(os.path.realpath(path)).is_relative_to("/dev"):
-        raise UnusableFile(f"{path}: is under /dev; a {what} is a regular file")
+        raise _refused(path, f"is under /dev; a {what} is a regular file")
     try:
         descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
     except OSError as err:
@@ -80,27 +94,27 @@ def _refuse_unless_regular(stat_of, target, what: str, path: Path | None = None)
     if stat.S_ISREG(mode):
         return mode_and_size.st_size
     if stat.S_ISDIR(mode):
-        raise UnusableFile(f"{path}: is a directory, not a {what}")
+        raise _refused(path, f"is a directory, not a {what}")
     if stat.S_ISFIFO(mode):
-        raise UnusableFile(f"{path}: is a named pipe (FIFO), not a regular file; a {what} is a regular file")
+        raise _refused(path, f"is a named pipe (FIFO), not a regular file; a {what} is a regular file")
     if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
-        raise UnusableFile(f"{path}: is a device, not a regular file; a {what} is a regular file")
-    raise UnusableFile(f"{path}: is not a regular file; a {what} is a regular file")
+        raise _refused(path, f"is a device, not a regular file; a {what} is a regular file")
+    raise _refused(path, f"is not a regular file; a {what} is a regular file")
 
 
 def _unusable(path: Path, what: str, err: OSError) -> UnusableFile:
     if err.errno == errno.ENOENT:
-        return UnusableFile(f"{path}: {what} not found")
+        return _refused(path, f"{what} not found")
     if err.errno == errno.ELOOP:
-        return UnusableFile(f"{path}: is a symlink loop (too many levels of symbolic links)")
-    return UnusableFile(f"{path}: cannot read the {what}: {err.strerror}")
+        return _refused(path, "is a symlink loop (too many levels of symbolic links)")
+    return _refused(path, f"cannot read the {what}: {err.strerror}")
 
 
 def _too_large(path: Path, size: int | None, limit: int, typical: str) -> UnusableFile:
     """`size` None: a file whose size only shows by reading it (it went on past the limit)."""
     why = f": {typical}" if typical else ""
     size_text = f"more than {_size_text(limit)}" if size is None else _size_text(size)
-    return UnusableFile(f"{path}: {size_text} is too large{why} (the limit is {_size_text(limit)})")
+    return _refused(path, f"{size_text} is too large{why} (the limit is {_size_text(limit)})")
 
 
 def _size_text(size: int) -> str:

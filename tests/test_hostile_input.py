@@ -449,6 +449,27 @@ def test_a_100_kb_value_is_not_echoed_in_full(change):
     assert "characters)" in message
 
 
+def every_key() -> list[tuple[str, str]]:
+    """Every key a stage may set on the endpoint or a deployment, from the spec's own models."""
+    from mlcanary.components.spec import DeploymentSpec, EndpointSpec
+
+    keys = [("endpoint", f.alias) for f in EndpointSpec.model_fields.values()]
+    return keys + [("deployment", f.alias) for f in DeploymentSpec.model_fields.values()] + [("deployment", "file")]
+
+
+@pytest.mark.parametrize("stage", [AZURE_STAGE_1, LOCAL_STAGE_1], ids=["azure", "local"])
+@pytest.mark.parametrize("value", [LONG, [LONG], {LONG: LONG}, {"a": {"b": LONG}}], ids=["string", "list", "mapping", "nested"])
+@pytest.mark.parametrize("where, key", every_key(), ids=[f"{w}.{k}" for w, k in every_key()])
+def test_no_key_echoes_a_100_kb_value_in_full(stage, value, where, key):
+    config = renamed_deployment(stage, "blue")
+    endpoint = config["mlcanary:endpoint"]
+    (endpoint if where == "endpoint" else endpoint["deployments"]["blue"])[key] = copy.deepcopy(value)
+    try:
+        load_stack_config(namespaced(config, "mlcanary"), PROJECT_DIR)
+    except SpecError as err:
+        assert len(str(err)) < 4000, str(err)[:4000]
+
+
 def test_check_output_with_a_100_kb_name_stays_short(tmp_path):
     stage = write(tmp_path, AZURE_STAGE_1.read_text().replace("name: fraud-scorer", f"name: {LONG}"))
     result = CliRunner().invoke(main, ["check", str(stage)])
