@@ -58,6 +58,8 @@ def read_conda_file(path: Path) -> str:
 
 def read_bytes(path: Path, what: str, limit: int, typical: str = "") -> bytes:
     """The bytes of the regular file `path`, refused when it is anything else or over `limit` bytes."""
+    if "\0" in str(path):
+        raise _refused(path, "is not a path: it holds a NUL character")
     _refuse_unless_regular(os.stat, path, what)  # before opening: opening a device can have effects
     if Path(os.path.realpath(path)).is_relative_to("/dev"):
         raise _refused(path, f"is under /dev; a {what} is a regular file")

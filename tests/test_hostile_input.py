@@ -288,6 +288,20 @@ def test_a_stage_file_saved_on_windows_still_reads(tmp_path):
     assert read_stage_file(write(tmp_path, data)) == stage_config(AZURE_STAGE_1)
 
 
+def test_a_path_with_a_nul_character_is_refused_by_the_reader():
+    from mlcanary.components.user_files import UnusableFile, read_text
+
+    with pytest.raises(UnusableFile, match=r"is not a path: it holds a NUL character"):
+        read_text(Path("stage\0.yaml"), "stage file")
+
+
+@pytest.mark.parametrize("key", ["file", "code", "model"])
+def test_a_config_path_with_a_nul_character_is_refused(key):
+    config = renamed_deployment(LOCAL_STAGE_1, "blue")
+    config["mlcanary:endpoint"]["deployments"]["blue"][key] = "a\0b"
+    assert rf"'a\x00b' is not a path: it holds a NUL character" in spec_problems(config)
+
+
 def test_config_keys_must_be_strings(tmp_path):
     assert stage_error(tmp_path, "config:\n  1: 2\n").endswith(
         "config keys are strings such as mlcanary:endpoint, got 1"
