@@ -11,6 +11,7 @@ import pulumi_azure_native.machinelearningservices as ml
 from mlcanary.components.durations import iso_seconds
 from mlcanary.components.rules import AUTH_MODES
 from mlcanary.components.spec import DeploymentSpec, EndpointSpec, InlineEnvironment, Probe
+from mlcanary.components.user_files import read_conda_file
 
 # `azure-native:environment` (Pulumi's name of the cloud) -> azure-ai-ml's / Azure CLI's cloud name.
 CLOUDS = {"public": "AzureCloud", "usgovernment": "AzureUSGovernment", "china": "AzureChinaCloud"}
@@ -151,7 +152,7 @@ def deployment_properties(
 def inline_environment_args(environment: InlineEnvironment) -> tuple[str, ml.EnvironmentVersionPropertiesArgs]:
     """The version and the properties of an environment given inline: its own version if it names
     one, else a content-addressed one."""
-    conda = Path(environment.conda_file).read_text(encoding="utf-8") if environment.conda_file else None
+    conda = read_conda_file(Path(environment.conda_file)) if environment.conda_file else None
     version = environment.version or hashlib.sha256(f"{environment.image}\n{conda or ''}".encode()).hexdigest()[:12]
     return version, ml.EnvironmentVersionPropertiesArgs(
         image=environment.image, conda_file=conda, description=environment.description

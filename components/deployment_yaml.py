@@ -11,9 +11,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from mlcanary.components.rules import Problem
+from mlcanary.components.rules import Problem, shown, shown_text
+from mlcanary.components.safe_yaml import load_yaml_file
+from mlcanary.components.user_files import UnusableFile
 
 # CLI key -> spec key, for keys whose values need no reshaping.
 _PLAIN_KEYS = {
@@ -78,17 +78,9 @@ def read_deployment_yaml(path: Path, field: str) -> tuple[dict[str, Any], list[P
 def _read_yaml(path: Path, field: str) -> tuple[dict[str, Any], list[Problem]]:
     """The file's top-level mapping (the one place this module reads YAML)."""
     try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        return {}, [Problem(field, f"deployment YAML file not found: {path}")]
-    except OSError as err:
-        return {}, [Problem(field, f"cannot read deployment YAML file {path}: {err.strerror}")]
-    try:
-        document = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        where = getattr(err, "problem_mark", None)
-        at = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
-        return {}, [Problem(field, f"{path} is not valid YAML{at}: {getattr(err, 'problem', err)}")]
+        document = load_yaml_file(path, "deployment YAML file", "a deployment YAML file is a few KB")
+    except UnusableFile as err:
+        return {}, [Problem(field, str(err))]
     if not isinstance(document, dict):
         return {}, [Problem(field, f"{path} must hold a mapping of deployment keys, got {type(document).__name__}")]
     return document, []
@@ -98,7 +90,7 @@ def _translate(document: dict[str, Any], where: str, problems: list[Problem]) ->
     spec: dict[str, Any] = {}
 
     def problem(key: str, message: str) -> None:
-        problems.append(Problem(f"{where} {key}", message))
+        problems.append(Problem(f"{where} {shown_text(str(key))}", message))
 
     for key, value in document.items():
         if key in _PLAIN_KEYS:
@@ -116,7 +108,7 @@ def _translate(document: dict[str, Any], where: str, problems: list[Problem]) ->
                 continue
             unknown = set(value) - {"code", "scoring_script"}
             if unknown:
-                problem(key, f"unknown keys {sorted(unknown)}; allowed: code, scoring_script")
+                problem(key, f"unknown keys {shown(sorted(unknown, key=str))}; allowed: code, scoring_script")
             if "code" in value:
                 spec["code"] = value["code"]
             if "scoring_script" in value:
@@ -130,12 +122,12 @@ def _translate(document: dict[str, Any], where: str, problems: list[Problem]) ->
 
 def _rename(value: Any, names: dict[str, str], key: str, problem) -> Any:
     if not isinstance(value, dict):
-        problem(key, f"must be a mapping, got {value!r}")
+        problem(key, f"must be a mapping, got {shown(value)}")
         return value
     renamed = {}
     for inner, inner_value in value.items():
         if inner not in names:
-            problem(f"{key}.{inner}", f"unknown key; allowed: {', '.join(names)}")
+            problem(f"{key}.{shown_text(str(inner))}", f"unknown key; allowed: {', '.join(names)}")
         else:
             renamed[names[inner]] = inner_value
     return renamed
@@ -147,7 +139,7 @@ def _model(value: Any, key: str, problem) -> dict[str, Any]:
     if isinstance(value, str):
         return {"model": value}
     if not isinstance(value, dict):
-        problem(key, f"must be an asset reference or an inline model mapping, got {value!r}")
+        problem(key, f"must be an asset reference or an inline model mapping, got {shown(value)}")
         return {}
     unknown = sorted(set(value) - set(_INLINE_MODEL_KEYS))
     if unknown:
@@ -164,7 +156,7 @@ def _model(value: Any, key: str, problem) -> dict[str, Any]:
 def _resources(value: Any, key: str, problem) -> Any:
     """Kubernetes `resources: {requests: {cpu, memory, nvidia.com/gpu}, limits: {...}}`."""
     if not isinstance(value, dict):
-        problem(key, f"must be a mapping with requests and/or limits, got {value!r}")
+        problem(key, f"must be a mapping with requests and/or limits, got {shown(value)}")
         return value
     resources = {}
     for part, quantities in value.items():
@@ -172,7 +164,7 @@ def _resources(value: Any, key: str, problem) -> Any:
             problem(f"{key}.{part}", "unknown key; allowed: requests, limits")
             continue
         if not isinstance(quantities, dict):
-            problem(f"{key}.{part}", f"must be a mapping of quantities, got {quantities!r}")
+            problem(f"{key}.{part}", f"must be a mapping of quantities, got {shown(quantities)}")
             continue
         resources[part] = {}
         for name, quantity in quantities.items():
@@ -193,7 +185,7 @@ def _environment(value: Any, key: str, problem) -> Any:
             return None
         unknown = set(value) - {"image", "conda_file", "name", "version", "description"}
         if unknown:
-            problem(key, f"unknown keys {sorted(unknown)}; allowed: image, conda_file, name, version, description")
+            problem(key, f"unknown keys {shown(sorted(unknown, key=str))}; allowed: image, conda_file, name, version, description")
         inline = {"image": value["image"]}
         if "conda_file" in value:
             inline["condaFile"] = value["conda_file"]
@@ -201,5 +193,5 @@ def _environment(value: Any, key: str, problem) -> Any:
             if name in value:
                 inline[name] = str(value[name]) if name == "version" and isinstance(value[name], int) else value[name]
         return inline
-    problem(key, f"must be an asset reference or an inline environment mapping, got {value!r}")
+    problem(key, f"must be an asset reference or an inline environment mapping, got {shown(value)}")
     return None

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import math
 import re
 
-_DURATION = re.compile(r"^P(?:(?P<d>\d+(?:\.\d+)?)D)?(?:T(?:(?P<h>\d+(?:\.\d+)?)H)?(?:(?P<m>\d+(?:\.\d+)?)M)?(?:(?P<s>\d+(?:\.\d+)?)S)?)?$")
+# ASCII: \d alone takes any Unicode digit ("PT１０S"); \Z: $ lets a trailing newline through.
+_DURATION = re.compile(r"^P(?:(?P<d>\d+(?:\.\d+)?)D)?(?:T(?:(?P<h>\d+(?:\.\d+)?)H)?(?:(?P<m>\d+(?:\.\d+)?)M)?(?:(?P<s>\d+(?:\.\d+)?)S)?)?\Z", re.ASCII)
 
 
 def iso_seconds(seconds: float) -> str:
@@ -19,4 +21,5 @@ def parse_iso_seconds(text: str) -> float | None:
     if not match or text.endswith("T"):
         return None
     parts = {k: float(v) if v else 0.0 for k, v in match.groupdict().items()}
-    return parts["d"] * 86400 + parts["h"] * 3600 + parts["m"] * 60 + parts["s"]
+    seconds = parts["d"] * 86400 + parts["h"] * 3600 + parts["m"] * 60 + parts["s"]
+    return seconds if math.isfinite(seconds) else None  # 400 digits of seconds is no duration

@@ -12,10 +12,12 @@ as integers, and booleans never do.
 from __future__ import annotations
 
 import re
+import reprlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-NAME_PATTERN = re.compile(r"^[a-zA-Z]([-a-zA-Z0-9]*[a-zA-Z0-9])?$")
+# Matched with fullmatch: `$` would let a trailing newline through ("blue\n").
+NAME_PATTERN = re.compile(r"[a-zA-Z]([-a-zA-Z0-9]*[a-zA-Z0-9])?")
 NAME_MIN_LENGTH = 3
 NAME_MAX_LENGTH = 32
 MAX_DEPLOYMENTS = 20
@@ -26,6 +28,38 @@ MAX_REQUEST_TIMEOUT_MS = 180_000
 # Config spelling -> the ARM/azure-native spelling.
 AUTH_MODES = {"key": "Key", "aml_token": "AMLToken", "aad_token": "AADToken"}
 DEPLOYMENT_TYPES = ("managed", "kubernetes")
+
+
+SHOWN_CHARACTERS = 60
+
+
+class _ShortRepr(reprlib.Repr):
+    """repr with every string, list and mapping cut short, at any depth."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.maxlevel, self.maxdict, self.maxlist, self.maxtuple, self.maxset = 3, 3, 3, 3, 3
+        self.maxother = SHOWN_CHARACTERS
+
+    def repr_str(self, value: str, level: int) -> str:
+        limit = SHOWN_CHARACTERS if level == self.maxlevel else SHOWN_CHARACTERS // 3  # inside a container
+        return shown_text(value, repr, limit)
+
+
+_SHORT_REPR = _ShortRepr()
+
+
+def shown_text(text: str, form=str, limit: int = SHOWN_CHARACTERS) -> str:
+    """`text` (in `form`: str or repr) cut to about `limit` characters, saying how long it was."""
+    if len(text) <= limit:
+        return form(text)
+    return f"{form(text[:limit])}… ({len(text)} characters)"
+
+
+def shown(value: object) -> str:
+    """A user's value as messages echo it: its repr, cut short (a 100 KB name is not echoed in full)."""
+    text = _SHORT_REPR.repr(value)
+    return text if len(text) <= 3 * SHOWN_CHARACTERS else text[: 3 * SHOWN_CHARACTERS] + "…"
 
 
 @dataclass(frozen=True)
@@ -39,9 +73,10 @@ class Problem:
         return f"{self.field}: {self.message}" if self.field else self.message
 
 
-def join(*parts: str) -> str:
-    """Join dotted path parts, skipping empty ones."""
-    return ".".join(p for p in parts if p)
+def join(field: str, *keys: str) -> str:
+    """`field` and `keys` as a dotted path, skipping empty ones. Keys may be the user's own (a
+    deployment name), so each is cut short: a 100 KB name does not make a 100 KB path."""
+    return ".".join(p for p in (field, *(shown_text(str(key)) for key in keys)) if p)
 
 
 def whole_number(value: object) -> int | None:
@@ -61,17 +96,17 @@ def name_problems(field: str, name: object, what: str = "name") -> list[Problem]
         "only letters, digits and hyphens, not ending in a hyphen"
     )
     if not isinstance(name, str):
-        return [Problem(field, f"{what} must be a string ({allowed}), got {name!r}")]
-    if not (NAME_MIN_LENGTH <= len(name) <= NAME_MAX_LENGTH) or not NAME_PATTERN.match(name):
-        return [Problem(field, f"{name!r} is not a valid {what}: {allowed}")]
+        return [Problem(field, f"{what} must be a string ({allowed}), got {shown(name)}")]
+    if not (NAME_MIN_LENGTH <= len(name) <= NAME_MAX_LENGTH) or not NAME_PATTERN.fullmatch(name):
+        return [Problem(field, f"{shown(name)} is not a valid {what}: {allowed}")]
     return []
 
 
 def integer_range_problems(field: str, value: object, low: int, high: int, what: str) -> list[Problem]:
     number = whole_number(value)
     if number is None or not low <= number <= high:
-        shown = repr(value) if number is None else number  # 2.0 off the wire reads as 2
-        return [Problem(field, f"{what} must be a whole number from {low} to {high}, got {shown}")]
+        got = shown(value) if number is None else number  # 2.0 off the wire reads as 2
+        return [Problem(field, f"{what} must be a whole number from {low} to {high}, got {got}")]
     return []
 
 
@@ -102,7 +137,7 @@ def auth_mode_problems(
     """`allowed` is in config spelling; `arm_spelling` judges the azure-native value (Key, AMLToken, AADToken)."""
     names = [AUTH_MODES[m] if arm_spelling else m for m in AUTH_MODES if m in set(allowed)]
     if mode not in names:
-        return [Problem(field, f"auth mode must be one of {', '.join(names)}, got {mode!r}")]
+        return [Problem(field, f"auth mode must be one of {', '.join(names)}, got {shown(mode)}")]
     return []
 
 
@@ -129,14 +164,14 @@ def traffic_target_problems(
 ) -> list[Problem]:
     """Traffic and mirror keys must name deployments of this endpoint that exist."""
     known = set(deployments)
-    known_text = ", ".join(sorted(known)) or "none"
+    known_text = ", ".join(shown_text(str(name)) for name in sorted(known, key=str)) or "none"
     problems = []
     for kind, shares in (("traffic", traffic), ("mirrorTraffic", mirror_traffic)):
         what = "live traffic" if kind == "traffic" else "mirror traffic"
         for name in shares:
             if name not in known:
                 problems.append(
-                    Problem(join(field, kind, name), f"{what} names unknown deployment {name!r}; deployments: {known_text}")
+                    Problem(join(field, kind, name), f"{what} names unknown deployment {shown(name)}; deployments: {known_text}")
                 )
     return problems
 
@@ -163,7 +198,7 @@ def traffic_share_problems(
     if len(live) == len(traffic):
         total = sum(live.values())
         if total not in (0, 100):
-            shares = ", ".join(f"{k}={v}" for k, v in live.items())
+            shares = ", ".join(f"{shown_text(str(k))}={v}" for k, v in live.items())
             problems.append(
                 Problem(live_field, f"live traffic must sum to 100 (or 0 when nothing is live), got {total} ({shares})")
             )
@@ -178,7 +213,7 @@ def traffic_share_problems(
         problems.append(
             Problem(
                 mirror_field,
-                f"mirror traffic may go to at most one deployment, got {len(mirrored)} ({', '.join(mirrored)})",
+                f"mirror traffic may go to at most one deployment, got {len(mirrored)} ({', '.join(map(shown_text, mirrored))})",
             )
         )
     for name in mirrored:
@@ -186,7 +221,7 @@ def traffic_share_problems(
             problems.append(
                 Problem(
                     join(mirror_field, name),
-                    f"deployment {name!r} has live traffic ({live[name]}%) and mirror traffic "
+                    f"deployment {shown(name)} has live traffic ({live[name]}%) and mirror traffic "
                     f"({mirrored[name]}%); a deployment takes one or the other",
                 )
             )
@@ -210,7 +245,7 @@ def environment_variable_problems(field: str, variables: Mapping[str, object]) -
     for name, value in variables.items():
         if not ENVIRONMENT_VARIABLE_NAME.fullmatch(name):
             problems.append(
-                Problem(join(field, name), f"{name!r} is not a valid environment variable name: letters, digits and "
+                Problem(join(field, name), f"{shown(name)} is not a valid environment variable name: letters, digits and "
                         "underscores, not starting with a digit")
             )
         if isinstance(value, str) and "\0" in value:
@@ -221,6 +256,6 @@ def environment_variable_problems(field: str, variables: Mapping[str, object]) -
 def asset_name_problems(field: str, name: str) -> list[Problem]:
     """Azure ML asset names: letters, digits, `-`, `_`, `.`, starting with a letter or digit, at most 255."""
     if not ASSET_NAME_PATTERN.fullmatch(name):
-        return [Problem(field, f"{name!r} is not a valid asset name: up to 255 letters, digits, '-', '_' and '.', "
+        return [Problem(field, f"{shown(name)} is not a valid asset name: up to 255 letters, digits, '-', '_' and '.', "
                         "starting with a letter or digit")]
     return []

@@ -9,6 +9,8 @@ allowed. Nothing is registered with Pulumi before this has passed.
 
 from __future__ import annotations
 
+import errno
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -19,6 +21,7 @@ from pydantic.alias_generators import to_camel
 from mlcanary.components import rules
 from mlcanary.components.deployment_yaml import read_deployment_yaml
 from mlcanary.components.rules import Problem
+from mlcanary.components.user_files import UnusableFile, read_conda_file, shown_path
 
 NAMESPACE = "mlcanary"
 CONFIG_KEYS = ("target", "endpoint")
@@ -34,12 +37,17 @@ class SpecError(ValueError):
 
 
 def _whole_number_or_unchanged(value: Any) -> Any:
-    """Whole floats (wire numbers) and digit strings (`pulumi config set --type string`) become ints."""
+    """Whole floats (wire numbers) and ASCII digit strings (`pulumi config set --type string`) become
+    ints; str.isdigit() and int() would also take full-width and other Unicode digits ("１００")."""
     number = rules.whole_number(value)
     if number is not None:
         return number
-    if isinstance(value, str) and value.strip().isdigit():
-        return int(value)
+    text = value.strip() if isinstance(value, str) else ""
+    if text.isascii() and text.isdigit():
+        try:
+            return int(text)
+        except ValueError:  # more digits than Python converts: not a usable number either
+            return value
     return value
 
 
@@ -177,7 +185,7 @@ def load_stack_config(config: Mapping[str, Any], base_dir: Path) -> StackSpec:
     project directory, except paths inside a deployment YAML, which resolve from that file's folder.
     """
     problems = [
-        Problem(f"{NAMESPACE}:{key}", f"unknown config key; allowed: {', '.join(CONFIG_KEYS)}")
+        Problem(f"{NAMESPACE}:{rules.shown_text(str(key))}", f"unknown config key; allowed: {', '.join(CONFIG_KEYS)}")
         for key in config
         if key not in CONFIG_KEYS
     ]
@@ -188,7 +196,7 @@ def load_stack_config(config: Mapping[str, Any], base_dir: Path) -> StackSpec:
 
     raw_endpoint = config["endpoint"]
     if not isinstance(raw_endpoint, Mapping):
-        raise SpecError([Problem(ENDPOINT_FIELD, f"must be an object, got {raw_endpoint!r}")])
+        raise SpecError([Problem(ENDPOINT_FIELD, f"must be an object, got {rules.shown(raw_endpoint)}")])
     # Unreadable deployment files stop here; disagreements with the files are reported with the rest.
     endpoint, unreadable, disagreements = _expand_deployments(raw_endpoint, base_dir)
     if unreadable:
@@ -255,7 +263,7 @@ def _local_problems(field: str, deployment: DeploymentSpec) -> list[Problem]:
     for key, value in (("code", deployment.code), ("model", deployment.model)):
         if value is not None and is_asset_reference(value):
             problems.append(
-                Problem(rules.join(field, key), f"{value!r} is an Azure asset; the local target serves local files: give a path")
+                Problem(rules.join(field, key), f"{rules.shown(value)} is an Azure asset; the local target serves local files: give a path")
             )
     return problems
 
@@ -265,10 +273,11 @@ def _local_code_problems(field: str, deployment: DeploymentSpec) -> list[Problem
     if deployment.code is None or is_asset_reference(deployment.code):
         return []
     code = Path(deployment.code)
-    if code.is_file():
-        return [Problem(rules.join(field, "code"), f"{deployment.code!r} is a file; code must be the folder holding the scoring script")]
-    if code.is_dir() and deployment.scoring_script and not (code / deployment.scoring_script).is_file():
-        return [Problem(rules.join(field, "scoringScript"), f"{deployment.scoring_script!r} not found in {deployment.code}")]
+    if _is_file(code):
+        return [Problem(rules.join(field, "code"), f"'{shown_path(deployment.code)}' is a file; code must be the folder holding the scoring script")]
+    if _is_dir(code) and deployment.scoring_script and not _is_file(code / deployment.scoring_script):
+        return [Problem(rules.join(field, "scoringScript"),
+                        f"{rules.shown(deployment.scoring_script)} not found in {shown_path(deployment.code)}")]
     return []
 
 
@@ -312,10 +321,24 @@ def _model_problems(field: str, deployment: DeploymentSpec) -> list[Problem]:
         problems.append(Problem(rules.join(field, "modelName"), "modelName and modelVersion go together"))
     version = deployment.model_version
     if version is not None and not (version.isascii() and version.isdigit() and int(version) > 0):
-        problems.append(Problem(rules.join(field, "modelVersion"), f"a model version is a positive whole number, got {version!r}"))
+        problems.append(Problem(rules.join(field, "modelVersion"), f"a model version is a positive whole number, got {rules.shown(version)}"))
     if deployment.model_name is not None:
         problems += rules.asset_name_problems(rules.join(field, "modelName"), deployment.model_name)
     return problems
+
+
+def _is_file(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except (OSError, ValueError):  # a name too long for the file system, a NUL character
+        return False
+
+
+def _is_dir(path: Path) -> bool:
+    try:
+        return path.is_dir()
+    except (OSError, ValueError):
+        return False
 
 
 def _deployment_problems(
@@ -383,7 +406,7 @@ def _azure_problems(field: str, deployment: DeploymentSpec) -> list[Problem]:
         key_field = rules.join(field, key)
         if key == "environment" and not is_asset_reference(value):
             problems.append(
-                Problem(key_field, f"{value!r} is not an environment asset: use azureml:<name>:<version>, "
+                Problem(key_field, f"{rules.shown(value)} is not an environment asset: use azureml:<name>:<version>, "
                         "or an inline environment {image, condaFile}")
             )
         elif (
@@ -392,7 +415,7 @@ def _azure_problems(field: str, deployment: DeploymentSpec) -> list[Problem]:
             and value.count(":") != 2
         ):
             problems.append(
-                Problem(key_field, f"{value!r} must pin a version: azureml:<name>:<version>")
+                Problem(key_field, f"{rules.shown(value)} must pin a version: azureml:<name>:<version>")
             )
     return problems
 
@@ -430,9 +453,12 @@ def _expand_deployments(
             continue
         file_field = rules.join(field, "file")
         if not isinstance(file, str):
-            problems.append(Problem(file_field, f"must be a path to an Azure ML CLI v2 deployment YAML, got {file!r}"))
+            problems.append(Problem(file_field, f"must be a path to an Azure ML CLI v2 deployment YAML, got {rules.shown(file)}"))
             continue
-        path = (base_dir / file).resolve()
+        path = _real_path(base_dir, file)
+        if path is None:
+            problems.append(Problem(file_field, f"{rules.shown(file)} is not a path: it holds a NUL character"))
+            continue
         from_file, file_problems = read_deployment_yaml(path, file_field)
         problems += file_problems
         if file_problems:
@@ -452,7 +478,8 @@ def _check_file_names(from_file: dict[str, Any], name: str, field: str, problems
     file_name = from_file.pop("name", None)
     if file_name is not None and file_name != name:
         problems.append(
-            Problem(field, f"the file names deployment {file_name!r} but is used as deployment {name!r}; make them match")
+            Problem(field, f"the file names deployment {rules.shown(file_name)} but is used as deployment {rules.shown(name)}; "
+                    "make them match")
         )
     from_file.pop("endpointName", None)
 
@@ -465,9 +492,18 @@ def _resolve_paths(
     def resolve(value: Any, key_field: str) -> Any:
         if not isinstance(value, str) or is_asset_reference(value):
             return value
-        path = (base / value).resolve()
-        if not path.exists():
-            problems.append(Problem(key_field, f"local path {value!r} does not exist (looked for {path})"))
+        path = _real_path(base, value)
+        if path is None:
+            problems.append(Problem(key_field, f"{rules.shown(value)} is not a path: it holds a NUL character"))
+            return value
+        try:
+            path.stat()
+        except FileNotFoundError:
+            problems.append(Problem(
+                key_field, f"local path {rules.shown(value)} does not exist (looked for {shown_path(path)})"))
+        except OSError as err:
+            reason = "is a symlink loop" if err.errno == errno.ELOOP else f"cannot be used: {err.strerror}"
+            problems.append(Problem(key_field, f"local path {rules.shown(value)} {reason}"))
         return str(path)
 
     for key in ("model", "code"):
@@ -475,11 +511,23 @@ def _resolve_paths(
             deployment[key] = resolve(deployment[key], rules.join(field, key))
     environment = deployment.get("environment")
     if isinstance(environment, Mapping) and "condaFile" in environment:
-        deployment["environment"] = {
-            **environment,
-            "condaFile": resolve(environment["condaFile"], rules.join(field, "environment.condaFile")),
-        }
+        conda_field, found = rules.join(field, "environment.condaFile"), len(problems)
+        conda_file = resolve(environment["condaFile"], conda_field)
+        if isinstance(conda_file, str) and len(problems) == found and not is_asset_reference(conda_file):
+            try:
+                read_conda_file(Path(conda_file))  # its text is sent to Azure: it must be readable
+            except UnusableFile as err:
+                problems.append(Problem(conda_field, str(err)))
+        deployment["environment"] = {**environment, "condaFile": conda_file}
     return deployment
+
+
+def _real_path(base: Path, value: str) -> Path | None:
+    """`value` from `base` with symlinks resolved as far as they go (a loop stays, for stat to name);
+    None for a string no path can hold."""
+    if "\0" in value:
+        return None
+    return Path(os.path.realpath(base / value))
 
 
 def _deep_merge(base: dict[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
@@ -498,23 +546,23 @@ def _problem_from_pydantic(error: Mapping[str, Any]) -> Problem:
     loc = [str(part) for part in error["loc"]]
     # Union members add their class name to the path (`environment.str`); the user never wrote it.
     loc = [part for part in loc if part not in ("str", "InlineEnvironment", "int")]
-    field = f"{NAMESPACE}:{'.'.join(loc)}"
+    field = rules.join(f"{NAMESPACE}:{loc[0] if loc else ''}", *loc[1:])
     kind, value = error["type"], error.get("input")
     if kind == "extra_forbidden":
         return Problem(field, f"unknown key; allowed here: {_allowed_keys(loc)}")
     if kind == "missing":
         return Problem(field, "required")
     if kind in ("int_type", "int_parsing", "int_from_float"):
-        return Problem(field, f"must be a whole number, got {value!r}")
+        return Problem(field, f"must be a whole number, got {rules.shown(value)}")
     if kind in ("string_type",):
-        return Problem(field, f"must be a string, got {value!r}")
+        return Problem(field, f"must be a string, got {rules.shown(value)}")
     if kind in ("dict_type", "model_type", "model_attributes_type"):
-        return Problem(field, f"must be an object (a mapping of keys to values), got {value!r}")
+        return Problem(field, f"must be an object (a mapping of keys to values), got {rules.shown(value)}")
     if kind == "literal_error":
-        return Problem(field, f"must be one of {error['ctx']['expected']}, got {value!r}")
+        return Problem(field, f"must be one of {error['ctx']['expected']}, got {rules.shown(value)}")
     if kind == "bool_type" or kind == "bool_parsing":
-        return Problem(field, f"must be true or false, got {value!r}")
-    return Problem(field, f"{error['msg']}, got {value!r}")
+        return Problem(field, f"must be true or false, got {rules.shown(value)}")
+    return Problem(field, f"{error['msg']}, got {rules.shown(value)}")
 
 
 def _allowed_keys(loc: list[str]) -> str:

@@ -5,7 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import yaml
+from mlcanary.components.rules import shown
+from mlcanary.components.safe_yaml import load_yaml_file
+from mlcanary.components.user_files import UnusableFile
+
+STAGE_FILE_SIZE = "a stage file is a few KB"
 
 
 class StageFileError(ValueError):
@@ -15,19 +19,14 @@ class StageFileError(ValueError):
 def read_stage_file(path: Path) -> dict[str, Any]:
     """The `config:` mapping of a stage file (keys like `mlcanary:endpoint`)."""
     try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise StageFileError(f"{path}: stage file not found") from None
-    except OSError as err:
-        raise StageFileError(f"{path}: cannot read: {err.strerror}") from None
-    try:
-        document = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise StageFileError(f"{path}: not valid YAML{where}: {getattr(err, 'problem', None) or err}") from None
+        document = load_yaml_file(path, "stage file", STAGE_FILE_SIZE)
+    except UnusableFile as err:
+        raise StageFileError(str(err)) from None
     if not isinstance(document, dict) or not isinstance(document.get("config"), dict):
         raise StageFileError(f"{path}: a stage file is a Pulumi stack config file with a top-level `config:` mapping")
+    for key in document["config"]:
+        if not isinstance(key, str):
+            raise StageFileError(f"{path}: config keys are strings such as mlcanary:endpoint, got {shown(key)}")
     return document["config"]
 
 

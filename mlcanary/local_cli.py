@@ -12,6 +12,16 @@ from pathlib import Path
 
 import click
 
+
+class WholeNumber(click.IntRange):
+    """click's INT takes any Unicode digits ("１００" is 100): here only ASCII digits are numbers."""
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, str) and not (value.strip().lstrip("+-").isascii()):
+            self.fail(f"{value!r} is not a whole number (ASCII digits 0-9).", param, ctx)
+        return super().convert(value, param, ctx)
+
+
 STATE_DIR_HELP = "Where the local runtime keeps its state (default: $MLCANARY_STATE_DIR, else ~/.mlcanary/local)."
 state_dir_option = click.option(
     "--state-dir", type=click.Path(path_type=Path), envvar="MLCANARY_STATE_DIR", help=STATE_DIR_HELP
@@ -27,7 +37,32 @@ def _client(state_dir: Path | None):
     from mlcanary.local_runtime.client import RuntimeClient
     from mlcanary.local_runtime.paths import state_dir as resolve
 
-    return RuntimeClient(resolve(state_dir))
+    try:
+        root = resolve(state_dir)
+    except (RuntimeError, OSError):  # resolve() on a symlink loop
+        _fail(f"--state-dir {state_dir}: is a symlink loop (too many levels of symbolic links)", 2)
+    problem = _state_dir_problem(root)
+    if problem:
+        _fail(f"--state-dir {root}: {problem}", 2)
+    return RuntimeClient(root)
+
+
+def _state_dir_problem(root: Path) -> str | None:
+    """Why `root` cannot be (or become) the state directory: it, or the nearest part of it that
+    exists, must be a directory."""
+    import stat
+
+    for existing in (root, *root.parents):
+        try:
+            mode = existing.stat().st_mode
+        except (FileNotFoundError, NotADirectoryError):  # not there yet, or under a file: look higher
+            continue
+        except OSError as err:
+            return f"cannot use {existing}: {err.strerror}"
+        if stat.S_ISDIR(mode):
+            return None
+        return "is not a directory" if existing == root else f"{existing} is not a directory"
+    return None
 
 
 def _fail(message: str, code: int = 1) -> None:
@@ -41,11 +76,31 @@ def _load(path: Path):
     from mlcanary.local_runtime.rehearse import load_stage
 
     try:
-        return load_stage(path)
+        stage = load_stage(path)
     except StageFileError as err:
         _fail(str(err), 2)
     except SpecError as err:
         _fail(f"{path}: invalid stack config:\n" + "\n".join(f"  {p}" for p in err.problems), 2)
+    if stage.target != "local":  # unusable here, like an invalid stage: refused before anything starts
+        _fail(f"{path}: this stage targets {stage.target!r}; the local target applies local-target stages "
+              "(mlcanary:target: local)", 2)
+    return stage
+
+
+def _request_body(path: Path) -> bytes:
+    """A request file, read with a bound (a device or FIFO is refused, not read forever)."""
+    from mlcanary.components.user_files import MIB, UnusableFile, read_bytes
+
+    try:
+        return read_bytes(path, "request file", 100 * MIB, "a request body is at most 100 MiB")
+    except UnusableFile as err:
+        _fail(str(err), 2)
+
+
+def _no_such_endpoint(endpoint: str, status: dict) -> str:
+    from mlcanary.components.rules import shown
+
+    return f"endpoint {shown(endpoint)} not found; endpoints: {', '.join(status['endpoints']) or 'none'}"
 
 
 def _console():
@@ -133,7 +188,7 @@ def local_status(endpoint: str | None, state_dir: Path | None) -> None:
         return
     status = client.status()
     if endpoint and endpoint not in status["endpoints"]:
-        _fail(f"endpoint {endpoint!r} not found; endpoints: {', '.join(status['endpoints']) or 'none'}")
+        _fail(_no_such_endpoint(endpoint, status))
     if not status["endpoints"]:
         click.echo("the local runtime is running with no endpoints")
     _print_status(_console(), status, endpoint)
@@ -200,18 +255,19 @@ def invoke(endpoint: str, request_file: Path, deployment: str | None, state_dir:
 
     from mlcanary.local_runtime.protocol import PIN_HEADER
 
+    body = _request_body(request_file)
     client = _client(state_dir)
     try:
         status = client.status()
         if endpoint not in status["endpoints"]:
-            _fail(f"endpoint {endpoint!r} not found; endpoints: {', '.join(status['endpoints']) or 'none'}")
+            _fail(_no_such_endpoint(endpoint, status))
         key = client.keys(endpoint)["primaryKey"]
     except _errors() as err:
         _fail(str(err))
     headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
     if deployment:
         headers[PIN_HEADER] = deployment
-    answer = requests.post(status["endpoints"][endpoint]["scoringUri"], data=request_file.read_bytes(),
+    answer = requests.post(status["endpoints"][endpoint]["scoringUri"], data=body,
                            headers=headers, timeout=300)
     click.echo(answer.text)
     if answer.status_code != 200:
@@ -221,7 +277,7 @@ def invoke(endpoint: str, request_file: Path, deployment: str | None, state_dir:
 @click.command()
 @click.argument("endpoint")
 @click.option("--deployment", required=True, help="The deployment whose worker logs to show.")
-@click.option("--lines", type=click.IntRange(min=1), default=50, show_default=True, help="Lines per instance.")
+@click.option("--lines", type=WholeNumber(min=1), default=50, show_default=True, help="Lines per instance.")
 @state_dir_option
 def logs(endpoint: str, deployment: str, lines: int, state_dir: Path | None) -> None:
     """Show the last log lines of each instance of a local deployment (init(), run(), errors)."""
@@ -233,7 +289,7 @@ def logs(endpoint: str, deployment: str, lines: int, state_dir: Path | None) -> 
 
 @click.command()
 @click.argument("stage_files", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--requests", "count", type=click.IntRange(min=1), default=200, show_default=True,
+@click.option("--requests", "count", type=WholeNumber(min=1), default=200, show_default=True,
               help="Probe requests sent at each stage.")
 @click.option("--request-file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               default=Path("samples/request.json"), show_default=True, help="JSON body of the probe requests.")
@@ -253,13 +309,14 @@ def rehearse(stage_files: tuple[Path, ...], count: int, request_file: Path, keep
     from mlcanary.local_runtime.rehearse import rehearse as run_rehearsal
 
     stages = [(path, _load(path)) for path in stage_files]  # refuse an invalid stage before anything changes
+    body = _request_body(request_file)
     console = _console()
     client = _client(state_dir)
     started_here = client.base_url() is None
     try:
         with console.status("starting the local runtime") as status:
             client.ensure_running()
-            reports = run_rehearsal(stages, client, request_file.read_bytes(), count, status.update)
+            reports = run_rehearsal(stages, client, body, count, status.update)
             endpoint = stages[-1][1].endpoint.name
             if not keep:
                 status.update(f"deleting endpoint {endpoint}")

@@ -18,7 +18,11 @@ from typing import Any
 
 from pulumi_policy import EnforcementLevel, PolicyConfigSchema
 
+from mlcanary.components.rules import shown, shown_text
+from mlcanary.components.user_files import UnusableFile, read_text
+
 LEVELS = [level.value for level in EnforcementLevel]
+MAX_DEPTH = 50  # a policy config is 2-3 levels deep
 
 
 class PolicyConfigError(ValueError):
@@ -51,7 +55,7 @@ def policy_settings(
     unknown = sorted(set(raw) - set(defaults) - {"all"})
     if unknown:
         raise PolicyConfigError(
-            f"{path}: unknown policy {', '.join(map(repr, unknown))}; policies: {', '.join(defaults)}"
+            f"{path}: unknown policy {', '.join(map(shown, unknown))}; policies: {', '.join(defaults)}"
         )
     all_level = _level(raw["all"], f"{path}: all") if "all" in raw else None
     settings = {}
@@ -68,7 +72,7 @@ def policy_settings(
             properties = entry
         elif entry is not None:
             raise PolicyConfigError(
-                f"{path}: {name}: must be an enforcement level ({', '.join(LEVELS)}) or an object, got {entry!r}"
+                f"{path}: {name}: must be an enforcement level ({', '.join(LEVELS)}) or an object, got {shown(entry)}"
             )
         settings[name] = PolicySettings(level, properties)
     return settings
@@ -76,21 +80,54 @@ def policy_settings(
 
 def _read(path: Path) -> dict[str, Any]:
     try:
-        document = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise PolicyConfigError(f"{path}: policy config file not found") from None
-    except OSError as err:
-        raise PolicyConfigError(f"{path}: cannot read: {err.strerror}") from None
+        text = read_text(path, "policy config file", typical="a policy config is a few KB")
+    except UnusableFile as err:
+        raise PolicyConfigError(str(err)) from None
+    try:
+        document = json.loads(text, object_pairs_hook=_refuse_duplicate_keys)
     except json.JSONDecodeError as err:
         raise PolicyConfigError(f"{path}: not valid JSON at line {err.lineno}, column {err.colno}: {err.msg}") from None
+    except _DuplicateKey as err:
+        raise PolicyConfigError(f"{path}: duplicate key {shown(err.args[0])}; a key may appear once in an object") from None
+    except RecursionError:
+        raise PolicyConfigError(f"{path}: nested deeper than {MAX_DEPTH} levels") from None
+    if _depth(document) > MAX_DEPTH:
+        raise PolicyConfigError(f"{path}: nested deeper than {MAX_DEPTH} levels")
     if not isinstance(document, dict):
         raise PolicyConfigError(f"{path}: must be a JSON object keyed by policy name")
     return document
 
 
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _refuse_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """json keeps the last of duplicate keys silently; a policy config has each key once."""
+    document: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in document:
+            raise _DuplicateKey(key)
+        document[key] = value
+    return document
+
+
+def _depth(value: Any) -> int:
+    """How deeply `value` nests (a scalar is 0), without recursion."""
+    deepest, pending = 0, [(value, 0)]
+    while pending:
+        item, depth = pending.pop()
+        deepest = max(deepest, depth)
+        if isinstance(item, dict):
+            pending += [(v, depth + 1) for v in item.values()]
+        elif isinstance(item, list):
+            pending += [(v, depth + 1) for v in item]
+    return deepest
+
+
 def _level(value: Any, where: str) -> EnforcementLevel:
     if value not in LEVELS:
-        raise PolicyConfigError(f"{where}: enforcement level must be one of {', '.join(LEVELS)}, got {value!r}")
+        raise PolicyConfigError(f"{where}: enforcement level must be one of {', '.join(LEVELS)}, got {shown(value)}")
     return EnforcementLevel(value)
 
 
@@ -105,7 +142,13 @@ def _validate(properties: dict[str, Any], schema: PolicyConfigSchema | None, whe
     }
     allowed = ", ".join(["enforcementLevel", *json_schema["properties"]])
     for error in jsonschema.Draft7Validator(json_schema).iter_errors(properties):
-        path = ".".join(str(p) for p in error.absolute_path)
+        path = ".".join(shown_text(str(p)) for p in error.absolute_path)
+        message = error.message
+        if len(message) > 200:  # jsonschema's message repeats the whole value: say it again, cut short
+            message = f"{shown(error.instance)} breaks the schema's {error.validator!r} rule ({shown(error.validator_value)})"
         if error.validator == "additionalProperties":
-            raise PolicyConfigError(f"{where}: {error.message}; allowed: {allowed}")
-        raise PolicyConfigError(f"{where}.{path}: {error.message}" if path else f"{where}: {error.message}")
+            if len(error.message) > 200:
+                unknown = sorted(set(properties) - set(json_schema["properties"]))
+                message = f"unknown knob {', '.join(map(shown, unknown))}"
+            raise PolicyConfigError(f"{where}: {message}; allowed: {allowed}")
+        raise PolicyConfigError(f"{where}.{path}: {message}" if path else f"{where}: {message}")

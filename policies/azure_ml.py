@@ -182,7 +182,7 @@ def _request_timeout(args: Any, config: dict[str, Any]) -> list[rules.Problem]:
     field = "properties.requestSettings.requestTimeout"
     seconds = parse_iso_seconds(timeout)
     if seconds is None:
-        return [rules.Problem(field, f"must be an ISO-8601 duration such as PT90S, got {timeout!r}")]
+        return [rules.Problem(field, f"must be an ISO-8601 duration such as PT90S, got {rules.shown(timeout)}")]
     return rules.request_timeout_problems(field, round(seconds * 1000), config["maxRequestTimeoutMs"])
 
 

@@ -214,11 +214,11 @@ CASES = {
     ),
     "deployment_yaml_missing": (
         lambda c, t: deployments(c)["green"].update({"file": "./stacks/deployments/no-such.yml"}),
-        rf"{E}\.deployments\.green\.file: deployment YAML file not found: .*no-such\.yml",
+        rf"{E}\.deployments\.green\.file: .*no-such\.yml: deployment YAML file not found",
     ),
     "deployment_yaml_malformed": (
         lambda c, t: deployments(c)["green"].update({"file": write(t, "bad.yml", "name: green\ninstance_type: [oops\n")}),
-        rf"{E}\.deployments\.green\.file: .*bad\.yml is not valid YAML at line 3",
+        rf"{E}\.deployments\.green\.file: .*bad\.yml: not valid YAML at line 3",
     ),
     "deployment_yaml_not_a_mapping": (
         lambda c, t: deployments(c)["green"].update({"file": write(t, "list.yml", "- green\n")}),

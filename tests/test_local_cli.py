@@ -124,5 +124,5 @@ def test_a_missing_stage_file_exits_2(state, tmp_path):
 
 def test_an_azure_stage_is_refused_by_local_up(state):
     result = run(state, "local", "up", PROJECT_DIR / "stacks" / "stage-1-create-blue.yaml")
-    assert result.exit_code == 1
-    assert "this stage targets 'azure'; `mlcanary local up` applies local-target stages" in result.output
+    assert result.exit_code == 2  # an unusable input, like an invalid stage
+    assert "this stage targets 'azure'; the local target applies local-target stages" in result.output
