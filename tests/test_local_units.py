@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -14,12 +16,14 @@ from mlcanary.local_runtime.upstream import Upstream, UpstreamClosed
 
 def test_state_is_replaced_atomically_and_a_failed_write_keeps_the_old_file(tmp_path, mocker):
     path = tmp_path / "state.json"
-    store.save(path, {"endpoints": {"a": {"keys": {"primary": "k"}}}})
+    state = {"endpoints": {"a": {"authMode": "key", "keys": {"primary": "k", "secondary": "s"}, "port": 1,
+                                 "deployments": {}, "traffic": {}, "mirrorTraffic": {}}}}
+    store.save(path, state)
     assert path.stat().st_mode & 0o777 == 0o600  # it holds endpoint keys
     mocker.patch("mlcanary.local_runtime.store.json.dump", side_effect=OSError("disk full"))
     with pytest.raises(OSError, match="disk full"):
         store.save(path, {"endpoints": {}})
-    assert store.load(path) == {"endpoints": {"a": {"keys": {"primary": "k"}}}}
+    assert store.load(path) == state
     assert [p.name for p in tmp_path.iterdir()] == ["state.json"]  # no temporary file left behind
 
 
@@ -51,15 +55,23 @@ def test_mirror_share_is_exact(percent):
     assert taken.count("shadow") == 10 * percent and set(taken) <= {"shadow", None}
 
 
-async def serve_once(answer: bytes):
+async def serve_once(answer: bytes, socket_dir):
     async def handle(reader, writer):
         await reader.readuntil(b"\r\n\r\n")
         writer.write(answer)
         await writer.drain()
         writer.close()
 
-    server = await asyncio.start_server(handle, "127.0.0.1", 0)
-    return server, server.sockets[0].getsockname()[1]
+    path = str(socket_dir / "w.sock")
+    server = await asyncio.start_unix_server(handle, path)
+    return server, path
+
+
+@pytest.fixture
+def short_dir():
+    """A folder whose socket paths fit AF_UNIX's 108 bytes (pytest's tmp_path may not)."""
+    with tempfile.TemporaryDirectory(prefix="mlc-") as folder:
+        yield Path(folder)
 
 
 @pytest.mark.parametrize(
@@ -71,32 +83,32 @@ async def serve_once(answer: bytes):
     ],
     ids=["content_length", "chunked", "close_delimited"],
 )
-def test_upstream_reads_each_response_framing(raw, body):
+def test_upstream_reads_each_response_framing(raw, body, short_dir):
     async def go():
-        server, port = await serve_once(raw)
+        server, path = await serve_once(raw, short_dir)
         async with server:
-            return await Upstream(port).post(b"{}", "application/json")
+            return await Upstream(path).post(b"{}", b"application/json")
 
     status, _, payload = asyncio.run(go())
     assert (status, payload) == (200, body)
 
 
-def test_upstream_reports_a_connection_closed_mid_answer():
+def test_upstream_reports_a_connection_closed_mid_answer(short_dir):
     async def go():
-        server, port = await serve_once(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc")
+        server, path = await serve_once(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc", short_dir)
         async with server:
-            await Upstream(port).post(b"{}", "application/json")
+            await Upstream(path).post(b"{}", b"application/json")
 
     with pytest.raises(UpstreamClosed):
         asyncio.run(go())
 
 
-def test_upstream_to_a_closed_port_is_a_connection_error():
+def test_upstream_to_a_closed_socket_is_a_connection_error(short_dir):
     async def go():
-        server, port = await serve_once(b"")
+        server, path = await serve_once(b"", short_dir)
         server.close()
         await server.wait_closed()
-        await Upstream(port).post(b"{}", "application/json")
+        await Upstream(path).post(b"{}", b"application/json")
 
     with pytest.raises(ConnectionError):
         asyncio.run(go())
@@ -106,7 +118,7 @@ def test_orphan_workers_of_a_crashed_runtime_are_killed_and_nothing_else(tmp_pat
     import subprocess
     import sys
 
-    from mlcanary.local_runtime.server import WSGI_APP, kill_orphans
+    from mlcanary.local_runtime.supervision import WSGI_APP, kill_orphans
 
     sleep = [sys.executable, "-c", "import time; time.sleep(60)"]
     orphan = subprocess.Popen([*sleep, WSGI_APP], start_new_session=True)  # looks like our worker
