@@ -148,9 +148,10 @@ class Endpoint:
         started = time.perf_counter()
         if not self.authorized(request):
             return problem_response(401, "Unauthorized: send `Authorization: Bearer <key>` (see `mlcanary local keys`)")
-        content_type = as_bytes(request.headers.get("Content-Type", "application/json"))
-        if not content_type.isascii() or not content_type.isprintable():
+        content_type_text = request.headers.get("Content-Type", "application/json")
+        if not content_type_text.isascii() or not content_type_text.isprintable():
             return problem_response(400, "Content-Type must be printable ASCII")
+        content_type = content_type_text.encode()
         body = await self.read_body(request)
         if isinstance(body, web.Response):
             return body
