@@ -95,7 +95,7 @@ def local_up(stage_file: Path, no_wait: bool, state_dir: Path | None) -> None:
         with console.status("starting the local runtime") as status:
             client.ensure_running()
             applied = apply_stage(spec, client, lambda message: status.update(message), wait=not no_wait,
-                                  stage=str(stage_file))
+                                  stage=str(stage_file), on_wait=lambda message: click.echo(message, err=True))
     except _errors() as err:
         _fail(str(err))
     console.print(f"[green]applied[/] {stage_file}: endpoint [bold]{applied.endpoint}[/] at {applied.scoring_uri}")

@@ -52,15 +52,15 @@ class Applied:
 
 def apply_stage(
     stack: StackSpec, client: RuntimeClient, progress: Callable[[str], None] = lambda _: None,
-    wait: bool = True, stage: str = "a stage",
+    wait: bool = True, stage: str = "a stage", on_wait: Callable[[str], None] | None = None,
 ) -> Applied:
-    """Apply `stack` as one change: other applies to the same state directory wait (or, with
-    wait=False, this one is refused at once)."""
+    """Apply `stack` as one change: other applies to the same state directory wait (telling
+    `on_wait` what for), or with wait=False this one is refused at once."""
     if stack.target != "local":
         raise StageRefused(f"this stage targets {stack.target!r}; `mlcanary local up` applies local-target stages "
                            "(mlcanary:target: local)")
     try:
-        with stage_lock(client.root, stage, wait, progress):
+        with stage_lock(client.root, stage, wait, on_wait or progress):
             return _apply(stack, client, progress)
     except StageLocked as err:
         raise StageRefused(str(err)) from None

@@ -6,11 +6,17 @@ The file holds endpoint keys, so it is private to the user (mode 0600). A change
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
 from pathlib import Path
 from typing import Any
+
+
+# Tests only: while the file this names exists, state writes fail as on a full disk (where a test
+# cannot mount a small tmpfs to fill for real).
+FAULT_DISK_FULL_ENV = "MLCANARY_FAULT_DISK_FULL_WHILE"
 
 
 class StateCorrupt(ValueError):
@@ -54,6 +60,9 @@ def _shape_problem(state: Any) -> str | None:
 
 def save(path: Path, state: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
+    fault = os.environ.get(FAULT_DISK_FULL_ENV)
+    if fault and os.path.exists(fault):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
         with os.fdopen(handle, "w", encoding="utf-8") as file:
