@@ -19,9 +19,10 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from mlcanary.components import rules
-from mlcanary.local_runtime.data_plane import Endpoint, as_bytes, problem_response
+from mlcanary.local_runtime.data_plane import Endpoint, as_bytes, free_port, problem_response
 from mlcanary.local_runtime.protocol import CONTROL_TOKEN_HEADER
 from mlcanary.local_runtime.routing import Routing
+from mlcanary.local_runtime.store import StateWriteFailed
 from mlcanary.local_runtime.workers import DeploymentFailed, log_tail
 
 if TYPE_CHECKING:
@@ -58,8 +59,6 @@ def _same_but_count(old: dict[str, Any], new: dict[str, Any]) -> bool:
 
 
 def control_app(runtime: Runtime) -> web.Application:
-    from mlcanary.local_runtime.server import StateWriteFailed
-
     token = runtime.control_token.encode()
 
     def not_recorded(err: StateWriteFailed) -> web.Response:
@@ -121,8 +120,6 @@ def control_app(runtime: Runtime) -> web.Application:
         return web.json_response({"ok": True})
 
     async def put_endpoint(request: web.Request) -> web.Response:
-        from mlcanary.local_runtime.server import free_port
-
         name = request.match_info["endpoint"]
         body = await json_body(request)
         problems = rules.name_problems("name", name, "endpoint name")

@@ -16,6 +16,7 @@ import asyncio
 import json
 import os
 import secrets
+import socket
 import time
 import zlib
 from collections.abc import Callable
@@ -34,6 +35,12 @@ CLIENT_KEEPALIVE_ENV = "MLCANARY_CLIENT_KEEPALIVE_S"  # idle / partial-request c
 DEFAULT_CLIENT_KEEPALIVE_S = 75.0
 NO_INSTANCE_WAIT_S = 0.05
 JSON = {"Content-Type": "application/json"}
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def client_keepalive_s() -> float:

@@ -74,17 +74,17 @@ def socket_dir(root: Path) -> Path:
     checked to be ours: not a symlink, owned by us, private)."""
     inside = root / "sock"
     if len(str(inside).encode()) + 1 + SOCKET_NAME_LENGTH <= SOCKET_PATH_MAX:
-        _private_subdir(inside)
+        private_subdir(inside)
         return inside
     digest = hashlib.sha256(str(root).encode()).hexdigest()[:16]
     outside = Path(tempfile.gettempdir()) / f"mlcanary-{os.getuid()}-{digest}"
     if len(str(outside).encode()) + 1 + SOCKET_NAME_LENGTH > SOCKET_PATH_MAX:
         raise OSError(f"no usable folder for worker sockets: {inside} and {outside} exceed {SOCKET_PATH_MAX} bytes")
-    _private_subdir(outside)
+    private_subdir(outside)
     return outside
 
 
-def _private_subdir(path: Path) -> None:
+def private_subdir(path: Path) -> None:
     try:
         path.mkdir(mode=0o700)
     except FileExistsError:

@@ -20,13 +20,13 @@ import logging.handlers
 import os
 import secrets
 import signal
-import socket
 import sys
 from pathlib import Path
 from typing import Any
 
 from mlcanary.local_runtime import paths, store
-from mlcanary.local_runtime.data_plane import Endpoint
+from mlcanary.local_runtime.store import StateWriteFailed
+from mlcanary.local_runtime.data_plane import Endpoint, free_port
 from mlcanary.local_runtime.metrics import Metrics
 from mlcanary.local_runtime.routing import Routing
 from mlcanary.local_runtime.supervision import Supervisor, WorkerRegistry, kill_orphans
@@ -37,16 +37,6 @@ log = logging.getLogger("mlcanary.local")
 LOG_MAX_BYTES = 5 * 1024 * 1024
 LOG_BACKUPS = 3
 EXIT_UNUSABLE_STATE = 2
-
-
-class StateWriteFailed(RuntimeError):
-    """state.json could not be written; the message is the cause, e.g. 'no space left on device: <path>'."""
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def write_private(path: Path, document: dict[str, Any]) -> None:
@@ -69,6 +59,7 @@ class Runtime:
         self._tasks: set[asyncio.Task] = set()
         self.draining: set[Deployment] = set()  # replaced deployments still finishing their requests
         self.socket_dir = paths.socket_dir(root)
+        paths.private_subdir(root / "logs")  # worker logs may quote request data
         self.registry = WorkerRegistry(root, self.all_workers)
         self.control_token = secrets.token_urlsafe(32)
 

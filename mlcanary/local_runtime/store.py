@@ -19,6 +19,10 @@ from typing import Any
 FAULT_DISK_FULL_ENV = "MLCANARY_FAULT_DISK_FULL_WHILE"
 
 
+class StateWriteFailed(RuntimeError):
+    """The state could not be written; the message is the cause, e.g. 'no space left on device: <path>'."""
+
+
 class StateCorrupt(ValueError):
     """The state file exists but cannot be used; the message names the file and the problem."""
 
