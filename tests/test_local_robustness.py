@@ -453,3 +453,54 @@ def test_an_existing_state_dir_is_not_chmod_ed_and_a_new_one_is_private(own_runt
     assert (shared / "sock").stat().st_mode & 0o777 == 0o700
     fresh = own_runtime(tmp_path / "new" / "state")
     assert fresh.root.stat().st_mode & 0o777 == 0o700
+
+
+# --- one stage change at a time ---------------------------------------------------------------
+
+def mlcanary(*args, state: Path) -> subprocess.Popen:
+    import sys
+
+    return subprocess.Popen([sys.executable, "-m", "mlcanary.cli", *map(str, args), "--state-dir", str(state)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_concurrent_local_ups_are_serialized_and_the_last_one_wins(tmp_path):
+    from test_local_cli import STAGE
+
+    state = tmp_path / "state"
+    try:
+        first = mlcanary("local", "up", STAGE["2"], state=state)
+        assert first.wait(180) == 0, first.communicate()
+        slow_stage_3 = tmp_path / "stage-3-slow-green.yaml"  # green's init() takes 4 s: time to collide
+        slow_stage_3.write_text(STAGE["3"].read_text().replace(
+            "file: ./samples/fraud-model/green-deployment.yml",
+            f"code: {MODELS / 'code'}\n        scoringScript: score.py\n        model: {MODELS / 'model'}\n"
+            "        environmentVariables: {INIT_SLEEP: '4'}"))
+        stage_3 = mlcanary("local", "up", slow_stage_3, state=state)
+        assert wait_for(lambda: "stage-3" in paths.stage_lock_file(state).read_text(), 60)
+        stage_7 = mlcanary("local", "up", STAGE["7"], state=state)
+        out_7, err_7 = stage_7.communicate(timeout=300)
+        out_3, err_3 = stage_3.communicate(timeout=300)
+        assert stage_3.returncode == 0 and stage_7.returncode == 0, (err_3, err_7)
+        assert "waiting for the other stage change to finish (pid " in err_7 and "stage-3-slow-green.yaml" in err_7
+        endpoint = RuntimeClient(state).status()["endpoints"]["fraud-scorer"]
+        assert endpoint["traffic"] == {"green": 100} and list(endpoint["deployments"]) == ["green"]  # stage 7
+    finally:
+        stop_runtime(RuntimeClient(state))
+
+
+def test_local_up_no_wait_fails_at_once_while_another_stage_applies(tmp_path):
+    from mlcanary.local_runtime.stage_lock import stage_lock
+    from test_local_cli import STAGE
+
+    state = tmp_path / "state"
+    with stage_lock(state, "stage-3-green-dark.yaml"):
+        started = time.monotonic()
+        attempt = mlcanary("local", "up", "--no-wait", STAGE["1"], state=state)
+        out, err = attempt.communicate(timeout=60)
+    assert attempt.returncode == 1
+    assert "another `mlcanary local up` is changing" in err and "stage-3-green-dark.yaml" in err
+    assert "not waiting (--no-wait)" in err and "Traceback" not in err
+    assert time.monotonic() - started < 30
+    assert RuntimeClient(state).status(start=False)["endpoints"] == {}  # it changed nothing
+    stop_runtime(RuntimeClient(state))

@@ -152,14 +152,19 @@ class Runtime:
             log.warning("could not record the restored state: %s", err)
 
 
+class PrivateRotatingFileHandler(logging.handlers.RotatingFileHandler):
+    """Each log file, the rotated ones too, is created readable by its owner only."""
+
+    def _open(self):
+        return open(self.baseFilename, self.mode, encoding=self.encoding, errors=self.errors,  # noqa: SIM115
+                    opener=lambda path, flags: os.open(path, flags, 0o600))
+
+
 def setup_logging(root: Path) -> None:
     """runtime.log: bounded (rotated), an audit line per change, no line per request."""
-    log_path = paths.runtime_log(root)
-    if not log_path.exists():
-        os.close(os.open(log_path, os.O_WRONLY | os.O_CREAT, 0o600))
-    handler = logging.handlers.RotatingFileHandler(log_path, maxBytes=LOG_MAX_BYTES, backupCount=LOG_BACKUPS)
+    handler = PrivateRotatingFileHandler(paths.runtime_log(root), maxBytes=LOG_MAX_BYTES, backupCount=LOG_BACKUPS)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-    logging.basicConfig(level=logging.INFO, handlers=[handler])
+    logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
 
 
