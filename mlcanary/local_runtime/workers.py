@@ -323,6 +323,7 @@ class Deployment:
             "healthy": sum(w.in_rotation() for w in self.workers),
             "restarts": self.restarts,
             "pids": [w.pid for w in self.workers],
+            "sockets": [str(w.socket_path) for w in self.workers],
             "logDir": str(self.log_dir),
             "error": self.error,
             "spec": self.spec,
