@@ -215,8 +215,12 @@ def invoke(endpoint: str, request_file: Path, deployment: str | None, state_dir:
     headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
     if deployment:
         headers[PIN_HEADER] = deployment
-    answer = requests.post(status["endpoints"][endpoint]["scoringUri"], data=request_file.read_bytes(),
-                           headers=headers, timeout=300)
+    try:
+        answer = requests.post(status["endpoints"][endpoint]["scoringUri"], data=request_file.read_bytes(),
+                               headers=headers, timeout=300)
+    except requests.RequestException as err:
+        _fail(f"no answer from endpoint {endpoint!r} ({type(err).__name__}): is the local runtime still running? "
+              "See `mlcanary local status`")
     click.echo(answer.text)
     if answer.status_code != 200:
         _fail(f"HTTP {answer.status_code} from {answer.headers.get(PIN_HEADER) or endpoint}")

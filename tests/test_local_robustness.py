@@ -70,8 +70,11 @@ def own_runtime(tmp_path):
         return runtime
 
     yield start
+    from mlcanary.local_runtime.supervision import kill_orphans
+
     for runtime in runtimes:
         stop_runtime(runtime)
+        kill_orphans(runtime.root, runtime.root / "sock")  # the workers of a runtime the test killed
 
 
 def deployment_status(client, endpoint, deployment):
@@ -504,3 +507,16 @@ def test_local_up_no_wait_fails_at_once_while_another_stage_applies(tmp_path):
     assert time.monotonic() - started < 30
     assert RuntimeClient(state).status(start=False)["endpoints"] == {}  # it changed nothing
     stop_runtime(RuntimeClient(state))
+
+
+def test_invoke_whose_runtime_dies_mid_request_is_a_clean_error(own_runtime, tmp_path):
+    runtime = own_runtime()
+    serve(runtime, "ep-dies", {"slow": {**spec("slow", ALWAYS_SLEEP="5"), "requestTimeoutMs": 20000}}, {"slow": 100})
+    request = tmp_path / "request.json"
+    request.write_text("{}")
+    invoking = mlcanary("invoke", "ep-dies", "--request-file", request, state=runtime.root)
+    time.sleep(2)  # status and keys are fetched; the request is waiting for the slow model
+    os.kill(runtime.pid(), signal.SIGKILL)
+    out, err = invoking.communicate(timeout=60)
+    assert invoking.returncode == 1
+    assert "error: no answer from endpoint 'ep-dies' (ConnectionError)" in err and "Traceback" not in err
