@@ -520,3 +520,17 @@ def test_invoke_whose_runtime_dies_mid_request_is_a_clean_error(own_runtime, tmp
     out, err = invoking.communicate(timeout=60)
     assert invoking.returncode == 1
     assert "error: no answer from endpoint 'ep-dies' (ConnectionError)" in err and "Traceback" not in err
+
+
+def test_a_worker_that_cannot_restart_is_retried_less_and_less_often(client, tmp_path):
+    code = tmp_path / "code"
+    shutil.copytree(MODELS / "code", code)
+    target = serve(client, "ep-backoff", {"blue": {**spec("blue", 2), "code": str(code)}}, {"blue": 100})
+    shutil.rmtree(code)
+    os.killpg(deployment_status(client, "ep-backoff", "blue")["pids"][0], signal.SIGKILL)
+    time.sleep(6.5)
+    assert deployment_status(client, "ep-backoff", "blue")["restarts"] <= 4  # tries after 0, 1, 3 s (then 7, 15...)
+    assert f"restarting a worker of ep-backoff/blue failed (next try in 4 s): code folder '{code}' does not exist" in (
+        runtime_log(client))
+    assert [score(target).status_code for _ in range(5)] == [200] * 5  # the other instance serves
+    client.delete_endpoint("ep-backoff")

@@ -256,6 +256,7 @@ def test_worker_sockets_move_to_a_private_temp_folder_when_the_state_path_is_too
     assert len(str(folder / "0123456789ab.sock")) <= paths.SOCKET_PATH_MAX
     assert folder.stat().st_mode & 0o777 == 0o700 and folder.stat().st_uid == os.getuid()
     assert paths.socket_dir(deep) == folder  # the same folder again: a restart finds its orphans
+    folder.rmdir()
     assert paths.socket_dir(tmp_path) == tmp_path / "sock"
 
 

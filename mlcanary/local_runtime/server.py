@@ -128,6 +128,9 @@ class Runtime:
             await endpoint.close()
         paths.runtime_file(self.root).unlink(missing_ok=True)
         paths.workers_file(self.root).unlink(missing_ok=True)
+        if not self.socket_dir.is_relative_to(self.root):
+            with contextlib.suppress(OSError):
+                self.socket_dir.rmdir()  # the temp-dir fallback, once its sockets are gone
         await runner.cleanup()
         log.info("runtime stopped")
 

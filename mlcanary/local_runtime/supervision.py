@@ -29,6 +29,7 @@ log = logging.getLogger("mlcanary.local")
 
 TICK_S = 0.25
 OUT_OF_ROTATION_PROBE_S = 0.5
+MAX_RESTART_BACKOFF_S = 30.0
 
 
 class WorkerRegistry:
@@ -90,6 +91,7 @@ class Supervisor:
         self.registry = registry
         self._restarting: set[Worker] = set()
         self._tasks: set[asyncio.Task] = set()
+        self._retry_after: dict[Worker, tuple[float, float]] = {}  # worker -> (when, backoff s)
 
     async def run(self, stopping: asyncio.Event) -> None:
         while not stopping.is_set():
@@ -112,7 +114,8 @@ class Supervisor:
                 if worker in self._restarting:
                     continue
                 if not worker.alive():
-                    self._restart(deployment, worker)
+                    if now >= self._retry_after.get(worker, (0.0, 0.0))[0]:
+                        self._restart(deployment, worker)
                 elif now >= worker.next_probe:
                     probes.append(self._probe(deployment, worker, now))
         if probes:
@@ -148,9 +151,13 @@ class Supervisor:
                     await worker.stop()
                 elif await worker.wait_healthy():
                     worker.next_probe = time.monotonic() + deployment.probes.period_s
-            except Exception as err:  # noqa: BLE001 - retried next round
-                log.error("restarting a worker of %s/%s failed: %s", deployment.endpoint, deployment.name, err)
-                await asyncio.sleep(1)
+                    self._retry_after.pop(worker, None)
+            except Exception as err:  # noqa: BLE001 - retried later, less often each time
+                _, backoff = self._retry_after.get(worker, (0.0, 0.5))
+                backoff = min(MAX_RESTART_BACKOFF_S, backoff * 2)
+                self._retry_after[worker] = (time.monotonic() + backoff, backoff)
+                log.error("restarting a worker of %s/%s failed (next try in %.0f s): %s", deployment.endpoint,
+                          deployment.name, backoff, err)
             finally:
                 self._restarting.discard(worker)
                 self.registry.write()
