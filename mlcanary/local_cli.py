@@ -130,13 +130,16 @@ def local() -> None:
 
 @local.command("up")
 @click.argument("stage_file", type=click.Path(path_type=Path))
+@click.option("--no-wait", is_flag=True, help="Fail at once if another `local up` is changing the runtime, "
+              "instead of waiting for it to finish.")
 @state_dir_option
-def local_up(stage_file: Path, state_dir: Path | None) -> None:
+def local_up(stage_file: Path, no_wait: bool, state_dir: Path | None) -> None:
     """Apply STAGE_FILE (mlcanary:target: local) to the local runtime, starting it if needed.
 
     Order: new or changed deployments (waiting until every instance is healthy), then traffic,
     then removed deployments (drained). An invalid stage, or a deployment whose init() fails, is
-    refused and traffic stays as it was.
+    refused and traffic stays as it was. One stage change at a time: a second `local up` waits
+    for the first (and says so), or with --no-wait fails at once.
     """
     from mlcanary.local_runtime.apply import apply_stage
 
@@ -146,7 +149,8 @@ def local_up(stage_file: Path, state_dir: Path | None) -> None:
     try:
         with console.status("starting the local runtime") as status:
             client.ensure_running()
-            applied = apply_stage(spec, client, lambda message: status.update(message))
+            applied = apply_stage(spec, client, lambda message: status.update(message), wait=not no_wait,
+                                  stage=str(stage_file), on_wait=lambda message: click.echo(message, err=True))
     except _errors() as err:
         _fail(str(err))
     console.print(f"[green]applied[/] {stage_file}: endpoint [bold]{applied.endpoint}[/] at {applied.scoring_uri}")
@@ -267,8 +271,14 @@ def invoke(endpoint: str, request_file: Path, deployment: str | None, state_dir:
     headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
     if deployment:
         headers[PIN_HEADER] = deployment
-    answer = requests.post(status["endpoints"][endpoint]["scoringUri"], data=body,
-                           headers=headers, timeout=300)
+    try:
+        answer = requests.post(status["endpoints"][endpoint]["scoringUri"], data=body,
+                               headers=headers, timeout=300)
+    except requests.RequestException as err:
+        from mlcanary.components.rules import shown
+
+        _fail(f"no answer from endpoint {shown(endpoint)} ({type(err).__name__}): is the local runtime still running? "
+              "See `mlcanary local status`")
     click.echo(answer.text)
     if answer.status_code != 200:
         _fail(f"HTTP {answer.status_code} from {answer.headers.get(PIN_HEADER) or endpoint}")

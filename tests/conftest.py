@@ -28,3 +28,13 @@ def canary_config() -> dict:
     """A fresh copy of stage 5 (blue 90 / green 10), the stage most rules bite on."""
     path = next(p for p in STAGE_FILES if p.name.startswith("stage-5"))
     return copy.deepcopy(stage_config(path))
+
+
+def pytest_collection_modifyitems(config, items):
+    """Long soak runs (marked slow) run only when asked for (`./tasks test -m slow`); CI runs the short ones."""
+    if config.option.markexpr:
+        return
+    slow = [item for item in items if item.get_closest_marker("slow")]
+    if slow:
+        config.hook.pytest_deselected(items=slow)
+        items[:] = [item for item in items if not item.get_closest_marker("slow")]

@@ -185,18 +185,25 @@ def test_keys_never_reach_the_runtime_log(endpoint, client):
     assert endpoint["key"] not in log
 
 
-def test_everything_listens_on_loopback_only(endpoint, client):
-    """The runtime and every worker it started (each in its own process group) bind 127.0.0.1 only."""
-    groups = [client.pid(), *json.loads(paths.workers_file(client.root).read_text())["pgids"]]
-    pids = set()
-    for group in groups:
-        pids |= set(subprocess.run(["pgrep", "-g", str(group)], capture_output=True, text=True).stdout.split())
-    listening = subprocess.run(["ss", "-ltnpH"], capture_output=True, text=True).stdout.splitlines()
-    ours = [line for line in listening if any(f"pid={pid}," in line for pid in pids)]
+def test_everything_listens_on_loopback_only_and_workers_on_private_unix_sockets(endpoint, client):
+    """Only the runtime has TCP ports (control plane, scoring URIs), on 127.0.0.1; workers listen on
+    Unix sockets in a folder only this user can enter, so nothing reaches a worker without the key."""
+    worker_groups = json.loads(paths.workers_file(client.root).read_text())["pgids"]
+    worker_pids = set()
+    for group in worker_groups:
+        worker_pids |= set(subprocess.run(["pgrep", "-g", str(group)], capture_output=True, text=True).stdout.split())
+    runtime_pid = str(client.pid())
+    tcp = subprocess.run(["ss", "-ltnpH"], capture_output=True, text=True).stdout.splitlines()
+    assert not [line for line in tcp if any(f"pid={pid}," in line for pid in worker_pids)]
+    ours = [line for line in tcp if f"pid={runtime_pid}," in line]
+    assert len(ours) >= 2 and all(line.split()[3].startswith("127.0.0.1:") for line in ours), ours
+    unix = subprocess.run(["ss", "-lxpH"], capture_output=True, text=True).stdout.splitlines()
+    sockets = {line.split()[4] for line in unix if any(f"pid={pid}," in line for pid in worker_pids)}
     workers = sum(d["instances"] for d in client.status()["endpoints"]["ep-main"]["deployments"].values())
-    # control plane + the endpoints' scoring ports + one port per worker instance
-    assert len(ours) >= 1 + 1 + workers, ours
-    assert all(line.split()[3].startswith("127.0.0.1:") for line in ours), ours
+    assert len(sockets) >= workers
+    folders = {Path(path).parent for path in sockets}
+    assert folders == {client.root / "sock"}
+    assert (client.root / "sock").stat().st_mode & 0o777 == 0o700
 
 
 # --- mirror -------------------------------------------------------------------------------------

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -14,12 +17,14 @@ from mlcanary.local_runtime.upstream import Upstream, UpstreamClosed
 
 def test_state_is_replaced_atomically_and_a_failed_write_keeps_the_old_file(tmp_path, mocker):
     path = tmp_path / "state.json"
-    store.save(path, {"endpoints": {"a": {"keys": {"primary": "k"}}}})
+    state = {"endpoints": {"a": {"authMode": "key", "keys": {"primary": "k", "secondary": "s"}, "port": 1,
+                                 "deployments": {}, "traffic": {}, "mirrorTraffic": {}}}}
+    store.save(path, state)
     assert path.stat().st_mode & 0o777 == 0o600  # it holds endpoint keys
     mocker.patch("mlcanary.local_runtime.store.json.dump", side_effect=OSError("disk full"))
     with pytest.raises(OSError, match="disk full"):
         store.save(path, {"endpoints": {}})
-    assert store.load(path) == {"endpoints": {"a": {"keys": {"primary": "k"}}}}
+    assert store.load(path) == state
     assert [p.name for p in tmp_path.iterdir()] == ["state.json"]  # no temporary file left behind
 
 
@@ -51,15 +56,23 @@ def test_mirror_share_is_exact(percent):
     assert taken.count("shadow") == 10 * percent and set(taken) <= {"shadow", None}
 
 
-async def serve_once(answer: bytes):
+async def serve_once(answer: bytes, socket_dir):
     async def handle(reader, writer):
         await reader.readuntil(b"\r\n\r\n")
         writer.write(answer)
         await writer.drain()
         writer.close()
 
-    server = await asyncio.start_server(handle, "127.0.0.1", 0)
-    return server, server.sockets[0].getsockname()[1]
+    path = str(socket_dir / "w.sock")
+    server = await asyncio.start_unix_server(handle, path)
+    return server, path
+
+
+@pytest.fixture
+def short_dir():
+    """A folder whose socket paths fit AF_UNIX's 108 bytes (pytest's tmp_path may not)."""
+    with tempfile.TemporaryDirectory(prefix="mlc-") as folder:
+        yield Path(folder)
 
 
 @pytest.mark.parametrize(
@@ -71,32 +84,32 @@ async def serve_once(answer: bytes):
     ],
     ids=["content_length", "chunked", "close_delimited"],
 )
-def test_upstream_reads_each_response_framing(raw, body):
+def test_upstream_reads_each_response_framing(raw, body, short_dir):
     async def go():
-        server, port = await serve_once(raw)
+        server, path = await serve_once(raw, short_dir)
         async with server:
-            return await Upstream(port).post(b"{}", "application/json")
+            return await Upstream(path).post(b"{}", b"application/json")
 
     status, _, payload = asyncio.run(go())
     assert (status, payload) == (200, body)
 
 
-def test_upstream_reports_a_connection_closed_mid_answer():
+def test_upstream_reports_a_connection_closed_mid_answer(short_dir):
     async def go():
-        server, port = await serve_once(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc")
+        server, path = await serve_once(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc", short_dir)
         async with server:
-            await Upstream(port).post(b"{}", "application/json")
+            await Upstream(path).post(b"{}", b"application/json")
 
     with pytest.raises(UpstreamClosed):
         asyncio.run(go())
 
 
-def test_upstream_to_a_closed_port_is_a_connection_error():
+def test_upstream_to_a_closed_socket_is_a_connection_error(short_dir):
     async def go():
-        server, port = await serve_once(b"")
+        server, path = await serve_once(b"", short_dir)
         server.close()
         await server.wait_closed()
-        await Upstream(port).post(b"{}", "application/json")
+        await Upstream(path).post(b"{}", b"application/json")
 
     with pytest.raises(ConnectionError):
         asyncio.run(go())
@@ -106,7 +119,7 @@ def test_orphan_workers_of_a_crashed_runtime_are_killed_and_nothing_else(tmp_pat
     import subprocess
     import sys
 
-    from mlcanary.local_runtime.server import WSGI_APP, kill_orphans
+    from mlcanary.local_runtime.supervision import WSGI_APP, kill_orphans
 
     sleep = [sys.executable, "-c", "import time; time.sleep(60)"]
     orphan = subprocess.Popen([*sleep, WSGI_APP], start_new_session=True)  # looks like our worker
@@ -120,3 +133,140 @@ def test_orphan_workers_of_a_crashed_runtime_are_killed_and_nothing_else(tmp_pat
         for process in (orphan, stranger):
             process.kill()
             process.wait()
+
+
+def test_a_kept_alive_connection_the_worker_closed_is_retried_on_a_fresh_one(short_dir):
+    """gunicorn closes idle kept-alive connections; the request was not delivered, so it is retried."""
+    connections = []
+
+    async def go():
+        async def handle(reader, writer):  # one answer per connection, then close (keep-alive ended)
+            connections.append(writer)
+            await reader.readuntil(b"\r\n\r\n")
+            await reader.readexactly(2)
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            await writer.drain()
+            writer.close()
+
+        path = str(short_dir / "w.sock")
+        async with await asyncio.start_unix_server(handle, path):
+            upstream = Upstream(path, keepalive_s=60)  # the router believes the connection is still good
+            first = await upstream.post(b"{}", b"application/json")
+            await asyncio.sleep(0.1)
+            second = await upstream.post(b"{}", b"application/json")
+            return first, second
+
+    first, second = asyncio.run(go())
+    assert first[0] == second[0] == 200 and len(connections) == 2
+
+
+def test_connections_idle_near_the_keepalive_are_not_reused(short_dir):
+    async def go():
+        async def handle(reader, writer):
+            while True:
+                try:
+                    await reader.readuntil(b"\r\n\r\n")
+                except asyncio.IncompleteReadError:
+                    return
+                await reader.readexactly(2)
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                await writer.drain()
+
+        path = str(short_dir / "w.sock")
+        opened = []
+        async with await asyncio.start_unix_server(handle, path):
+            upstream = Upstream(path, keepalive_s=0.4)
+            real_connect = upstream._connect
+
+            async def counting_connect():
+                opened.append(1)
+                return await real_connect()
+
+            upstream._connect = counting_connect
+            await upstream.post(b"{}", b"application/json")
+            await upstream.post(b"{}", b"application/json")  # reused at once
+            await asyncio.sleep(0.4)
+            await upstream.post(b"{}", b"application/json")  # too old: a fresh connection
+        return len(opened)
+
+    assert asyncio.run(go()) == 2
+
+
+def test_prometheus_label_values_are_escaped():
+    from mlcanary.local_runtime.metrics import Metrics
+
+    metrics = Metrics()
+    metrics.of("ep", 'bl"ue\nx\\').observe(200, 0.01)
+    text = metrics.prometheus()
+    assert 'mlcanary_requests_total{endpoint="ep",deployment="bl\\"ue\\nx\\\\",code="200"} 1\n' in text
+    assert all(line.startswith(("#", "mlcanary_")) for line in text.splitlines())
+
+
+def test_the_runtime_log_is_rotated(tmp_path, monkeypatch):
+    import logging
+
+    from mlcanary.local_runtime import server
+
+    monkeypatch.setattr(server, "LOG_MAX_BYTES", 10_000)
+    root_logger = logging.getLogger()
+    saved = root_logger.handlers[:]
+    root_logger.handlers.clear()
+    try:
+        server.setup_logging(tmp_path)
+        for i in range(2000):
+            logging.getLogger("mlcanary.local").info("change accepted: PUT /endpoints/ep-%d", i)
+    finally:
+        for handler in root_logger.handlers:
+            handler.close()
+        root_logger.handlers[:] = saved
+    logs = sorted(p.name for p in tmp_path.glob("runtime.log*"))
+    assert logs == ["runtime.log", "runtime.log.1", "runtime.log.2", "runtime.log.3"]
+    assert all((tmp_path / name).stat().st_size <= 10_000 for name in logs)
+    assert paths.runtime_log(tmp_path).stat().st_mode & 0o777 == 0o600
+
+
+def test_a_failed_start_keeps_the_first_traceback_in_the_tail(tmp_path):
+    from mlcanary.local_runtime.workers import log_tail
+
+    log = tmp_path / "instance-0.log"
+    log.write_text("\n".join([
+        "--- 2026-01-01 00:00:00 starting on unix:/x.sock",
+        "E azmlinfsrv - Encountered Exception Traceback (most recent call last):",
+        '  File "score.py", line 3, in init',
+        "RuntimeError: init failed on purpose",
+        "",
+        "The above exception was the direct cause of the following exception:",
+        "",
+        "Traceback (most recent call last):",
+        '  File "user_script.py", line 9',
+        "UserScriptException: Caught an unhandled exception from the user script",
+        *[f"I azmlinfsrv -         file-{i}.bin" for i in range(100)],
+        "Reason: Worker failed to boot.",
+    ]))
+    tail = log_tail(log, 30)
+    assert "RuntimeError: init failed on purpose" in tail and "UserScriptException" in tail
+    assert tail.endswith("Reason: Worker failed to boot.") and len(tail.splitlines()) <= 31
+
+
+def test_worker_sockets_move_to_a_private_temp_folder_when_the_state_path_is_too_long(tmp_path):
+    deep = tmp_path / ("d" * 100) / "state"
+    deep.mkdir(parents=True)
+    folder = paths.socket_dir(deep)
+    assert not str(folder).startswith(str(deep))
+    assert len(str(folder / "0123456789ab.sock")) <= paths.SOCKET_PATH_MAX
+    assert folder.stat().st_mode & 0o777 == 0o700 and folder.stat().st_uid == os.getuid()
+    assert paths.socket_dir(deep) == folder  # the same folder again: a restart finds its orphans
+    folder.rmdir()
+    assert paths.socket_dir(tmp_path) == tmp_path / "sock"
+
+
+def test_a_second_stage_change_without_wait_is_refused_at_once(tmp_path):
+    from mlcanary.local_runtime.stage_lock import StageLocked, stage_lock
+
+    with stage_lock(tmp_path, "stage-3.yaml"):
+        with pytest.raises(StageLocked, match=r"another `mlcanary local up` is changing .* \(pid \d+ applying "
+                                              r"stage-3.yaml since .*\); not waiting \(--no-wait\)"):
+            with stage_lock(tmp_path, "stage-7.yaml", wait=False):
+                pass
+    with stage_lock(tmp_path, "stage-7.yaml", wait=False):  # free again
+        pass

@@ -15,6 +15,7 @@ from typing import Any
 
 from mlcanary.components.spec import DeploymentSpec, StackSpec
 from mlcanary.local_runtime.client import RuntimeClient, RuntimeRefusal
+from mlcanary.local_runtime.stage_lock import StageLocked, stage_lock
 
 
 class StageRefused(RuntimeError):
@@ -32,6 +33,10 @@ def deployment_payload(spec: DeploymentSpec) -> dict[str, Any]:
     }
     if spec.request_settings and spec.request_settings.request_timeout_ms:
         payload["requestTimeoutMs"] = spec.request_settings.request_timeout_ms
+    probe = spec.readiness_probe
+    if probe and (probe.period or probe.failure_threshold or probe.timeout):
+        payload["readinessProbe"] = {key: value for key, value in (
+            ("period", probe.period), ("failureThreshold", probe.failure_threshold), ("timeout", probe.timeout)) if value}
     return payload
 
 
@@ -46,11 +51,22 @@ class Applied:
 
 
 def apply_stage(
-    stack: StackSpec, client: RuntimeClient, progress: Callable[[str], None] = lambda _: None
+    stack: StackSpec, client: RuntimeClient, progress: Callable[[str], None] = lambda _: None,
+    wait: bool = True, stage: str = "a stage", on_wait: Callable[[str], None] | None = None,
 ) -> Applied:
+    """Apply `stack` as one change: other applies to the same state directory wait (telling
+    `on_wait` what for), or with wait=False this one is refused at once."""
     if stack.target != "local":
         raise StageRefused(f"this stage targets {stack.target!r}; `mlcanary local up` applies local-target stages "
                            "(mlcanary:target: local)")
+    try:
+        with stage_lock(client.root, stage, wait, on_wait or progress):
+            return _apply(stack, client, progress)
+    except StageLocked as err:
+        raise StageRefused(str(err)) from None
+
+
+def _apply(stack: StackSpec, client: RuntimeClient, progress: Callable[[str], None]) -> Applied:
     spec = stack.endpoint
     endpoint = client.put_endpoint(spec.name, spec.auth_mode)
     current = endpoint["deployments"]

@@ -65,20 +65,31 @@ class RuntimeClient:
         url = self.base_url()
         if url:
             return url
-        self.root.mkdir(parents=True, exist_ok=True)
+        paths.ensure_private_dir(self.root)
         paths.runtime_file(self.root).unlink(missing_ok=True)
-        with open(paths.runtime_log(self.root), "ab") as log:
-            subprocess.Popen(
+        with open(paths.runtime_stderr(self.root), "wb") as printed:
+            process = subprocess.Popen(
                 [sys.executable, "-m", "mlcanary.local_runtime.server", "--state-dir", str(self.root)],
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+                stdout=printed, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
             )
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline:
             url = self.base_url()
             if url:
                 return url
+            if process.poll() is not None:
+                raise NotRunning(self._why_it_stopped(process.returncode))
             time.sleep(0.1)
-        raise NotRunning(f"the local runtime did not start; see {paths.runtime_log(self.root)}")
+        raise NotRunning(f"the local runtime did not start within {START_TIMEOUT_S:.0f} s; "
+                         f"see {paths.runtime_log(self.root)}")
+
+    def _why_it_stopped(self, code: int) -> str:
+        try:
+            printed = paths.runtime_stderr(self.root).read_text(encoding="utf-8", errors="replace").strip()
+        except OSError:
+            printed = ""
+        last = printed.splitlines()[-1] if printed else f"it exited with code {code}"
+        return f"the local runtime refused to start: {last} (see {paths.runtime_log(self.root)})"
 
     def _url(self, start: bool) -> str:
         url = self.ensure_running() if start else self.base_url()
@@ -87,7 +98,13 @@ class RuntimeClient:
         return url
 
     def call(self, method: str, path: str, body: Any = None, *, start: bool = True, timeout: float = 600) -> Any:
-        response = self.http.request(method, f"{self._url(start)}{path}", json=body, timeout=timeout)
+        url = self._url(start)
+        try:
+            response = self.http.request(method, f"{url}{path}", json=body, timeout=timeout)
+        except requests.RequestException as err:
+            raise NotRunning(
+                f"the local runtime stopped answering during {method} {path} ({type(err).__name__}); "
+                f"see {paths.runtime_log(self.root)}") from None
         if response.status_code >= 400:
             try:
                 payload = response.json()

@@ -8,6 +8,11 @@ from collections import Counter, defaultdict
 BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
+def label(value: str) -> str:
+    """A label value in the text format: backslash, double quote and newline escaped."""
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
 class DeploymentMetrics:
     def __init__(self) -> None:
         self.requests: Counter[int] = Counter()  # status code -> count, live and pinned requests
@@ -37,6 +42,11 @@ class Metrics:
     def of(self, endpoint: str, deployment: str) -> DeploymentMetrics:
         return self.by_deployment[(endpoint, deployment)]
 
+    def forget(self, endpoint: str, deployment: str | None = None) -> None:
+        """Drop the counts of a deleted (or re-created) deployment, or of a whole endpoint."""
+        for key in [k for k in self.by_deployment if k[0] == endpoint and deployment in (None, k[1])]:
+            del self.by_deployment[key]
+
     def prometheus(self) -> str:
         lines = self._counter(
             "mlcanary_requests_total", "Requests answered by a deployment (live and header-pinned).", "requests")
@@ -47,7 +57,7 @@ class Metrics:
             "# TYPE mlcanary_request_duration_seconds histogram",
         ]
         for (endpoint, deployment), m in sorted(self.by_deployment.items()):
-            labels = f'endpoint="{endpoint}",deployment="{deployment}"'
+            labels = f'endpoint="{label(endpoint)}",deployment="{label(deployment)}"'
             cumulative = 0
             for bound, count in zip([*map(str, BUCKETS), "+Inf"], m.bucket_counts):
                 cumulative += count
@@ -60,5 +70,5 @@ class Metrics:
         lines = [f"# HELP {name} {description}", f"# TYPE {name} counter"]
         for (endpoint, deployment), m in sorted(self.by_deployment.items()):
             for code, count in sorted(getattr(m, attribute).items()):
-                lines.append(f'{name}{{endpoint="{endpoint}",deployment="{deployment}",code="{code}"}} {count}')
+                lines.append(f'{name}{{endpoint="{label(endpoint)}",deployment="{label(deployment)}",code="{code}"}} {count}')
         return lines

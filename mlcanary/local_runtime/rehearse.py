@@ -101,7 +101,7 @@ def rehearse(
     reports = []
     for path, spec in stages:
         progress(f"{path.name}: applying")
-        apply_stage(spec, client, lambda message, name=path.name: progress(f"{name}: {message}"))
+        apply_stage(spec, client, lambda message, name=path.name: progress(f"{name}: {message}"), stage=str(path))
         progress(f"{path.name}: sending {count} probe requests")
         report = probe(client, spec.endpoint.name, body, count)
         report.stage = path.name

@@ -1,32 +1,80 @@
-"""A minimal HTTP/1.1 client for one worker, with kept-alive connections.
+"""A minimal HTTP/1.1 client for one worker on its Unix socket, with kept-alive connections.
 
 The router sends one kind of request (POST /score) to servers it starts itself (gunicorn gthread
 workers keep connections alive), so a general HTTP client's per-request machinery is cost without
 benefit on the hot path; this speaks just enough HTTP/1.1, including chunked responses.
+
+A kept-alive connection may have been closed by the worker meanwhile (gunicorn's keep-alive ends
+idle connections). Connections idle for nearly that long are not reused, and a reused connection
+that is found closed before any byte of the answer arrived is retried once on a fresh connection:
+the request was never delivered, so nothing is scored twice and the client never sees the error.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
+
+DEFAULT_KEEPALIVE_S = 30.0  # gunicorn --keep-alive of the workers the runtime starts
 
 
 class UpstreamClosed(ConnectionError):
     """The worker closed or reset the connection before a complete answer."""
 
+    def __init__(self, message: str, answered: bool = False):
+        super().__init__(message)
+        self.answered = answered  # some of the answer arrived: the request was delivered
+
 
 class Upstream:
-    def __init__(self, port: int):
-        self.port = port
-        self._idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+    def __init__(self, socket_path: str, keepalive_s: float = DEFAULT_KEEPALIVE_S):
+        self.socket_path = socket_path
+        # Stop reusing a connection a safe margin before the worker's keep-alive closes it.
+        self.reuse_within_s = max(0.1, keepalive_s - min(1.0, keepalive_s / 2))
+        self._idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter, float]] = []
 
-    async def post(self, body: bytes, content_type: str) -> tuple[int, dict[str, str], bytes]:
+    async def _connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        return await asyncio.open_unix_connection(self.socket_path)
+
+    def _take_idle(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
+        now = time.monotonic()
+        while self._idle:
+            reader, writer, since = self._idle.pop()
+            if now - since < self.reuse_within_s and not reader.at_eof() and not writer.is_closing():
+                return reader, writer
+            writer.close()
+        return None
+
+    async def post(self, body: bytes, content_type: bytes) -> tuple[int, dict[str, str], bytes]:
         """(status, lower-cased headers, body). Raises ConnectionError if the worker is unreachable."""
-        reader, writer = self._idle.pop() if self._idle else await asyncio.open_connection("127.0.0.1", self.port)
+        request = (
+            b"POST /score HTTP/1.1\r\nHost: localhost\r\nContent-Type: " + content_type
+            + b"\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+        )
+        reused = self._take_idle()
+        if reused is not None:
+            try:
+                return await self._exchange(*reused, request)
+            except UpstreamClosed as err:
+                if err.answered:
+                    raise
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # closed while we wrote: not delivered either
+        return await self._exchange(*await self._connect(), request)
+
+    async def get(self, path: str = "/") -> int:
+        """The status of GET `path` on a fresh connection (health probes)."""
+        reader, writer = await self._connect()
         try:
-            writer.write(
-                b"POST /score HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: " + content_type.encode("latin-1")
-                + b"\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
-            )
+            writer.write(f"GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n".encode())
+            status, _, _ = await _read_response(reader)
+            return status
+        finally:
+            writer.close()
+
+    async def _exchange(self, reader, writer, request: bytes) -> tuple[int, dict[str, str], bytes]:
+        try:
+            writer.write(request)
             status, headers, payload = await _read_response(reader)
         except BaseException:
             writer.close()  # half-used connections never go back to the pool
@@ -34,20 +82,22 @@ class Upstream:
         if headers.get("connection", "").lower() == "close":
             writer.close()
         else:
-            self._idle.append((reader, writer))
+            self._idle.append((reader, writer, time.monotonic()))
         return status, headers, payload
 
     def close(self) -> None:
-        for _, writer in self._idle:
+        for _, writer, _ in self._idle:
             writer.close()
         self._idle.clear()
 
 
 async def _read_response(reader: asyncio.StreamReader) -> tuple[int, dict[str, str], bytes]:
+    answered = False
     try:
         status_line = await reader.readline()
         if not status_line:
             raise UpstreamClosed("connection closed before the status line")
+        answered = True
         status = int(status_line.split(b" ", 2)[1])
         headers: dict[str, str] = {}
         while True:
@@ -72,4 +122,4 @@ async def _read_response(reader: asyncio.StreamReader) -> tuple[int, dict[str, s
         length = int(headers["content-length"])
         return status, headers, await reader.readexactly(length) if length else b""
     except (asyncio.IncompleteReadError, ConnectionResetError) as err:
-        raise UpstreamClosed(str(err)) from None
+        raise UpstreamClosed(str(err) or "connection reset", answered) from None

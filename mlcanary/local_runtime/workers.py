@@ -1,53 +1,120 @@
 """Deployments and their worker processes.
 
-Each instance is one `azureml-inference-server-http` worker under gunicorn, bound to 127.0.0.1
-(`azmlinfsrv` itself binds 0.0.0.0, so gunicorn serves its WSGI app directly), with the Azure ML
-scoring contract: AML_APP_ROOT is the code folder, AZUREML_ENTRY_SCRIPT the scoring script,
-AZUREML_MODEL_DIR the folder the model sits in (Azure mounts a model at
-$AZUREML_MODEL_DIR/<model folder or file name>). A deployment is ready only when every instance
-answers its health route; a worker that dies later is restarted.
+Each instance is one `azureml-inference-server-http` worker under gunicorn, bound to a Unix socket
+in the runtime's private state directory (no TCP port: only the router, which checks the endpoint
+key, can reach a worker), with the Azure ML scoring contract: AML_APP_ROOT is the code folder,
+AZUREML_ENTRY_SCRIPT the scoring script, AZUREML_MODEL_DIR the folder the model sits in (Azure
+mounts a model at $AZUREML_MODEL_DIR/<model folder or file name>). A deployment is ready only when
+every instance answers its health route. Health afterwards is supervision's job (supervision.py).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
 import os
+import secrets
 import signal
-import socket
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-import aiohttp
 
 from mlcanary.local_runtime.upstream import Upstream
 
 WSGI_APP = "azureml_inference_server_http.server.entry:app"
 DEFAULT_REQUEST_TIMEOUT_MS = 5000  # Azure's default request_timeout_ms
 START_TIMEOUT_S = 120.0
+KEEPALIVE_ENV = "MLCANARY_WORKER_KEEPALIVE_S"  # gunicorn's keep-alive; tests make it short
+LOG_TAIL_LINES = 30
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+def worker_keepalive_s() -> float:
+    return float(os.environ.get(KEEPALIVE_ENV) or 30)
 
 
-def log_tail(path: Path, lines: int = 30) -> str:
+def describe_os_error(err: OSError, path: Path | str | None = None) -> str:
+    """'no space left on device: /path' - the cause in the words of the OS, and where."""
+    reason = (err.strerror or str(err)).lower()
+    where = err.filename or path
+    return f"{reason}: {where}" if where else reason
+
+
+def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
+    """The last `lines` lines of a log, with the first traceback of the latest start kept in view.
+
+    The inference server prints the model folder's listing after a failed init(), which can push
+    the error itself out of a plain tail.
+    """
     if not path.exists():
         return ""
-    return "\n".join(path.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:])
+    all_lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    tail = all_lines[-lines:]
+    starts = [i for i, line in enumerate(all_lines) if line.startswith("--- ") and " starting" in line]
+    latest = all_lines[starts[-1]:] if starts else all_lines
+    error = _first_traceback(latest)
+    if not error or all(line in tail for line in error):
+        return "\n".join(tail)
+    keep = max(0, lines - len(error) - 1)
+    return "\n".join([*error, "...", *(all_lines[-keep:] if keep else [])])
+
+
+def _first_traceback(lines: list[str], most: int = 40) -> list[str]:
+    """The first traceback in `lines` with its chained causes, up to the last exception line."""
+    start = next((i for i, line in enumerate(lines) if "Traceback (most recent call last)" in line), None)
+    if start is None:
+        return []
+    end, i = start, start + 1
+    while i < len(lines):
+        if not lines[i].strip() or lines[i].startswith((" ", "\t", "Traceback (most recent call last)")):
+            i += 1
+            continue
+        end = i  # the exception line
+        j = i + 1
+        while j < len(lines) and not lines[j].strip():
+            j += 1
+        if j < len(lines) and lines[j].startswith(("The above exception", "During handling")):
+            i = j + 1
+            continue
+        break
+    error = lines[start:end + 1]
+    return error if len(error) <= most else [*error[:most // 2], "...", *error[-most // 2:]]
+
+
+@dataclass(frozen=True)
+class ProbeSettings:
+    """Readiness probing of a ready instance (Azure's readiness_probe, in seconds)."""
+
+    period_s: float = 5.0
+    failure_threshold: int = 3
+    timeout_s: float = 2.0
+
+    @classmethod
+    def of(cls, spec: dict[str, Any]) -> ProbeSettings:
+        probe = spec.get("readinessProbe") or {}
+        defaults = cls()
+        return cls(
+            period_s=float(probe.get("period") or defaults.period_s),
+            failure_threshold=int(probe.get("failureThreshold") or defaults.failure_threshold),
+            timeout_s=float(probe.get("timeout") or defaults.timeout_s),
+        )
 
 
 class Worker:
-    def __init__(self, spec: dict[str, Any], log_path: Path):
+    def __init__(self, spec: dict[str, Any], log_path: Path, socket_path: Path,
+                 on_spawn: Callable[[Worker], None] = lambda _: None):
         self.spec = spec
         self.log_path = log_path
-        self.port = 0
+        self.socket_path = socket_path
+        self.on_spawn = on_spawn  # records the process group before anything can go wrong
         self.process: asyncio.subprocess.Process | None = None
-        self.upstream: Upstream | None = None
+        self.upstream = Upstream(str(socket_path), worker_keepalive_s())
         self.healthy = False
+        self.failed_probes = 0
+        self.next_probe = 0.0
 
     @property
     def pid(self) -> int | None:
@@ -56,11 +123,21 @@ class Worker:
     def alive(self) -> bool:
         return self.process is not None and self.process.returncode is None
 
-    async def start(self) -> None:
-        self.port = free_port()
+    def in_rotation(self) -> bool:
+        return self.healthy and self.alive()
+
+    def take_out(self) -> None:
+        """A request found this instance broken: no requests until a probe finds it answering."""
         self.healthy = False
-        self.upstream = Upstream(self.port)
+        self.next_probe = 0.0
+
+    async def start(self) -> None:
+        self.healthy = False
+        self.failed_probes = 0
+        self.upstream.close()
         code = Path(self.spec["code"])
+        if not code.is_dir():
+            raise DeploymentFailed(f"code folder {str(code)!r} does not exist (any more)", "")
         model = self.spec.get("model")
         env = {
             **os.environ,
@@ -72,37 +149,55 @@ class Worker:
             "PYTHONUNBUFFERED": "1",
         }
         timeout_s = max(30, int(self.spec.get("requestTimeoutMs", DEFAULT_REQUEST_TIMEOUT_MS) / 1000) * 2)
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.log_path, "ab") as log:
-            log.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} starting on 127.0.0.1:{self.port}\n".encode())
-            self.process = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{self.port}", "--workers", "1",
-                "--worker-class", "gthread", "--threads", "1", "--keep-alive", "30",
-                "--timeout", str(timeout_s), "--graceful-timeout", "5", WSGI_APP,
-                cwd=str(code), env=env, stdout=log, stderr=asyncio.subprocess.STDOUT,
-                stdin=asyncio.subprocess.DEVNULL, start_new_session=True,
-            )
+        with contextlib.suppress(FileNotFoundError):
+            self.socket_path.unlink()
+        try:
+            self.log_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            with open(self.log_path, "ab") as log:
+                log.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} starting on unix:{self.socket_path}\n".encode())
+                log.flush()
+                self.process = await asyncio.create_subprocess_exec(
+                    sys.executable, "-m", "gunicorn", "--bind", f"unix:{self.socket_path}", "--umask", "0o077",
+                    "--workers", "1", "--worker-class", "gthread", "--threads", "1",
+                    "--keep-alive", f"{worker_keepalive_s():g}",
+                    "--timeout", str(timeout_s), "--graceful-timeout", "5", WSGI_APP,
+                    cwd=str(code), env=env, stdout=log, stderr=asyncio.subprocess.STDOUT,
+                    stdin=asyncio.subprocess.DEVNULL, start_new_session=True,
+                )
+        except OSError as err:
+            if err.errno == errno.ENOSPC:
+                raise DeploymentFailed(describe_os_error(err, self.log_path), "") from None
+            raise DeploymentFailed(f"could not start a worker: {describe_os_error(err)}", "") from None
+        try:
+            self.on_spawn(self)
+        except OSError as err:  # not recorded: it must not run
+            await self.stop(0)
+            raise DeploymentFailed(f"could not record the worker: {describe_os_error(err)}", "") from None
 
-    async def wait_healthy(self, session: aiohttp.ClientSession, timeout_s: float = START_TIMEOUT_S) -> bool:
+    async def probe(self, timeout_s: float) -> bool:
+        """True if the health route answers 200 within `timeout_s`."""
+        try:
+            async with asyncio.timeout(timeout_s):
+                return await self.upstream.get("/") == 200
+        except (OSError, asyncio.TimeoutError, ValueError, IndexError):
+            return False
+
+    async def wait_healthy(self, timeout_s: float = START_TIMEOUT_S) -> bool:
         """True once `GET /` answers 200 (init() has run); False if the worker exits or times out."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if not self.alive():
                 return False
-            try:
-                async with session.get(f"http://127.0.0.1:{self.port}/", timeout=aiohttp.ClientTimeout(total=2)) as r:
-                    if r.status == 200:
-                        self.healthy = True
-                        return True
-            except (aiohttp.ClientError, asyncio.TimeoutError):
-                pass
+            if self.socket_path.exists() and await self.probe(2):
+                self.healthy = True
+                self.failed_probes = 0
+                return True
             await asyncio.sleep(0.1)
         return False
 
     async def stop(self, grace_s: float = 5.0) -> None:
         self.healthy = False
-        if self.upstream:
-            self.upstream.close()
+        self.upstream.close()
         if not self.alive():
             return
         try:
@@ -128,16 +223,24 @@ class DeploymentFailed(RuntimeError):
 
 
 class Deployment:
-    def __init__(self, endpoint: str, name: str, spec: dict[str, Any], log_dir: Path):
+    """One deployment's instances. Each Deployment object is one generation: its own log folder,
+    so a replacement never writes into the logs of the set it replaces."""
+
+    def __init__(self, endpoint: str, name: str, spec: dict[str, Any], log_dir: Path, socket_dir: Path,
+                 on_spawn: Callable[[Worker], None] = lambda _: None):
         self.endpoint = endpoint
         self.name = name
         self.spec = spec
-        self.log_dir = log_dir
+        self.generation = f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
+        self.log_dir = log_dir / self.generation
+        self.socket_dir = socket_dir
+        self.on_spawn = on_spawn
         self.workers: list[Worker] = []
         self.state = "starting"  # starting | ready | failed | draining | stopped
         self.error = ""
         self.inflight = 0
         self.restarts = 0
+        self.probes = ProbeSettings.of(spec)
         self._next = 0
 
     @property
@@ -147,13 +250,21 @@ class Deployment:
     def _new_workers(self, count: int) -> list[Worker]:
         start = len(self.workers)
         return [
-            Worker(self.spec, self.log_dir / f"instance-{start + i}.log")
+            Worker(self.spec, self.log_dir / f"instance-{start + i}.log",
+                   self.socket_dir / f"{secrets.token_hex(6)}.sock", self.on_spawn)
             for i in range(count)
         ]
 
-    async def _start_workers(self, workers: list[Worker], session: aiohttp.ClientSession) -> None:
-        await asyncio.gather(*(w.start() for w in workers))
-        results = await asyncio.gather(*(w.wait_healthy(session) for w in workers))
+    async def _start_workers(self, workers: list[Worker]) -> None:
+        try:
+            for worker in workers:
+                await worker.start()
+        except DeploymentFailed as err:
+            await asyncio.gather(*(w.stop() for w in workers))
+            raise DeploymentFailed(
+                f"deployment {self.name!r} of endpoint {self.endpoint!r} failed to start: {err}", err.log_tail
+            ) from None
+        results = await asyncio.gather(*(w.wait_healthy() for w in workers))
         if not all(results):
             failed = next(w for w, ok in zip(workers, results) if not ok)
             code = failed.process.returncode if failed.process else None
@@ -166,21 +277,21 @@ class Deployment:
                 log_tail(failed.log_path),
             )
 
-    async def start(self, session: aiohttp.ClientSession) -> None:
+    async def start(self) -> None:
         workers = self._new_workers(int(self.spec["instanceCount"]))
+        self.workers = workers  # visible (and recorded) while they start
         try:
-            await self._start_workers(workers, session)
+            await self._start_workers(workers)
         except DeploymentFailed as err:
-            self.state, self.error = "failed", f"{err}\n{err.log_tail}"
+            self.state, self.error = "failed", f"{err}\n{err.log_tail}".rstrip()
             raise
-        self.workers = workers
         self.state, self.error = "ready", ""
 
-    async def scale(self, count: int, session: aiohttp.ClientSession) -> None:
+    async def scale(self, count: int) -> None:
         """Change the instance count in place: new instances join once healthy, extra ones drain."""
         if count > len(self.workers):
             added = self._new_workers(count - len(self.workers))
-            await self._start_workers(added, session)
+            await self._start_workers(added)
             self.workers = self.workers + added
         elif count < len(self.workers):
             kept, removed = self.workers[:count], self.workers[count:]
@@ -188,26 +299,13 @@ class Deployment:
             await asyncio.gather(*(w.stop() for w in removed))
         self.spec = {**self.spec, "instanceCount": count}
 
-    def pick(self) -> Worker | None:
-        """Round robin over healthy instances."""
-        healthy = [w for w in self.workers if w.healthy and w.alive()]
+    def pick(self, exclude: set[Worker] = frozenset()) -> Worker | None:
+        """Round robin over instances in rotation."""
+        healthy = [w for w in self.workers if w.in_rotation() and w not in exclude]
         if not healthy:
             return None
         self._next = (self._next + 1) % len(healthy)
         return healthy[self._next]
-
-    async def supervise(self, session: aiohttp.ClientSession) -> None:
-        """Restart instances that died after the deployment became ready."""
-        if self.state != "ready":
-            return
-        for worker in self.workers:
-            if not worker.alive():
-                worker.healthy = False
-                self.restarts += 1
-                with open(worker.log_path, "ab") as log:
-                    log.write(f"--- worker exited ({worker.process.returncode}); restarting\n".encode())
-                await worker.start()
-                await worker.wait_healthy(session)
 
     async def drain_and_stop(self, timeout_s: float = 30.0) -> None:
         """No new requests reach a draining deployment; in-flight ones finish before it stops."""
@@ -222,10 +320,11 @@ class Deployment:
         return {
             "state": self.state,
             "instances": len(self.workers),
-            "healthy": sum(w.healthy and w.alive() for w in self.workers),
+            "healthy": sum(w.in_rotation() for w in self.workers),
             "restarts": self.restarts,
-            "ports": [w.port for w in self.workers],
             "pids": [w.pid for w in self.workers],
+            "sockets": [str(w.socket_path) for w in self.workers],
+            "logDir": str(self.log_dir),
             "error": self.error,
             "spec": self.spec,
         }

@@ -2,6 +2,7 @@
 
 MODEL_NAME     answered in every response, so tests see which deployment scored
 FAIL_INIT      init() raises (the worker exits with code 3)
+INIT_SLEEP     init() sleeps this many seconds first (a slow start)
 ALWAYS_FAIL    run() raises for every request
 ALWAYS_SLEEP   run() sleeps this many seconds first
 A request body may also ask for {"fail": true} or {"sleep": seconds}.
@@ -16,6 +17,7 @@ weights = None
 
 def init():
     global weights
+    time.sleep(float(os.environ.get("INIT_SLEEP") or 0))
     if os.environ.get("FAIL_INIT"):
         raise RuntimeError("init failed on purpose")
     with open(os.path.join(os.environ["AZUREML_MODEL_DIR"], "model", "weights.json"), encoding="utf-8") as file:

@@ -1,0 +1,59 @@
+"""One stage change at a time per state directory.
+
+`mlcanary local up` (and rehearse) hold an exclusive flock on stage.lock for a whole stage, not
+per call, so two concurrent applies cannot interleave: the final state is the stage that last
+reported success. The holder writes who it is into the file, so a waiting apply can say what it
+waits for. The lock is released by the OS if the holder dies.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from mlcanary.local_runtime import paths
+
+
+class StageLocked(RuntimeError):
+    """Another apply holds the lock and the caller chose not to wait."""
+
+
+def _holder(handle) -> str:
+    handle.seek(0)
+    try:
+        info = json.loads(handle.read() or "{}")
+        return f"pid {info['pid']} applying {info['stage']} since {info['since']}"
+    except (ValueError, KeyError, TypeError):
+        return "another apply"
+
+
+@contextlib.contextmanager
+def stage_lock(root: Path, stage: str, wait: bool = True,
+               progress: Callable[[str], None] = lambda _: None) -> Iterator[None]:
+    paths.ensure_private_dir(root)
+    descriptor = os.open(paths.stage_lock_file(root), os.O_RDWR | os.O_CREAT, 0o600)
+    with os.fdopen(descriptor, "r+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _holder(handle)
+            if not wait:
+                raise StageLocked(f"another `mlcanary local up` is changing {root} ({holder}); "
+                                  "not waiting (--no-wait)") from None
+            progress(f"waiting for the other stage change to finish ({holder})")
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        handle.seek(0)
+        handle.truncate()
+        handle.write(json.dumps({"pid": os.getpid(), "stage": stage, "since": time.strftime("%H:%M:%S")}))
+        handle.flush()
+        try:
+            yield
+        finally:
+            handle.seek(0)
+            handle.truncate()
+            fcntl.flock(handle, fcntl.LOCK_UN)
