@@ -58,26 +58,10 @@ def check(stage_files: tuple[Path, ...], policy_pack_config: Path | None, output
     sys.exit(report.exit_code)
 
 
-def _resource_text(resource: str) -> str:
-    """`type: name` of a URN, as `pulumi preview` shows a resource; other labels as they are."""
-    if not resource.startswith("urn:pulumi:"):
-        return resource
-    qualified_type, name = resource.split("::")[2:4]
-    return f"{qualified_type.rsplit('$', 1)[-1]}: {name}"
-
-
 def _print_text(report) -> None:
-    stages = []
-    for violation in report.violations:
-        if violation.stage not in stages:
-            stages.append(violation.stage)
-    for stage in stages:
-        click.echo(stage)
-        for v in (v for v in report.violations if v.stage == stage):
-            marker = click.style(f"[{v.enforcementLevel}]", fg="red" if v.enforcementLevel == "mandatory" else "yellow")
-            click.echo(f"    - {marker}  {v.policy}  ({_resource_text(v.resource)})")
-            click.echo(f"      {v.description}")
-            click.echo(f"      {v.message}")
+    from mlcanary.violation_text import echo_violations
+
+    echo_violations(report.violations)
     mandatory, advisory = report.count("mandatory"), report.count("advisory")
     click.echo(
         f"Checked {report.stages} stage(s) ({report.resources} resources) and {report.transitions} "
