@@ -57,10 +57,24 @@ class Violation:
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class InputError:
+    """An input that could not be used (a stage file, the policy config); the message names the field."""
+
+    input: str
+    message: str
+
+    def __str__(self) -> str:
+        return self.message
+
+    def as_json(self) -> dict:
+        return {"input": self.input, "error": self.message}
+
+
 @dataclass
 class CheckReport:
     violations: list[Violation] = field(default_factory=list)
-    errors: list[str] = field(default_factory=list)
+    errors: list[InputError] = field(default_factory=list)
     stages: int = 0
     resources: int = 0
     transitions: int = 0
@@ -81,7 +95,7 @@ def check_stages(paths: list[Path], settings: dict[str, PolicySettings]) -> Chec
     previous: tuple[str, EndpointSpec] | None = None
     for path, (spec, render, error) in zip(paths, _load_and_render_all(paths)):
         if error is not None:
-            report.errors.append(error)
+            report.errors.append(InputError(str(path), error))
             previous = None
             continue
         report.stages += 1
