@@ -162,12 +162,12 @@ def _policy_settings(path: Path | None):
 
 
 def _running(client, endpoint: str) -> dict | None:
-    """The endpoint as the runtime runs it now, or None (no runtime, or no such endpoint)."""
-    if client.base_url() is None:
-        return None
+    """The endpoint as it runs now (or as a stopped runtime will restore it), or None when it is new."""
+    from mlcanary.local_runtime.running import StateUnreadable, current_endpoints
+
     try:
-        return client.status()["endpoints"].get(endpoint)
-    except _errors() as err:
+        return current_endpoints(client).get(endpoint)
+    except (StateUnreadable, *_errors()) as err:
         _fail(str(err))
 
 

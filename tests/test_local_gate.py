@@ -9,7 +9,7 @@ from click.testing import CliRunner
 from mlcanary.cli import main
 from mlcanary.local_runtime.client import RuntimeClient
 from test_local_cli import STAGE, run, state  # noqa: F401 - the `state` fixture
-from test_local_runtime import MODELS
+from test_local_runtime import MODELS, stop_runtime
 
 
 def up(state, stage, *options):
@@ -31,6 +31,18 @@ def test_a_step_check_refuses_is_refused_by_local_up_and_changes_nothing(state):
     assert "deployment 'blue' is removed but had 90% live traffic in the previous stage" in result.output
     assert "refused by a mandatory policy (above); nothing was changed" in result.output
     assert routing(state) == before == {"fraud-scorer": ({"blue": 90, "green": 10}, {}, ["blue", "green"])}
+
+
+def test_a_stopped_runtime_is_judged_by_the_state_it_will_restore(state):
+    """After a restart the runtime brings stage 5 back: stage 7 is refused before anything starts."""
+    for stage in "1", "3", "5":
+        assert up(state, STAGE[stage]).exit_code == 0
+    stop_runtime(RuntimeClient(state))
+    preview = up(state, STAGE["7"], "--preview")
+    assert "  live traffic: blue 90, green 10 -> green 100" in preview.output and "  removed: blue" in preview.output
+    result = up(state, STAGE["7"])
+    assert result.exit_code == 1 and "removed-deployment-had-no-traffic" in result.output
+    assert RuntimeClient(state).base_url() is None
 
 
 def test_the_gate_judges_the_step_from_the_running_state_as_check_judges_two_stage_files(state):

@@ -10,6 +10,7 @@ endpoints already exists there (`existing_endpoints`).
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -18,8 +19,9 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from mlcanary.local_runtime import paths, store
+from mlcanary.local_runtime import paths
 from mlcanary.local_runtime.client import RuntimeClient
+from mlcanary.local_runtime.running import current_endpoints
 
 STOP_TIMEOUT_S = 60.0
 
@@ -77,17 +79,10 @@ def stop(client: RuntimeClient) -> None:
 
 def existing_endpoints(client: RuntimeClient) -> set[str]:
     """Endpoints the runtime of this state directory has, running or restored on its next start."""
-    if client.base_url() is not None:
-        return set(client.status()["endpoints"])
-    try:
-        return set(store.load(paths.state_file(client.root))["endpoints"])
-    except (OSError, ValueError, KeyError):
-        return set()
+    return set(current_endpoints(client))
 
 
 def _recorded_pid(root: Path) -> int | None:
-    import json
-
     try:
         return int(json.loads(paths.runtime_file(root).read_text())["pid"])
     except (OSError, ValueError, KeyError, TypeError):
