@@ -95,3 +95,25 @@ def test_every_offline_command_of_the_readme_passes(shell):
             assert result.returncode == 0, f"{command}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
             ran.append(command)
     assert "./tasks rehearse" in ran and "mlcanary local down" in ran
+
+
+def command_names(group, prefix: str = "") -> list[str]:
+    import click
+
+    names = []
+    for name, command in group.commands.items():
+        if isinstance(command, click.Group):
+            names += command_names(command, f"{prefix}{name} ")
+        else:
+            names.append(f"{prefix}{name}")
+    return names
+
+
+def test_the_exit_code_table_covers_every_command():
+    from mlcanary.cli import main
+
+    section = README.split("## Exit codes", 1)[1].split("\n## ", 1)[0]
+    for name in command_names(main):
+        assert f"`{name}`" in section, name
+    codes = re.findall(r"^\| `(\d+)` \|", section, flags=re.M)
+    assert codes == ["0", "1", "2", "130"]
