@@ -71,8 +71,9 @@ def _errors():
     """The runtime's refusals and a runtime that is not there, as clean errors."""
     from mlcanary.local_runtime.apply import StageRefused
     from mlcanary.local_runtime.client import NotRunning, RuntimeRefusal
+    from mlcanary.local_runtime.running import StateUnreadable
 
-    return (StageRefused, NotRunning, RuntimeRefusal)
+    return (StageRefused, NotRunning, RuntimeRefusal, StateUnreadable)
 
 
 @click.group()
@@ -163,11 +164,11 @@ def _policy_settings(path: Path | None):
 
 def _running(client, endpoint: str) -> dict | None:
     """The endpoint as it runs now (or as a stopped runtime will restore it), or None when it is new."""
-    from mlcanary.local_runtime.running import StateUnreadable, current_endpoints
+    from mlcanary.local_runtime.running import current_endpoints
 
     try:
         return current_endpoints(client).get(endpoint)
-    except (StateUnreadable, *_errors()) as err:
+    except _errors() as err:
         _fail(str(err))
 
 
@@ -425,7 +426,10 @@ def _rehearse_in(client, endpoints: set[str], keep: bool, run) -> None:
     (unless --keep and the rehearsal succeeded); a runtime started for the rehearsal is stopped again."""
     from mlcanary.local_runtime.sandbox import existing_endpoints, uninterrupted
 
-    taken = endpoints & existing_endpoints(client)
+    try:
+        taken = endpoints & existing_endpoints(client)
+    except _errors() as err:
+        _fail(str(err))
     if taken:
         _fail(f"endpoint(s) {', '.join(sorted(taken))} already exist in {client.root}; a rehearsal only touches "
               "endpoints it creates: rehearse without --state-dir (a private runtime), or delete them first", 1)

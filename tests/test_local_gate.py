@@ -8,7 +8,7 @@ from click.testing import CliRunner
 
 from mlcanary.cli import main
 from mlcanary.local_runtime.client import RuntimeClient
-from test_local_cli import STAGE, run, state  # noqa: F401 - the `state` fixture
+from test_local_cli import REQUEST, STAGE, run, state  # noqa: F401 - the `state` fixture
 from test_local_runtime import MODELS, stop_runtime
 
 
@@ -156,3 +156,14 @@ def test_a_stage_refused_on_its_first_apply_leaves_no_endpoint_behind(state, tmp
     assert result.exit_code == 1, result.output
     assert "init() failed" in result.output and "traffic is as it was" in result.output
     assert RuntimeClient(state).status()["endpoints"] == {}
+
+
+def test_an_unreadable_state_file_is_named_and_nothing_starts(state):
+    state.mkdir(parents=True)
+    (state / "state.json").write_text("{nope")
+    for command in (["local", "up", STAGE["1"]], ["rehearse", "--request-file", REQUEST, STAGE["1"]]):
+        result = run(state, *command)
+        assert result.exit_code == 1, result.output
+        assert f"{state / 'state.json'}: cannot read the runtime's state" in result.output
+        assert "Traceback" not in result.output
+        assert RuntimeClient(state).base_url() is None
