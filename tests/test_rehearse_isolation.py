@@ -52,6 +52,21 @@ def pid_alive(pid: int) -> bool:
     return Path(f"/proc/{pid}").exists() and "Z" not in Path(f"/proc/{pid}/stat").read_text().split()[2]
 
 
+def processes_holding_files_in(folder: Path) -> list[int]:
+    """Processes with a file open under `folder` (workers log there): what a rehearsal there started."""
+    holders = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            targets = [os.readlink(fd) for fd in (proc / "fd").iterdir()]
+        except OSError:
+            continue
+        if any(t.startswith(f"{folder}/") for t in targets) and pid_alive(int(proc.name)):
+            holders.append(int(proc.name))
+    return holders
+
+
 def wait_gone(pids: list[int], timeout_s: float = 60) -> list[int]:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline and any(pid_alive(p) for p in pids):
@@ -148,6 +163,11 @@ def test_an_interrupted_rehearsal_stops_its_runtime_and_removes_its_directory(tm
     try:
         assert stage_1_done.wait(180), "".join(lines) + process.stderr.read()  # the table streamed out
         [root] = private_tmp.iterdir()
+        green_logs = paths.deployment_log_dir(root, "fraud-scorer", "green")
+        deadline = time.monotonic() + 180
+        while not green_logs.exists() and time.monotonic() < deadline:  # stage 3 is starting green
+            time.sleep(0.01)
+        assert green_logs.exists()
         runtime = RuntimeClient(root)
         status = runtime.status()["endpoints"]["fraud-scorer"]
         started = [json.loads(paths.runtime_file(root).read_text())["pid"]]
@@ -158,7 +178,12 @@ def test_an_interrupted_rehearsal_stops_its_runtime_and_removes_its_directory(tm
     finally:
         if process.poll() is None:
             process.kill()
+            process.wait(30)
     reader.join(10)
     assert "interrupted: the rehearsal stopped its private runtime and removed its state directory" in process.stderr.read()
     assert wait_gone(started) == []
+    leaked = processes_holding_files_in(private_tmp)
+    for pid in leaked:  # the test's own clean-up: a failing run leaves nothing behind
+        os.kill(pid, signal.SIGKILL)
+    assert leaked == []  # also green's workers, interrupted while starting
     assert list(private_tmp.iterdir()) == []

@@ -2,7 +2,8 @@
 
 `private_runtime()` gives a runtime in a temporary state directory of its own and, when the block
 ends (success, failure, Ctrl-C or SIGTERM), stops that runtime and removes the directory.
-`interruptible()` turns SIGTERM into KeyboardInterrupt for the block, so both signals unwind through
+Whatever still holds a file in that directory afterwards (a worker whose start was
+interrupted) is killed too. `interruptible()` turns SIGTERM into KeyboardInterrupt for the block, so both signals unwind through
 the same `finally`. Pointed at a runtime of the user's, a rehearsal first checks that none of its
 endpoints already exists there (`existing_endpoints`).
 """
@@ -61,6 +62,7 @@ def private_runtime() -> Iterator[RuntimeClient]:
     finally:
         with uninterrupted():
             stop(client)
+            stop_holders(root)
             shutil.rmtree(root, ignore_errors=True)
 
 
@@ -75,6 +77,26 @@ def stop(client: RuntimeClient) -> None:
     from mlcanary.local_runtime.server import kill_orphans
 
     kill_orphans(client.root)  # workers of a runtime that had to be killed
+
+
+def stop_holders(root: Path) -> list[int]:
+    """Kill every process that holds a file open under `root`, a private directory: only what the
+    rehearsal's runtime started can (workers log there). This catches a worker whose start was
+    interrupted before the runtime recorded it. Linux (/proc); elsewhere nothing is found."""
+    holders = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        pid = int(proc.name)
+        if pid == os.getpid():
+            continue
+        try:
+            if any(os.readlink(fd).startswith(f"{root}/") for fd in (proc / "fd").iterdir()):
+                holders.append(pid)
+        except OSError:
+            continue  # gone meanwhile, or not ours to read
+    for pid in holders:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    return holders
 
 
 def existing_endpoints(client: RuntimeClient) -> set[str]:
