@@ -91,3 +91,13 @@ def test_no_line_is_wrapped_off_a_terminal(state, tmp_path):
     uri = RuntimeClient(state).status()["endpoints"]["fraud-scorer"]["scoringUri"]
     assert f"applied {stage}: endpoint fraud-scorer at {uri}\n" in result.output
     assert len(f"applied {stage}") > 200
+
+
+def test_commands_that_need_a_runtime_exit_1_without_one(state):
+    for command in (["local", "keys", "fraud-scorer"], ["local", "metrics"],
+                    ["logs", "fraud-scorer", "--deployment", "blue"],
+                    ["invoke", "fraud-scorer", "--request-file", REQUEST]):
+        result = run(state, *command)
+        assert (result.exit_code, result.stderr) == (1, f"error: no local runtime is running for {state.resolve()}\n"), command
+    for command in (["local", "status"], ["local", "down"]):
+        assert run(state, *command).exit_code == 0
