@@ -105,8 +105,7 @@ def local_up(stage_file: Path, policy_pack_config: Path | None, preview: bool, o
     deployments (waiting until every instance is healthy), traffic, removed deployments (drained).
     A deployment whose init() fails refuses the stage and traffic stays as it was.
     """
-    from mlcanary.local_runtime.apply import apply_stage
-    from mlcanary.local_runtime.plan import plan_stage
+    from mlcanary.local_runtime.apply import apply_stage, plan_of
 
     stack = _load(stage_file)
     if stack.target != "local":
@@ -124,7 +123,7 @@ def local_up(stage_file: Path, policy_pack_config: Path | None, preview: bool, o
 
         echo_violations(violations)
     if preview or refused:
-        plan = plan_stage(stack.endpoint, running)
+        plan = plan_of(stack.endpoint, running)
         if output_format == "json":
             _echo_json({**document, "result": "refused" if refused else "preview", "changes": plan.as_json()})
         else:
@@ -137,7 +136,7 @@ def local_up(stage_file: Path, policy_pack_config: Path | None, preview: bool, o
     try:
         with console.status("starting the local runtime") as status:
             client.ensure_running()
-            applied = apply_stage(stack, client, lambda message: status.update(message))
+            applied = apply_stage(stack, client, lambda message: status.update(message), judged=running)
     except _errors() as err:
         if output_format == "json":
             _echo_json({**document, "result": "refused", "error": str(err)})

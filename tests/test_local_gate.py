@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from click.testing import CliRunner
 
 from mlcanary.cli import main
@@ -167,3 +168,18 @@ def test_an_unreadable_state_file_is_named_and_nothing_starts(state):
         assert f"{state / 'state.json'}: cannot read the runtime's state" in result.output
         assert "Traceback" not in result.output
         assert RuntimeClient(state).base_url() is None
+
+
+def test_a_stage_judged_on_a_state_that_changed_since_is_refused(state):
+    """The gate's verdict holds only for the state it judged: another apply in between refuses the stage."""
+    from mlcanary.local_runtime.apply import StageRefused, apply_stage
+    from mlcanary.local_runtime.rehearse import load_stage
+
+    for stage in "1", "3", "5", "6":
+        assert up(state, STAGE[stage]).exit_code == 0
+    client = RuntimeClient(state)
+    judged = client.status()["endpoints"]["fraud-scorer"]  # stage 6: blue 0, green 100 - stage 7 passes
+    assert up(state, STAGE["5"]).exit_code == 0  # meanwhile: back to blue 90, green 10
+    with pytest.raises(StageRefused, match="changed after the stage was judged"):
+        apply_stage(load_stage(STAGE["7"]), client, judged=judged)
+    assert routing(state)["fraud-scorer"] == ({"blue": 90, "green": 10}, {}, ["blue", "green"])

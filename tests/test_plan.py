@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from mlcanary.local_runtime.plan import deployment_payload, plan_stage, running_endpoint
+from mlcanary.local_runtime.apply import deployment_payload, plan_of
+from mlcanary.local_runtime.plan import running_endpoint, transition_view
 from mlcanary.local_runtime.rehearse import load_stage
 from test_local_cli import STAGE
 
@@ -18,7 +19,7 @@ def running_as(stage: str, **states: str) -> dict:
 
 
 def plan(stage: str, running: dict | None):
-    return plan_stage(load_stage(STAGE[stage]).endpoint, running)
+    return plan_of(load_stage(STAGE[stage]).endpoint, running)
 
 
 def test_the_same_stage_changes_nothing():
@@ -61,3 +62,11 @@ def test_the_running_endpoint_as_the_transition_rules_see_it():
     before = running_endpoint("fraud-scorer", running_as("4"))
     assert sorted(before.deployments) == ["blue", "green"]
     assert before.live_traffic == {"blue": 100, "green": 0} and before.mirror_traffic == {"green": 10}
+
+
+def test_the_gate_verdict_depends_only_on_the_transition_view():
+    """Health and per-deployment settings do not change the verdict; names and traffic do."""
+    assert transition_view(running_as("3", green="starting")) == transition_view(running_as("3"))
+    assert transition_view(running_as("2")) != transition_view(running_as("3"))
+    assert transition_view(running_as("4")) != transition_view(running_as("3"))  # the mirror
+    assert transition_view(None) is None

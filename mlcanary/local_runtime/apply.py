@@ -12,16 +12,34 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
-from mlcanary.components.spec import StackSpec
+from mlcanary.components.spec import DeploymentSpec, EndpointSpec, StackSpec
 from mlcanary.local_runtime.client import RuntimeClient, RuntimeRefusal
-from mlcanary.local_runtime.plan import Plan, deployment_payload, plan_stage
-
-__all__ = ["Applied", "StageRefused", "apply_stage", "deployment_payload"]
+from mlcanary.local_runtime.plan import Plan, plan_stage, transition_view
 
 
 class StageRefused(RuntimeError):
     pass
+
+
+def deployment_payload(spec: DeploymentSpec) -> dict[str, Any]:
+    """What the runtime needs to serve one deployment (environment and instance type do not apply)."""
+    payload: dict[str, Any] = {
+        "code": spec.code,
+        "scoringScript": spec.scoring_script,
+        "model": spec.model,
+        "instanceCount": spec.instance_count,
+        "environmentVariables": dict(spec.environment_variables),
+    }
+    if spec.request_settings and spec.request_settings.request_timeout_ms:
+        payload["requestTimeoutMs"] = spec.request_settings.request_timeout_ms
+    return payload
+
+
+def plan_of(spec: EndpointSpec, running: dict[str, Any] | None) -> Plan:
+    """What applying `spec` changes on `running` (the endpoint's status, or None when it is new)."""
+    return plan_stage(spec, running, {name: deployment_payload(d) for name, d in spec.deployments.items()})
 
 
 @dataclass
@@ -34,14 +52,28 @@ class Applied:
         return self.plan.endpoint
 
 
+NOT_JUDGED = object()
+
+
 def apply_stage(
-    stack: StackSpec, client: RuntimeClient, progress: Callable[[str], None] = lambda _: None
+    stack: StackSpec, client: RuntimeClient, progress: Callable[[str], None] = lambda _: None,
+    judged: Any = NOT_JUDGED,
 ) -> Applied:
+    """`judged`: the endpoint's status (or None) on which the gate passed this stage; if what the
+    transition rules read of it changed since (another apply in between), the stage is refused."""
     if stack.target != "local":
         raise StageRefused(f"this stage targets {stack.target!r}; `mlcanary local up` applies local-target stages "
                            "(mlcanary:target: local)")
+    return _apply(stack, client, progress, judged)
+
+
+def _apply(stack: StackSpec, client: RuntimeClient, progress: Callable[[str], None], judged: Any) -> Applied:
     spec = stack.endpoint
-    plan = plan_stage(spec, client.status(start=True)["endpoints"].get(spec.name))
+    running = client.status(start=True)["endpoints"].get(spec.name)
+    if judged is not NOT_JUDGED and transition_view(running) != transition_view(judged):
+        raise StageRefused(f"endpoint {spec.name!r} changed after the stage was judged (another apply?); "
+                           "nothing was changed: run it again to judge the step from the new state")
+    plan = plan_of(spec, running)
     endpoint = client.put_endpoint(spec.name, spec.auth_mode)
     created: list[str] = []
 

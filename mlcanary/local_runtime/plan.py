@@ -13,20 +13,6 @@ from typing import Any
 from mlcanary.components.spec import DeploymentSpec, EndpointSpec
 
 
-def deployment_payload(spec: DeploymentSpec) -> dict[str, Any]:
-    """What the runtime needs to serve one deployment (environment and instance type do not apply)."""
-    payload: dict[str, Any] = {
-        "code": spec.code,
-        "scoringScript": spec.scoring_script,
-        "model": spec.model,
-        "instanceCount": spec.instance_count,
-        "environmentVariables": dict(spec.environment_variables),
-    }
-    if spec.request_settings and spec.request_settings.request_timeout_ms:
-        payload["requestTimeoutMs"] = spec.request_settings.request_timeout_ms
-    return payload
-
-
 @dataclass
 class Plan:
     endpoint: str
@@ -68,16 +54,17 @@ class Plan:
         return out
 
 
-def plan_stage(spec: EndpointSpec, running: dict[str, Any] | None) -> Plan:
-    """The changes that bring `running` (the runtime's status of this endpoint, or None) to `spec`."""
+def plan_stage(spec: EndpointSpec, running: dict[str, Any] | None, payloads: dict[str, dict[str, Any]]) -> Plan:
+    """The changes that bring `running` (the runtime's status of this endpoint, or None) to `spec`, whose
+    deployments the runtime would be given as `payloads` (name -> `apply.deployment_payload`)."""
     current = (running or {}).get("deployments", {})
     plan = Plan(
         spec.name, running is not None,
         traffic_before=_shares((running or {}).get("traffic", {})), traffic_after=_shares(spec.live_traffic),
         mirror_before=_shares((running or {}).get("mirrorTraffic", {})), mirror_after=_shares(spec.mirror_traffic),
     )
-    for name, deployment in spec.deployments.items():
-        payload = deployment_payload(deployment)
+    for name in spec.deployments:
+        payload = payloads[name]
         existing = current.get(name)
         if existing is None:
             plan.started.append(name)
@@ -87,6 +74,15 @@ def plan_stage(spec: EndpointSpec, running: dict[str, Any] | None) -> Plan:
             plan.updated[name] = _why_updated(existing, payload)
     plan.removed = [name for name in current if name not in spec.deployments]
     return plan
+
+
+def transition_view(running: dict[str, Any] | None) -> tuple | None:
+    """What the transition rules read of a running endpoint: its deployments, live and mirror traffic.
+    Equal views get the same verdict from the gate."""
+    if running is None:
+        return None
+    return (sorted(running.get("deployments", {})), _shares(running.get("traffic", {})),
+            _shares(running.get("mirrorTraffic", {})))
 
 
 def running_endpoint(name: str, running: dict[str, Any]) -> EndpointSpec:
