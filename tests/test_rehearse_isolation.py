@@ -187,3 +187,24 @@ def test_an_interrupted_rehearsal_stops_its_runtime_and_removes_its_directory(tm
         os.kill(pid, signal.SIGKILL)
     assert leaked == []  # also green's workers, interrupted while starting
     assert list(private_tmp.iterdir()) == []
+
+
+def test_an_interrupted_rehearsal_in_a_users_runtime_deletes_only_its_endpoint(state, tmp_path, monkeypatch):
+    from mlcanary.local_runtime import rehearse as rehearsal
+
+    other = tmp_path / "other.yaml"
+    other.write_text(STAGE["1"].read_text().replace("name: fraud-scorer", "name: users-own"))
+    assert run(state, "local", "up", other).exit_code == 0
+    real_probe, probes = rehearsal.probe, []
+
+    def probe_then_ctrl_c(*args, **kwargs):
+        probes.append(1)
+        if len(probes) == 2:
+            raise KeyboardInterrupt  # Ctrl-C while stage 2 is probed
+        return real_probe(*args, **kwargs)
+
+    monkeypatch.setattr(rehearsal, "probe", probe_then_ctrl_c)
+    result = run(state, "rehearse", "--requests", "5", "--request-file", REQUEST, STAGE["1"], STAGE["2"])
+    assert result.exit_code == 130
+    assert "interrupted: the rehearsal deleted endpoint(s) fraud-scorer it created" in result.output
+    assert list(RuntimeClient(state).status()["endpoints"]) == ["users-own"]
