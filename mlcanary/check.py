@@ -12,7 +12,6 @@ import multiprocessing
 import os
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
-from itertools import pairwise
 from pathlib import Path
 
 from google.protobuf import json_format, struct_pb2
@@ -57,10 +56,24 @@ class Violation:
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class InputError:
+    """An input that could not be used (a stage file, the policy config); the message names the field."""
+
+    input: str
+    message: str
+
+    def __str__(self) -> str:
+        return self.message
+
+    def as_json(self) -> dict:
+        return {"input": self.input, "error": self.message}
+
+
 @dataclass
 class CheckReport:
     violations: list[Violation] = field(default_factory=list)
-    errors: list[str] = field(default_factory=list)
+    errors: list[InputError] = field(default_factory=list)
     stages: int = 0
     resources: int = 0
     transitions: int = 0
@@ -78,20 +91,31 @@ class CheckReport:
 def check_stages(paths: list[Path], settings: dict[str, PolicySettings]) -> CheckReport:
     report = CheckReport()
     analyzer = _configured_analyzer(settings)
-    specs: list[EndpointSpec | None] = []
+    previous: tuple[str, EndpointSpec] | None = None
     for path, (spec, render, error) in zip(paths, _load_and_render_all(paths)):
         if error is not None:
-            report.errors.append(error)
-        else:
-            report.stages += 1
-            report.resources += len(render.resources)
-            report.violations += _analyze(str(path), render, analyzer)
-        specs.append(spec)
-    for (path_a, spec_a), (path_b, spec_b) in pairwise(zip(paths, specs)):
-        if spec_a is not None and spec_b is not None:
-            report.transitions += 1
-            report.violations += _check_transition(f"{path_a} -> {path_b}", spec_a, spec_b, settings)
+            report.errors.append(InputError(str(path), error))
+            previous = None
+            continue
+        report.stages += 1
+        report.resources += len(render.resources)
+        report.transitions += previous is not None
+        report.violations += judge_stage(str(path), spec, render, settings, before=previous, analyzer=analyzer)
+        previous = (str(path), spec)
     return report
+
+
+def judge_stage(
+    stage: str, spec: EndpointSpec, render: Render, settings: dict[str, PolicySettings], *,
+    before: tuple[str, EndpointSpec] | None = None, analyzer: _PolicyAnalyzerServicer | None = None,
+) -> list[Violation]:
+    """The gate every stage passes, in `check` and before `local up` changes anything: every policy of
+    the pack on the rendered stage, then the transition rules on the step from `before` (a label and
+    the endpoint as it was: the previous stage file, or the running endpoint), if there is one."""
+    violations = _analyze(stage, render, analyzer or _configured_analyzer(settings))
+    if before is not None:
+        violations += _check_transition(f"{before[0]} -> {stage}", before[1], spec, settings)
+    return violations
 
 
 Loaded = tuple[EndpointSpec | None, Render | None, str | None]
@@ -102,12 +126,13 @@ def _load_and_render_all(paths: list[Path]) -> list[Loaded]:
     in forked workers, which inherit the already imported SDKs instead of importing them again."""
     workers = min(len(paths), len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1)
     if workers < 2 or "fork" not in multiprocessing.get_all_start_methods():
-        return [_load_and_render(path) for path in paths]
+        return [load_and_render(path) for path in paths]
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
-        return list(pool.map(_load_and_render, paths))
+        return list(pool.map(load_and_render, paths))
 
 
-def _load_and_render(path: Path) -> Loaded:
+def load_and_render(path: Path) -> Loaded:
+    """A stage file's validated endpoint and its render under mocks, or the input error as text."""
     try:
         config = read_stage_file(path)
         project_dir = project_dir_of(path)

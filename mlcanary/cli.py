@@ -13,6 +13,7 @@ from mlcanary.policy_config import PolicyConfigError, load_policy_config
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="mlcanary", prog_name="mlcanary", message="%(prog)s %(version)s")
 def main() -> None:
     """Safe, staged rollouts of ML models to Azure ML online endpoints."""
 
@@ -27,7 +28,8 @@ def main() -> None:
 )
 @click.option(
     "--format", "output_format", type=click.Choice(["text", "json"]), default="text", show_default=True,
-    help="json: an array with one object per violation (stage, policy, enforcementLevel, resource, message).",
+    help="json: an array with one object per violation (stage, policy, enforcementLevel, resource, message) "
+    "and one per unusable input (input, error).",
 )
 def check(stage_files: tuple[Path, ...], policy_pack_config: Path | None, output_format: str) -> None:
     """Check stage files offline, without the Pulumi CLI and without Azure.
@@ -39,45 +41,33 @@ def check(stage_files: tuple[Path, ...], policy_pack_config: Path | None, output
     deployment goes dark or mirrored before live, ...). Nothing is applied anywhere.
 
     Exit codes: 0 no mandatory violation; 1 a mandatory violation; 2 an input could not be read
-    or is invalid (a missing file, a YAML error, an invalid config, a bad policy config).
+    or is invalid (a missing file, a YAML error, an invalid config, a bad policy config). In
+    --format json, each unusable input is an object {input, error} in the array.
     """
-    from mlcanary.check import check_stages, policy_defaults
+    from mlcanary.check import InputError, check_stages, policy_defaults
 
     try:
         settings = load_policy_config(policy_pack_config, policy_defaults())
     except PolicyConfigError as err:
         click.echo(f"error: {err}", err=True)
+        if output_format == "json":
+            click.echo(json.dumps([InputError(str(policy_pack_config), str(err)).as_json()], indent=2))
         sys.exit(2)
     report = check_stages(list(stage_files), settings)
     for error in report.errors:
         click.echo(f"error: {error}", err=True)
     if output_format == "json":
-        click.echo(json.dumps([v.as_json() for v in report.violations], indent=2))
+        click.echo(json.dumps([*(v.as_json() for v in report.violations), *(e.as_json() for e in report.errors)],
+                              indent=2))
     else:
         _print_text(report)
     sys.exit(report.exit_code)
 
 
-def _resource_text(resource: str) -> str:
-    """`type: name` of a URN, as `pulumi preview` shows a resource; other labels as they are."""
-    if not resource.startswith("urn:pulumi:"):
-        return resource
-    qualified_type, name = resource.split("::")[2:4]
-    return f"{qualified_type.rsplit('$', 1)[-1]}: {name}"
-
-
 def _print_text(report) -> None:
-    stages = []
-    for violation in report.violations:
-        if violation.stage not in stages:
-            stages.append(violation.stage)
-    for stage in stages:
-        click.echo(stage)
-        for v in (v for v in report.violations if v.stage == stage):
-            marker = click.style(f"[{v.enforcementLevel}]", fg="red" if v.enforcementLevel == "mandatory" else "yellow")
-            click.echo(f"    - {marker}  {v.policy}  ({_resource_text(v.resource)})")
-            click.echo(f"      {v.description}")
-            click.echo(f"      {v.message}")
+    from mlcanary.violation_text import echo_violations
+
+    echo_violations(report.violations)
     mandatory, advisory = report.count("mandatory"), report.count("advisory")
     click.echo(
         f"Checked {report.stages} stage(s) ({report.resources} resources) and {report.transitions} "

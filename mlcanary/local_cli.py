@@ -104,18 +104,31 @@ def _no_such_endpoint(endpoint: str, status: dict) -> str:
 
 
 def _console():
-    """A terminal's own width; 120 columns when the output goes to a file or a pipe."""
+    """A terminal's own width; off a terminal (a file, a pipe) no line is wrapped: lines and tables are
+    as wide as their content, so scripts can grep whole lines."""
     from rich.console import Console
 
-    return Console() if sys.stdout.isatty() else Console(width=120)
+    return Console() if sys.stdout.isatty() else Console(width=UNWRAPPED_WIDTH, soft_wrap=True)
+
+
+UNWRAPPED_WIDTH = 100_000
+format_option = click.option(
+    "--format", "output_format", type=click.Choice(["text", "json"]), default="text", show_default=True,
+    help="json: one JSON document on stdout, for scripts.",
+)
+
+
+def _echo_json(document) -> None:
+    click.echo(json.dumps(document, indent=2))
 
 
 def _errors():
     """The runtime's refusals and a runtime that is not there, as clean errors."""
     from mlcanary.local_runtime.apply import StageRefused
     from mlcanary.local_runtime.client import NotRunning, RuntimeRefusal
+    from mlcanary.local_runtime.running import StateUnreadable
 
-    return (StageRefused, NotRunning, RuntimeRefusal)
+    return (StageRefused, NotRunning, RuntimeRefusal, StateUnreadable)
 
 
 @click.group()
@@ -130,36 +143,113 @@ def local() -> None:
 
 @local.command("up")
 @click.argument("stage_file", type=click.Path(path_type=Path))
+@click.option(
+    "--policy-pack-config", type=click.Path(path_type=Path),
+    help="Policy levels and knobs, as for `mlcanary check` (see policies/policy-config.sample.json).",
+)
+@click.option("--preview", is_flag=True, help="Print what would change (deployments, traffic) and apply nothing.")
 @click.option("--no-wait", is_flag=True, help="Fail at once if another `local up` is changing the runtime, "
               "instead of waiting for it to finish.")
+@format_option
 @state_dir_option
-def local_up(stage_file: Path, no_wait: bool, state_dir: Path | None) -> None:
+def local_up(stage_file: Path, policy_pack_config: Path | None, preview: bool, no_wait: bool, output_format: str,
+             state_dir: Path | None) -> None:
     """Apply STAGE_FILE (mlcanary:target: local) to the local runtime, starting it if needed.
 
-    Order: new or changed deployments (waiting until every instance is healthy), then traffic,
-    then removed deployments (drained). An invalid stage, or a deployment whose init() fails, is
-    refused and traffic stays as it was. One stage change at a time: a second `local up` waits
-    for the first (and says so), or with --no-wait fails at once.
+    First the gate `mlcanary check` applies: the policy pack on the stage, and the transition rules
+    on the step from the running endpoint to the stage. A mandatory violation refuses the stage
+    (exit 1) before anything changes; advisories are printed. Then, in order: new or changed
+    deployments (waiting until every instance is healthy), traffic, removed deployments (drained).
+    A deployment whose init() fails refuses the stage and traffic stays as it was.
+    One stage change at a time: a second `local up` waits for the first (and says so), or with
+    --no-wait fails at once.
     """
-    from mlcanary.local_runtime.apply import apply_stage
+    from mlcanary.local_runtime.stage_lock import StageLocked, stage_lock
 
-    spec = _load(stage_file)
-    console = _console()
+    stack = _load(stage_file)
+    settings = _policy_settings(policy_pack_config)
     client = _client(state_dir)
+    try:
+        # One hold from the gate's judgement to the end of the apply: no other stage lands in between.
+        with stage_lock(client.root, str(stage_file), not no_wait, lambda message: click.echo(message, err=True)):
+            _gate_and_apply(stage_file, stack, client, settings, preview, output_format)
+    except StageLocked as err:
+        _fail(str(err))
+
+
+def _gate_and_apply(stage_file: Path, stack, client, settings, preview: bool, output_format: str) -> None:
+    from mlcanary.local_runtime.apply import apply_stage, plan_of
+
+    name = stack.endpoint.name
+    running = _running(client, name)
+    violations = _gate(stage_file, stack.endpoint, running, settings)
+    refused = any(v.enforcementLevel == "mandatory" for v in violations)
+    document = {"stage": str(stage_file), "endpoint": name, "violations": [v.as_json() for v in violations]}
+    if output_format == "text":
+        from mlcanary.violation_text import echo_violations
+
+        echo_violations(violations)
+    if preview or refused:
+        plan = plan_of(stack.endpoint, running)
+        if output_format == "json":
+            _echo_json({**document, "result": "refused" if refused else "preview", "changes": plan.as_json()})
+        else:
+            click.echo(f"{'would apply' if not refused else 'refused'} {stage_file} to endpoint {name}:")
+            click.echo("\n".join(plan.lines()))
+        if refused:
+            _fail(f"{stage_file}: refused by a mandatory policy (above); nothing was changed")
+        return
+    console = _console()
     try:
         with console.status("starting the local runtime") as status:
             client.ensure_running()
-            applied = apply_stage(spec, client, lambda message: status.update(message), wait=not no_wait,
-                                  stage=str(stage_file), on_wait=lambda message: click.echo(message, err=True))
+            applied = apply_stage(stack, client, lambda message: status.update(message), judged=running,
+                                  stage=str(stage_file))
+    except _errors() as err:
+        if output_format == "json":
+            _echo_json({**document, "result": "refused", "error": str(err)})
+        _fail(str(err))
+    endpoint_status = client.status()["endpoints"][name]
+    if output_format == "json":
+        _echo_json({**document, "result": "applied", "scoringUri": applied.scoring_uri,
+                    "changes": applied.plan.as_json(), "status": endpoint_status})
+        return
+    console.print(f"[green]applied[/] {stage_file}: endpoint [bold]{name}[/] at {applied.scoring_uri}")
+    console.print("\n".join(applied.plan.lines()), markup=False, highlight=False)
+    _print_status(console, {"endpoints": {name: endpoint_status}})
+
+
+def _policy_settings(path: Path | None):
+    from mlcanary.check import policy_defaults
+    from mlcanary.policy_config import PolicyConfigError, load_policy_config
+
+    try:
+        return load_policy_config(path, policy_defaults())
+    except PolicyConfigError as err:
+        _fail(str(err), 2)
+
+
+def _running(client, endpoint: str) -> dict | None:
+    """The endpoint as it runs now (or as a stopped runtime will restore it), or None when it is new."""
+    from mlcanary.local_runtime.running import current_endpoints
+
+    try:
+        return current_endpoints(client).get(endpoint)
     except _errors() as err:
         _fail(str(err))
-    console.print(f"[green]applied[/] {stage_file}: endpoint [bold]{applied.endpoint}[/] at {applied.scoring_uri}")
-    changes = (("started", applied.started), ("updated", applied.updated), ("unchanged", applied.unchanged),
-               ("removed", applied.removed))
-    for label, names in changes:
-        if names:
-            console.print(f"  {label}: {', '.join(names)}")
-    _print_status(console, client.status(), spec.endpoint.name)
+
+
+def _gate(stage_file: Path, spec, running: dict | None, settings) -> list:
+    """The same judgement as `mlcanary check RUNNING STAGE`: the pack on the stage, the transition
+    rules on the step from the running endpoint (none when the endpoint is new)."""
+    from mlcanary.check import judge_stage, load_and_render
+    from mlcanary.local_runtime.plan import running_endpoint
+
+    loaded, render, error = load_and_render(stage_file)
+    if error is not None:
+        _fail(error, 2)
+    before = (f"{spec.name} as running", running_endpoint(spec.name, running)) if running is not None else None
+    return judge_stage(str(stage_file), loaded, render, settings, before=before)
 
 
 def _print_status(console, status: dict, only: str | None = None) -> None:
@@ -183,16 +273,27 @@ def _print_status(console, status: dict, only: str | None = None) -> None:
 
 @local.command("status")
 @click.argument("endpoint", required=False)
+@format_option
 @state_dir_option
-def local_status(endpoint: str | None, state_dir: Path | None) -> None:
+def local_status(endpoint: str | None, output_format: str, state_dir: Path | None) -> None:
     """Show endpoints, deployments, traffic and request counts."""
     client = _client(state_dir)
     if client.base_url() is None:
-        click.echo("no local runtime is running (start one with `mlcanary local up STAGE_FILE`)")
+        if output_format == "json":
+            _echo_json({"running": False, "endpoints": {}})
+        else:
+            click.echo("no local runtime is running (start one with `mlcanary local up STAGE_FILE`)")
         return
-    status = client.status()
+    try:
+        status = client.status()
+    except _errors() as err:
+        _fail(str(err))
     if endpoint and endpoint not in status["endpoints"]:
         _fail(_no_such_endpoint(endpoint, status))
+    if output_format == "json":
+        shown = {n: e for n, e in status["endpoints"].items() if not endpoint or n == endpoint}
+        _echo_json({"running": True, "endpoints": shown})
+        return
     if not status["endpoints"]:
         click.echo("the local runtime is running with no endpoints")
     _print_status(_console(), status, endpoint)
@@ -223,13 +324,17 @@ def local_down(endpoint: str | None, state_dir: Path | None) -> None:
 
 @local.command("keys")
 @click.argument("endpoint")
+@format_option
 @state_dir_option
-def local_keys(endpoint: str, state_dir: Path | None) -> None:
+def local_keys(endpoint: str, output_format: str, state_dir: Path | None) -> None:
     """Print ENDPOINT's primary and secondary keys (send one as `Authorization: Bearer <key>`)."""
     try:
         keys = _client(state_dir).keys(endpoint)
     except _errors() as err:
         _fail(str(err))
+    if output_format == "json":
+        _echo_json({"primaryKey": keys["primaryKey"], "secondaryKey": keys["secondaryKey"]})
+        return
     click.echo(f"primaryKey: {keys['primaryKey']}\nsecondaryKey: {keys['secondaryKey']}")
 
 
@@ -252,9 +357,18 @@ def local_metrics(state_dir: Path | None) -> None:
 @click.option("--request-file", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True,
               help="JSON request body, e.g. samples/request.json.")
 @click.option("--deployment", help="Send to this deployment (the azureml-model-deployment header), whatever its traffic.")
+@click.option("--format", "output_format", type=click.Choice(["text", "json"]), default="text", show_default=True,
+              help="text: the answer's body on stdout, the answering deployment, status and latency on stderr; "
+              "json: {status, deployment, latencyMs, body} on stdout.")
 @state_dir_option
-def invoke(endpoint: str, request_file: Path, deployment: str | None, state_dir: Path | None) -> None:
-    """Score a request on a local ENDPOINT and print the response, like `az ml online-endpoint invoke`."""
+def invoke(endpoint: str, request_file: Path, deployment: str | None, output_format: str,
+           state_dir: Path | None) -> None:
+    """Score a request on a local ENDPOINT and print the response, like `az ml online-endpoint invoke`.
+
+    Shows which deployment answered (the azureml-model-deployment header of the answer).
+    """
+    import time
+
     import requests
 
     from mlcanary.local_runtime.protocol import PIN_HEADER
@@ -271,6 +385,7 @@ def invoke(endpoint: str, request_file: Path, deployment: str | None, state_dir:
     headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
     if deployment:
         headers[PIN_HEADER] = deployment
+    started = time.perf_counter()
     try:
         answer = requests.post(status["endpoints"][endpoint]["scoringUri"], data=body,
                                headers=headers, timeout=300)
@@ -279,9 +394,21 @@ def invoke(endpoint: str, request_file: Path, deployment: str | None, state_dir:
 
         _fail(f"no answer from endpoint {shown(endpoint)} ({type(err).__name__}): is the local runtime still running? "
               "See `mlcanary local status`")
-    click.echo(answer.text)
+    latency_ms = round((time.perf_counter() - started) * 1000, 1)
+    answered_by = answer.headers.get(PIN_HEADER)
+    if output_format == "json":
+        try:
+            answer_body = answer.json()
+        except ValueError:
+            answer_body = answer.text
+        _echo_json({"status": answer.status_code, "deployment": answered_by, "latencyMs": latency_ms,
+                    "body": answer_body})
+    else:
+        click.echo(answer.text)
+        click.echo(f"answered by: {answered_by or '(no deployment)'}, HTTP {answer.status_code}, {latency_ms} ms",
+                   err=True)
     if answer.status_code != 200:
-        _fail(f"HTTP {answer.status_code} from {answer.headers.get(PIN_HEADER) or endpoint}")
+        _fail(f"HTTP {answer.status_code} from {answered_by or endpoint}")
 
 
 @click.command()
@@ -304,47 +431,100 @@ def logs(endpoint: str, deployment: str, lines: int, state_dir: Path | None) -> 
 @click.option("--request-file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               default=Path("samples/request.json"), show_default=True, help="JSON body of the probe requests.")
 @click.option("--keep/--down", default=False, show_default=True,
-              help="Keep the endpoint running after the last stage, or delete it.")
+              help="With --state-dir: keep the endpoint running after the last stage, or delete it.")
 @click.option("--format", "output_format", type=click.Choice(["text", "json"]), default="text", show_default=True,
               help="json: one object per stage with its deployments' configured and observed numbers.")
-@state_dir_option
+@click.option("--state-dir", type=click.Path(path_type=Path), default=None,
+              help="Rehearse in the runtime of this state directory; refused if a stage's endpoint already exists "
+              "there. Default: a private runtime in a temporary directory, removed when the rehearsal ends "
+              "(also when it fails or is interrupted).")
 def rehearse(stage_files: tuple[Path, ...], count: int, request_file: Path, keep: bool, output_format: str,
              state_dir: Path | None) -> None:
     """Apply local STAGE_FILES in order and, at each stage, send probe traffic and compare.
 
-    For every stage, a table per deployment: configured vs observed live share, configured mirror
-    share and mirrored requests, errors, and p50/p99 latency of the requests it answered. All
-    stage files are validated before the first is applied.
+    For every stage, a table per deployment, printed as the stage completes: configured vs observed
+    live share, configured mirror share and mirrored requests, errors, and p50/p99 latency of the
+    requests it answered. All stage files are validated before the first is applied. A rehearsal
+    never touches an endpoint it did not create.
     """
-    from mlcanary.local_runtime.rehearse import rehearse as run_rehearsal
+    from mlcanary.local_runtime.sandbox import interruptible, private_runtime
 
     stages = [(path, _load(path)) for path in stage_files]  # refuse an invalid stage before anything changes
+    if keep and state_dir is None:
+        _fail("--keep needs --state-dir: a private rehearsal runtime is removed when the rehearsal ends", 2)
     body = _request_body(request_file)
     console = _console()
-    client = _client(state_dir)
-    started_here = client.base_url() is None
-    try:
+    reports: list = []
+
+    def completed(report) -> None:
+        reports.append(report)
+        if output_format == "text":
+            _print_report(console, report)
+
+    def run(client) -> None:
+        from mlcanary.local_runtime.rehearse import rehearse as run_rehearsal
+
         with console.status("starting the local runtime") as status:
             client.ensure_running()
-            reports = run_rehearsal(stages, client, body, count, status.update)
-            endpoint = stages[-1][1].endpoint.name
-            if not keep:
-                status.update(f"deleting endpoint {endpoint}")
-                client.delete_endpoint(endpoint)
-                if started_here and not client.status()["endpoints"]:
-                    client.shutdown()  # leave the machine as the rehearsal found it
+            run_rehearsal(stages, client, body, count, status.update, completed)
+
+    endpoints = {stack.endpoint.name for _, stack in stages}
+    try:
+        with interruptible():
+            if state_dir is None:
+                _client(None)  # the `local` extra is installed
+                with private_runtime() as client:
+                    run(client)
+            else:
+                _rehearse_in(_client(state_dir), endpoints, keep, run)
+    except KeyboardInterrupt:
+        _finish_reports(console, reports, count, output_format)
+        where = (f"deleted endpoint(s) {', '.join(sorted(endpoints))} it created" if state_dir
+                 else "stopped its private runtime and removed its state directory")
+        _fail(f"interrupted: the rehearsal {where}", 130)
+    except _errors() as err:
+        _finish_reports(console, reports, count, output_format)
+        _fail(f"{err}\nThe rehearsal stopped after {len(reports)} of {len(stages)} stage(s) and removed what it started.")
+    if _finish_reports(console, reports, count, output_format):
+        sys.exit(1)
+
+
+def _rehearse_in(client, endpoints: set[str], keep: bool, run) -> None:
+    """Rehearse in a runtime of the user's: only endpoints that are not there yet, removed again afterwards
+    (unless --keep and the rehearsal succeeded); a runtime started for the rehearsal is stopped again."""
+    from mlcanary.local_runtime.sandbox import existing_endpoints, uninterrupted
+
+    try:
+        taken = endpoints & existing_endpoints(client)
     except _errors() as err:
         _fail(str(err))
+    if taken:
+        _fail(f"endpoint(s) {', '.join(sorted(taken))} already exist in {client.root}; a rehearsal only touches "
+              "endpoints it creates: rehearse without --state-dir (a private runtime), or delete them first", 1)
+    started_here = client.base_url() is None
+    succeeded = False
+    try:
+        run(client)
+        succeeded = True
+    finally:
+        if not (keep and succeeded) and client.base_url() is not None:
+            with uninterrupted():
+                for name in endpoints & set(client.status()["endpoints"]):
+                    client.delete_endpoint(name)
+                if started_here and not client.status()["endpoints"]:
+                    client.shutdown()  # leave the machine as the rehearsal found it
+
+
+def _finish_reports(console, reports: list, count: int, output_format: str) -> int:
+    """JSON of the stages rehearsed so far, or the summary line (the tables are already printed);
+    the number of failed or unrouted probe requests."""
     failed = sum(d.errors for r in reports for d in r.deployments) + sum(r.unrouted for r in reports)
     if output_format == "json":
-        click.echo(json.dumps([_report_json(r) for r in reports], indent=2))
-    else:
-        for report in reports:
-            _print_report(console, report)
+        _echo_json([_report_json(r) for r in reports])
+    elif reports:
         console.print(f"Rehearsed {len(reports)} stage(s), {count} probe requests each: "
                       + ("[green]no errors[/]" if not failed else f"[red]{failed} failed or unrouted request(s)[/]"))
-    if failed:
-        sys.exit(1)
+    return failed
 
 
 def _report_json(report) -> dict:

@@ -200,9 +200,11 @@ def test_the_shipped_sample_policy_config_is_valid():
     result = CliRunner().invoke(
         main, ["check", "--policy-pack-config", str(PROJECT_DIR / "policies" / "policy-config.sample.json"), *map(str, STAGE_FILES)]
     )
-    # The sample asks for 2+ instances: stages 1 (blue) and 3-4 (green) have one.
-    assert result.exit_code == 1
-    assert result.output.count("[mandatory]  instance-count-in-range") == 3
+    # The README's pipeline runs exactly this: the sample config and the sample stages agree.
+    assert result.exit_code == 0, result.output
+    assert "[mandatory]" not in result.output
+    assert result.output.count("[advisory]  max-traffic-shift") == 1  # 90 points at stage 6, 50 allowed
+    assert result.output.count("[advisory]  mirror-ends-before-live") == 1
 
 
 def test_nothing_is_applied_and_the_installed_command_works():

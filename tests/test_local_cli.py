@@ -122,7 +122,8 @@ def test_a_missing_stage_file_exits_2(state, tmp_path):
     assert result.exit_code == 2 and "stage file not found" in result.output
 
 
-def test_an_azure_stage_is_refused_by_local_up(state):
+def test_an_azure_stage_is_unusable_input_for_local_up(state):
     result = run(state, "local", "up", PROJECT_DIR / "stacks" / "stage-1-create-blue.yaml")
     assert result.exit_code == 2  # an unusable input, like an invalid stage
+    assert RuntimeClient(state).base_url() is None
     assert "this stage targets 'azure'; the local target applies local-target stages" in result.output

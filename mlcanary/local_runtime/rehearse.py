@@ -96,8 +96,12 @@ def _collect_mirrored(client: RuntimeClient, endpoint: str, before: dict, report
 def rehearse(
     stages: list[tuple[Path, StackSpec]], client: RuntimeClient, body: bytes, count: int,
     progress: Callable[[str], None] = lambda _: None,
+    completed: Callable[[StageReport], None] = lambda _: None,
 ) -> list[StageReport]:
-    """Apply each (stage file, validated spec) in order and probe it; validate them all before calling this."""
+    """Apply each (stage file, validated spec) in order and probe it; validate them all before calling this.
+
+    `completed` gets each stage's report as soon as that stage is done, so it can be shown at once.
+    """
     reports = []
     for path, spec in stages:
         progress(f"{path.name}: applying")
@@ -106,4 +110,5 @@ def rehearse(
         report = probe(client, spec.endpoint.name, body, count)
         report.stage = path.name
         reports.append(report)
+        completed(report)
     return reports

@@ -23,6 +23,9 @@ class StageLocked(RuntimeError):
     """Another apply holds the lock and the caller chose not to wait."""
 
 
+_held: dict[Path, int] = {}  # state dirs this process holds the lock of, and how deeply
+
+
 def _holder(handle) -> str:
     handle.seek(0)
     try:
@@ -35,6 +38,15 @@ def _holder(handle) -> str:
 @contextlib.contextmanager
 def stage_lock(root: Path, stage: str, wait: bool = True,
                progress: Callable[[str], None] = lambda _: None) -> Iterator[None]:
+    """Re-entrant within a process: `local up` holds it from the gate's judgement to the end of the
+    apply, and apply_stage, which takes it too, then runs inside that hold."""
+    if _held.get(root):
+        _held[root] += 1
+        try:
+            yield
+        finally:
+            _held[root] -= 1
+        return
     paths.ensure_private_dir(root)
     descriptor = os.open(paths.stage_lock_file(root), os.O_RDWR | os.O_CREAT, 0o600)
     with os.fdopen(descriptor, "r+") as handle:
@@ -51,9 +63,11 @@ def stage_lock(root: Path, stage: str, wait: bool = True,
         handle.truncate()
         handle.write(json.dumps({"pid": os.getpid(), "stage": stage, "since": time.strftime("%H:%M:%S")}))
         handle.flush()
+        _held[root] = 1
         try:
             yield
         finally:
+            _held.pop(root, None)
             handle.seek(0)
             handle.truncate()
             fcntl.flock(handle, fcntl.LOCK_UN)
