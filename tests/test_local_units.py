@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -263,10 +265,28 @@ def test_worker_sockets_move_to_a_private_temp_folder_when_the_state_path_is_too
 def test_a_second_stage_change_without_wait_is_refused_at_once(tmp_path):
     from mlcanary.local_runtime.stage_lock import StageLocked, stage_lock
 
-    with stage_lock(tmp_path, "stage-3.yaml"):
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, pathlib; from mlcanary.local_runtime.stage_lock import stage_lock\n"
+         "with stage_lock(pathlib.Path(sys.argv[1]), 'stage-3.yaml'):\n    print('held', flush=True); sys.stdin.read()",
+         str(tmp_path)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
         with pytest.raises(StageLocked, match=r"another `mlcanary local up` is changing .* \(pid \d+ applying "
                                               r"stage-3.yaml since .*\); not waiting \(--no-wait\)"):
             with stage_lock(tmp_path, "stage-7.yaml", wait=False):
                 pass
+    finally:
+        holder.communicate("", timeout=30)
     with stage_lock(tmp_path, "stage-7.yaml", wait=False):  # free again
         pass
+
+
+def test_the_stage_lock_is_reentrant_within_one_process(tmp_path):
+    """local up holds it from the gate to the end of the apply; apply_stage takes it again inside."""
+    from mlcanary.local_runtime.stage_lock import stage_lock
+
+    with stage_lock(tmp_path, "stage-3.yaml", wait=False):
+        with stage_lock(tmp_path, "stage-3.yaml", wait=False):
+            pass
+        with stage_lock(tmp_path, "stage-3.yaml", wait=False):  # still held after the inner one ended
+            pass
