@@ -96,10 +96,22 @@ def rollout(stage_file: Path, to, from_, steps, interval, mirror, mirror_for, ba
         _fail(f"--request-file {request_file}: file not found", 2)
     if resume and not record:
         _fail("--resume needs --record (the record of the interrupted rollout)", 2)
+    missing = _missing_modules(plan.target, plot)
+    if missing:
+        _fail(f"{missing} is not installed: pip install -e '.[local,rollout]'", 2)
     if plan.target == "azure" and load_rps:
         _fail("--load sends traffic on the local target only; on Azure, judge real traffic", 2)
     sys.exit(_run(plan, settings, policy_pack_config, record, plot, resume, output_format, load_rps, request_file,
                   tick, stack, metrics_region, state_dir))
+
+
+def _missing_modules(target: str, plot: Path | None) -> str | None:
+    import importlib.util
+
+    needed = ["matplotlib"] if plot else []
+    needed += ["azure.monitor.querymetrics"] if target == "azure" else ["prometheus_client"]
+    return next((name for name in needed if importlib.util.find_spec(name.split(".")[0]) is None
+                 or importlib.util.find_spec(name) is None), None)
 
 
 def _run(plan, settings, policy_pack_config, record, plot, resume, output_format, load_rps, request_file, tick,
@@ -114,7 +126,8 @@ def _run(plan, settings, policy_pack_config, record, plot, resume, output_format
     options = plan.options
     plan_json = {"endpoint": plan.endpoint, "stageFile": str(plan.stage_file), "target": plan.target,
                  **options.as_json(), "stages": [{"label": s.label, "traffic": s.traffic, "mirror": s.mirror_traffic}
-                                                 for s in plan.steps]}
+                                                 for s in plan.steps],
+                 "rollback": plan.rollback.traffic}
     start_index, judge_state, served = 0, None, 0
     if resume:
         try:
@@ -140,7 +153,7 @@ def _run(plan, settings, policy_pack_config, record, plot, resume, output_format
     last_line = [""]
 
     def print_line(view) -> None:
-        line = f"[{view.index}/{view.steps}] {view.step}: {view.status}"
+        line = f"[{view.index}/{view.steps}] {view.step or 'start'}: {view.status}"
         if line != last_line[0] and not view.status.startswith("judging"):
             console.print(line, highlight=False)
             last_line[0] = line
@@ -164,7 +177,7 @@ def _run(plan, settings, policy_pack_config, record, plot, resume, output_format
 
         events = read_record(record) if record else recorder.events
         plot_record(events, plot, f"mlcanary rollout {plan.endpoint}: {options.baseline} -> {options.to} ({outcome.decision})")
-    _print_outcome(console, outcome, runner.view, report, record, plot, output_format)
+    _print_outcome(console, outcome, runner.view, report, record, plot, output_format, options.alpha)
     return outcome.exit_code
 
 
@@ -243,7 +256,7 @@ def _by_deployment(counts: dict) -> str:
     return ", ".join(f"{name or 'no deployment'}: {count}" for name, count in sorted(counts.items()))
 
 
-def _print_outcome(console, outcome, view, report, record, plot, output_format) -> None:
+def _print_outcome(console, outcome, view, report, record, plot, output_format, alpha: float) -> None:
     client_requests: dict[str, Any] | None = None
     if report is not None:
         client_requests = {"sent": report.sent, "failed": report.failed,
@@ -260,7 +273,7 @@ def _print_outcome(console, outcome, view, report, record, plot, output_format) 
     if view.counts:
         console.print(_table(view))
     if outcome.failure and outcome.failure.e_value is not None:
-        console.print(f"e-value {outcome.failure.e_value:.1f} (rollback at {1 / 0.05:g} for alpha 0.05 or 1/alpha)", highlight=False)
+        console.print(f"e-value {outcome.failure.e_value:.1f} (rollback at 1/alpha = {1 / alpha:g})", highlight=False)
     console.print(f"the target served {outcome.target_served} request(s) during the rollout", highlight=False)
     if client_requests:
         console.print(f"client requests (--load): {report.sent} sent, {report.failed} failed"

@@ -10,6 +10,22 @@ DECISION_COLOURS = {"promoted": "tab:green", "baked": "tab:green", "finished": "
                     "rolled-back": "tab:red", "halted": "tab:purple", "interrupted": "tab:gray"}
 
 
+def _traffic_changes(events: list[dict[str, Any]], start: float) -> list[tuple[float, dict, dict]]:
+    """(time, live, mirror) each time the traffic changed: steps applied, rollbacks, interruptions."""
+    plan = next((e["plan"] for e in events if e["event"] == "plan"), {})
+    by_label = {s["label"]: (s["traffic"], s["mirror"]) for s in plan.get("stages", [])}
+    changes = []
+    for e in events:
+        t = e["time"] - start
+        if e["event"] == "step":
+            changes.append((t, e["traffic"], e["mirror"]))
+        elif e["event"] == "decision" and e["decision"] in ("rolled-back", "halted"):
+            changes.append((t, plan.get("rollback", {}), {}))
+        elif e["event"] == "decision" and e["decision"] == "interrupted" and e["step"] in by_label:
+            changes.append((t, *by_label[e["step"]]))
+    return changes
+
+
 def plot_record(events: list[dict[str, Any]], path: Path, title: str) -> None:
     import matplotlib
 
@@ -30,10 +46,17 @@ def plot_record(events: list[dict[str, Any]], path: Path, title: str) -> None:
             s["error"].append(100 * w["errors"] / w["requests"] if w.get("requests") else None)
             s["p90"].append(w.get("p90Ms"))
     figure, (share, errors, latency) = plt.subplots(3, 1, sharex=True, figsize=(10, 8))
+    changes = _traffic_changes(events, start)
+    end = max([e["time"] - start for e in events] or [0.0])
     for name, s in sorted(series.items()):
-        line = share.step(s["t"], s["live"], where="post", label=f"{name} live")[0]
-        if any(s["mirror"]):
-            share.step(s["t"], s["mirror"], where="post", linestyle="--", color=line.get_color(), label=f"{name} mirror")
+        times = [t for t, _, _ in changes] + [end]
+        live = [traffic.get(name, 0) for _, traffic, _ in changes]
+        mirror = [m.get(name, 0) for _, _, m in changes]
+        line = share.step(times, live + live[-1:], where="post", label=f"{name} live")[0] if changes else \
+            share.plot([], [])[0]
+        if any(mirror):
+            share.step(times, mirror + mirror[-1:], where="post", linestyle="--", color=line.get_color(),
+                       label=f"{name} mirror")
         errors.plot(s["t"], [v if v is not None else float("nan") for v in s["error"]], marker=".", label=name,
                     color=line.get_color())
         latency.plot(s["t"], [v if v is not None else float("nan") for v in s["p90"]], marker=".", label=name,

@@ -170,10 +170,10 @@ class Runner:
                 "judgement", step=label, index=index, traffic=step.traffic, mirror=step.mirror_traffic,
                 window={n: _counts_json(c.live + c.mirrored) for n, c in closed.items()},
                 eValues=self.judge.e_values(), targetServed=self.target_served)
+            self.view.counts, self.view.elapsed_s, self.view.judge = dict(step_counts), elapsed, self._judge_view()
             if self.judge.failure is not None:
                 return self._roll_back(index, self.judge.failure, step_counts)
             step_t, step_b = step_counts.get(to, Counts()), step_counts.get(baseline, Counts())
-            self.view.counts, self.view.elapsed_s, self.view.judge = dict(step_counts), elapsed, self._judge_view()
             self.view.status = f"judging ({step_t.requests} of {options.min_requests} requests)"
             if self.clock() - interval_started >= options.interval_s:
                 enough = step_t.requests >= options.min_requests
@@ -204,6 +204,7 @@ class Runner:
     # --- endings -----------------------------------------------------------------------------------
 
     def _roll_back(self, index: int, failure: Failure, step_counts: dict[str, Counts] | None = None) -> Outcome:
+        self.view.judge = self._judge_view()
         self._status(f"rolling back: {failure.judge} ({failure.what})")
         with _signals_deferred():
             error = self._apply_quietly(self.plan.rollback)
