@@ -96,11 +96,12 @@ def test_a_good_target_is_promoted_step_by_step_and_the_baseline_deleted(runtime
 
 def test_a_target_failing_30_percent_is_rolled_back_within_two_intervals(runtime, endpoint, tmp_path):
     record, interval = tmp_path / "record.jsonl", 3.0
+    # At 80 requests/s the 10 % step alone rolls back in 99 % of simulated runs, two steps in all of them.
     result = rollout(runtime, stage(tmp_path, endpoint, {"FAIL_RATE": "0.3"}), "--to", "green", "--interval", "3s",
-                     "--min-requests", "10", *load_args(50), record=record)
+                     "--min-requests", "10", *load_args(80), record=record)
     assert result.returncode == 1, result.stderr
     summary = json.loads(result.stdout)
-    assert summary["decision"] == "rolled back" and summary["step"] == "10 %"
+    assert summary["decision"] == "rolled back" and summary["step"] in ("10 %", "25 %")
     assert summary["failure"]["judge"] == "sequential" and summary["failure"]["what"] == "error rate"
     assert summary["failure"]["eValue"] >= 20
     log = events(record)
@@ -109,8 +110,20 @@ def test_a_target_failing_30_percent_is_rolled_back_within_two_intervals(runtime
     assert rolled_back - first_live <= 2 * interval
     clients = summary["clientRequests"]
     assert 0 < clients["failed"] == clients["failedByDeployment"].get("green", 0)
-    assert clients["failed"] <= 0.10 * clients["sent"]  # only the 10 % step's share of requests ever reached green
+    share = int(summary["step"].split()[0]) / 100
+    assert clients["failed"] <= share * clients["sent"]  # at most the step's share of requests ever reached green
     assert live_traffic(runtime, endpoint) == {"blue": 100}
+
+
+def test_a_failing_target_is_rolled_back_in_the_mirror_phase_before_any_client_sees_it(runtime, endpoint, tmp_path):
+    result = rollout(runtime, stage(tmp_path, endpoint, {"FAIL_RATE": "0.3"}), "--to", "green", "--mirror", "20",
+                     "--mirror-for", "3s", "--interval", "3s", "--min-requests", "10", *load_args(50))
+    assert result.returncode == 1, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["step"] == "mirror 20 %" and summary["failure"]["what"] == "error rate"
+    assert summary["clientRequests"]["failed"] == 0  # mirrored answers never reach the client
+    status = runtime.status()["endpoints"][endpoint]
+    assert live_traffic(runtime, endpoint) == {"blue": 100} and not any(status["mirrorTraffic"].values())
 
 
 def test_a_target_150_ms_slower_is_rolled_back_by_the_default_judge(runtime, endpoint, tmp_path):
@@ -124,8 +137,9 @@ def test_a_target_150_ms_slower_is_rolled_back_by_the_default_judge(runtime, end
 
 
 def test_a_target_failing_5_percent_against_0_is_rolled_back_by_the_default_judge(runtime, endpoint, tmp_path):
+    # 6 s steps: bench/judge.py-style simulation gives a rollback before 100 % in > 99.9 % of runs (87 % at 3 s)
     result = rollout(runtime, stage(tmp_path, endpoint, {"FAIL_RATE": "0.05"}), "--to", "green",
-                     "--interval", "3s", "--min-requests", "10", *load_args(60))
+                     "--interval", "6s", "--min-requests", "10", *load_args(60))
     assert result.returncode == 1, result.stderr
     summary = json.loads(result.stdout)
     assert summary["failure"]["what"] == "error rate"
