@@ -135,7 +135,7 @@ def _run(plan, settings, policy_pack_config, record, plot, resume, output_format
         except RecordError as err:
             _fail(str(err), 2)
     applier, source, client = _edges(plan, policy_pack_config, stack, metrics_region, state_dir)
-    recorder = Recorder(record)
+    recorder = Recorder(record, append=resume)
     recorder.write("plan", plan=plan_json, resumedAt=start_index if resume else None)
     judge = make_judge(options.judge, options.alpha, options.rules, options.failure_limit)
     console = Console(stderr=output_format == "json") if sys.stdout.isatty() else Console(width=120, stderr=output_format == "json")

@@ -198,3 +198,12 @@ def test_histogram_percentiles():
     assert counts.percentile_ms(50) == pytest.approx(2.5 + 2.5 * 50 / 90)
     assert 100 < counts.percentile_ms(99) <= 250
     assert counts.bound_at_percentile(90) == 0.005 and counts.bound_at_percentile(95) == 0.25
+
+
+def test_mirrored_copies_without_latency_do_not_count_as_fast():
+    """The runtime does not time mirror copies: a window of them says nothing about slow requests."""
+    judge = SequentialJudge(0.05)
+    judge.start_step(Counts(requests=1000, buckets=buckets(900, 100, slow_bound=0.01)))
+    for _ in range(50):
+        judge.observe(Counts(requests=20), Counts(requests=80, buckets=buckets(70, 10, slow_bound=0.01)))
+    assert judge.slow.e_value == 1.0 and judge.slow.events == (0, 0)

@@ -80,7 +80,9 @@ class SequentialJudge:
             return
         share = target.requests / (target.requests + baseline.requests)
         self.errors.update(target.errors, baseline.errors, share)
-        if self.slow_bound_s is not None:
+        # Only requests with a latency count as slow or not: mirrored copies are not timed by the runtime.
+        timed = sum(target.buckets) == target.requests and sum(baseline.buckets) == baseline.requests
+        if self.slow_bound_s is not None and timed:
             slow_target, slow_baseline = target.slower_than(self.slow_bound_s), baseline.slower_than(self.slow_bound_s)
             if slow_target is not None and slow_baseline is not None:
                 self.slow.update(slow_target, slow_baseline, share)

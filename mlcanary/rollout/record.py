@@ -14,11 +14,12 @@ class RecordError(ValueError):
 
 
 class Recorder:
-    def __init__(self, path: Path | None, clock=time.time):
+    def __init__(self, path: Path | None, clock=time.time, append: bool = False):
         self.path = path
         self.clock = clock
         self.events: list[dict[str, Any]] = []
-        self._file = open(path, "a", encoding="utf-8") if path else None  # noqa: SIM115 - closed in close()
+        # A new rollout starts a new record; --resume continues the interrupted one's.
+        self._file = open(path, "a" if append else "w", encoding="utf-8") if path else None  # noqa: SIM115
 
     def write(self, event: str, **fields: Any) -> dict[str, Any]:
         entry = {"time": round(self.clock(), 3), "event": event, **fields}
