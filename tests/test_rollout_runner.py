@@ -128,3 +128,20 @@ def test_the_sequential_judge_does_not_wait_for_the_interval():
     outcome, events = run(world, steps=[10, 100], interval="60s")
     assert outcome.exit_code == 1 and outcome.failure.judge == "sequential"
     assert len([e for e in events if e["event"] == "judgement"]) <= 3
+
+
+def test_ctrl_c_leaves_the_last_good_step_and_records_it():
+    world = World()
+    serve = world.sleep
+
+    def sleep(seconds):
+        serve(seconds)
+        if world.traffic.get("green") == 50:
+            raise KeyboardInterrupt
+
+    world.sleep = sleep
+    outcome, events = run(world, steps=[10, 50, 100])
+    assert outcome.exit_code == 130 and world.applied[-1] == "10 %" and world.traffic == {"blue": 90, "green": 10}
+    last = events[-1]
+    assert (last["decision"], last["lastGood"], last["exitCode"]) == ("interrupted", 0, 130)
+    assert last["judgeState"]["errors"]["r0"] == 1.25
