@@ -69,7 +69,9 @@ class Outcome:
 
 def simulate(rng, scenario: Scenario, args, base_probs, target_probs, slow_bound, p99_ms,
              calibrated: tuple[float, float]) -> dict[str, Outcome]:
-    baseline_history = Counts(requests=args.rps * 300, buckets=tuple(rng.multinomial(args.rps * 300, base_probs)))
+    history = args.rps * 300
+    baseline_history = Counts(history, rng.binomial(history, args.error_rate), 0,
+                              tuple(rng.multinomial(history, base_probs)))
     sequential = SequentialJudge(args.alpha)
     sequential.start_step(baseline_history)
     rules = (parse_rule(f"error_rate < {2 * args.error_rate}"), parse_rule(f"latency_p99_ms < {1.25 * p99_ms:.1f}"))

@@ -207,3 +207,28 @@ def test_mirrored_copies_without_latency_do_not_count_as_fast():
     for _ in range(50):
         judge.observe(Counts(requests=20), Counts(requests=80, buckets=buckets(70, 10, slow_bound=0.01)))
     assert judge.slow.e_value == 1.0 and judge.slow.events == (0, 0)
+
+
+def test_at_100_percent_the_target_is_judged_against_the_baselines_rate_before_the_step():
+    judge = SequentialJudge(0.05)
+    judge.start_step(Counts(requests=2000, errors=20, buckets=buckets(1800, 200, slow_bound=0.01)))
+    for _ in range(20):
+        judge.observe(Counts(requests=50, errors=1, buckets=buckets(45, 5, slow_bound=0.01)), Counts())
+    assert judge.failure is None  # the baseline's own 1 % errors and 10 % slow requests are fine
+    for _ in range(10):
+        judge.observe(Counts(requests=50, errors=10, buckets=buckets(45, 5, slow_bound=0.01)), Counts())
+    assert judge.failure is not None and judge.failure.what == "error rate"
+    assert "the baseline did not share" in judge.failure.message
+
+
+def test_a_a_at_100_percent_stays_below_alpha():
+    rng = random.Random(5)
+    rejected = 0
+    for _ in range(300):
+        judge = SequentialJudge(0.05)
+        history = 3000
+        judge.start_step(Counts(requests=history, errors=binomial(rng, history, 0.02)))
+        for _ in range(60):
+            judge.observe(Counts(requests=50, errors=binomial(rng, 50, 0.02)), Counts())
+        rejected += judge.failure is not None
+    assert rejected / 300 <= 0.05

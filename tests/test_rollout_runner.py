@@ -145,3 +145,19 @@ def test_ctrl_c_leaves_the_last_good_step_and_records_it():
     last = events[-1]
     assert (last["decision"], last["lastGood"], last["exitCode"]) == ("interrupted", 0, 130)
     assert last["judgeState"]["errors"]["r0"] == 1.25
+
+
+def test_the_default_judge_keeps_judging_while_baking_at_100_percent():
+    world = World()
+    serve = world.sleep
+
+    def sleep(seconds):
+        serve(seconds)
+        if world.now > 4.5:  # after the 50 % and 100 % steps: the baseline serves nothing any more
+            world.green_error_rate = 0.3
+
+    world.sleep = sleep
+    outcome, events = run(world, steps=[50, 100], bake="10s")
+    assert outcome.exit_code == 1 and outcome.failure.judge == "sequential" and outcome.failure.what == "error rate"
+    assert world.traffic == {"blue": 100, "green": 0}
+    assert ("promoted", "100 %") in decisions(events) and ("baked", "100 %") not in decisions(events)

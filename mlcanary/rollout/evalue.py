@@ -64,6 +64,53 @@ class RatioEValue:
                    tuple(state["events"]))
 
 
+@dataclass
+class RateEValue:
+    """The one-sample version, for windows the baseline did not serve (a 100 % step, a bake): events
+    of the target's requests against a reference rate p0 fixed before the window, H0: p <= p0. Each
+    window's likelihood-ratio mixture has expectation <= 1 under H0 given the past, so multiplying it
+    into the two-sample e-value (which does not move in such windows) keeps an e-process."""
+
+    alpha: float
+    grid: tuple[float, ...] = GRID  # alternatives, as multiples of p0 (capped below 1)
+    log_ratios: list[float] = field(default_factory=list)
+    events: tuple[int, int] = (0, 0)  # (events, requests) folded in so far
+
+    def __post_init__(self) -> None:
+        if not self.log_ratios:
+            self.log_ratios = [0.0] * len(self.grid)
+
+    def update(self, events: int, requests: int, p0: float) -> None:
+        if not requests or not 0.0 < p0 < 1.0:
+            return
+        for i, multiple in enumerate(self.grid):
+            p1 = min(p0 * multiple, 1 - (1 - p0) / (2 * multiple))  # above p0, below 1
+            self.log_ratios[i] += events * math.log(p1 / p0) + (requests - events) * math.log((1 - p1) / (1 - p0))
+        self.events = (self.events[0] + events, self.events[1] + requests)
+
+    @property
+    def e_value(self) -> float:
+        top = max(self.log_ratios)
+        return math.exp(min(top + math.log(sum(math.exp(v - top) for v in self.log_ratios) / len(self.log_ratios)), 700.0))
+
+    def state(self) -> dict:
+        return {"alpha": self.alpha, "grid": list(self.grid), "logRatios": self.log_ratios, "events": list(self.events)}
+
+    @classmethod
+    def from_state(cls, state: dict) -> RateEValue:
+        return cls(state["alpha"], tuple(state["grid"]), list(state["logRatios"]), tuple(state["events"]))
+
+
+def reference_rate(events: int, requests: int, tolerance: float) -> float | None:
+    """p0 for the one-sample test: the tolerance times an upper bound of the baseline's rate (a
+    smoothed rate plus two standard errors), so an estimate that happens to be low does not make
+    the test too eager. None without baseline requests."""
+    if not requests:
+        return None
+    p = (events + 1) / (requests + 2)
+    return min(0.99, tolerance * (p + 2 * math.sqrt(p * (1 - p) / (requests + 2))))
+
+
 def sprt(true_ratio: float, r0: float, alpha: float) -> RatioEValue:
     """The one-sided SPRT of an oracle that knows the true ratio: the floor for any test of r0."""
     return RatioEValue(r0, alpha, (true_ratio / r0,))

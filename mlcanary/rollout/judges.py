@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from mlcanary.rollout.counts import Counts
-from mlcanary.rollout.evalue import RatioEValue
+from mlcanary.rollout.evalue import RatioEValue, RateEValue, reference_rate
 from mlcanary.rollout.rules import Rule, parse_rule
 
 # The default "not worse than the baseline": H0 is r <= r0, so a target within these ratios of the
@@ -63,8 +63,13 @@ class SequentialJudge:
 
     def __init__(self, alpha: float, rules: tuple[Rule, ...] = ()):
         self.rules = rules
+        self.alpha = alpha
         self.errors = RatioEValue(ERROR_TOLERANCE, alpha)
         self.slow = RatioEValue(SLOW_TOLERANCE, alpha)
+        # Windows the baseline did not serve: the target alone against the baseline's rates before the step.
+        self.errors_alone = RateEValue(alpha)
+        self.slow_alone = RateEValue(alpha)
+        self.reference: dict[str, float | None] = {"errors": None, "slow": None}
         self.slow_bound_s: float | None = None
         self.failure: Failure | None = None
         self.interval_ok = False
@@ -74,29 +79,41 @@ class SequentialJudge:
         bound = baseline_before.bound_at_percentile(LATENCY_PERCENTILE)
         if bound is not None:
             self.slow_bound_s = bound
+        self.reference["errors"] = reference_rate(baseline_before.errors, baseline_before.requests, ERROR_TOLERANCE)
+        slow = baseline_before.slower_than(self.slow_bound_s) if self.slow_bound_s is not None else None
+        self.reference["slow"] = None if slow is None else reference_rate(slow, sum(baseline_before.buckets), SLOW_TOLERANCE)
 
     def observe(self, target: Counts, baseline: Counts) -> None:
         if self.failure is not None or not target.requests + baseline.requests:
             return
         share = target.requests / (target.requests + baseline.requests)
-        self.errors.update(target.errors, baseline.errors, share)
         # Only requests with a latency count as slow or not: mirrored copies are not timed by the runtime.
         timed = sum(target.buckets) == target.requests and sum(baseline.buckets) == baseline.requests
-        if self.slow_bound_s is not None and timed:
-            slow_target, slow_baseline = target.slower_than(self.slow_bound_s), baseline.slower_than(self.slow_bound_s)
-            if slow_target is not None and slow_baseline is not None:
-                self.slow.update(slow_target, slow_baseline, share)
-        if self.errors.rejected:
+        slow_target = target.slower_than(self.slow_bound_s) if self.slow_bound_s is not None and timed else None
+        if baseline.requests:
+            self.errors.update(target.errors, baseline.errors, share)
+            if slow_target is not None:
+                self.slow.update(slow_target, baseline.slower_than(self.slow_bound_s), share)
+        else:
+            if self.reference["errors"] is not None:
+                self.errors_alone.update(target.errors, target.requests, self.reference["errors"])
+            if slow_target is not None and self.reference["slow"] is not None:
+                self.slow_alone.update(slow_target, target.requests, self.reference["slow"])
+        values = self.e_values()
+        if values["errors"] >= 1 / self.alpha:
             t, b = self.errors.events
+            alone = self.errors_alone.events
             self.failure = Failure(self.name, "error rate",
-                                   f"target errors {t}, baseline errors {b}: the target's error rate is above "
-                                   f"{ERROR_TOLERANCE:g}x the baseline's", self.errors.e_value)
-        elif self.slow.rejected:
+                                   f"target errors {t + alone[0]}, baseline errors {b}"
+                                   + (f" (of them {alone[0]} in {alone[1]} requests the baseline did not share)" if alone[1] else "")
+                                   + f": the target's error rate is above {ERROR_TOLERANCE:g}x the baseline's", values["errors"])
+        elif values["latency"] >= 1 / self.alpha:
             t, b = self.slow.events
+            alone = self.slow_alone.events
             self.failure = Failure(self.name, "latency",
                                    f"requests slower than {1000 * self.slow_bound_s:g} ms (the baseline's p90): "
-                                   f"target {t}, baseline {b}; the target's share is above {SLOW_TOLERANCE:g}x "
-                                   "the baseline's", self.slow.e_value)
+                                   f"target {t + alone[0]}, baseline {b}; the target's share is above {SLOW_TOLERANCE:g}x "
+                                   "the baseline's", values["latency"])
 
     def check_interval(self, interval: tuple[Counts, Counts], step: tuple[Counts, Counts],
                        rollout_baseline: Counts) -> None:
@@ -109,14 +126,18 @@ class SequentialJudge:
         self.interval_ok = self.failure is None
 
     def e_values(self) -> dict[str, float]:
-        return {"errors": self.errors.e_value, "latency": self.slow.e_value}
+        return {"errors": self.errors.e_value * self.errors_alone.e_value,
+                "latency": self.slow.e_value * self.slow_alone.e_value}
 
     def state(self) -> dict:
-        return {"errors": self.errors.state(), "slow": self.slow.state(), "slowBoundS": self.slow_bound_s}
+        return {"errors": self.errors.state(), "slow": self.slow.state(), "slowBoundS": self.slow_bound_s,
+                "errorsAlone": self.errors_alone.state(), "slowAlone": self.slow_alone.state()}
 
     def load_state(self, state: dict) -> None:
         self.errors = RatioEValue.from_state(state["errors"])
         self.slow = RatioEValue.from_state(state["slow"])
+        self.errors_alone = RateEValue.from_state(state["errorsAlone"])
+        self.slow_alone = RateEValue.from_state(state["slowAlone"])
         self.slow_bound_s = state["slowBoundS"]
 
 
