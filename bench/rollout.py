@@ -72,6 +72,9 @@ def main() -> None:
                   f"the target served {summary['targetServed']} requests")
             steps = len(args.steps.split(","))
             code, summary, events = rollout(folder / "state", stage(folder, "bench-good", {}), folder / "good.jsonl", args)
+            if code != 0:
+                print(f"good target: NOT promoted: exit {code}: {summary['message']}")
+                return
             start = next(e["time"] for e in events if e["event"] == "step" and e["index"] == 0)
             end = next(e["time"] for e in events if e["event"] == "decision" and e["decision"] == "finished")
             minimum = steps * args.interval

@@ -66,10 +66,11 @@ class SequentialJudge:
         self.alpha = alpha
         self.errors = RatioEValue(ERROR_TOLERANCE, alpha)
         self.slow = RatioEValue(SLOW_TOLERANCE, alpha)
-        # Windows the baseline did not serve: the target alone against the baseline's rates before the step.
+        # Windows the baseline did not serve: the target's errors alone against the baseline's error rate
+        # before the step. Not latency: it moves with load and neighbours, so only a baseline measured
+        # at the same time is a fair reference for it.
         self.errors_alone = RateEValue(alpha)
-        self.slow_alone = RateEValue(alpha)
-        self.reference: dict[str, float | None] = {"errors": None, "slow": None}
+        self.reference_error_rate: float | None = None
         self.slow_bound_s: float | None = None
         self.failure: Failure | None = None
         self.interval_ok = False
@@ -79,9 +80,7 @@ class SequentialJudge:
         bound = baseline_before.bound_at_percentile(LATENCY_PERCENTILE)
         if bound is not None:
             self.slow_bound_s = bound
-        self.reference["errors"] = reference_rate(baseline_before.errors, baseline_before.requests, ERROR_TOLERANCE)
-        slow = baseline_before.slower_than(self.slow_bound_s) if self.slow_bound_s is not None else None
-        self.reference["slow"] = None if slow is None else reference_rate(slow, sum(baseline_before.buckets), SLOW_TOLERANCE)
+        self.reference_error_rate = reference_rate(baseline_before.errors, baseline_before.requests, ERROR_TOLERANCE)
 
     def observe(self, target: Counts, baseline: Counts) -> None:
         if self.failure is not None or not target.requests + baseline.requests:
@@ -94,11 +93,8 @@ class SequentialJudge:
             self.errors.update(target.errors, baseline.errors, share)
             if slow_target is not None:
                 self.slow.update(slow_target, baseline.slower_than(self.slow_bound_s), share)
-        else:
-            if self.reference["errors"] is not None:
-                self.errors_alone.update(target.errors, target.requests, self.reference["errors"])
-            if slow_target is not None and self.reference["slow"] is not None:
-                self.slow_alone.update(slow_target, target.requests, self.reference["slow"])
+        elif self.reference_error_rate is not None:
+            self.errors_alone.update(target.errors, target.requests, self.reference_error_rate)
         values = self.e_values()
         if values["errors"] >= 1 / self.alpha:
             t, b = self.errors.events
@@ -109,10 +105,9 @@ class SequentialJudge:
                                    + f": the target's error rate is above {ERROR_TOLERANCE:g}x the baseline's", values["errors"])
         elif values["latency"] >= 1 / self.alpha:
             t, b = self.slow.events
-            alone = self.slow_alone.events
             self.failure = Failure(self.name, "latency",
                                    f"requests slower than {1000 * self.slow_bound_s:g} ms (the baseline's p90): "
-                                   f"target {t + alone[0]}, baseline {b}; the target's share is above {SLOW_TOLERANCE:g}x "
+                                   f"target {t}, baseline {b}; the target's share is above {SLOW_TOLERANCE:g}x "
                                    "the baseline's", values["latency"])
 
     def check_interval(self, interval: tuple[Counts, Counts], step: tuple[Counts, Counts],
@@ -127,17 +122,16 @@ class SequentialJudge:
 
     def e_values(self) -> dict[str, float]:
         return {"errors": self.errors.e_value * self.errors_alone.e_value,
-                "latency": self.slow.e_value * self.slow_alone.e_value}
+                "latency": self.slow.e_value}
 
     def state(self) -> dict:
         return {"errors": self.errors.state(), "slow": self.slow.state(), "slowBoundS": self.slow_bound_s,
-                "errorsAlone": self.errors_alone.state(), "slowAlone": self.slow_alone.state()}
+                "errorsAlone": self.errors_alone.state()}
 
     def load_state(self, state: dict) -> None:
         self.errors = RatioEValue.from_state(state["errors"])
         self.slow = RatioEValue.from_state(state["slow"])
         self.errors_alone = RateEValue.from_state(state["errorsAlone"])
-        self.slow_alone = RateEValue.from_state(state["slowAlone"])
         self.slow_bound_s = state["slowBoundS"]
 
 
