@@ -201,3 +201,22 @@ def test_resume_after_sigterm_continues_from_the_last_good_step(runtime, endpoin
     assert live_traffic(runtime, endpoint) == {"green": 100}
     again = rollout(runtime, stage_file, *args, "--resume", record=record)
     assert again.returncode == 2 and "was not interrupted (last decision: finished)" in again.stderr
+
+
+def test_the_readme_rehearsals_promote_the_sample_green_and_roll_back_the_bad_one(runtime, tmp_path):
+    """The sample model: stage 3 promotes green; the bad-green stage (30 % failing) is rolled back."""
+    local = PROJECT_DIR / "stacks" / "local"
+    try:
+        good = rollout(runtime, local / "stage-3-green-dark.yaml", "--to", "green", "--steps", "50,100",
+                       "--interval", "2s", "--min-requests", "10", *load_args(40), record=tmp_path / "good.jsonl")
+        assert good.returncode == 0, good.stderr
+        bad = rollout(runtime, local / "rollout-bad-green.yaml", "--to", "green", "--interval", "3s",
+                      "--min-requests", "10", "--plot", str(tmp_path / "bad.png"), *load_args(80),
+                      record=tmp_path / "bad.jsonl")
+        assert bad.returncode == 1, bad.stderr
+        assert json.loads(bad.stdout)["failure"]["what"] == "error rate"
+        assert (tmp_path / "bad.png").stat().st_size > 10_000
+        assert live_traffic(runtime, "fraud-scorer") == {"blue": 100}
+    finally:
+        if "fraud-scorer" in runtime.status()["endpoints"]:
+            runtime.delete_endpoint("fraud-scorer")
