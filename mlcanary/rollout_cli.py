@@ -28,11 +28,11 @@ def _steps(value: str | None) -> list | None:
 @click.argument("stage_file", type=click.Path(path_type=Path))
 @click.option("--to", "to", help="The deployment to promote (it must exist in STAGE_FILE).")
 @click.option("--from", "from_", help="The baseline (default: the deployment with the most live traffic).")
-@click.option("--steps", help="Live %% for --to, in order, ending at 100 (default 10,25,50,100).")
+@click.option("--steps", help="Live % for --to, in order, ending at 100 (default 10,25,50,100).")
 @click.option("--interval", help="The least time each step is held and judged: 30s, 2m (default 30s).")
-@click.option("--mirror", type=int, help="Mirror this %% of live traffic to --to before any live traffic.")
+@click.option("--mirror", type=int, help="Mirror this % of live traffic to --to before any live traffic.")
 @click.option("--mirror-for", help="How long the mirror phase lasts (judged on the mirrored requests).")
-@click.option("--bake", help="Hold at 100 %% and keep judging this long before finishing.")
+@click.option("--bake", help="Hold at 100 % and keep judging this long before finishing.")
 @click.option("--delete-old/--keep-old", "delete_old", default=None, help="Finish by removing the baseline (after --bake).")
 @click.option("--rule", "rules", multiple=True,
               help="Repeatable: 'error_rate < 0.02', 'latency_p99_ms < 500', 'error_rate_ratio < 1.5', "
