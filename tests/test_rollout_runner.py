@@ -161,3 +161,13 @@ def test_the_default_judge_keeps_judging_while_baking_at_100_percent():
     assert outcome.exit_code == 1 and outcome.failure.judge == "sequential" and outcome.failure.what == "error rate"
     assert world.traffic == {"blue": 100, "green": 0}
     assert ("promoted", "100 %") in decisions(events) and ("baked", "100 %") not in decisions(events)
+
+
+def test_a_failed_reading_delays_the_window_and_counts_nothing_twice():
+    world = World(fail_reads={1, 4, 5})  # the first step's first reading and two later ones fail
+    outcome, events = run(world, steps=[50, 100])
+    assert outcome.exit_code == 0
+    for name in ("blue", "green"):
+        judged = sum(e["window"].get(name, {}).get("requests", 0) for e in events if e["event"] == "judgement")
+        assert judged <= world.totals[name].live.requests
+    assert len([e for e in events if e["event"] == "source-error"]) == 3

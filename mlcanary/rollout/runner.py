@@ -142,7 +142,7 @@ class Runner:
         options, to, baseline = self.options, self.options.to, self.options.baseline
         label = f"bake at {step.label}" if baking else step.label
         before = self._read()
-        self.judge.start_step(before.get(baseline, DeploymentCounts()).live)
+        self.judge.start_step((before or {}).get(baseline, DeploymentCounts()).live)
         step_counts: dict[str, Counts] = {}
         interval_t, interval_b = Counts(), Counts()
         started = interval_started = self.clock()
@@ -154,8 +154,11 @@ class Runner:
             self.sleep(max(0.0, next_tick - self.clock()))
             next_tick += self.tick_s
             now = self._read()
-            closed = window(now, before)
-            before = now
+            if now is None or before is None:
+                closed = {}  # no reading: an empty window (no data never passes); the next reading picks it up
+                before = now if before is None else before
+            else:
+                closed, before = window(now, before), now
             target = _target_counts(closed.get(to, DeploymentCounts()), step.kind == "mirror")
             base = closed.get(baseline, DeploymentCounts()).live
             self.target_served += target.requests
@@ -195,11 +198,12 @@ class Runner:
                             return self._halt(index, label, step_t.requests)
             self.on_update(self.view)
 
-    def _read(self) -> Snapshot:
+    def _read(self) -> Snapshot | None:
         try:
             return self.source.read()
-        except SourceError:
-            return {}  # no reading is no data: the window is empty, and empty windows never pass
+        except SourceError as err:
+            self.recorder.write("source-error", message=str(err))
+            return None
 
     # --- endings -----------------------------------------------------------------------------------
 
