@@ -103,7 +103,10 @@ class PulumiApplier:
 
         if self.current is None:
             # The stage file itself: replace the stack's endpoint config with it, key by key.
-            self.stack.remove_config(ENDPOINT_KEY, path=False)
+            try:
+                self.stack.remove_config(ENDPOINT_KEY, path=False)
+            except Exception:  # noqa: BLE001 - a stack without the key yet: nothing to remove
+                pass
             values = {}
             for key, value in step.config.items():
                 if key.startswith(f"{NAMESPACE}:"):
