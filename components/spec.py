@@ -21,10 +21,11 @@ from pydantic.alias_generators import to_camel
 from mlcanary.components import rules
 from mlcanary.components.deployment_yaml import read_deployment_yaml
 from mlcanary.components.rules import Problem
+from mlcanary.components.rollout_spec import RolloutSpec, rollout_problems
 from mlcanary.components.user_files import UnusableFile, read_conda_file, shown_path
 
 NAMESPACE = "mlcanary"
-CONFIG_KEYS = ("target", "endpoint")
+CONFIG_KEYS = ("target", "endpoint", "rollout")
 ENDPOINT_FIELD = f"{NAMESPACE}:endpoint"
 
 
@@ -176,6 +177,7 @@ class EndpointSpec(_Spec):
 class StackSpec(_Spec):
     target: Literal["azure", "local"] = "azure"
     endpoint: EndpointSpec
+    rollout: RolloutSpec | None = None  # the plan of `mlcanary rollout` (components/rollout_spec.py)
 
 
 def load_stack_config(config: Mapping[str, Any], base_dir: Path) -> StackSpec:
@@ -203,8 +205,9 @@ def load_stack_config(config: Mapping[str, Any], base_dir: Path) -> StackSpec:
         raise SpecError(unreadable + disagreements)
 
     raw = {"endpoint": endpoint}
-    if "target" in config:
-        raw["target"] = config["target"]
+    for key in ("target", "rollout"):
+        if key in config:
+            raw[key] = config[key]
     try:
         spec = StackSpec.model_validate(raw)
     except ValidationError as err:
@@ -252,6 +255,8 @@ def stack_problems(spec: StackSpec) -> list[Problem]:
         problems += rules.kubernetes_mirror_problems(
             rules.join(field, "mirrorTraffic"), endpoint.mirror_traffic
         )
+    if spec.rollout is not None:
+        problems += rollout_problems(spec.rollout, endpoint.deployments, lambda key: f"{NAMESPACE}:rollout.{key}")
     return problems
 
 
@@ -545,7 +550,7 @@ def _deep_merge(base: dict[str, Any], overrides: Mapping[str, Any]) -> dict[str,
 def _problem_from_pydantic(error: Mapping[str, Any]) -> Problem:
     loc = [str(part) for part in error["loc"]]
     # Union members add their class name to the path (`environment.str`); the user never wrote it.
-    loc = [part for part in loc if part not in ("str", "InlineEnvironment", "int")]
+    loc = [part for part in loc if part not in ("str", "InlineEnvironment", "int", "float")]
     field = rules.join(f"{NAMESPACE}:{loc[0] if loc else ''}", *loc[1:])
     kind, value = error["type"], error.get("input")
     if kind == "extra_forbidden":

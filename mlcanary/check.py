@@ -89,19 +89,29 @@ class CheckReport:
 
 
 def check_stages(paths: list[Path], settings: dict[str, PolicySettings]) -> CheckReport:
+    return _report([str(path) for path in paths], _in_workers(load_and_render, paths), settings)
+
+
+def check_configs(stages: list[tuple[str, dict, Path]], settings: dict[str, PolicySettings]) -> CheckReport:
+    """The same gate for stages held in memory: (label, full `config:` mapping, project dir) each,
+    in rollout order (e.g. the steps `mlcanary rollout` derives)."""
+    return _report([label for label, _, _ in stages], _in_workers(_load_and_render_config, stages), settings)
+
+
+def _report(labels: list[str], loaded: list[Loaded], settings: dict[str, PolicySettings]) -> CheckReport:
     report = CheckReport()
     analyzer = _configured_analyzer(settings)
     previous: tuple[str, EndpointSpec] | None = None
-    for path, (spec, render, error) in zip(paths, _load_and_render_all(paths)):
+    for label, (spec, render, error) in zip(labels, loaded):
         if error is not None:
-            report.errors.append(InputError(str(path), error))
+            report.errors.append(InputError(label, error))
             previous = None
             continue
         report.stages += 1
         report.resources += len(render.resources)
         report.transitions += previous is not None
-        report.violations += judge_stage(str(path), spec, render, settings, before=previous, analyzer=analyzer)
-        previous = (str(path), spec)
+        report.violations += judge_stage(label, spec, render, settings, before=previous, analyzer=analyzer)
+        previous = (label, spec)
     return report
 
 
@@ -121,26 +131,31 @@ def judge_stage(
 Loaded = tuple[EndpointSpec | None, Render | None, str | None]
 
 
-def _load_and_render_all(paths: list[Path]) -> list[Loaded]:
+def _in_workers(function, items: list) -> list[Loaded]:
     """Stages are independent and rendering is CPU-bound: with more than one core and stage, render
     in forked workers, which inherit the already imported SDKs instead of importing them again."""
-    workers = min(len(paths), len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1)
+    workers = min(len(items), len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1)
     if workers < 2 or "fork" not in multiprocessing.get_all_start_methods():
-        return [load_and_render(path) for path in paths]
+        return [function(item) for item in items]
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
-        return list(pool.map(load_and_render, paths))
+        return list(pool.map(function, items))
 
 
 def load_and_render(path: Path) -> Loaded:
     """A stage file's validated endpoint and its render under mocks, or the input error as text."""
     try:
         config = read_stage_file(path)
-        project_dir = project_dir_of(path)
-        spec = load_stack_config(namespaced(config, NAMESPACE), project_dir)
     except StageFileError as err:
         return None, None, str(err)
+    return _load_and_render_config((str(path), config, project_dir_of(path)))
+
+
+def _load_and_render_config(stage: tuple[str, dict, Path]) -> Loaded:
+    label, config, project_dir = stage
+    try:
+        spec = load_stack_config(namespaced(config, NAMESPACE), project_dir)
     except SpecError as err:
-        return None, None, f"{path}: invalid stack config:\n" + "\n".join(f"  {p}" for p in err.problems)
+        return None, None, f"{label}: invalid stack config:\n" + "\n".join(f"  {p}" for p in err.problems)
     return spec.endpoint, render_program(lambda: program.main(project_dir), config), None
 
 

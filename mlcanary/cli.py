@@ -10,6 +10,7 @@ import click
 
 from mlcanary.local_cli import register as register_local_commands
 from mlcanary.policy_config import PolicyConfigError, load_policy_config
+from mlcanary.rollout_cli import rollout
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -78,6 +79,7 @@ def _print_text(report) -> None:
 
 
 register_local_commands(main)
+main.add_command(rollout)
 
 if __name__ == "__main__":
     main()

@@ -2,12 +2,15 @@
 
 The model is a small logistic regression stored as JSON, so the sample needs no ML libraries.
 Azure mounts a registered model folder at $AZUREML_MODEL_DIR/<folder name>; so does the local target.
+SAMPLE_FAIL_RATE (a fraction) makes that share of requests fail, to rehearse a rollback
+(stacks/local/rollout-bad-green.yaml).
 """
 
 import json
 import logging
 import math
 import os
+import random
 
 model = None
 
@@ -21,6 +24,8 @@ def init():
 
 
 def run(raw_data):
+    if random.random() < float(os.environ.get("SAMPLE_FAIL_RATE") or 0):
+        raise RuntimeError("failing on purpose (SAMPLE_FAIL_RATE)")
     rows = json.loads(raw_data)["data"]
     if not isinstance(rows, list) or not all(isinstance(r, list) and len(r) == len(model["weights"]) for r in rows):
         raise ValueError(f"data must be a list of rows of {len(model['weights'])} numbers")

@@ -1,0 +1,117 @@
+"""`mlcanary:rollout`: the plan of `mlcanary rollout`, kept in the stack config and reviewed like a stage.
+
+The keys are the command's options in camelCase (`--min-requests` -> `minRequests`, `--rule` -> `rule`,
+a list); command-line flags override them. The same model and checks validate both, so a bad value
+is refused the same way whether it came from the config or a flag.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict
+from pydantic.alias_generators import to_camel
+
+from mlcanary.components import rules
+from mlcanary.components.rules import Problem
+
+DEFAULT_STEPS = (10, 25, 50, 100)
+DEFAULTS = {"steps": DEFAULT_STEPS, "interval": "30s", "judge": "sequential", "alpha": 0.05, "minRequests": 100,
+            "maxHold": 3, "failureLimit": 1, "deleteOld": False}
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*(s|m|h)?$")
+
+
+def duration_seconds(value: Any) -> float | None:
+    """`30s`, `2m`, `1h`, or a bare number of seconds -> seconds; None when it is none of these."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        return float(value) if value > 0 else None
+    match = _DURATION.match(value.strip()) if isinstance(value, str) else None
+    if not match:
+        return None
+    seconds = float(match.group(1)) * {"s": 1, "m": 60, "h": 3600, None: 1}[match.group(2)]
+    return seconds if seconds > 0 else None
+
+
+def _listed(value: Any) -> Any:
+    """A single rule (or step) may be given without a list."""
+    return [value] if isinstance(value, str | int) and not isinstance(value, bool) else value
+
+
+def _whole(value: Any) -> Any:
+    number = rules.whole_number(value)
+    return value if number is None else number
+
+
+Whole = Annotated[int, Strict(), BeforeValidator(_whole)]
+
+
+class RolloutSpec(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", alias_generator=to_camel, populate_by_name=False)
+
+    to: str | None = None
+    from_: str | None = Field(default=None, alias="from")
+    steps: Annotated[list[Whole], BeforeValidator(_listed)] | None = None
+    interval: str | float | None = None
+    mirror: Whole | None = None
+    mirror_for: str | float | None = None
+    bake: str | float | None = None
+    delete_old: bool | None = None
+    rule: Annotated[list[str], BeforeValidator(_listed)] | None = None
+    judge: Literal["sequential", "threshold"] | None = None
+    alpha: float | None = None
+    min_requests: Whole | None = None
+    max_hold: Whole | None = None
+    failure_limit: Whole | None = None
+
+    def get(self, key: str) -> Any:
+        """A value by its camelCase key, else the command's default."""
+        for name, info in type(self).model_fields.items():
+            if info.alias == key:
+                value = getattr(self, name)
+                return DEFAULTS.get(key) if value is None else value
+        raise KeyError(key)
+
+
+def rollout_problems(
+    plan: RolloutSpec, deployments: dict[str, Any], field: Callable[[str], str]
+) -> list[Problem]:
+    """Every rule of a rollout plan the types cannot express; `field` names a key for the message
+    (a config path, or a command-line option)."""
+    from mlcanary.rollout.rules import RuleError, parse_rule
+
+    problems = []
+    known = ", ".join(deployments) or "none"
+    for key in ("to", "from"):
+        name = plan.get(key)
+        if name is not None and name not in deployments:
+            problems.append(Problem(field(key), f"deployment {name!r} is not in this stage; deployments: {known}"))
+    if plan.to is not None and plan.to == plan.from_:
+        problems.append(Problem(field("from"), f"the baseline must be another deployment than the target {plan.to!r}"))
+    steps = plan.get("steps")
+    if not steps or any(not 1 <= s <= 100 for s in steps) or any(b <= a for a, b in zip(steps, steps[1:])) or steps[-1] != 100:
+        problems.append(Problem(field("steps"), f"live percentages 1-100 for the target, increasing, ending at 100 "
+                                               f"(e.g. 10,25,50,100), got {','.join(map(str, steps or []))}"))
+    for key in ("interval", "mirrorFor", "bake"):
+        value = plan.get(key)
+        if value is not None and duration_seconds(value) is None:
+            problems.append(Problem(field(key), f"a duration such as 30s, 2m or 1h (seconds if no unit), got {value!r}"))
+    if (plan.mirror is None) != (plan.mirror_for is None):
+        problems.append(Problem(field("mirror"), "mirror and mirrorFor go together: a share to mirror and for how long"))
+    if plan.mirror is not None:
+        problems += rules.integer_range_problems(field("mirror"), plan.mirror, 1, rules.MAX_MIRROR_PERCENT, "mirror share")
+    alpha = plan.get("alpha")
+    if not 0 < alpha < 1:
+        problems.append(Problem(field("alpha"), f"the false-rollback bound is a probability between 0 and 1, got {alpha}"))
+    for key, low in (("minRequests", 1), ("maxHold", 0), ("failureLimit", 1)):
+        if plan.get(key) < low:
+            problems.append(Problem(field(key), f"must be a whole number of at least {low}, got {plan.get(key)}"))
+    for text in plan.get("rule") or ():
+        try:
+            parse_rule(text)
+        except RuleError as err:
+            problems.append(Problem(field("rule"), str(err)))
+    return problems

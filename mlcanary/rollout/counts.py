@@ -1,0 +1,119 @@
+"""What a metric source reports for one deployment over a window: requests, errors, latency."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+# The local runtime's histogram bounds (seconds), plus +Inf.
+LATENCY_BOUNDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, math.inf)
+
+
+@dataclass(frozen=True)
+class Counts:
+    """Requests of one deployment in a window. `buckets` are per-bucket (not cumulative) request counts
+    for `LATENCY_BOUNDS`; a source without a histogram (Azure Monitor) gives per-window percentiles."""
+
+    requests: int = 0
+    errors: int = 0  # answered with a status >= 400 (the model failed, timed out, was refused)
+    errors_5xx: int = 0
+    buckets: tuple[int, ...] = ()
+    percentiles_ms: dict[int, float] = field(default_factory=dict)  # e.g. {90: 41.0, 99: 120.0}
+
+    def __add__(self, other: Counts) -> Counts:
+        return Counts(
+            self.requests + other.requests, self.errors + other.errors, self.errors_5xx + other.errors_5xx,
+            _add(self.buckets, other.buckets), _merge_percentiles(self, other),
+        )
+
+    def __sub__(self, older: Counts) -> Counts:
+        """The counts of a window: a cumulative reading minus an earlier one (never negative)."""
+        return Counts(
+            max(0, self.requests - older.requests), max(0, self.errors - older.errors),
+            max(0, self.errors_5xx - older.errors_5xx),
+            tuple(max(0, a - b) for a, b in zip(self.buckets, older.buckets or (0,) * len(self.buckets))),
+            dict(self.percentiles_ms),
+        )
+
+    def rate(self, metric: str) -> float | None:
+        if not self.requests:
+            return None
+        return (self.errors if metric == "error_rate" else self.errors_5xx) / self.requests
+
+    def slower_than(self, bound_s: float) -> int | None:
+        """Requests slower than `bound_s`, which must be a histogram bound; None without a histogram."""
+        if not self.buckets:
+            return None
+        index = LATENCY_BOUNDS.index(bound_s)
+        return sum(self.buckets[index + 1:])
+
+    def percentile_ms(self, q: int) -> float | None:
+        """The q-th latency percentile: from the histogram as Prometheus' histogram_quantile does it
+        (linear within the bucket), else the source's own percentile."""
+        if self.buckets and sum(self.buckets):
+            rank = q / 100 * sum(self.buckets)
+            cumulative, lower = 0, 0.0
+            for bound, count in zip(LATENCY_BOUNDS, self.buckets):
+                if count and cumulative + count >= rank:
+                    if math.isinf(bound):
+                        return lower * 1000
+                    return 1000 * (lower + (bound - lower) * (rank - cumulative) / count)
+                cumulative += count
+                lower = bound
+            return lower * 1000
+        return self.percentiles_ms.get(q)
+
+    def bound_at_percentile(self, q: int) -> float | None:
+        """The smallest histogram bound with at least q % of requests at or below it."""
+        total = sum(self.buckets)
+        if not total:
+            return None
+        cumulative = 0
+        for bound, count in zip(LATENCY_BOUNDS, self.buckets):
+            cumulative += count
+            if cumulative >= q / 100 * total and not math.isinf(bound):
+                return bound
+        return LATENCY_BOUNDS[-2]
+
+
+def _add(a: tuple[int, ...], b: tuple[int, ...]) -> tuple[int, ...]:
+    if not a:
+        return b
+    if not b:
+        return a
+    return tuple(x + y for x, y in zip(a, b))
+
+
+def _merge_percentiles(a: Counts, b: Counts) -> dict[int, float]:
+    """Minute percentiles cannot be pooled exactly; weight them by requests (what Azure's own
+    averaging over minutes does, without the weights)."""
+    if not a.requests or not a.percentiles_ms:
+        return dict(b.percentiles_ms)
+    if not b.requests or not b.percentiles_ms:
+        return dict(a.percentiles_ms)
+    total = a.requests + b.requests
+    return {
+        q: (a.percentiles_ms[q] * a.requests + b.percentiles_ms[q] * b.requests) / total
+        for q in a.percentiles_ms.keys() & b.percentiles_ms.keys()
+    }
+
+
+@dataclass(frozen=True)
+class DeploymentCounts:
+    """Live (incl. header-pinned) and mirrored requests of one deployment."""
+
+    live: Counts = field(default_factory=Counts)
+    mirrored: Counts = field(default_factory=Counts)
+
+    def __sub__(self, older: DeploymentCounts) -> DeploymentCounts:
+        return DeploymentCounts(self.live - older.live, self.mirrored - older.mirrored)
+
+    def __add__(self, other: DeploymentCounts) -> DeploymentCounts:
+        return DeploymentCounts(self.live + other.live, self.mirrored + other.mirrored)
+
+
+Snapshot = dict[str, DeploymentCounts]
+
+
+def window(now: Snapshot, before: Snapshot) -> Snapshot:
+    return {name: counts - before.get(name, DeploymentCounts()) for name, counts in now.items()}

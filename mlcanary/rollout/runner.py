@@ -1,0 +1,282 @@
+"""The rollout loop: apply a step, judge closed windows until the step is promoted, held, halted or
+rolled back; record every judgement and decision.
+
+Exit codes: 0 promoted, 1 rolled back, 3 halted as inconclusive, 130/143 interrupted (the last good
+step is left live). Refusals before any change (exit 2) happen before the runner starts.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from mlcanary.rollout.appliers import ApplyError
+from mlcanary.rollout.counts import Counts, DeploymentCounts, Snapshot, window
+from mlcanary.rollout.judges import Failure, Judge
+from mlcanary.rollout.plan import Plan, Step
+from mlcanary.rollout.record import Recorder
+from mlcanary.rollout.sources import SourceError
+
+PROMOTED, ROLLED_BACK, HALTED = 0, 1, 3
+
+
+class Interrupted(Exception):
+    def __init__(self, exit_code: int):
+        self.exit_code = exit_code
+        super().__init__(f"interrupted (exit {exit_code})")
+
+
+@dataclass
+class View:
+    """What the live table shows; updated on every closed window."""
+
+    step: str = ""
+    index: int = 0
+    steps: int = 0
+    traffic: dict[str, int] = field(default_factory=dict)
+    mirror: dict[str, int] = field(default_factory=dict)
+    counts: dict[str, Counts] = field(default_factory=dict)  # this step, per deployment
+    judge: dict[str, Any] = field(default_factory=dict)
+    status: str = ""
+    elapsed_s: float = 0.0
+
+
+@dataclass
+class Outcome:
+    exit_code: int
+    decision: str
+    message: str
+    failure: Failure | None = None
+    target_served: int = 0
+    e_values: dict[str, float] = field(default_factory=dict)
+    step: str = ""
+
+
+def _counts_json(counts: Counts) -> dict:
+    return {"requests": counts.requests, "errors": counts.errors, "errors5xx": counts.errors_5xx,
+            "p90Ms": counts.percentile_ms(90), "p99Ms": counts.percentile_ms(99)}
+
+
+class Runner:
+    def __init__(self, plan: Plan, applier: Any, source: Any, judge: Judge, recorder: Recorder, *,
+                 tick_s: float = 1.0, on_update: Callable[[View], None] = lambda _: None,
+                 clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep):
+        self.plan, self.applier, self.source, self.judge, self.recorder = plan, applier, source, judge, recorder
+        self.options = plan.options
+        self.tick_s = tick_s
+        self.on_update = on_update
+        self.clock, self.sleep = clock, sleep
+        self.view = View(steps=len(plan.steps))
+        self.target_served = 0
+        self.rollout_baseline = Counts()
+        self.last_good = -1  # index into plan.steps; -1: the stage file
+
+    # --- the whole rollout -------------------------------------------------------------------------
+
+    def run(self, start_index: int = 0, judge_state: dict | None = None, target_served: int = 0,
+            on_started: Callable[[], None] = lambda: None) -> Outcome:
+        self.target_served = target_served
+        if judge_state:
+            self.judge.load_state(judge_state)
+        self.last_good = start_index - 1
+        previous = signal.signal(signal.SIGTERM, _raise_interrupted)
+        try:
+            return self._run(start_index, on_started)
+        except (Interrupted, KeyboardInterrupt) as stop:
+            return self._interrupted(stop.exit_code if isinstance(stop, Interrupted) else 130)
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+
+    def _run(self, start_index: int, on_started: Callable[[], None]) -> Outcome:
+        try:
+            if start_index == 0:
+                if not self.applier.in_state(self.plan.start):
+                    self._status(f"applying {self.plan.start.label}")
+                    self.applier.apply(self.plan.start)
+                self.recorder.write("step", index=-1, label=self.plan.start.label, traffic=self.plan.start.traffic,
+                                    mirror=self.plan.start.mirror_traffic)
+            elif hasattr(self.applier, "current"):
+                self.applier.current = self.plan.steps[start_index - 1]
+        except ApplyError as err:
+            return Outcome(2, "refused", f"the stage file could not be applied; nothing was changed by the rollout:\n{err}")
+        on_started()
+        for index in range(start_index, len(self.plan.steps)):
+            step = self.plan.steps[index]
+            try:
+                self._status(f"applying {step.label}")
+                self.applier.apply(step)
+            except ApplyError as err:
+                return self._roll_back(index, Failure("apply", step.label, str(err)))
+            self.recorder.write("step", index=index, label=step.label, traffic=step.traffic, mirror=step.mirror_traffic)
+            if step.kind == "delete":
+                self.last_good = index
+                continue
+            outcome = self._judge_step(index, step, self._hold_for(step))
+            if outcome is not None:
+                return outcome
+            self.last_good = index
+            self.recorder.write("decision", decision="promoted", step=step.label, index=index,
+                                judgeState=self.judge.state(), targetServed=self.target_served)
+            is_last_live = all(s.kind == "delete" for s in self.plan.steps[index + 1:])
+            if is_last_live and self.options.bake_s:
+                outcome = self._judge_step(index, step, self.options.bake_s, baking=True)
+                if outcome is not None:
+                    return outcome
+                self.recorder.write("decision", decision="baked", step=step.label, index=index,
+                                    judgeState=self.judge.state(), targetServed=self.target_served)
+        message = f"{self.options.to} promoted to {self.plan.steps[-1].label}"
+        self.recorder.write("decision", decision="finished", step=self.plan.steps[-1].label, index=len(self.plan.steps) - 1,
+                            targetServed=self.target_served, message=message)
+        return Outcome(PROMOTED, "promoted", message, target_served=self.target_served,
+                       e_values=self.judge.e_values(), step=self.plan.steps[-1].label)
+
+    def _hold_for(self, step: Step) -> float:
+        return self.options.mirror_for_s if step.kind == "mirror" else self.options.interval_s
+
+    # --- one step --------------------------------------------------------------------------------------
+
+    def _judge_step(self, index: int, step: Step, hold_s: float, baking: bool = False) -> Outcome | None:
+        options, to, baseline = self.options, self.options.to, self.options.baseline
+        label = f"bake at {step.label}" if baking else step.label
+        before = self._read()
+        self.judge.start_step((before or {}).get(baseline, DeploymentCounts()).live)
+        step_counts: dict[str, Counts] = {}
+        interval_t, interval_b = Counts(), Counts()
+        started = interval_started = self.clock()
+        holds = 0
+        self.view = View(step=label, index=index + 1, steps=len(self.plan.steps), traffic=step.traffic,
+                         mirror=step.mirror_traffic, judge=self._judge_view())
+        next_tick = started + self.tick_s
+        while True:
+            self.sleep(max(0.0, next_tick - self.clock()))
+            next_tick += self.tick_s
+            now = self._read()
+            if now is None or before is None:
+                closed = {}  # no reading: an empty window (no data never passes); the next reading picks it up
+                before = now if before is None else before
+            else:
+                closed, before = window(now, before), now
+            target = _target_counts(closed.get(to, DeploymentCounts()), step.kind == "mirror")
+            base = closed.get(baseline, DeploymentCounts()).live
+            self.target_served += target.requests
+            self.rollout_baseline = self.rollout_baseline + base
+            for name, counts in closed.items():
+                counts_here = _target_counts(counts, step.kind == "mirror") if name == to else counts.live
+                step_counts[name] = step_counts.get(name, Counts()) + counts_here
+            interval_t, interval_b = interval_t + target, interval_b + base
+            self.judge.observe(target, base)
+            elapsed = self.clock() - started
+            self.recorder.write(
+                "judgement", step=label, index=index, traffic=step.traffic, mirror=step.mirror_traffic,
+                window={n: _counts_json(c.live + c.mirrored) for n, c in closed.items()},
+                eValues=self.judge.e_values(), targetServed=self.target_served)
+            self.view.counts, self.view.elapsed_s, self.view.judge = dict(step_counts), elapsed, self._judge_view()
+            if self.judge.failure is not None:
+                return self._roll_back(index, self.judge.failure, step_counts)
+            step_t, step_b = step_counts.get(to, Counts()), step_counts.get(baseline, Counts())
+            self.view.status = f"judging ({step_t.requests} of {options.min_requests} requests)"
+            if self.clock() - interval_started >= options.interval_s:
+                enough = step_t.requests >= options.min_requests
+                if enough:
+                    self.judge.check_interval((interval_t, interval_b), (step_t, step_b), self.rollout_baseline)
+                    if self.judge.failure is not None:
+                        return self._roll_back(index, self.judge.failure, step_counts)
+                interval_t, interval_b, interval_started = Counts(), Counts(), self.clock()
+                if elapsed >= hold_s - 1e-6:
+                    if enough and self.judge.interval_ok:
+                        return None
+                    if not enough:
+                        holds += 1
+                        self.recorder.write("decision", decision="held", step=label, index=index,
+                                            requests=step_t.requests, needed=options.min_requests, holds=holds)
+                        self.view.status = (f"waiting: {step_t.requests} of {options.min_requests} requests "
+                                            f"(held {holds} of {options.max_hold})")
+                        if holds > options.max_hold:
+                            return self._halt(index, label, step_t.requests)
+            self.on_update(self.view)
+
+    def _read(self) -> Snapshot | None:
+        try:
+            return self.source.read()
+        except SourceError as err:
+            self.recorder.write("source-error", message=str(err))
+            return None
+
+    # --- endings -----------------------------------------------------------------------------------
+
+    def _roll_back(self, index: int, failure: Failure, step_counts: dict[str, Counts] | None = None) -> Outcome:
+        self.view.judge = self._judge_view()
+        self._status(f"rolling back: {failure.judge} ({failure.what})")
+        with _signals_deferred():
+            error = self._apply_quietly(self.plan.rollback)
+        observed = {n: _counts_json(c) for n, c in (step_counts or {}).items()}
+        step = self.plan.steps[index].label
+        self.recorder.write("decision", decision="rolled-back", step=step, index=index, failure=failure.as_json(),
+                            observed=observed, eValues=self.judge.e_values(), targetServed=self.target_served,
+                            rollbackError=error)
+        message = (f"rolled back at step {step}: {failure.judge} judge failed on {failure.what}: {failure.message}"
+                   + (f"\nthe rollback itself failed: {error}" if error else ""))
+        return Outcome(ROLLED_BACK, "rolled back", message, failure, self.target_served, self.judge.e_values(), step)
+
+    def _halt(self, index: int, label: str, requests: int) -> Outcome:
+        self._status("halting: not enough data")
+        with _signals_deferred():
+            error = self._apply_quietly(self.plan.rollback)
+        message = (f"halted as inconclusive at step {label}: {self.options.to} served {requests} of the "
+                   f"{self.options.min_requests} requests a step needs, after {self.options.max_hold} extra interval(s); "
+                   f"traffic is back on {self.options.baseline}" + (f"\nthe rollback failed: {error}" if error else ""))
+        self.recorder.write("decision", decision="halted", step=label, index=index, requests=requests,
+                            targetServed=self.target_served, message=message)
+        return Outcome(HALTED, "halted", message, target_served=self.target_served, e_values=self.judge.e_values(), step=label)
+
+    def _interrupted(self, exit_code: int) -> Outcome:
+        good = self.plan.steps[self.last_good] if self.last_good >= 0 else self.plan.start
+        self._status(f"interrupted: back to {good.label}")
+        with _signals_deferred():
+            error = self._apply_quietly(good)
+        message = (f"interrupted; left at the last good step ({good.label}: traffic {good.traffic}); "
+                   "continue with --resume" + (f"\nsetting it failed: {error}" if error else ""))
+        self.recorder.write("decision", decision="interrupted", step=good.label, lastGood=self.last_good,
+                            judgeState=self.judge.state(), targetServed=self.target_served, exitCode=exit_code)
+        return Outcome(exit_code, "interrupted", message, target_served=self.target_served,
+                       e_values=self.judge.e_values(), step=good.label)
+
+    def _apply_quietly(self, step: Step) -> str | None:
+        try:
+            self.applier.apply(step)
+        except ApplyError as err:
+            return str(err)
+        return None
+
+    def _status(self, text: str) -> None:
+        self.view.status = text
+        self.on_update(self.view)
+
+    def _judge_view(self) -> dict[str, Any]:
+        state = {"judge": self.judge.name, **{f"e({k})": round(v, 3) for k, v in self.judge.e_values().items()}}
+        if hasattr(self.judge, "failed_checks"):
+            state["failed checks"] = f"{self.judge.failed_checks}/{self.judge.failure_limit}"
+        return state
+
+
+def _target_counts(counts: DeploymentCounts, mirror_step: bool) -> Counts:
+    """The target's requests to judge: in a mirror step its mirrored copies (plus any pinned requests)."""
+    return counts.live + counts.mirrored if mirror_step else counts.live
+
+
+def _raise_interrupted(signum, _frame) -> None:
+    raise Interrupted(128 + signum)
+
+
+class _signals_deferred:
+    """Let a rollback or the return to the last good step finish before another signal acts."""
+
+    def __enter__(self):
+        self.previous = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)}
+
+    def __exit__(self, *exc):
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)

@@ -1,0 +1,104 @@
+"""`mlcanary rollout` input errors: exit 2, a message naming the option, no traceback, nothing changed."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from mlcanary.cli import main
+from conftest import PROJECT_DIR
+
+STAGE_3 = str(PROJECT_DIR / "stacks" / "local" / "stage-3-green-dark.yaml")
+
+
+def run(*args: str, state=None):
+    return CliRunner().invoke(main, ["rollout", *args], env={"MLCANARY_STATE_DIR": str(state)} if state else None)
+
+
+@pytest.mark.parametrize("args, message", [
+    ([STAGE_3], "--to: required"),
+    ([STAGE_3, "--to", "purple"], "--to: deployment 'purple' is not in this stage; deployments: blue, green"),
+    ([STAGE_3, "--to", "green", "--rule", "error_rate > 0.1"], "--rule: rule 'error_rate > 0.1': operator '>' not allowed"),
+    ([STAGE_3, "--to", "green", "--steps", "10,abc"], "--steps:"),
+    ([STAGE_3, "--to", "green", "--interval", "fast"], "--interval: a duration such as 30s"),
+    ([STAGE_3, "--to", "green", "--mirror", "10"], "mirror and mirrorFor go together"),
+    ([STAGE_3, "--to", "green", "--load", "10"], "--load needs --request-file"),
+    ([STAGE_3, "--to", "green", "--resume"], "--resume needs --record"),
+    (["missing.yaml", "--to", "green"], "missing.yaml: stage file not found"),
+], ids=["no_target", "unknown_target", "bad_rule", "steps_not_numbers", "bad_interval", "mirror_without_duration",
+        "load_without_body", "resume_without_record", "missing_stage_file"])
+def test_bad_input_exits_2_naming_the_option(args, message, tmp_path):
+    result = run(*args, state=tmp_path / "state")
+    assert result.exit_code == 2, result.output
+    assert message in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "state").exists()  # no runtime was started, nothing was changed
+
+
+def test_plan_only_prints_the_stages_and_the_gate_as_json():
+    result = run(STAGE_3, "--to", "green", "--steps", "20,100", "--plan-only", "--format", "json")
+    assert result.exit_code == 0, result.output
+    plan = json.loads(result.output[result.output.index("{"):])
+    assert [s["traffic"] for s in plan["stages"]] == [{"blue": 80, "green": 20}, {"blue": 0, "green": 100}]
+    assert plan["gate"] == "passed"
+
+
+def test_resume_from_a_record_of_another_rollout_is_refused(tmp_path):
+    record = tmp_path / "record.jsonl"
+    record.write_text(json.dumps({"time": 0, "event": "plan", "plan": {"endpoint": "fraud-scorer", "to": "green",
+                                                                       "from": "blue", "steps": [50, 100]}}) + "\n")
+    result = run(STAGE_3, "--to", "green", "--resume", "--record", str(record), state=tmp_path / "state")
+    assert result.exit_code == 2 and "the record is of another rollout (steps" in result.output
+
+
+def test_write_stages_writes_files_and_changes_nothing(tmp_path):
+    result = run(STAGE_3, "--to", "green", "--steps", "50,100", "--write-stages", str(tmp_path / "out"),
+                 state=tmp_path / "state")
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "stage-3-green-dark-step-1-50pct.yaml", "stage-3-green-dark-step-2-100pct.yaml"]
+    assert not (tmp_path / "state").exists()
+
+
+class GrowingSource:
+    """Azure Monitor stand-in: every reading adds requests to both deployments."""
+
+    def __init__(self, green_errors: int = 0):
+        from mlcanary.rollout.counts import Counts, DeploymentCounts
+
+        self.Counts, self.DeploymentCounts = Counts, DeploymentCounts
+        self.total = {"blue": DeploymentCounts(), "green": DeploymentCounts()}
+        self.green_errors = green_errors
+
+    def read(self):
+        self.total = {
+            "blue": self.total["blue"] + self.DeploymentCounts(self.Counts(50)),
+            "green": self.total["green"] + self.DeploymentCounts(self.Counts(50, self.green_errors, self.green_errors)),
+        }
+        return dict(self.total)
+
+
+@pytest.mark.parametrize("green_errors, exit_code, last_up", [(0, 0, "100 %"), (10, 1, "rollback")],
+                         ids=["promoted", "rolled_back"])
+def test_an_azure_rollout_runs_pulumi_up_per_step_with_azure_monitor_metrics(mocker, tmp_path, green_errors, exit_code, last_up):
+    stack = mocker.Mock()
+    select = mocker.patch("pulumi.automation.select_stack", return_value=stack)
+    source = mocker.patch("mlcanary.rollout.sources.azure_source", return_value=GrowingSource(green_errors))
+    result = CliRunner().invoke(main, [
+        "rollout", str(PROJECT_DIR / "stacks" / "stage-3-green-dark.yaml"), "--to", "green", "--steps", "50,100",
+        "--interval", "0.3s", "--tick", "0.1", "--min-requests", "10", "--stack", "prod", "--format", "json",
+        "--rule", "error_rate < 0.05"], env={"ARM_SUBSCRIPTION_ID": "sub-1"})
+    assert result.exit_code == exit_code, result.output
+    select.assert_called_once_with(stack_name="prod", work_dir=str(PROJECT_DIR))
+    endpoint_id, region = source.call_args.args
+    assert endpoint_id == ("/subscriptions/sub-1/resourceGroups/ml-prod-rg/providers/Microsoft.MachineLearningServices/"
+                           "workspaces/ml-prod-ws/onlineEndpoints/fraud-scorer") and region == "westus2"
+    ups = [call.kwargs["message"] for call in stack.up.call_args_list]
+    assert ups[0] == "mlcanary rollout: stage-3-green-dark.yaml" and ups[-1] == f"mlcanary rollout: {last_up}"
+    assert all(call.kwargs["policy_packs"] == [str(PROJECT_DIR / "policies")] for call in stack.up.call_args_list)
+
+
+def test_an_azure_rollout_needs_a_stack(tmp_path):
+    result = run(str(PROJECT_DIR / "stacks" / "stage-3-green-dark.yaml"), "--to", "green")
+    assert result.exit_code == 2 and "give --stack NAME" in result.output

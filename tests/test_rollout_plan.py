@@ -1,0 +1,140 @@
+"""Plan derivation: stage file + options -> derived stages, each through the spec and `check`'s gate."""
+
+from __future__ import annotations
+
+import copy
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from mlcanary.check import policy_defaults
+from mlcanary.components.spec import SpecError, load_stack_config
+from mlcanary.policy_config import load_policy_config
+from mlcanary.rollout.plan import PlanError, gate, load_plan, write_stages
+from conftest import PROJECT_DIR
+
+STAGE_3 = PROJECT_DIR / "stacks" / "local" / "stage-3-green-dark.yaml"
+DEFAULT_SETTINGS = load_policy_config(None, policy_defaults())
+
+
+def stage_with(tmp_path: Path, rollout: dict | None = None, **endpoint_changes) -> Path:
+    """Local stage 3 with a `mlcanary:rollout` section, written in the project (paths stay relative)."""
+    config = copy.deepcopy(yaml.safe_load(STAGE_3.read_text())["config"])
+    config["mlcanary:endpoint"].update(endpoint_changes)
+    if rollout is not None:
+        config["mlcanary:rollout"] = rollout
+    folder = PROJECT_DIR / "stacks" / "local"
+    path = folder / f".test-{tmp_path.name}.yaml"
+    path.write_text(yaml.safe_dump({"config": config}))
+    return path
+
+
+@pytest.fixture
+def stage_file(tmp_path):
+    paths = []
+
+    def make(rollout=None, **changes):
+        paths.append(stage_with(tmp_path, rollout, **changes))
+        return paths[-1]
+
+    yield make
+    for path in paths:
+        path.unlink(missing_ok=True)
+
+
+def test_default_plan_walks_10_25_50_100_from_the_busiest_deployment():
+    plan = load_plan(STAGE_3, {"to": "green"})
+    assert plan.options.baseline == "blue" and plan.options.interval_s == 30
+    assert [s.traffic for s in plan.steps] == [
+        {"blue": 90, "green": 10}, {"blue": 75, "green": 25}, {"blue": 50, "green": 50}, {"blue": 0, "green": 100}]
+    assert plan.rollback.traffic == {"blue": 100, "green": 0}
+
+
+def test_mirror_phase_and_delete_old():
+    plan = load_plan(STAGE_3, {"to": "green", "steps": [50, 100], "mirror": 20, "mirrorFor": "1m", "deleteOld": True})
+    assert [s.label for s in plan.steps] == ["mirror 20 %", "50 %", "100 %", "delete blue"]
+    assert plan.steps[0].mirror_traffic == {"green": 20} and plan.steps[0].traffic == {"blue": 100, "green": 0}
+    assert "blue" not in plan.steps[-1].spec.endpoint.deployments
+    assert plan.options.mirror_for_s == 60
+
+
+def test_the_plan_passes_the_gate_with_the_mirror_advisory():
+    plan = load_plan(STAGE_3, {"to": "green", "mirror": 10, "mirrorFor": "5s"})
+    assert gate(plan, DEFAULT_SETTINGS) == []
+    assert any("mirror-ends-before-live" in a for a in plan.advisories)
+
+
+def test_a_step_the_transition_rules_refuse_is_reported_before_anything_runs():
+    settings = load_policy_config(None, policy_defaults())
+    from mlcanary.policy_config import PolicySettings
+    from pulumi_policy import EnforcementLevel
+
+    settings["max-traffic-shift"] = PolicySettings(EnforcementLevel.MANDATORY, {"maxShiftPercent": 30})
+    plan = load_plan(STAGE_3, {"to": "green", "steps": [10, 100]})
+    refused = gate(plan, settings)
+    assert len(refused) == 1 and "max-traffic-shift" in refused[0] and "'100 %'" in refused[0]
+
+
+def test_the_plan_in_the_stack_config_is_used_and_flags_override_it(stage_file):
+    path = stage_file({"to": "green", "steps": [20, 100], "interval": "2m", "rule": "error_rate < 0.02"})
+    plan = load_plan(path, {"interval": "10s"})
+    assert plan.options.steps == (20, 100) and plan.options.interval_s == 10
+    assert [str(r) for r in plan.options.rules] == ["error_rate < 0.02"]
+
+
+@pytest.mark.parametrize("rollout, message", [
+    ({"to": "purple"}, "mlcanary:rollout.to: deployment 'purple' is not in this stage"),
+    ({"steps": [50, 10, 100]}, "mlcanary:rollout.steps: live percentages 1-100"),
+    ({"steps": [10, 50]}, "ending at 100"),
+    ({"interval": "soon"}, "mlcanary:rollout.interval: a duration such as 30s"),
+    ({"mirror": 10}, "mirror and mirrorFor go together"),
+    ({"mirror": 60, "mirrorFor": "1m"}, "mlcanary:rollout.mirror"),
+    ({"alpha": 2}, "mlcanary:rollout.alpha"),
+    ({"rule": ["error_rate >> 1"]}, "mlcanary:rollout.rule: rule 'error_rate >> 1'"),
+    ({"judge": "vibes"}, "mlcanary:rollout.judge"),
+    ({"speed": "fast"}, "mlcanary:rollout.speed: unknown key; allowed here: to, from, steps"),
+], ids=["unknown_target", "steps_not_increasing", "steps_not_ending_at_100", "bad_interval", "mirror_without_duration",
+        "mirror_above_50", "alpha_not_a_probability", "bad_rule", "unknown_judge", "unknown_key"])
+def test_a_bad_rollout_config_is_refused_with_the_rest_of_the_spec(rollout, message):
+    config = copy.deepcopy(yaml.safe_load(STAGE_3.read_text())["config"])
+    raw = {"target": "local", "endpoint": config["mlcanary:endpoint"], "rollout": rollout}
+    with pytest.raises(SpecError) as raised:
+        load_stack_config(raw, PROJECT_DIR)
+    assert message in str(raised.value)
+
+
+@pytest.mark.parametrize("flags, message", [
+    ({}, "--to: required"),
+    ({"to": "green", "steps": [10, 200]}, "--steps: live percentages"),
+    ({"to": "green", "from": "green"}, "--from: the baseline must be another deployment"),
+    ({"to": "green", "minRequests": 0}, "--min-requests: must be a whole number of at least 1"),
+], ids=["no_target", "step_above_100", "baseline_is_target", "min_requests_zero"])
+def test_bad_flags_are_refused_naming_the_option(flags, message):
+    with pytest.raises(PlanError) as raised:
+        load_plan(STAGE_3, flags)
+    assert message in str(raised.value)
+
+
+def test_written_stages_are_stage_files_that_check_accepts(tmp_path):
+    plan = load_plan(STAGE_3, {"to": "green", "steps": [10, 100], "deleteOld": True})
+    written = write_stages(plan, tmp_path / "out")
+    assert [p.name for p in written] == ["stage-3-green-dark-step-1-10pct.yaml", "stage-3-green-dark-step-2-100pct.yaml",
+                                         "stage-3-green-dark-step-3-delete-blue.yaml"]
+    result = subprocess.run([sys.executable, "-m", "mlcanary.cli", "check", str(STAGE_3), *map(str, written)],
+                            capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr + result.stdout
+    assert "Checked 4 stage(s)" in result.stdout
+
+
+def test_readme_rollout_table_matches_the_model():
+    import re
+
+    from mlcanary.components.rollout_spec import RolloutSpec
+
+    readme = (PROJECT_DIR / "README.md").read_text()
+    section = readme.split("`mlcanary:rollout` — ", 1)[1].split("\n\n", 2)[1]
+    keys = re.findall(r"^\| `([A-Za-z]+)` \|", section, flags=re.M)
+    assert keys == [info.alias for info in RolloutSpec.model_fields.values()]
