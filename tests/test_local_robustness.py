@@ -307,8 +307,12 @@ def test_local_up_says_the_state_file_is_corrupt(tmp_path):
     paths.state_file(root).write_text('{"endpoints": []}')
     result = CliRunner().invoke(main, ["local", "up", str(STAGE["1"]), "--state-dir", str(root)])
     assert result.exit_code == 1
-    assert f"the local runtime refused to start: state file {paths.state_file(root)} is not a runtime state" in result.output
+    # local up reads the state first (the gate judges the step from what a restart would restore)
+    assert f"{paths.state_file(root)}: cannot read the runtime's state" in result.output
+    assert "is not a runtime state: expected an object with an `endpoints` object" in result.output
     assert "Traceback" not in result.output
+    assert paths.state_file(root).read_text() == '{"endpoints": []}'  # kept for the user to inspect
+    assert RuntimeClient(root).base_url() is None
 
 
 def test_a_runtime_killed_while_a_deployment_starts_leaks_no_worker(own_runtime):
@@ -467,7 +471,11 @@ def mlcanary(*args, state: Path) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def test_concurrent_local_ups_are_serialized_and_the_last_one_wins(tmp_path):
+def test_concurrent_local_ups_are_serialized_and_judged_from_the_state_the_first_left(tmp_path):
+    """From stage 2, `local up stage-3 & local up stage-7` used to interleave and both say "applied".
+    Now stage 7 waits for stage 3, is judged from stage 3's state (blue still holds 100 %: removing
+    it is the mandatory removed-deployment-had-no-traffic) and is refused; the final state is stage
+    3, the stage that last reported success."""
     from test_local_cli import STAGE
 
     state = tmp_path / "state"
@@ -484,10 +492,11 @@ def test_concurrent_local_ups_are_serialized_and_the_last_one_wins(tmp_path):
         stage_7 = mlcanary("local", "up", STAGE["7"], state=state)
         out_7, err_7 = stage_7.communicate(timeout=300)
         out_3, err_3 = stage_3.communicate(timeout=300)
-        assert stage_3.returncode == 0 and stage_7.returncode == 0, (err_3, err_7)
+        assert stage_3.returncode == 0 and stage_7.returncode == 1, (err_3, err_7)
         assert "waiting for the other stage change to finish (pid " in err_7 and "stage-3-slow-green.yaml" in err_7
+        assert "removed-deployment-had-no-traffic" in out_7 and "nothing was changed" in err_7
         endpoint = RuntimeClient(state).status()["endpoints"]["fraud-scorer"]
-        assert endpoint["traffic"] == {"green": 100} and list(endpoint["deployments"]) == ["green"]  # stage 7
+        assert endpoint["traffic"] == {"blue": 100, "green": 0} and sorted(endpoint["deployments"]) == ["blue", "green"]  # stage 3
     finally:
         stop_runtime(RuntimeClient(state))
 
@@ -505,8 +514,7 @@ def test_local_up_no_wait_fails_at_once_while_another_stage_applies(tmp_path):
     assert "another `mlcanary local up` is changing" in err and "stage-3-green-dark.yaml" in err
     assert "not waiting (--no-wait)" in err and "Traceback" not in err
     assert time.monotonic() - started < 30
-    assert RuntimeClient(state).status(start=False)["endpoints"] == {}  # it changed nothing
-    stop_runtime(RuntimeClient(state))
+    assert RuntimeClient(state).base_url() is None  # it changed nothing: not even a runtime was started
 
 
 def test_invoke_whose_runtime_dies_mid_request_is_a_clean_error(own_runtime, tmp_path):

@@ -262,6 +262,19 @@ def test_worker_sockets_move_to_a_private_temp_folder_when_the_state_path_is_too
     assert paths.socket_dir(tmp_path) == tmp_path / "sock"
 
 
+def test_worker_sockets_fall_back_to_tmp_when_tmpdir_is_too_deep_as_well(tmp_path, monkeypatch):
+    """A rehearsal's private state dir lives in $TMPDIR; under a deep $TMPDIR (a test's, a sandbox's)
+    both it and a folder beside it are too long for a socket path, /tmp is not."""
+    deep_tmp = tmp_path / ("t" * 100)
+    deep_tmp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(deep_tmp))
+    state = deep_tmp / "mlcanary-rehearse-x"
+    state.mkdir()
+    folder = paths.socket_dir(state)
+    assert folder.parent == Path("/tmp") and len(str(folder / "0123456789ab.sock")) <= paths.SOCKET_PATH_MAX
+    folder.rmdir()
+
+
 def test_a_second_stage_change_without_wait_is_refused_at_once(tmp_path):
     from mlcanary.local_runtime.stage_lock import StageLocked, stage_lock
 

@@ -77,11 +77,15 @@ def socket_dir(root: Path) -> Path:
         private_subdir(inside)
         return inside
     digest = hashlib.sha256(str(root).encode()).hexdigest()[:16]
-    outside = Path(tempfile.gettempdir()) / f"mlcanary-{os.getuid()}-{digest}"
-    if len(str(outside).encode()) + 1 + SOCKET_NAME_LENGTH > SOCKET_PATH_MAX:
-        raise OSError(f"no usable folder for worker sockets: {inside} and {outside} exceed {SOCKET_PATH_MAX} bytes")
-    private_subdir(outside)
-    return outside
+    # $TMPDIR first; /tmp when $TMPDIR is itself too deep (a test's or a sandbox's temp dir).
+    candidates = [Path(tempfile.gettempdir()) / f"mlcanary-{os.getuid()}-{digest}",
+                  Path("/tmp") / f"mlcanary-{os.getuid()}-{digest}"]
+    for outside in candidates:
+        if len(str(outside).encode()) + 1 + SOCKET_NAME_LENGTH <= SOCKET_PATH_MAX and outside.parent.is_dir():
+            private_subdir(outside)
+            return outside
+    raise OSError(f"no usable folder for worker sockets: {inside} and {candidates[0]} exceed {SOCKET_PATH_MAX} bytes; "
+                  "use a shorter --state-dir")
 
 
 def private_subdir(path: Path) -> None:
