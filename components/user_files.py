@@ -56,6 +56,11 @@ def read_conda_file(path: Path) -> str:
     return read_text(path, "conda file", CONFIG_FILE_LIMIT, "a conda file is a few KB")
 
 
+def read_request_body(path: Path) -> bytes:
+    """A request file (`invoke`, `rehearse`, `rollout --load`): what the data plane accepts, at most 100 MiB."""
+    return read_bytes(path, "request file", 100 * MIB, "a request body is at most 100 MiB")
+
+
 def read_bytes(path: Path, what: str, limit: int, typical: str = "") -> bytes:
     """The bytes of the regular file `path`, refused when it is anything else or over `limit` bytes."""
     if "\0" in str(path):

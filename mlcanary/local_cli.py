@@ -89,10 +89,10 @@ def _load(path: Path):
 
 def _request_body(path: Path) -> bytes:
     """A request file, read with a bound (a device or FIFO is refused, not read forever)."""
-    from mlcanary.components.user_files import MIB, UnusableFile, read_bytes
+    from mlcanary.components.user_files import UnusableFile, read_request_body
 
     try:
-        return read_bytes(path, "request file", 100 * MIB, "a request body is at most 100 MiB")
+        return read_request_body(path)
     except UnusableFile as err:
         _fail(str(err), 2)
 
@@ -106,12 +106,11 @@ def _no_such_endpoint(endpoint: str, status: dict) -> str:
 def _console():
     """A terminal's own width; off a terminal (a file, a pipe) no line is wrapped: lines and tables are
     as wide as their content, so scripts can grep whole lines."""
-    from rich.console import Console
+    from mlcanary.console import output_console
 
-    return Console() if sys.stdout.isatty() else Console(width=UNWRAPPED_WIDTH, soft_wrap=True)
+    return output_console()
 
 
-UNWRAPPED_WIDTH = 100_000
 format_option = click.option(
     "--format", "output_format", type=click.Choice(["text", "json"]), default="text", show_default=True,
     help="json: one JSON document on stdout, for scripts.",

@@ -92,8 +92,14 @@ def rollout(stage_file: Path, to, from_, steps, interval, mirror, mirror_for, ba
         return
     if load_rps and not request_file:
         _fail("--load needs --request-file (the JSON body to send)", 2)
-    if request_file and not request_file.is_file():
-        _fail(f"--request-file {request_file}: file not found", 2)
+    body = None
+    if request_file:
+        from mlcanary.components.user_files import UnusableFile, read_request_body
+
+        try:
+            body = read_request_body(request_file)
+        except UnusableFile as err:
+            _fail(str(err), 2)
     if resume and not record:
         _fail("--resume needs --record (the record of the interrupted rollout)", 2)
     missing = _missing_modules(plan.target, plot)
@@ -101,7 +107,7 @@ def rollout(stage_file: Path, to, from_, steps, interval, mirror, mirror_for, ba
         _fail(f"{missing} is not installed: pip install -e '.[local,rollout]'", 2)
     if plan.target == "azure" and load_rps:
         _fail("--load sends traffic on the local target only; on Azure, judge real traffic", 2)
-    sys.exit(_run(plan, settings, policy_pack_config, record, plot, resume, output_format, load_rps, request_file,
+    sys.exit(_run(plan, settings, policy_pack_config, record, plot, resume, output_format, load_rps, body,
                   tick, stack, metrics_region, state_dir))
 
 
@@ -114,10 +120,11 @@ def _missing_modules(target: str, plot: Path | None) -> str | None:
                  or importlib.util.find_spec(name) is None), None)
 
 
-def _run(plan, settings, policy_pack_config, record, plot, resume, output_format, load_rps, request_file, tick,
+def _run(plan, settings, policy_pack_config, record, plot, resume, output_format, load_rps, body, tick,
          stack, metrics_region, state_dir) -> int:
-    from rich.console import Console
     from rich.live import Live
+
+    from mlcanary.console import output_console
 
     from mlcanary.rollout.judges import make_judge
     from mlcanary.rollout.record import Recorder, RecordError, read_record, resume_point
@@ -138,7 +145,7 @@ def _run(plan, settings, policy_pack_config, record, plot, resume, output_format
     recorder = Recorder(record, append=resume)
     recorder.write("plan", plan=plan_json, resumedAt=start_index if resume else None)
     judge = make_judge(options.judge, options.alpha, options.rules, options.failure_limit)
-    console = Console(stderr=output_format == "json") if sys.stdout.isatty() else Console(width=120, stderr=output_format == "json")
+    console = output_console(stderr=output_format == "json")
     load = None
 
     def start_load() -> None:
@@ -147,7 +154,7 @@ def _run(plan, settings, policy_pack_config, record, plot, resume, output_format
             from mlcanary.rollout.load import Load
 
             endpoint = client.status()["endpoints"][plan.endpoint]
-            load = Load(endpoint["scoringUri"], client.keys(plan.endpoint)["primaryKey"], request_file.read_bytes(), load_rps)
+            load = Load(endpoint["scoringUri"], client.keys(plan.endpoint)["primaryKey"], body, load_rps)
             load.start()
 
     last_line = [""]

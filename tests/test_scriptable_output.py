@@ -101,3 +101,15 @@ def test_commands_that_need_a_runtime_exit_1_without_one(state):
         assert (result.exit_code, result.stderr) == (1, f"error: no local runtime is running for {state.resolve()}\n"), command
     for command in (["local", "status"], ["local", "down"]):
         assert run(state, *command).exit_code == 0
+
+
+def test_no_command_wraps_lines_off_a_terminal(capsys):
+    """Every command prints through mlcanary.console (local commands and rollout's live table and
+    summary alike): a long message stays one line in a pipe."""
+    from mlcanary.console import output_console
+
+    message = "rolled back at step 10 %: sequential judge failed on error rate: " + "x" * 300
+    for stderr in (False, True):
+        output_console(stderr=stderr).print(message)
+    out, err = capsys.readouterr()
+    assert out == err == message + "\n"

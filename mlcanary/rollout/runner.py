@@ -177,7 +177,8 @@ class Runner:
             if self.judge.failure is not None:
                 return self._roll_back(index, self.judge.failure, step_counts)
             step_t, step_b = step_counts.get(to, Counts()), step_counts.get(baseline, Counts())
-            self.view.status = f"judging ({step_t.requests} of {options.min_requests} requests)"
+            self.view.status = (f"judging: {step_t.requests} requests to {to} in this step"
+                                f" (at least {options.min_requests} before it is promoted)")
             if self.clock() - interval_started >= options.interval_s:
                 enough = step_t.requests >= options.min_requests
                 if enough:
@@ -192,8 +193,8 @@ class Runner:
                         holds += 1
                         self.recorder.write("decision", decision="held", step=label, index=index,
                                             requests=step_t.requests, needed=options.min_requests, holds=holds)
-                        self.view.status = (f"waiting: {step_t.requests} of {options.min_requests} requests "
-                                            f"(held {holds} of {options.max_hold})")
+                        self.view.status = (f"waiting: {step_t.requests} of the {options.min_requests} requests "
+                                            f"needed (held {holds} of {options.max_hold} intervals)")
                         if holds > options.max_hold:
                             return self._halt(index, label, step_t.requests)
             self.on_update(self.view)
