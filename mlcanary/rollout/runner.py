@@ -218,7 +218,7 @@ class Runner:
         self.recorder.write("decision", decision="rolled-back", step=step, index=index, failure=failure.as_json(),
                             observed=observed, eValues=self.judge.e_values(), targetServed=self.target_served,
                             rollbackError=error)
-        message = (f"rolled back at step {step}: {failure.judge} judge failed on {failure.what}: {failure.message}"
+        message = (f"at step {step}, {failure.judge} judge failed on {failure.what}: {failure.message}"
                    + (f"\nthe rollback itself failed: {error}" if error else ""))
         return Outcome(ROLLED_BACK, "rolled back", message, failure, self.target_served, self.judge.e_values(), step)
 
@@ -226,7 +226,7 @@ class Runner:
         self._status("halting: not enough data")
         with _signals_deferred():
             error = self._apply_quietly(self.plan.rollback)
-        message = (f"halted as inconclusive at step {label}: {self.options.to} served {requests} of the "
+        message = (f"at step {label}: {self.options.to} served {requests} of the "
                    f"{self.options.min_requests} requests a step needs, after {self.options.max_hold} extra interval(s); "
                    f"traffic is back on {self.options.baseline}" + (f"\nthe rollback failed: {error}" if error else ""))
         self.recorder.write("decision", decision="halted", step=label, index=index, requests=requests,
