@@ -154,7 +154,7 @@ def local_up(stage_file: Path, no_wait: bool, state_dir: Path | None) -> None:
     except _errors() as err:
         _fail(str(err))
     console.print(f"[green]applied[/] {stage_file}: endpoint [bold]{applied.endpoint}[/] at {applied.scoring_uri}")
-    changes = (("started", applied.started), ("updated", applied.updated), ("unchanged", applied.unchanged),
+    changes = (("started", applied.started), ("updated", applied.updated_text()), ("unchanged", applied.unchanged),
                ("removed", applied.removed))
     for label, names in changes:
         if names:

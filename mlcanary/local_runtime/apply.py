@@ -14,7 +14,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mlcanary.components.spec import DeploymentSpec, StackSpec
+from mlcanary.components.uploads import content_hash
 from mlcanary.local_runtime.client import RuntimeClient, RuntimeRefusal
+from mlcanary.local_runtime.snapshots import PINNED
 from mlcanary.local_runtime.stage_lock import StageLocked, stage_lock
 
 
@@ -23,7 +25,11 @@ class StageRefused(RuntimeError):
 
 
 def deployment_payload(spec: DeploymentSpec) -> dict[str, Any]:
-    """What the runtime needs to serve one deployment (environment and instance type do not apply)."""
+    """What the runtime needs to serve one deployment (environment and instance type do not apply).
+
+    The code and model carry the digest Azure registers them under: the runtime serves that pinned
+    version, and changed content is a changed deployment (snapshots.py).
+    """
     payload: dict[str, Any] = {
         "code": spec.code,
         "scoringScript": spec.scoring_script,
@@ -31,6 +37,9 @@ def deployment_payload(spec: DeploymentSpec) -> dict[str, Any]:
         "instanceCount": spec.instance_count,
         "environmentVariables": dict(spec.environment_variables),
     }
+    for key, digest_key in PINNED.items():
+        if payload[key]:
+            payload[digest_key] = content_hash(payload[key])
     if spec.request_settings and spec.request_settings.request_timeout_ms:
         payload["requestTimeoutMs"] = spec.request_settings.request_timeout_ms
     probe = spec.readiness_probe
@@ -48,6 +57,23 @@ class Applied:
     updated: list[str] = field(default_factory=list)  # scaled, or replaced with new settings
     unchanged: list[str] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
+    why: dict[str, str] = field(default_factory=dict)  # updated deployment -> what changed
+
+    def updated_text(self) -> list[str]:
+        """'green (model changed)' for each updated deployment."""
+        return [f"{name} ({self.why[name]})" if self.why.get(name) else name for name in self.updated]
+
+
+def what_changed(running: dict[str, Any], wanted: dict[str, Any]) -> str:
+    """Why a running deployment is updated, in a user's words: 'model changed', 'instances 1 -> 2'."""
+    reasons = [f"{key} changed" for key in PINNED if running.get(PINNED[key]) != wanted.get(PINNED[key])
+               or running.get(key) != wanted.get(key)]
+    if running.get("instanceCount") != wanted.get("instanceCount"):
+        reasons.append(f"instances {running.get('instanceCount')} -> {wanted.get('instanceCount')}")
+    compared = {*PINNED, *PINNED.values(), "instanceCount"}
+    if any(running.get(k) != wanted.get(k) for k in {*running, *wanted} - compared):
+        reasons.append("settings changed")
+    return ", ".join(reasons)
 
 
 def apply_stage(
@@ -93,6 +119,8 @@ def _apply(stack: StackSpec, client: RuntimeClient, progress: Callable[[str], No
             created.append(name)
         else:
             applied.updated.append(name)
+            applied.why[name] = what_changed(existing["spec"], payload) if existing["state"] == "ready" else (
+                f"was {existing['state']}")
 
     progress("setting traffic")
     try:

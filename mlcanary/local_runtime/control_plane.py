@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from mlcanary.components import rules
+from mlcanary.local_runtime import snapshots
 from mlcanary.local_runtime.data_plane import Endpoint, as_bytes, free_port, problem_response
 from mlcanary.local_runtime.protocol import CONTROL_TOKEN_HEADER
 from mlcanary.local_runtime.routing import Routing
@@ -165,6 +166,7 @@ def control_app(runtime: Runtime) -> web.Application:
             await endpoint.close()
             runtime.metrics.forget(endpoint.name)
             runtime.registry.write()
+            runtime.collect_snapshots()
         return web.json_response({"deleted": endpoint.name})
 
     async def get_keys(request: web.Request) -> web.Response:
@@ -179,6 +181,10 @@ def control_app(runtime: Runtime) -> web.Application:
         if problems:
             return problem_response(400, f"deployment {name[:100]!r} refused", problems)
         async with runtime.lock:
+            try:
+                spec = await asyncio.to_thread(snapshots.pin, runtime.root, spec)
+            except snapshots.SnapshotFailed as err:
+                return problem_response(409, f"deployment {name!r} refused, nothing changed: {err}")
             current = endpoint.deployments.get(name)
             try:
                 if current is not None and current.state == "ready" and _same_but_count(current.spec, spec):
@@ -211,6 +217,7 @@ def control_app(runtime: Runtime) -> web.Application:
                         runtime.background(runtime.retire(current))
             except DeploymentFailed as err:
                 runtime.registry.write()
+                runtime.collect_snapshots()
                 return problem_response(422, str(err), logTail=err.log_tail)
             return web.json_response(endpoint.deployments[name].status())
 
@@ -239,6 +246,7 @@ def control_app(runtime: Runtime) -> web.Application:
                 runtime.draining.discard(deployment)
                 runtime.registry.write()
             runtime.metrics.forget(endpoint.name, name)
+            runtime.collect_snapshots()
         return web.json_response({"deleted": name})
 
     async def put_traffic(request: web.Request) -> web.Response:

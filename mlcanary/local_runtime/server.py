@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from mlcanary.local_runtime import paths, store
+from mlcanary.local_runtime import paths, snapshots, store
 from mlcanary.local_runtime.store import StateWriteFailed
 from mlcanary.local_runtime.data_plane import Endpoint, free_port
 from mlcanary.local_runtime.metrics import Metrics
@@ -81,7 +81,16 @@ class Runtime:
 
     def new_deployment(self, endpoint: str, name: str, spec: dict[str, Any]) -> Deployment:
         return Deployment(endpoint, name, spec, paths.deployment_log_dir(self.root, endpoint, name),
-                          self.socket_dir, self.registry.spawned)
+                          self.socket_dir, self.registry.spawned, state_root=self.root)
+
+    def collect_snapshots(self) -> None:
+        """Remove pinned code and model copies that no deployment, running or draining, uses any more.
+        Run under the control lock (a change in progress may be pinning a new copy)."""
+        in_use = snapshots.digests_of(d.spec for d in [*self.all_deployments(), *self.draining])
+        removed = snapshots.collect(self.root, in_use)
+        if removed:
+            log.info("removed %d pinned version(s) no deployment uses: %s", len(removed),
+                     ", ".join(digest[:12] for digest in removed))
 
     def persist(self) -> None:
         """Write the desired state durably; StateWriteFailed (with the cause) if it cannot be."""
@@ -102,6 +111,8 @@ class Runtime:
             self.draining.discard(deployment)
             with contextlib.suppress(OSError):
                 self.registry.write()
+        async with self.lock:
+            self.collect_snapshots()
 
     # --- start, restore, stop ------------------------------------------------------------------
 
@@ -149,6 +160,7 @@ class Runtime:
             endpoint.routing = Routing(record.get("traffic", {}), record.get("mirrorTraffic", {}))
         for endpoint in self.endpoints.values():
             await endpoint.serve(free_port)
+        self.collect_snapshots()
         try:
             self.persist()  # a port that had to change is remembered
         except StateWriteFailed as err:

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mlcanary.local_runtime.snapshots import served_path
 from mlcanary.local_runtime.upstream import Upstream
 
 WSGI_APP = "azureml_inference_server_http.server.entry:app"
@@ -105,8 +106,11 @@ class ProbeSettings:
 
 class Worker:
     def __init__(self, spec: dict[str, Any], log_path: Path, socket_path: Path,
-                 on_spawn: Callable[[Worker], None] = lambda _: None):
+                 on_spawn: Callable[[Worker], None] = lambda _: None, state_root: Path | None = None):
         self.spec = spec
+        self.code = served_path(state_root, spec, "code") if state_root else Path(spec["code"])
+        model = served_path(state_root, spec, "model") if state_root else spec.get("model")
+        self.model = Path(model) if model else None
         self.log_path = log_path
         self.socket_path = socket_path
         self.on_spawn = on_spawn  # records the process group before anything can go wrong
@@ -135,10 +139,9 @@ class Worker:
         self.healthy = False
         self.failed_probes = 0
         self.upstream.close()
-        code = Path(self.spec["code"])
+        code, model = self.code, self.model
         if not code.is_dir():
             raise DeploymentFailed(f"code folder {str(code)!r} does not exist (any more)", "")
-        model = self.spec.get("model")
         env = {
             **os.environ,
             **self.spec.get("environmentVariables", {}),
@@ -227,7 +230,8 @@ class Deployment:
     so a replacement never writes into the logs of the set it replaces."""
 
     def __init__(self, endpoint: str, name: str, spec: dict[str, Any], log_dir: Path, socket_dir: Path,
-                 on_spawn: Callable[[Worker], None] = lambda _: None):
+                 on_spawn: Callable[[Worker], None] = lambda _: None, state_root: Path | None = None):
+        self.state_root = state_root  # pinned code and model live under it (snapshots.py)
         self.endpoint = endpoint
         self.name = name
         self.spec = spec
@@ -251,7 +255,7 @@ class Deployment:
         start = len(self.workers)
         return [
             Worker(self.spec, self.log_dir / f"instance-{start + i}.log",
-                   self.socket_dir / f"{secrets.token_hex(6)}.sock", self.on_spawn)
+                   self.socket_dir / f"{secrets.token_hex(6)}.sock", self.on_spawn, self.state_root)
             for i in range(count)
         ]
 
