@@ -131,3 +131,134 @@ def test_ignored_files_are_not_pinned(project, state):
     assert "unchanged: blue" in again.output, again.output
     served = RuntimeClient(state).status()["endpoints"]["ops-scorer"]["deployments"]["blue"]
     assert not list((state / "snapshots").rglob("notes.txt")), served
+
+
+# --- 9.6 an operable runtime -------------------------------------------------------------------
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def kill_runtime(state) -> None:
+    client = RuntimeClient(state)
+    os.kill(client.pid(), signal.SIGKILL)
+    assert wait_for(lambda: client.base_url() is None)
+
+
+def test_local_start_restores_the_runtime_without_applying_a_stage(project, state):
+    assert run(state, "local", "up", stage(project)).exit_code == 0
+    uri = RuntimeClient(state).status()["endpoints"]["ops-scorer"]["scoringUri"]
+    kill_runtime(state)
+    edit_model_version(project, 42)  # not applied: start must not pick it up
+    started = run(state, "local", "start")
+    assert started.exit_code == 0, started.output
+    assert "restored 1 endpoint(s):" in started.output
+    assert f"ops-scorer at {uri}: blue ready 2/2; live traffic: blue 100%" in started.output
+    assert versions_served(state) == {1}
+    again = run(state, "local", "start")
+    assert again.exit_code == 0 and "is already running" in again.output
+
+
+def test_local_start_with_no_state_starts_an_empty_runtime(state):
+    started = run(state, "local", "start")
+    assert started.exit_code == 0, started.output
+    assert "restored 0 endpoint(s)" in started.output
+
+
+def test_metrics_are_served_on_a_fixed_address_without_a_token_across_restarts(project, state):
+    port = free_port()
+    address = f"127.0.0.1:{port}"
+    started = run(state, "local", "start", "--metrics-address", address)
+    assert started.exit_code == 0 and f"metrics: http://{address}/metrics" in started.output, started.output
+    assert run(state, "local", "up", stage(project, instances=1)).exit_code == 0
+    versions_served(state, 2)
+    scraped = requests.get(f"http://{address}/metrics", timeout=10)
+    assert scraped.status_code == 200
+    assert 'mlcanary_requests_total{endpoint="ops-scorer",deployment="blue",code="200"} 2' in scraped.text
+    kill_runtime(state)
+    assert run(state, "local", "start", "--metrics-address", address).exit_code == 0
+    assert requests.get(f"http://{address}/metrics", timeout=10).status_code == 200  # the same scrape target
+
+
+def test_a_taken_metrics_port_is_a_clear_error(state):
+    import socket
+
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        taken = f"127.0.0.1:{holder.getsockname()[1]}"
+        result = run(state, "local", "start", "--metrics-address", taken)
+    assert result.exit_code == 1
+    assert f"the metrics address {taken} cannot be used (address already in use)" in result.output
+    assert "MLCANARY_METRICS_ADDRESS=127.0.0.1:<port>" in result.output and "Traceback" not in result.output
+    assert RuntimeClient(state).base_url() is None
+
+
+@pytest.mark.parametrize("address, problem", [
+    ("0.0.0.0:9577", "is not a loopback address"),
+    ("192.168.1.10:9577", "is not a loopback address"),
+    ("example.com:9577", "is not a loopback address"),
+    ("127.0.0.1:99999", "is not an address"),
+    ("127.0.0.1", "is not an address"),
+    ("127.0.0.1:９５７７", "is not an address"),
+])
+def test_a_bad_metrics_address_is_refused(state, address, problem):
+    result = run(state, "local", "start", "--metrics-address", address)
+    assert result.exit_code == 2
+    assert "--metrics-address / MLCANARY_METRICS_ADDRESS" in result.output and problem in result.output
+    assert RuntimeClient(state).base_url() is None
+
+
+def test_logs_are_readable_when_the_runtime_is_down_per_generation(project, state):
+    path = stage(project, instances=1)
+    assert run(state, "local", "up", path).exit_code == 0
+    edit_model_version(project, 5)
+    assert run(state, "local", "up", path).exit_code == 0
+    first, second = sorted(p.name for p in (state / "logs" / "ops-scorer" / "blue").iterdir())
+    RuntimeClient(state).shutdown()
+    shown = run(state, "logs", "ops-scorer", "--deployment", "blue")
+    assert shown.exit_code == 0, shown.output
+    assert "no local runtime answers" in shown.output and f"(generation {second})" in shown.output
+    assert "==> instance-0.log <==" in shown.output and "starting on unix:" in shown.output
+    older = run(state, "logs", "ops-scorer", "--deployment", "blue", "--generation", first)
+    assert older.exit_code == 0 and f"(generation {first})" in older.output
+    unknown = run(state, "logs", "ops-scorer", "--deployment", "blue", "--generation", "20000101-000000-0000")
+    assert unknown.exit_code == 1 and f"generations, oldest first: {first}, {second}" in unknown.output
+    missing = run(state, "logs", "ops-scorer", "--deployment", "green")
+    assert missing.exit_code == 1 and "deployments with logs on ops-scorer: blue" in missing.output
+
+
+@pytest.mark.parametrize("args, problem", [
+    (["../../etc", "--deployment", "blue"], "ENDPOINT: '../../etc' is not a valid endpoint name"),
+    (["ops-scorer", "--deployment", "../x"], "--deployment: '../x' is not a valid deployment name"),
+    (["ops-scorer", "--deployment", "blue", "--generation", "../../x"], "--generation: '../../x' is not a generation"),
+])
+def test_logs_refuse_names_that_are_not_names(state, args, problem):
+    result = run(state, "logs", *args)
+    assert result.exit_code == 2 and problem in result.output
+
+
+def test_logs_follow_prints_new_lines_until_interrupted(project, state):
+    assert run(state, "local", "up", stage(project, instances=1)).exit_code == 0
+    following = subprocess.Popen(
+        [sys.executable, "-m", "mlcanary.cli", "logs", "ops-scorer", "--deployment", "blue", "--follow",
+         "--lines", "1", "--state-dir", str(state)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=PROJECT_DIR)
+    try:
+        time.sleep(3)  # printing the tail, then following
+        client = RuntimeClient(state)
+        os.killpg(client.status()["endpoints"]["ops-scorer"]["deployments"]["blue"]["pids"][0], signal.SIGKILL)
+        assert wait_for(lambda: client.status()["endpoints"]["ops-scorer"]["deployments"]["blue"]["restarts"] == 1, 30)
+        time.sleep(2)
+    finally:
+        following.send_signal(signal.SIGINT)
+        out, err = following.communicate(timeout=30)
+    assert following.returncode == 0, err
+    assert "[instance-0] --- worker exited (-9); restarting" in out
+    assert "[instance-0] --- " in out.split("restarting", 1)[1]  # the new start, as it was written
+    assert "Traceback" not in err

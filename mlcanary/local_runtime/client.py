@@ -33,8 +33,9 @@ class NotRunning(RuntimeError):
 
 
 class RuntimeClient:
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, metrics_address: str | None = None):
         self.root = root
+        self.metrics_address = metrics_address  # for a runtime this client starts; else its environment's
         self.http = requests.Session()
 
     # --- finding and starting --------------------------------------------------------------
@@ -55,6 +56,13 @@ class RuntimeClient:
             pass
         return None
 
+    def info(self) -> dict[str, Any]:
+        """runtime.json of the live runtime (pid, ports, metrics address), or {} when none answers."""
+        try:
+            return json.loads(paths.runtime_file(self.root).read_text()) if self.base_url() else {}
+        except (OSError, ValueError):
+            return {}
+
     def pid(self) -> int | None:
         try:
             return json.loads(paths.runtime_file(self.root).read_text())["pid"] if self.base_url() else None
@@ -67,9 +75,10 @@ class RuntimeClient:
             return url
         paths.ensure_private_dir(self.root)
         paths.runtime_file(self.root).unlink(missing_ok=True)
+        extra = ["--metrics-address", self.metrics_address] if self.metrics_address else []
         with open(paths.runtime_stderr(self.root), "wb") as printed:
             process = subprocess.Popen(
-                [sys.executable, "-m", "mlcanary.local_runtime.server", "--state-dir", str(self.root)],
+                [sys.executable, "-m", "mlcanary.local_runtime.server", "--state-dir", str(self.root), *extra],
                 stdout=printed, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
             )
         deadline = time.monotonic() + START_TIMEOUT_S
