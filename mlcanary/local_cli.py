@@ -128,6 +128,25 @@ def local() -> None:
     """
 
 
+def _sigterm_interrupts():
+    """SIGTERM interrupts like Ctrl-C, so a terminated apply cancels what it started (apply.py)."""
+    import contextlib
+    import signal
+
+    @contextlib.contextmanager
+    def installed():
+        def interrupt(_signum, _frame):
+            raise KeyboardInterrupt
+
+        previous = signal.signal(signal.SIGTERM, interrupt)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+
+    return installed()
+
+
 @local.command("up")
 @click.argument("stage_file", type=click.Path(path_type=Path))
 @click.option("--no-wait", is_flag=True, help="Fail at once if another `local up` is changing the runtime, "
@@ -147,12 +166,14 @@ def local_up(stage_file: Path, no_wait: bool, state_dir: Path | None) -> None:
     console = _console()
     client = _client(state_dir)
     try:
-        with console.status("starting the local runtime") as status:
+        with console.status("starting the local runtime") as status, _sigterm_interrupts():
             client.ensure_running()
             applied = apply_stage(spec, client, lambda message: status.update(message), wait=not no_wait,
                                   stage=str(stage_file), on_wait=lambda message: click.echo(message, err=True))
     except _errors() as err:
         _fail(str(err))
+    except KeyboardInterrupt:
+        _fail("cancelled before the stage changed anything")
     console.print(f"[green]applied[/] {stage_file}: endpoint [bold]{applied.endpoint}[/] at {applied.scoring_uri}")
     changes = (("started", applied.started), ("updated", applied.updated_text()), ("unchanged", applied.unchanged),
                ("removed", applied.removed))

@@ -262,3 +262,156 @@ def test_logs_follow_prints_new_lines_until_interrupted(project, state):
     assert "[instance-0] --- worker exited (-9); restarting" in out
     assert "[instance-0] --- " in out.split("restarting", 1)[1]  # the new start, as it was written
     assert "Traceback" not in err
+
+
+# --- 9.4 cancellable applies, a health wait with its limit ---------------------------------------
+
+
+TEST_MODELS = PROJECT_DIR / "tests" / "models"
+
+
+def canary_stage(project: Path, name: str, green: str | None, traffic: str, blue_env: str = "") -> Path:
+    """Endpoint ops-canary on the test model: blue, and `green` (extra YAML lines under it) if given."""
+    if not (project / "test-model").exists():
+        shutil.copytree(TEST_MODELS, project / "test-model")
+    deployment = """      {name}:
+        model: ./test-model/model
+        code: ./test-model/code
+        scoringScript: score.py
+        environmentVariables: {{MODEL_NAME: {name}{env}}}
+"""
+    text = "config:\n  mlcanary:target: local\n  mlcanary:endpoint:\n    name: ops-canary\n    deployments:\n"
+    if blue_env is not None:
+        text += deployment.format(name="blue", env=blue_env)
+    if green is not None:
+        text += deployment.format(name="green", env="") + green
+    text += f"    traffic: {traffic}\n"
+    path = project / name
+    path.write_text(text)
+    return path
+
+
+def canary_status(state) -> dict:
+    return RuntimeClient(state).status()["endpoints"]["ops-canary"]
+
+
+def worker_process_groups(state) -> set[int]:
+    """Process groups of every running worker of this state directory (by its socket folder)."""
+    marker = f"unix:{state.resolve() / 'sock'}/".encode()
+    groups = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if marker in (entry / "cmdline").read_bytes().replace(b"\0", b" "):
+                    groups.add(os.getpgid(int(entry.name)))
+            except OSError:
+                continue
+    return groups
+
+
+def started_worker_log(state, deployment: str) -> bool:
+    return any((state / "logs" / "ops-canary" / deployment).glob("*/instance-0.log"))
+
+
+def local_up_in_background(state, path: Path) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "mlcanary.cli", "local", "up", str(path), "--state-dir", str(state)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=PROJECT_DIR)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_an_interrupted_apply_stops_what_it_started_and_keeps_traffic(project, state, sig):
+    first = canary_stage(project, "one.yaml", None, "{blue: 100}")
+    assert run(state, "local", "up", first).exit_code == 0
+    slow = canary_stage(project, "two.yaml", "        instanceCount: 2\n", "{blue: 90, green: 10}")
+    slow.write_text(slow.read_text().replace("MODEL_NAME: green", "MODEL_NAME: green, INIT_SLEEP: 600"))
+    applying = local_up_in_background(state, slow)
+    try:
+        assert wait_for(lambda: started_worker_log(state, "green"), 120), "green never started"
+        time.sleep(1)
+        applying.send_signal(sig)
+        out, err = applying.communicate(timeout=120)
+    finally:
+        if applying.poll() is None:
+            applying.kill()
+    assert applying.returncode == 1, (out, err)
+    assert "error: cancelled: stopped green (it was starting); traffic is as it was." in " ".join(err.split())
+    assert "Traceback" not in err and "Aborted!" not in err
+    endpoint = canary_status(state)
+    assert list(endpoint["deployments"]) == ["blue"] and endpoint["traffic"] == {"blue": 100}
+    blue_groups = set(endpoint["deployments"]["blue"]["pids"])
+    assert wait_for(lambda: worker_process_groups(state) == blue_groups, 30)  # green's workers are gone
+    time.sleep(2)
+    assert list(canary_status(state)["deployments"]) == ["blue"]  # and it does not come back
+
+
+def test_an_interrupted_update_leaves_the_running_version_serving(project, state):
+    first = canary_stage(project, "one.yaml", None, "{blue: 100}")
+    assert run(state, "local", "up", first).exit_code == 0
+    before = canary_status(state)["deployments"]["blue"]
+    slower = canary_stage(project, "two.yaml", None, "{blue: 100}", blue_env=", INIT_SLEEP: 600")
+    applying = local_up_in_background(state, slower)
+    try:
+        assert wait_for(lambda: len(list((state / "logs" / "ops-canary" / "blue").iterdir())) == 2, 120)
+        time.sleep(1)
+        applying.send_signal(signal.SIGINT)
+        _, err = applying.communicate(timeout=120)
+    finally:
+        if applying.poll() is None:
+            applying.kill()
+    assert applying.returncode == 1 and "cancelled: stopped blue (it was updating)" in " ".join(err.split())
+    after = canary_status(state)["deployments"]["blue"]
+    assert after["pids"] == before["pids"] and after["spec"] == before["spec"]
+    assert wait_for(lambda: worker_process_groups(state) == set(before["pids"]), 30)
+    assert versions_of_canary(state) == {"blue"}
+
+
+def versions_of_canary(state) -> set:
+    request = json.dumps({"x": 1})
+    answers = [run(state, "invoke", "ops-canary", "--request-file", write_request(state, request)) for _ in range(3)]
+    assert all(a.exit_code == 0 for a in answers), [a.output for a in answers]
+    return {json.loads(a.output.splitlines()[0])["name"] for a in answers}
+
+
+def write_request(state, body: str) -> Path:
+    path = state.parent / "request.json"
+    path.write_text(body)
+    return path
+
+
+def test_the_health_wait_limit_comes_from_the_readiness_probe_and_names_it(project, state):
+    first = canary_stage(project, "one.yaml", None, "{blue: 100}")
+    assert run(state, "local", "up", first).exit_code == 0
+    probe = "        readinessProbe: {initialDelay: 1, period: 1, failureThreshold: 2}\n"
+    slow = canary_stage(project, "two.yaml", probe, "{blue: 90, green: 10}")
+    slow.write_text(slow.read_text().replace("MODEL_NAME: green", "MODEL_NAME: green, INIT_SLEEP: 600"))
+    started = time.monotonic()
+    result = run(state, "local", "up", slow)
+    assert result.exit_code == 1
+    assert time.monotonic() - started < 60
+    assert ("worker did not answer its health route within 3 s (readinessProbe: initialDelay 1 + failureThreshold 2 "
+            "x period 1 s); if init() needs longer, raise readinessProbe.failureThreshold or "
+            "readinessProbe.initialDelay") in " ".join(result.output.split())
+    assert canary_status(state)["traffic"] == {"blue": 100}
+
+
+def test_the_health_wait_reports_elapsed_time_and_its_limit(project, state):
+    from mlcanary.local_runtime.apply import apply_stage
+    from mlcanary.local_runtime.rehearse import load_stage
+
+    slow = canary_stage(project, "one.yaml", None, "{blue: 100}", blue_env=", INIT_SLEEP: 2")
+    client = RuntimeClient(state)
+    client.ensure_running()
+    seen: list[str] = []
+    apply_stage(load_stage(slow), client, seen.append)
+    waits = [m for m in seen if m.startswith("starting blue (1 instance(s)): waiting until healthy, ")]
+    assert waits[0].endswith(" s of 310 s (readinessProbe: initialDelay 10 + failureThreshold 30 x period 10 s)")
+    assert "1 s of 310 s" in " ".join(waits) or "2 s of 310 s" in " ".join(waits)
+
+
+def test_a_stage_refused_on_its_first_apply_leaves_no_endpoint(project, state):
+    failing = canary_stage(project, "one.yaml", None, "{blue: 100}", blue_env=", FAIL_INIT: 'yes'")
+    result = run(state, "local", "up", failing)
+    assert result.exit_code == 1 and "init() failed" in result.output
+    assert "removed endpoint ops-canary" in result.output
+    assert "ops-canary" not in RuntimeClient(state).status()["endpoints"]

@@ -4,12 +4,19 @@
 2. live and mirror traffic, in one atomic change;
 3. deployments the stage no longer has (their traffic is 0 by then), drained before they stop.
 A deployment that fails to start refuses the stage: deployments created by this apply are
-removed again and traffic is left as it was.
+removed again (and the endpoint, if this apply created it) and traffic is left as it was. An
+interrupt (Ctrl-C; the CLI turns SIGTERM into one) while deployments start does the same: the
+starting deployment is stopped in the runtime, not left to finish. Each start waits at most its
+start limit (workers.StartLimit: the readiness probe's initialDelay + failureThreshold x period).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,6 +25,9 @@ from mlcanary.components.uploads import content_hash
 from mlcanary.local_runtime.client import RuntimeClient, RuntimeRefusal
 from mlcanary.local_runtime.snapshots import PINNED
 from mlcanary.local_runtime.stage_lock import StageLocked, stage_lock
+from mlcanary.local_runtime.workers import StartLimit
+
+PROGRESS_EVERY_S = 0.5
 
 
 class StageRefused(RuntimeError):
@@ -43,9 +53,11 @@ def deployment_payload(spec: DeploymentSpec) -> dict[str, Any]:
     if spec.request_settings and spec.request_settings.request_timeout_ms:
         payload["requestTimeoutMs"] = spec.request_settings.request_timeout_ms
     probe = spec.readiness_probe
-    if probe and (probe.period or probe.failure_threshold or probe.timeout):
-        payload["readinessProbe"] = {key: value for key, value in (
-            ("period", probe.period), ("failureThreshold", probe.failure_threshold), ("timeout", probe.timeout)) if value}
+    if probe:
+        settings = (("initialDelay", probe.initial_delay), ("period", probe.period),
+                    ("failureThreshold", probe.failure_threshold), ("timeout", probe.timeout))
+        if any(value is not None for _, value in settings):
+            payload["readinessProbe"] = {key: value for key, value in settings if value is not None}
     return payload
 
 
@@ -92,9 +104,71 @@ def apply_stage(
         raise StageRefused(str(err)) from None
 
 
+class ApplyCancelled(StageRefused):
+    """The apply was interrupted (Ctrl-C, SIGTERM): what it had started is stopped, traffic is as it was."""
+
+
+def _put_deployment(client: RuntimeClient, endpoint: str, name: str, payload: dict[str, Any], doing: str,
+                    progress: Callable[[str], None]) -> None:
+    """PUT a deployment, reporting the health wait (elapsed and its limit) while it runs. An interrupt
+    (KeyboardInterrupt) cancels the start in the runtime before it propagates."""
+    limit = StartLimit.of(payload)
+    outcome: dict[str, Any] = {}
+
+    def put() -> None:
+        try:
+            client.put_deployment(endpoint, name, payload)
+        except BaseException as err:  # noqa: BLE001 - handed to the waiting thread
+            outcome["error"] = err
+
+    worker = threading.Thread(target=put, name=f"put {name}", daemon=True)
+    started = time.monotonic()
+    worker.start()
+    try:
+        while worker.is_alive():
+            progress(f"{doing}: waiting until healthy, {time.monotonic() - started:.0f} s of {limit.seconds} s "
+                     f"({limit.explained()})")
+            worker.join(PROGRESS_EVERY_S)
+    except KeyboardInterrupt:
+        with _interrupts_ignored():
+            progress(f"cancelling: stopping {name}")
+            client.cancel_start(endpoint, name)
+            worker.join(120)
+        raise
+    if "error" in outcome:
+        raise outcome["error"]
+
+
+@contextlib.contextmanager
+def _interrupts_ignored() -> Iterator[None]:
+    """While an interrupted apply cleans up, further Ctrl-C / SIGTERM do not cut the cleanup short."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _undo(client: RuntimeClient, endpoint: str, created: list[str], created_endpoint: bool) -> list[str]:
+    """Remove what this apply created (no traffic reaches it yet); what was removed, for the message."""
+    undone = []
+    for name in created:
+        client.delete_deployment(endpoint, name)
+        undone.append(f"removed {name}")
+    if created_endpoint:
+        client.delete_endpoint(endpoint)
+        undone.append(f"removed endpoint {endpoint}")
+    return undone
+
+
 def _apply(stack: StackSpec, client: RuntimeClient, progress: Callable[[str], None]) -> Applied:
     spec = stack.endpoint
     endpoint = client.put_endpoint(spec.name, spec.auth_mode)
+    created_endpoint = bool(endpoint.get("created"))
     current = endpoint["deployments"]
     applied = Applied(spec.name, endpoint["scoringUri"])
 
@@ -106,14 +180,21 @@ def _apply(stack: StackSpec, client: RuntimeClient, progress: Callable[[str], No
             applied.unchanged.append(name)
             continue
         verb = "starting" if existing is None else "updating"
-        progress(f"{verb} {name} ({deployment.instance_count} instance(s))")
+        doing = f"{verb} {name} ({deployment.instance_count} instance(s))"
+        progress(doing)
         try:
-            client.put_deployment(spec.name, name, payload)
+            _put_deployment(client, spec.name, name, payload, doing, progress)
         except RuntimeRefusal as err:
-            for new in created:
-                client.delete_deployment(spec.name, new)
+            undone = _undo(client, spec.name, created, created_endpoint and not current)
             tail = err.body.get("logTail", "")
-            raise StageRefused(f"{err}\n{tail}".rstrip() + "\nThe stage was refused; traffic is as it was.") from None
+            raise StageRefused(f"{err}\n{tail}".rstrip() + "\nThe stage was refused; traffic is as it was"
+                               + (f" ({', '.join(undone)})." if undone else ".")) from None
+        except KeyboardInterrupt:
+            with _interrupts_ignored():
+                undone = _undo(client, spec.name, created, created_endpoint and not current)
+            stopped = [f"stopped {name} (it was {verb})", *undone]
+            raise ApplyCancelled(f"cancelled: {', '.join(stopped)}; traffic is as it was. "
+                                 f"Deployments this apply had not reached were not touched.") from None
         if existing is None:
             applied.started.append(name)
             created.append(name)
@@ -122,15 +203,16 @@ def _apply(stack: StackSpec, client: RuntimeClient, progress: Callable[[str], No
             applied.why[name] = what_changed(existing["spec"], payload) if existing["state"] == "ready" else (
                 f"was {existing['state']}")
 
-    progress("setting traffic")
-    try:
-        client.set_traffic(spec.name, spec.live_traffic, dict(spec.mirror_traffic))
-    except RuntimeRefusal as err:
-        raise StageRefused(str(err)) from None
+    with _interrupts_ignored():  # from here the stage completes: traffic and removals are quick
+        progress("setting traffic")
+        try:
+            client.set_traffic(spec.name, spec.live_traffic, dict(spec.mirror_traffic))
+        except RuntimeRefusal as err:
+            raise StageRefused(str(err)) from None
 
-    for name in current:
-        if name not in spec.deployments:
-            progress(f"removing {name}")
-            client.delete_deployment(spec.name, name)
-            applied.removed.append(name)
+        for name in current:
+            if name not in spec.deployments:
+                progress(f"removing {name}")
+                client.delete_deployment(spec.name, name)
+                applied.removed.append(name)
     return applied

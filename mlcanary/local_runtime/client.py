@@ -15,7 +15,7 @@ import requests
 from mlcanary.local_runtime import paths
 from mlcanary.local_runtime.protocol import CONTROL_TOKEN_HEADER
 
-START_TIMEOUT_S = 300.0  # the runtime restores its deployments before it answers
+START_TIMEOUT_S = 660.0  # the runtime restores its deployments (each within its start limit) before it answers
 
 
 class RuntimeRefusal(RuntimeError):
@@ -137,7 +137,20 @@ class RuntimeClient:
         return self.call("GET", f"/endpoints/{name}/keys", start=False)
 
     def put_deployment(self, endpoint: str, name: str, spec: dict[str, Any]) -> dict[str, Any]:
-        return self.call("PUT", f"/endpoints/{endpoint}/deployments/{name}", spec)
+        """Answers once every instance is healthy: allow the start limit its probe settings give, and more."""
+        from mlcanary.local_runtime.workers import StartLimit
+
+        return self.call("PUT", f"/endpoints/{endpoint}/deployments/{name}", spec,
+                         timeout=max(600, StartLimit.of(spec).seconds + 120))
+
+    def cancel_start(self, endpoint: str, name: str) -> bool:
+        """Stop a deployment that is starting (True if it was); on a connection of its own, since the
+        request that started it may still be waiting on the other."""
+        url = self._url(start=False)
+        with requests.Session() as session:
+            session.headers.update(self.http.headers)
+            answer = session.post(f"{url}/endpoints/{endpoint}/deployments/{name}/cancel", timeout=120)
+        return answer.ok and answer.json().get("cancelled", False)
 
     def delete_deployment(self, endpoint: str, name: str) -> None:
         self.call("DELETE", f"/endpoints/{endpoint}/deployments/{name}")

@@ -47,10 +47,11 @@ def deployment_problems(name: str, spec: dict[str, Any]) -> list[rules.Problem]:
     if model and not Path(model).exists():
         problems.append(rules.Problem("model", f"{model!r} does not exist"))
     probe = spec.get("readinessProbe") or {}
-    for key in ("period", "failureThreshold", "timeout"):
+    for key, least in (("initialDelay", 0), ("period", 1), ("failureThreshold", 1), ("timeout", 1)):
         value = probe.get(key)
-        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
-            problems.append(rules.Problem(f"readinessProbe.{key}", f"must be a whole number of at least 1, got {value!r}"))
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < least):
+            problems.append(rules.Problem(f"readinessProbe.{key}",
+                                          f"must be a whole number of at least {least}, got {value!r}"))
     return problems
 
 
@@ -142,6 +143,7 @@ def control_app(runtime: Runtime) -> web.Application:
                     await endpoint.close()
                     return not_recorded(err)
                 runtime.metrics.forget(name)
+                return web.json_response({**endpoint.status(), "created": True})
             else:
                 previous = endpoint.auth_mode
                 endpoint.auth_mode = body.get("authMode", endpoint.auth_mode)
@@ -201,7 +203,11 @@ def control_app(runtime: Runtime) -> web.Application:
                     replacement = runtime.new_deployment(endpoint.name, name, spec)
                     if current is None:
                         runtime.metrics.forget(endpoint.name, name)  # a re-created deployment counts from zero
-                    await replacement.start()
+                    if not await start_cancellably(endpoint.name, name, replacement):
+                        return problem_response(
+                            409, f"deployment {name!r} of endpoint {endpoint.name!r}: start cancelled; its instances "
+                            "were stopped" + ("" if current is None else ", the running version serves on"),
+                            cancelled=True)
                     endpoint.deployments[name] = replacement
                     try:
                         runtime.persist()
@@ -220,6 +226,35 @@ def control_app(runtime: Runtime) -> web.Application:
                 runtime.collect_snapshots()
                 return problem_response(422, str(err), logTail=err.log_tail)
             return web.json_response(endpoint.deployments[name].status())
+
+    async def start_cancellably(endpoint_name: str, name: str, deployment) -> bool:
+        """Start `deployment`; False if a cancel request stopped it first (its instances are stopped)."""
+        starting = asyncio.ensure_future(deployment.start())
+        runtime.starting[(endpoint_name, name)] = starting
+        try:
+            await starting
+        except asyncio.CancelledError:
+            if not starting.cancelled():
+                raise  # this request itself is being cancelled
+            await deployment.drain_and_stop(0)
+            runtime.registry.write()
+            runtime.collect_snapshots()
+            log.info("start of %s/%s cancelled; its instances were stopped", endpoint_name, name)
+            return False
+        finally:
+            runtime.starting.pop((endpoint_name, name), None)
+        return True
+
+    async def cancel_start(request: web.Request) -> web.Response:
+        """Stop a deployment while it starts (the apply that asked for it was interrupted)."""
+        key = (request.match_info["endpoint"], request.match_info["deployment"])
+        starting = runtime.starting.get(key)
+        if starting is None:
+            return web.json_response({"cancelled": False})
+        starting.cancel()
+        async with runtime.lock:  # the put that owned it has cleaned up and answered
+            pass
+        return web.json_response({"cancelled": True})
 
     async def delete_deployment(request: web.Request) -> web.Response:
         endpoint = endpoint_or_404(request)
@@ -295,5 +330,6 @@ def control_app(runtime: Runtime) -> web.Application:
     r.add_put("/endpoints/{endpoint}/traffic", put_traffic)
     r.add_put("/endpoints/{endpoint}/deployments/{deployment}", put_deployment)
     r.add_delete("/endpoints/{endpoint}/deployments/{deployment}", delete_deployment)
+    r.add_post("/endpoints/{endpoint}/deployments/{deployment}/cancel", cancel_start)
     r.add_get("/endpoints/{endpoint}/deployments/{deployment}/logs", get_logs)
     return app

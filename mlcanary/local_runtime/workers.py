@@ -28,7 +28,6 @@ from mlcanary.local_runtime.upstream import Upstream
 
 WSGI_APP = "azureml_inference_server_http.server.entry:app"
 DEFAULT_REQUEST_TIMEOUT_MS = 5000  # Azure's default request_timeout_ms
-START_TIMEOUT_S = 120.0
 KEEPALIVE_ENV = "MLCANARY_WORKER_KEEPALIVE_S"  # gunicorn's keep-alive; tests make it short
 LOG_TAIL_LINES = 30
 
@@ -102,6 +101,37 @@ class ProbeSettings:
             failure_threshold=int(probe.get("failureThreshold") or defaults.failure_threshold),
             timeout_s=float(probe.get("timeout") or defaults.timeout_s),
         )
+
+
+# azure-ai-ml's ProbeSettings defaults (initial_delay 10 s, period 10 s, failure_threshold 30).
+AZURE_PROBE_DEFAULTS = {"initialDelay": 10, "period": 10, "failureThreshold": 30}
+
+
+@dataclass(frozen=True)
+class StartLimit:
+    """How long an instance may take to answer its health route after it starts, as Azure computes it
+    from the readiness probe: initial delay + failure threshold x period."""
+
+    initial_delay_s: int
+    failure_threshold: int
+    period_s: int
+
+    @classmethod
+    def of(cls, spec: dict[str, Any]) -> StartLimit:
+        probe = {**AZURE_PROBE_DEFAULTS, **{k: v for k, v in (spec.get("readinessProbe") or {}).items() if v is not None}}
+        return cls(int(probe["initialDelay"]), int(probe["failureThreshold"]), int(probe["period"]))
+
+    @property
+    def seconds(self) -> int:
+        return self.initial_delay_s + self.failure_threshold * self.period_s
+
+    def explained(self) -> str:
+        return (f"readinessProbe: initialDelay {self.initial_delay_s} + failureThreshold {self.failure_threshold} "
+                f"x period {self.period_s} s")
+
+    def exceeded(self) -> str:
+        return (f"worker did not answer its health route within {self.seconds} s ({self.explained()}); if init() "
+                "needs longer, raise readinessProbe.failureThreshold or readinessProbe.initialDelay")
 
 
 class Worker:
@@ -185,8 +215,10 @@ class Worker:
         except (OSError, asyncio.TimeoutError, ValueError, IndexError):
             return False
 
-    async def wait_healthy(self, timeout_s: float = START_TIMEOUT_S) -> bool:
-        """True once `GET /` answers 200 (init() has run); False if the worker exits or times out."""
+    async def wait_healthy(self, timeout_s: float | None = None) -> bool:
+        """True once `GET /` answers 200 (init() has run); False if the worker exits or the start limit
+        (StartLimit, from the readiness probe) passes."""
+        timeout_s = StartLimit.of(self.spec).seconds if timeout_s is None else timeout_s
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if not self.alive():
@@ -274,7 +306,7 @@ class Deployment:
             code = failed.process.returncode if failed.process else None
             await asyncio.gather(*(w.stop() for w in workers))
             reason = "init() failed (worker exit code 3)" if code == 3 else (
-                f"worker exited with code {code}" if code is not None else "worker did not answer its health route in time"
+                f"worker exited with code {code}" if code is not None else StartLimit.of(self.spec).exceeded()
             )
             raise DeploymentFailed(
                 f"deployment {self.name!r} of endpoint {self.endpoint!r} failed to start: {reason}",
