@@ -209,7 +209,8 @@ def local_status(endpoint: str | None, state_dir: Path | None) -> None:
     """Show endpoints, deployments, traffic and request counts."""
     client = _client(state_dir)
     if client.base_url() is None:
-        click.echo("no local runtime is running (start one with `mlcanary local up STAGE_FILE`)")
+        click.echo("no local runtime is running (start one with `mlcanary local up STAGE_FILE`, or restore its "
+                   "state with `mlcanary local start`)")
         return
     status = client.status()
     if endpoint and endpoint not in status["endpoints"]:
@@ -312,7 +313,8 @@ def local_metrics(state_dir: Path | None) -> None:
     """Print the runtime's per-deployment metrics in the Prometheus text format.
 
     Requests by deployment and status code, mirrored requests, and a latency histogram; the same
-    text is served at GET /metrics on the control port (see runtime.json in the state directory).
+    text is served without a token at http://127.0.0.1:9577/metrics for a Prometheus scraper (see
+    `mlcanary local start --help` to move or turn off that address).
     """
     try:
         click.echo(_client(state_dir).metrics(), nl=False)

@@ -415,3 +415,11 @@ def test_a_stage_refused_on_its_first_apply_leaves_no_endpoint(project, state):
     assert result.exit_code == 1 and "init() failed" in result.output
     assert "removed endpoint ops-canary" in result.output
     assert "ops-canary" not in RuntimeClient(state).status()["endpoints"]
+
+
+def test_the_metrics_address_can_be_turned_off(state):
+    started = run(state, "local", "start", "--metrics-address", "off")
+    assert started.exit_code == 0, started.output
+    assert "metrics: http" not in started.output
+    assert RuntimeClient(state).info()["metricsAddress"] is None
+    assert run(state, "local", "metrics").exit_code == 0  # still on the control plane
