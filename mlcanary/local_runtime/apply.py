@@ -28,6 +28,7 @@ from mlcanary.local_runtime.stage_lock import StageLocked, stage_lock
 from mlcanary.local_runtime.workers import StartLimit
 
 PROGRESS_EVERY_S = 0.5
+CANCEL_WAIT_S = 120.0
 
 
 class StageRefused(RuntimeError):
@@ -111,29 +112,36 @@ class ApplyCancelled(StageRefused):
 def _put_deployment(client: RuntimeClient, endpoint: str, name: str, payload: dict[str, Any], doing: str,
                     progress: Callable[[str], None]) -> None:
     """PUT a deployment, reporting the health wait (elapsed and its limit) while it runs. An interrupt
-    (KeyboardInterrupt) cancels the start in the runtime before it propagates."""
+    (KeyboardInterrupt) cancels the change in the runtime before it propagates."""
     limit = StartLimit.of(payload)
     outcome: dict[str, Any] = {}
+    done = threading.Event()  # not Thread.is_alive(): a join() cut short by Ctrl-C can make that lie
 
     def put() -> None:
         try:
             client.put_deployment(endpoint, name, payload)
         except BaseException as err:  # noqa: BLE001 - handed to the waiting thread
             outcome["error"] = err
+        finally:
+            done.set()
 
-    worker = threading.Thread(target=put, name=f"put {name}", daemon=True)
     started = time.monotonic()
-    worker.start()
+    threading.Thread(target=put, name=f"put {name}", daemon=True).start()
     try:
-        while worker.is_alive():
+        while not done.is_set():
             progress(f"{doing}: waiting until healthy, {time.monotonic() - started:.0f} s of {limit.seconds} s "
                      f"({limit.explained()})")
-            worker.join(PROGRESS_EVERY_S)
+            done.wait(PROGRESS_EVERY_S)
     except KeyboardInterrupt:
         with _interrupts_ignored():
             progress(f"cancelling: stopping {name}")
-            client.cancel_start(endpoint, name)
-            worker.join(120)
+            deadline = time.monotonic() + CANCEL_WAIT_S
+            # The request may not have reached the runtime yet: ask until the change is found, or is over.
+            while not done.is_set() and time.monotonic() < deadline:
+                if client.cancel_change(endpoint, name):
+                    done.wait(CANCEL_WAIT_S)
+                    break
+                done.wait(0.2)
         raise
     if "error" in outcome:
         raise outcome["error"]
@@ -191,8 +199,13 @@ def _apply(stack: StackSpec, client: RuntimeClient, progress: Callable[[str], No
                                + (f" ({', '.join(undone)})." if undone else ".")) from None
         except KeyboardInterrupt:
             with _interrupts_ignored():
+                now = client.status()["endpoints"].get(spec.name, {}).get("deployments", {}).get(name)
+                finished = now is not None and now["state"] == "ready" and now["spec"] == {**now["spec"], **payload}
+                if finished and existing is None:
+                    created.append(name)  # it became ready before the cancel arrived: removed with the others
                 undone = _undo(client, spec.name, created, created_endpoint and not current)
-            stopped = [f"stopped {name} (it was {verb})", *undone]
+            stopped = [f"{name} was updated before the cancel arrived" if finished and existing else
+                       f"stopped {name} (it was {verb})", *undone]
             raise ApplyCancelled(f"cancelled: {', '.join(stopped)}; traffic is as it was. "
                                  f"Deployments this apply had not reached were not touched.") from None
         if existing is None:

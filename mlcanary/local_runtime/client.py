@@ -143,9 +143,9 @@ class RuntimeClient:
         return self.call("PUT", f"/endpoints/{endpoint}/deployments/{name}", spec,
                          timeout=max(600, StartLimit.of(spec).seconds + 120))
 
-    def cancel_start(self, endpoint: str, name: str) -> bool:
-        """Stop a deployment that is starting (True if it was); on a connection of its own, since the
-        request that started it may still be waiting on the other."""
+    def cancel_change(self, endpoint: str, name: str) -> bool:
+        """Stop a deployment change in progress (True if one was); answers once it has cleaned up. On a
+        connection of its own, since the request that asked for the change still waits on the other."""
         url = self._url(start=False)
         with requests.Session() as session:
             session.headers.update(self.http.headers)

@@ -9,6 +9,7 @@ names the cause. Every accepted or refused change leaves one audit line in runti
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -182,6 +183,25 @@ def control_app(runtime: Runtime) -> web.Application:
         problems = deployment_problems(name, spec)
         if problems:
             return problem_response(400, f"deployment {name[:100]!r} refused", problems)
+        key, this = (endpoint.name, name), asyncio.current_task()
+        runtime.changing[key] = this  # a cancel request (the apply was interrupted) cancels this task
+        try:
+            return await change_deployment(endpoint, name, spec)
+        except asyncio.CancelledError:
+            if this not in runtime.cancel_requested:
+                raise  # the runtime is stopping
+            log.info("change of %s/%s cancelled; what it had started was stopped", endpoint.name, name)
+            running = endpoint.deployments.get(name)
+            return problem_response(
+                409, f"deployment {name!r} of endpoint {endpoint.name!r}: cancelled; what it had started was stopped"
+                + (", the running version serves on" if running is not None and running.state == "ready" else ""),
+                cancelled=True)
+        finally:
+            runtime.cancel_requested.discard(this)
+            if runtime.changing.get(key) is this:
+                del runtime.changing[key]
+
+    async def change_deployment(endpoint: Endpoint, name: str, spec: dict[str, Any]) -> web.Response:
         async with runtime.lock:
             try:
                 spec = await asyncio.to_thread(snapshots.pin, runtime.root, spec)
@@ -203,11 +223,7 @@ def control_app(runtime: Runtime) -> web.Application:
                     replacement = runtime.new_deployment(endpoint.name, name, spec)
                     if current is None:
                         runtime.metrics.forget(endpoint.name, name)  # a re-created deployment counts from zero
-                    if not await start_cancellably(endpoint.name, name, replacement):
-                        return problem_response(
-                            409, f"deployment {name!r} of endpoint {endpoint.name!r}: start cancelled; its instances "
-                            "were stopped" + ("" if current is None else ", the running version serves on"),
-                            cancelled=True)
+                    await replacement.start()
                     endpoint.deployments[name] = replacement
                     try:
                         runtime.persist()
@@ -225,35 +241,22 @@ def control_app(runtime: Runtime) -> web.Application:
                 runtime.registry.write()
                 runtime.collect_snapshots()
                 return problem_response(422, str(err), logTail=err.log_tail)
+            except asyncio.CancelledError:  # the instances being started were stopped (Deployment)
+                runtime.registry.write()
+                runtime.collect_snapshots()
+                raise
             return web.json_response(endpoint.deployments[name].status())
 
-    async def start_cancellably(endpoint_name: str, name: str, deployment) -> bool:
-        """Start `deployment`; False if a cancel request stopped it first (its instances are stopped)."""
-        starting = asyncio.ensure_future(deployment.start())
-        runtime.starting[(endpoint_name, name)] = starting
-        try:
-            await starting
-        except asyncio.CancelledError:
-            if not starting.cancelled():
-                raise  # this request itself is being cancelled
-            await deployment.drain_and_stop(0)
-            runtime.registry.write()
-            runtime.collect_snapshots()
-            log.info("start of %s/%s cancelled; its instances were stopped", endpoint_name, name)
-            return False
-        finally:
-            runtime.starting.pop((endpoint_name, name), None)
-        return True
-
-    async def cancel_start(request: web.Request) -> web.Response:
-        """Stop a deployment while it starts (the apply that asked for it was interrupted)."""
-        key = (request.match_info["endpoint"], request.match_info["deployment"])
-        starting = runtime.starting.get(key)
-        if starting is None:
+    async def cancel_change(request: web.Request) -> web.Response:
+        """Stop a deployment change in progress (the apply that asked for it was interrupted): what it
+        started is stopped, a running version serves on. Answers once the change has cleaned up."""
+        change = runtime.changing.get((request.match_info["endpoint"], request.match_info["deployment"]))
+        if change is None:
             return web.json_response({"cancelled": False})
-        starting.cancel()
-        async with runtime.lock:  # the put that owned it has cleaned up and answered
-            pass
+        runtime.cancel_requested.add(change)
+        change.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await asyncio.wait({change}, timeout=60)
         return web.json_response({"cancelled": True})
 
     async def delete_deployment(request: web.Request) -> web.Response:
@@ -330,6 +333,6 @@ def control_app(runtime: Runtime) -> web.Application:
     r.add_put("/endpoints/{endpoint}/traffic", put_traffic)
     r.add_put("/endpoints/{endpoint}/deployments/{deployment}", put_deployment)
     r.add_delete("/endpoints/{endpoint}/deployments/{deployment}", delete_deployment)
-    r.add_post("/endpoints/{endpoint}/deployments/{deployment}/cancel", cancel_start)
+    r.add_post("/endpoints/{endpoint}/deployments/{deployment}/cancel", cancel_change)
     r.add_get("/endpoints/{endpoint}/deployments/{deployment}/logs", get_logs)
     return app

@@ -58,7 +58,8 @@ class Runtime:
         self.stopping = asyncio.Event()
         self._tasks: set[asyncio.Task] = set()
         self.draining: set[Deployment] = set()  # replaced deployments still finishing their requests
-        self.starting: dict[tuple[str, str], asyncio.Future] = {}  # (endpoint, deployment) -> its start, to cancel
+        self.changing: dict[tuple[str, str], asyncio.Task] = {}  # (endpoint, deployment) -> the change, to cancel
+        self.cancel_requested: set[asyncio.Task] = set()
         self.socket_dir = paths.socket_dir(root)
         paths.private_subdir(root / "logs")  # worker logs may quote request data
         self.registry = WorkerRegistry(root, self.all_workers)

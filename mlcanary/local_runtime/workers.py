@@ -293,6 +293,13 @@ class Deployment:
 
     async def _start_workers(self, workers: list[Worker]) -> None:
         try:
+            await self._start_and_wait(workers)
+        except asyncio.CancelledError:  # the change was cancelled: nothing it started keeps running
+            await asyncio.gather(*(w.stop(1) for w in workers))
+            raise
+
+    async def _start_and_wait(self, workers: list[Worker]) -> None:
+        try:
             for worker in workers:
                 await worker.start()
         except DeploymentFailed as err:
@@ -320,6 +327,9 @@ class Deployment:
             await self._start_workers(workers)
         except DeploymentFailed as err:
             self.state, self.error = "failed", f"{err}\n{err.log_tail}".rstrip()
+            raise
+        except asyncio.CancelledError:
+            self.state = "stopped"
             raise
         self.state, self.error = "ready", ""
 
