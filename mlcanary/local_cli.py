@@ -401,8 +401,17 @@ def logs(endpoint: str, deployment: str, lines: int, follow: bool, generation: s
         click.echo(f"(generation {folder.name})", err=True)
     click.echo(worker_logs.tail(folder, lines), nl=False)
     if follow:
+        def running_now() -> Path | None:  # the runtime rolled the deployment over: follow the new instances
+            if generation or running is None:
+                return None
+            try:
+                info = client.status()["endpoints"].get(endpoint, {}).get("deployments", {}).get(deployment)
+            except _errors():
+                return None
+            return Path(info["logDir"]) if info else None
+
         try:
-            worker_logs.follow(folder, lambda line: click.echo(line))
+            worker_logs.follow(folder, lambda line: click.echo(line), newer=running_now)
         except KeyboardInterrupt:
             pass
 

@@ -243,8 +243,9 @@ def test_logs_refuse_names_that_are_not_names(state, args, problem):
     assert result.exit_code == 2 and problem in result.output
 
 
-def test_logs_follow_prints_new_lines_until_interrupted(project, state):
-    assert run(state, "local", "up", stage(project, instances=1)).exit_code == 0
+def test_logs_follow_prints_new_lines_until_interrupted_and_follows_a_rollover(project, state):
+    path = stage(project, instances=1)
+    assert run(state, "local", "up", path).exit_code == 0
     following = subprocess.Popen(
         [sys.executable, "-m", "mlcanary.cli", "logs", "ops-scorer", "--deployment", "blue", "--follow",
          "--lines", "1", "--state-dir", str(state)],
@@ -254,13 +255,18 @@ def test_logs_follow_prints_new_lines_until_interrupted(project, state):
         client = RuntimeClient(state)
         os.killpg(client.status()["endpoints"]["ops-scorer"]["deployments"]["blue"]["pids"][0], signal.SIGKILL)
         assert wait_for(lambda: client.status()["endpoints"]["ops-scorer"]["deployments"]["blue"]["restarts"] == 1, 30)
-        time.sleep(2)
+        edit_model_version(project, 3)
+        assert run(state, "local", "up", path).exit_code == 0  # a new generation
+        time.sleep(3)
     finally:
         following.send_signal(signal.SIGINT)
         out, err = following.communicate(timeout=30)
     assert following.returncode == 0, err
     assert "[instance-0] --- worker exited (-9); restarting" in out
     assert "[instance-0] --- " in out.split("restarting", 1)[1]  # the new start, as it was written
+    newest = sorted(p.name for p in (state / "logs" / "ops-scorer" / "blue").iterdir())[-1]
+    rolled = out.split(f"(the deployment was replaced: now generation {newest})", 1)
+    assert len(rolled) == 2 and "[instance-0] --- " in rolled[1] and "starting on unix:" in rolled[1]
     assert "Traceback" not in err
 
 

@@ -15,6 +15,7 @@ from mlcanary.local_runtime import paths
 from mlcanary.local_runtime.workers import log_tail
 
 FOLLOW_POLL_S = 0.25
+NEWER_CHECK_S = 1.0
 
 
 class NoLogs(LookupError):
@@ -62,12 +63,14 @@ def tail(folder: Path, lines: int) -> str:
 
 
 def follow(folder: Path, emit: Callable[[str], None], start_at_end: bool = True,
-           keep_going: Callable[[], bool] = lambda: True) -> None:
+           keep_going: Callable[[], bool] = lambda: True, newer: Callable[[], Path | None] = lambda: None) -> None:
     """Emit each new line of every instance log in `folder` (instances that appear later too), prefixed
-    with the instance, until `keep_going` says stop (or the user interrupts)."""
+    with the instance, until `keep_going` says stop (or the user interrupts). When `newer` names another
+    folder (the deployment was replaced), follow that one from its start."""
     offsets: dict[Path, int] = {}
     pending: dict[Path, bytes] = {}
     first = True
+    checked = time.monotonic()
     while keep_going():
         for path in instance_logs(folder):
             if path not in offsets:
@@ -89,4 +92,10 @@ def follow(folder: Path, emit: Callable[[str], None], start_at_end: bool = True,
             for line in complete:
                 emit(f"[{path.stem}] {line.decode('utf-8', errors='replace')}")
         first = False
+        if time.monotonic() - checked >= NEWER_CHECK_S:
+            checked = time.monotonic()
+            replacement = newer()
+            if replacement is not None and replacement != folder:
+                folder = replacement
+                emit(f"(the deployment was replaced: now generation {folder.name})")
         time.sleep(FOLLOW_POLL_S)
