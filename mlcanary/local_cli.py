@@ -244,10 +244,11 @@ def local_start(metrics_address: str | None, state_dir: Path | None) -> None:
     if client.base_url() is not None:
         info = client.info()
         click.echo(f"the local runtime for {client.root} is already running (pid {info.get('pid')})")
-        if metrics_address and info.get("metricsAddress") and metrics.parse(metrics_address) != metrics.parse(
-                info["metricsAddress"]) and metrics.parse(metrics_address)[1] != 0:
-            click.echo(f"it serves metrics at {info['metricsAddress']}, not {metrics_address}: "
-                       "stop it (`mlcanary local down`) to change that", err=True)
+        asked = metrics.parse(metrics_address) if metrics_address else None
+        serving = metrics.parse(info["metricsAddress"]) if info.get("metricsAddress") else None
+        if metrics_address and asked != serving and not (asked and serving and asked[1] == 0):
+            click.echo(f"it serves metrics at {info.get('metricsAddress') or 'no address (off)'}, not "
+                       f"{metrics_address}: `mlcanary local stop`, then start it again, to change that", err=True)
     else:
         try:
             with _console().status("restoring the local runtime from its state"):
@@ -270,6 +271,22 @@ def local_start(metrics_address: str | None, state_dir: Path | None) -> None:
                     click.echo(f"    {dep}: {d['error'].splitlines()[0] if d['error'] else 'failed'}")
     if info.get("metricsAddress"):
         click.echo(f"metrics: http://{info['metricsAddress']}/metrics")
+
+
+@local.command("stop")
+@state_dir_option
+def local_stop(state_dir: Path | None) -> None:
+    """Stop the local runtime and its workers, keeping its state: `mlcanary local start` (or any
+    command that needs the runtime) brings back the same endpoints, keys, deployments and traffic."""
+    client = _client(state_dir)
+    if client.base_url() is None:
+        click.echo("no local runtime is running")
+        return
+    try:
+        client.shutdown()
+    except _errors() as err:
+        _fail(str(err))
+    click.echo(f"stopped the local runtime for {client.root}; its state is kept (`mlcanary local start` restores it)")
 
 
 @local.command("down")

@@ -162,6 +162,11 @@ def test_local_start_restores_the_runtime_without_applying_a_stage(project, stat
     assert versions_served(state) == {1}
     again = run(state, "local", "start")
     assert again.exit_code == 0 and "is already running" in again.output
+    stopped = run(state, "local", "stop")
+    assert stopped.exit_code == 0 and "its state is kept" in stopped.output
+    assert RuntimeClient(state).base_url() is None
+    assert run(state, "local", "start").exit_code == 0
+    assert RuntimeClient(state).status()["endpoints"]["ops-scorer"]["scoringUri"] == uri
 
 
 def test_local_start_with_no_state_starts_an_empty_runtime(state):
@@ -429,3 +434,11 @@ def test_the_metrics_address_can_be_turned_off(state):
     assert "metrics: http" not in started.output
     assert RuntimeClient(state).info()["metricsAddress"] is None
     assert run(state, "local", "metrics").exit_code == 0  # still on the control plane
+
+
+def test_start_says_when_the_running_runtime_serves_metrics_elsewhere(state):
+    assert run(state, "local", "start", "--metrics-address", "off").exit_code == 0
+    port = free_port()
+    again = run(state, "local", "start", "--metrics-address", f"127.0.0.1:{port}")
+    assert again.exit_code == 0 and "is already running" in again.output
+    assert f"it serves metrics at no address (off), not 127.0.0.1:{port}: `mlcanary local stop`" in again.output
