@@ -206,7 +206,8 @@ def control_app(runtime: Runtime) -> web.Application:
             try:
                 spec = await asyncio.to_thread(snapshots.pin, runtime.root, spec)
             except snapshots.SnapshotFailed as err:
-                return problem_response(409, f"deployment {name!r} refused, nothing changed: {err}")
+                return problem_response(STORAGE_FAILED if err.no_space else 409,
+                                        f"deployment {name!r} refused, nothing changed: {err}")
             current = endpoint.deployments.get(name)
             try:
                 if current is not None and current.state == "ready" and _same_but_count(current.spec, spec):

@@ -13,6 +13,7 @@ Layout: snapshots/<digest>/<folder or file name> (Azure mounts a model under its
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 import tempfile
@@ -27,7 +28,11 @@ PINNED = {"code": "codeDigest", "model": "modelDigest"}
 
 
 class SnapshotFailed(RuntimeError):
-    """A folder could not be pinned; the message names the folder and why."""
+    """A folder could not be pinned; the message names the folder and why ('no space left on device: <path>')."""
+
+    def __init__(self, message: str, no_space: bool = False):
+        super().__init__(message)
+        self.no_space = no_space
 
 
 def snapshots_dir(root: Path) -> Path:
@@ -86,7 +91,10 @@ def pin(root: Path, spec: dict[str, Any]) -> dict[str, Any]:
             if not target.exists():
                 _pin_copy(root, source, target, digest, key)
         except OSError as err:
-            raise SnapshotFailed(f"could not pin {key} {str(source)!r}: {err.strerror or err}") from None
+            from mlcanary.local_runtime.workers import describe_os_error
+
+            raise SnapshotFailed(f"could not pin {key} {str(source)!r}: {describe_os_error(err)}",
+                                 no_space=err.errno == errno.ENOSPC) from None
         pinned[digest_key] = digest
     return pinned
 
