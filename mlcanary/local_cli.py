@@ -128,6 +128,9 @@ def local() -> None:
     """
 
 
+EXIT_INTERRUPTED = 130  # as a shell reports a Ctrl-C; SIGTERM during an apply is handled the same way
+
+
 def _sigterm_interrupts():
     """SIGTERM interrupts like Ctrl-C, so a terminated apply cancels what it started (apply.py)."""
     import contextlib
@@ -160,7 +163,7 @@ def local_up(stage_file: Path, no_wait: bool, state_dir: Path | None) -> None:
     refused and traffic stays as it was. One stage change at a time: a second `local up` waits
     for the first (and says so), or with --no-wait fails at once.
     """
-    from mlcanary.local_runtime.apply import apply_stage
+    from mlcanary.local_runtime.apply import ApplyCancelled, apply_stage
 
     spec = _load(stage_file)
     console = _console()
@@ -170,10 +173,12 @@ def local_up(stage_file: Path, no_wait: bool, state_dir: Path | None) -> None:
             client.ensure_running()
             applied = apply_stage(spec, client, lambda message: status.update(message), wait=not no_wait,
                                   stage=str(stage_file), on_wait=lambda message: click.echo(message, err=True))
+    except ApplyCancelled as err:
+        _fail(str(err), EXIT_INTERRUPTED)
     except _errors() as err:
         _fail(str(err))
     except KeyboardInterrupt:
-        _fail("cancelled before the stage changed anything")
+        _fail("cancelled before the stage changed anything", EXIT_INTERRUPTED)
     console.print(f"[green]applied[/] {stage_file}: endpoint [bold]{applied.endpoint}[/] at {applied.scoring_uri}")
     changes = (("started", applied.started), ("updated", applied.updated_text()), ("unchanged", applied.unchanged),
                ("removed", applied.removed))

@@ -345,7 +345,7 @@ def test_an_interrupted_apply_stops_what_it_started_and_keeps_traffic(project, s
     finally:
         if applying.poll() is None:
             applying.kill()
-    assert applying.returncode == 1, (out, err)
+    assert applying.returncode == 130, (out, err)
     assert "error: cancelled: stopped green (it was starting); traffic is as it was." in " ".join(err.split())
     assert "Traceback" not in err and "Aborted!" not in err
     endpoint = canary_status(state)
@@ -370,7 +370,7 @@ def test_an_interrupted_update_leaves_the_running_version_serving(project, state
     finally:
         if applying.poll() is None:
             applying.kill()
-    assert applying.returncode == 1 and "cancelled: stopped blue (it was updating)" in " ".join(err.split())
+    assert applying.returncode == 130 and "cancelled: stopped blue (it was updating)" in " ".join(err.split())
     after = canary_status(state)["deployments"]["blue"]
     assert after["pids"] == before["pids"] and after["spec"] == before["spec"]
     assert wait_for(lambda: worker_process_groups(state) == set(before["pids"]), 30)
@@ -424,7 +424,6 @@ def test_a_stage_refused_on_its_first_apply_leaves_no_endpoint(project, state):
     failing = canary_stage(project, "one.yaml", None, "{blue: 100}", blue_env=", FAIL_INIT: 'yes'")
     result = run(state, "local", "up", failing)
     assert result.exit_code == 1 and "init() failed" in result.output
-    assert "removed endpoint ops-canary" in result.output
     assert "ops-canary" not in RuntimeClient(state).status()["endpoints"]
 
 

@@ -280,15 +280,21 @@ def test_a_second_stage_change_without_wait_is_refused_at_once(tmp_path):
     ({"codeDigest": "c2"}, "code changed"),
     ({"code": "/elsewhere/code"}, "code changed"),
     ({"instanceCount": 3}, "instances 1 -> 3"),
-    ({"environmentVariables": {"A": "2"}}, "settings changed"),
+    ({"environmentVariables": {"A": "2"}}, "environmentVariables changed"),
     ({"modelDigest": "m2", "instanceCount": 2}, "model changed, instances 1 -> 2"),
 ])
 def test_an_update_says_what_changed(wanted, reason):
-    from mlcanary.local_runtime.apply import what_changed
+    from mlcanary.local_runtime.deployment_changes import why_updated
 
     running = {"code": "/p/code", "codeDigest": "c1", "model": "/p/model", "modelDigest": "m1", "instanceCount": 1,
                "scoringScript": "score.py", "environmentVariables": {"A": "1"}}
-    assert what_changed(running, {**running, **wanted}) == reason
+    assert why_updated({"state": "ready", "spec": running}, {**running, **wanted}) == reason
+
+
+def test_an_update_of_a_failed_deployment_says_so():
+    from mlcanary.local_runtime.deployment_changes import why_updated
+
+    assert why_updated({"state": "failed", "spec": {}}, {"instanceCount": 1}) == "was failed"
 
 
 @pytest.mark.parametrize("probe, seconds", [

@@ -23,6 +23,7 @@ from typing import Any
 from mlcanary.components.spec import DeploymentSpec, StackSpec
 from mlcanary.components.uploads import content_hash
 from mlcanary.local_runtime.client import RuntimeClient, RuntimeRefusal
+from mlcanary.local_runtime.deployment_changes import why_updated
 from mlcanary.local_runtime.snapshots import PINNED
 from mlcanary.local_runtime.stage_lock import StageLocked, stage_lock
 from mlcanary.local_runtime.workers import StartLimit
@@ -75,18 +76,6 @@ class Applied:
     def updated_text(self) -> list[str]:
         """'green (model changed)' for each updated deployment."""
         return [f"{name} ({self.why[name]})" if self.why.get(name) else name for name in self.updated]
-
-
-def what_changed(running: dict[str, Any], wanted: dict[str, Any]) -> str:
-    """Why a running deployment is updated, in a user's words: 'model changed', 'instances 1 -> 2'."""
-    reasons = [f"{key} changed" for key in PINNED if running.get(PINNED[key]) != wanted.get(PINNED[key])
-               or running.get(key) != wanted.get(key)]
-    if running.get("instanceCount") != wanted.get("instanceCount"):
-        reasons.append(f"instances {running.get('instanceCount')} -> {wanted.get('instanceCount')}")
-    compared = {*PINNED, *PINNED.values(), "instanceCount"}
-    if any(running.get(k) != wanted.get(k) for k in {*running, *wanted} - compared):
-        reasons.append("settings changed")
-    return ", ".join(reasons)
 
 
 def apply_stage(
@@ -213,8 +202,7 @@ def _apply(stack: StackSpec, client: RuntimeClient, progress: Callable[[str], No
             created.append(name)
         else:
             applied.updated.append(name)
-            applied.why[name] = what_changed(existing["spec"], payload) if existing["state"] == "ready" else (
-                f"was {existing['state']}")
+            applied.why[name] = why_updated(existing, payload)
 
     with _interrupts_ignored():  # from here the stage completes: traffic and removals are quick
         progress("setting traffic")
