@@ -357,3 +357,13 @@ def test_a_folder_edited_between_hash_and_copy_is_refused(tmp_path):
     with pytest.raises(snapshots.SnapshotFailed, match="changed while it was being applied"):
         snapshots.pin(root, {"code": str(code), "codeDigest": "0" * 64})
     assert [p.name for p in (root / "snapshots").iterdir()] == []  # nothing half-pinned is left
+
+
+def test_a_half_made_copy_is_removed_only_at_start(tmp_path):
+    from mlcanary.local_runtime import snapshots
+
+    unfinished = tmp_path / "snapshots" / ".staging-abc"
+    unfinished.mkdir(parents=True)
+    assert snapshots.collect(tmp_path, set()) == [] and unfinished.exists()  # a pin may be in progress
+    snapshots.collect(tmp_path, set(), unfinished_too=True)
+    assert not unfinished.exists()

@@ -85,11 +85,11 @@ class Runtime:
         return Deployment(endpoint, name, spec, paths.deployment_log_dir(self.root, endpoint, name),
                           self.socket_dir, self.registry.spawned, state_root=self.root)
 
-    def collect_snapshots(self) -> None:
+    def collect_snapshots(self, at_start: bool = False) -> None:
         """Remove pinned code and model copies that no deployment, running or draining, uses any more.
-        Run under the control lock (a change in progress may be pinning a new copy)."""
+        Run under the control lock (a change in progress may be pinning a new copy), or at start."""
         in_use = snapshots.digests_of(d.spec for d in [*self.all_deployments(), *self.draining])
-        removed = snapshots.collect(self.root, in_use)
+        removed = snapshots.collect(self.root, in_use, unfinished_too=at_start)
         if removed:
             log.info("removed %d pinned version(s) no deployment uses: %s", len(removed),
                      ", ".join(digest[:12] for digest in removed))
@@ -190,7 +190,7 @@ class Runtime:
             endpoint.routing = Routing(record.get("traffic", {}), record.get("mirrorTraffic", {}))
         for endpoint in self.endpoints.values():
             await endpoint.serve(free_port)
-        self.collect_snapshots()
+        self.collect_snapshots(at_start=True)
         try:
             self.persist()  # a port that had to change is remembered
         except StateWriteFailed as err:

@@ -118,14 +118,19 @@ def _pin_copy(root: Path, source: Path, target: Path, digest: str, key: str) -> 
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def collect(root: Path, in_use: set[str]) -> list[str]:
-    """Remove the pinned copies whose digest no deployment uses any more; the digests removed."""
+def collect(root: Path, in_use: set[str], unfinished_too: bool = False) -> list[str]:
+    """Remove the pinned copies whose digest no deployment uses any more; the digests removed.
+    `unfinished_too` (at start, when no pin can be in progress): also copies a crash left half-made."""
     folder = snapshots_dir(root)
     if not folder.is_dir():
         return []
     removed = []
     for entry in folder.iterdir():
-        if entry.name.startswith(".staging-") or entry.name in in_use:
+        if entry.name.startswith(".staging-"):
+            if unfinished_too:
+                shutil.rmtree(entry, ignore_errors=True)
+            continue
+        if entry.name in in_use:
             continue
         shutil.rmtree(entry, ignore_errors=True)
         removed.append(entry.name)
