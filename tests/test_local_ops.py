@@ -441,3 +441,12 @@ def test_start_says_when_the_running_runtime_serves_metrics_elsewhere(state):
     again = run(state, "local", "start", "--metrics-address", f"127.0.0.1:{port}")
     assert again.exit_code == 0 and "is already running" in again.output
     assert f"it serves metrics at no address (off), not 127.0.0.1:{port}: `mlcanary local stop`" in again.output
+
+
+def test_local_start_with_an_unreadable_state_says_which_file_and_keeps_it(state):
+    state.mkdir(mode=0o700)
+    (state / "state.json").write_text("{not json")
+    result = run(state, "local", "start")
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert f"state file {state.resolve() / 'state.json'} is not valid JSON" in result.output
+    assert (state / "state.json").read_text() == "{not json"
