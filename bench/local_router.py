@@ -172,7 +172,7 @@ def main() -> None:
                 if line.startswith("model name")), platform.processor())
     print(f"machine: {os.cpu_count()} cores ({cpu}), Python {platform.python_version()}")
     with tempfile.TemporaryDirectory() as state:
-        client = RuntimeClient(Path(state))
+        client = RuntimeClient(Path(state), metrics_address="off")  # never the user's scrape address
         client.ensure_running()
         try:
             overhead(client)

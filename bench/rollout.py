@@ -55,7 +55,7 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        client = RuntimeClient(folder / "state")
+        client = RuntimeClient(folder / "state", metrics_address="off")  # never the user's scrape address
         client.ensure_running()
         try:
             code, summary, events = rollout(folder / "state", stage(folder, "bench-bad", {"FAIL_RATE": "0.3"}),

@@ -199,7 +199,7 @@ def main() -> None:
     args = parser.parse_args()
     os.environ[KEEPALIVE_ENV] = str(args.keepalive)
     with tempfile.TemporaryDirectory(prefix="mlc-soak-") as state:
-        client = RuntimeClient(Path(state))
+        client = RuntimeClient(Path(state), metrics_address="off")  # never the user's scrape address
         client.ensure_running()
         try:
             result = soak(client, args.minutes * 60, args.clients, idle_s=args.keepalive + 1.5)

@@ -88,6 +88,8 @@ class LocalDeploymentProvider(ResourceProvider):
         spec = {**props["spec"], "instanceCount": int(props["spec"]["instanceCount"])}
         if "requestTimeoutMs" in spec:
             spec["requestTimeoutMs"] = int(spec["requestTimeoutMs"])
+        if spec.get("readinessProbe"):  # numbers arrive as floats on the wire
+            spec["readinessProbe"] = {k: int(v) for k, v in spec["readinessProbe"].items()}
         status = _client(props).put_deployment(props["endpointName"], props["deploymentName"], spec)
         return {**props, "state": status["state"]}
 

@@ -140,6 +140,28 @@ def local() -> None:
     """
 
 
+EXIT_INTERRUPTED = 130  # as a shell reports a Ctrl-C; SIGTERM during an apply is handled the same way
+
+
+def _sigterm_interrupts():
+    """SIGTERM interrupts like Ctrl-C, so a terminated apply cancels what it started (apply.py)."""
+    import contextlib
+    import signal
+
+    @contextlib.contextmanager
+    def installed():
+        def interrupt(_signum, _frame):
+            raise KeyboardInterrupt
+
+        previous = signal.signal(signal.SIGTERM, interrupt)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+
+    return installed()
+
+
 @local.command("up")
 @click.argument("stage_file", type=click.Path(path_type=Path))
 @click.option(
@@ -177,7 +199,7 @@ def local_up(stage_file: Path, policy_pack_config: Path | None, preview: bool, n
 
 
 def _gate_and_apply(stage_file: Path, stack, client, settings, preview: bool, output_format: str) -> None:
-    from mlcanary.local_runtime.apply import apply_stage, plan_of
+    from mlcanary.local_runtime.apply import ApplyCancelled, apply_stage, plan_of
 
     name = stack.endpoint.name
     running = _running(client, name)
@@ -204,6 +226,10 @@ def _gate_and_apply(stage_file: Path, stack, client, settings, preview: bool, ou
             client.ensure_running()
             applied = apply_stage(stack, client, lambda message: status.update(message), judged=running,
                                   stage=str(stage_file))
+    except ApplyCancelled as err:
+        if output_format == "json":
+            _echo_json({**document, "result": "cancelled", "error": str(err)})
+        _fail(str(err), EXIT_INTERRUPTED)
     except _errors() as err:
         if output_format == "json":
             _echo_json({**document, "result": "refused", "error": str(err)})
@@ -281,7 +307,8 @@ def local_status(endpoint: str | None, output_format: str, state_dir: Path | Non
         if output_format == "json":
             _echo_json({"running": False, "endpoints": {}})
         else:
-            click.echo("no local runtime is running (start one with `mlcanary local up STAGE_FILE`)")
+            click.echo("no local runtime is running (start one with `mlcanary local up STAGE_FILE`, or restore its "
+                       "state with `mlcanary local start`)")
         return
     try:
         status = client.status()
@@ -296,6 +323,75 @@ def local_status(endpoint: str | None, output_format: str, state_dir: Path | Non
     if not status["endpoints"]:
         click.echo("the local runtime is running with no endpoints")
     _print_status(_console(), status, endpoint)
+
+
+@local.command("start")
+@click.option("--metrics-address", envvar="MLCANARY_METRICS_ADDRESS",
+              help="HOST:PORT on loopback where GET /metrics is served without a token, or `off` "
+              "(default: $MLCANARY_METRICS_ADDRESS, else 127.0.0.1:9577).")
+@state_dir_option
+def local_start(metrics_address: str | None, state_dir: Path | None) -> None:
+    """Start the local runtime from its state, without applying a stage, and say what it restored.
+
+    The runtime brings back every endpoint (same keys and scoring URIs), deployment and traffic
+    split of its state directory before it answers; a deployment that cannot start again shows as
+    failed with the reason.
+    """
+    from mlcanary.local_runtime import metrics_address as metrics
+
+    if metrics_address is not None:
+        try:
+            metrics.parse(metrics_address)
+        except metrics.BadMetricsAddress as err:
+            _fail(f"--metrics-address / {metrics.ENV_VAR}: {err}", 2)
+    client = _client(state_dir)
+    client.metrics_address = metrics_address
+    if client.base_url() is not None:
+        info = client.info()
+        click.echo(f"the local runtime for {client.root} is already running (pid {info.get('pid')})")
+        asked = metrics.parse(metrics_address) if metrics_address else None
+        serving = metrics.parse(info["metricsAddress"]) if info.get("metricsAddress") else None
+        if metrics_address and asked != serving and not (asked and serving and asked[1] == 0):
+            click.echo(f"it serves metrics at {info.get('metricsAddress') or 'no address (off)'}, not "
+                       f"{metrics_address}: `mlcanary local stop`, then start it again, to change that", err=True)
+    else:
+        try:
+            with _console().status("restoring the local runtime from its state"):
+                client.ensure_running()
+        except _errors() as err:
+            _fail(str(err))
+        info = client.info()
+        endpoints = client.status()["endpoints"]
+        click.echo(f"started the local runtime for {client.root} (pid {info.get('pid')}): restored "
+                   f"{len(endpoints)} endpoint(s)" + (":" if endpoints else ""))
+        for name, endpoint in endpoints.items():
+            deployments = ", ".join(f"{dep} {d['state']} {d['healthy']}/{d['instances']}"
+                                    for dep, d in endpoint["deployments"].items()) or "no deployments"
+            traffic = ", ".join(f"{k} {v}%" for k, v in endpoint["traffic"].items() if v) or "none"
+            mirror = ", ".join(f"{k} {v}%" for k, v in endpoint["mirrorTraffic"].items() if v)
+            click.echo(f"  {name} at {endpoint['scoringUri']}: {deployments}; live traffic: {traffic}"
+                       + (f"; mirror: {mirror}" if mirror else ""))
+            for dep, d in endpoint["deployments"].items():
+                if d["state"] == "failed":
+                    click.echo(f"    {dep}: {d['error'].splitlines()[0] if d['error'] else 'failed'}")
+    if info.get("metricsAddress"):
+        click.echo(f"metrics: http://{info['metricsAddress']}/metrics")
+
+
+@local.command("stop")
+@state_dir_option
+def local_stop(state_dir: Path | None) -> None:
+    """Stop the local runtime and its workers, keeping its state: `mlcanary local start` (or any
+    command that needs the runtime) brings back the same endpoints, keys, deployments and traffic."""
+    client = _client(state_dir)
+    if client.base_url() is None:
+        click.echo("no local runtime is running")
+        return
+    try:
+        client.shutdown()
+    except _errors() as err:
+        _fail(str(err))
+    click.echo(f"stopped the local runtime for {client.root}; its state is kept (`mlcanary local start` restores it)")
 
 
 @local.command("down")
@@ -343,7 +439,8 @@ def local_metrics(state_dir: Path | None) -> None:
     """Print the runtime's per-deployment metrics in the Prometheus text format.
 
     Requests by deployment and status code, mirrored requests, and a latency histogram; the same
-    text is served at GET /metrics on the control port (see runtime.json in the state directory).
+    text is served without a token at http://127.0.0.1:9577/metrics for a Prometheus scraper (see
+    `mlcanary local start --help` to move or turn off that address).
     """
     try:
         click.echo(_client(state_dir).metrics(), nl=False)
@@ -414,13 +511,57 @@ def invoke(endpoint: str, request_file: Path, deployment: str | None, output_for
 @click.argument("endpoint")
 @click.option("--deployment", required=True, help="The deployment whose worker logs to show.")
 @click.option("--lines", type=WholeNumber(min=1), default=50, show_default=True, help="Lines per instance.")
+@click.option("--follow", "-f", is_flag=True, help="Keep printing new lines as the instances write them (Ctrl-C ends).")
+@click.option("--generation", help="A set of instances the deployment started earlier (a replaced version, "
+              "a run before a restart); default: the one running, else the newest.")
 @state_dir_option
-def logs(endpoint: str, deployment: str, lines: int, state_dir: Path | None) -> None:
-    """Show the last log lines of each instance of a local deployment (init(), run(), errors)."""
+def logs(endpoint: str, deployment: str, lines: int, follow: bool, generation: str | None,
+         state_dir: Path | None) -> None:
+    """Show the last log lines of each instance of a local deployment (init(), run(), errors).
+
+    Read from the state directory's log files, so they are there when the runtime is not running
+    too: each set of instances the deployment started has its own folder (a generation).
+    """
+    from mlcanary.components.rules import name_problems
+    from mlcanary.local_runtime import worker_logs
+
+    problems = name_problems("ENDPOINT", endpoint, "endpoint name") + name_problems(
+        "--deployment", deployment, "deployment name")
+    if generation is not None and (not generation.isascii() or not generation.replace("-", "").isalnum()):
+        problems.append(f"--generation: {generation[:100]!r} is not a generation name (e.g. 20250101-120000-ab12)")
+    if problems:
+        _fail("\n".join(str(p) for p in problems), 2)
+    client = _client(state_dir)
+    running = None
+    if client.base_url() is not None:
+        try:
+            info = client.status()["endpoints"].get(endpoint, {}).get("deployments", {}).get(deployment)
+        except _errors():
+            info = None
+        running = Path(info["logDir"]) if info else None
+    else:
+        click.echo(f"(no local runtime answers for {client.root}: the log files as the last run left them)", err=True)
     try:
-        click.echo(_client(state_dir).logs(endpoint, deployment, lines), nl=False)
-    except _errors() as err:
+        folder = worker_logs.choose(client.root, endpoint, deployment, generation, running)
+    except worker_logs.NoLogs as err:
         _fail(str(err))
+    if running is None or folder != running:
+        click.echo(f"(generation {folder.name})", err=True)
+    click.echo(worker_logs.tail(folder, lines), nl=False)
+    if follow:
+        def running_now() -> Path | None:  # the runtime rolled the deployment over: follow the new instances
+            if generation or running is None:
+                return None
+            try:
+                info = client.status()["endpoints"].get(endpoint, {}).get("deployments", {}).get(deployment)
+            except _errors():
+                return None
+            return Path(info["logDir"]) if info else None
+
+        try:
+            worker_logs.follow(folder, lambda line: click.echo(line), newer=running_now)
+        except KeyboardInterrupt:
+            pass
 
 
 @click.command()

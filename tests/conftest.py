@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import copy
+import os
 from pathlib import Path
 
 import pytest
 import yaml
 
 from mlcanary.components.render import Render, render_program
+
+# Every test runtime serves /metrics on a free port: tests run in parallel, and a runtime of the user's
+# own may hold the default address. Tests of the fixed address choose theirs.
+os.environ["MLCANARY_METRICS_ADDRESS"] = "127.0.0.1:0"
 
 PROJECT_DIR = Path(__file__).resolve().parents[1]
 PROGRAM = PROJECT_DIR / "__main__.py"

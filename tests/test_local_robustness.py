@@ -376,20 +376,40 @@ def test_a_restart_answers_no_404_while_traffic_is_restored(own_runtime):
     assert 404 not in seen and seen[-1] == 200, seen
 
 
-def test_a_deployment_whose_code_vanished_is_failed_not_starting(own_runtime, tmp_path):
+def pinned_code(runtime, endpoint: str, deployment: str) -> Path:
+    """The copy of a deployment's code folder its workers serve (snapshots.py)."""
+    spec = deployment_status(runtime, endpoint, deployment)["spec"]
+    return runtime.root / "snapshots" / spec["codeDigest"] / Path(spec["code"]).name
+
+
+def test_a_deployment_whose_pinned_code_vanished_is_failed_not_starting(own_runtime, tmp_path):
     code = tmp_path / "code"
     shutil.copytree(MODELS / "code", code)
     runtime = own_runtime()
     target = serve(runtime, "ep-gone", {"blue": {**spec("blue"), "code": str(code)}}, {"blue": 100})
+    pinned = pinned_code(runtime, "ep-gone", "blue")
+    os.kill(runtime.pid(), signal.SIGKILL)
+    assert wait_for(lambda: runtime.base_url() is None)
+    shutil.rmtree(pinned)
+    runtime.ensure_running()
+    blue = deployment_status(runtime, "ep-gone", "blue")
+    assert blue["state"] == "failed"
+    assert f"code folder '{pinned}' does not exist" in blue["error"]
+    answer = score(target)
+    assert answer.status_code == 503 and "deployment 'blue' is failed" in answer.json()["message"]
+
+
+def test_a_deployment_restarts_from_its_pinned_code_when_the_users_folder_is_gone(own_runtime, tmp_path):
+    code = tmp_path / "code"
+    shutil.copytree(MODELS / "code", code)
+    runtime = own_runtime()
+    target = serve(runtime, "ep-moved", {"blue": {**spec("blue"), "code": str(code)}}, {"blue": 100})
     os.kill(runtime.pid(), signal.SIGKILL)
     assert wait_for(lambda: runtime.base_url() is None)
     shutil.rmtree(code)
     runtime.ensure_running()
-    blue = deployment_status(runtime, "ep-gone", "blue")
-    assert blue["state"] == "failed"
-    assert f"code folder '{code}' does not exist" in blue["error"]
-    answer = score(target)
-    assert answer.status_code == 503 and "deployment 'blue' is failed" in answer.json()["message"]
+    assert deployment_status(runtime, "ep-moved", "blue")["state"] == "ready"
+    assert score(target).status_code == 200
 
 
 def mount_small_disk(where: Path) -> bool:
@@ -534,6 +554,7 @@ def test_a_worker_that_cannot_restart_is_retried_less_and_less_often(client, tmp
     code = tmp_path / "code"
     shutil.copytree(MODELS / "code", code)
     target = serve(client, "ep-backoff", {"blue": {**spec("blue", 2), "code": str(code)}}, {"blue": 100})
+    code = pinned_code(client, "ep-backoff", "blue")
     shutil.rmtree(code)
     os.killpg(deployment_status(client, "ep-backoff", "blue")["pids"][0], signal.SIGKILL)
     time.sleep(6.5)

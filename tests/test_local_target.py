@@ -115,3 +115,16 @@ def test_providers_survive_the_dill_round_trip(runtime):
         {"endpoint_name": "ep-dill", "traffic": {"only": 100.0}, "mirror_traffic": {}, "deployments": ["only"], "stateDir": root})
     assert runtime.status()["endpoints"]["ep-dill"]["traffic"] == {"only": 100}
     runtime.delete_endpoint("ep-dill")
+
+
+def test_probe_settings_arrive_as_wire_floats_and_are_accepted(runtime):
+    root = str(runtime.root)
+    LocalEndpointProvider().create({"endpointName": "ep-probe", "authMode": "key", "stateDir": root})
+    probed = {**spec("blue"), "instanceCount": 1.0,
+              "readinessProbe": {"initialDelay": 0.0, "period": 2.0, "failureThreshold": 30.0}}
+    created = LocalDeploymentProvider().create(
+        {"endpointName": "ep-probe", "deploymentName": "blue", "spec": probed, "stateDir": root})
+    assert created.outs["state"] == "ready"
+    assert runtime.status()["endpoints"]["ep-probe"]["deployments"]["blue"]["spec"]["readinessProbe"] == {
+        "initialDelay": 0, "period": 2, "failureThreshold": 30}
+    LocalEndpointProvider().delete("id", {"endpointName": "ep-probe", "stateDir": root})

@@ -303,3 +303,100 @@ def test_the_stage_lock_is_reentrant_within_one_process(tmp_path):
             pass
         with stage_lock(tmp_path, "stage-3.yaml", wait=False):  # still held after the inner one ended
             pass
+
+
+# --- pinned versions, start limits, the metrics address --------------------------------------------
+
+
+@pytest.mark.parametrize("wanted, reason", [
+    ({"modelDigest": "m2"}, "model changed"),
+    ({"codeDigest": "c2"}, "code changed"),
+    ({"code": "/elsewhere/code"}, "code changed"),
+    ({"instanceCount": 3}, "instances 1 -> 3"),
+    ({"environmentVariables": {"A": "2"}}, "environmentVariables changed"),
+    ({"modelDigest": "m2", "instanceCount": 2}, "model changed, instances 1 -> 2"),
+])
+def test_an_update_says_what_changed(wanted, reason):
+    from mlcanary.local_runtime.deployment_changes import why_updated
+
+    running = {"code": "/p/code", "codeDigest": "c1", "model": "/p/model", "modelDigest": "m1", "instanceCount": 1,
+               "scoringScript": "score.py", "environmentVariables": {"A": "1"}}
+    assert why_updated({"state": "ready", "spec": running}, {**running, **wanted}) == reason
+
+
+def test_an_update_of_a_failed_deployment_says_so():
+    from mlcanary.local_runtime.deployment_changes import why_updated
+
+    assert why_updated({"state": "failed", "spec": {}}, {"instanceCount": 1}) == "was failed"
+
+
+@pytest.mark.parametrize("probe, seconds", [
+    (None, 310),  # Azure's defaults: 10 + 30 x 10
+    ({"period": 2}, 70),
+    ({"initialDelay": 0, "failureThreshold": 5, "period": 1}, 5),
+    ({"initialDelay": 60}, 360),
+])
+def test_the_start_limit_is_azures_initial_delay_plus_threshold_times_period(probe, seconds):
+    from mlcanary.local_runtime.workers import StartLimit
+
+    spec = {"readinessProbe": probe} if probe is not None else {}
+    assert StartLimit.of(spec).seconds == seconds
+
+
+@pytest.mark.parametrize("text, parsed", [
+    ("127.0.0.1:9577", ("127.0.0.1", 9577)),
+    ("localhost:9000", ("localhost", 9000)),
+    ("[::1]:9577", ("::1", 9577)),
+    ("127.0.0.2:0", ("127.0.0.2", 0)),
+    ("off", None),
+    ("OFF", None),
+])
+def test_metrics_addresses_on_loopback_are_accepted(text, parsed):
+    from mlcanary.local_runtime import metrics_address
+
+    assert metrics_address.parse(text) == parsed
+
+
+def test_pinning_copies_once_per_digest_and_collecting_keeps_what_is_in_use(tmp_path):
+    from mlcanary.components.uploads import content_hash
+    from mlcanary.local_runtime import snapshots
+
+    code = tmp_path / "code"
+    code.mkdir()
+    (code / "score.py").write_text("def init(): pass\n")
+    root = tmp_path / "state"
+    root.mkdir()
+    first = snapshots.pin(root, {"code": str(code)})
+    assert first["codeDigest"] == content_hash(str(code))
+    pinned = snapshots.served_path(root, first, "code")
+    assert (pinned / "score.py").read_text() == "def init(): pass\n"
+    before = pinned.stat().st_mtime_ns
+    assert snapshots.pin(root, {"code": str(code)}) == first and pinned.stat().st_mtime_ns == before  # not copied again
+    (code / "score.py").write_text("def init(): return 2\n")
+    second = snapshots.pin(root, {"code": str(code)})
+    assert second["codeDigest"] != first["codeDigest"]
+    assert snapshots.collect(root, {second["codeDigest"]}) == [first["codeDigest"]]
+    assert not pinned.exists() and snapshots.served_path(root, second, "code").is_dir()
+
+
+def test_a_folder_edited_between_hash_and_copy_is_refused(tmp_path):
+    from mlcanary.local_runtime import snapshots
+
+    code = tmp_path / "code"
+    code.mkdir()
+    (code / "score.py").write_text("x = 1\n")
+    root = tmp_path / "state"
+    root.mkdir()
+    with pytest.raises(snapshots.SnapshotFailed, match="changed while it was being applied"):
+        snapshots.pin(root, {"code": str(code), "codeDigest": "0" * 64})
+    assert [p.name for p in (root / "snapshots").iterdir()] == []  # nothing half-pinned is left
+
+
+def test_a_half_made_copy_is_removed_only_at_start(tmp_path):
+    from mlcanary.local_runtime import snapshots
+
+    unfinished = tmp_path / "snapshots" / ".staging-abc"
+    unfinished.mkdir(parents=True)
+    assert snapshots.collect(tmp_path, set()) == [] and unfinished.exists()  # a pin may be in progress
+    snapshots.collect(tmp_path, set(), unfinished_too=True)
+    assert not unfinished.exists()

@@ -6,18 +6,31 @@
 A deployment that fails to start refuses the stage: deployments created by this apply are
 removed again (and the endpoint too, when this apply created it) and traffic is left as it was.
 What changes is planned first from the running state (plan.py), the same plan `--preview` prints.
+An interrupt (Ctrl-C; the CLI turns SIGTERM into one) while deployments start does the same: the
+starting deployment is stopped in the runtime, not left to finish. Each start waits at most its
+start limit (workers.StartLimit: the readiness probe's initialDelay + failureThreshold x period).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from mlcanary.components.spec import DeploymentSpec, EndpointSpec, StackSpec
+from mlcanary.components.uploads import content_hash
 from mlcanary.local_runtime.client import RuntimeClient, RuntimeRefusal
+from mlcanary.local_runtime.snapshots import PINNED
 from mlcanary.local_runtime.stage_lock import StageLocked, stage_lock
 from mlcanary.local_runtime.plan import Plan, plan_stage, transition_view
+from mlcanary.local_runtime.workers import StartLimit
+
+PROGRESS_EVERY_S = 0.5
+CANCEL_WAIT_S = 120.0
 
 
 class StageRefused(RuntimeError):
@@ -25,7 +38,11 @@ class StageRefused(RuntimeError):
 
 
 def deployment_payload(spec: DeploymentSpec) -> dict[str, Any]:
-    """What the runtime needs to serve one deployment (environment and instance type do not apply)."""
+    """What the runtime needs to serve one deployment (environment and instance type do not apply).
+
+    The code and model carry the digest Azure registers them under: the runtime serves that pinned
+    version, and changed content is a changed deployment (snapshots.py).
+    """
     payload: dict[str, Any] = {
         "code": spec.code,
         "scoringScript": spec.scoring_script,
@@ -33,12 +50,17 @@ def deployment_payload(spec: DeploymentSpec) -> dict[str, Any]:
         "instanceCount": spec.instance_count,
         "environmentVariables": dict(spec.environment_variables),
     }
+    for key, digest_key in PINNED.items():
+        if payload[key]:
+            payload[digest_key] = content_hash(payload[key])
     if spec.request_settings and spec.request_settings.request_timeout_ms:
         payload["requestTimeoutMs"] = spec.request_settings.request_timeout_ms
     probe = spec.readiness_probe
-    if probe and (probe.period or probe.failure_threshold or probe.timeout):
-        payload["readinessProbe"] = {key: value for key, value in (
-            ("period", probe.period), ("failureThreshold", probe.failure_threshold), ("timeout", probe.timeout)) if value}
+    if probe:
+        settings = (("initialDelay", probe.initial_delay), ("period", probe.period),
+                    ("failureThreshold", probe.failure_threshold), ("timeout", probe.timeout))
+        if any(value is not None for _, value in settings):
+            payload["readinessProbe"] = {key: value for key, value in settings if value is not None}
     return payload
 
 
@@ -79,6 +101,74 @@ def apply_stage(
         raise StageRefused(str(err)) from None
 
 
+class ApplyCancelled(StageRefused):
+    """The apply was interrupted (Ctrl-C, SIGTERM): what it had started is stopped, traffic is as it was."""
+
+
+def _put_deployment(client: RuntimeClient, endpoint: str, name: str, payload: dict[str, Any], doing: str,
+                    progress: Callable[[str], None]) -> None:
+    """PUT a deployment, reporting the health wait (elapsed and its limit) while it runs. An interrupt
+    (KeyboardInterrupt) cancels the change in the runtime before it propagates."""
+    limit = StartLimit.of(payload)
+    outcome: dict[str, Any] = {}
+    done = threading.Event()  # not Thread.is_alive(): a join() cut short by Ctrl-C can make that lie
+
+    def put() -> None:
+        try:
+            client.put_deployment(endpoint, name, payload)
+        except BaseException as err:  # noqa: BLE001 - handed to the waiting thread
+            outcome["error"] = err
+        finally:
+            done.set()
+
+    started = time.monotonic()
+    threading.Thread(target=put, name=f"put {name}", daemon=True).start()
+    try:
+        while not done.is_set():
+            progress(f"{doing}: waiting until healthy, {time.monotonic() - started:.0f} s of {limit.seconds} s "
+                     f"({limit.explained()})")
+            done.wait(PROGRESS_EVERY_S)
+    except KeyboardInterrupt:
+        with _interrupts_ignored():
+            progress(f"cancelling: stopping {name}")
+            deadline = time.monotonic() + CANCEL_WAIT_S
+            # The request may not have reached the runtime yet: ask until the change is found, or is over.
+            while not done.is_set() and time.monotonic() < deadline:
+                if client.cancel_change(endpoint, name):
+                    done.wait(CANCEL_WAIT_S)
+                    break
+                done.wait(0.2)
+        raise
+    if "error" in outcome:
+        raise outcome["error"]
+
+
+@contextlib.contextmanager
+def _interrupts_ignored() -> Iterator[None]:
+    """While an interrupted apply cleans up, further Ctrl-C / SIGTERM do not cut the cleanup short."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _undo(client: RuntimeClient, endpoint: str, created: list[str], created_endpoint: bool) -> list[str]:
+    """Remove what this apply created (no traffic reaches it yet); what was removed, for the message."""
+    undone = []
+    for name in created:
+        client.delete_deployment(endpoint, name)
+        undone.append(f"removed {name}")
+    if created_endpoint:
+        client.delete_endpoint(endpoint)
+        undone.append(f"removed endpoint {endpoint}")
+    return undone
+
+
 def _apply(stack: StackSpec, client: RuntimeClient, progress: Callable[[str], None], judged: Any) -> Applied:
     spec = stack.endpoint
     running = client.status(start=True)["endpoints"].get(spec.name)
@@ -91,30 +181,42 @@ def _apply(stack: StackSpec, client: RuntimeClient, progress: Callable[[str], No
 
     def undo(message: str) -> StageRefused:
         """Refuse the stage, leaving the runtime as this apply found it."""
-        for name in created:
-            client.delete_deployment(spec.name, name)
-        if not plan.exists:
-            client.delete_endpoint(spec.name)  # a first apply leaves no empty endpoint behind
-        return StageRefused(message + "\nThe stage was refused; traffic is as it was.")
+        undone = _undo(client, spec.name, created, not plan.exists)  # a first apply leaves no endpoint behind
+        return StageRefused(message + "\nThe stage was refused; traffic is as it was"
+                            + (f" ({', '.join(undone)})." if undone else "."))
 
     for name in [*plan.started, *plan.updated]:
         deployment = spec.deployments[name]
+        payload = deployment_payload(deployment)
         verb = "starting" if name in plan.started else "updating"
-        progress(f"{verb} {name} ({deployment.instance_count} instance(s))")
+        doing = f"{verb} {name} ({deployment.instance_count} instance(s))"
+        progress(doing)
         try:
-            client.put_deployment(spec.name, name, deployment_payload(deployment))
+            _put_deployment(client, spec.name, name, payload, doing, progress)
         except RuntimeRefusal as err:
             raise undo(f"{err}\n{err.body.get('logTail', '')}".rstrip()) from None
+        except KeyboardInterrupt:
+            with _interrupts_ignored():
+                now = client.status()["endpoints"].get(spec.name, {}).get("deployments", {}).get(name)
+                finished = now is not None and now["state"] == "ready" and now["spec"] == {**now["spec"], **payload}
+                if finished and name in plan.started:
+                    created.append(name)  # it became ready before the cancel arrived: removed with the others
+                undone = _undo(client, spec.name, created, not plan.exists)
+            stopped = [f"{name} was updated before the cancel arrived" if finished and name in plan.updated else
+                       f"stopped {name} (it was {verb})", *undone]
+            raise ApplyCancelled(f"cancelled: {', '.join(stopped)}; traffic is as it was. "
+                                 f"Deployments this apply had not reached were not touched.") from None
         if name in plan.started:
             created.append(name)
 
-    progress("setting traffic")
-    try:
-        client.set_traffic(spec.name, spec.live_traffic, dict(spec.mirror_traffic))
-    except RuntimeRefusal as err:
-        raise undo(str(err)) from None
+    with _interrupts_ignored():  # from here the stage completes: traffic and removals are quick
+        progress("setting traffic")
+        try:
+            client.set_traffic(spec.name, spec.live_traffic, dict(spec.mirror_traffic))
+        except RuntimeRefusal as err:
+            raise undo(str(err)) from None
 
-    for name in plan.removed:
-        progress(f"removing {name}")
-        client.delete_deployment(spec.name, name)
+        for name in plan.removed:
+            progress(f"removing {name}")
+            client.delete_deployment(spec.name, name)
     return Applied(plan, endpoint["scoringUri"])

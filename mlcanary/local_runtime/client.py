@@ -15,7 +15,7 @@ import requests
 from mlcanary.local_runtime import paths
 from mlcanary.local_runtime.protocol import CONTROL_TOKEN_HEADER
 
-START_TIMEOUT_S = 300.0  # the runtime restores its deployments before it answers
+START_TIMEOUT_S = 660.0  # the runtime restores its deployments (each within its start limit) before it answers
 
 
 class RuntimeRefusal(RuntimeError):
@@ -33,8 +33,9 @@ class NotRunning(RuntimeError):
 
 
 class RuntimeClient:
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, metrics_address: str | None = None):
         self.root = root
+        self.metrics_address = metrics_address  # for a runtime this client starts; else its environment's
         self.http = requests.Session()
 
     # --- finding and starting --------------------------------------------------------------
@@ -55,6 +56,13 @@ class RuntimeClient:
             pass
         return None
 
+    def info(self) -> dict[str, Any]:
+        """runtime.json of the live runtime (pid, ports, metrics address), or {} when none answers."""
+        try:
+            return json.loads(paths.runtime_file(self.root).read_text()) if self.base_url() else {}
+        except (OSError, ValueError):
+            return {}
+
     def pid(self) -> int | None:
         try:
             return json.loads(paths.runtime_file(self.root).read_text())["pid"] if self.base_url() else None
@@ -67,9 +75,10 @@ class RuntimeClient:
             return url
         paths.ensure_private_dir(self.root)
         paths.runtime_file(self.root).unlink(missing_ok=True)
+        extra = ["--metrics-address", self.metrics_address] if self.metrics_address else []
         with open(paths.runtime_stderr(self.root), "wb") as printed:
             process = subprocess.Popen(
-                [sys.executable, "-m", "mlcanary.local_runtime.server", "--state-dir", str(self.root)],
+                [sys.executable, "-m", "mlcanary.local_runtime.server", "--state-dir", str(self.root), *extra],
                 stdout=printed, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
             )
         deadline = time.monotonic() + START_TIMEOUT_S
@@ -128,7 +137,20 @@ class RuntimeClient:
         return self.call("GET", f"/endpoints/{name}/keys", start=False)
 
     def put_deployment(self, endpoint: str, name: str, spec: dict[str, Any]) -> dict[str, Any]:
-        return self.call("PUT", f"/endpoints/{endpoint}/deployments/{name}", spec)
+        """Answers once every instance is healthy: allow the start limit its probe settings give, and more."""
+        from mlcanary.local_runtime.workers import StartLimit
+
+        return self.call("PUT", f"/endpoints/{endpoint}/deployments/{name}", spec,
+                         timeout=max(600, StartLimit.of(spec).seconds + 120))
+
+    def cancel_change(self, endpoint: str, name: str) -> bool:
+        """Stop a deployment change in progress (True if one was); answers once it has cleaned up. On a
+        connection of its own, since the request that asked for the change still waits on the other."""
+        url = self._url(start=False)
+        with requests.Session() as session:
+            session.headers.update(self.http.headers)
+            answer = session.post(f"{url}/endpoints/{endpoint}/deployments/{name}/cancel", timeout=120)
+        return answer.ok and answer.json().get("cancelled", False)
 
     def delete_deployment(self, endpoint: str, name: str) -> None:
         self.call("DELETE", f"/endpoints/{endpoint}/deployments/{name}")

@@ -9,6 +9,7 @@ names the cause. Every accepted or refused change leaves one audit line in runti
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -19,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from mlcanary.components import rules
+from mlcanary.local_runtime import snapshots
 from mlcanary.local_runtime.data_plane import Endpoint, as_bytes, free_port, problem_response
 from mlcanary.local_runtime.protocol import CONTROL_TOKEN_HEADER
 from mlcanary.local_runtime.routing import Routing
@@ -46,10 +48,11 @@ def deployment_problems(name: str, spec: dict[str, Any]) -> list[rules.Problem]:
     if model and not Path(model).exists():
         problems.append(rules.Problem("model", f"{model!r} does not exist"))
     probe = spec.get("readinessProbe") or {}
-    for key in ("period", "failureThreshold", "timeout"):
+    for key, least in (("initialDelay", 0), ("period", 1), ("failureThreshold", 1), ("timeout", 1)):
         value = probe.get(key)
-        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
-            problems.append(rules.Problem(f"readinessProbe.{key}", f"must be a whole number of at least 1, got {value!r}"))
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < least):
+            problems.append(rules.Problem(f"readinessProbe.{key}",
+                                          f"must be a whole number of at least {least}, got {value!r}"))
     return problems
 
 
@@ -141,6 +144,7 @@ def control_app(runtime: Runtime) -> web.Application:
                     await endpoint.close()
                     return not_recorded(err)
                 runtime.metrics.forget(name)
+                return web.json_response({**endpoint.status(), "created": True})
             else:
                 previous = endpoint.auth_mode
                 endpoint.auth_mode = body.get("authMode", endpoint.auth_mode)
@@ -165,6 +169,7 @@ def control_app(runtime: Runtime) -> web.Application:
             await endpoint.close()
             runtime.metrics.forget(endpoint.name)
             runtime.registry.write()
+            runtime.collect_snapshots()
         return web.json_response({"deleted": endpoint.name})
 
     async def get_keys(request: web.Request) -> web.Response:
@@ -178,7 +183,31 @@ def control_app(runtime: Runtime) -> web.Application:
         problems = deployment_problems(name, spec)
         if problems:
             return problem_response(400, f"deployment {name[:100]!r} refused", problems)
+        key, this = (endpoint.name, name), asyncio.current_task()
+        runtime.changing[key] = this  # a cancel request (the apply was interrupted) cancels this task
+        try:
+            return await change_deployment(endpoint, name, spec)
+        except asyncio.CancelledError:
+            if this not in runtime.cancel_requested:
+                raise  # the runtime is stopping
+            log.info("change of %s/%s cancelled; what it had started was stopped", endpoint.name, name)
+            running = endpoint.deployments.get(name)
+            return problem_response(
+                409, f"deployment {name!r} of endpoint {endpoint.name!r}: cancelled; what it had started was stopped"
+                + (", the running version serves on" if running is not None and running.state == "ready" else ""),
+                cancelled=True)
+        finally:
+            runtime.cancel_requested.discard(this)
+            if runtime.changing.get(key) is this:
+                del runtime.changing[key]
+
+    async def change_deployment(endpoint: Endpoint, name: str, spec: dict[str, Any]) -> web.Response:
         async with runtime.lock:
+            try:
+                spec = await asyncio.to_thread(snapshots.pin, runtime.root, spec)
+            except snapshots.SnapshotFailed as err:
+                return problem_response(STORAGE_FAILED if err.no_space else 409,
+                                        f"deployment {name!r} refused, nothing changed: {err}")
             current = endpoint.deployments.get(name)
             try:
                 if current is not None and current.state == "ready" and _same_but_count(current.spec, spec):
@@ -211,8 +240,25 @@ def control_app(runtime: Runtime) -> web.Application:
                         runtime.background(runtime.retire(current))
             except DeploymentFailed as err:
                 runtime.registry.write()
+                runtime.collect_snapshots()
                 return problem_response(422, str(err), logTail=err.log_tail)
+            except asyncio.CancelledError:  # the instances being started were stopped (Deployment)
+                runtime.registry.write()
+                runtime.collect_snapshots()
+                raise
             return web.json_response(endpoint.deployments[name].status())
+
+    async def cancel_change(request: web.Request) -> web.Response:
+        """Stop a deployment change in progress (the apply that asked for it was interrupted): what it
+        started is stopped, a running version serves on. Answers once the change has cleaned up."""
+        change = runtime.changing.get((request.match_info["endpoint"], request.match_info["deployment"]))
+        if change is None:
+            return web.json_response({"cancelled": False})
+        runtime.cancel_requested.add(change)
+        change.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await asyncio.wait({change}, timeout=60)
+        return web.json_response({"cancelled": True})
 
     async def delete_deployment(request: web.Request) -> web.Response:
         endpoint = endpoint_or_404(request)
@@ -239,6 +285,7 @@ def control_app(runtime: Runtime) -> web.Application:
                 runtime.draining.discard(deployment)
                 runtime.registry.write()
             runtime.metrics.forget(endpoint.name, name)
+            runtime.collect_snapshots()
         return web.json_response({"deleted": name})
 
     async def put_traffic(request: web.Request) -> web.Response:
@@ -287,5 +334,6 @@ def control_app(runtime: Runtime) -> web.Application:
     r.add_put("/endpoints/{endpoint}/traffic", put_traffic)
     r.add_put("/endpoints/{endpoint}/deployments/{deployment}", put_deployment)
     r.add_delete("/endpoints/{endpoint}/deployments/{deployment}", delete_deployment)
+    r.add_post("/endpoints/{endpoint}/deployments/{deployment}/cancel", cancel_change)
     r.add_get("/endpoints/{endpoint}/deployments/{deployment}/logs", get_logs)
     return app

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mlcanary.components.spec import DeploymentSpec, EndpointSpec
+from mlcanary.local_runtime.deployment_changes import why_updated
 
 
 @dataclass
@@ -71,7 +72,7 @@ def plan_stage(spec: EndpointSpec, running: dict[str, Any] | None, payloads: dic
         elif existing["state"] == "ready" and existing["spec"] == payload:
             plan.unchanged.append(name)
         else:
-            plan.updated[name] = _why_updated(existing, payload)
+            plan.updated[name] = why_updated(existing, payload)
     plan.removed = [name for name in current if name not in spec.deployments]
     return plan
 
@@ -97,16 +98,6 @@ def running_endpoint(name: str, running: dict[str, Any]) -> EndpointSpec:
         traffic=dict(running.get("traffic", {})),
         mirror_traffic=dict(running.get("mirrorTraffic", {})),
     )
-
-
-def _why_updated(existing: dict[str, Any], payload: dict[str, Any]) -> str:
-    if existing["state"] != "ready":
-        return f"was {existing['state']}"
-    old = existing["spec"]
-    changed = sorted(k for k in payload.keys() | old.keys() if payload.get(k) != old.get(k))
-    if changed == ["instanceCount"]:
-        return f"instances {old.get('instanceCount')} -> {payload['instanceCount']}"
-    return f"{', '.join(changed)} changed"
 
 
 def _shares(traffic: dict[str, Any]) -> dict[str, int]:

@@ -56,7 +56,7 @@ def uninterrupted() -> Iterator[None]:
 def private_runtime() -> Iterator[RuntimeClient]:
     """A runtime in a fresh temporary state directory; stopped and removed when the block ends."""
     root = Path(tempfile.mkdtemp(prefix="mlcanary-rehearse-"))
-    client = RuntimeClient(root)
+    client = RuntimeClient(root, metrics_address="off")  # never the user's scrape address (a fixed port)
     try:
         yield client
     finally:

@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from mlcanary.local_runtime import paths, store
+from mlcanary.local_runtime import metrics_address, paths, snapshots, store
 from mlcanary.local_runtime.store import StateWriteFailed
 from mlcanary.local_runtime.data_plane import Endpoint, free_port
 from mlcanary.local_runtime.metrics import Metrics
@@ -58,6 +58,8 @@ class Runtime:
         self.stopping = asyncio.Event()
         self._tasks: set[asyncio.Task] = set()
         self.draining: set[Deployment] = set()  # replaced deployments still finishing their requests
+        self.changing: dict[tuple[str, str], asyncio.Task] = {}  # (endpoint, deployment) -> the change, to cancel
+        self.cancel_requested: set[asyncio.Task] = set()
         self.socket_dir = paths.socket_dir(root)
         paths.private_subdir(root / "logs")  # worker logs may quote request data
         self.registry = WorkerRegistry(root, self.all_workers)
@@ -81,7 +83,16 @@ class Runtime:
 
     def new_deployment(self, endpoint: str, name: str, spec: dict[str, Any]) -> Deployment:
         return Deployment(endpoint, name, spec, paths.deployment_log_dir(self.root, endpoint, name),
-                          self.socket_dir, self.registry.spawned)
+                          self.socket_dir, self.registry.spawned, state_root=self.root)
+
+    def collect_snapshots(self, at_start: bool = False) -> None:
+        """Remove pinned code and model copies that no deployment, running or draining, uses any more.
+        Run under the control lock (a change in progress may be pinning a new copy), or at start."""
+        in_use = snapshots.digests_of(d.spec for d in [*self.all_deployments(), *self.draining])
+        removed = snapshots.collect(self.root, in_use, unfinished_too=at_start)
+        if removed:
+            log.info("removed %d pinned version(s) no deployment uses: %s", len(removed),
+                     ", ".join(digest[:12] for digest in removed))
 
     def persist(self) -> None:
         """Write the desired state durably; StateWriteFailed (with the cause) if it cannot be."""
@@ -102,14 +113,40 @@ class Runtime:
             self.draining.discard(deployment)
             with contextlib.suppress(OSError):
                 self.registry.write()
+        async with self.lock:
+            self.collect_snapshots()
 
     # --- start, restore, stop ------------------------------------------------------------------
 
-    async def run(self, control_port: int) -> None:
+    async def serve_metrics(self, address: tuple[str, int] | None):
+        """/metrics on its fixed loopback address, no token: a static scrape config outlives restarts."""
+        from aiohttp import web
+
+        if address is None:
+            return None, None
+        app = web.Application()
+        app.router.add_get("/metrics", lambda _: web.Response(text=self.metrics.prometheus(), content_type="text/plain"))
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        try:
+            await web.TCPSite(runner, address[0], address[1]).start()
+        except OSError as err:
+            await runner.cleanup()
+            shown = f"{address[0]}:{address[1]}"
+            reason = (os.strerror(err.errno) if err.errno else str(err)).lower()  # aiohttp rewords strerror
+            raise MetricsAddressTaken(
+                f"the metrics address {shown} cannot be used ({reason}): another program, or "
+                f"the runtime of another state directory, holds it; set {metrics_address.ENV_VAR}=127.0.0.1:<port> "
+                f"(or `{metrics_address.OFF}`), or `mlcanary local start --metrics-address 127.0.0.1:<port>`") from None
+        host, port = runner.addresses[0][:2]
+        return runner, f"{host}:{port}" if ":" not in host else f"[{host}]:{port}"
+
+    async def run(self, control_port: int, metrics_at: tuple[str, int] | None = None) -> None:
         from aiohttp import web
 
         from mlcanary.local_runtime.control_plane import control_app
 
+        metrics_runner, metrics_shown = await self.serve_metrics(metrics_at)  # a taken port stops the start at once
         kill_orphans(self.root, self.socket_dir)
         runner = web.AppRunner(control_app(self), access_log=None)
         await runner.setup()
@@ -117,8 +154,10 @@ class Runtime:
         await site.start()
         port = runner.addresses[0][1]
         await self.restore()
-        write_private(paths.runtime_file(self.root), {"pid": os.getpid(), "controlPort": port, "token": self.control_token})
-        log.info("runtime ready: control plane on 127.0.0.1:%s, worker sockets in %s", port, self.socket_dir)
+        write_private(paths.runtime_file(self.root), {"pid": os.getpid(), "controlPort": port, "token": self.control_token,
+                                                      "metricsAddress": metrics_shown})
+        log.info("runtime ready: control plane on 127.0.0.1:%s, metrics on %s, worker sockets in %s", port,
+                 metrics_shown or "the control plane only", self.socket_dir)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stopping.set)
@@ -132,6 +171,8 @@ class Runtime:
             with contextlib.suppress(OSError):
                 self.socket_dir.rmdir()  # the temp-dir fallback, once its sockets are gone
         await runner.cleanup()
+        if metrics_runner:
+            await metrics_runner.cleanup()
         log.info("runtime stopped")
 
     async def restore(self) -> None:
@@ -149,10 +190,15 @@ class Runtime:
             endpoint.routing = Routing(record.get("traffic", {}), record.get("mirrorTraffic", {}))
         for endpoint in self.endpoints.values():
             await endpoint.serve(free_port)
+        self.collect_snapshots(at_start=True)
         try:
             self.persist()  # a port that had to change is remembered
         except StateWriteFailed as err:
             log.warning("could not record the restored state: %s", err)
+
+
+class MetricsAddressTaken(RuntimeError):
+    pass
 
 
 class PrivateRotatingFileHandler(logging.handlers.RotatingFileHandler):
@@ -175,7 +221,15 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="mlcanary local runtime (started by the mlcanary CLI)")
     parser.add_argument("--state-dir", type=Path, default=None)
     parser.add_argument("--port", type=int, default=0, help="control plane port on 127.0.0.1 (0: any free port)")
+    parser.add_argument("--metrics-address", default=None,
+                        help=f"HOST:PORT on loopback for GET /metrics, or off (default: ${metrics_address.ENV_VAR}, "
+                        f"else {metrics_address.DEFAULT})")
     args = parser.parse_args(argv)
+    try:
+        metrics_at = metrics_address.parse(metrics_address.configured(args.metrics_address))
+    except metrics_address.BadMetricsAddress as err:
+        print(f"{metrics_address.ENV_VAR}: {err}", file=sys.stderr)
+        sys.exit(EXIT_UNUSABLE_STATE)
     root = paths.state_dir(args.state_dir)
     warning = paths.ensure_private_dir(root)  # keys, the control token, sockets and logs live here
     setup_logging(root)
@@ -194,7 +248,12 @@ def main(argv: list[str] | None = None) -> None:
         print(message, file=sys.stderr)
         sys.exit(EXIT_UNUSABLE_STATE)
     with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-        runner.run(Runtime(root, state).run(args.port))
+        try:
+            runner.run(Runtime(root, state).run(args.port, metrics_at))
+        except MetricsAddressTaken as err:
+            log.error("refusing to start: %s", err)
+            print(err, file=sys.stderr)
+            sys.exit(1)
 
 
 def _loop_factory():

@@ -23,11 +23,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mlcanary.local_runtime.snapshots import served_path
 from mlcanary.local_runtime.upstream import Upstream
 
 WSGI_APP = "azureml_inference_server_http.server.entry:app"
 DEFAULT_REQUEST_TIMEOUT_MS = 5000  # Azure's default request_timeout_ms
-START_TIMEOUT_S = 120.0
 KEEPALIVE_ENV = "MLCANARY_WORKER_KEEPALIVE_S"  # gunicorn's keep-alive; tests make it short
 LOG_TAIL_LINES = 30
 
@@ -103,10 +103,44 @@ class ProbeSettings:
         )
 
 
+# azure-ai-ml's ProbeSettings defaults (initial_delay 10 s, period 10 s, failure_threshold 30).
+AZURE_PROBE_DEFAULTS = {"initialDelay": 10, "period": 10, "failureThreshold": 30}
+
+
+@dataclass(frozen=True)
+class StartLimit:
+    """How long an instance may take to answer its health route after it starts, as Azure computes it
+    from the readiness probe: initial delay + failure threshold x period."""
+
+    initial_delay_s: int
+    failure_threshold: int
+    period_s: int
+
+    @classmethod
+    def of(cls, spec: dict[str, Any]) -> StartLimit:
+        probe = {**AZURE_PROBE_DEFAULTS, **{k: v for k, v in (spec.get("readinessProbe") or {}).items() if v is not None}}
+        return cls(int(probe["initialDelay"]), int(probe["failureThreshold"]), int(probe["period"]))
+
+    @property
+    def seconds(self) -> int:
+        return self.initial_delay_s + self.failure_threshold * self.period_s
+
+    def explained(self) -> str:
+        return (f"readinessProbe: initialDelay {self.initial_delay_s} + failureThreshold {self.failure_threshold} "
+                f"x period {self.period_s} s")
+
+    def exceeded(self) -> str:
+        return (f"worker did not answer its health route within {self.seconds} s ({self.explained()}); if init() "
+                "needs longer, raise readinessProbe.failureThreshold or readinessProbe.initialDelay")
+
+
 class Worker:
     def __init__(self, spec: dict[str, Any], log_path: Path, socket_path: Path,
-                 on_spawn: Callable[[Worker], None] = lambda _: None):
+                 on_spawn: Callable[[Worker], None] = lambda _: None, state_root: Path | None = None):
         self.spec = spec
+        self.code = served_path(state_root, spec, "code") if state_root else Path(spec["code"])
+        model = served_path(state_root, spec, "model") if state_root else spec.get("model")
+        self.model = Path(model) if model else None
         self.log_path = log_path
         self.socket_path = socket_path
         self.on_spawn = on_spawn  # records the process group before anything can go wrong
@@ -135,10 +169,9 @@ class Worker:
         self.healthy = False
         self.failed_probes = 0
         self.upstream.close()
-        code = Path(self.spec["code"])
+        code, model = self.code, self.model
         if not code.is_dir():
             raise DeploymentFailed(f"code folder {str(code)!r} does not exist (any more)", "")
-        model = self.spec.get("model")
         env = {
             **os.environ,
             **self.spec.get("environmentVariables", {}),
@@ -182,8 +215,10 @@ class Worker:
         except (OSError, asyncio.TimeoutError, ValueError, IndexError):
             return False
 
-    async def wait_healthy(self, timeout_s: float = START_TIMEOUT_S) -> bool:
-        """True once `GET /` answers 200 (init() has run); False if the worker exits or times out."""
+    async def wait_healthy(self, timeout_s: float | None = None) -> bool:
+        """True once `GET /` answers 200 (init() has run); False if the worker exits or the start limit
+        (StartLimit, from the readiness probe) passes."""
+        timeout_s = StartLimit.of(self.spec).seconds if timeout_s is None else timeout_s
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if not self.alive():
@@ -227,7 +262,8 @@ class Deployment:
     so a replacement never writes into the logs of the set it replaces."""
 
     def __init__(self, endpoint: str, name: str, spec: dict[str, Any], log_dir: Path, socket_dir: Path,
-                 on_spawn: Callable[[Worker], None] = lambda _: None):
+                 on_spawn: Callable[[Worker], None] = lambda _: None, state_root: Path | None = None):
+        self.state_root = state_root  # pinned code and model live under it (snapshots.py)
         self.endpoint = endpoint
         self.name = name
         self.spec = spec
@@ -251,11 +287,18 @@ class Deployment:
         start = len(self.workers)
         return [
             Worker(self.spec, self.log_dir / f"instance-{start + i}.log",
-                   self.socket_dir / f"{secrets.token_hex(6)}.sock", self.on_spawn)
+                   self.socket_dir / f"{secrets.token_hex(6)}.sock", self.on_spawn, self.state_root)
             for i in range(count)
         ]
 
     async def _start_workers(self, workers: list[Worker]) -> None:
+        try:
+            await self._start_and_wait(workers)
+        except asyncio.CancelledError:  # the change was cancelled: nothing it started keeps running
+            await asyncio.gather(*(w.stop(1) for w in workers))
+            raise
+
+    async def _start_and_wait(self, workers: list[Worker]) -> None:
         try:
             for worker in workers:
                 await worker.start()
@@ -270,7 +313,7 @@ class Deployment:
             code = failed.process.returncode if failed.process else None
             await asyncio.gather(*(w.stop() for w in workers))
             reason = "init() failed (worker exit code 3)" if code == 3 else (
-                f"worker exited with code {code}" if code is not None else "worker did not answer its health route in time"
+                f"worker exited with code {code}" if code is not None else StartLimit.of(self.spec).exceeded()
             )
             raise DeploymentFailed(
                 f"deployment {self.name!r} of endpoint {self.endpoint!r} failed to start: {reason}",
@@ -284,6 +327,9 @@ class Deployment:
             await self._start_workers(workers)
         except DeploymentFailed as err:
             self.state, self.error = "failed", f"{err}\n{err.log_tail}".rstrip()
+            raise
+        except asyncio.CancelledError:
+            self.state = "stopped"
             raise
         self.state, self.error = "ready", ""
 
