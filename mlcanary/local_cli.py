@@ -191,11 +191,14 @@ def local_up(stage_file: Path, policy_pack_config: Path | None, preview: bool, n
     settings = _policy_settings(policy_pack_config)
     client = _client(state_dir)
     try:
-        # One hold from the gate's judgement to the end of the apply: no other stage lands in between.
-        with stage_lock(client.root, str(stage_file), not no_wait, lambda message: click.echo(message, err=True)):
-            _gate_and_apply(stage_file, stack, client, settings, preview, output_format)
+        with _sigterm_interrupts():
+            # One hold from the gate's judgement to the end of the apply: no other stage lands in between.
+            with stage_lock(client.root, str(stage_file), not no_wait, lambda message: click.echo(message, err=True)):
+                _gate_and_apply(stage_file, stack, client, settings, preview, output_format)
     except StageLocked as err:
         _fail(str(err))
+    except KeyboardInterrupt:  # before the apply began (waiting for the lock, judging): nothing changed
+        _fail("cancelled before the stage changed anything", EXIT_INTERRUPTED)
 
 
 def _gate_and_apply(stage_file: Path, stack, client, settings, preview: bool, output_format: str) -> None:

@@ -15,6 +15,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 import zlib
@@ -563,3 +564,37 @@ def test_a_worker_that_cannot_restart_is_retried_less_and_less_often(client, tmp
         runtime_log(client))
     assert [score(target).status_code for _ in range(5)] == [200] * 5  # the other instance serves
     client.delete_endpoint("ep-backoff")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_local_up_interrupted_while_waiting_for_another_stage_changes_nothing(tmp_path, sig):
+    from test_local_cli import STAGE
+
+    state = tmp_path / "state"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, pathlib; from mlcanary.local_runtime.stage_lock import stage_lock\n"
+         "with stage_lock(pathlib.Path(sys.argv[1]), 'stage-3-green-dark.yaml'):\n"
+         "    print('held', flush=True); sys.stdin.read()", str(state)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        waiting = mlcanary("local", "up", STAGE["1"], state=state)
+        assert wait_for(lambda: waiting.poll() is None and _stage_lock_waiters(state), 60)
+        waiting.send_signal(sig)
+        out, err = waiting.communicate(timeout=60)
+    finally:
+        holder.communicate("", timeout=30)
+    assert waiting.returncode == 130, (out, err)
+    assert "waiting for the other stage change to finish" in err
+    assert "cancelled before the stage changed anything" in err and "Traceback" not in err
+    assert RuntimeClient(state).base_url() is None  # nothing started
+
+
+def _stage_lock_waiters(state: Path) -> bool:
+    """Some process other than the holder has the stage lock file open (it is blocked in flock)."""
+    target = str(paths.stage_lock_file(state))
+    holders = 0
+    for fd_dir in Path("/proc").glob("[0-9]*/fd"):
+        with contextlib.suppress(OSError):
+            holders += any(os.readlink(fd) == target for fd in fd_dir.iterdir())
+    return holders >= 2
