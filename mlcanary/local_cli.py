@@ -590,6 +590,7 @@ def rehearse(stage_files: tuple[Path, ...], count: int, request_file: Path, keep
     requests it answered. All stage files are validated before the first is applied. A rehearsal
     never touches an endpoint it did not create.
     """
+    from mlcanary.local_runtime.apply import ApplyCancelled
     from mlcanary.local_runtime.sandbox import interruptible, private_runtime
 
     stages = [(path, _load(path)) for path in stage_files]  # refuse an invalid stage before anything changes
@@ -620,7 +621,7 @@ def rehearse(stage_files: tuple[Path, ...], count: int, request_file: Path, keep
                     run(client)
             else:
                 _rehearse_in(_client(state_dir), endpoints, keep, run)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, ApplyCancelled):  # an apply turns an interrupt into ApplyCancelled
         _finish_reports(console, reports, count, output_format)
         where = (f"deleted endpoint(s) {', '.join(sorted(endpoints))} it created" if state_dir
                  else "stopped its private runtime and removed its state directory")
