@@ -22,6 +22,9 @@ import requests
 import urllib3
 from azure.core.credentials import AccessToken
 
+from azure.ai.ml._restclient.arm_ml_service import models as rest
+
+from azure_rest import rest_problems
 from mlcanary.components.uploads import WorkspaceAssetProvider, content_hash
 
 SUBSCRIPTION, RESOURCE_GROUP, WORKSPACE_NAME = "sub-1", "ml-prod-rg", "ml-prod-ws"
@@ -34,6 +37,10 @@ PENDING_CONTAINER = "pending-upload-7f3c"
 PENDING_SAS = "sv=2021-08-06&sr=c&sp=racwl&se=2099-01-01T00%3A00%3A00Z&sig=pending-upload-signature"
 DATASTORE_KEY = "ZGF0YXN0b3JlLWFjY291bnQta2V5"  # base64 "datastore-account-key"
 TOKEN = "fake-aad-token"
+# Version PUT bodies are judged by Azure's REST models (tests/azure_rest.py), as Azure would.
+VERSION_MODELS = {"models": rest.ModelVersion, "codes": rest.CodeVersion}
+# azure-ai-ml itself sends the code hash version as a JSON number where the REST model says string; Azure takes it.
+AZURE_ACCEPTS = {"body.properties.properties.hash_version: must be a string, got 202208"}
 
 
 class FakeCredential:
@@ -139,6 +146,9 @@ class FakeAzure:
                 "pendingUploadType": "TemporaryBlobReference",
             }
         if version and call.method == "PUT":
+            problems = [p for p in rest_problems(VERSION_MODELS[version[1]], call.json()) if p not in AZURE_ACCEPTS]
+            if problems:
+                return 400, {}, {"error": {"code": "UserError", "message": "; ".join(problems)}}
             stored = {**call.json(), "id": path, "name": version[3], "type":
                       f"Microsoft.MachineLearningServices/workspaces/{version[1]}/versions"}
             # Azure echoes the version with its server-side fields (an empty `flavors` map for a custom model).
@@ -370,3 +380,57 @@ def test_ignored_env_and_pycache_make_no_new_version(tmp_path, kind, ignore_file
     (root / "util").mkdir(exist_ok=True)
     (root / "util" / "new.py").write_text("Y = 2\n")  # an uploaded file does make a new version
     assert WorkspaceAssetProvider().diff("id", before, {**before, "content_hash": content_hash(str(root))}).changes
+
+
+def az_ml_registers(deployment_file) -> None:
+    """What `az ml online-deployment create -f` does with the file's local model and code, up to the deployment PUT."""
+    from azure.ai.ml import MLClient, load_online_deployment
+    from azure.ai.ml._utils._endpoint_utils import upload_dependencies
+    from azure.ai.ml.operations._operation_orchestrator import OperationOrchestrator
+
+    client = MLClient(FakeCredential(), SUBSCRIPTION, RESOURCE_GROUP, WORKSPACE_NAME)
+    operations = client.online_deployments
+    deployment = load_online_deployment(deployment_file)
+    orchestrator = OperationOrchestrator(operations._all_operations, operations._operation_scope,
+                                         operations._operation_config)
+    upload_dependencies(deployment, orchestrator, operations._credentials)
+
+
+def signed_by(call: Call) -> str:
+    return "SAS" if "sig" in call.query else call.headers.get("Authorization", "nothing").split(" ")[0]
+
+
+def comparable(azure: FakeAzure) -> dict:
+    """The model and code the requests register, with the random name azure-ai-ml gives anonymous code removed."""
+    model, code = azure.version_put("models"), azure.version_put("codes")
+    code_name = re.search(r"/codes/([^/]+)/", code.path)[1]
+    return {
+        "model": (model.path, model.json()),
+        "code": (code.path.replace(code_name, "<name>"), code.json()),
+        "blobs": sorted(azure.blobs),
+        "calls": sorted({(c.method, c.path.replace(code_name, "<name>"), signed_by(c)) for c in azure.calls}),
+    }
+
+
+def test_the_provider_registers_what_az_ml_registers_for_a_deployment_with_local_folders(monkeypatch, tmp_path):
+    model = folder(tmp_path, "model", {**MODEL_FILES, ".gitignore": IGNORE_RULES, ".env": "API_KEY=not-for-azure"})
+    code = folder(tmp_path, "code", {**CODE_FILES, ".amlignore": IGNORE_RULES, "__pycache__/x.pyc": "bytecode"})
+    deployment_file = tmp_path / "blue.yml"
+    deployment_file.write_text(
+        "name: blue\nendpoint_name: fraud-scorer\nmodel:\n  path: ./model\n"
+        "code_configuration:\n  code: ./code\n  scoring_script: score.py\n"
+        "environment: azureml:sklearn-env:3\ninstance_type: Standard_DS3_v2\ninstance_count: 1\n")
+    monkeypatch.setattr("azure.identity.DefaultAzureCredential", FakeCredential)
+
+    seen = {}
+    for who in ("az ml", "mlcanary"):
+        azure = FakeAzure()
+        monkeypatch.setattr(requests.adapters.HTTPAdapter, "send",
+                            lambda adapter, request, _azure=azure, **kwargs: _azure.send(adapter, request, **kwargs))
+        if who == "az ml":
+            az_ml_registers(deployment_file)
+        else:
+            create("model", model)
+            create("code", code)
+        seen[who] = comparable(azure)
+    assert seen["mlcanary"] == seen["az ml"]
