@@ -44,17 +44,21 @@ AZURE_ACCEPTS = {"body.properties.properties.hash_version: must be a string, got
 
 
 class FakeCredential:
-    """A token credential: what DefaultAzureCredential would be after `az login`."""
+    """A token credential: what DefaultAzureCredential would be after `az login`. Remembers the scopes asked."""
+
+    scopes: list[str] = []
 
     def __init__(self, *_args, **_kwargs):
         pass
 
-    def get_token(self, *_scopes, **_kwargs):
+    def get_token(self, *scopes, **_kwargs):
+        FakeCredential.scopes.extend(scopes)
         return AccessToken(TOKEN, int(time.time()) + 3600)
 
-    def get_token_info(self, *_scopes, **_kwargs):
+    def get_token_info(self, *scopes, **_kwargs):
         from azure.core.credentials import AccessTokenInfo
 
+        FakeCredential.scopes.extend(scopes)
         return AccessTokenInfo(TOKEN, int(time.time()) + 3600)
 
 
@@ -86,6 +90,8 @@ class FakeAzure:
     """Answers ARM (management.azure.com) and blob storage the way Azure does; remembers every request."""
 
     datastore_credentials: str = "AccountKey"  # or "None": an identity-based datastore
+    arm_host: str = "management.azure.com"
+    storage_suffix: str = "core.windows.net"  # the cloud's storage endpoint suffix
     calls: list[Call] = field(default_factory=list)
     blobs: dict[str, bytes] = field(default_factory=dict)  # "<container>/<blob name>" -> content
     assets: dict[str, dict] = field(default_factory=dict)  # ARM path of a version -> its stored resource
@@ -109,9 +115,9 @@ class FakeAzure:
         return adapter.build_response(request, raw)
 
     def answer(self, call: Call) -> tuple[int, dict, object]:
-        if call.host == "management.azure.com":
+        if call.host == self.arm_host:
             return self.arm(call)
-        if call.host == ACCOUNT_HOST:
+        if call.host == self.account_host:
             return self.blob(call)
         return 404, {}, {"error": {"code": "NotFound", "message": f"no such host in this test: {call.host}"}}
 
@@ -136,11 +142,11 @@ class FakeAzure:
         if version and version[4] and call.method == "POST":
             return 200, {}, {
                 "blobReferenceForConsumption": {
-                    "blobUri": f"https://{ACCOUNT_HOST}/{PENDING_CONTAINER}",
+                    "blobUri": f"https://{self.account_host}/{PENDING_CONTAINER}",
                     "storageAccountArmId": f"/subscriptions/{SUBSCRIPTION}/resourceGroups/{RESOURCE_GROUP}/providers"
                                            f"/Microsoft.Storage/storageAccounts/{STORAGE_ACCOUNT}",
                     "credential": {"credentialType": "SAS",
-                                   "sasUri": f"https://{ACCOUNT_HOST}/{PENDING_CONTAINER}?{PENDING_SAS}"},
+                                   "sasUri": f"https://{self.account_host}/{PENDING_CONTAINER}?{PENDING_SAS}"},
                 },
                 "pendingUploadId": "0c6d4a1e-pending",
                 "pendingUploadType": "TemporaryBlobReference",
@@ -187,7 +193,7 @@ class FakeAzure:
             "type": "Microsoft.MachineLearningServices/workspaces/datastores",
             "properties": {
                 "datastoreType": "AzureBlob", "isDefault": True, "accountName": STORAGE_ACCOUNT,
-                "containerName": DATASTORE_CONTAINER, "endpoint": "core.windows.net", "protocol": "https",
+                "containerName": DATASTORE_CONTAINER, "endpoint": self.storage_suffix, "protocol": "https",
                 "credentials": {"credentialsType": self.datastore_credentials},
             },
         }
@@ -215,11 +221,15 @@ class FakeAzure:
         return 404, {"x-ms-error-code": "BlobNotFound"}, b""
 
     # -- what the tests read ------------------------------------------------------------------------
+    @property
+    def account_host(self) -> str:
+        return f"{STORAGE_ACCOUNT}.blob.{self.storage_suffix}"
+
     def arm_calls(self) -> list[Call]:
-        return [c for c in self.calls if c.host == "management.azure.com"]
+        return [c for c in self.calls if c.host == self.arm_host]
 
     def blob_puts(self) -> list[Call]:
-        return [c for c in self.calls if c.host == ACCOUNT_HOST and c.method == "PUT"]
+        return [c for c in self.calls if c.host == self.account_host and c.method == "PUT"]
 
     def version_put(self, kind: str) -> Call:
         (put,) = [c for c in self.arm_calls() if c.method == "PUT" and f"/{kind}/" in c.path]
@@ -236,6 +246,7 @@ def azure(monkeypatch):
     monkeypatch.setattr(requests.adapters.HTTPAdapter, "send",
                         lambda adapter, request, **kwargs: fake.send(adapter, request, **kwargs))
     monkeypatch.setattr("azure.identity.DefaultAzureCredential", FakeCredential)
+    monkeypatch.setattr(FakeCredential, "scopes", [])
     return fake
 
 
@@ -434,3 +445,17 @@ def test_the_provider_registers_what_az_ml_registers_for_a_deployment_with_local
             create("code", code)
         seen[who] = comparable(azure)
     assert seen["mlcanary"] == seen["az ml"]
+
+
+@pytest.mark.parametrize("kind", ["code", "model"])
+def test_a_sovereign_cloud_is_reached_at_its_own_hosts(azure, tmp_path, kind):
+    azure.arm_host, azure.storage_suffix = "management.chinacloudapi.cn", "core.chinacloudapi.cn"
+    azure.datastore_credentials = "None"
+    root = folder(tmp_path, kind, CODE_FILES if kind == "code" else MODEL_FILES)
+    result = create(kind, root, cloud="AzureChinaCloud")
+    assert result.id == azure.version_put(f"{kind}s").path
+    assert {c.host for c in azure.calls} == {"management.chinacloudapi.cn", f"{STORAGE_ACCOUNT}.blob.core.chinacloudapi.cn"}
+    assert azure.blob_puts()
+    assert set(FakeCredential.scopes) <= {"https://management.chinacloudapi.cn/.default",
+                                          "https://storage.azure.com/.default"}
+    assert "https://management.chinacloudapi.cn/.default" in FakeCredential.scopes
