@@ -5,6 +5,12 @@ azure-ai-ml's service clients and azure-storage-blob use) is answered by `FakeAz
 workspace, datastore, datastore-secrets, pending-upload, asset-version and blob calls the way Azure does,
 and records every request. The credential is a fake token credential (DefaultAzureCredential is patched).
 The tests then read the recorded requests, as Azure would see them.
+
+What azure-ai-ml sends (1.35): a model folder - GET the name's latest version (404: new), GET the
+workspaceblobstore datastore, POST its listSecrets (account-key datastores only), HEAD/PUT each blob under
+LocalUpload/<hash>/<folder> plus a metadata PUT, PUT models/<name>/versions/1. A code folder - GET code
+versions by content hash (reuse), POST startPendingUpload, HEAD/PUT each blob with the returned SAS, PUT
+codes/<name>/versions/1. No workspace GET and nothing on Microsoft.Storage (no listKeys).
 """
 
 from __future__ import annotations
@@ -454,7 +460,8 @@ def test_a_sovereign_cloud_is_reached_at_its_own_hosts(azure, tmp_path, kind):
     root = folder(tmp_path, kind, CODE_FILES if kind == "code" else MODEL_FILES)
     result = create(kind, root, cloud="AzureChinaCloud")
     assert result.id == azure.version_put(f"{kind}s").path
-    assert {c.host for c in azure.calls} == {"management.chinacloudapi.cn", f"{STORAGE_ACCOUNT}.blob.core.chinacloudapi.cn"}
+    assert {c.host for c in azure.calls} == {"management.chinacloudapi.cn",
+                                             f"{STORAGE_ACCOUNT}.blob.core.chinacloudapi.cn"}
     assert azure.blob_puts()
     assert set(FakeCredential.scopes) <= {"https://management.chinacloudapi.cn/.default",
                                           "https://storage.azure.com/.default"}
