@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -102,6 +103,11 @@ def rollout(stage_file: Path, to, from_, steps, interval, mirror, mirror_for, ba
             _fail(str(err), 2)
     if resume and not record:
         _fail("--resume needs --record (the record of the interrupted rollout)", 2)
+    for option, path in (("--record", record), ("--plot", plot)):
+        if path is not None and not path.parent.is_dir():
+            _fail(f"{option} {path}: the folder {path.parent} does not exist", 2)
+        if path is not None and path.is_dir():
+            _fail(f"{option} {path}: is a folder; give a file name", 2)
     missing = _missing_modules(plan.target, plot)
     if missing:
         _fail(f"{missing} is not installed: pip install -e '.[local,rollout]'", 2)
@@ -178,12 +184,18 @@ def _run(plan, settings, policy_pack_config, record, plot, resume, output_format
         report = load.stop() if load else None
         recorder.close()
     if report is not None:
-        recorder.events.append({"event": "load", "sent": report.sent, "failed": report.failed})
+        recorder.events.append({"time": round(time.time(), 3), "event": "load", "sent": report.sent,
+                                "failed": report.failed})
     if plot:
         from mlcanary.rollout.plot import plot_record
 
         events = read_record(record) if record else recorder.events
-        plot_record(events, plot, f"mlcanary rollout {plan.endpoint}: {options.baseline} -> {options.to} ({outcome.decision})")
+        try:
+            plot_record(events, plot, f"mlcanary rollout {plan.endpoint}: {options.baseline} -> {options.to} "
+                                      f"({outcome.decision})")
+        except (OSError, ValueError) as err:  # the rollout's outcome stands; only the picture is missing
+            click.echo(f"warning: could not draw {plot}: {err}", err=True)
+            plot = None
     _print_outcome(console, outcome, runner.view, report, record, plot, output_format, options.alpha)
     return outcome.exit_code
 
@@ -223,11 +235,16 @@ def _edges(plan, policy_pack_config, stack, metrics_region, state_dir):
     return applier, azure_source(endpoint_id, region), None
 
 
+def _shares(traffic: dict) -> str:
+    """{'blue': 90, 'green': 10} as a user reads it: 'blue 90, green 10'."""
+    return ", ".join(f"{name} {share}" for name, share in traffic.items()) or "none"
+
+
 def _table(view):
     from rich.table import Table
 
-    table = Table(title=f"step {view.index}/{view.steps}: {view.step}   live {view.traffic}"
-                        + (f"   mirror {view.mirror}" if view.mirror else "") + f"   {view.elapsed_s:.0f} s",
+    table = Table(title=f"step {view.index}/{view.steps}: {view.step}   live {_shares(view.traffic)}"
+                        + (f"   mirror {_shares(view.mirror)}" if view.mirror else "") + f"   {view.elapsed_s:.0f} s",
                   caption=f"{view.status}   " + "  ".join(f"{k}: {v}" for k, v in view.judge.items()))
     for column in ("deployment", "requests", "errors", "error rate", "p90 ms", "p99 ms"):
         table.add_column(column, justify="left" if column == "deployment" else "right")
@@ -251,9 +268,9 @@ def _print_plan(plan, written: list[Path], output_format: str) -> None:
     click.echo(f"rollout of {o.to} on {plan.endpoint} from {plan.stage_file} (baseline {o.baseline}, judge {o.judge}, "
                f"interval {o.interval_s:g} s, min requests {o.min_requests})")
     for stage in stages:
-        mirror = f", mirror {stage['mirror']}" if stage["mirror"] else ""
-        click.echo(f"  {stage['step']}. {stage['label']:>12}: live {stage['traffic']}{mirror}")
-    click.echo(f"  rollback: live {plan.rollback.traffic}")
+        mirror = f", mirror {_shares(stage['mirror'])}" if stage["mirror"] else ""
+        click.echo(f"  {stage['step']}. {stage['label']:>12}: live {_shares(stage['traffic'])}{mirror}")
+    click.echo(f"  rollback: live {_shares(plan.rollback.traffic)}")
     click.echo(f"gate: all {len(stages) + 1} stages and {len(stages)} transitions pass (spec, policy pack, transition rules)")
     for path in written:
         click.echo(f"wrote {path}")

@@ -102,3 +102,19 @@ def test_an_azure_rollout_runs_pulumi_up_per_step_with_azure_monitor_metrics(moc
 def test_an_azure_rollout_needs_a_stack(tmp_path):
     result = run(str(PROJECT_DIR / "stacks" / "stage-3-green-dark.yaml"), "--to", "green")
     assert result.exit_code == 2 and "give --stack NAME" in result.output
+
+
+@pytest.mark.parametrize("option", ["--record", "--plot"])
+def test_a_record_or_plot_in_a_missing_folder_is_refused_before_anything_changes(option, tmp_path):
+    """Found by a newcomer: --record into a missing folder was a FileNotFoundError traceback after the plan."""
+    from click.testing import CliRunner
+
+    from mlcanary.cli import main
+
+    target = tmp_path / "missing" / "out.file"
+    result = CliRunner().invoke(main, ["rollout", str(PROJECT_DIR / "stacks" / "local" / "stage-3-green-dark.yaml"),
+                                       "--to", "green", option, str(target), "--state-dir", str(tmp_path / "state")])
+    assert result.exit_code == 2, result.output
+    assert f"{option} {target}: the folder {target.parent} does not exist" in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    assert not (tmp_path / "state").exists()  # no runtime was started

@@ -97,6 +97,16 @@ def test_a_good_target_is_promoted_step_by_step_and_the_baseline_deleted(runtime
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_a_plot_without_a_record_is_drawn_from_the_rollout_itself(runtime, endpoint, tmp_path):
+    """Found by a newcomer: --plot without --record crashed (KeyError) after promoting, exit 1."""
+    plot = tmp_path / "only-plot.png"
+    result = rollout(runtime, stage(tmp_path, endpoint), "--to", "green", "--steps", "50,100", "--interval", "1s",
+                     "--min-requests", "3", "--plot", str(plot), *GOOD, *load_args(20))
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["decision"] == "promoted" and "Traceback" not in result.stderr
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 def test_a_target_failing_30_percent_is_rolled_back_within_two_intervals(runtime, endpoint, tmp_path):
     record, interval = tmp_path / "record.jsonl", 3.0
     # At 80 requests/s the 10 % step alone rolls back in 99 % of simulated runs, two steps in all of them.

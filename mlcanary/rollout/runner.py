@@ -238,7 +238,8 @@ class Runner:
         self._status(f"interrupted: back to {good.label}")
         with _signals_deferred():
             error = self._apply_quietly(good)
-        message = (f"interrupted; left at the last good step ({good.label}: traffic {good.traffic}); "
+        traffic = ", ".join(f"{name} {share}" for name, share in good.traffic.items())
+        message = (f"left at the last good step ({good.label}: live {traffic}); "
                    "continue with --resume" + (f"\nsetting it failed: {error}" if error else ""))
         self.recorder.write("decision", decision="interrupted", step=good.label, lastGood=self.last_good,
                             judgeState=self.judge.state(), targetServed=self.target_served, exitCode=exit_code)
