@@ -581,14 +581,20 @@ def logs(endpoint: str, deployment: str, lines: int, follow: bool, generation: s
               help="Rehearse in the runtime of this state directory; refused if a stage's endpoint already exists "
               "there. Default: a private runtime in a temporary directory, removed when the rehearsal ends "
               "(also when it fails or is interrupted).")
+@click.option(
+    "--policy-pack-config", type=click.Path(path_type=Path),
+    help="Policy levels and knobs, as for `mlcanary check` (see policies/policy-config.sample.json).",
+)
 def rehearse(stage_files: tuple[Path, ...], count: int, request_file: Path, keep: bool, output_format: str,
-             state_dir: Path | None) -> None:
+             state_dir: Path | None, policy_pack_config: Path | None) -> None:
     """Apply local STAGE_FILES in order and, at each stage, send probe traffic and compare.
 
     For every stage, a table per deployment, printed as the stage completes: configured vs observed
     live share, configured mirror share and mirrored requests, errors, and p50/p99 latency of the
     requests it answered. All stage files are validated before the first is applied. A rehearsal
-    never touches an endpoint it did not create.
+    never touches an endpoint it did not create. Before anything starts, the stages pass the gate
+    `mlcanary check` applies (policy pack on each stage, transition rules on each step): a mandatory
+    violation refuses the rehearsal (exit 1), as it would refuse `local up` of that step.
     """
     from mlcanary.local_runtime.apply import ApplyCancelled
     from mlcanary.local_runtime.sandbox import interruptible, private_runtime
@@ -596,6 +602,7 @@ def rehearse(stage_files: tuple[Path, ...], count: int, request_file: Path, keep
     stages = [(path, _load(path)) for path in stage_files]  # refuse an invalid stage before anything changes
     if keep and state_dir is None:
         _fail("--keep needs --state-dir: a private rehearsal runtime is removed when the rehearsal ends", 2)
+    _gate_rehearsal(list(stage_files), _policy_settings(policy_pack_config), output_format)
     body = _request_body(request_file)
     console = _console()
     reports: list = []
@@ -631,6 +638,22 @@ def rehearse(stage_files: tuple[Path, ...], count: int, request_file: Path, keep
         _fail(f"{err}\nThe rehearsal stopped after {len(reports)} of {len(stages)} stage(s) and removed what it started.")
     if _finish_reports(console, reports, count, output_format):
         sys.exit(1)
+
+
+def _gate_rehearsal(stage_files: list[Path], settings, output_format: str) -> None:
+    """The stages and the steps between them, judged as `mlcanary check STAGE_FILES` judges them."""
+    from mlcanary.check import check_stages
+    from mlcanary.violation_text import echo_violations
+
+    report = check_stages(stage_files, settings)
+    if report.errors:
+        _fail(str(report.errors[0]), 2)
+    if output_format == "text":
+        echo_violations(report.violations)
+    if report.count("mandatory"):
+        refused = [f"{v.stage}: {v.policy}: {v.message}" for v in report.violations if v.enforcementLevel == "mandatory"]
+        _fail("the rehearsal is refused by the gate `mlcanary check` applies; nothing was started:\n"
+              + "\n".join(f"  {line}" for line in refused))
 
 
 def _rehearse_in(client, endpoints: set[str], keep: bool, run) -> None:

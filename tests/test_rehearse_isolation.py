@@ -208,3 +208,19 @@ def test_an_interrupted_rehearsal_in_a_users_runtime_deletes_only_its_endpoint(s
     assert result.exit_code == 130
     assert "interrupted: the rehearsal deleted endpoint(s) fraud-scorer it created" in result.output
     assert list(RuntimeClient(state).status()["endpoints"]) == ["users-own"]
+
+
+def test_a_rehearsal_of_a_step_check_refuses_is_refused_before_anything_starts(tmp_path):
+    """Found by a newcomer: stage 5 then stage 7 (blue removed while it holds 90 %) rehearsed with exit 0,
+    although `check` and `local up` refuse that step."""
+    from click.testing import CliRunner
+
+    from mlcanary.cli import main
+
+    stages = [str(PROJECT_DIR / "stacks" / "local" / name) for name in ("stage-5-canary-green.yaml",
+                                                                       "stage-7-delete-blue.yaml")]
+    env = {"TMPDIR": str(tmp_path)}
+    result = CliRunner(env=env).invoke(main, ["rehearse", "--requests", "5", *stages])
+    assert result.exit_code == 1, result.output
+    assert "removed-deployment-had-no-traffic" in result.output and "nothing was started" in result.output
+    assert not list(tmp_path.glob("mlcanary-rehearse-*"))  # no private runtime was made
