@@ -247,6 +247,16 @@ def _gate_and_apply(stage_file: Path, stack, client, settings, preview: bool, ou
     _print_status(console, {"endpoints": {name: endpoint_status}})
 
 
+def _recorded_endpoints(client) -> list[str]:
+    """Endpoints a stopped runtime's state holds (what `local start` would bring back)."""
+    from mlcanary.local_runtime.running import current_endpoints
+
+    try:
+        return sorted(current_endpoints(client))
+    except _errors() as err:
+        _fail(str(err))
+
+
 def _policy_settings(path: Path | None):
     from mlcanary.check import policy_defaults
     from mlcanary.policy_config import PolicyConfigError, load_policy_config
@@ -307,11 +317,14 @@ def local_status(endpoint: str | None, output_format: str, state_dir: Path | Non
     """Show endpoints, deployments, traffic and request counts."""
     client = _client(state_dir)
     if client.base_url() is None:
+        recorded = _recorded_endpoints(client)
         if output_format == "json":
-            _echo_json({"running": False, "endpoints": {}})
+            _echo_json({"running": False, "endpoints": {}, "recorded": recorded})
+        elif recorded:
+            click.echo(f"no local runtime is running; its state holds endpoint(s) {', '.join(recorded)}: "
+                       "`mlcanary local start` brings them back, `mlcanary local down` deletes them")
         else:
-            click.echo("no local runtime is running (start one with `mlcanary local up STAGE_FILE`, or restore its "
-                       "state with `mlcanary local start`)")
+            click.echo("no local runtime is running (start one with `mlcanary local up STAGE_FILE`)")
         return
     try:
         status = client.status()
@@ -404,9 +417,15 @@ def local_down(endpoint: str | None, state_dir: Path | None) -> None:
     """Delete ENDPOINT, or without it every endpoint, and stop the runtime."""
     client = _client(state_dir)
     if client.base_url() is None:
-        click.echo("no local runtime is running")
-        return
+        recorded = _recorded_endpoints(client)
+        if not recorded:
+            click.echo("no local runtime is running")
+            return
+        # A stopped (or crashed) runtime's endpoints are still in its state: bring it back to delete them.
+        click.echo(f"no local runtime is running; its state holds endpoint(s) {', '.join(recorded)}: restoring to delete them",
+                   err=True)
     try:
+        client.ensure_running()
         if endpoint:
             client.delete_endpoint(endpoint)
             click.echo(f"deleted endpoint {endpoint}")

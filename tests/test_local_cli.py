@@ -10,7 +10,7 @@ from click.testing import CliRunner
 from conftest import PROJECT_DIR
 from mlcanary.local_runtime.client import RuntimeClient
 from mlcanary.cli import main
-from test_local_runtime import MODELS, stop_runtime
+from test_local_runtime import MODELS, stop_runtime, wait_for
 
 LOCAL = PROJECT_DIR / "stacks" / "local"
 STAGE = {p.stem.split("-")[1]: p for p in sorted(LOCAL.glob("stage-*.yaml"))}
@@ -127,3 +127,24 @@ def test_an_azure_stage_is_unusable_input_for_local_up(state):
     assert result.exit_code == 2  # an unusable input, like an invalid stage
     assert RuntimeClient(state).base_url() is None
     assert "this stage targets 'azure'; the local target applies local-target stages" in result.output
+
+
+def test_after_a_crash_status_names_the_recorded_endpoints_and_down_deletes_them(state):
+    """Found by a newcomer: after `kill -9` of the runtime, `local status` said only "no local runtime
+    is running" and `local down` left the recorded endpoint in place."""
+    import os
+    import signal
+
+    assert run(state, "local", "up", STAGE["1"]).exit_code == 0
+    client = RuntimeClient(state)
+    os.kill(client.pid(), signal.SIGKILL)
+    assert wait_for(lambda: client.base_url() is None, 30)
+    status = run(state, "local", "status")
+    assert status.exit_code == 0
+    assert "no local runtime is running; its state holds endpoint(s) fraud-scorer: `mlcanary local start`" in status.output
+    down = run(state, "local", "down")
+    assert down.exit_code == 0, down.output
+    assert "deleted endpoint fraud-scorer" in down.output and "stopped the local runtime" in down.output
+    assert client.base_url() is None
+    assert json.loads(run(state, "local", "status", "--format", "json").output) == {
+        "running": False, "endpoints": {}, "recorded": []}

@@ -344,6 +344,19 @@ def test_a_runtime_killed_while_a_deployment_starts_leaks_no_worker(own_runtime)
     assert runtime.status()["endpoints"]["ep-leak"]["deployments"] == {}
 
 
+def test_workers_of_a_runtime_killed_with_sigkill_stop_by_themselves(own_runtime):
+    """Found by a newcomer: after `kill -9` of the runtime its workers kept running (re-parented to
+    PID 1) until the next start swept them. Now they stop without any new start."""
+    runtime = own_runtime()
+    serve(runtime, "ep-orphans", {"blue": spec("blue", 2)}, {"blue": 100})
+    socket_marker = f"unix:{runtime.root / 'sock'}/"
+    workers = [int(p) for p in subprocess.run(["pgrep", "-f", socket_marker], capture_output=True, text=True).stdout.split()]
+    assert len(workers) >= 4  # two gunicorn masters, each with its worker child
+    os.kill(runtime.pid(), signal.SIGKILL)
+    for pid in workers:
+        assert wait_for(lambda pid=pid: not Path(f"/proc/{pid}").exists() or b"Z" in _state_of(pid), 20), pid
+
+
 def _state_of(pid: int) -> bytes:
     try:
         return Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[1].split()[0]

@@ -46,7 +46,7 @@ def test_check_json_reports_a_bad_policy_config_as_an_object(tmp_path):
 
 def test_status_json_without_a_runtime(state):
     result = run(state, "local", "status", "--format", "json")
-    assert result.exit_code == 0 and json.loads(result.stdout) == {"running": False, "endpoints": {}}
+    assert result.exit_code == 0 and json.loads(result.stdout) == {"running": False, "endpoints": {}, "recorded": []}
 
 
 def test_up_status_keys_and_invoke_as_json(state):

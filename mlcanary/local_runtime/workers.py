@@ -24,6 +24,27 @@ from pathlib import Path
 from typing import Any
 
 from mlcanary.local_runtime.snapshots import served_path
+
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def _parent_death_signal() -> Callable[[], None] | None:
+    """A pre-exec hook that makes the kernel send SIGTERM to a worker when the runtime that started it
+    dies, even by SIGKILL: gunicorn then stops its own child, and a crashed runtime leaves no worker
+    behind serving nobody (Linux; elsewhere the next start's orphan sweep is the only cleanup)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    runtime_pid = os.getpid()
+
+    def hook() -> None:
+        prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != runtime_pid:  # it died between fork and prctl
+            os._exit(1)
+
+    return hook
 from mlcanary.local_runtime.upstream import Upstream
 
 WSGI_APP = "azureml_inference_server_http.server.entry:app"
@@ -195,7 +216,7 @@ class Worker:
                     "--keep-alive", f"{worker_keepalive_s():g}",
                     "--timeout", str(timeout_s), "--graceful-timeout", "5", WSGI_APP,
                     cwd=str(code), env=env, stdout=log, stderr=asyncio.subprocess.STDOUT,
-                    stdin=asyncio.subprocess.DEVNULL, start_new_session=True,
+                    stdin=asyncio.subprocess.DEVNULL, start_new_session=True, preexec_fn=_parent_death_signal(),
                 )
         except OSError as err:
             if err.errno == errno.ENOSPC:
