@@ -218,7 +218,8 @@ def _gate_and_apply(stage_file: Path, stack, client, settings, preview: bool, ou
         if output_format == "json":
             _echo_json({**document, "result": "refused" if refused else "preview", "changes": plan.as_json()})
         else:
-            click.echo(f"{'would apply' if not refused else 'refused'} {stage_file} to endpoint {name}:")
+            click.echo(f"refused {stage_file}; it would have changed endpoint {name}:" if refused
+                       else f"would apply {stage_file} to endpoint {name}:")
             click.echo("\n".join(plan.lines()))
         if refused:
             _fail(f"{stage_file}: refused by a mandatory policy (above); nothing was changed")
