@@ -143,25 +143,6 @@ def local() -> None:
 EXIT_INTERRUPTED = 130  # as a shell reports a Ctrl-C; SIGTERM during an apply is handled the same way
 
 
-def _sigterm_interrupts():
-    """SIGTERM interrupts like Ctrl-C, so a terminated apply cancels what it started (apply.py)."""
-    import contextlib
-    import signal
-
-    @contextlib.contextmanager
-    def installed():
-        def interrupt(_signum, _frame):
-            raise KeyboardInterrupt
-
-        previous = signal.signal(signal.SIGTERM, interrupt)
-        try:
-            yield
-        finally:
-            signal.signal(signal.SIGTERM, previous)
-
-    return installed()
-
-
 @local.command("up")
 @click.argument("stage_file", type=click.Path(path_type=Path))
 @click.option(
@@ -185,13 +166,14 @@ def local_up(stage_file: Path, policy_pack_config: Path | None, preview: bool, n
     One stage change at a time: a second `local up` waits for the first (and says so), or with
     --no-wait fails at once.
     """
+    from mlcanary.local_runtime.interrupts import sigterm_interrupts
     from mlcanary.local_runtime.stage_lock import StageLocked, stage_lock
 
     stack = _load(stage_file)
     settings = _policy_settings(policy_pack_config)
     client = _client(state_dir)
     try:
-        with _sigterm_interrupts():
+        with sigterm_interrupts():
             # One hold from the gate's judgement to the end of the apply: no other stage lands in between.
             with stage_lock(client.root, str(stage_file), not no_wait, lambda message: click.echo(message, err=True)):
                 _gate_and_apply(stage_file, stack, client, settings, preview, output_format)
@@ -617,7 +599,8 @@ def rehearse(stage_files: tuple[Path, ...], count: int, request_file: Path, keep
     violation refuses the rehearsal (exit 1), as it would refuse `local up` of that step.
     """
     from mlcanary.local_runtime.apply import ApplyCancelled
-    from mlcanary.local_runtime.sandbox import interruptible, private_runtime
+    from mlcanary.local_runtime.interrupts import sigterm_interrupts
+    from mlcanary.local_runtime.sandbox import private_runtime
 
     stages = [(path, _load(path)) for path in stage_files]  # refuse an invalid stage before anything changes
     if keep and state_dir is None:
@@ -641,7 +624,7 @@ def rehearse(stage_files: tuple[Path, ...], count: int, request_file: Path, keep
 
     endpoints = {stack.endpoint.name for _, stack in stages}
     try:
-        with interruptible():
+        with sigterm_interrupts():
             if state_dir is None:
                 _client(None)  # the `local` extra is installed
                 with private_runtime() as client:
@@ -679,7 +662,8 @@ def _gate_rehearsal(stage_files: list[Path], settings, output_format: str) -> No
 def _rehearse_in(client, endpoints: set[str], keep: bool, run) -> None:
     """Rehearse in a runtime of the user's: only endpoints that are not there yet, removed again afterwards
     (unless --keep and the rehearsal succeeded); a runtime started for the rehearsal is stopped again."""
-    from mlcanary.local_runtime.sandbox import existing_endpoints, uninterrupted
+    from mlcanary.local_runtime.interrupts import interrupts_ignored
+    from mlcanary.local_runtime.sandbox import existing_endpoints
 
     try:
         taken = endpoints & existing_endpoints(client)
@@ -695,7 +679,7 @@ def _rehearse_in(client, endpoints: set[str], keep: bool, run) -> None:
         succeeded = True
     finally:
         if not (keep and succeeded) and client.base_url() is not None:
-            with uninterrupted():
+            with interrupts_ignored():
                 for name in endpoints & set(client.status()["endpoints"]):
                     client.delete_endpoint(name)
                 if started_here and not client.status()["endpoints"]:

@@ -13,17 +13,16 @@ start limit (workers.StartLimit: the readiness probe's initialDelay + failureThr
 
 from __future__ import annotations
 
-import contextlib
-import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from mlcanary.components.spec import DeploymentSpec, EndpointSpec, StackSpec
 from mlcanary.components.uploads import content_hash
 from mlcanary.local_runtime.client import RuntimeClient, RuntimeRefusal
+from mlcanary.local_runtime.interrupts import interrupts_ignored
 from mlcanary.local_runtime.snapshots import PINNED
 from mlcanary.local_runtime.stage_lock import StageLocked, stage_lock
 from mlcanary.local_runtime.plan import Plan, plan_stage, transition_view
@@ -129,7 +128,7 @@ def _put_deployment(client: RuntimeClient, endpoint: str, name: str, payload: di
                      f"({limit.explained()})")
             done.wait(PROGRESS_EVERY_S)
     except KeyboardInterrupt:
-        with _interrupts_ignored():
+        with interrupts_ignored():
             progress(f"cancelling: stopping {name}")
             deadline = time.monotonic() + CANCEL_WAIT_S
             # The request may not have reached the runtime yet: ask until the change is found, or is over.
@@ -141,20 +140,6 @@ def _put_deployment(client: RuntimeClient, endpoint: str, name: str, payload: di
         raise
     if "error" in outcome:
         raise outcome["error"]
-
-
-@contextlib.contextmanager
-def _interrupts_ignored() -> Iterator[None]:
-    """While an interrupted apply cleans up, further Ctrl-C / SIGTERM do not cut the cleanup short."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
 
 
 def _undo(client: RuntimeClient, endpoint: str, created: list[str], created_endpoint: bool) -> list[str]:
@@ -196,7 +181,7 @@ def _apply(stack: StackSpec, client: RuntimeClient, progress: Callable[[str], No
         except RuntimeRefusal as err:
             raise undo(f"{err}\n{err.body.get('logTail', '')}".rstrip()) from None
         except KeyboardInterrupt:
-            with _interrupts_ignored():
+            with interrupts_ignored():
                 now = client.status()["endpoints"].get(spec.name, {}).get("deployments", {}).get(name)
                 finished = now is not None and now["state"] == "ready" and now["spec"] == {**now["spec"], **payload}
                 if finished and name in plan.started:
@@ -209,7 +194,7 @@ def _apply(stack: StackSpec, client: RuntimeClient, progress: Callable[[str], No
         if name in plan.started:
             created.append(name)
 
-    with _interrupts_ignored():  # from here the stage completes: traffic and removals are quick
+    with interrupts_ignored():  # from here the stage completes: traffic and removals are quick
         progress("setting traffic")
         try:
             client.set_traffic(spec.name, spec.live_traffic, dict(spec.mirror_traffic))

@@ -3,7 +3,7 @@
 `private_runtime()` gives a runtime in a temporary state directory of its own and, when the block
 ends (success, failure, Ctrl-C or SIGTERM), stops that runtime and removes the directory.
 Whatever still holds a file in that directory afterwards (a worker whose start was
-interrupted) is killed too. `interruptible()` turns SIGTERM into KeyboardInterrupt for the block, so both signals unwind through
+interrupted) is killed too. `interrupts.sigterm_interrupts()` turns SIGTERM into KeyboardInterrupt for the block, so both signals unwind through
 the same `finally`. Pointed at a runtime of the user's, a rehearsal first checks that none of its
 endpoints already exists there (`existing_endpoints`).
 """
@@ -22,34 +22,10 @@ from pathlib import Path
 
 from mlcanary.local_runtime import paths
 from mlcanary.local_runtime.client import RuntimeClient
+from mlcanary.local_runtime.interrupts import interrupts_ignored
 from mlcanary.local_runtime.running import current_endpoints
 
 STOP_TIMEOUT_S = 60.0
-
-
-@contextlib.contextmanager
-def interruptible() -> Iterator[None]:
-    """SIGTERM raises KeyboardInterrupt inside the block, as Ctrl-C does; restored afterwards."""
-
-    def on_sigterm(_signum, _frame):
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, on_sigterm)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-@contextlib.contextmanager
-def uninterrupted() -> Iterator[None]:
-    """Clean-up runs to its end: a second Ctrl-C or SIGTERM while it runs is ignored."""
-    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
 
 
 @contextlib.contextmanager
@@ -60,7 +36,7 @@ def private_runtime() -> Iterator[RuntimeClient]:
     try:
         yield client
     finally:
-        with uninterrupted():
+        with interrupts_ignored():
             stop(client)
             stop_holders(root)
             shutil.rmtree(root, ignore_errors=True)

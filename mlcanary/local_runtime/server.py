@@ -30,7 +30,7 @@ from mlcanary.local_runtime.data_plane import Endpoint, free_port
 from mlcanary.local_runtime.metrics import Metrics
 from mlcanary.local_runtime.routing import Routing
 from mlcanary.local_runtime.supervision import Supervisor, WorkerRegistry, kill_orphans
-from mlcanary.local_runtime.workers import Deployment, DeploymentFailed, Worker, describe_os_error
+from mlcanary.local_runtime.workers import Deployment, Worker, describe_os_error
 
 log = logging.getLogger("mlcanary.local")
 
