@@ -115,7 +115,9 @@ def test_a_target_failing_30_percent_is_rolled_back_within_two_intervals(runtime
     assert result.returncode == 1, result.stderr
     summary = json.loads(result.stdout)
     assert summary["decision"] == "rolled back" and summary["step"] in ("10 %", "25 %")
-    assert summary["failure"]["judge"] == "sequential" and summary["failure"]["what"] == "error rate"
+    # A failing request is also a slow one (the inference server logs its traceback), so on a loaded machine
+    # the latency e-value can reach 1/alpha first (seen once in CI); either is the sequential judge catching it.
+    assert summary["failure"]["judge"] == "sequential" and summary["failure"]["what"] in ("error rate", "latency")
     assert summary["failure"]["eValue"] >= 20
     log = events(record)
     first_live = next(e["time"] for e in log if e["event"] == "step" and e["traffic"].get("green"))
