@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -23,6 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from mlcanary.local_runtime.client import RuntimeClient  # noqa: E402
+from mlcanary.local_runtime.sandbox import stop  # noqa: E402
 
 MODEL = ROOT / "tests" / "rollout_model"
 
@@ -83,12 +83,7 @@ def main() -> None:
             print(f"  first step -> promoted: {end - start:.2f} s vs the schedule's minimum {minimum:g} s "
                   f"({steps} steps x {args.interval:g} s): ratio {(end - start) / minimum:.2f}")
         finally:
-            pid = client.pid()
-            try:
-                client.shutdown(timeout_s=30)
-            except Exception:  # noqa: BLE001 - fall back to the PID
-                if pid:
-                    os.kill(pid, signal.SIGKILL)
+            stop(client)  # the runtime and its recorded workers, whatever state it is in
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ import requests
 from mlcanary.local_runtime import paths
 from mlcanary.local_runtime.client import RuntimeClient, RuntimeRefusal
 from mlcanary.local_runtime.protocol import CONTROL_TOKEN_HEADER, PIN_HEADER
+from mlcanary.local_runtime.sandbox import stop
 
 MODELS = Path(__file__).parent / "models"
 
@@ -34,13 +35,8 @@ def spec(name: str, count: int = 1, **env: str) -> dict:
 
 
 def stop_runtime(client: RuntimeClient) -> None:
-    """Stop the runtime by its PID, whatever state it is in."""
-    pid = client.pid()
-    try:
-        client.shutdown(timeout_s=30)
-    except Exception:  # noqa: BLE001 - fall back to the PID
-        if pid:
-            os.kill(pid, signal.SIGKILL)
+    """Stop the runtime and its recorded workers, whatever state it is in (the product's own clean-up)."""
+    stop(client)
 
 
 @pytest.fixture(scope="module")
