@@ -34,6 +34,45 @@ def test_local_metrics_become_counts_per_deployment():
     assert sum(green.live.buckets) == 4 and green.live.slower_than(0.005) == 2
 
 
+def test_header_pinned_requests_are_counted_apart_from_the_split():
+    """The runtime counts every answered request, and the pinned ones among them: the split's are the rest."""
+    metrics = Metrics()
+    metrics.of("ep", "green").observe(200, 0.002)  # routed by the split
+    for status in (200, 200, 500):
+        metrics.of("ep", "green").observe(status, 0.3, pinned=True)  # azureml-model-deployment: green
+    green = parse_local_metrics(metrics.prometheus(), "ep")["green"]
+    assert (green.live.requests, green.live.errors, sum(green.live.buckets)) == (1, 0, 1)
+    assert (green.pinned.requests, green.pinned.errors, green.pinned.errors_5xx) == (3, 1, 1)
+    assert green.live.slower_than(0.005) == 0  # the pinned slow requests are not the split's latency
+
+
+def test_a_restarted_runtime_counts_under_a_new_series_and_the_window_is_refused():
+    from mlcanary.rollout.counts import CountsRestarted, window
+
+    before_restart = Metrics()
+    for _ in range(5):
+        before_restart.of("ep", "green").observe(200, 0.01)
+    before = parse_local_metrics(before_restart.prometheus(), "ep")
+    after_restart = Metrics()  # a new runtime process: counts from zero
+    for _ in range(7):
+        after_restart.of("ep", "green").observe(200, 0.01)
+    after = parse_local_metrics(after_restart.prometheus(), "ep")
+    assert before["green"].series and before["green"].series != after["green"].series
+    with pytest.raises(CountsRestarted, match="green started again from zero"):
+        window(after, before)  # 7 > 5: only the series tells that these are not 2 new requests
+
+
+def test_a_counter_going_down_is_a_restart_not_negative_traffic():
+    from mlcanary.rollout.counts import Counts, CountsRestarted, DeploymentCounts, window
+
+    with pytest.raises(CountsRestarted):
+        window({"green": DeploymentCounts(Counts(3))}, {"green": DeploymentCounts(Counts(10))})
+    with pytest.raises(CountsRestarted):  # a deployment whose counts vanished (re-created, forgotten)
+        window({}, {"green": DeploymentCounts(Counts(10))})
+    assert window({"green": DeploymentCounts(Counts(12, 1))}, {"green": DeploymentCounts(Counts(10))})["green"].live \
+        == Counts(2, 1)
+
+
 # --- Azure Monitor --------------------------------------------------------------------------------
 
 def series(deployment: str, points: list[tuple[datetime, float]], status_class: str | None = None, field="total"):
@@ -145,11 +184,12 @@ def test_each_step_sets_the_traffic_in_the_stack_config_and_runs_up_with_the_pol
 
     expected = [
         {"mlcanary:endpoint.traffic.blue": "100", "mlcanary:endpoint.traffic.green": "0", "mlcanary:endpoint.mirrorTraffic.green": "10"},
+        {"mlcanary:endpoint.traffic.blue": "100", "mlcanary:endpoint.traffic.green": "0"},  # the mirror ends first
         {"mlcanary:endpoint.traffic.blue": "90", "mlcanary:endpoint.traffic.green": "10"},
         {"mlcanary:endpoint.traffic.blue": "0", "mlcanary:endpoint.traffic.green": "100"},
         {"mlcanary:endpoint.traffic.green": "100"},
     ]
-    removed = [[], [("mlcanary:endpoint.mirrorTraffic.green",)], [],
+    removed = [[], [("mlcanary:endpoint.mirrorTraffic.green",)], [], [],
                [("mlcanary:endpoint.traffic.blue",), ("mlcanary:endpoint.deployments.blue",)]]
     for step, values, removals in zip(plan.steps, expected, removed):
         applier.apply(step)
