@@ -223,14 +223,11 @@ def _run(plan, settings, policy_pack_config, record, plot, point, apply_stage, o
     from mlcanary.console import output_console
     from mlcanary.rollout.appliers import ApplyError
     from mlcanary.rollout.judges import make_judge
+    from mlcanary.rollout.plan import plan_json
     from mlcanary.rollout.record import Recorder, RecordError, new_rollout_id, read_record
     from mlcanary.rollout.runner import Runner
 
     options = plan.options
-    plan_json = {"endpoint": plan.endpoint, "stageFile": str(plan.stage_file.resolve()), "target": plan.target,
-                 **options.as_json(), "stages": [{"label": s.label, "traffic": s.traffic, "mirror": s.mirror_traffic}
-                                                 for s in plan.steps],
-                 "rollback": plan.rollback.traffic}
     judge = make_judge(options.judge, options.alpha, options.rules, options.failure_limit)
     start_index, judge_state, served = 0, None, 0
     if point is not None:
@@ -271,7 +268,7 @@ def _run(plan, settings, policy_pack_config, record, plot, point, apply_stage, o
         recorder = Recorder(record, rollout_id)
     except (RecordError, OSError) as err:
         _fail(str(err), 2)
-    recorder.write("plan", plan=plan_json, resumedAt=start_index if point is not None else None)
+    recorder.write("plan", plan=plan_json(plan), resumedAt=start_index if point is not None else None)
     load = None
 
     def start_load() -> None:

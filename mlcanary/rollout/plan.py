@@ -100,6 +100,14 @@ class Plan:
         return self.start.spec.target
 
 
+def plan_json(plan: Plan) -> dict[str, Any]:
+    """The plan as its record keeps it: what --resume re-derives and checks the stage file against."""
+    return {"endpoint": plan.endpoint, "stageFile": str(plan.stage_file.resolve()), "target": plan.target,
+            **plan.options.as_json(),
+            "stages": [{"label": s.label, "traffic": s.traffic, "mirror": s.mirror_traffic} for s in plan.steps],
+            "rollback": plan.rollback.traffic}
+
+
 def option_name(key: str) -> str:
     """`minRequests` -> `--min-requests`."""
     return "--" + "".join(f"-{c.lower()}" if c.isupper() else c for c in key)
