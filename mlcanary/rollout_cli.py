@@ -290,6 +290,8 @@ def _run(plan, settings, policy_pack_config, record, plot, point, apply_stage, o
         log(f"[{view.index}/{view.steps}] {view.step or 'start'}: {view.status}")
 
     live = Live(console=console, refresh_per_second=4, transient=True) if console.is_terminal else None
+    if plan.target == "local":
+        applier.progress = _throttled(log) if live is None else lambda text: None
     runner = Runner(plan, applier, source, judge, recorder, tick_s=tick,
                     on_update=(lambda view: live.update(_table(view))) if live else print_status,
                     on_decision=log)
@@ -318,6 +320,19 @@ def _run(plan, settings, policy_pack_config, record, plot, point, apply_stage, o
             plot = None
     _print_outcome(console, outcome, runner.view, report, record, plot, output_format, options.alpha, rollout_id)
     return outcome.exit_code
+
+
+def _throttled(log, every_s: float = 10.0):
+    """Off a terminal, an apply's progress ("green: waiting until healthy, 12 s of 310 s") every `every_s`."""
+    last = {"at": -every_s, "what": ""}
+
+    def progress(text: str) -> None:
+        what = text.split(":")[0]
+        if what != last["what"] or time.monotonic() - last["at"] >= every_s:
+            log(text)
+            last.update(at=time.monotonic(), what=what)
+
+    return progress
 
 
 def _edges(plan, policy_pack_config, stack, metrics_region, state_dir):

@@ -195,3 +195,24 @@ def test_a_record_or_plot_in_a_missing_folder_is_refused_before_anything_changes
     assert f"{option} {target}: the folder {target.parent} does not exist" in result.output
     assert result.exception is None or isinstance(result.exception, SystemExit)
     assert not (tmp_path / "state").exists()  # no runtime was started
+
+
+def test_the_live_table_fits_80_columns_and_shows_pinned_requests_apart():
+    """Before: on a 120-column terminal the status line wrapped; pinned requests were counted as the split's."""
+    from rich.console import Console
+
+    from mlcanary.rollout.counts import Counts
+    from mlcanary.rollout.runner import View
+    from mlcanary.rollout_cli import _table
+
+    view = View(step="50 %", index=2, steps=3, traffic={"blue": 50, "green": 50}, mirror={},
+                counts={"blue": Counts(123456, 3), "green": Counts(120000, 40)}, pinned={"green": Counts(55)},
+                judge={"judge": "sequential", "e(errors)": 12.345, "e(latency)": 0.5},
+                status="judging: 120000 of 100 requests to green", elapsed_s=12)
+    console = Console(width=120, record=True)
+    console.print(_table(view))
+    lines = console.export_text().splitlines()
+    assert max(len(line.rstrip()) for line in lines) <= 80
+    green = next(line for line in lines if "green" in line and "120000" in line)
+    assert green.split()[-2:] == ["55", "│"]  # pinned, in a column of its own
+    assert any("pinned: sent with the deployment header" in line for line in lines)
