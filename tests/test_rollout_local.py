@@ -191,7 +191,7 @@ def test_resume_after_sigterm_continues_from_the_last_good_step(runtime, endpoin
     record, stage_file = tmp_path / "record.jsonl", stage(tmp_path, endpoint)
     args = ["--to", "green", "--steps", "10,50,100", "--interval", "2s", "--min-requests", "5", *GOOD, *load_args(30)]
     command = [sys.executable, "-m", "mlcanary.cli", "rollout", str(stage_file), "--format", "json", *args,
-               "--record", str(record)]
+               "--record", str(record), "--apply-stage"]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                env={**os.environ, "MLCANARY_STATE_DIR": str(runtime.root)})
     deadline = time.monotonic() + 120
