@@ -245,7 +245,7 @@ class Runner:
                                         requests=step_t.requests, needed=options.min_requests, holds=holds,
                                         noDataWindows=gaps)
                     self.view.status = f"held {holds}/{options.max_hold}: {why}"
-                    self.on_decision(f"held {label}: {why} (hold {holds} of {options.max_hold})")
+                    self.on_decision(f"held {label}: {why} (hold {holds}; halts after {options.max_hold})")
                     if holds > options.max_hold:
                         return self._halt(index, label, step_t.requests, no_data if gaps else "")
             self.on_update(self.view)
