@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from mlcanary.local_cli import state_dir_option
+from mlcanary.cli_support import state_dir_option
 
 
 def _fail(message: str, code: int) -> None:
@@ -205,11 +205,11 @@ def _edges(plan, policy_pack_config, stack, metrics_region, state_dir):
     from mlcanary.rollout.appliers import ApplyError, LocalApplier, PulumiApplier
 
     if plan.target == "local":
-        from mlcanary.local_cli import _client
+        from mlcanary.cli_support import runtime_client
         from mlcanary.local_runtime.client import NotRunning
         from mlcanary.rollout.sources import LocalSource
 
-        client = _client(state_dir)
+        client = runtime_client(state_dir)
         try:
             client.ensure_running()
         except NotRunning as err:
