@@ -30,7 +30,8 @@ from mlcanary.local_runtime.data_plane import Endpoint, free_port
 from mlcanary.local_runtime.metrics import Metrics
 from mlcanary.local_runtime.routing import Routing
 from mlcanary.local_runtime.supervision import Supervisor, WorkerRegistry, kill_orphans
-from mlcanary.local_runtime.workers import Deployment, Worker, describe_os_error
+from mlcanary.local_runtime.os_errors import describe_os_error
+from mlcanary.local_runtime.workers import Deployment, Worker
 
 log = logging.getLogger("mlcanary.local")
 
