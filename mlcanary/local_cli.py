@@ -186,13 +186,17 @@ def local_status(endpoint: str | None, output_format: str, state_dir: Path | Non
         fail(str(err))
     if endpoint and endpoint not in status["endpoints"]:
         fail(no_such_endpoint(endpoint, status))
+    info = client.info()
     if output_format == "json":
         shown = {n: e for n, e in status["endpoints"].items() if not endpoint or n == endpoint}
-        echo_json({"running": True, "endpoints": shown})
+        echo_json({"running": True, "endpoints": shown, "metricsAddress": info.get("metricsAddress"),
+                   "metricsAddressTaken": info.get("metricsAddressTaken")})
         return
     if not status["endpoints"]:
         click.echo("the local runtime is running with no endpoints")
     _print_status(output_console(), status, endpoint)
+    if info.get("metricsAddress"):
+        click.echo(_metrics_line(info))
 
 
 @local.command("start")
@@ -245,7 +249,15 @@ def local_start(metrics_address: str | None, state_dir: Path | None) -> None:
                 if d["state"] == "failed":
                     click.echo(f"    {dep}: {d['error'].splitlines()[0] if d['error'] else 'failed'}")
     if info.get("metricsAddress"):
-        click.echo(f"metrics: http://{info['metricsAddress']}/metrics")
+        click.echo(_metrics_line(info))
+
+
+def _metrics_line(info: dict) -> str:
+    """Where a running runtime serves /metrics, and why not at the address asked for if it was taken."""
+    line = f"metrics: http://{info['metricsAddress']}/metrics"
+    if info.get("metricsAddressTaken"):
+        line += f" (the address asked for, {info['metricsAddressTaken']}, is held by another program or runtime)"
+    return line
 
 
 @local.command("stop")
@@ -316,10 +328,15 @@ def local_metrics(state_dir: Path | None) -> None:
 
     Requests by deployment and status code, mirrored requests, and a latency histogram; the same
     text is served without a token at http://127.0.0.1:9577/metrics for a Prometheus scraper (see
-    `mlcanary local start --help` to move or turn off that address).
+    `mlcanary local start --help` to move or turn off that address; when another program or
+    runtime holds it, the runtime serves on a free port and this command says which, on stderr).
     """
+    client = runtime_client(state_dir)
     try:
-        click.echo(runtime_client(state_dir).metrics(), nl=False)
+        text = client.metrics()
+        info = client.info()
     except runtime_errors() as err:
         fail(str(err))
-
+    click.echo(text, nl=False)
+    if info.get("metricsAddressTaken"):
+        click.echo(_metrics_line(info), err=True)

@@ -120,34 +120,43 @@ class Runtime:
     # --- start, restore, stop ------------------------------------------------------------------
 
     async def serve_metrics(self, address: tuple[str, int] | None):
-        """/metrics on its fixed loopback address, no token: a static scrape config outlives restarts."""
+        """/metrics on its fixed loopback address, no token: a static scrape config outlives restarts.
+
+        A taken address never stops the runtime (on a shared machine the first runtime has it): the
+        metrics go to a free port of the same host instead, and the runtime says where (runtime.log,
+        runtime.json -> `local status`, `local start`, `local metrics`). Returns the runner, the
+        address served and, after such a fallback, the address that was taken."""
         from aiohttp import web
 
         if address is None:
-            return None, None
+            return None, None, None
         app = web.Application()
         app.router.add_get("/metrics", lambda _: web.Response(text=self.metrics.prometheus(), content_type="text/plain"))
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
+        taken = None
         try:
             await web.TCPSite(runner, address[0], address[1]).start()
         except OSError as err:
-            await runner.cleanup()
-            shown = f"{address[0]}:{address[1]}"
+            if address[1] == 0:
+                await runner.cleanup()
+                raise
             reason = (os.strerror(err.errno) if err.errno else str(err)).lower()  # aiohttp rewords strerror
-            raise MetricsAddressTaken(
-                f"the metrics address {shown} cannot be used ({reason}): another program, or "
-                f"the runtime of another state directory, holds it; set {metrics_address.ENV_VAR}=127.0.0.1:<port> "
-                f"(or `{metrics_address.OFF}`), or `mlcanary local start --metrics-address 127.0.0.1:<port>`") from None
-        host, port = runner.addresses[0][:2]
-        return runner, f"{host}:{port}" if ":" not in host else f"[{host}]:{port}"
+            taken = f"{metrics_address.show(address)} ({reason})"
+            await web.TCPSite(runner, address[0], 0).start()
+        served = metrics_address.show(runner.addresses[0][:2])
+        if taken:
+            log.warning("the metrics address %s cannot be used, another program or the runtime of another state "
+                        "directory holds it: metrics are served at %s instead (choose a fixed one with %s or "
+                        "`mlcanary local start --metrics-address`)", taken, served, metrics_address.ENV_VAR)
+        return runner, served, taken
 
     async def run(self, control_port: int, metrics_at: tuple[str, int] | None = None) -> None:
         from aiohttp import web
 
         from mlcanary.local_runtime.control_plane import control_app
 
-        metrics_runner, metrics_shown = await self.serve_metrics(metrics_at)  # a taken port stops the start at once
+        metrics_runner, metrics_shown, metrics_taken = await self.serve_metrics(metrics_at)
         kill_orphans(self.root, self.socket_dir)
         runner = web.AppRunner(control_app(self), access_log=None)
         await runner.setup()
@@ -156,7 +165,8 @@ class Runtime:
         port = runner.addresses[0][1]
         await self.restore()
         write_private(paths.runtime_file(self.root), {"pid": os.getpid(), "controlPort": port, "token": self.control_token,
-                                                      "metricsAddress": metrics_shown})
+                                                      "metricsAddress": metrics_shown,
+                                                      "metricsAddressTaken": metrics_taken})
         log.info("runtime ready: control plane on 127.0.0.1:%s, metrics on %s, worker sockets in %s", port,
                  metrics_shown or "the control plane only", self.socket_dir)
         loop = asyncio.get_running_loop()
@@ -196,10 +206,6 @@ class Runtime:
             self.persist()  # a port that had to change is remembered
         except StateWriteFailed as err:
             log.warning("could not record the restored state: %s", err)
-
-
-class MetricsAddressTaken(RuntimeError):
-    pass
 
 
 class PrivateRotatingFileHandler(logging.handlers.RotatingFileHandler):
@@ -249,12 +255,7 @@ def main(argv: list[str] | None = None) -> None:
         print(message, file=sys.stderr)
         sys.exit(EXIT_UNUSABLE_STATE)
     with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-        try:
-            runner.run(Runtime(root, state).run(args.port, metrics_at))
-        except MetricsAddressTaken as err:
-            log.error("refusing to start: %s", err)
-            print(err, file=sys.stderr)
-            sys.exit(1)
+        runner.run(Runtime(root, state).run(args.port, metrics_at))
 
 
 def _loop_factory():
