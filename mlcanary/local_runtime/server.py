@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from mlcanary.local_runtime import metrics_address, paths, snapshots, store
+from mlcanary.local_runtime import metrics_address, owner, paths, snapshots, store
 from mlcanary.local_runtime.store import StateWriteFailed
 from mlcanary.local_runtime.data_plane import Endpoint, free_port
 from mlcanary.local_runtime.metrics import Metrics
@@ -172,6 +172,7 @@ class Runtime:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stopping.set)
+        owner.watch(loop, owner.configured(), self._owner_gone)
         await Supervisor(self.all_deployments, self.registry).run(self.stopping)
         for endpoint in self.endpoints.values():
             await asyncio.gather(*(d.drain_and_stop(5) for d in endpoint.deployments.values()))
@@ -185,6 +186,10 @@ class Runtime:
         if metrics_runner:
             await metrics_runner.cleanup()
         log.info("runtime stopped")
+
+    def _owner_gone(self) -> None:
+        log.info("stopping: the process this runtime belongs to ($%s) has exited", owner.ENV_VAR)
+        self.stopping.set()
 
     async def restore(self) -> None:
         """Bring back what the state file says, and only then open the scoring ports: no request
@@ -234,6 +239,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     try:
         metrics_at = metrics_address.parse(metrics_address.configured(args.metrics_address))
+        owner.configured()
+    except owner.BadOwner as err:
+        print(err, file=sys.stderr)
+        sys.exit(EXIT_UNUSABLE_STATE)
     except metrics_address.BadMetricsAddress as err:
         print(f"{metrics_address.ENV_VAR}: {err}", file=sys.stderr)
         sys.exit(EXIT_UNUSABLE_STATE)
