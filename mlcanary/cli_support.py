@@ -124,6 +124,22 @@ def runtime_errors():
     return (StageRefused, NotRunning, RuntimeRefusal, StateUnreadable)
 
 
+def require_running(client) -> None:
+    """Fail unless the runtime runs (for commands that never start it), saying what a start brings back."""
+    if client.base_url() is not None:
+        return
+    from mlcanary.local_runtime.running import current_endpoints
+
+    try:
+        recorded = sorted(current_endpoints(client))
+    except runtime_errors():
+        recorded = []
+    if recorded:
+        fail(f"no local runtime is running for {client.root}; its state holds endpoint(s) {', '.join(recorded)}: "
+             "`mlcanary local start` brings them back")
+    fail(f"no local runtime is running for {client.root}: `mlcanary local up STAGE_FILE` starts one")
+
+
 def policy_settings(path: Path | None):
     from mlcanary.check import policy_defaults
     from mlcanary.policy_config import PolicyConfigError, load_policy_config

@@ -7,7 +7,8 @@ from pathlib import Path
 import click
 
 from mlcanary.cli_support import (
-    echo_json, fail, no_such_endpoint, request_body, runtime_client, runtime_errors, state_dir_option,
+    echo_json, fail, no_such_endpoint, request_body, require_running, runtime_client, runtime_errors,
+    state_dir_option,
 )
 
 
@@ -34,6 +35,7 @@ def invoke(endpoint: str, request_file: Path, deployment: str | None, output_for
 
     body = request_body(request_file)
     client = runtime_client(state_dir)
+    require_running(client)
     try:
         status = client.status()
         if endpoint not in status["endpoints"]:

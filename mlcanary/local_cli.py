@@ -7,8 +7,8 @@ from pathlib import Path
 import click
 
 from mlcanary.cli_support import (
-    EXIT_INTERRUPTED, echo_json, fail, format_option, load_local_stage, policy_settings, runtime_client,
-    no_such_endpoint, runtime_errors, state_dir_option,
+    EXIT_INTERRUPTED, echo_json, fail, format_option, load_local_stage, no_such_endpoint, policy_settings,
+    require_running, runtime_client, runtime_errors, state_dir_option,
 )
 from mlcanary.console import output_console
 
@@ -311,8 +311,10 @@ def local_down(endpoint: str | None, state_dir: Path | None) -> None:
 @state_dir_option
 def local_keys(endpoint: str, output_format: str, state_dir: Path | None) -> None:
     """Print ENDPOINT's primary and secondary keys (send one as `Authorization: Bearer <key>`)."""
+    client = runtime_client(state_dir)
+    require_running(client)
     try:
-        keys = runtime_client(state_dir).keys(endpoint)
+        keys = client.keys(endpoint)
     except runtime_errors() as err:
         fail(str(err))
     if output_format == "json":
@@ -332,6 +334,7 @@ def local_metrics(state_dir: Path | None) -> None:
     runtime holds it, the runtime serves on a free port and this command says which, on stderr).
     """
     client = runtime_client(state_dir)
+    require_running(client)
     try:
         text = client.metrics()
         info = client.info()

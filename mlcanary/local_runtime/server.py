@@ -49,12 +49,29 @@ def write_private(path: Path, document: dict[str, Any]) -> None:
         json.dump(document, file)
 
 
+def kept_metrics(root: Path) -> Metrics:
+    """The counts the last clean stop kept; none after a crash or with an unreadable file (a counter
+    reset, as Prometheus sees it)."""
+    import json
+
+    path = paths.metrics_file(root)
+    if not path.exists():
+        return Metrics()
+    try:
+        return Metrics.from_json(json.loads(path.read_text(encoding="utf-8")))
+    except (OSError, UnicodeDecodeError, ValueError, TypeError, KeyError, AttributeError) as err:
+        log.warning("%s cannot be used (%s): request counts start from 0", path, err)
+        return Metrics()
+    finally:
+        path.unlink(missing_ok=True)  # a crash later must not bring back counts this run goes past
+
+
 class Runtime:
     def __init__(self, root: Path, state: dict[str, Any]):
         self.root = root
         self.initial_state = state
         self.endpoints: dict[str, Endpoint] = {}
-        self.metrics = Metrics()
+        self.metrics = kept_metrics(root)
         self.lock = asyncio.Lock()  # one control change at a time
         self.stopping = asyncio.Event()
         self._tasks: set[asyncio.Task] = set()
@@ -177,6 +194,10 @@ class Runtime:
         for endpoint in self.endpoints.values():
             await asyncio.gather(*(d.drain_and_stop(5) for d in endpoint.deployments.values()))
             await endpoint.close()
+        try:
+            store.save(paths.metrics_file(self.root), self.metrics.as_json())
+        except OSError as err:
+            log.warning("could not keep the request counts, the next start counts from 0: %s", describe_os_error(err))
         paths.runtime_file(self.root).unlink(missing_ok=True)
         paths.workers_file(self.root).unlink(missing_ok=True)
         if not self.socket_dir.is_relative_to(self.root):
