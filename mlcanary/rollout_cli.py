@@ -11,8 +11,8 @@ from typing import Any
 
 import click
 
+from mlcanary.cli_support import state_dir_option
 from mlcanary.components.rollout_spec import TICK_BOUNDS
-from mlcanary.local_cli import state_dir_option
 
 
 def _fail(message: str, code: int) -> None:
@@ -63,7 +63,10 @@ RECORDED_OPTIONS = {"to": "to", "from": "from", "steps": "steps", "intervalS": "
               "or killed): its plan and options come from the record; STAGE_FILE may be left out.")
 @click.option("--apply-stage", is_flag=True, help="When the endpoint differs from STAGE_FILE, let the rollout apply "
               "it first (the change is printed); without it the rollout is refused (exit 2), or asks on a terminal.")
-@click.option("--format", "output_format", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.option("--format", "output_format", type=click.Choice(["text", "json"]), default="text", show_default=True,
+              help="json: one JSON document on stdout, the outcome (rollout, decision, exitCode, message, step, "
+              "failure, eValues, targetServed, clientRequests, record, plot), or with --plan-only the plan; progress "
+              "and the decision log go to stderr.")
 @click.option("--plan-only", is_flag=True, help="Print the derived stages, run them all through the gate, change nothing.")
 @click.option("--write-stages", type=click.Path(path_type=Path), help="Write the derived stages as stage files into this folder.")
 @click.option("--policy-pack-config", type=click.Path(path_type=Path), help="Policy levels and knobs for the gate (as `check`).")
@@ -340,11 +343,11 @@ def _edges(plan, policy_pack_config, stack, metrics_region, state_dir):
     from mlcanary.rollout.appliers import ApplyError, LocalApplier, PulumiApplier
 
     if plan.target == "local":
-        from mlcanary.local_cli import _client
+        from mlcanary.cli_support import runtime_client
         from mlcanary.local_runtime.client import NotRunning
         from mlcanary.rollout.sources import LocalSource
 
-        client = _client(state_dir)
+        client = runtime_client(state_dir)
         try:
             client.ensure_running()
         except NotRunning as err:

@@ -62,6 +62,22 @@ def test_a_restarted_runtime_counts_under_a_new_series_and_the_window_is_refused
         window(after, before)  # 7 > 5: only the series tells that these are not 2 new requests
 
 
+def test_counts_kept_across_a_clean_stop_and_start_go_on_under_their_series():
+    """`local stop` keeps the counts (metrics.json) and `local start` restores them: not a restart."""
+    from mlcanary.rollout.counts import window
+
+    running = Metrics()
+    running.of("ep", "green").observe(200, 0.01)
+    running.of("ep", "green").observe(200, 0.01, pinned=True)
+    before = parse_local_metrics(running.prometheus(), "ep")
+    restored = Metrics.from_json(running.as_json())
+    restored.of("ep", "green").observe(500, 0.01)
+    after = parse_local_metrics(restored.prometheus(), "ep")
+    assert after["green"].series == before["green"].series
+    closed = window(after, before)["green"]
+    assert (closed.live.requests, closed.live.errors, closed.pinned.requests) == (1, 1, 0)
+
+
 def test_a_counter_going_down_is_a_restart_not_negative_traffic():
     from mlcanary.rollout.counts import Counts, CountsRestarted, DeploymentCounts, window
 

@@ -140,10 +140,11 @@ def test_written_stages_are_stage_files_that_check_accepts(tmp_path):
     written = write_stages(plan, tmp_path / "out")
     assert [p.name for p in written] == ["stage-3-green-dark-step-1-10pct.yaml", "stage-3-green-dark-step-2-100pct.yaml",
                                          "stage-3-green-dark-step-3-delete-blue.yaml"]
-    # no Pulumi project above the folder: its paths resolve from the folder, and the files say so
-    assert "No Pulumi project above this folder" in written[0].read_text()
+    # no Pulumi project above the folder: its paths are relative to the folder, where they resolve from
+    blue = yaml.safe_load(written[0].read_text())["config"]["mlcanary:endpoint"]["deployments"]["blue"]
+    assert not Path(blue["model"]).is_absolute() and (tmp_path / "out" / blue["model"]).resolve().is_dir()
     result = subprocess.run([sys.executable, "-m", "mlcanary.cli", "check", str(STAGE_3), *map(str, written)],
-                            capture_output=True, text=True, cwd=tmp_path / "out")
+                            capture_output=True, text=True, cwd="/")
     assert result.returncode == 0, result.stderr + result.stdout
     assert "Checked 4 stage(s)" in result.stdout
 

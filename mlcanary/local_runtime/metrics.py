@@ -37,6 +37,32 @@ class DeploymentMetrics:
                 self.pinned_bucket_counts[bucket] += 1
                 self.pinned_latency_sum += seconds
 
+    def as_json(self) -> dict:
+        return {"requests": {str(c): n for c, n in self.requests.items()},
+                "mirrored": {str(c): n for c, n in self.mirrored.items()},
+                "buckets": list(self.bucket_counts), "latencySum": self.latency_sum,
+                "pinned": {str(c): n for c, n in self.pinned.items()},
+                "pinnedBuckets": list(self.pinned_bucket_counts), "pinnedLatencySum": self.pinned_latency_sum,
+                "series": self.series}
+
+    @classmethod
+    def from_json(cls, document: dict) -> DeploymentMetrics:
+        """Counts as `as_json` wrote them; ValueError/TypeError/KeyError if they are not."""
+        restored = cls(str(document.get("series", "")))  # the counts go on under the series that counted them
+        for attribute in ("requests", "mirrored", "pinned"):
+            counts = {int(code): int(n) for code, n in document.get(attribute, {}).items()}
+            if any(n < 0 for n in counts.values()):
+                raise ValueError(f"negative {attribute} count")
+            getattr(restored, attribute).update(counts)
+        for key, attribute in (("buckets", "bucket_counts"), ("pinnedBuckets", "pinned_bucket_counts")):
+            buckets = [int(n) for n in document.get(key, getattr(restored, attribute))]
+            if len(buckets) != len(restored.bucket_counts) or any(n < 0 for n in buckets):
+                raise ValueError(f"expected {len(restored.bucket_counts)} latency buckets of counts")
+            setattr(restored, attribute, buckets)
+        restored.latency_sum = float(document["latencySum"])
+        restored.pinned_latency_sum = float(document.get("pinnedLatencySum", 0.0))
+        return restored
+
     def summary(self) -> dict:
         return {
             "requests": sum(self.requests.values()),
@@ -52,9 +78,12 @@ class Metrics:
         # One id per runtime process, and a number per set of counts it started: a restarted runtime
         # or a re-created deployment counts from zero under a new series, never read as a drop in traffic.
         self.start_id = uuid.uuid4().hex[:12]
-        numbers = itertools.count(1)
+        self._numbers = itertools.count(1)
         self.by_deployment: dict[tuple[str, str], DeploymentMetrics] = defaultdict(
-            lambda: DeploymentMetrics(f"{self.start_id}.{next(numbers)}"))
+            lambda: DeploymentMetrics(self.new_series()))
+
+    def new_series(self) -> str:
+        return f"{self.start_id}.{next(self._numbers)}"
 
     def of(self, endpoint: str, deployment: str) -> DeploymentMetrics:
         return self.by_deployment[(endpoint, deployment)]
@@ -63,6 +92,20 @@ class Metrics:
         """Drop the counts of a deleted (or re-created) deployment, or of a whole endpoint."""
         for key in [k for k in self.by_deployment if k[0] == endpoint and deployment in (None, k[1])]:
             del self.by_deployment[key]
+
+    def as_json(self) -> dict:
+        """What `local stop` keeps, so counts go on after `local start` as Azure's metrics do."""
+        return {"deployments": [{"endpoint": e, "deployment": d, **m.as_json()}
+                                for (e, d), m in sorted(self.by_deployment.items())]}
+
+    @classmethod
+    def from_json(cls, document: dict) -> Metrics:
+        restored = cls()
+        for record in document["deployments"]:
+            counts = DeploymentMetrics.from_json(record)
+            counts.series = counts.series or restored.new_series()  # kept before series existed: cannot tell
+            restored.by_deployment[(str(record["endpoint"]), str(record["deployment"]))] = counts
+        return restored
 
     def prometheus(self) -> str:
         lines = self._counter(

@@ -17,11 +17,11 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from mlcanary.components.rollout_rules import Rule, parse_rule
 from mlcanary.components.rollout_spec import RolloutSpec, duration_seconds, rollout_problems
 from mlcanary.components.rules import Problem
 from mlcanary.components.spec import NAMESPACE, SpecError, StackSpec, is_asset_reference, load_stack_config
 from mlcanary.components.stage_file import namespaced, project_dir_of, read_stage_file
-from mlcanary.rollout.rules import Rule, parse_rule
 
 ENDPOINT_KEY = f"{NAMESPACE}:endpoint"
 
@@ -236,35 +236,25 @@ def gate(plan: Plan, settings: dict) -> list[str]:
 
 
 def write_stages(plan: Plan, folder: Path) -> list[Path]:
-    """Each derived stage as a stage file (`NN-<label>.yaml`), its paths relative to where they will be
-    resolved from (the Pulumi project above the folder, else the folder), so the files can be committed."""
+    """Each derived stage as a stage file (`NN-<label>.yaml`), its paths relative to where they resolve
+    from (`project_dir_of`: the Pulumi project above the folder, else the folder), so they can be committed."""
     folder.mkdir(parents=True, exist_ok=True)
-    base = _resolved_from(folder)
+    base = project_dir_of(folder / "x.yaml")
     written = []
     for index, step in enumerate(plan.steps, start=1):
         slug = step.label.replace(" %", "pct").replace(" ", "-")
         path = folder / f"{plan.stage_file.stem}-step-{index}-{slug}.yaml"
         config = _rebased_paths(step.config, plan.project_dir, base)
         header = (f"# Derived by `mlcanary rollout {plan.stage_file.name} --to {plan.options.to}`: step {index} of "
-                  f"{len(plan.steps)}, {step.label} (traffic {step.traffic}, mirror {step.mirror_traffic or 'off'})\n"
-                  + ("" if (base / "Pulumi.yaml").is_file() or base != folder.resolve() else
-                     "# No Pulumi project above this folder: its paths resolve from here (run mlcanary in this folder)\n"))
+                  f"{len(plan.steps)}, {step.label} (traffic {step.traffic}, mirror {step.mirror_traffic or 'off'})\n")
         path.write_text(header + yaml.safe_dump({"config": config}, sort_keys=False), encoding="utf-8")
         written.append(path)
     return written
 
 
-def _resolved_from(folder: Path) -> Path:
-    """Where a stage file in `folder` has its relative paths resolved from: its Pulumi project, else itself."""
-    for parent in (folder / "x.yaml").resolve().parents:
-        if (parent / "Pulumi.yaml").is_file():
-            return parent
-    return folder.resolve()
-
-
 def _rebased_paths(config: dict, project_dir: Path, base: Path) -> dict:
     """Relative paths of `config` (resolved from `project_dir`) made relative to `base` instead."""
-    if project_dir.resolve() == base:
+    if project_dir.resolve() == base.resolve():
         return config
     config = copy.deepcopy(config)
 
