@@ -290,7 +290,7 @@ def _run(plan, settings, policy_pack_config, record, plot, point, apply_stage, o
         if view.status.startswith(("judging", "held")) or view.status == last_line[0]:
             return
         last_line[0] = view.status
-        log(f"[{view.index}/{view.steps}] {view.step or 'start'}: {view.status}")
+        log(f"[{view.index}/{view.steps} {view.step or 'start'}] {view.status}")
 
     live = Live(console=console, refresh_per_second=4, transient=True) if console.is_terminal else None
     if plan.target == "local":

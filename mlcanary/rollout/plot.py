@@ -40,6 +40,8 @@ def _traffic_timeline(events: list[dict[str, Any]], plan: dict[str, Any], start:
             changes.append((t, plan.get("rollback", {}), {}))
         elif e["event"] == "decision" and e["decision"] == "interrupted" and e.get("step") in by_label:
             changes.append((t, *by_label[e["step"]]))
+    if changes and changes[0][0] > 0:  # what ran when the rollout started: its first recorded state
+        changes[0] = (0.0, *changes[0][1:])
     return changes
 
 

@@ -118,6 +118,7 @@ class Runner:
         for index in range(start_index, len(self.plan.steps)):
             step = self.plan.steps[index]
             try:
+                self.view.step, self.view.index = step.label, index + 1
                 self._status(f"applying {step.label}")
                 self.applier.apply(step)
             except ApplyError as err:
