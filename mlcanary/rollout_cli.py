@@ -199,6 +199,8 @@ def _check_run_options(plan, stage_file, load_rps, request_file, record, plot, t
             _fail(f"{option} {path}: is the stage file; give another file name", 2)
     if record and plot and plot.resolve() == record.resolve():
         _fail(f"--plot {plot}: is the --record file; give another file name", 2)
+    if plot and plot.is_file() and plot.stat().st_size and not _is_png(plot):
+        _fail(f"--plot {plot}: exists and is not a PNG; --plot only replaces a picture it drew", 2)
     if record:
         try:
             check_writable(record)
@@ -208,6 +210,11 @@ def _check_run_options(plan, stage_file, load_rps, request_file, record, plot, t
     if missing:
         _fail(f"{missing} is not installed: pip install -e '.[local,rollout]'", 2)
     return body
+
+
+def _is_png(path: Path) -> bool:
+    with path.open("rb") as picture:
+        return picture.read(8) == b"\x89PNG\r\n\x1a\n"
 
 
 def _missing_modules(target: str, plot: Path | None) -> str | None:

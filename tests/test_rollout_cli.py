@@ -216,3 +216,11 @@ def test_the_live_table_fits_80_columns_and_shows_pinned_requests_apart():
     green = next(line for line in lines if "green" in line and "120000" in line)
     assert green.split()[-2:] == ["55", "│"]  # pinned, in a column of its own
     assert any("pinned: sent with the deployment header" in line for line in lines)
+
+
+def test_plot_never_overwrites_a_file_that_is_not_a_picture(tmp_path):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("the only copy\n")
+    result = run(STAGE_3, "--to", "green", "--plot", str(notes), "--plan-only", state=tmp_path / "state")
+    assert result.exit_code == 2 and "--plot " in result.output and "exists and is not a PNG" in result.output
+    assert notes.read_text() == "the only copy\n"
