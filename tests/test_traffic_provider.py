@@ -12,6 +12,7 @@ from unittest.mock import MagicMock
 import dill
 import pytest
 import requests
+from urllib.parse import parse_qs, urlsplit
 from azure.ai.ml._restclient.arm_ml_service import models as rest
 from azure.core.credentials import AccessToken
 from pulumi.dynamic.dynamic import serialize_provider
@@ -69,10 +70,13 @@ class FakeArm:
         self.operation_status = operation_status
         self.calls: list[tuple[str, str, dict | None]] = []
         self.tokens_seen: set[str] = set()
+        self.api_versions: set[str | None] = set()
 
     def request(self, method, url, headers=None, data=None, **_kwargs):
         self.tokens_seen.add(headers["Authorization"])
         assert url.startswith(self.host), url
+        if url.split("?")[0] != self.operation:  # the poll URL is Azure's own, api-version and all
+            self.api_versions.add(parse_qs(urlsplit(url).query).get("api-version", [None])[0])
         path = url.removeprefix(self.host).split("?")[0]
         body = json.loads(data) if data else None
         self.calls.append((method, path, body))
@@ -119,7 +123,7 @@ def arm(mocker):
     def install(*args, **kwargs):
         fake = FakeArm(*args, **kwargs)
         fake.credential = FakeCredential()
-        mocker.patch("azure.identity.DefaultAzureCredential", return_value=fake.credential)
+        mocker.patch("mlcanary.components.arm.azure_credential", return_value=fake.credential)
         session = mocker.patch("requests.Session").return_value
         session.request.side_effect = fake.request
         return fake
@@ -319,3 +323,19 @@ def test_sovereign_cloud_uses_its_own_arm_host_and_token_scope(arm):
     assert fake.endpoint["properties"]["traffic"] == {"blue": 100}
     assert fake.credential.scopes == (f"{host}/.default",)
     assert ArmClient(cloud="AzureChinaCloud").endpoint == "https://management.chinacloudapi.cn"
+
+
+def test_traffic_calls_use_the_api_version_of_azure_native_and_azure_ai_ml(arm):
+    """Finding 12: the traffic client spoke 2024-04-01 while the endpoint resource (azure-native 3.x),
+    azure-ai-ml's REST client and the body model it builds are 2025-12-01 (REST spec
+    Microsoft.MachineLearningServices stable/2025-12-01). One api-version for every endpoint call."""
+    import inspect
+
+    from azure.ai.ml._restclient.arm_ml_service._configuration import MachineLearningServicesMgmtClientConfiguration
+    from pulumi_azure_native.machinelearningservices import OnlineEndpoint
+
+    fake = arm(["blue", "green"], {"blue": 100})
+    TrafficProvider(poll_interval_s=0).create(props({"blue": 90, "green": 10}))
+    ai_ml = MachineLearningServicesMgmtClientConfiguration(credential=FakeCredential(), subscription_id="sub").api_version
+    assert "Uses Azure REST API version 2025-12-01" in inspect.getsource(OnlineEndpoint)  # azure-native 3.x
+    assert fake.api_versions == {ai_ml} == {"2025-12-01"}

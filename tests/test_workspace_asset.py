@@ -22,7 +22,7 @@ WORKSPACE = ("/subscriptions/sub-1/resourceGroups/ml-prod-rg/providers/Microsoft
 
 @pytest.fixture
 def ml_client(mocker):
-    mocker.patch("azure.identity.DefaultAzureCredential")
+    mocker.patch("mlcanary.components.arm.azure_credential")
     client_class = mocker.patch("azure.ai.ml.MLClient")
     client = client_class.return_value
     client._code.create_or_update.side_effect = lambda code: mocker.Mock(id=f"{WORKSPACE}/codes/{code.name}/versions/1")
