@@ -96,6 +96,7 @@ class FakeArm:
                 return response(400, {"error": {"code": "BadRequest", "message": f"Deployment(s) {unknown} not found"}})
             if self.operation_status == "Succeeded":
                 self.endpoint["properties"].update(traffic=dict(live), mirrorTraffic=dict(body["properties"]["mirrorTraffic"]))
+                self.touch()
             return response(201, body, {"Azure-AsyncOperation": self.operation})
         if path.startswith(f"{ENDPOINT_ID}/deployments/") and method == "DELETE":
             name = path.rsplit("/", 1)[1]
@@ -105,6 +106,11 @@ class FakeArm:
             self.deployments.discard(name)
             return response(200)
         raise AssertionError(f"unexpected Azure call {method} {url}")
+
+    def touch(self) -> None:
+        """A write: ARM sets `systemData.lastModifiedAt` (ARM common-types `systemData`)."""
+        self.writes = getattr(self, "writes", 0) + 1
+        self.endpoint["systemData"] = {**self.endpoint["systemData"], "lastModifiedAt": f"2026-11-30T10:{self.writes:02d}:00Z"}
 
     def paths(self):
         return [(method, path) for method, path, _ in self.calls]
@@ -339,3 +345,22 @@ def test_traffic_calls_use_the_api_version_of_azure_native_and_azure_ai_ml(arm):
     ai_ml = MachineLearningServicesMgmtClientConfiguration(credential=FakeCredential(), subscription_id="sub").api_version
     assert "Uses Azure REST API version 2025-12-01" in inspect.getsource(OnlineEndpoint)  # azure-native 3.x
     assert fake.api_versions == {ai_ml} == {"2025-12-01"}
+
+
+def test_the_traffic_resources_own_write_does_not_trigger_it_again(arm):
+    """Finding 7: the trigger was the endpoint's lastModifiedAt, which the traffic PUT itself moves, so
+    every `up --refresh` saw a change and re-applied traffic (an endpoint LRO each run). The value its
+    own PUT left is remembered; only a write by someone else triggers it."""
+    fake = arm(["blue", "green"], {"blue": 100})
+    provider = TrafficProvider(poll_interval_s=0)
+    config = props({"blue": 90, "green": 10})
+    outs = provider.create(config).outs
+    after_own_write = fake.endpoint["systemData"]["lastModifiedAt"]
+    assert outs["written_at"] == after_own_write and after_own_write != config["endpoint_modified_at"]
+    refreshed = provider.read("id", outs).outs
+    # `up --refresh`: azure-native's endpoint resource now reports Azure's lastModifiedAt - our own write
+    assert not provider.diff("id", refreshed, {**config, "endpoint_modified_at": after_own_write}).changes
+    assert not provider.diff("id", refreshed, config).changes  # `up` without refresh
+    fake.touch()  # the endpoint written by someone else (azure-native, a hand edit): traffic may be reset
+    written_elsewhere = fake.endpoint["systemData"]["lastModifiedAt"]
+    assert provider.diff("id", refreshed, {**config, "endpoint_modified_at": written_elsewhere}).changes
