@@ -72,6 +72,24 @@ def _mirror_ends_before_live(before: EndpointSpec, after: EndpointSpec, _config:
     ]
 
 
+def _instance_type_kept(before: EndpointSpec, after: EndpointSpec, _config: dict) -> list[str]:
+    """An online deployment keeps the instance type it was created with: Azure ML updates a deployment in
+    place (instance count, settings, model) but not its VM size, and replacing it under the same name
+    means deleting it, which Azure refuses while it has traffic."""
+    messages = []
+    for name in before.deployments.keys() & after.deployments.keys():
+        old, new = before.deployments[name].instance_type, after.deployments[name].instance_type
+        if (old or "").lower() != (new or "").lower():
+            live = before.live_traffic.get(name, 0) or before.mirror_traffic.get(name, 0)
+            messages.append(
+                f"deployment {name!r} changes instanceType from {old or 'the cluster default'} to "
+                f"{new or 'the cluster default'}{' while it has traffic' if live else ''}; an online deployment "
+                "cannot change its instance type in place: add a new deployment with the new type under another "
+                "name, as a stage of its own, and move traffic to it"
+            )
+    return messages
+
+
 TRANSITION_POLICIES = [
     TransitionPolicy(
         "removed-deployment-had-no-traffic",
@@ -91,6 +109,12 @@ TRANSITION_POLICIES = [
         EnforcementLevel.DISABLED,
         _max_shift,
         MAX_SHIFT_SCHEMA,
+    ),
+    TransitionPolicy(
+        "instance-type-kept",
+        "A deployment keeps its instance type; a new type is a new deployment under another name.",
+        EnforcementLevel.MANDATORY,
+        _instance_type_kept,
     ),
     TransitionPolicy(
         "mirror-ends-before-live",
