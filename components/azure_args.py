@@ -16,6 +16,9 @@ from mlcanary.components.user_files import read_conda_file
 # `azure-native:environment` (Pulumi's name of the cloud) -> azure-ai-ml's / Azure CLI's cloud name.
 CLOUDS = {"public": "AzureCloud", "usgovernment": "AzureUSGovernment", "china": "AzureChinaCloud"}
 CURATED_ENVIRONMENT_PREFIX = "azureml:AzureML-"
+# The instance type Azure ML creates on every attached cluster and uses when a deployment names none;
+# azure-native's KubernetesOnlineDeploymentArgs would fill in Standard_F4s_v2, a VM size, instead.
+KUBERNETES_DEFAULT_INSTANCE_TYPE = "defaultinstancetype"
 
 
 def cloud_name(azure_native_environment: str | None) -> str:
@@ -140,7 +143,7 @@ def deployment_properties(
         code_configuration=code_configuration,
         environment_id=environment_id,
         environment_variables=spec.environment_variables or None,
-        instance_type=spec.instance_type,
+        instance_type=spec.instance_type or (KUBERNETES_DEFAULT_INSTANCE_TYPE if spec.type == "kubernetes" else None),
         request_settings=_request_settings(spec),
         liveness_probe=_probe(spec.liveness_probe),
         readiness_probe=_probe(spec.readiness_probe),

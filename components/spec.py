@@ -387,16 +387,22 @@ def _azure_problems(field: str, deployment: DeploymentSpec) -> list[Problem]:
         problems.append(
             Problem(rules.join(field, "instanceType"), "required on the azure target: the VM size, e.g. Standard_DS3_v2")
         )
-    elif not deployment.instance_type:
-        # azure-native would otherwise send its own default, a VM size the cluster does not have.
-        problems.append(
-            Problem(rules.join(field, "instanceType"), "required on a Kubernetes deployment: an instance type of the "
-                    "cluster, e.g. defaultinstancetype")
-        )
-    if deployment.code is None and deployment.model_type == "custom_model":
+    # A Kubernetes deployment without instanceType runs on the cluster's default instance type: the
+    # program sends its name (components/azure_args.py), as azure-native would otherwise send a VM size.
+    # A registered model's type is Azure's to know, not the file's: without code it deploys if it is an
+    # MLflow or Triton model (as `az ml` lets Azure decide); a local model's type is the file's.
+    # Without model and code, an environment alone is a custom container (or a model package).
+    local_model = deployment.model is not None and not is_asset_reference(deployment.model)
+    if deployment.code is None and deployment.model_type == "custom_model" and local_model:
         problems.append(
             Problem(rules.join(field, "code"), "required for a custom model: the folder with the scoring script "
                     "(only an mlflow_model or triton_model deploys without code)")
+        )
+    if deployment.model is None and deployment.code is None and deployment.environment is None:
+        problems.append(
+            Problem(rules.join(field, "model"), "nothing to serve: give model (a registered MLflow or Triton model "
+                    "deploys alone; a file that leaves it to `az ml ... --set model=...` needs model here), or code "
+                    "and an environment")
         )
     if deployment.code is not None and deployment.environment is None:
         problems.append(
@@ -420,7 +426,9 @@ def _azure_problems(field: str, deployment: DeploymentSpec) -> list[Problem]:
             and value.count(":") != 2
         ):
             problems.append(
-                Problem(key_field, f"{rules.shown(value)} must pin a version: azureml:<name>:<version>")
+                Problem(key_field, f"{rules.shown(value)} must pin a version: azureml:<name>:<version> (mlcanary's "
+                        "pinning policy, not an Azure rule: Azure would take whatever version is latest at deploy "
+                        "time, so the stage would not say what runs)")
             )
     return problems
 
