@@ -10,7 +10,7 @@ import pulumi_azure_native.machinelearningservices as ml
 
 from mlcanary.components.durations import iso_seconds
 from mlcanary.components.rules import AUTH_MODES
-from mlcanary.components.spec import DeploymentSpec, EndpointSpec, InlineEnvironment, Probe
+from mlcanary.components.spec import DeploymentSpec, EndpointIdentity, EndpointSpec, InlineEnvironment, Probe
 from mlcanary.components.user_files import read_conda_file
 
 # `azure-native:environment` (Pulumi's name of the cloud) -> azure-ai-ml's / Azure CLI's cloud name.
@@ -45,6 +45,19 @@ def compute_id(compute: str, workspace_id: str) -> str:
     if compute.startswith("/subscriptions/"):
         return compute
     return f"{workspace_id}/computes/{compute.removeprefix('azureml:')}"
+
+
+IDENTITY_TYPES = {"system_assigned": "SystemAssigned", "user_assigned": "UserAssigned", "none": "None"}
+
+
+def endpoint_identity(identity: EndpointIdentity | None) -> ml.ManagedServiceIdentityArgs:
+    """The endpoint's identity as azure-ai-ml sends it (`IdentityConfiguration._to_online_endpoint_rest_object`:
+    the type in PascalCase, user-assigned ids as keys of `userAssignedIdentities`; SystemAssigned when the
+    file has none). azure-native takes the ids as a list and sends the map."""
+    if identity is None:
+        return ml.ManagedServiceIdentityArgs(type="SystemAssigned")
+    return ml.ManagedServiceIdentityArgs(type=IDENTITY_TYPES[identity.type],
+                                         user_assigned_identities=list(identity.user_assigned_identities) or None)
 
 
 def endpoint_properties(spec: EndpointSpec, workspace_id: pulumi.Input[str]) -> ml.OnlineEndpointPropertiesArgs:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -152,8 +153,21 @@ class DeploymentSpec(_Spec):
     tags: dict[str, str] = {}
 
 
+class EndpointIdentity(_Spec):
+    """The endpoint's managed identity, as azure-ai-ml's endpoint `identity` sends it: the scoring
+    script reaches other Azure resources with it. Absent: system-assigned (azure-ai-ml's default)."""
+
+    type: Literal["system_assigned", "user_assigned", "none"]
+    user_assigned_identities: list[str] = []
+
+
+USER_ASSIGNED_IDENTITY = re.compile(
+    r"^/subscriptions/[^/]+/resource[gG]roups/[^/]+/providers/Microsoft\.ManagedIdentity/userAssignedIdentities/[^/]+$")
+
+
 class EndpointSpec(_Spec):
     name: str
+    identity: EndpointIdentity | None = None
     resource_group: str | None = None
     workspace: str | None = None
     auth_mode: str = "key"
@@ -224,6 +238,7 @@ def stack_problems(spec: StackSpec) -> list[Problem]:
     field = ENDPOINT_FIELD
     problems = rules.name_problems(rules.join(field, "name"), endpoint.name, "endpoint name")
     problems += rules.auth_mode_problems(rules.join(field, "authMode"), endpoint.auth_mode)
+    problems += _identity_problems(rules.join(field, "identity"), endpoint.identity)
     on_azure = spec.target == "azure"
     if on_azure:
         for key, value in (("resourceGroup", endpoint.resource_group), ("workspace", endpoint.workspace)):
@@ -258,6 +273,20 @@ def stack_problems(spec: StackSpec) -> list[Problem]:
     if spec.rollout is not None:
         problems += rollout_problems(spec.rollout, endpoint.deployments, lambda key: f"{NAMESPACE}:rollout.{key}")
     return problems
+
+
+def _identity_problems(field: str, identity: EndpointIdentity | None) -> list[Problem]:
+    if identity is None:
+        return []
+    ids_field = rules.join(field, "userAssignedIdentities")
+    if identity.type == "user_assigned" and not identity.user_assigned_identities:
+        return [Problem(ids_field, "required with type user_assigned: the ARM ids of the identities")]
+    if identity.type != "user_assigned" and identity.user_assigned_identities:
+        return [Problem(ids_field, f"goes with type user_assigned only (type is {identity.type})")]
+    return [Problem(ids_field, f"{rules.shown(value)} is not the ARM id of a user-assigned identity: "
+                    "/subscriptions/<id>/resourceGroups/<rg>/providers/Microsoft.ManagedIdentity/"
+                    "userAssignedIdentities/<name>")
+            for value in identity.user_assigned_identities if not USER_ASSIGNED_IDENTITY.match(value)]
 
 
 def _local_problems(field: str, deployment: DeploymentSpec) -> list[Problem]:

@@ -218,6 +218,9 @@ def endpoint_config(path: Path) -> dict:
     kubernetes = bool(getattr(endpoint, "compute", None))
     deployment = {"file": str(CORPUS / "accepted" / ("kubernetes-minimal.yml" if kubernetes else "managed-registered-assets.yml"))}
     extra = {k: v for k, v in (("description", endpoint.description), ("tags", endpoint.tags or None)) if v}
+    if endpoint.identity is not None:
+        extra["identity"] = {"type": endpoint.identity.type, "userAssignedIdentities": [
+            uai.resource_id for uai in endpoint.identity.user_assigned_identities or []]}
     return stack_config(deployment, compute=endpoint.compute if kubernetes else None, auth_mode=auth, **extra)
 
 
@@ -231,10 +234,19 @@ def azure_ai_ml_endpoint_body(path: Path) -> dict[str, Any]:
     return body
 
 
+def as_sent_by_azure_native(identity: dict) -> dict:
+    """azure-native takes user-assigned identities as a list of ARM ids and sends them as the keys of
+    `userAssignedIdentities` with empty objects (its ManagedServiceIdentityArgs docstring: "The
+    userAssignedIdentities dictionary keys will be ARM resource ids ... values can be empty objects")."""
+    ids = identity.get("userAssignedIdentities")
+    return {**identity, "userAssignedIdentities": {i: {} for i in ids}} if ids else identity
+
+
 @pytest.mark.parametrize("path", ENDPOINTS, ids=lambda p: p.name)
 def test_endpoint_body_matches_azure_ai_ml(path):
     (endpoint,) = render_config(endpoint_config(path)).of_type(ENDPOINT)
     ours = reveal({k: endpoint.inputs[k] for k in ("location", "properties", "identity", "tags") if k in endpoint.inputs})
+    ours["identity"] = as_sent_by_azure_native(ours["identity"])
     found = differences(normalized(ours), normalized(azure_ai_ml_endpoint_body(path)))
     assert {p: d for p, d in found.items() if ALLOWED_ENDPOINT_DIFFERENCES.get(p) != d} == {}
     assert rest_problems(rest.OnlineEndpoint, ours) == []
