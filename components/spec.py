@@ -167,13 +167,13 @@ USER_ASSIGNED_IDENTITY = re.compile(
 
 class EndpointSpec(_Spec):
     name: str
-    identity: EndpointIdentity | None = None
     resource_group: str | None = None
     workspace: str | None = None
     auth_mode: str = "key"
     description: str | None = None
     tags: dict[str, str] = {}
     compute: str | None = None
+    identity: EndpointIdentity | None = None
     deployments: dict[str, DeploymentSpec] = {}
     traffic: dict[str, WholeNumber] = {}
     mirror_traffic: dict[str, WholeNumber] = {}
