@@ -351,8 +351,10 @@ def _model_problems(field: str, deployment: DeploymentSpec) -> list[Problem]:
     if named and (deployment.model is None or is_asset_reference(deployment.model)):
         problems.append(Problem(rules.join(field, "modelName"), "modelName and modelVersion register a local model "
                                 "folder; an asset reference already names its version"))
-    elif named and (deployment.model_name is None or deployment.model_version is None):
-        problems.append(Problem(rules.join(field, "modelName"), "modelName and modelVersion go together"))
+    elif deployment.model_version is not None and deployment.model_name is None:
+        # A name without a version is fine: azure-ai-ml registers the next version of that name, as `az ml`
+        # does (`_model_operations.py`, `_get_next_version_from_container`).
+        problems.append(Problem(rules.join(field, "modelVersion"), "a modelVersion needs the modelName it versions"))
     version = deployment.model_version
     if version is not None and not (version.isascii() and version.isdigit() and int(version) > 0):
         problems.append(Problem(rules.join(field, "modelVersion"), f"a model version is a positive whole number, got {rules.shown(version)}"))

@@ -50,7 +50,7 @@ ALLOWED_DIFFERENCES = {
         "kubernetes-minimal.yml", "kubernetes-resources-autoscale.yml", "managed-default-scale.yml",
         "managed-environment-variables.yml", "managed-local-code-and-model.yml", "managed-mlflow-no-code.yml",
         "managed-named-local-model.yml", "managed-registered-assets.yml", "managed-registry-and-arm-ids.yml",
-        "green.yml", "kubernetes-no-instance-type.yml")},
+        "green.yml", "kubernetes-no-instance-type.yml", "managed-named-local-model-next-version.yml")},
     ("kubernetes-no-instance-type.yml", "properties.instanceType"): ("defaultinstancetype", None, "az ml sends no "
         "instance type and Azure runs the deployment on the cluster's default instance type, `defaultinstancetype`; "
         "azure-native would fill in Standard_F4s_v2 (`_inputs.py`), a VM size no cluster has, so mlcanary names the "
