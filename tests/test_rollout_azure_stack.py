@@ -226,3 +226,36 @@ def test_traffic_moved_by_someone_else_fails_the_step(project, plan, monkeypatch
     monkeypatch.setenv("FAKE_PULUMI_LIVE_TRAFFIC", json.dumps({"blue": 50, "green": 50}))
     with pytest.raises(ApplyError, match=r"reports live \{'blue': 50, 'green': 50\} .* not \{'blue': 100\}"):
         applier.apply(plan.start)
+
+
+def test_a_failed_return_to_the_last_good_step_is_never_reported_as_done():
+    """Finding 6: the rollout printed "left at the last good step" even when setting it failed."""
+    from mlcanary.rollout.appliers import ApplyError
+    from mlcanary.rollout.judges import make_judge
+    from mlcanary.rollout.record import Recorder
+    from mlcanary.rollout.runner import Runner
+    from test_rollout_runner import STAGE_3, World
+
+    world = World()
+    serve, apply = world.sleep, world.apply
+
+    def sleep(seconds):
+        serve(seconds)
+        if world.traffic.get("green") == 50:
+            raise KeyboardInterrupt
+
+    def apply_then_fail_the_return(step):
+        if world.applied and world.applied[-1] == "50 %":
+            raise ApplyError("pulumi up for step '10 %': another update of the stack is still running after 900 s")
+        apply(step)
+
+    world.sleep, world.apply = sleep, apply_then_fail_the_return
+    plan = load_plan(STAGE_3, {"to": "green", "interval": "2s", "minRequests": 5, "steps": [10, 50, 100]})
+    recorder = Recorder(None, clock=world.clock)
+    o = plan.options
+    outcome = Runner(plan, world, world, make_judge(o.judge, o.alpha, o.rules, o.failure_limit), recorder,
+                     clock=world.clock, sleep=world.sleep).run()
+    assert outcome.exit_code == 130 and "left at the last good step" not in outcome.message
+    assert outcome.message.startswith("could not return to the last good step (10 %: live blue 90, green 10)")
+    assert "the endpoint's traffic is unknown" in outcome.message
+    assert recorder.events[-1]["returned"] is False
