@@ -224,6 +224,8 @@ def _edges(plan, policy_pack_config, stack, metrics_region, state_dir):
     if not stack:
         _fail("an azure-target rollout runs `pulumi up` through the Automation API: give --stack NAME", 2)
     monitor, arm = _monitor_plan(plan, metrics_region)
+    for line in monitor.describe():  # the queries, and the delay the judge works with
+        click.echo(line, err=True)
     try:
         applier = PulumiApplier.for_stack(stack, plan.project_dir, plan.project_dir / "policies", policy_pack_config,
                                           on_output=lambda line: click.echo(line, err=True))

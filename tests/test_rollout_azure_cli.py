@@ -61,6 +61,7 @@ def test_an_azure_rollout_runs_pulumi_up_per_step_with_azure_monitor_metrics(
     ups = [entry for entry in log(project.parent) if entry["command"] == "up"]
     assert ups[0]["message"] == "mlcanary rollout: stage.yaml" and ups[-1]["message"] == f"mlcanary rollout: {last_up}"
     assert all(u["refresh"] for u in ups)
+    assert "every tick re-reads the last 10 closed minutes" in result.stderr  # the delay the judge works with
     final = {"100 %": {"blue": 0, "green": 100}, "rollback": {"blue": 100, "green": 0}}[last_up]
     assert ups[-1]["config"]["mlcanary:endpoint"]["traffic"] == final
 
