@@ -149,8 +149,8 @@ class PulumiApplier:
                     self.sleep(self.retry_s)
                     continue
                 raise ApplyError(f"pulumi up for step {step.label!r}: another update of the stack is still running "
-                                 f"after {self.lock_wait_s:g} s; nothing was changed by this step (if that update "
-                                 "is stale, `pulumi cancel` ends it)") from None
+                                 f"after {self.lock_wait_s:g} s, so this step's update did not run (its config is written; if "
+                                 "that update is stale, `pulumi cancel` ends it)") from None
             except CommandError as err:  # the update failed or a policy refused it
                 raise ApplyError(f"pulumi up for step {step.label!r} failed: {err}") from None
             return dict(result.outputs or {})
