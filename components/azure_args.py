@@ -9,16 +9,13 @@ import pulumi
 import pulumi_azure_native.machinelearningservices as ml
 
 from mlcanary.components.durations import iso_seconds
-from mlcanary.components.rules import AUTH_MODES
+from mlcanary.components.rules import AUTH_MODES, instance_type_on_azure
 from mlcanary.components.spec import DeploymentSpec, EndpointIdentity, EndpointSpec, InlineEnvironment, Probe
 from mlcanary.components.user_files import read_conda_file
 
 # `azure-native:environment` (Pulumi's name of the cloud) -> azure-ai-ml's / Azure CLI's cloud name.
 CLOUDS = {"public": "AzureCloud", "usgovernment": "AzureUSGovernment", "china": "AzureChinaCloud"}
 CURATED_ENVIRONMENT_PREFIX = "azureml:AzureML-"
-# The instance type Azure ML creates on every attached cluster and uses when a deployment names none;
-# azure-native's KubernetesOnlineDeploymentArgs would fill in Standard_F4s_v2, a VM size, instead.
-KUBERNETES_DEFAULT_INSTANCE_TYPE = "defaultinstancetype"
 
 
 def cloud_name(azure_native_environment: str | None) -> str:
@@ -156,7 +153,7 @@ def deployment_properties(
         code_configuration=code_configuration,
         environment_id=environment_id,
         environment_variables=spec.environment_variables or None,
-        instance_type=spec.instance_type or (KUBERNETES_DEFAULT_INSTANCE_TYPE if spec.type == "kubernetes" else None),
+        instance_type=instance_type_on_azure(spec.type, spec.instance_type),
         request_settings=_request_settings(spec),
         liveness_probe=_probe(spec.liveness_probe),
         readiness_probe=_probe(spec.readiness_probe),

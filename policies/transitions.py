@@ -13,6 +13,7 @@ from typing import Any
 
 from pulumi_policy import EnforcementLevel, PolicyConfigSchema
 
+from mlcanary.components.rules import instance_type_on_azure
 from mlcanary.components.spec import EndpointSpec
 
 
@@ -78,12 +79,15 @@ def _instance_type_kept(before: EndpointSpec, after: EndpointSpec, _config: dict
     means deleting it, which Azure refuses while it has traffic."""
     messages = []
     for name in before.deployments.keys() & after.deployments.keys():
-        old, new = before.deployments[name].instance_type, after.deployments[name].instance_type
-        if (old or "").lower() != (new or "").lower():
+        was, now = before.deployments[name], after.deployments[name]
+        old, new = (instance_type_on_azure(d.type, d.instance_type) for d in (was, now))
+        if old is None or new is None:  # not known on one side (a running local state records none)
+            continue
+        if old.lower() != new.lower():
             live = before.live_traffic.get(name, 0) or before.mirror_traffic.get(name, 0)
             messages.append(
-                f"deployment {name!r} changes instanceType from {old or 'the cluster default'} to "
-                f"{new or 'the cluster default'}{' while it has traffic' if live else ''}; an online deployment "
+                f"deployment {name!r} changes instanceType from {old} to "
+                f"{new}{' while it has traffic' if live else ''}; an online deployment "
                 "cannot change its instance type in place: add a new deployment with the new type under another "
                 "name, as a stage of its own, and move traffic to it"
             )

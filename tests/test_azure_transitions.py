@@ -59,3 +59,20 @@ def test_the_same_type_in_another_case_and_a_new_deployment_with_a_new_type_pass
     after = stage(tmp_path, "b.yaml", new_deployment)
     result = check(before, after)
     assert not [v for v in json.loads(result.output) if v["policy"] == "instance-type-kept"], result.output
+
+
+def test_a_kubernetes_deployment_moving_off_the_cluster_default_is_a_change(tmp_path):
+    """Without instanceType a Kubernetes deployment runs on `defaultinstancetype` (the program names it):
+    naming another type later is a change like any other."""
+    def kubernetes(endpoint):
+        endpoint["compute"] = "azureml:k8s-compute"
+        endpoint["deployments"]["blue"].update(type="kubernetes")
+        endpoint["deployments"]["blue"].pop("instanceType")
+        endpoint["deployments"].pop("green")
+        endpoint["traffic"] = {"blue": 100}
+
+    before = stage(tmp_path, "a.yaml", kubernetes)
+    after = stage(tmp_path, "b.yaml", lambda e: (kubernetes(e), e["deployments"]["blue"].update(instanceType="gpu")))
+    result = check(before, after)
+    (violation,) = [v for v in json.loads(result.output) if v.get("policy") == "instance-type-kept"]
+    assert "from defaultinstancetype to gpu while it has traffic" in violation["message"]
