@@ -11,6 +11,7 @@ import contextlib
 import gzip
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -611,3 +612,163 @@ def _stage_lock_waiters(state: Path) -> bool:
         with contextlib.suppress(OSError):
             holders += any(os.readlink(fd) == target for fd in fd_dir.iterdir())
     return holders >= 2
+
+
+# --- round two (issue 15): abandoned requests, bounded concurrency and bodies, a quiet log ----------
+
+def router_fds(client) -> int:
+    return len(os.listdir(f"/proc/{client.pid()}/fd"))
+
+
+def router_rss_mib(client) -> float:
+    for line in Path(f"/proc/{client.pid()}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+def burst(target, seconds: float, clients: int, body: bytes, pin: str | None = None) -> list[int]:
+    """`clients` threads posting `body` back to back for `seconds`; the statuses (0: no answer)."""
+    statuses, stop = [], threading.Event()
+    headers = {"Authorization": f"Bearer {target['key']}", "Content-Type": "application/json"}
+    if pin:
+        headers["azureml-model-deployment"] = pin
+
+    def one_client():
+        with requests.Session() as session:
+            while not stop.is_set():
+                try:
+                    statuses.append(session.post(target["uri"], data=body, headers=headers, timeout=30).status_code)
+                except requests.RequestException:
+                    statuses.append(0)
+
+    threads = [threading.Thread(target=one_client) for _ in range(clients)]
+    for thread in threads:
+        thread.start()
+    time.sleep(seconds)
+    stop.set()
+    for thread in threads:
+        thread.join()
+    return statuses
+
+
+def test_a_slow_mirror_under_load_gives_back_memory_and_descriptors_within_seconds(own_runtime):
+    """Issue 15's repro, scaled down: a mirror whose run() takes 4 s, half the traffic copied to it,
+    1 MiB bodies. Copies beyond what its instance takes at once are shed (429 in its mirror metrics);
+    nothing piles up in the router or in the worker."""
+    runtime = own_runtime(**SHORT_KEEPALIVES)  # kept-alive connections to workers end 1 s after the burst
+    target = serve(runtime, "ep-slowmirror", {
+        "blue": {**spec("blue"), "maxConcurrentRequestsPerInstance": 8}, "green": spec("green", ALWAYS_SLEEP="4"),
+    }, {"blue": 100, "green": 0}, {"green": 50})
+    body = json.dumps({"x": "a" * (1024 * 1024)}).encode()
+    assert score(target).status_code == 200
+    fds_before, rss_before = router_fds(runtime), router_rss_mib(runtime)
+    statuses = burst(target, 4.0, 8, body)
+    assert statuses and set(statuses) == {200}
+    assert wait_for(lambda: router_fds(runtime) <= fds_before + 2, 8), (fds_before, router_fds(runtime))
+    assert wait_for(lambda: router_rss_mib(runtime) <= rss_before + 40, 8), (rss_before, router_rss_mib(runtime))
+    green = runtime.status()["endpoints"]["ep-slowmirror"]["deployments"]["green"]
+    assert green["metrics"]["mirrored"] > 20 and green["healthy"] == 1
+    text = runtime.metrics()
+    assert 'mlcanary_mirrored_requests_total{endpoint="ep-slowmirror",deployment="green",code="429"}' in text
+    # The worker is not busy with hundreds of abandoned copies: a pinned request is served in its 4 s.
+    assert score(target, pin="green", timeout=30).status_code == 200
+
+
+def test_requests_beyond_an_instances_concurrency_wait_the_queue_wait_then_get_429(client):
+    target = serve(client, "ep-busy", {"slow": {**spec("slow", ALWAYS_SLEEP="1.5"), "maxQueueWaitMs": 200}},
+                   {"slow": 100})
+    answers = []
+    threads = [threading.Thread(target=lambda: answers.append(score(target))) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(a.status_code for a in answers) == [200, 429, 429]
+    refused = next(a for a in answers if a.status_code == 429).json()["message"]
+    assert refused.startswith("Too many pending requests: deployment 'slow' takes 1 request(s) at once per instance "
+                              "(maxConcurrentRequestsPerInstance) and none was free within 200 ms (maxQueueWaitMs)")
+    client.delete_endpoint("ep-busy")
+
+
+def test_a_request_whose_client_went_away_closes_its_upstream_connection_and_frees_its_slot(client):
+    target = serve(client, "ep-gone", {"blue": {**spec("blue"), "requestTimeoutMs": 20000}}, {"blue": 100})
+    assert score(target).status_code == 200
+    fds_before = router_fds(client)
+    with pytest.raises(requests.Timeout):
+        score(target, {"sleep": 6}, timeout=0.5)  # the client gives up; run() goes on sleeping
+    assert wait_for(lambda: router_fds(client) <= fds_before, 3)  # the router dropped its side at once
+    answer = score(target, {"x": 2}, timeout=30)  # the slot is free: no 429, though run() still sleeps
+    assert answer.status_code == 200 and answer.json()["echo"] == {"x": 2}
+    client.delete_endpoint("ep-gone")
+
+
+MALFORMED = {
+    "key_in_a_bad_header": b"POST /score HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %KEY%\x01\r\nContent-Length: 2\r\n\r\n{}",
+    "key_in_a_bad_header_name": b"POST /score HTTP/1.1\r\nHost: x\r\nAuth(%KEY%): x\r\nContent-Length: 2\r\n\r\n{}",
+    "bad_method": b"P@ST /score HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %KEY%\r\n\r\n",
+    "bad_content_length": b"POST /score HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %KEY%\r\nContent-Length: %KEY%\r\n\r\n",
+    "bad_chunk_size": b"POST /score HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %KEY%\r\nTransfer-Encoding: chunked\r\n\r\n%KEY%\r\n",
+    "header_line_too_long": b"POST /score HTTP/1.1\r\nHost: x\r\nX-Long: %KEY%" + b"a" * 20000 + b"\r\n\r\n",
+    "bad_version": b"POST /score HTTP/9.%KEY%\r\nHost: x\r\n\r\n",
+}
+
+
+@pytest.mark.parametrize("case", list(MALFORMED))
+def test_a_malformed_request_is_a_fixed_400_counted_never_logged_nor_echoed(endpoint, client, case):
+    key = endpoint["key"]
+    answer = raw_exchange(port_of(endpoint), MALFORMED[case].replace(b"%KEY%", key.encode()))
+    status_line, _, rest = answer.partition(b"\r\n")
+    assert re.fullmatch(rb"HTTP/1\.[01] 400 Bad Request", status_line), answer[:200]
+    assert rest.endswith(b"400 Bad Request: the request is not valid HTTP/1.1"), rest[-200:]
+    assert key.encode() not in answer
+    log = runtime_log(client)
+    assert key not in log and "Traceback" not in log and "Error handling request" not in log
+    assert re.search(r'mlcanary_malformed_requests_total\{endpoint="ep-data"\} [1-9]', client.metrics())
+
+
+def test_a_flood_of_malformed_requests_leaves_the_audit_lines_and_the_log_size_alone(endpoint, client):
+    client.set_traffic("ep-data", {"blue": 100}, {})  # an audit line
+    size = paths.runtime_log(client.root).stat().st_size
+    request = MALFORMED["key_in_a_bad_header"].replace(b"%KEY%", endpoint["key"].encode())
+    for _ in range(2000):
+        raw_exchange(port_of(endpoint), request)
+    assert paths.runtime_log(client.root).stat().st_size - size < 300  # a note a minute at most, not a line each
+    assert "change accepted: PUT /endpoints/ep-data/traffic" in runtime_log(client)
+    assert re.search(r'mlcanary_malformed_requests_total\{endpoint="ep-data"\} \d{4}', client.metrics())
+
+
+@pytest.mark.parametrize("encoded, problem", [
+    (gzip.compress(b'{"x": 1}')[:-6], "the compressed stream is truncated"),
+    (gzip.compress(b'{"x": 1}') + b"garbage", "bytes follow the end of the compressed stream"),
+    (gzip.compress(b'{"x": 1}') + gzip.compress(b'{"y": 2}'), "bytes follow the end of the compressed stream"),
+], ids=["truncated", "trailing_garbage", "second_member"])
+def test_a_gzip_body_that_is_not_one_complete_stream_is_400(endpoint, encoded, problem):
+    headers = {"Authorization": f"Bearer {endpoint['key']}", "Content-Type": "application/json",
+               "Content-Encoding": "gzip"}
+    answer = requests.post(endpoint["uri"], data=encoded, headers=headers, timeout=30)
+    assert answer.status_code == 400 and problem in answer.json()["message"]
+
+
+def test_bodies_in_flight_are_capped_and_the_excess_is_refused_with_503(own_runtime):
+    from mlcanary.local_runtime.bodies import BODIES_IN_FLIGHT_ENV
+
+    runtime = own_runtime(**{BODIES_IN_FLIGHT_ENV: "64"})
+    target = serve(runtime, "ep-bodies", {"slow": {**spec("slow", ALWAYS_SLEEP="1"),
+                                                   "maxConcurrentRequestsPerInstance": 8, "maxQueueWaitMs": 5000,
+                                                   "requestTimeoutMs": 20000}}, {"slow": 100})
+    body = json.dumps({"x": "a" * (40 * 1024 * 1024)}).encode()  # 40 MB: one fits in 64 MiB, two do not
+    rss_before = router_rss_mib(runtime)
+    answers, peak = [], [0.0]
+    threads = [threading.Thread(target=lambda: answers.append(score(target, json.loads(body), timeout=60)))
+               for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    while any(t.is_alive() for t in threads):
+        peak[0] = max(peak[0], router_rss_mib(runtime))
+        time.sleep(0.02)
+    statuses = sorted(a.status_code for a in answers)
+    assert 200 in statuses and 503 in statuses and set(statuses) <= {200, 503}, statuses
+    refused = next(a for a in answers if a.status_code == 503)
+    assert refused.headers["Retry-After"] == "1" and BODIES_IN_FLIGHT_ENV in refused.json()["message"]
+    assert peak[0] - rss_before < 200, (rss_before, peak[0])  # six at once: 240 MB of bodies, as much echoed back

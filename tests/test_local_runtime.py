@@ -144,7 +144,8 @@ def test_header_reaches_a_dark_deployment(endpoint):
 def test_header_to_unknown_deployment_is_404(endpoint):
     answer = score(endpoint, pin="dep-nope")
     assert answer.status_code == 404
-    assert answer.json()["message"] == "deployment 'dep-nope' not found on endpoint 'ep-main'"
+    assert answer.json()["message"] == ("the deployment named in the azureml-model-deployment header is not one of "
+                                        "endpoint 'ep-main': dep-a, dep-b, dep-dark, dep-slow")  # header values are never echoed
 
 
 def test_model_error_is_424_with_the_model_status(endpoint):

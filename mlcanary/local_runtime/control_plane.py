@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from mlcanary.components import rules
+from mlcanary.components.spec import PROBE_BOUNDS, REQUEST_SETTING_BOUNDS, bounded_settings_problems
 from mlcanary.local_runtime import snapshots
 from mlcanary.local_runtime.data_plane import Endpoint, as_bytes, free_port, problem_response
 from mlcanary.local_runtime.protocol import CONTROL_TOKEN_HEADER
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("mlcanary.local")
 STORAGE_FAILED = 507  # Insufficient Storage: the change could not be recorded
+RUNTIME_PROBE_KEYS = ("initialDelay", "period", "failureThreshold", "timeout")
 
 
 def deployment_problems(name: str, spec: dict[str, Any]) -> list[rules.Problem]:
@@ -48,11 +50,8 @@ def deployment_problems(name: str, spec: dict[str, Any]) -> list[rules.Problem]:
     if model and not Path(model).exists():
         problems.append(rules.Problem("model", f"{model!r} does not exist"))
     probe = spec.get("readinessProbe") or {}
-    for key, least in (("initialDelay", 0), ("period", 1), ("failureThreshold", 1), ("timeout", 1)):
-        value = probe.get(key)
-        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < least):
-            problems.append(rules.Problem(f"readinessProbe.{key}",
-                                          f"must be a whole number of at least {least}, got {value!r}"))
+    problems += bounded_settings_problems("readinessProbe", probe, {k: PROBE_BOUNDS[k] for k in RUNTIME_PROBE_KEYS})
+    problems += bounded_settings_problems("", spec, REQUEST_SETTING_BOUNDS)
     return problems
 
 

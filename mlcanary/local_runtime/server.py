@@ -26,6 +26,7 @@ from typing import Any
 
 from mlcanary.local_runtime import metrics_address, paths, snapshots, store
 from mlcanary.local_runtime.store import StateWriteFailed
+from mlcanary.local_runtime.bodies import BodyBudget, budget_from_environment
 from mlcanary.local_runtime.data_plane import Endpoint, free_port
 from mlcanary.local_runtime.metrics import Metrics
 from mlcanary.local_runtime.routing import Routing
@@ -54,6 +55,7 @@ class Runtime:
         self.initial_state = state
         self.endpoints: dict[str, Endpoint] = {}
         self.metrics = Metrics()
+        self.body_budget = BodyBudget(budget_from_environment())  # one for every endpoint: the router's memory
         self.lock = asyncio.Lock()  # one control change at a time
         self.stopping = asyncio.Event()
         self._tasks: set[asyncio.Task] = set()
@@ -79,7 +81,7 @@ class Runtime:
         return [w for d in [*self.all_deployments(), *self.draining] for w in d.workers]
 
     def new_endpoint(self, name: str, record: dict[str, Any]) -> Endpoint:
-        return Endpoint(name, record, self.metrics, self.background)
+        return Endpoint(name, record, self.metrics, self.background, self.body_budget)
 
     def new_deployment(self, endpoint: str, name: str, spec: dict[str, Any]) -> Deployment:
         return Deployment(endpoint, name, spec, paths.deployment_log_dir(self.root, endpoint, name),
@@ -214,7 +216,11 @@ def setup_logging(root: Path) -> None:
     handler = PrivateRotatingFileHandler(paths.runtime_log(root), maxBytes=LOG_MAX_BYTES, backupCount=LOG_BACKUPS)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
-    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    # aiohttp logs a request it cannot parse with its text (headers, a key among them) and a traceback,
+    # once per request; the data plane counts those instead (quiet_http.py), and the control plane's
+    # are not worth a line either: only audit lines, state changes and supervision reach runtime.log.
+    for name in ("aiohttp.access", "aiohttp.server", "aiohttp.web", "aiohttp.internal"):
+        logging.getLogger(name).setLevel(logging.CRITICAL + 1)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -230,6 +236,7 @@ def main(argv: list[str] | None = None) -> None:
     except metrics_address.BadMetricsAddress as err:
         print(f"{metrics_address.ENV_VAR}: {err}", file=sys.stderr)
         sys.exit(EXIT_UNUSABLE_STATE)
+    _raise_open_file_limit()
     root = paths.state_dir(args.state_dir)
     warning = paths.ensure_private_dir(root)  # keys, the control token, sockets and logs live here
     setup_logging(root)
@@ -254,6 +261,17 @@ def main(argv: list[str] | None = None) -> None:
             log.error("refusing to start: %s", err)
             print(err, file=sys.stderr)
             sys.exit(1)
+
+
+def _raise_open_file_limit() -> None:
+    """Each client connection and each upstream request is a descriptor: a burst of thousands of
+    connections must not meet a soft limit of 1,024 while the hard limit allows more."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and (hard == resource.RLIM_INFINITY or soft < hard):
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 65536) if hard != resource.RLIM_INFINITY else 65536, hard))
 
 
 def _loop_factory():

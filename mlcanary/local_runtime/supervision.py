@@ -111,6 +111,7 @@ class Supervisor:
             if deployment.state != "ready":
                 continue
             for worker in list(deployment.workers):
+                worker.upstream.drop_stale()
                 if worker in self._restarting:
                     continue
                 if not worker.alive():
