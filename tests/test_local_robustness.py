@@ -311,7 +311,7 @@ def test_local_up_says_the_state_file_is_corrupt(tmp_path):
     assert result.exit_code == 1
     # local up reads the state first (the gate judges the step from what a restart would restore)
     assert f"{paths.state_file(root)}: cannot read the runtime's state" in result.output
-    assert "is not a runtime state: expected an object with an `endpoints` object" in result.output
+    assert "is not a runtime state: endpoints: input should be a valid dictionary, got []" in result.output
     assert "Traceback" not in result.output
     assert paths.state_file(root).read_text() == '{"endpoints": []}'  # kept for the user to inspect
     assert RuntimeClient(root).base_url() is None
@@ -470,7 +470,7 @@ def test_a_full_disk_refuses_the_change_names_the_cause_and_undoes_it(own_runtim
         after = runtime.status()["endpoints"]["ep-full"]
         assert after["traffic"] == before["traffic"] and list(after["deployments"]) == ["blue"]
         assert paths.state_file(runtime.root).read_text() == state_before
-        recorded = set(json.loads(paths.workers_file(runtime.root).read_text())["pgids"])
+        recorded = {w["pid"] for w in json.loads(paths.workers_file(runtime.root).read_text())["workers"]}
         running = {int(p) for p in subprocess.run(["pgrep", "-f", f"unix:{runtime.root / 'sock'}/"],
                                                   capture_output=True, text=True).stdout.split()}
         assert {os.getpgid(p) for p in running} <= recorded  # every worker running is recorded
@@ -772,3 +772,186 @@ def test_bodies_in_flight_are_capped_and_the_excess_is_refused_with_503(own_runt
     refused = next(a for a in answers if a.status_code == 503)
     assert refused.headers["Retry-After"] == "1" and BODIES_IN_FLIGHT_ENV in refused.json()["message"]
     assert peak[0] - rss_before < 200, (rss_before, peak[0])  # six at once: 240 MB of bodies, as much echoed back
+
+
+# --- a hostile state directory (issue 15) ---------------------------------------------------------
+
+OTHER_UID = 54321  # no such user here: a folder chown-ed to it is another user's
+
+
+def victim(tmp_path: Path) -> Path:
+    """One of the owner's private files, which a planted link would make the runtime overwrite."""
+    secret = tmp_path / "owners-secret"
+    secret.write_text("precious")
+    secret.chmod(0o600)
+    return secret
+
+
+def test_a_state_dir_another_user_owns_is_refused_and_nothing_is_written_in_it(tmp_path):
+    root = tmp_path / "theirs"
+    root.mkdir(mode=0o700)
+    os.chown(root, OTHER_UID, OTHER_UID)
+    with pytest.raises(NotRunning) as refused:
+        RuntimeClient(root).ensure_running()
+    assert f"state directory {root} is owned by uid {OTHER_UID}, not by you" in str(refused.value)
+    assert "use a folder of your own (--state-dir or $MLCANARY_STATE_DIR)" in str(refused.value)
+    assert list(root.iterdir()) == []
+
+
+def test_a_state_dir_others_can_write_is_refused_and_its_planted_links_are_not_followed(tmp_path):
+    root = tmp_path / "shared"
+    root.mkdir()
+    root.chmod(0o777)
+    secret = victim(tmp_path)
+    os.symlink(secret, root / "runtime.stderr")
+    os.symlink(secret, root / "runtime.log")
+    with pytest.raises(NotRunning) as refused:
+        RuntimeClient(root).ensure_running()
+    assert f"state directory {root} can be written by other users (mode 777)" in str(refused.value)
+    assert f"run `chmod go-w {root}` (better, `chmod 700 {root}`)" in str(refused.value)
+    assert secret.read_text() == "precious"
+
+
+@pytest.mark.parametrize("planted", ["runtime.stderr", "runtime.log", "runtime.lock"])
+def test_a_link_in_a_private_state_dir_is_not_followed(tmp_path, planted):
+    root = tmp_path / "state"
+    root.mkdir(mode=0o700)
+    secret = victim(tmp_path)
+    os.symlink(secret, root / planted)
+    with pytest.raises(NotRunning) as refused:
+        RuntimeClient(root).ensure_running()
+    assert f"{root / planted}: is a symbolic link; the runtime does not follow links in its state directory" in str(
+        refused.value)
+    assert secret.read_text() == "precious" and secret.stat().st_mode & 0o777 == 0o600
+
+
+def test_a_folder_squatting_the_old_socket_folder_name_cannot_block_the_runtime(own_runtime, tmp_path):
+    """Worker sockets of a state directory whose path is too long for them go to a temp folder; its
+    name used to be predictable (mlcanary-<uid>-<hash of the path>), so another user could take it first."""
+    import hashlib
+    import tempfile
+
+    deep = tmp_path / ("d" * 90) / "state"
+    squatted = Path(tempfile.gettempdir()) / f"mlcanary-{os.getuid()}-{hashlib.sha256(str(deep).encode()).hexdigest()[:16]}"
+    squatted.mkdir(mode=0o777)
+    os.chown(squatted, OTHER_UID, OTHER_UID)
+    try:
+        runtime = own_runtime(deep)
+        target = serve(runtime, "ep-squat", {"blue": spec("blue")}, {"blue": 100})
+        assert score(target).status_code == 200
+        folder = Path(deployment_status(runtime, "ep-squat", "blue")["sockets"][0]).parent
+        assert folder != squatted and folder.name.startswith(f"mlcanary-{os.getuid()}-")
+        assert folder.stat().st_uid == os.getuid() and folder.stat().st_mode & 0o777 == 0o700
+        stop_runtime(runtime)
+        assert not folder.exists()
+    finally:
+        squatted.rmdir()
+
+
+# --- state.json and workers.json are checked like a stage file (issue 15) --------------------------
+
+def valid_state() -> dict:
+    deployment = {"code": str(MODELS / "code"), "scoringScript": "score.py", "model": str(MODELS / "model"),
+                  "instanceCount": 1, "environmentVariables": {"MODEL_NAME": "blue"}}
+    return {"endpoints": {"ep-x": {
+        "authMode": "key", "keys": {"primary": "p" * 43, "secondary": "s" * 43}, "port": 40123,
+        "deployments": {"blue": deployment, "green": dict(deployment)},
+        "traffic": {"blue": 100, "green": 0}, "mirrorTraffic": {}}}}
+
+
+def _set(path: str, value):
+    def change(state: dict) -> dict:
+        *parents, last = path.split("/")
+        node = state
+        for key in parents:
+            node = node[key]
+        node[last] = value
+        return state
+    return change
+
+
+EP = "endpoints/ep-x"
+STATE_CASES = {
+    "port_99999": (_set(f"{EP}/port", 99999), "endpoints.ep-x.port: a TCP port is 1 to 65535, got 99999"),
+    "instance_count_0": (_set(f"{EP}/deployments/blue/instanceCount", 0),
+                         "endpoints.ep-x.deployments.blue.instanceCount: instance count must be a whole number from 1 to 50, got 0"),
+    "instance_count_51": (_set(f"{EP}/deployments/blue/instanceCount", 51), "from 1 to 50, got 51"),
+    "traffic_250_minus_150": (_set(f"{EP}/traffic", {"blue": 250, "green": -150}), "endpoints.ep-x.traffic"),
+    "traffic_to_a_missing_deployment": (_set(f"{EP}/traffic", {"blue": 50, "ghost": 50}),
+                                        "live traffic names unknown deployment 'ghost'"),
+    "two_mirror_targets": (_set(f"{EP}/mirrorTraffic", {"blue": 10, "green": 10}), "endpoints.ep-x.mirrorTraffic"),
+    "traffic_not_a_number": (_set(f"{EP}/traffic", {"blue": "x"}), "endpoints.ep-x.traffic.blue: input should be a valid integer"),
+    "integer_environment_value": (_set(f"{EP}/deployments/blue/environmentVariables", {"N": 5}),
+                                  "endpoints.ep-x.deployments.blue.environmentVariables.N: input should be a valid string"),
+    "string_request_timeout": (_set(f"{EP}/deployments/blue/requestTimeoutMs", "1000"),
+                               "endpoints.ep-x.deployments.blue.requestTimeoutMs: input should be a valid integer"),
+    "huge_probe_period": (_set(f"{EP}/deployments/blue/readinessProbe", {"period": 10**9}),
+                          "endpoints.ep-x.deployments.blue.readinessProbe.period: period must be a whole number from 1 to 3600"),
+    "endpoint_name_leaving_the_folder": (lambda s: {"endpoints": {"../../x": s["endpoints"]["ep-x"]}},
+                                         "endpoints.../../x: '../../x' is not a valid endpoint name"),
+    "deep_nesting": (None, "is nested too deeply to be a runtime record"),
+    "dev_zero": (None, "is a device, not a regular file"),
+    "fifo": (None, "is a named pipe (FIFO), not a regular file"),
+}
+
+
+@pytest.mark.parametrize("case", list(STATE_CASES))
+def test_a_state_file_breaking_a_rule_is_refused_at_start_naming_the_field_and_kept(tmp_path, case):
+    root = tmp_path / "state"
+    root.mkdir(mode=0o700)
+    state_path = paths.state_file(root)
+    change, message = STATE_CASES[case]
+    if case == "deep_nesting":
+        state_path.write_text('{"endpoints": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    elif case == "dev_zero":
+        os.symlink("/dev/zero", state_path)
+    elif case == "fifo":
+        os.mkfifo(state_path)
+    else:
+        state_path.write_text(json.dumps(change(valid_state())))
+    before = os.lstat(state_path)
+    runtime = RuntimeClient(root)
+    try:
+        with pytest.raises(NotRunning) as refused:
+            runtime.ensure_running()
+    finally:
+        stop_runtime(runtime)
+    assert f"state file {state_path}" in str(refused.value) and message in str(refused.value), str(refused.value)
+    assert "the file was kept as it is" in str(refused.value)
+    after = os.lstat(state_path)
+    assert (after.st_mode, after.st_size, after.st_mtime_ns) == (before.st_mode, before.st_size, before.st_mtime_ns)
+
+
+def test_a_valid_state_file_still_starts(tmp_path):
+    root = tmp_path / "state"
+    root.mkdir(mode=0o700)
+    paths.state_file(root).write_text(json.dumps(valid_state()))
+    runtime = RuntimeClient(root)
+    try:
+        runtime.ensure_running()
+        assert runtime.status()["endpoints"]["ep-x"]["deployments"]["blue"]["state"] == "ready"
+    finally:
+        stop_runtime(runtime)
+
+
+@pytest.mark.parametrize("document, message", [
+    ({"pgids": [1234]}, "workers.json is not a runtime state: socketDir: required"),
+    ({"socketDir": "/etc", "workers": []}, "socketDir: '/etc' is neither the state directory's sock folder"),
+    ({"socketDir": "SOCK", "workers": [{"pid": "1", "started": 0, "socket": "SOCK/a.sock"}]},
+     "workers.0.pid: input should be a valid integer"),
+    ({"socketDir": "SOCK", "workers": [{"pid": 1234, "started": 0, "socket": "/elsewhere/a.sock"}]},
+     "workers.0.socket: not in socketDir"),
+], ids=["old_format", "foreign_socket_dir", "pid_not_a_number", "socket_elsewhere"])
+def test_a_workers_file_that_is_not_one_is_refused_at_start_and_kept(tmp_path, document, message):
+    root = tmp_path / "state"
+    root.mkdir(mode=0o700)
+    text = json.dumps(document).replace("SOCK", str(root / "sock"))
+    paths.workers_file(root).write_text(text)
+    runtime = RuntimeClient(root)
+    try:
+        with pytest.raises(NotRunning) as refused:
+            runtime.ensure_running()
+    finally:
+        stop_runtime(runtime)
+    assert message in str(refused.value) and "the file was kept as it is" in str(refused.value), str(refused.value)
+    assert paths.workers_file(root).read_text() == text

@@ -30,7 +30,8 @@ from mlcanary.local_runtime.bodies import BodyBudget, budget_from_environment
 from mlcanary.local_runtime.data_plane import Endpoint, free_port
 from mlcanary.local_runtime.metrics import Metrics
 from mlcanary.local_runtime.routing import Routing
-from mlcanary.local_runtime.supervision import Supervisor, WorkerRegistry, kill_orphans
+from mlcanary.local_runtime.records import UnusableRecord
+from mlcanary.local_runtime.supervision import Supervisor, WorkerRegistry, kill_orphans, recorded_workers
 from mlcanary.local_runtime.workers import Deployment, Worker, describe_os_error
 
 log = logging.getLogger("mlcanary.local")
@@ -44,7 +45,7 @@ def write_private(path: Path, document: dict[str, Any]) -> None:
     """Write a JSON file only its owner can read, created that way (no window with wider rights)."""
     import json
 
-    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    descriptor = paths.open_private(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
     with os.fdopen(descriptor, "w") as file:
         json.dump(document, file)
 
@@ -64,7 +65,7 @@ class Runtime:
         self.cancel_requested: set[asyncio.Task] = set()
         self.socket_dir = paths.socket_dir(root)
         paths.private_subdir(root / "logs")  # worker logs may quote request data
-        self.registry = WorkerRegistry(root, self.all_workers)
+        self.registry = WorkerRegistry(root, self.all_workers, self.socket_dir)
         self.control_token = secrets.token_urlsafe(32)
 
     # --- plumbing ---------------------------------------------------------------------------
@@ -204,11 +205,11 @@ class MetricsAddressTaken(RuntimeError):
 
 
 class PrivateRotatingFileHandler(logging.handlers.RotatingFileHandler):
-    """Each log file, the rotated ones too, is created readable by its owner only."""
+    """Each log file, the rotated ones too, is created readable by its owner only, never through a link."""
 
     def _open(self):
         return open(self.baseFilename, self.mode, encoding=self.encoding, errors=self.errors,  # noqa: SIM115
-                    opener=lambda path, flags: os.open(path, flags, 0o600))
+                    opener=lambda path, flags: paths.open_private(Path(path), flags))
 
 
 def setup_logging(root: Path) -> None:
@@ -238,11 +239,18 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(EXIT_UNUSABLE_STATE)
     _raise_open_file_limit()
     root = paths.state_dir(args.state_dir)
-    warning = paths.ensure_private_dir(root)  # keys, the control token, sockets and logs live here
-    setup_logging(root)
+    try:
+        warning = paths.ensure_private_dir(root)  # keys, the control token, sockets and logs live here
+        setup_logging(root)
+        lock = os.fdopen(paths.open_private(paths.lock_file(root), os.O_RDWR | os.O_CREAT), "w")  # held for life
+    except paths.UnsafeStateDir as err:  # nothing is written into a folder others control
+        print(err, file=sys.stderr)
+        sys.exit(EXIT_UNUSABLE_STATE)
+    except OSError as err:
+        print(f"{err.filename}: {err.strerror}" if err.filename else describe_os_error(err), file=sys.stderr)
+        sys.exit(EXIT_UNUSABLE_STATE)
     if warning:
         log.warning(warning)
-    lock = open(paths.lock_file(root), "w")  # noqa: SIM115 - held for the life of the process
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -250,10 +258,12 @@ def main(argv: list[str] | None = None) -> None:
     try:
         state = store.load(paths.state_file(root))
     except store.StateCorrupt as err:
-        message = f"{err}; the file was kept as it is: repair it, or move it away to start with no endpoints"
-        log.error("refusing to start: %s", message)
-        print(message, file=sys.stderr)
-        sys.exit(EXIT_UNUSABLE_STATE)
+        _refuse(f"{err}; the file was kept as it is: repair it, or move it away to start with no endpoints")
+    try:
+        recorded_workers(root)
+    except UnusableRecord as err:
+        _refuse(f"{err}; the file was kept as it is: stop the workers it lists yourself if any still run, "
+                "then move it away")
     with asyncio.Runner(loop_factory=_loop_factory()) as runner:
         try:
             runner.run(Runtime(root, state).run(args.port, metrics_at))
@@ -261,6 +271,12 @@ def main(argv: list[str] | None = None) -> None:
             log.error("refusing to start: %s", err)
             print(err, file=sys.stderr)
             sys.exit(1)
+
+
+def _refuse(message: str) -> None:
+    log.error("refusing to start: %s", message)
+    print(message, file=sys.stderr)
+    sys.exit(EXIT_UNUSABLE_STATE)
 
 
 def _raise_open_file_limit() -> None:

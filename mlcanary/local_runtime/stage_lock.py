@@ -48,7 +48,7 @@ def stage_lock(root: Path, stage: str, wait: bool = True,
             _held[root] -= 1
         return
     paths.ensure_private_dir(root)
-    descriptor = os.open(paths.stage_lock_file(root), os.O_RDWR | os.O_CREAT, 0o600)
+    descriptor = paths.open_private(paths.stage_lock_file(root), os.O_RDWR | os.O_CREAT)
     with os.fdopen(descriptor, "r+") as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)

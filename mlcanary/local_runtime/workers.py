@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mlcanary.local_runtime import paths
 from mlcanary.local_runtime.snapshots import served_path
 
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
@@ -213,7 +214,8 @@ class Worker:
             self.socket_path.unlink()
         try:
             self.log_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            with open(self.log_path, "ab") as log:
+            log_fd = paths.open_private(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+            with os.fdopen(log_fd, "ab") as log:
                 log.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} starting on unix:{self.socket_path}\n".encode())
                 log.flush()
                 self.process = await asyncio.create_subprocess_exec(
