@@ -38,18 +38,11 @@ class SpecError(ValueError):
 
 
 def _whole_number_or_unchanged(value: Any) -> Any:
-    """Whole floats (wire numbers) and ASCII digit strings (`pulumi config set --type string`) become
-    ints; str.isdigit() and int() would also take full-width and other Unicode digits ("１００")."""
+    """Whole floats (wire numbers: Pulumi and the policy engine send 2.0) become ints. Text is not a
+    number, even "10" quoted: numbers are written as plain ASCII digits (safe_yaml refuses YAML 1.1's
+    octal, hex and base-60 forms), so what a stage file says is what a number is."""
     number = rules.whole_number(value)
-    if number is not None:
-        return number
-    text = value.strip() if isinstance(value, str) else ""
-    if text.isascii() and text.isdigit():
-        try:
-            return int(text)
-        except ValueError:  # more digits than Python converts: not a usable number either
-            return value
-    return value
+    return value if number is None else number
 
 
 WholeNumber = Annotated[int, Strict(), BeforeValidator(_whole_number_or_unchanged)]

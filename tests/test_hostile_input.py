@@ -397,12 +397,30 @@ def test_only_ascii_digits_are_numbers(change, field):
     assert re.search(rf"{E}\.{re.escape(field)}: must be a whole number, got '", spec_problems(config))
 
 
-def test_ascii_digit_strings_still_count():
-    """`pulumi config set --type string` stores numbers as strings: those stay accepted."""
+@pytest.mark.parametrize("quoted", ["2", "02", " 2"], ids=["plain", "leading_zero", "leading_space"])
+def test_a_quoted_number_is_refused_where_a_number_is_asked_for(quoted):
     config = stage_config(AZURE_STAGE_1)
-    config["mlcanary:endpoint"]["deployments"]["blue"]["instanceCount"] = "2"
-    spec = load_stack_config(namespaced(config, "mlcanary"), PROJECT_DIR)
-    assert spec.endpoint.deployments["blue"].instance_count == 2
+    config["mlcanary:endpoint"]["deployments"]["blue"]["instanceCount"] = quoted
+    assert re.search(rf"{E}\.deployments\.blue\.instanceCount: must be a whole number, got '{quoted}'", spec_problems(config))
+
+
+@pytest.mark.parametrize("written, reads_as", [
+    ("010", "octal"), ("0x2", "hexadecimal"), ("0b10", "binary"), ("1_000", "underscores"),
+    ("1:30", "base 60"), ("1_0.5", "underscores"),
+], ids=["octal", "hex", "binary", "underscores", "sexagesimal", "float_underscores"])
+def test_yaml_1_1_number_forms_are_refused_with_their_line(tmp_path, written, reads_as):
+    text = local_stage_text().replace("instanceCount: 1", f"instanceCount: {written}", 1)
+    assert f"instanceCount: {written}" in text
+    message = stage_error(tmp_path, text)
+    assert re.search(rf"{re.escape(written)!s} at line \d+ is not a plain number", message), message
+    assert reads_as in message and "write it in decimal digits" in message
+
+
+def test_plain_numbers_and_quoted_text_that_looks_like_a_number_still_read(tmp_path):
+    from mlcanary.components.safe_yaml import load_yaml
+
+    assert load_yaml("a: 10\nb: -3\nc: 0\nd: 2.5\ne: '010'\nf: +4\n", "t") == {
+        "a": 10, "b": -3, "c": 0, "d": 2.5, "e": "010", "f": 4}
 
 
 @pytest.mark.parametrize(

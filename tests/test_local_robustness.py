@@ -955,3 +955,63 @@ def test_a_workers_file_that_is_not_one_is_refused_at_start_and_kept(tmp_path, d
         stop_runtime(runtime)
     assert message in str(refused.value) and "the file was kept as it is" in str(refused.value), str(refused.value)
     assert paths.workers_file(root).read_text() == text
+
+
+# --- smaller points (issue 15) --------------------------------------------------------------------
+
+@pytest.mark.parametrize("disk", ["tmpfs", "injected_fault"])
+def test_a_full_disk_gives_a_clean_refusal_from_the_stage_lock(tmp_path, disk):
+    from mlcanary.local_runtime.stage_lock import StageLocked, stage_lock
+
+    root = tmp_path / "small"
+    fault = {}
+    if disk == "tmpfs":
+        if not mount_small_disk(root):
+            pytest.skip("mounting a tmpfs is not allowed here; the injected_fault case covers the same path")
+        fill(root)
+    else:
+        root.mkdir(mode=0o700)
+        (tmp_path / "disk-is-full").touch()
+        fault = {FAULT_DISK_FULL_ENV: str(tmp_path / "disk-is-full")}
+    try:
+        with environment(**fault), pytest.raises(StageLocked) as refused, stage_lock(root, "stage-1.yaml"):
+            raise AssertionError("the stage lock was taken on a full disk")
+        assert str(refused.value) == (f"cannot write the stage lock {paths.stage_lock_file(root)}: no space left on "
+                                      "device; nothing was changed: free some space and apply the stage again")
+    finally:
+        if disk == "tmpfs":
+            subprocess.run(["umount", "-l", str(root)], check=False)
+
+
+def test_with_every_instance_dead_a_request_waits_for_a_restart_within_its_timeout(client):
+    target = serve(client, "ep-dead", {"blue": {**spec("blue"), "requestTimeoutMs": 30000}}, {"blue": 100})
+    master = deployment_status(client, "ep-dead", "blue")["pids"][0]
+    os.killpg(master, signal.SIGKILL)  # the only instance is gone; supervision starts it again
+    answer = score(target, timeout=60)
+    assert answer.status_code == 200 and answer.json()["name"] == "blue"
+    assert deployment_status(client, "ep-dead", "blue")["restarts"] == 1
+    client.delete_endpoint("ep-dead")
+
+
+def test_3000_connections_at_once_are_accepted_without_a_reset(endpoint):
+    connections, resets = [], 0
+    try:
+        for _ in range(3000):
+            connection = socket.socket()
+            connection.setblocking(False)
+            connection.connect_ex(("127.0.0.1", port_of(endpoint)))
+            connections.append(connection)
+        time.sleep(1)
+        for connection in connections:
+            connection.setblocking(True)
+            connection.settimeout(10)
+            try:
+                connection.sendall(b"GET /score HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                if not connection.recv(64).startswith(b"HTTP/1.1 405"):
+                    resets += 1
+            except OSError:
+                resets += 1
+    finally:
+        for connection in connections:
+            connection.close()
+    assert resets == 0

@@ -21,6 +21,13 @@ from mlcanary.local_runtime import records
 FAULT_DISK_FULL_ENV = "MLCANARY_FAULT_DISK_FULL_WHILE"
 
 
+def raise_if_disk_full_fault(path: Path) -> None:
+    """Tests only: ENOSPC for a write of `path` while the FAULT_DISK_FULL_ENV file exists."""
+    fault = os.environ.get(FAULT_DISK_FULL_ENV)
+    if fault and os.path.exists(fault):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+
 class StateWriteFailed(RuntimeError):
     """The state could not be written; the message is the cause, e.g. 'no space left on device: <path>'."""
 
@@ -46,9 +53,7 @@ def load(path: Path) -> dict[str, Any]:
 
 def save(path: Path, state: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fault = os.environ.get(FAULT_DISK_FULL_ENV)
-    if fault and os.path.exists(fault):
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+    raise_if_disk_full_fault(path)
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
         with os.fdopen(handle, "w", encoding="utf-8") as file:
