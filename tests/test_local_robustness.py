@@ -666,7 +666,7 @@ def test_a_slow_mirror_under_load_gives_back_memory_and_descriptors_within_secon
     statuses = burst(target, 4.0, 8, body)
     assert statuses and set(statuses) == {200}
     assert wait_for(lambda: router_fds(runtime) <= fds_before + 2, 8), (fds_before, router_fds(runtime))
-    assert wait_for(lambda: router_rss_mib(runtime) <= rss_before + 40, 8), (rss_before, router_rss_mib(runtime))
+    assert wait_for(lambda: router_rss_mib(runtime) <= rss_before + 12, 8), (rss_before, router_rss_mib(runtime))
     green = runtime.status()["endpoints"]["ep-slowmirror"]["deployments"]["green"]
     assert green["metrics"]["mirrored"] > 20 and green["healthy"] == 1
     text = runtime.metrics()
