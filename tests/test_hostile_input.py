@@ -694,3 +694,33 @@ def test_the_installed_command_prints_no_traceback_for_unusable_stages(tmp_path)
     assert done.returncode == 2, done.stderr
     assert "Traceback" not in done.stderr + done.stdout
     assert done.stderr.count("error: ") == len(BAD_INPUTS)
+
+
+# --- probe and request settings have upper bounds, checked by `check` too (issue 15) ---------------
+
+@pytest.mark.parametrize("key, settings, message", [
+    ("readinessProbe", {"period": 10**9, "failureThreshold": 10**9},
+     "readinessProbe.period: period must be a whole number from 1 to 3600, got 1000000000"),
+    ("readinessProbe", {"failureThreshold": 10**9}, "readinessProbe.failureThreshold: failureThreshold must be a whole "
+     "number from 1 to 1000, got 1000000000"),
+    ("livenessProbe", {"initialDelay": 10**6}, "livenessProbe.initialDelay: initialDelay must be a whole number from 0 "
+     "to 3600, got 1000000"),
+    ("requestSettings", {"maxConcurrentRequestsPerInstance": 0}, "requestSettings.maxConcurrentRequestsPerInstance: "
+     "maxConcurrentRequestsPerInstance must be a whole number from 1 to 1000, got 0"),
+    ("requestSettings", {"maxQueueWaitMs": 10**9}, "requestSettings.maxQueueWaitMs: maxQueueWaitMs must be a whole "
+     "number from 1 to 180000, got 1000000000"),
+], ids=["huge_period", "huge_failure_threshold", "huge_initial_delay", "no_concurrency", "huge_queue_wait"])
+def test_probe_and_request_settings_past_their_bounds_are_refused(key, settings, message):
+    config = stage_config(AZURE_STAGE_1)
+    config["mlcanary:endpoint"]["deployments"]["blue"][key] = settings
+    assert f"{E}.deployments.blue.{message}" in spec_problems(config)
+
+
+def test_check_refuses_a_huge_readiness_probe_without_a_traceback(tmp_path):
+    text = local_stage_text().replace("        instanceCount: 1\n",
+                                      "        instanceCount: 1\n        readinessProbe: {period: 1000000000, failureThreshold: 1000000000}\n", 1)
+    assert "readinessProbe" in text
+    result = CliRunner().invoke(main, ["check", str(write(tmp_path, text))])
+    assert result.exit_code == 2, result.output
+    assert "readinessProbe.period: period must be a whole number from 1 to 3600, got 1000000000" in result.output
+    assert "Traceback" not in result.output and "OverflowError" not in result.output

@@ -1015,3 +1015,17 @@ def test_3000_connections_at_once_are_accepted_without_a_reset(endpoint):
         for connection in connections:
             connection.close()
     assert resets == 0
+
+
+def test_a_decompression_outliving_its_cancelled_request_cannot_hold_budget():
+    """The request is cancelled (its client went away) while a thread still inflates its body: the
+    charges are released with the request, and the thread is stopped at its next step."""
+    from mlcanary.local_runtime.bodies import BodyBudget, Held, OverBudget, decompress
+
+    budget = BodyBudget(300 * 1024 * 1024)
+    held = Held(budget)
+    held.charge(1024)  # the compressed body, as read
+    held.done()  # the request ends (cancelled)
+    with pytest.raises(OverBudget):
+        decompress(gzip_bomb(64 * 1024 * 1024), "gzip", held)
+    assert budget.used == 0

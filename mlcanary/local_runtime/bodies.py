@@ -67,26 +67,42 @@ class BodyBudget:
 
 class Held:
     """What one request charged to the budget; released once, however many parties (the request, its
-    mirror copy) shared it."""
+    mirror copy) shared it. A decompression thread may still charge after its request was cancelled:
+    once released, a Held refuses further charges (OverBudget stops that thread)."""
 
     def __init__(self, budget: BodyBudget):
         self.budget = budget
         self.size = 0
         self._holders = 1
+        self._released = False
+        self._lock = threading.Lock()
 
     def charge(self, size: int) -> None:
-        self.budget.charge(size)
-        self.size += size
+        with self._lock:
+            if self._released:
+                raise OverBudget
+            self.budget.charge(size)
+            self.size += size
+
+    def refund(self, size: int) -> None:
+        """Give back part of a charge (a step that made less than it was allowed)."""
+        with self._lock:
+            if not self._released:
+                self.budget.release(size)
+                self.size -= size
 
     def share(self) -> Held:
-        self._holders += 1
+        with self._lock:
+            self._holders += 1
         return self
 
     def done(self) -> None:
-        self._holders -= 1
-        if self._holders == 0 and self.size:
-            self.budget.release(self.size)
-            self.size = 0
+        with self._lock:
+            self._holders -= 1
+            if self._holders == 0 and not self._released:
+                self._released = True
+                self.budget.release(self.size)
+                self.size = 0
 
 
 _pool: concurrent.futures.ThreadPoolExecutor | None = None
@@ -114,8 +130,7 @@ def decompress(body: bytes, encoding: str, held: Held, limit: int = MAX_BODY_BYT
             step = min(DECOMPRESS_STEP, limit + 1 - produced)
             held.charge(step)
             part = inflater.decompress(pending, step)
-            held.budget.release(step - len(part))  # charge what was made, not what was allowed
-            held.size -= step - len(part)
+            held.refund(step - len(part))  # charge what was made, not what was allowed
             parts.append(part)
             produced += len(part)
             if produced > limit:
