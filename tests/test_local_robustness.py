@@ -812,6 +812,19 @@ def test_a_state_dir_others_can_write_is_refused_and_its_planted_links_are_not_f
     assert secret.read_text() == "precious"
 
 
+def test_a_state_dir_inside_a_folder_others_can_write_is_refused(tmp_path):
+    """Others could rename the state directory away and put their own in its place (no sticky bit)."""
+    parent = tmp_path / "open"
+    parent.mkdir()
+    parent.chmod(0o777)
+    root = parent / "state"
+    root.mkdir(mode=0o700)
+    with pytest.raises(NotRunning) as refused:
+        RuntimeClient(root).ensure_running()
+    assert f"lies in {parent}, which other users can write (mode 777)" in str(refused.value)
+    assert list(root.iterdir()) == []
+
+
 @pytest.mark.parametrize("planted", ["runtime.stderr", "runtime.log", "runtime.lock"])
 def test_a_link_in_a_private_state_dir_is_not_followed(tmp_path, planted):
     root = tmp_path / "state"
