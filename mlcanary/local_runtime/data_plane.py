@@ -270,13 +270,18 @@ def _too_many(deployment: Deployment) -> tuple[int, bytes, dict]:
                   f"and none was free within {int(deployment.queue_wait_s * 1000)} ms (maxQueueWaitMs)")
 
 
+def _shed(deployment: Deployment) -> tuple[int, bytes, dict]:
+    return _error(429, f"mirror copy shed: every instance of deployment {deployment.name!r} has its "
+                  f"{deployment.max_concurrent} request slot(s) taken (maxConcurrentRequestsPerInstance)")
+
+
 async def forward(deployment: Deployment, body: bytes, content_type: bytes,
                   mirrored: bool = False) -> tuple[int, bytes, dict]:
     """Send one request to an instance with a free slot; Azure's statuses for what goes wrong.
 
     Each instance takes at most maxConcurrentRequestsPerInstance requests at once; a request waits
-    for a free slot at most maxQueueWaitMs (then 429, as Azure answers), a mirror copy not at all
-    (it is shed: mirror copies go first). An instance that refuses or resets the connection leaves the
+    for a free slot within its request timeout (408), or at most maxQueueWaitMs when that is set (then
+    429, as Azure answers); a mirror copy does not wait (it is shed: mirror copies go first). An instance that refuses or resets the connection leaves the
     rotation (supervision probes it back) and another instance takes the request: scoring is
     stateless. While a ready deployment has no instance in rotation (workers restarting), the request
     waits for one within its request timeout. Whenever this gives up (timeout, or the client went
@@ -287,21 +292,22 @@ async def forward(deployment: Deployment, body: bytes, content_type: bytes,
         return _error(503, f"deployment {deployment.name!r} is {deployment.state}{detail}")
     began = time.monotonic()
     deadline = began + deployment.request_timeout_s
-    queue_deadline = min(deadline, began + deployment.queue_wait_s)
+    queue_wait_s = deployment.queue_wait_s
+    queue_deadline = deadline if queue_wait_s is None else min(deadline, began + queue_wait_s)
     deployment.inflight += 1
     try:
         while True:
             worker = deployment.take_slot()
             if worker is None:
                 if mirrored:
-                    return _too_many(deployment)
+                    return _shed(deployment)
                 now = time.monotonic()
                 if not deployment.in_rotation():
                     if now >= deadline or deployment.state != "ready":
                         return _error(503, f"deployment {deployment.name!r} has no healthy instance")
                     await asyncio.sleep(NO_INSTANCE_WAIT_S)
                 elif now >= queue_deadline:
-                    return _too_many(deployment)
+                    return _timed_out(deployment) if queue_wait_s is None or now >= deadline else _too_many(deployment)
                 else:
                     await deployment.slot_freed(queue_deadline - now)
                 continue

@@ -53,7 +53,6 @@ from mlcanary.local_runtime.upstream import Upstream
 WSGI_APP = "azureml_inference_server_http.server.entry:app"
 DEFAULT_REQUEST_TIMEOUT_MS = 5000  # Azure's default request_timeout_ms
 DEFAULT_MAX_CONCURRENT_REQUESTS = 1  # Azure's default max_concurrent_requests_per_instance
-DEFAULT_MAX_QUEUE_WAIT_MS = 500  # Azure's default max_queue_wait_ms
 SLOT_RECHECK_S = 0.1  # a request waiting for a slot looks again at least this often
 KEEPALIVE_ENV = "MLCANARY_WORKER_KEEPALIVE_S"  # gunicorn's keep-alive; tests make it short
 LOG_TAIL_LINES = 30
@@ -313,8 +312,12 @@ class Deployment:
         return int(self.spec.get("maxConcurrentRequestsPerInstance", DEFAULT_MAX_CONCURRENT_REQUESTS))
 
     @property
-    def queue_wait_s(self) -> float:
-        return self.spec.get("maxQueueWaitMs", DEFAULT_MAX_QUEUE_WAIT_MS) / 1000
+    def queue_wait_s(self) -> float | None:
+        """How long a request may wait for a free slot; None: within its request timeout. Azure deprecated
+        max_queue_wait_ms for managed endpoints ("increase request_timeout_ms to account for any
+        networking/queue delays"), so without it the queue wait is part of the request timeout."""
+        wait_ms = self.spec.get("maxQueueWaitMs")
+        return None if wait_ms is None else wait_ms / 1000
 
     def _new_workers(self, count: int) -> list[Worker]:
         start = len(self.workers)
