@@ -281,9 +281,9 @@ async def forward(deployment: Deployment, body: bytes, content_type: bytes,
 
     Each instance takes at most maxConcurrentRequestsPerInstance requests at once; a request waits
     for a free slot within its request timeout (408), or at most maxQueueWaitMs when that is set (then
-    429, as Azure answers); a mirror copy does not wait (it is shed: mirror copies go first). An instance that refuses or resets the connection leaves the
-    rotation (supervision probes it back) and another instance takes the request: scoring is
-    stateless. While a ready deployment has no instance in rotation (workers restarting), the request
+    429, as Azure answers); a mirror copy does not wait (it is shed: mirror copies go first). An
+    instance that refuses or resets the connection leaves the rotation (supervision probes it back)
+    and another instance takes the request: scoring is stateless. While a ready deployment has no instance in rotation (workers restarting), the request
     waits for one within its request timeout. Whenever this gives up (timeout, or the client went
     away and the task is cancelled), the upstream connection is dropped and the slot freed.
     """
