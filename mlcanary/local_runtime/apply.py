@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from mlcanary.components.spec import DeploymentSpec, EndpointSpec, StackSpec
-from mlcanary.components.uploads import content_hash
+from mlcanary.components.content_digest import content_digest
 from mlcanary.local_runtime.client import RuntimeClient, RuntimeRefusal
 from mlcanary.local_runtime.interrupts import interrupts_ignored
 from mlcanary.local_runtime.snapshots import PINNED
@@ -51,7 +51,7 @@ def deployment_payload(spec: DeploymentSpec) -> dict[str, Any]:
     }
     for key, digest_key in PINNED.items():
         if payload[key]:
-            payload[digest_key] = content_hash(payload[key])
+            payload[digest_key] = content_digest(payload[key])
     if spec.request_settings and spec.request_settings.request_timeout_ms:
         payload["requestTimeoutMs"] = spec.request_settings.request_timeout_ms
     probe = spec.readiness_probe
