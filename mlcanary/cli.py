@@ -1,4 +1,8 @@
-"""The `mlcanary` command line."""
+"""The `mlcanary` command line.
+
+A command imports what it uses, inside the command: `--version`, `local status` or `invoke` must not
+pay for pulumi, pulumi_policy or azure-ai-ml (tests/test_cli_imports.py, bench/cli_latency.py).
+"""
 
 from __future__ import annotations
 
@@ -9,7 +13,6 @@ from pathlib import Path
 import click
 
 from mlcanary.local_cli import register as register_local_commands
-from mlcanary.policy_config import PolicyConfigError, load_policy_config
 from mlcanary.rollout_cli import rollout
 
 
@@ -46,6 +49,7 @@ def check(stage_files: tuple[Path, ...], policy_pack_config: Path | None, output
     --format json, each unusable input is an object {input, error} in the array.
     """
     from mlcanary.check import InputError, check_stages, policy_defaults
+    from mlcanary.policy_config import PolicyConfigError, load_policy_config
 
     try:
         settings = load_policy_config(policy_pack_config, policy_defaults())

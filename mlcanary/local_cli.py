@@ -29,11 +29,13 @@ state_dir_option = click.option(
 
 
 def _client(state_dir: Path | None):
-    try:
-        import aiohttp  # noqa: F401 - the runtime's router
-        import azureml_inference_server_http  # noqa: F401 - the workers
-    except ImportError as err:
-        _fail(f"the local target needs the `local` extra ({err.name} is missing): pip install -e '.[local]'", 2)
+    from importlib.util import find_spec
+
+    # aiohttp runs the router, azureml_inference_server_http the workers: both in the runtime's own
+    # processes, so looking them up is enough here (importing them would cost every command ~0.2 s).
+    missing = next((name for name in ("aiohttp", "azureml_inference_server_http") if find_spec(name) is None), None)
+    if missing:
+        _fail(f"the local target needs the `local` extra ({missing} is missing): pip install -e '.[local]'", 2)
     from mlcanary.local_runtime.client import RuntimeClient
     from mlcanary.local_runtime.paths import state_dir as resolve
 
@@ -123,11 +125,13 @@ def _echo_json(document) -> None:
 
 def _errors():
     """The runtime's refusals and a runtime that is not there, as clean errors."""
-    from mlcanary.local_runtime.apply import StageRefused
     from mlcanary.local_runtime.client import NotRunning, RuntimeRefusal
     from mlcanary.local_runtime.running import StateUnreadable
 
-    return (StageRefused, NotRunning, RuntimeRefusal, StateUnreadable)
+    # A stage refusal can only come from the apply module, which imports the spec and the Pulumi
+    # program: commands that never apply a stage (status, keys, ...) must not import it to catch it.
+    apply = sys.modules.get("mlcanary.local_runtime.apply")
+    return (NotRunning, RuntimeRefusal, StateUnreadable) + ((apply.StageRefused,) if apply else ())
 
 
 @click.group()
@@ -468,9 +472,9 @@ def invoke(endpoint: str, request_file: Path, deployment: str | None, output_for
 
     Shows which deployment answered (the azureml-model-deployment header of the answer).
     """
+    import http.client
     import time
-
-    import requests
+    from urllib.parse import urlsplit
 
     from mlcanary.local_runtime.protocol import PIN_HEADER
 
@@ -486,30 +490,33 @@ def invoke(endpoint: str, request_file: Path, deployment: str | None, output_for
     headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
     if deployment:
         headers[PIN_HEADER] = deployment
+    scoring = urlsplit(status["endpoints"][endpoint]["scoringUri"])  # the local router: http://127.0.0.1:PORT/score
+    connection = http.client.HTTPConnection(scoring.hostname, scoring.port, timeout=300)
     started = time.perf_counter()
     try:
-        answer = requests.post(status["endpoints"][endpoint]["scoringUri"], data=body,
-                               headers=headers, timeout=300)
-    except requests.RequestException as err:
+        connection.request("POST", scoring.path or "/", body=body, headers=headers)
+        answer = connection.getresponse()
+        text = answer.read().decode("utf-8", errors="replace")
+    except (OSError, http.client.HTTPException) as err:
         from mlcanary.components.rules import shown
 
         _fail(f"no answer from endpoint {shown(endpoint)} ({type(err).__name__}): is the local runtime still running? "
               "See `mlcanary local status`")
+    finally:
+        connection.close()
     latency_ms = round((time.perf_counter() - started) * 1000, 1)
-    answered_by = answer.headers.get(PIN_HEADER)
+    answered_by = answer.getheader(PIN_HEADER)
     if output_format == "json":
         try:
-            answer_body = answer.json()
+            answer_body = json.loads(text)
         except ValueError:
-            answer_body = answer.text
-        _echo_json({"status": answer.status_code, "deployment": answered_by, "latencyMs": latency_ms,
-                    "body": answer_body})
+            answer_body = text
+        _echo_json({"status": answer.status, "deployment": answered_by, "latencyMs": latency_ms, "body": answer_body})
     else:
-        click.echo(answer.text)
-        click.echo(f"answered by: {answered_by or '(no deployment)'}, HTTP {answer.status_code}, {latency_ms} ms",
-                   err=True)
-    if answer.status_code != 200:
-        _fail(f"HTTP {answer.status_code} from {answered_by or endpoint}")
+        click.echo(text)
+        click.echo(f"answered by: {answered_by or '(no deployment)'}, HTTP {answer.status}, {latency_ms} ms", err=True)
+    if answer.status != 200:
+        _fail(f"HTTP {answer.status} from {answered_by or endpoint}")
 
 
 @click.command()
