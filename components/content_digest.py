@@ -30,7 +30,6 @@ import importlib.util
 import json
 import os
 import stat
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -403,6 +402,8 @@ def _read_cache(file: Path) -> tuple[str, str] | None:
 
 def _write_cache(file: Path, signature: str, digest: str) -> None:
     """Atomically: a concurrent reader sees the old entry or the new one, never half of one."""
+    import tempfile  # only on a miss: most runs read the cache
+
     with contextlib.suppress(OSError):
         descriptor, temporary = tempfile.mkstemp(dir=file.parent, prefix=".tmp-", suffix=".json")
         try:
