@@ -22,9 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from mlcanary.components.content_digest import GIB, MAX_BYTES, MAX_ENTRIES, FolderRefused, content_digest
-
-# spec key of a user path -> spec key of its digest
-PINNED = {"code": "codeDigest", "model": "modelDigest"}
+from mlcanary.components.local_payload import PINNED
+from mlcanary.local_runtime.os_errors import describe_os_error
 
 
 class SnapshotFailed(RuntimeError):
@@ -100,8 +99,6 @@ def pin(root: Path, spec: dict[str, Any]) -> dict[str, Any]:
         except FolderRefused as err:
             raise SnapshotFailed(f"could not pin {key}: {err}") from None
         except OSError as err:
-            from mlcanary.local_runtime.workers import describe_os_error
-
             raise SnapshotFailed(f"could not pin {key} {str(source)!r}: {describe_os_error(err)}",
                                  no_space=err.errno == errno.ENOSPC) from None
         pinned[digest_key] = digest
