@@ -41,7 +41,7 @@ def rollout_verbs() -> list[str]:
     """The steering verbs of `mlcanary rollout`, if it is a group of them (status, history, ...)."""
     from mlcanary.cli import main
 
-    rollout = main.commands.get("rollout")
+    rollout = main.get_command(None, "rollout")
     return sorted(getattr(rollout, "commands", {}) or [])
 
 

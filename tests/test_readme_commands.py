@@ -191,8 +191,10 @@ def test_every_option_of_every_command_says_what_it_does():
 
     from mlcanary.cli import main
 
-    def commands(group, prefix=""):
-        for name, command in group.commands.items():
+    def commands(group, prefix=""):  # through list/get_command: the top group loads its commands lazily
+        context = click.Context(group)
+        for name in group.list_commands(context):
+            command = group.get_command(context, name)
             if isinstance(command, click.Group):
                 yield from commands(command, f"{prefix}{name} ")
             else:
