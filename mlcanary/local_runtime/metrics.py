@@ -81,9 +81,13 @@ class Metrics:
         self._numbers = itertools.count(1)
         self.by_deployment: dict[tuple[str, str], DeploymentMetrics] = defaultdict(
             lambda: DeploymentMetrics(self.new_series()))
+        self.malformed: Counter[str] = Counter()  # endpoint -> requests that were not valid HTTP
 
     def new_series(self) -> str:
         return f"{self.start_id}.{next(self._numbers)}"
+
+    def malformed_request(self, endpoint: str) -> None:
+        self.malformed[endpoint] += 1
 
     def of(self, endpoint: str, deployment: str) -> DeploymentMetrics:
         return self.by_deployment[(endpoint, deployment)]
@@ -126,6 +130,11 @@ class Metrics:
         for (endpoint, deployment), m in sorted(self.by_deployment.items()):
             lines.append(f'mlcanary_counts_series{{endpoint="{label(endpoint)}",deployment="{label(deployment)}",'
                          f'series="{m.series}"}} 1')
+        lines += [
+            "# HELP mlcanary_malformed_requests_total Requests to a scoring URI that were not valid HTTP (answered 400).",
+            "# TYPE mlcanary_malformed_requests_total counter",
+            *(f'mlcanary_malformed_requests_total{{endpoint="{label(e)}"}} {n}' for e, n in sorted(self.malformed.items())),
+        ]
         return "\n".join(lines) + "\n"
 
     def _histogram(self, name: str, description: str, buckets: str, total: str) -> list[str]:
