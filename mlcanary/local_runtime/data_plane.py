@@ -181,16 +181,29 @@ class Endpoint:
                     f"Set traffic, or pin a deployment with the {PIN_HEADER} header.",
                 )
             mirror_to = routing.mirror.take()
+        answers = self.metrics.answers if self.metrics.answers.settings_of(self.name) else None
+        live_answer = asyncio.get_running_loop().create_future() if answers and mirror_to else None
         if mirror_to and mirror_to in self.deployments:
-            self.background(self.mirror(self.deployments[mirror_to], body, content_type))
-        status, payload, headers = await forward(deployment, body, content_type)
+            self.background(self.mirror(self.deployments[mirror_to], body, content_type, deployment.name, live_answer))
+        answer = None
+        try:
+            status, payload, headers = await forward(deployment, body, content_type)
+            answer = (status, payload)
+        finally:  # the mirror's comparison waits for this, also when the client went away
+            if live_answer is not None:
+                live_answer.set_result(answer)
         self.metrics.of(self.name, deployment.name).observe(status, time.perf_counter() - started)
+        if answers and not pinned:  # after this answer is sent: the output number for the distributions
+            asyncio.get_running_loop().call_soon(answers.observe_output, self.name, deployment.name, status, payload)
         return web.Response(status=status, body=payload, headers={**headers, PIN_HEADER: deployment.name})
 
-    async def mirror(self, deployment: Deployment, body: bytes, content_type: bytes) -> None:
+    async def mirror(self, deployment: Deployment, body: bytes, content_type: bytes, live: str = "",
+                     live_answer: asyncio.Future | None = None) -> None:
         started = time.perf_counter()
-        status, _, _ = await forward(deployment, body, content_type)
+        status, payload, _ = await forward(deployment, body, content_type)
         self.metrics.of(self.name, deployment.name).observe(status, time.perf_counter() - started, mirrored=True)
+        if live_answer is not None:  # compared only once the live answer is out (pairing.py)
+            await self.metrics.answers.pair(self.name, live, deployment.name, live_answer, status, payload, body)
 
     def status(self) -> dict[str, Any]:
         return {

@@ -5,6 +5,8 @@ from __future__ import annotations
 import bisect
 from collections import Counter, defaultdict
 
+from mlcanary.local_runtime.pairing import Answers
+
 BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
@@ -38,6 +40,7 @@ class DeploymentMetrics:
 class Metrics:
     def __init__(self) -> None:
         self.by_deployment: dict[tuple[str, str], DeploymentMetrics] = defaultdict(DeploymentMetrics)
+        self.answers = Answers()  # what the models answer (pairing.py): compared pairs, output numbers
 
     def of(self, endpoint: str, deployment: str) -> DeploymentMetrics:
         return self.by_deployment[(endpoint, deployment)]
@@ -46,6 +49,7 @@ class Metrics:
         """Drop the counts of a deleted (or re-created) deployment, or of a whole endpoint."""
         for key in [k for k in self.by_deployment if k[0] == endpoint and deployment in (None, k[1])]:
             del self.by_deployment[key]
+        self.answers.forget(endpoint, deployment)
 
     def prometheus(self) -> str:
         lines = self._counter(
@@ -64,6 +68,7 @@ class Metrics:
                 lines.append(f'mlcanary_request_duration_seconds_bucket{{{labels},le="{bound}"}} {cumulative}')
             lines.append(f"mlcanary_request_duration_seconds_sum{{{labels}}} {m.latency_sum:.6f}")
             lines.append(f"mlcanary_request_duration_seconds_count{{{labels}}} {cumulative}")
+        lines += self.answers.prometheus(label)
         return "\n".join(lines) + "\n"
 
     def _counter(self, name: str, description: str, attribute: str) -> list[str]:
