@@ -10,6 +10,7 @@ probability at most alpha however often it is looked at (Lindon et al., KDD 2022
 
 from __future__ import annotations
 
+import bisect
 import math
 from dataclasses import dataclass, field
 
@@ -81,6 +82,11 @@ class RateEValue:
             self.log_ratios = [0.0] * len(self.grid)
 
     def update(self, events: int, requests: int, p0: float) -> None:
+        if requests and p0 == 0.0:  # H0 "no event at all": one event refutes it for certain
+            if events:
+                self.log_ratios = [700.0] * len(self.grid)
+            self.events = (self.events[0] + events, self.events[1] + requests)
+            return
         if not requests or not 0.0 < p0 < 1.0:
             return
         for i, multiple in enumerate(self.grid):
@@ -114,3 +120,83 @@ def reference_rate(events: int, requests: int, tolerance: float) -> float | None
 def sprt(true_ratio: float, r0: float, alpha: float) -> RatioEValue:
     """The one-sided SPRT of an oracle that knows the true ratio: the floor for any test of r0."""
     return RatioEValue(r0, alpha, (true_ratio / r0,))
+
+
+@dataclass
+class ShiftEValue:
+    """Has the target's output distribution moved away from the baseline's? Two-sample, anytime-valid.
+
+    The outputs are put into cells fixed before any is folded in: between quantiles of a reference
+    sample of the baseline (`cells_from`), plus a cell of its own for a value the reference repeats
+    (a constant answer). With a random split, an output in cell k is the target's with probability
+    q(r_k), r_k = the target's rate of landing in k over the baseline's, exactly as an error is in
+    RatioEValue: so each cell is a RatioEValue on (target outputs in k, baseline outputs in k), H0
+    r_k <= r0. If the distributions differ, some cell gets more of the target's outputs than of the
+    baseline's, so testing every cell for "more" covers every shift. The mean of the cells' e-values
+    is again a test supermartingale under H0 (all of them hold), so 1/alpha keeps the bound.
+    """
+
+    edges: tuple[float, ...]
+    tied: tuple[bool, ...]  # per edge: does the reference repeat it (then it is a cell of its own)
+    r0: float
+    alpha: float
+    cells: dict[int, RatioEValue] = field(default_factory=dict)
+    counts: dict[int, list[int]] = field(default_factory=dict)  # cell -> [target, baseline] outputs folded in
+
+    def __post_init__(self) -> None:
+        if not self.cells:
+            indices = [2 * i for i in range(len(self.edges) + 1)] + [2 * i + 1 for i, t in enumerate(self.tied) if t]
+            self.cells = {i: RatioEValue(self.r0, self.alpha) for i in sorted(indices)}
+            self.counts = {i: [0, 0] for i in self.cells}
+
+    def cell(self, value: float) -> int:
+        i = bisect.bisect_left(self.edges, value)
+        if i < len(self.edges) and self.edges[i] == value and self.tied[i]:
+            return 2 * i + 1
+        return 2 * i
+
+    def update(self, target: list[float], baseline: list[float]) -> None:
+        """Fold in one closed window: the output numbers each side gave in it."""
+        if not target or not baseline:
+            return  # one side gave nothing: the window says nothing about the difference
+        share = len(target) / (len(target) + len(baseline))
+        in_cell = {i: [0, 0] for i in self.cells}
+        for side, values in enumerate((target, baseline)):
+            for value in values:
+                in_cell[self.cell(value)][side] += 1
+        for i, (t, b) in in_cell.items():
+            self.cells[i].update(t, b, share)
+            self.counts[i][0] += t
+            self.counts[i][1] += b
+
+    @property
+    def e_value(self) -> float:
+        return sum(c.e_value for c in self.cells.values()) / len(self.cells)
+
+    def distance(self) -> float | None:
+        """Total variation distance of the two sides' cell shares so far (0 = alike, 1 = disjoint)."""
+        t_total = sum(c[0] for c in self.counts.values())
+        b_total = sum(c[1] for c in self.counts.values())
+        if not t_total or not b_total:
+            return None
+        return sum(abs(t / t_total - b / b_total) for t, b in self.counts.values()) / 2
+
+    def state(self) -> dict:
+        return {"edges": list(self.edges), "tied": list(self.tied), "r0": self.r0, "alpha": self.alpha,
+                "cells": {str(i): c.state() for i, c in self.cells.items()},
+                "counts": {str(i): c for i, c in self.counts.items()}}
+
+    @classmethod
+    def from_state(cls, state: dict) -> ShiftEValue:
+        return cls(tuple(state["edges"]), tuple(state["tied"]), state["r0"], state["alpha"],
+                   {int(i): RatioEValue.from_state(c) for i, c in state["cells"].items()},
+                   {int(i): list(c) for i, c in state["counts"].items()})
+
+
+def cells_from(reference: list[float], quantiles: int = 4, tie_share: float = 0.05) -> tuple[tuple[float, ...], tuple[bool, ...]]:
+    """Cell edges from a reference sample: its quantiles (without repeats), and which of them the
+    reference repeats in at least `tie_share` of its values."""
+    ordered = sorted(reference)
+    edges = sorted({ordered[min(len(ordered) - 1, int(k * len(ordered) / quantiles))] for k in range(1, quantiles)})
+    tied = tuple(ordered.count(e) >= max(2, tie_share * len(ordered)) for e in edges)
+    return tuple(edges), tied
