@@ -122,6 +122,19 @@ def test_the_same_distribution_is_rarely_failed():
     assert false <= 10  # alpha = 5 %, 100 runs: at most 10 (binomial 99.8 % bound)
 
 
+def test_outputs_moved_within_the_output_tolerance_are_not_a_shift_and_beyond_it_are():
+    """Narrow outputs (100 +- 1): a 0.5 % move is half a standard deviation, yet within the 1 % tolerance."""
+    def run(scale: float, seed: int) -> AnswerJudge:
+        j, rng = judge(), random.Random(seed)
+        j.start_step(mirror_step=False)
+        for _ in range(300):
+            j.observe(AnswerWindow(target_outputs=tuple(rng.gauss(100, 1) * scale for _ in range(10)),
+                                   baseline_outputs=tuple(rng.gauss(100, 1) for _ in range(10))))
+        return j
+    assert not any(run(1.005, seed).failure for seed in range(10))
+    assert all(run(1.03, seed).failure for seed in range(10))
+
+
 def test_the_cells_come_from_the_baseline_before_any_window_is_tested():
     j = judge()
     j.start_step(mirror_step=False)
@@ -135,12 +148,14 @@ def test_the_output_shift_rule_is_the_distance_of_the_binned_outputs():
     j.observe(AnswerWindow(baseline_outputs=tuple(float(i % 100) for i in range(REFERENCE_SIZE))))
     j.observe(AnswerWindow(target_outputs=(1.0,) * 10 + (80.0,) * 10, baseline_outputs=tuple(float(i) for i in range(100))))
     j.check_interval(mirrored=0, min_requests=1)
-    assert j.failure is not None and j.failure.judge == "rule" and j.failure.message == "output_shift = 0.5 (limit < 0.2)"  # half the target outputs sit where the baseline has a quarter each
+    # quintile cells of 0..99: <=20, <=40, <=60, <=80, >80; half the target's outputs in the first, half in the
+    # fourth, the baseline's 21, 20, 20, 20, 19 %: distance (0.29 + 0.2 + 0.2 + 0.3 + 0.19) / 2
+    assert j.failure is not None and j.failure.judge == "rule" and j.failure.message == "output_shift = 0.59 (limit < 0.2)"
 
 
 def test_a_constant_baseline_gets_a_cell_of_its_own():
     edges, tied = cells_from([0.5] * 100)
-    shift = ShiftEValue(edges, tied, 1.25, ALPHA)
+    shift = ShiftEValue(edges, tied, ALPHA)
     assert shift.cell(0.49) != shift.cell(0.5) != shift.cell(0.51) != shift.cell(0.49)
 
 

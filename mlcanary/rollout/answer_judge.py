@@ -9,8 +9,8 @@ Runs next to the error/latency judge when the rollout says what to compare (`--c
   while the target is still dark, before any client got one of its answers.
 - live steps: one output number per answer of each side (components/answer_compare.output_value).
   The split is random, so both sides see alike inputs: evalue.ShiftEValue tests H0 "the target's
-  outputs land in no region of the baseline's distribution more than SHIFT_TOLERANCE x as often",
-  with cells fixed from a reference sample of the baseline's outputs taken before it folds any in.
+  outputs are distributed as the baseline's, moved by at most --output-tolerance", on cells between
+  the quintiles of a reference sample of the baseline's outputs taken before it folds any in.
 - `--rule output_agreement >= X` (share agreed, mirror phase) and `--rule output_shift < X` (total
   variation distance of the binned outputs over the live steps so far), checked at interval end.
 """
@@ -27,7 +27,6 @@ from mlcanary.rollout.judges import Failure
 from mlcanary.rollout.rules import ANSWER_METRICS, Rule
 
 DEFAULT_MAX_DISAGREEMENT = 0.01
-SHIFT_TOLERANCE = 1.25  # a region of the outputs may get up to 1.25x the baseline's share from the target
 REFERENCE_SIZE = 200  # baseline outputs that fix the cells of the distribution test
 MAX_SAMPLES_KEPT = 20  # disagreement samples the judge keeps for its verdict and the record
 
@@ -119,7 +118,8 @@ class AnswerJudge:
             self.reference += baseline[:REFERENCE_SIZE - len(self.reference)]
             if len(self.reference) >= REFERENCE_SIZE:
                 edges, tied = cells_from(self.reference)
-                self.shift = ShiftEValue(edges, tied, SHIFT_TOLERANCE, self.options.alpha)
+                tolerance = self.options.settings.tolerance
+                self.shift = ShiftEValue(edges, tied, self.options.alpha, tolerance.relative, tolerance.absolute)
             return
         self.shift.update(target, baseline)
 
@@ -160,7 +160,7 @@ class AnswerJudge:
         distance = self.shift.distance() if self.shift else None
         return ("the target's outputs at " + str(self.options.settings.path) + " are distributed unlike the baseline's"
                 + (f" (distance {distance:.3f})" if distance is not None else "")
-                + f"; cells over the baseline's quartiles {', '.join(f'{e:g}' for e in self.shift.edges)}: "
+                + f"; cells between the baseline's quintiles {', '.join(f'{e:g}' for e in self.shift.edges)}: "
                 + ", ".join(f"{t}/{b}" for t, b in self.shift.counts.values()) + " (target/baseline outputs)")
 
     def e_values(self) -> dict[str, float]:

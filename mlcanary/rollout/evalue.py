@@ -122,31 +122,40 @@ def sprt(true_ratio: float, r0: float, alpha: float) -> RatioEValue:
     return RatioEValue(r0, alpha, (true_ratio / r0,))
 
 
+# Finer at the low end than GRID: a distribution shift moves a cell's share by tens of per cent, not x2.
+SHIFT_GRID = (1.1, 1.25, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0, 100.0)
+
+
 @dataclass
 class ShiftEValue:
-    """Has the target's output distribution moved away from the baseline's? Two-sample, anytime-valid.
+    """Has the target's output distribution moved away from the baseline's, by more than a tolerance?
+    Two-sample and anytime-valid.
 
-    The outputs are put into cells fixed before any is folded in: between quantiles of a reference
-    sample of the baseline (`cells_from`), plus a cell of its own for a value the reference repeats
-    (a constant answer). With a random split, an output in cell k is the target's with probability
-    q(r_k), r_k = the target's rate of landing in k over the baseline's, exactly as an error is in
-    RatioEValue: so each cell is a RatioEValue on (target outputs in k, baseline outputs in k), H0
-    r_k <= r0. If the distributions differ, some cell gets more of the target's outputs than of the
-    baseline's, so testing every cell for "more" covers every shift. The mean of the cells' e-values
-    is again a test supermartingale under H0 (all of them hold), so 1/alpha keeps the bound.
+    The outputs fall into cells fixed before any is folded in: between quantiles of a reference sample
+    of the baseline (`cells_from`), plus a cell of its own for a value the reference repeats (a constant
+    answer). Each observation is the target's with probability rho (the split). An "event of cell k" is
+    a target output inside cell k, or a baseline output inside cell k widened by the tolerance on both
+    ends; given an event, it is the target's with probability q(r_k) = rho r_k / (rho r_k + 1 - rho),
+    r_k = P_target(cell k) / P_baseline(widened cell k) - exactly the shape of RatioEValue's errors.
+    If the target's outputs are the baseline's moved by at most the tolerance, r_k <= 1 for every k
+    (H0). If the distributions differ by more, some cell gets more of the target's outputs than the
+    widened cell gets of the baseline's, so testing every cell for "more" covers every shift and
+    collapse. The mean of the cells' e-values is again a test supermartingale under H0, so reaching
+    1/alpha keeps the false-rollback bound.
     """
 
     edges: tuple[float, ...]
     tied: tuple[bool, ...]  # per edge: does the reference repeat it (then it is a cell of its own)
-    r0: float
     alpha: float
+    relative: float = 0.0  # the tolerance that widens the baseline's cells
+    absolute: float = 0.0
     cells: dict[int, RatioEValue] = field(default_factory=dict)
-    counts: dict[int, list[int]] = field(default_factory=dict)  # cell -> [target, baseline] outputs folded in
+    counts: dict[int, list[int]] = field(default_factory=dict)  # cell -> [target, baseline] outputs in it (unwidened)
 
     def __post_init__(self) -> None:
         if not self.cells:
             indices = [2 * i for i in range(len(self.edges) + 1)] + [2 * i + 1 for i, t in enumerate(self.tied) if t]
-            self.cells = {i: RatioEValue(self.r0, self.alpha) for i in sorted(indices)}
+            self.cells = {i: RatioEValue(1.0, self.alpha, SHIFT_GRID) for i in sorted(indices)}
             self.counts = {i: [0, 0] for i in self.cells}
 
     def cell(self, value: float) -> int:
@@ -155,19 +164,31 @@ class ShiftEValue:
             return 2 * i + 1
         return 2 * i
 
+    def bounds(self, index: int) -> tuple[float, float]:
+        """Cell `index` widened by the tolerance (closed on both ends: wider is the safe side)."""
+        i, own = divmod(index, 2)
+        low = self.edges[i] if own else (self.edges[i - 1] if i > 0 else -math.inf)
+        high = self.edges[i] if own else (self.edges[i] if i < len(self.edges) else math.inf)
+        allowance = lambda v: max(self.absolute, self.relative * abs(v)) if math.isfinite(v) else 0.0  # noqa: E731
+        return low - allowance(low), high + allowance(high)
+
     def update(self, target: list[float], baseline: list[float]) -> None:
         """Fold in one closed window: the output numbers each side gave in it."""
         if not target or not baseline:
             return  # one side gave nothing: the window says nothing about the difference
         share = len(target) / (len(target) + len(baseline))
-        in_cell = {i: [0, 0] for i in self.cells}
-        for side, values in enumerate((target, baseline)):
-            for value in values:
-                in_cell[self.cell(value)][side] += 1
-        for i, (t, b) in in_cell.items():
+        events = {i: [0, 0] for i in self.cells}
+        for value in target:
+            events[self.cell(value)][0] += 1
+            self.counts[self.cell(value)][0] += 1
+        widened = {i: self.bounds(i) for i in self.cells}
+        for value in baseline:
+            self.counts[self.cell(value)][1] += 1
+            for i, (low, high) in widened.items():
+                if low <= value <= high:
+                    events[i][1] += 1
+        for i, (t, b) in events.items():
             self.cells[i].update(t, b, share)
-            self.counts[i][0] += t
-            self.counts[i][1] += b
 
     @property
     def e_value(self) -> float:
@@ -182,18 +203,18 @@ class ShiftEValue:
         return sum(abs(t / t_total - b / b_total) for t, b in self.counts.values()) / 2
 
     def state(self) -> dict:
-        return {"edges": list(self.edges), "tied": list(self.tied), "r0": self.r0, "alpha": self.alpha,
-                "cells": {str(i): c.state() for i, c in self.cells.items()},
+        return {"edges": list(self.edges), "tied": list(self.tied), "alpha": self.alpha, "relative": self.relative,
+                "absolute": self.absolute, "cells": {str(i): c.state() for i, c in self.cells.items()},
                 "counts": {str(i): c for i, c in self.counts.items()}}
 
     @classmethod
     def from_state(cls, state: dict) -> ShiftEValue:
-        return cls(tuple(state["edges"]), tuple(state["tied"]), state["r0"], state["alpha"],
+        return cls(tuple(state["edges"]), tuple(state["tied"]), state["alpha"], state["relative"], state["absolute"],
                    {int(i): RatioEValue.from_state(c) for i, c in state["cells"].items()},
                    {int(i): list(c) for i, c in state["counts"].items()})
 
 
-def cells_from(reference: list[float], quantiles: int = 4, tie_share: float = 0.05) -> tuple[tuple[float, ...], tuple[bool, ...]]:
+def cells_from(reference: list[float], quantiles: int = 5, tie_share: float = 0.05) -> tuple[tuple[float, ...], tuple[bool, ...]]:
     """Cell edges from a reference sample: its quantiles (without repeats), and which of them the
     reference repeats in at least `tie_share` of its values."""
     ordered = sorted(reference)
