@@ -38,6 +38,12 @@ def _steps(value: str | None) -> list | None:
 @click.option("--rule", "rules", multiple=True,
               help="Repeatable: 'error_rate < 0.02', 'latency_p99_ms < 500', 'error_rate_ratio < 1.5', "
                    "'latency_p90_ratio < 1.2' (ratio = target / baseline).")
+@click.option("--compare-path", help="Compare what the models answer (mirror phase: pairs; live steps: output "
+              "distributions) at this part of the JSON answer: $ (all), predictions, $.result[0].score.")
+@click.option("--output-tolerance", help="Numbers agree within this: 0.01 = 1 % relative, abs:0.5 absolute, "
+              "0.01,abs:1e-6 both (default rel:1e-9, the same answer).")
+@click.option("--max-disagreement", type=float, help="Share of compared answers allowed to disagree in the mirror "
+              "phase (default 0.01); 0: none.")
 @click.option("--judge", type=click.Choice(["sequential", "threshold"]), help="sequential (default): anytime-valid "
               "test of target vs baseline; threshold: Flagger's per-interval check.")
 @click.option("--alpha", type=float, help="The sequential judge's false-rollback bound (default 0.05).")
@@ -57,8 +63,8 @@ def _steps(value: str | None) -> list | None:
 @click.option("--stack", help="azure target: the Pulumi stack to update through the Automation API.")
 @click.option("--metrics-region", help="azure target: the region of the endpoint's metrics (default: azure-native:location).")
 @state_dir_option
-def rollout(stage_file: Path, to, from_, steps, interval, mirror, mirror_for, bake, delete_old, rules, judge, alpha,
-            min_requests, max_hold, failure_limit, load_rps, request_file, record, plot, resume, output_format,
+def rollout(stage_file: Path, to, from_, steps, interval, mirror, mirror_for, bake, delete_old, rules,
+            compare_path, output_tolerance, max_disagreement, judge, alpha, min_requests, max_hold, failure_limit, load_rps, request_file, record, plot, resume, output_format,
             plan_only, write_stages, policy_pack_config, tick, stack, metrics_region, state_dir) -> None:
     """Promote --to step by step from the stage STAGE_FILE, judged by live metrics, rolled back by itself.
 
@@ -76,7 +82,8 @@ def rollout(stage_file: Path, to, from_, steps, interval, mirror, mirror_for, ba
     flags = {"to": to, "from": from_, "steps": _steps(steps), "interval": interval, "mirror": mirror,
              "mirrorFor": mirror_for, "bake": bake, "deleteOld": delete_old, "rule": list(rules) or None,
              "judge": judge, "alpha": alpha, "minRequests": min_requests, "maxHold": max_hold,
-             "failureLimit": failure_limit}
+             "failureLimit": failure_limit, "comparePath": compare_path, "outputTolerance": output_tolerance,
+             "maxDisagreement": max_disagreement}
     try:
         settings = load_policy_config(policy_pack_config, policy_defaults())
         plan = load_plan(stage_file, flags)
@@ -87,6 +94,10 @@ def rollout(stage_file: Path, to, from_, steps, interval, mirror, mirror_for, ba
         _fail("the gate refuses the plan; nothing was changed:\n" + "\n".join(f"  {r}" for r in refused), 2)
     for advisory in plan.advisories:
         click.echo(f"warning: {advisory}", err=True)
+    if plan.options.mirror is not None and plan.options.compare_path is None:
+        click.echo("hint: the mirror phase judges errors and latency only; add --compare-path (e.g. '$', or "
+                   "the part of the answer holding the predictions) to also compare the mirror's answers with "
+                   "the live ones before any client gets one", err=True)
     if plan_only or write_stages:
         written = write(plan, write_stages) if write_stages else []
         _print_plan(plan, written, output_format)
@@ -113,6 +124,9 @@ def rollout(stage_file: Path, to, from_, steps, interval, mirror, mirror_for, ba
         _fail(f"{missing} is not installed: pip install -e '.[local,rollout]'", 2)
     if plan.target == "azure" and load_rps:
         _fail("--load sends traffic on the local target only; on Azure, judge real traffic", 2)
+    if plan.target == "azure" and plan.options.compare_path is not None:
+        _fail("--compare-path: comparing answers needs the local target for now (Azure discards the mirror's "
+              "answers; they can only be read from Azure ML's data collector)", 2)
     sys.exit(_run(plan, settings, policy_pack_config, record, plot, resume, output_format, load_rps, body,
                   tick, stack, metrics_region, state_dir))
 
@@ -151,11 +165,19 @@ def _run(plan, settings, policy_pack_config, record, plot, resume, output_format
     recorder = Recorder(record, append=resume)
     recorder.write("plan", plan=plan_json, resumedAt=start_index if resume else None)
     judge = make_judge(options.judge, options.alpha, options.rules, options.failure_limit)
+    answers = _answer_check(plan, client)
     console = output_console(stderr=output_format == "json")
     load = None
 
     def start_load() -> None:
         nonlocal load
+        if answers:  # the endpoint exists now (the stage file is applied): tell it what to compare
+            from mlcanary.rollout.sources import SourceError
+
+            try:
+                answers.source.start()
+            except SourceError as err:
+                _fail(str(err), 1)
         if load_rps:
             from mlcanary.rollout.load import Load
 
@@ -173,7 +195,7 @@ def _run(plan, settings, policy_pack_config, record, plot, resume, output_format
 
     live = Live(console=console, refresh_per_second=4, transient=False) if console.is_terminal else None
     runner = Runner(plan, applier, source, judge, recorder, tick_s=tick,
-                    on_update=(lambda view: live.update(_table(view))) if live else print_line)
+                    on_update=(lambda view: live.update(_table(view))) if live else print_line, answers=answers)
     try:
         if live:
             live.start()
@@ -181,6 +203,8 @@ def _run(plan, settings, policy_pack_config, record, plot, resume, output_format
     finally:
         if live:
             live.stop()
+        if answers:
+            answers.source.stop()
         report = load.stop() if load else None
         recorder.close()
     if report is not None:
@@ -196,8 +220,26 @@ def _run(plan, settings, policy_pack_config, record, plot, resume, output_format
         except (OSError, ValueError) as err:  # the rollout's outcome stands; only the picture is missing
             click.echo(f"warning: could not draw {plot}: {err}", err=True)
             plot = None
-    _print_outcome(console, outcome, runner.view, report, record, plot, output_format, options.alpha)
+    _print_outcome(console, outcome, runner.view, report, record, plot, output_format, options.alpha,
+                   answers.judge if answers else None)
     return outcome.exit_code
+
+
+def _answer_check(plan, client):
+    """The answer judge and its source, when the rollout says what to compare (local target)."""
+    options = plan.options
+    if options.compare_path is None:
+        return None
+    from mlcanary.components.answer_compare import settings_from
+    from mlcanary.rollout.answer_judge import DEFAULT_MAX_DISAGREEMENT, AnswerCheck, AnswerJudge, AnswerOptions
+    from mlcanary.rollout.answer_source import LocalAnswerSource
+
+    answer_options = AnswerOptions(
+        settings_from(options.compare_path, options.output_tolerance),
+        DEFAULT_MAX_DISAGREEMENT if options.max_disagreement is None else options.max_disagreement,
+        options.alpha, options.rules)
+    source = LocalAnswerSource(client, plan.endpoint, answer_options, options.to, options.baseline)
+    return AnswerCheck(AnswerJudge(answer_options), source)
 
 
 def _edges(plan, policy_pack_config, stack, metrics_region, state_dir):
@@ -280,7 +322,14 @@ def _by_deployment(counts: dict) -> str:
     return ", ".join(f"{name or 'no deployment'}: {count}" for name, count in sorted(counts.items()))
 
 
-def _print_outcome(console, outcome, view, report, record, plot, output_format, alpha: float) -> None:
+def _answers_json(answer_judge) -> dict[str, Any] | None:
+    if answer_judge is None:
+        return None
+    return {**answer_judge.options.as_json(), "compared": answer_judge.compared, "agreed": answer_judge.agreed,
+            "eValues": answer_judge.e_values(), "samples": answer_judge.samples[-5:]}
+
+
+def _print_outcome(console, outcome, view, report, record, plot, output_format, alpha: float, answer_judge=None) -> None:
     client_requests: dict[str, Any] | None = None
     if report is not None:
         client_requests = {"sent": report.sent, "failed": report.failed,
@@ -290,6 +339,7 @@ def _print_outcome(console, outcome, view, report, record, plot, output_format, 
             "decision": outcome.decision, "exitCode": outcome.exit_code, "message": outcome.message,
             "step": outcome.step, "failure": outcome.failure.as_json() if outcome.failure else None,
             "eValues": outcome.e_values, "targetServed": outcome.target_served, "clientRequests": client_requests,
+            "answers": _answers_json(answer_judge),
             "record": str(record) if record else None, "plot": str(plot) if plot else None}, indent=2))
         return
     colour = {0: "green", 1: "red", 3: "yellow"}.get(outcome.exit_code, "magenta")
@@ -298,6 +348,12 @@ def _print_outcome(console, outcome, view, report, record, plot, output_format, 
         console.print(_table(view))
     if outcome.failure and outcome.failure.e_value is not None:
         console.print(f"e-value {outcome.failure.e_value:.1f} (rollback at 1/alpha = {1 / alpha:g})", highlight=False)
+    if answer_judge is not None and answer_judge.compared:
+        console.print(f"answers compared in the mirror phase: {answer_judge.agreed} of {answer_judge.compared} agreed "
+                      f"(at {answer_judge.options.settings.path}, within {answer_judge.options.settings.tolerance})",
+                      highlight=False)
+        for sample in answer_judge.samples[-3:]:
+            console.print(f"  disagreement (request {sample['request']}): {sample['reason']}", highlight=False)
     console.print(f"the target served {outcome.target_served} request(s) during the rollout", highlight=False)
     if client_requests:
         console.print(f"client requests (--load): {report.sent} sent, {report.failed} failed"

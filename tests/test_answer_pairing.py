@@ -19,6 +19,7 @@ from mlcanary.components.answer_compare import settings_from
 from mlcanary.local_runtime.client import RuntimeClient, RuntimeRefusal
 from mlcanary.local_runtime.metrics import Metrics, label
 from mlcanary.local_runtime.pairing import MAX_OUTPUTS, MAX_SAMPLES, Answers
+from mlcanary.rollout.sources import parse_local_metrics
 from test_local_runtime import serve, stop_runtime, wait_for
 
 MODEL = Path(__file__).parent / "answer_model"
@@ -109,7 +110,7 @@ def test_the_pair_counts_and_deviation_histogram_are_prometheus_metrics():
     run_pair(metrics.answers, (200, scores(1.0)), (200, scores(1.05)))
     run_pair(metrics.answers, (200, scores(1.0)), (200, scores(2.0)))
     families = {f.name: f for f in text_string_to_metric_families(metrics.prometheus())}
-    labels = {"endpoint": "ep", "live": "blue", "mirror": "green"}
+    labels = {"endpoint": "ep", "deployment": "green", "live": "blue"}
     value = lambda family, name, **extra: next(  # noqa: E731
         s.value for s in families[family].samples if s.name == name and s.labels == {**labels, **extra})
     assert value("mlcanary_answers_compared", "mlcanary_answers_compared_total") == 2
@@ -117,7 +118,7 @@ def test_the_pair_counts_and_deviation_histogram_are_prometheus_metrics():
     assert value("mlcanary_answer_deviation", "mlcanary_answer_deviation_bucket", le="0.05") == 1
     assert value("mlcanary_answer_deviation", "mlcanary_answer_deviation_bucket", le="0.5") == 2
     metrics.forget("ep", "green")
-    assert "live=" not in metrics.prometheus()
+    assert 'live="blue"' not in metrics.prometheus()
     assert label('a"b') == 'a\\"b'
 
 
@@ -147,7 +148,9 @@ def test_mirrored_answers_are_paired_counted_and_sampled(client):
     reading = client.answers("pairs")
     assert reading["pairs"][0]["agreed"] == 0 and reading["samples"][0]["mirrorValue"] == "[0.5, 0.5]"
     assert reading["outputs"]["blue"] and "green" not in reading["outputs"]  # live answers only
-    assert 'mlcanary_answers_compared_total{endpoint="pairs",live="blue",mirror="green"} 10' in client.metrics()
+    assert 'mlcanary_answers_compared_total{endpoint="pairs",deployment="green",live="blue"} 10' in client.metrics()
+    # the rollout's own reader of /metrics still reads the request counts next to these series
+    assert parse_local_metrics(client.metrics(), "pairs")["green"].mirrored.requests == 10
 
 
 def test_a_slow_mirror_never_delays_the_live_answer(client):

@@ -180,4 +180,6 @@ class Answers:
 
 
 def _labels(label, endpoint: str, live: str, mirror: str) -> str:
-    return f'endpoint="{label(endpoint)}",live="{label(live)}",mirror="{label(mirror)}"'
+    """`deployment` is the mirror (the one whose answers are judged), as in every mlcanary_* series;
+    `live` the deployment that answered the client."""
+    return f'endpoint="{label(endpoint)}",deployment="{label(mirror)}",live="{label(live)}"'

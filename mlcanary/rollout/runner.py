@@ -63,8 +63,10 @@ def _counts_json(counts: Counts) -> dict:
 class Runner:
     def __init__(self, plan: Plan, applier: Any, source: Any, judge: Judge, recorder: Recorder, *,
                  tick_s: float = 1.0, on_update: Callable[[View], None] = lambda _: None,
-                 clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep):
+                 clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep,
+                 answers: Any = None):
         self.plan, self.applier, self.source, self.judge, self.recorder = plan, applier, source, judge, recorder
+        self.answers = answers  # answer_judge.AnswerCheck when the rollout compares answers
         self.options = plan.options
         self.tick_s = tick_s
         self.on_update = on_update
@@ -143,6 +145,8 @@ class Runner:
         label = f"bake at {step.label}" if baking else step.label
         before = self._read()
         self.judge.start_step((before or {}).get(baseline, DeploymentCounts()).live)
+        if self.answers:
+            self.answers.start_step(step.kind == "mirror")
         step_counts: dict[str, Counts] = {}
         interval_t, interval_b = Counts(), Counts()
         started = interval_started = self.clock()
@@ -168,14 +172,15 @@ class Runner:
                 step_counts[name] = step_counts.get(name, Counts()) + counts_here
             interval_t, interval_b = interval_t + target, interval_b + base
             self.judge.observe(target, base)
+            answers = {"answers": self.answers.tick()} if self.answers else {}
             elapsed = self.clock() - started
             self.recorder.write(
                 "judgement", step=label, index=index, traffic=step.traffic, mirror=step.mirror_traffic,
                 window={n: _counts_json(c.live + c.mirrored) for n, c in closed.items()},
-                eValues=self.judge.e_values(), targetServed=self.target_served)
+                eValues=self.judge.e_values(), targetServed=self.target_served, **answers)
             self.view.counts, self.view.elapsed_s, self.view.judge = dict(step_counts), elapsed, self._judge_view()
-            if self.judge.failure is not None:
-                return self._roll_back(index, self.judge.failure, step_counts)
+            if self._failure() is not None:
+                return self._roll_back(index, self._failure(), step_counts)
             step_t, step_b = step_counts.get(to, Counts()), step_counts.get(baseline, Counts())
             self.view.status = (f"judging: {step_t.requests} requests to {to} in this step"
                                 f" (at least {options.min_requests} before it is promoted)")
@@ -183,8 +188,10 @@ class Runner:
                 enough = step_t.requests >= options.min_requests
                 if enough:
                     self.judge.check_interval((interval_t, interval_b), (step_t, step_b), self.rollout_baseline)
-                    if self.judge.failure is not None:
-                        return self._roll_back(index, self.judge.failure, step_counts)
+                    if self.answers:
+                        self.answers.judge.check_interval(step_t.requests, options.min_requests)
+                    if self._failure() is not None:
+                        return self._roll_back(index, self._failure(), step_counts)
                 interval_t, interval_b, interval_started = Counts(), Counts(), self.clock()
                 if elapsed >= hold_s - 1e-6:
                     if enough and self.judge.interval_ok:
@@ -198,6 +205,9 @@ class Runner:
                         if holds > options.max_hold:
                             return self._halt(index, label, step_t.requests)
             self.on_update(self.view)
+
+    def _failure(self) -> Failure | None:
+        return self.judge.failure or (self.answers.judge.failure if self.answers else None)
 
     def _read(self) -> Snapshot | None:
         try:
@@ -261,6 +271,8 @@ class Runner:
         state = {"judge": self.judge.name, **{f"e({k})": round(v, 3) for k, v in self.judge.e_values().items()}}
         if hasattr(self.judge, "failed_checks"):
             state["failed checks"] = f"{self.judge.failed_checks}/{self.judge.failure_limit}"
+        if self.answers:
+            state.update(self.answers.judge.view())
         return state
 
 

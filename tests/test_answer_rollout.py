@@ -1,0 +1,138 @@
+"""`mlcanary rollout --compare-path` on the local target under load: a green that is healthy and fast but
+answers wrong is rolled back in the mirror phase, before any client gets one of its answers.
+
+Blue answers right (tests/answer_model); green answers a constant, 5 % of answers off by 50 %, answers
+within 0.5 % (a 1 % tolerance promotes it), or changes the answer's shape. Bad options are refused
+before anything runs.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from test_rollout_cli import STAGE_3, run
+from test_rollout_local import REQUEST, events, live_traffic, load_args, rollout, runtime  # noqa: F401 (fixture)
+
+MODEL = Path(__file__).parent / "answer_model"
+MIRROR = ("--mirror", "50", "--steps", "50,100", "--interval", "2s", "--min-requests", "10")
+
+
+def deployment(**env: str) -> dict:
+    return {"model": str(MODEL / "model"), "code": str(MODEL / "code"), "scoringScript": "score.py",
+            "environmentVariables": dict(env)}
+
+
+def stage(tmp_path: Path, endpoint: str, green_env: dict, rollout_config: dict | None = None) -> Path:
+    config = {"mlcanary:target": "local",
+              "mlcanary:endpoint": {"name": endpoint, "deployments": {"blue": deployment(), "green": deployment(**green_env)},
+                                    "traffic": {"blue": 100, "green": 0}}}
+    if rollout_config:
+        config["mlcanary:rollout"] = rollout_config
+    path = tmp_path / f"{endpoint}.yaml"
+    path.write_text(yaml.safe_dump({"config": config}))
+    return path
+
+
+@pytest.fixture
+def endpoint(runtime, request):  # noqa: F811
+    name = request.node.name.removeprefix("test_").replace("_", "-")[:24].rstrip("-")
+    yield name
+    if name in runtime.status()["endpoints"]:
+        runtime.delete_endpoint(name)
+
+
+def rolled_back_in_mirror(result) -> dict:
+    assert result.returncode == 1 and result.stdout, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["decision"] == "rolled back" and summary["step"] == "mirror 50 %", summary
+    assert summary["failure"]["judge"] == "answers" and summary["failure"]["what"] == "output agreement"
+    clients = summary["clientRequests"]
+    assert clients["sent"] > 0 and clients["byDeployment"].get("green", 0) == 0  # no client got a green answer
+    return summary
+
+
+def test_a_green_that_answers_a_constant_is_rolled_back_in_the_mirror_phase(runtime, endpoint, tmp_path):  # noqa: F811
+    record = tmp_path / "record.jsonl"
+    result = rollout(runtime, stage(tmp_path, endpoint, {"ANSWER": "constant"}), "--to", "green", *MIRROR,
+                     "--mirror-for", "20s", "--compare-path", "scores", *load_args(40), record=record)
+    summary = rolled_back_in_mirror(result)
+    assert "compared answers disagreed" in summary["failure"]["message"]
+    assert summary["answers"]["compared"] > summary["answers"]["agreed"] == 0
+    samples = [s for e in events(record) if e["event"] == "judgement" for s in e["answers"].get("samples", ())]
+    assert samples and samples[0]["mirrorValue"] == "[0.5, 0.5]" and len(samples[0]["request"]) == 16
+    assert live_traffic(runtime, endpoint) == {"blue": 100}
+    assert runtime.answers(endpoint)["settings"] is None  # the rollout stopped comparing when it ended
+
+
+def test_a_green_with_five_percent_of_answers_off_by_half_is_rolled_back(runtime, endpoint, tmp_path):  # noqa: F811
+    # 5 % disagreeing against the 1 % allowed: about 150 compared pairs on average (bench/judge.py), 20 s at
+    # 25 mirrored requests/s give 500.
+    result = rollout(runtime, stage(tmp_path, endpoint, {"OFF_RATE": "0.05"}), "--to", "green", *MIRROR,
+                     "--mirror-for", "20s", "--compare-path", "scores", *load_args(50))
+    summary = rolled_back_in_mirror(result)
+    assert "(outside tolerance)" in summary["failure"]["message"]
+
+
+def test_a_green_whose_answers_change_shape_is_rolled_back(runtime, endpoint, tmp_path):  # noqa: F811
+    result = rollout(runtime, stage(tmp_path, endpoint, {"ANSWER": "dict"}), "--to", "green", *MIRROR,
+                     "--mirror-for", "20s", "--compare-path", "$.scores", *load_args(40))
+    summary = rolled_back_in_mirror(result)
+    assert "$.scores: shape: live list, mirror object" in summary["failure"]["message"]
+
+
+def test_a_green_within_tolerance_is_promoted_through_mirror_and_live_steps(runtime, endpoint, tmp_path):  # noqa: F811
+    record = tmp_path / "record.jsonl"
+    path = stage(tmp_path, endpoint, {"SCALE": "1.005"}, {"comparePath": "scores", "outputTolerance": "0.01"})
+    result = rollout(runtime, path, "--to", "green", *MIRROR, "--mirror-for", "3s", "--alpha", "0.001",
+                     *load_args(40), record=record)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["decision"] == "promoted" and live_traffic(runtime, endpoint) == {"green": 100}
+    assert summary["answers"]["compared"] > 0 and summary["answers"]["agreed"] == summary["answers"]["compared"]
+    windows = [e["answers"] for e in events(record) if e["event"] == "judgement"]
+    assert any(w.get("targetOutputs") for w in windows)  # live steps judged the output distribution too
+    assert "hint:" not in result.stderr
+
+
+def test_a_green_that_agrees_exactly_is_promoted_on_the_whole_answer(runtime, endpoint, tmp_path):  # noqa: F811
+    result = rollout(runtime, stage(tmp_path, endpoint, {}), "--to", "green", *MIRROR, "--mirror-for", "3s",
+                     "--compare-path", "$", "--max-disagreement", "0", "--alpha", "0.001", *load_args(40))
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["decision"] == "promoted"
+
+
+# --- options: refused before anything runs, or a hint --------------------------------------------------
+
+@pytest.mark.parametrize("args, message", [
+    (["--output-tolerance", "0.01"], "--output-tolerance: needs comparePath (--compare-path)"),
+    (["--max-disagreement", "0.05"], "--max-disagreement: needs comparePath (--compare-path)"),
+    (["--compare-path", "$..scores"], "--compare-path: compare path '$..scores': cannot read it from '..scores'"),
+    (["--compare-path", "scores", "--output-tolerance", "5%"], "--output-tolerance: output tolerance '5%': '5%' is not a number"),
+    (["--compare-path", "scores", "--max-disagreement", "1"], "--max-disagreement: the share of compared answers allowed"),
+    (["--compare-path", "scores", "--max-disagreement", "-0.1"], "--max-disagreement: the share of compared answers allowed"),
+    (["--rule", "output_agreement < 0.9"], "output_agreement is a share that should be high: use > or >="),
+], ids=["tolerance_without_path", "max_disagreement_without_path", "bad_path", "bad_tolerance",
+        "max_disagreement_one", "max_disagreement_negative", "agreement_rule_upside_down"])
+def test_bad_compare_options_exit_2_naming_the_option(args, message, tmp_path):
+    result = run(STAGE_3, "--to", "green", *args, "--plan-only", state=tmp_path / "state")
+    assert result.exit_code == 2, result.output
+    assert message in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "state").exists()
+
+
+def test_a_bad_compare_path_in_the_stack_config_is_named_there(tmp_path):
+    path = stage(tmp_path, "cfg", {}, {"comparePath": "$[x]"})
+    result = run(str(path), "--to", "green", "--plan-only")
+    assert result.exit_code == 2 and "mlcanary:rollout.comparePath: compare path '$[x]'" in result.output
+
+
+def test_a_mirror_phase_without_comparison_prints_a_hint(tmp_path):
+    result = run(STAGE_3, "--to", "green", "--mirror", "10", "--mirror-for", "30s", "--plan-only")
+    assert result.exit_code == 0, result.output
+    assert "hint: the mirror phase judges errors and latency only; add --compare-path" in result.output
+    with_path = run(STAGE_3, "--to", "green", "--mirror", "10", "--mirror-for", "30s", "--compare-path", "$", "--plan-only")
+    assert with_path.exit_code == 0 and "hint:" not in with_path.output
