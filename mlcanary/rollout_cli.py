@@ -347,12 +347,15 @@ def _print_outcome(console, outcome, view, report, record, plot, output_format, 
     if view.counts:
         console.print(_table(view))
     if outcome.failure and outcome.failure.e_value is not None:
-        console.print(f"e-value {outcome.failure.e_value:.1f} (rollback at 1/alpha = {1 / alpha:g})", highlight=False)
+        console.print(f"e-value {outcome.failure.e_value:.4g} (rollback at 1/alpha = {1 / alpha:g})", highlight=False)
     if answer_judge is not None and answer_judge.compared:
         console.print(f"answers compared in the mirror phase: {answer_judge.agreed} of {answer_judge.compared} agreed "
                       f"(at {answer_judge.options.settings.path}, within {answer_judge.options.settings.tolerance})",
                       highlight=False)
-        for sample in answer_judge.samples[-3:]:
+        shown = {}
+        for sample in reversed(answer_judge.samples):  # the latest few, each disagreement once
+            shown.setdefault((sample["request"], sample["reason"]), sample)
+        for sample in list(shown.values())[:3]:
             console.print(f"  disagreement (request {sample['request']}): {sample['reason']}", highlight=False)
     console.print(f"the target served {outcome.target_served} request(s) during the rollout", highlight=False)
     if client_requests:

@@ -28,7 +28,8 @@ from mlcanary.rollout.rules import ANSWER_METRICS, Rule
 
 DEFAULT_MAX_DISAGREEMENT = 0.01
 REFERENCE_SIZE = 200  # baseline outputs that fix the cells of the distribution test
-MAX_SAMPLES_KEPT = 20  # disagreement samples the judge keeps for its verdict and the record
+MAX_SAMPLES_KEPT = 20  # disagreement samples the judge keeps for its verdict
+SAMPLES_PER_WINDOW_RECORDED = 5
 
 
 @dataclass(frozen=True)
@@ -60,8 +61,8 @@ class AnswerWindow:
         for side, values in (("target", self.target_outputs), ("baseline", self.baseline_outputs)):
             if values:
                 result[f"{side}Outputs"] = _summary(values)
-        if self.samples:
-            result["samples"] = list(self.samples)
+        if self.samples:  # a few per window keep the record small under a steady stream of disagreements
+            result["samples"] = list(self.samples[:SAMPLES_PER_WINDOW_RECORDED])
         if self.outputs_lost:
             result["outputsLost"] = True
         return result
@@ -173,7 +174,7 @@ class AnswerJudge:
             shown["agreed"] = f"{self.agreed}/{self.compared}"
         for name, value in self.e_values().items():
             if value != 1.0:
-                shown[f"e({name})"] = round(value, 3) if math.isfinite(value) else value
+                shown[f"e({name})"] = float(f"{value:.3g}") if math.isfinite(value) else value
         return shown
 
     def state(self) -> dict:
