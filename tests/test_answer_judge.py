@@ -233,3 +233,12 @@ def test_the_local_source_turns_cumulative_pair_counts_into_windows_of_the_targe
     assert [s["reason"] for s in window.samples] == ["r"] and source.since == 10
     runtime.stop_comparison("ep")  # someone (a restart) turned it off: the source asks again
     assert source.read() == AnswerWindow() and runtime.settings is not None
+
+
+def test_an_answer_rule_does_not_switch_off_flaggers_checks_in_the_threshold_judge():
+    from mlcanary.rollout.counts import Counts
+    from mlcanary.rollout.judges import ThresholdJudge
+
+    j = ThresholdJudge((parse_rule("output_agreement >= 0.99"),))
+    j.check_interval((Counts(100, 50), Counts(100, 0)), (Counts(100, 50), Counts(100, 0)), Counts())
+    assert j.failure is not None and "error_rate < 0.01" in j.failure.what
