@@ -135,6 +135,32 @@ def test_outputs_moved_within_the_output_tolerance_are_not_a_shift_and_beyond_it
     assert all(run(1.03, seed).failure for seed in range(10))
 
 
+@pytest.mark.parametrize("scale, tolerance, rolled_back", [
+    (1.1, None, True),  # one output value, moved by 10 %: the same answer was asked for
+    (1 + 1e-12, None, False),  # float round-off
+    (1.1, "0.2", False),  # within a 20 % tolerance
+    (1.1, "0.05", True),
+    (1.0, "abs:0", False),
+])
+def test_a_constant_baseline_output_moved_beyond_the_tolerance_is_a_shift(scale, tolerance, rolled_back):
+    """The local target's --load sends one body: each side's output is one number repeated."""
+    j = AnswerJudge(AnswerOptions(settings_from("scores", tolerance), alpha=ALPHA))
+    j.start_step(mirror_step=False)
+    for _ in range(40):
+        j.observe(AnswerWindow(target_outputs=(0.3682 * scale,) * 5, baseline_outputs=(0.3682,) * 10))
+    assert (j.failure is not None) is rolled_back
+
+
+def test_a_live_step_waits_for_the_reference_once_the_baseline_gives_numbers():
+    j = judge()
+    j.start_step(mirror_step=False)
+    assert not j.waiting_for_reference()  # no number yet: nothing to wait for (a label answer never gives one)
+    j.observe(AnswerWindow(baseline_outputs=(0.5,) * (REFERENCE_SIZE - 1)))
+    assert j.waiting_for_reference()
+    j.observe(AnswerWindow(baseline_outputs=(0.5,)))
+    assert not j.waiting_for_reference() and j.shift is not None
+
+
 def test_the_cells_come_from_the_baseline_before_any_window_is_tested():
     j = judge()
     j.start_step(mirror_step=False)

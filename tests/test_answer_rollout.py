@@ -105,6 +105,18 @@ def test_a_green_that_agrees_exactly_is_promoted_on_the_whole_answer(runtime, en
     assert json.loads(result.stdout)["decision"] == "promoted"
 
 
+def test_a_green_whose_output_moved_by_ten_percent_is_rolled_back_in_a_live_step(runtime, endpoint, tmp_path):  # noqa: F811
+    """No mirror phase: the output distributions of the same windows are compared (here one number per side)."""
+    result = rollout(runtime, stage(tmp_path, endpoint, {"SCALE": "1.1"}), "--to", "green", "--steps", "50,100",
+                     "--interval", "3s", "--min-requests", "10", "--max-hold", "10", "--compare-path", "scores",
+                     *load_args(60))
+    assert result.returncode == 1 and result.stdout, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["step"] == "50 %" and summary["failure"]["what"] == "output distribution", summary
+    assert "distributed unlike the baseline's" in summary["failure"]["message"]
+    assert live_traffic(runtime, endpoint) == {"blue": 100}
+
+
 # --- options: refused before anything runs, or a hint --------------------------------------------------
 
 @pytest.mark.parametrize("args, message", [

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mlcanary.components.answer_compare import Settings
-from mlcanary.rollout.evalue import RateEValue, ShiftEValue, cells_from
+from mlcanary.rollout.evalue import RateEValue, ShiftEValue, cells_from, with_tolerance_bands
 from mlcanary.rollout.judges import Failure
 from mlcanary.rollout.rules import ANSWER_METRICS, Rule
 
@@ -118,11 +118,17 @@ class AnswerJudge:
             # first; the target's outputs of those windows are not tested.
             self.reference += baseline[:REFERENCE_SIZE - len(self.reference)]
             if len(self.reference) >= REFERENCE_SIZE:
-                edges, tied = cells_from(self.reference)
                 tolerance = self.options.settings.tolerance
+                edges, tied = with_tolerance_bands(*cells_from(self.reference), tolerance.relative, tolerance.absolute)
                 self.shift = ShiftEValue(edges, tied, self.options.alpha, tolerance.relative, tolerance.absolute)
             return
         self.shift.update(target, baseline)
+
+    def waiting_for_reference(self) -> bool:
+        """A live step is not promoted while the baseline's numeric outputs are still filling the
+        reference the distribution test needs (answers without a number never fill it: then there is
+        no distribution to test, and the step is not held for one)."""
+        return not self.mirror_step and self.shift is None and 0 < len(self.reference) < REFERENCE_SIZE
 
     def check_interval(self, mirrored: int, min_requests: int) -> None:
         """At interval end: rules on the answers so far, and no promotion of a mirror phase whose

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import bisect
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 # Alternatives as multiples of r0; equal prior weight each. Wide on purpose: a x30 error rate is
@@ -164,13 +165,20 @@ class ShiftEValue:
             return 2 * i + 1
         return 2 * i
 
-    def bounds(self, index: int) -> tuple[float, float]:
-        """Cell `index` widened by the tolerance (closed on both ends: wider is the safe side)."""
+    def allowance(self, value: float) -> float:
+        return max(self.absolute, self.relative * abs(value)) if math.isfinite(value) else 0.0
+
+    def widened(self, index: int) -> Callable[[float], bool]:
+        """Is a baseline value inside cell `index` widened by the tolerance? A cell between edges is
+        (low, high]: a target value above `low` comes from a baseline value above low - allowance, so
+        the widened cell stays open there (a constant baseline at `low` is outside it)."""
         i, own = divmod(index, 2)
-        low = self.edges[i] if own else (self.edges[i - 1] if i > 0 else -math.inf)
-        high = self.edges[i] if own else (self.edges[i] if i < len(self.edges) else math.inf)
-        allowance = lambda v: max(self.absolute, self.relative * abs(v)) if math.isfinite(v) else 0.0  # noqa: E731
-        return low - allowance(low), high + allowance(high)
+        if own:  # the cell of a repeated value: [e - allowance, e + allowance]
+            low, high = self.edges[i] - self.allowance(self.edges[i]), self.edges[i] + self.allowance(self.edges[i])
+            return lambda v: low <= v <= high
+        low = self.edges[i - 1] - self.allowance(self.edges[i - 1]) if i > 0 else -math.inf
+        high = self.edges[i] + self.allowance(self.edges[i]) if i < len(self.edges) else math.inf
+        return lambda v: low < v <= high
 
     def update(self, target: list[float], baseline: list[float]) -> None:
         """Fold in one closed window: the output numbers each side gave in it."""
@@ -181,11 +189,11 @@ class ShiftEValue:
         for value in target:
             events[self.cell(value)][0] += 1
             self.counts[self.cell(value)][0] += 1
-        widened = {i: self.bounds(i) for i in self.cells}
+        widened = {i: self.widened(i) for i in self.cells}
         for value in baseline:
             self.counts[self.cell(value)][1] += 1
-            for i, (low, high) in widened.items():
-                if low <= value <= high:
+            for i, inside in widened.items():
+                if inside(value):
                     events[i][1] += 1
         for i, (t, b) in events.items():
             self.cells[i].update(t, b, share)
@@ -221,3 +229,19 @@ def cells_from(reference: list[float], quantiles: int = 5, tie_share: float = 0.
     edges = sorted({ordered[min(len(ordered) - 1, int(k * len(ordered) / quantiles))] for k in range(1, quantiles)})
     tied = tuple(ordered.count(e) >= max(2, tie_share * len(ordered)) for e in edges)
     return tuple(edges), tied
+
+
+def with_tolerance_bands(edges: tuple[float, ...], tied: tuple[bool, ...], relative: float,
+                         absolute: float) -> tuple[tuple[float, ...], tuple[bool, ...]]:
+    """Around each repeated value e, edges just beyond the tolerance: then a target that moves a
+    constant baseline's value by more than the tolerance lands in a cell the widened baseline does not
+    reach. (Beyond e + b, the cell widened by the allowance of e + b stays above e when
+    b > relative * (e + b), i.e. b > relative * e / (1 - relative); and b > absolute.)"""
+    extra = set()
+    for edge, repeated in zip(edges, tied):
+        band = max(absolute, relative * abs(edge) / (1 - relative)) * (1 + 1e-6)
+        if repeated and band > 0:
+            extra |= {edge - band, edge + band}
+    merged = sorted(set(edges) | extra)
+    repeated_edges = {e for e, t in zip(edges, tied) if t}
+    return tuple(merged), tuple(e in repeated_edges for e in merged)

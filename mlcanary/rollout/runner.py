@@ -185,7 +185,8 @@ class Runner:
             self.view.status = (f"judging: {step_t.requests} requests to {to} in this step"
                                 f" (at least {options.min_requests} before it is promoted)")
             if self.clock() - interval_started >= options.interval_s:
-                enough = step_t.requests >= options.min_requests
+                enough = step_t.requests >= options.min_requests and not (
+                    self.answers and self.answers.judge.waiting_for_reference())
                 if enough:
                     self.judge.check_interval((interval_t, interval_b), (step_t, step_b), self.rollout_baseline)
                     if self.answers:
