@@ -10,7 +10,7 @@ from mlcanary.components.answer_compare import settings_from
 from mlcanary.rollout.answer_judge import REFERENCE_SIZE, AnswerJudge, AnswerOptions, AnswerWindow
 from mlcanary.rollout.answer_source import LocalAnswerSource
 from mlcanary.rollout.evalue import RateEValue, ShiftEValue, cells_from
-from mlcanary.rollout.rules import RuleError, parse_rule
+from mlcanary.components.rollout_rules import RuleError, parse_rule
 
 ALPHA = 0.05
 

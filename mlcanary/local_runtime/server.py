@@ -24,13 +24,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from mlcanary.local_runtime import metrics_address, paths, snapshots, store
+from mlcanary.local_runtime import metrics_address, owner, paths, snapshots, store
 from mlcanary.local_runtime.store import StateWriteFailed
 from mlcanary.local_runtime.data_plane import Endpoint, free_port
 from mlcanary.local_runtime.metrics import Metrics
 from mlcanary.local_runtime.routing import Routing
 from mlcanary.local_runtime.supervision import Supervisor, WorkerRegistry, kill_orphans
-from mlcanary.local_runtime.workers import Deployment, Worker, describe_os_error
+from mlcanary.local_runtime.os_errors import describe_os_error
+from mlcanary.local_runtime.workers import Deployment, Worker
 
 log = logging.getLogger("mlcanary.local")
 
@@ -48,12 +49,29 @@ def write_private(path: Path, document: dict[str, Any]) -> None:
         json.dump(document, file)
 
 
+def kept_metrics(root: Path) -> Metrics:
+    """The counts the last clean stop kept; none after a crash or with an unreadable file (a counter
+    reset, as Prometheus sees it)."""
+    import json
+
+    path = paths.metrics_file(root)
+    if not path.exists():
+        return Metrics()
+    try:
+        return Metrics.from_json(json.loads(path.read_text(encoding="utf-8")))
+    except (OSError, UnicodeDecodeError, ValueError, TypeError, KeyError, AttributeError) as err:
+        log.warning("%s cannot be used (%s): request counts start from 0", path, err)
+        return Metrics()
+    finally:
+        path.unlink(missing_ok=True)  # a crash later must not bring back counts this run goes past
+
+
 class Runtime:
     def __init__(self, root: Path, state: dict[str, Any]):
         self.root = root
         self.initial_state = state
         self.endpoints: dict[str, Endpoint] = {}
-        self.metrics = Metrics()
+        self.metrics = kept_metrics(root)
         self.lock = asyncio.Lock()  # one control change at a time
         self.stopping = asyncio.Event()
         self._tasks: set[asyncio.Task] = set()
@@ -171,10 +189,15 @@ class Runtime:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stopping.set)
+        owner.watch(loop, owner.configured(), self._owner_gone)
         await Supervisor(self.all_deployments, self.registry).run(self.stopping)
         for endpoint in self.endpoints.values():
             await asyncio.gather(*(d.drain_and_stop(5) for d in endpoint.deployments.values()))
             await endpoint.close()
+        try:
+            store.save(paths.metrics_file(self.root), self.metrics.as_json())
+        except OSError as err:
+            log.warning("could not keep the request counts, the next start counts from 0: %s", describe_os_error(err))
         paths.runtime_file(self.root).unlink(missing_ok=True)
         paths.workers_file(self.root).unlink(missing_ok=True)
         if not self.socket_dir.is_relative_to(self.root):
@@ -184,6 +207,10 @@ class Runtime:
         if metrics_runner:
             await metrics_runner.cleanup()
         log.info("runtime stopped")
+
+    def _owner_gone(self) -> None:
+        log.info("stopping: the process this runtime belongs to ($%s) has exited", owner.ENV_VAR)
+        self.stopping.set()
 
     async def restore(self) -> None:
         """Bring back what the state file says, and only then open the scoring ports: no request
@@ -233,6 +260,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     try:
         metrics_at = metrics_address.parse(metrics_address.configured(args.metrics_address))
+        owner.configured()
+    except owner.BadOwner as err:
+        print(err, file=sys.stderr)
+        sys.exit(EXIT_UNUSABLE_STATE)
     except metrics_address.BadMetricsAddress as err:
         print(f"{metrics_address.ENV_VAR}: {err}", file=sys.stderr)
         sys.exit(EXIT_UNUSABLE_STATE)

@@ -24,7 +24,7 @@ from typing import Any
 from mlcanary.components.answer_compare import Settings
 from mlcanary.rollout.evalue import RateEValue, ShiftEValue, cells_from, with_tolerance_bands
 from mlcanary.rollout.judges import Failure
-from mlcanary.rollout.rules import ANSWER_METRICS, Rule
+from mlcanary.components.rollout_rules import ANSWER_METRICS, Rule
 
 DEFAULT_MAX_DISAGREEMENT = 0.01
 REFERENCE_SIZE = 200  # baseline outputs that fix the cells of the distribution test
