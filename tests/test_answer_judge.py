@@ -268,3 +268,23 @@ def test_an_answer_rule_does_not_switch_off_flaggers_checks_in_the_threshold_jud
     j = ThresholdJudge((parse_rule("output_agreement >= 0.99"),))
     j.check_interval((Counts(100, 50), Counts(100, 0)), (Counts(100, 50), Counts(100, 0)), Counts())
     assert j.failure is not None and "error_rate < 0.01" in j.failure.what
+
+
+def test_the_plot_gains_an_answers_panel_when_the_record_has_answers(tmp_path):
+    from mlcanary.rollout.plot import plot_record
+
+    events = [{"time": 0.0, "event": "plan", "plan": {"to": "green", "from": "blue", "stages": [], "rollback": {"blue": 100}}},
+              {"time": 0.1, "event": "step", "traffic": {"blue": 100, "green": 0}, "mirror": {"green": 50}}]
+    for second in range(1, 6):
+        answers = ({"compared": 10, "agreed": 9} if second < 3 else
+                   {"compared": 0, "agreed": 0, "targetOutputs": {"n": 5, "mean": 1.1, "p10": 1.0, "p50": 1.1, "p90": 1.2},
+                    "baselineOutputs": {"n": 5, "mean": 1.0, "p10": 0.9, "p50": 1.0, "p90": 1.1}})
+        events.append({"time": float(second), "event": "judgement", "traffic": {"blue": 100, "green": 0},
+                       "mirror": {"green": 50}, "window": {"blue": {"requests": 10, "errors": 0}}, "answers": answers})
+    plain = [e for e in events if "answers" not in e]
+    with_panel, without = tmp_path / "answers.png", tmp_path / "plain.png"
+    plot_record(events, with_panel, "answers")
+    plot_record(plain, without, "plain")
+    import matplotlib.image
+
+    assert matplotlib.image.imread(with_panel).shape[0] > matplotlib.image.imread(without).shape[0]  # a fourth panel

@@ -85,16 +85,17 @@ def test_a_green_whose_answers_change_shape_is_rolled_back(runtime, endpoint, tm
 
 
 def test_a_green_within_tolerance_is_promoted_through_mirror_and_live_steps(runtime, endpoint, tmp_path):  # noqa: F811
-    record = tmp_path / "record.jsonl"
+    record, plot = tmp_path / "record.jsonl", tmp_path / "rollout.png"
     path = stage(tmp_path, endpoint, {"SCALE": "1.005"}, {"comparePath": "scores", "outputTolerance": "0.01"})
     result = rollout(runtime, path, "--to", "green", *MIRROR, "--mirror-for", "3s", "--alpha", "0.001",
-                     *load_args(40), record=record)
+                     "--plot", str(plot), *load_args(40), record=record)
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout)
     assert summary["decision"] == "promoted" and live_traffic(runtime, endpoint) == {"green": 100}
     assert summary["answers"]["compared"] > 0 and summary["answers"]["agreed"] == summary["answers"]["compared"]
     windows = [e["answers"] for e in events(record) if e["event"] == "judgement"]
     assert any(w.get("targetOutputs") for w in windows)  # live steps judged the output distribution too
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "hint:" not in result.stderr
 
 
@@ -148,3 +149,23 @@ def test_a_mirror_phase_without_comparison_prints_a_hint(tmp_path):
     assert "hint: the mirror phase judges errors and latency only; add --compare-path" in result.output
     with_path = run(STAGE_3, "--to", "green", "--mirror", "10", "--mirror-for", "30s", "--compare-path", "$", "--plan-only")
     assert with_path.exit_code == 0 and "hint:" not in with_path.output
+
+
+def test_the_rehearse_table_shows_agreement_for_mirrored_stages(runtime, tmp_path):  # noqa: F811
+    import subprocess
+    import sys
+
+    dark = stage(tmp_path, "rehearse-answers", {"ANSWER": "constant"})
+    config = yaml.safe_load(dark.read_text())
+    config["config"]["mlcanary:endpoint"]["mirrorTraffic"] = {"green": 50}
+    mirrored = tmp_path / "mirrored.yaml"
+    mirrored.write_text(yaml.safe_dump(config))
+    result = subprocess.run([sys.executable, "-m", "mlcanary.cli", "rehearse", str(dark), str(mirrored), "--requests", "20",
+                             "--request-file", str(REQUEST), "--compare-path", "scores", "--format", "json",
+                             "--state-dir", str(runtime.root)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    first, second = json.loads(result.stdout)
+    assert "agreed" not in first["deployments"]["green"]
+    assert second["deployments"]["green"]["mirrored"] == 10
+    assert second["deployments"]["green"]["compared"] == 10 and second["deployments"]["green"]["agreed"] == 0
+    assert "rehearse-answers" not in runtime.status()["endpoints"]  # --down (default) removed what it created

@@ -6,6 +6,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from mlcanary.rollout.answer_plot import draw_answers, has_answers
+
 DECISION_COLOURS = {"promoted": "tab:green", "baked": "tab:green", "finished": "tab:green", "held": "tab:orange",
                     "rolled-back": "tab:red", "halted": "tab:purple", "interrupted": "tab:gray"}
 
@@ -45,7 +47,11 @@ def plot_record(events: list[dict[str, Any]], path: Path, title: str) -> None:
             w = e["window"].get(name, {})
             s["error"].append(100 * w["errors"] / w["requests"] if w.get("requests") else None)
             s["p90"].append(w.get("p90Ms"))
-    figure, (share, errors, latency) = plt.subplots(3, 1, sharex=True, figsize=(10, 8))
+    with_answers = has_answers(judgements)
+    axes = plt.subplots(4 if with_answers else 3, 1, sharex=True, figsize=(10, 10.5 if with_answers else 8))[1]
+    figure = axes[0].figure
+    share, errors, latency = axes[:3]
+    colours = {}
     changes = _traffic_changes(events, start)
     end = max([e["time"] - start for e in events] or [0.0])
     for name, s in sorted(series.items()):
@@ -57,6 +63,7 @@ def plot_record(events: list[dict[str, Any]], path: Path, title: str) -> None:
         if any(mirror):
             share.step(times, mirror + mirror[-1:], where="post", linestyle="--", color=line.get_color(),
                        label=f"{name} mirror")
+        colours[name] = line.get_color()
         errors.plot(s["t"], [v if v is not None else float("nan") for v in s["error"]], marker=".", label=name,
                     color=line.get_color())
         latency.plot(s["t"], [v if v is not None else float("nan") for v in s["p90"]], marker=".", label=name,
@@ -65,17 +72,21 @@ def plot_record(events: list[dict[str, Any]], path: Path, title: str) -> None:
     share.set_ylim(-5, 105)
     errors.set_ylabel("error rate % (per window)")
     latency.set_ylabel("p90 latency ms (per window)")
-    latency.set_xlabel("seconds since the rollout started")
+    axes[-1].set_xlabel("seconds since the rollout started")
+    if with_answers:
+        plan = next((e["plan"] for e in events if e["event"] == "plan"), {})
+        draw_answers(axes[3], judgements, start, colours, plan.get("to", "target"), plan.get("from", "baseline"))
     for e in events:
         if e["event"] == "decision":
             colour = DECISION_COLOURS.get(e["decision"], "black")
-            for axis in (share, errors, latency):
+            for axis in axes:
                 axis.axvline(e["time"] - start, color=colour, linestyle=":", linewidth=1.2)
             share.annotate(f"{e['decision']} {e.get('step', '')}", (e["time"] - start, 102), rotation=90, fontsize=7,
                            color=colour, va="top", ha="right")
-    for axis in (share, errors, latency):
+    for axis in axes:
         axis.grid(alpha=0.3)
-        axis.legend(loc="upper left", fontsize=7)
+        if axis.get_legend_handles_labels()[0]:
+            axis.legend(loc="upper left", fontsize=7)
     share.set_title(title)
     figure.tight_layout()
     figure.savefig(path, dpi=100)
