@@ -59,7 +59,7 @@ def rehearse(stage_files: tuple[Path, ...], count: int, request_file: Path, keep
     try:
         compare = settings_from(compare_path, output_tolerance).as_json()
     except CompareError as err:
-        fail(f"{'--output-tolerance' if 'tolerance' in str(err) else '--compare-path'}: {err}", 2)
+        fail(f"{'--output-tolerance' if str(err).startswith('output tolerance') else '--compare-path'}: {err}", 2)
     if keep and state_dir is None:
         fail("--keep needs --state-dir: a private rehearsal runtime is removed when the rehearsal ends", 2)
     _gate_rehearsal(list(stage_files), policy_settings(policy_pack_config), output_format)
