@@ -288,7 +288,10 @@ def output_value(status: int, body: bytes, path: ComparePath) -> float | None:
     if not found:
         return None
     numbers: list[float] = []
-    _numbers(part, numbers)
+    try:
+        _numbers(part, numbers)
+    except RecursionError:  # nested deeper than Python recurses: no number to take from it
+        return None
     numbers = [n for n in numbers if math.isfinite(n)]
     return sum(numbers) / len(numbers) if numbers else None
 

@@ -233,3 +233,8 @@ def test_an_output_value_is_the_number_at_the_path_or_the_mean_under_it():
     assert output_value(200, body, parse_path("flag")) is None  # a boolean is not a numeric output
     assert output_value(424, body, parse_path("scores")) is None
     assert output_value(200, b"not json", Settings().path) is None
+
+
+def test_an_answer_nested_too_deep_gives_no_output_value_rather_than_an_error():
+    deeper = b"[" * 100_000 + b"]" * 100_000
+    assert output_value(200, deeper, parse_path("$")) is None
