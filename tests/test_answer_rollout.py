@@ -183,3 +183,27 @@ def test_rehearse_refuses_bad_compare_options_before_anything_starts(args, messa
     result = CliRunner().invoke(main, ["rehearse", STAGE_3, *args, "--state-dir", str(tmp_path / "state")])
     assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output
     assert not (tmp_path / "state").exists()
+
+
+def test_the_documented_constant_green_example_is_rolled_back_in_the_mirror_phase(runtime, tmp_path):  # noqa: F811
+    """docs/answers.md's example, run as written (its record goes to tmp_path): the sample model as blue,
+    samples/constant-green (Microsoft's tutorial's constant green) as green."""
+    import re
+    import shlex
+
+    from conftest import PROJECT_DIR
+
+    doc = (PROJECT_DIR / "docs" / "answers.md").read_text()
+    command = re.search(r"^\$ (mlcanary rollout .*?)$", doc.replace("\\\n", " "), flags=re.M).group(1)
+    args = shlex.split(command)[2:]
+    args[args.index("--record") + 1] = str(tmp_path / "constant.jsonl")
+    args = [str(PROJECT_DIR / a) if a.startswith(("stacks/", "samples/")) else a for a in args]
+    try:
+        result = rollout(runtime, Path(args[0]), *args[1:])
+        summary = json.loads(result.stdout)
+        assert result.returncode == 1 and summary["step"] == "mirror 20 %", result.stderr
+        assert summary["failure"]["what"] == "output agreement" and "0.5 (outside tolerance)" in summary["failure"]["message"]
+        assert summary["clientRequests"]["byDeployment"].get("green", 0) == 0
+    finally:
+        if "fraud-scorer" in runtime.status()["endpoints"]:
+            runtime.delete_endpoint("fraud-scorer")
