@@ -177,6 +177,7 @@ def test_a_live_answer_without_the_compare_path_is_not_compared_and_says_why(cli
     ({"comparePath": "$..x"}, "cannot read it from '..x'"),
     ({"outputTolerance": "5 %"}, "'5 %' is not a number"),
     ({"comparePath": "scores", "tolerance": "0.1"}, "unknown comparison setting(s) tolerance"),
+    ({"off": "yes"}, "off must be true (to stop comparing), got 'yes'"),
 ])
 def test_bad_comparison_settings_are_refused_and_change_nothing(client, body, says):
     serve(client, "badsettings", {"blue": answer()}, {"blue": 100})
@@ -187,8 +188,10 @@ def test_bad_comparison_settings_are_refused_and_change_nothing(client, body, sa
     assert client.answers("badsettings")["settings"] == {"comparePath": "scores", "outputTolerance": "rel:0.01"}
 
 
-def test_a_since_that_is_not_a_number_is_refused(client):
-    serve(client, "badsince", {"blue": answer()}, {"blue": 100})
+@pytest.mark.parametrize("since", ["x", "-1", "%C2%B2"], ids=["letter", "negative", "superscript_two"])
+def test_a_since_that_is_not_a_whole_number_is_refused(client, since):
+    if "badsince" not in client.status()["endpoints"]:
+        serve(client, "badsince", {"blue": answer()}, {"blue": 100})
     with pytest.raises(RuntimeRefusal) as refused:
-        client.call("GET", "/endpoints/badsince/answers?since=x")
+        client.call("GET", f"/endpoints/badsince/answers?since={since}")
     assert refused.value.status == 400 and "since must be a whole number" in str(refused.value)

@@ -317,6 +317,8 @@ def control_app(runtime: Runtime) -> web.Application:
         if unknown:
             return problem_response(400, f"unknown comparison setting(s) {', '.join(unknown)}; "
                                          "allowed: comparePath, outputTolerance, off")
+        if "off" in body and body["off"] is not True:
+            return problem_response(400, f"off must be true (to stop comparing), got {body['off']!r}")
         if body.get("off") is True:
             runtime.metrics.answers.configure(endpoint.name, None)
             return web.json_response({"settings": None})
@@ -330,7 +332,7 @@ def control_app(runtime: Runtime) -> web.Application:
     async def get_answers(request: web.Request) -> web.Response:
         endpoint = endpoint_or_404(request)
         since = request.query.get("since", "0")
-        if not since.isdigit():
+        if not (since.isascii() and since.isdigit()):
             return problem_response(400, "since must be a whole number (the `next` of the previous reading)")
         return web.json_response(runtime.metrics.answers.snapshot(endpoint.name, int(since)))
 
