@@ -151,14 +151,21 @@ def test_a_constant_baseline_output_moved_beyond_the_tolerance_is_a_shift(scale,
     assert (j.failure is not None) is rolled_back
 
 
-def test_a_live_step_waits_for_the_reference_once_the_baseline_gives_numbers():
+def test_a_live_step_waits_until_the_distribution_test_has_tested_enough_outputs():
     j = judge()
     j.start_step(mirror_step=False)
-    assert not j.waiting_for_reference()  # no number yet: nothing to wait for (a label answer never gives one)
-    j.observe(AnswerWindow(baseline_outputs=(0.5,) * (REFERENCE_SIZE - 1)))
-    assert j.waiting_for_reference()
-    j.observe(AnswerWindow(baseline_outputs=(0.5,)))
-    assert not j.waiting_for_reference() and j.shift is not None
+    assert j.waiting(min_requests=10) is None  # no number yet: nothing to wait for (a label answer never gives one)
+    j.observe(AnswerWindow(target_outputs=(0.5,) * 30, baseline_outputs=(0.5,) * (REFERENCE_SIZE - 1)))
+    assert j.waiting(10) == f"{REFERENCE_SIZE - 1} of the {REFERENCE_SIZE} baseline outputs the answer judge's reference needs"
+    j.observe(AnswerWindow(target_outputs=(0.5,) * 6, baseline_outputs=(0.5,)))  # fills the reference: not tested
+    assert j.waiting(10) == "0 of the 10 target outputs the answer judge needs tested"
+    j.observe(AnswerWindow(target_outputs=(0.5,) * 6, baseline_outputs=(0.5,) * 6))
+    assert j.waiting(10) == "6 of the 10 target outputs the answer judge needs tested"
+    j.observe(AnswerWindow(target_outputs=(0.5,) * 6, baseline_outputs=(0.5,) * 6))
+    assert j.waiting(10) is None
+    j.start_step(mirror_step=False)  # the 100 % step: the baseline serves nothing, there is nothing to wait for
+    j.observe(AnswerWindow(target_outputs=(0.5,) * 6))
+    assert j.waiting(10) is None
 
 
 def test_the_cells_come_from_the_baseline_before_any_window_is_tested():

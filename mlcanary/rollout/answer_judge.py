@@ -85,6 +85,7 @@ class AnswerJudge:
         self.reference: list[float] = []
         self.compared = self.agreed = 0  # over the rollout's mirror phase
         self.step_compared = self.step_agreed = 0
+        self.step_tested = self.step_baseline_outputs = 0  # this step: target outputs tested, baseline outputs seen
         self.samples: list[dict] = []
         self.last_not_compared: str | None = None
         self.mirror_step = False
@@ -93,6 +94,7 @@ class AnswerJudge:
     def start_step(self, mirror_step: bool) -> None:
         self.mirror_step = mirror_step
         self.step_compared = self.step_agreed = 0
+        self.step_tested = self.step_baseline_outputs = 0
 
     def observe(self, window: AnswerWindow) -> None:
         if self.failure is not None:
@@ -113,6 +115,7 @@ class AnswerJudge:
             self.failure = Failure(self.name, "output distribution", self._shift_message(), values["output shift"])
 
     def _observe_outputs(self, target: list[float], baseline: list[float]) -> None:
+        self.step_baseline_outputs += len(baseline)
         if self.shift is None:
             # The cells come from the baseline alone, before anything is tested: fill the reference
             # first; the target's outputs of those windows are not tested.
@@ -123,12 +126,19 @@ class AnswerJudge:
                 self.shift = ShiftEValue(edges, tied, self.options.alpha, tolerance.relative, tolerance.absolute)
             return
         self.shift.update(target, baseline)
+        if baseline:  # a window without baseline outputs tests nothing
+            self.step_tested += len(target)
 
-    def waiting_for_reference(self) -> bool:
-        """A live step is not promoted while the baseline's numeric outputs are still filling the
-        reference the distribution test needs (answers without a number never fill it: then there is
-        no distribution to test, and the step is not held for one)."""
-        return not self.mirror_step and self.shift is None and 0 < len(self.reference) < REFERENCE_SIZE
+    def waiting(self, min_requests: int) -> str | None:
+        """Why a live step may not be promoted yet, or None. Once the baseline gives numeric outputs in
+        the step, the distribution test must have tested as many of the target's as a step needs
+        requests (--min-requests), its reference filled first. Answers without a number (labels) never
+        give one: then there is no distribution to test, and the step does not wait for one."""
+        if self.mirror_step or not self.step_baseline_outputs or self.step_tested >= min_requests:
+            return None
+        if self.shift is None:
+            return f"{len(self.reference)} of the {REFERENCE_SIZE} baseline outputs the answer judge's reference needs"
+        return f"{self.step_tested} of the {min_requests} target outputs the answer judge needs tested"
 
     def check_interval(self, mirrored: int, min_requests: int) -> None:
         """At interval end: rules on the answers so far, and no promotion of a mirror phase whose

@@ -185,8 +185,8 @@ class Runner:
             self.view.status = (f"judging: {step_t.requests} requests to {to} in this step"
                                 f" (at least {options.min_requests} before it is promoted)")
             if self.clock() - interval_started >= options.interval_s:
-                enough = step_t.requests >= options.min_requests and not (
-                    self.answers and self.answers.judge.waiting_for_reference())
+                answers_wait = self.answers.judge.waiting(options.min_requests) if self.answers else None
+                enough = step_t.requests >= options.min_requests and answers_wait is None
                 if enough:
                     self.judge.check_interval((interval_t, interval_b), (step_t, step_b), self.rollout_baseline)
                     if self.answers:
@@ -201,8 +201,8 @@ class Runner:
                         holds += 1
                         self.recorder.write("decision", decision="held", step=label, index=index,
                                             requests=step_t.requests, needed=options.min_requests, holds=holds)
-                        self.view.status = (f"waiting: {step_t.requests} of the {options.min_requests} requests "
-                                            f"needed (held {holds} of {options.max_hold} intervals)")
+                        waiting_for = answers_wait or f"{step_t.requests} of the {options.min_requests} requests needed"
+                        self.view.status = f"waiting: {waiting_for} (held {holds} of {options.max_hold} intervals)"
                         if holds > options.max_hold:
                             return self._halt(index, label, step_t.requests)
             self.on_update(self.view)
