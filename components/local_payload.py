@@ -31,8 +31,12 @@ def deployment_payload(spec: DeploymentSpec) -> dict[str, Any]:
     for key, digest_key in PINNED.items():
         if payload[key]:
             payload[digest_key] = content_hash(payload[key])
-    if spec.request_settings and spec.request_settings.request_timeout_ms:
-        payload["requestTimeoutMs"] = spec.request_settings.request_timeout_ms
+    settings = spec.request_settings
+    for key, value in (("requestTimeoutMs", settings and settings.request_timeout_ms),
+                       ("maxConcurrentRequestsPerInstance", settings and settings.max_concurrent_requests_per_instance),
+                       ("maxQueueWaitMs", settings and settings.max_queue_wait_ms)):
+        if value:
+            payload[key] = value
     probe = spec.readiness_probe
     if probe:
         settings = (("initialDelay", probe.initial_delay), ("period", probe.period),

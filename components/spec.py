@@ -40,18 +40,11 @@ class SpecError(ValueError):
 
 
 def _whole_number_or_unchanged(value: Any) -> Any:
-    """Whole floats (wire numbers) and ASCII digit strings (`pulumi config set --type string`) become
-    ints; str.isdigit() and int() would also take full-width and other Unicode digits ("１００")."""
+    """Whole floats (wire numbers: Pulumi and the policy engine send 2.0) become ints. Text is not a
+    number, even "10" quoted: numbers are written as plain ASCII digits (safe_yaml refuses YAML 1.1's
+    octal, hex and base-60 forms), so what a stage file says is what a number is."""
     number = rules.whole_number(value)
-    if number is not None:
-        return number
-    text = value.strip() if isinstance(value, str) else ""
-    if text.isascii() and text.isdigit():
-        try:
-            return int(text)
-        except ValueError:  # more digits than Python converts: not a usable number either
-            return value
-    return value
+    return value if number is None else number
 
 
 WholeNumber = Annotated[int, Strict(), BeforeValidator(_whole_number_or_unchanged)]
@@ -378,6 +371,24 @@ def _is_dir(path: Path) -> bool:
         return False
 
 
+# Bounds of probe and request settings, in the spelling of the config (seconds, ms). Azure documents
+# only the lower ones; the upper ones keep what the local runtime computes from them (a start limit of
+# initialDelay + failureThreshold x period, timers) finite and usable, and `check` enforces them too.
+PROBE_BOUNDS = {"initialDelay": (0, 3600), "period": (1, 3600), "timeout": (1, 3600),
+                "successThreshold": (1, 1000), "failureThreshold": (1, 1000)}
+REQUEST_SETTING_BOUNDS = {"maxConcurrentRequestsPerInstance": (1, 1000), "maxQueueWaitMs": (1, rules.MAX_REQUEST_TIMEOUT_MS)}
+
+
+def bounded_settings_problems(field: str, settings: Mapping[str, Any], bounds: Mapping[str, tuple[int, int]]) -> list[Problem]:
+    """Each setting of `settings` (config spelling) a whole number within its bounds; None means unset."""
+    problems = []
+    for key, (low, high) in bounds.items():
+        value = settings.get(key)
+        if value is not None:
+            problems += rules.integer_range_problems(rules.join(field, key), value, low, high, key)
+    return problems
+
+
 def _deployment_problems(
     field: str, name: str, deployment: DeploymentSpec, endpoint: EndpointSpec
 ) -> list[Problem]:
@@ -394,6 +405,12 @@ def _deployment_problems(
         problems += rules.request_timeout_problems(
             rules.join(field, "requestSettings.requestTimeoutMs"), timeout
         )
+    if deployment.request_settings is not None:
+        problems += bounded_settings_problems(rules.join(field, "requestSettings"),
+                                              deployment.request_settings.model_dump(by_alias=True), REQUEST_SETTING_BOUNDS)
+    for key, probe in (("livenessProbe", deployment.liveness_probe), ("readinessProbe", deployment.readiness_probe)):
+        if probe is not None:
+            problems += bounded_settings_problems(rules.join(field, key), probe.model_dump(by_alias=True), PROBE_BOUNDS)
     if (deployment.code is None) != (deployment.scoring_script is None):
         problems.append(
             Problem(field, "code and scoringScript go together: give both (a scoring script in a code folder) or neither")

@@ -70,6 +70,23 @@ def test_a_live_request_that_ended_without_an_answer_is_counted_not_compared():
     assert snapshot["lastNotCompared"] == "the live request ended without an answer"
 
 
+@pytest.mark.parametrize("status", [408, 429, 503])
+def test_a_mirror_copy_the_router_shed_or_timed_out_is_not_a_disagreement(status):
+    book = Answers()
+    book.configure("ep", settings_from())
+    run_pair(book, (200, scores(1)), (status, b'{"message": "busy"}'))
+    pair = book.snapshot("ep")["pairs"][0]
+    assert (pair["compared"], pair["notCompared"]) == (0, 1)
+    assert book.snapshot("ep")["lastNotCompared"].startswith(f"the mirror copy got no answer from the model ({status}")
+
+
+def test_a_mirror_answering_a_model_error_disagrees():
+    book = Answers()
+    book.configure("ep", settings_from())
+    run_pair(book, (200, scores(1)), (424, b'{"message": "boom"}'))
+    assert book.snapshot("ep")["pairs"][0]["agreed"] == 0 and book.snapshot("ep")["pairs"][0]["compared"] == 1
+
+
 def test_disagreement_samples_are_bounded_and_read_only_once():
     book = Answers()
     book.configure("ep", settings_from())
@@ -116,6 +133,9 @@ def test_the_pair_counts_and_deviation_histogram_are_prometheus_metrics():
     assert value("mlcanary_answers_agreed", "mlcanary_answers_agreed_total") == 1
     assert value("mlcanary_answer_deviation", "mlcanary_answer_deviation_bucket", le="0.05") == 1
     assert value("mlcanary_answer_deviation", "mlcanary_answer_deviation_bucket", le="0.5") == 2
+    # the rollout's reader skips series it does not read, also endpoint-wide ones without a deployment
+    metrics.malformed_request("ep")
+    assert parse_local_metrics(metrics.prometheus(), "ep") == {}
     metrics.forget("ep", "green")
     assert 'live="blue"' not in metrics.prometheus()
     assert label('a"b') == 'a\\"b'

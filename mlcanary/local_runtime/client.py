@@ -73,10 +73,17 @@ class RuntimeClient:
         url = self.base_url()
         if url:
             return url
-        paths.ensure_private_dir(self.root)
+        try:
+            paths.ensure_private_dir(self.root)
+        except paths.UnsafeStateDir as err:
+            raise NotRunning(f"the local runtime refused to start: {err}") from None
         paths.runtime_file(self.root).unlink(missing_ok=True)
         extra = ["--metrics-address", self.metrics_address] if self.metrics_address else []
-        with open(paths.runtime_stderr(self.root), "wb") as printed:
+        try:
+            stderr = paths.open_private(paths.runtime_stderr(self.root), os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+        except OSError as err:
+            raise NotRunning(f"the local runtime cannot start: {err.filename}: {err.strerror}") from None
+        with os.fdopen(stderr, "wb") as printed:
             process = subprocess.Popen(
                 [sys.executable, "-m", "mlcanary.local_runtime.server", "--state-dir", str(self.root), *extra],
                 stdout=printed, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,

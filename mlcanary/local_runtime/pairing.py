@@ -30,6 +30,9 @@ from mlcanary.components.answer_compare import Comparison, Settings, compare, ou
 DEVIATION_BUCKETS = (1e-9, 1e-6, 1e-4, 1e-3, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0)
 MAX_SAMPLES = 20  # disagreement samples kept per pair
 MAX_OUTPUTS = 50_000  # output numbers kept per endpoint (about 1.6 MB): minutes of load between readings
+# Statuses the router answers for a mirror copy the model never answered: shed under load, no healthy
+# instance, timed out. Not a disagreement about answers (the error and latency judges see them).
+ROUTER_STATUSES = {408: "timed out", 429: "shed: no free instance slot", 503: "no healthy instance"}
 MAX_COMPARED_BYTES = 1024 * 1024  # larger answers are counted as not compared rather than walked in the loop
 
 
@@ -95,6 +98,9 @@ class Answers:
         counts = self.pairs[(endpoint, live, mirror)]
         if answer is None:
             comparison = Comparison(None, "the live request ended without an answer")
+        elif mirror_status in ROUTER_STATUSES:
+            comparison = Comparison(None, f"the mirror copy got no answer from the model ({mirror_status}: "
+                                          f"{ROUTER_STATUSES[mirror_status]})")
         elif len(answer[1]) > MAX_COMPARED_BYTES or len(mirror_body) > MAX_COMPARED_BYTES:
             comparison = Comparison(None, f"an answer is larger than {MAX_COMPARED_BYTES} bytes")
         else:

@@ -32,8 +32,8 @@ def parse_local_metrics(text: str, endpoint: str) -> Snapshot:
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             labels = sample.labels
-            if labels.get("endpoint") != endpoint:
-                continue
+            if labels.get("endpoint") != endpoint or "deployment" not in labels:
+                continue  # another endpoint's, or an endpoint-wide series (malformed requests)
             deployment = labels["deployment"]
             if sample.name in ("mlcanary_requests_total", "mlcanary_mirrored_requests_total"):
                 into = live if sample.name == "mlcanary_requests_total" else mirrored
