@@ -20,6 +20,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Strict, ValidationE
 from pydantic.alias_generators import to_camel
 
 from mlcanary.components import rules
+from mlcanary.components.content_digest import folder_problem
 from mlcanary.components.deployment_yaml import read_deployment_yaml
 from mlcanary.components.rules import Problem
 from mlcanary.components.rollout_spec import RolloutSpec, rollout_problems
@@ -557,7 +558,7 @@ def _resolve_paths(
     """Local model/code/conda paths become absolute (from `base`, which `base_named` names for a
     message) and must exist."""
 
-    def resolve(value: Any, key_field: str) -> Any:
+    def resolve(value: Any, key_field: str, hashed: bool = False) -> Any:
         if not isinstance(value, str) or is_asset_reference(value):
             return value
         path = _real_path(base, value)
@@ -573,11 +574,15 @@ def _resolve_paths(
         except OSError as err:
             reason = "is a symlink loop" if err.errno == errno.ELOOP else f"cannot be used: {err.strerror}"
             problems.append(Problem(key_field, f"local path {rules.shown(value)} {reason}"))
+        else:
+            problem = folder_problem(path) if hashed else None  # a code or model folder: before anything hashes it
+            if problem:
+                problems.append(Problem(key_field, problem))
         return str(path)
 
     for key in ("model", "code"):
         if key in deployment:
-            deployment[key] = resolve(deployment[key], rules.join(field, key))
+            deployment[key] = resolve(deployment[key], rules.join(field, key), hashed=True)
     environment = deployment.get("environment")
     if isinstance(environment, Mapping) and "condaFile" in environment:
         conda_field, found = rules.join(field, "environment.condaFile"), len(problems)
