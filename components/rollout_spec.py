@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict
 from pydantic.alias_generators import to_camel
 
-from mlcanary.components import rules
+from mlcanary.components import answer_compare, rules
 from mlcanary.components.rollout_rules import RuleError, parse_rule
 from mlcanary.components.rules import Problem
 
@@ -79,6 +79,10 @@ class RolloutSpec(BaseModel):
     min_requests: Whole | None = None
     max_hold: Whole | None = None
     failure_limit: Whole | None = None
+    # What the answers are judged on (rollout/answer_judge.py); comparing is on when comparePath is set.
+    compare_path: str | None = None
+    output_tolerance: str | float | None = None
+    max_disagreement: float | None = None
 
     def get(self, key: str) -> Any:
         """A value by its camelCase key, else the command's default."""
@@ -122,6 +126,7 @@ def rollout_problems(
     for key in ("minRequests", "maxHold", "failureLimit"):
         if not _within(key, plan.get(key)):
             problems.append(Problem(field(key), f"a whole number {_range(key)}, got {plan.get(key)}"))
+    problems += _compare_problems(plan, field)
     for text in plan.get("rule") or ():
         try:
             parse_rule(text)
@@ -147,3 +152,24 @@ def _number(value: float) -> str:
 def bounds_text() -> str:
     """The ranges, as the docs and --help state them."""
     return "; ".join(f"{key} {_range(key)}" for key in BOUNDS)
+
+
+def _compare_problems(plan: RolloutSpec, field: Callable[[str], str]) -> list[Problem]:
+    problems = []
+    if plan.compare_path is None:
+        for key in ("outputTolerance", "maxDisagreement"):
+            if plan.get(key) is not None:
+                problems.append(Problem(field(key), "needs comparePath (--compare-path): what of the answers to "
+                                                    "compare, $ for the whole answer"))
+        return problems
+    for key, parse in (("comparePath", answer_compare.parse_path), ("outputTolerance", answer_compare.parse_tolerance)):
+        if plan.get(key) is not None:
+            try:
+                parse(plan.get(key))
+            except answer_compare.CompareError as err:
+                problems.append(Problem(field(key), str(err)))
+    share = plan.max_disagreement
+    if share is not None and not 0 <= share < 1:
+        problems.append(Problem(field("maxDisagreement"), f"the share of compared answers allowed to disagree, "
+                                                          f"from 0 up to (not including) 1, got {share}"))
+    return problems

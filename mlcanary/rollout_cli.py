@@ -46,6 +46,12 @@ RECORDED_OPTIONS = {"to": "to", "from": "from", "steps": "steps", "intervalS": "
 @click.option("--rule", "rules", multiple=True,
               help="Repeatable: 'error_rate < 0.02', 'latency_p99_ms < 500', 'error_rate_ratio < 1.5', "
                    "'latency_p90_ratio < 1.2' (ratio = target / baseline).")
+@click.option("--compare-path", help="Compare what the models answer (mirror phase: pairs; live steps: output "
+              "distributions) at this part of the JSON answer: $ (all), predictions, $.result[0].score.")
+@click.option("--output-tolerance", help="Numbers agree within this: 0.01 = 1 % relative, abs:0.5 absolute, "
+              "0.01,abs:1e-6 both (default rel:1e-9, the same answer).")
+@click.option("--max-disagreement", type=float, help="Share of compared answers allowed to disagree in the mirror "
+              "phase (default 0.01); 0: none.")
 @click.option("--judge", type=click.Choice(["sequential", "threshold"]), help="sequential (default): anytime-valid "
               "test of target vs baseline; threshold: Flagger's per-interval check.")
 @click.option("--alpha", type=float, help="The sequential judge's false-rollback bound (default 0.05; 0.001 to 0.2).")
@@ -76,8 +82,8 @@ RECORDED_OPTIONS = {"to": "to", "from": "from", "steps": "steps", "intervalS": "
 @click.option("--metrics-region", help="azure target: the region of the endpoint's metrics (default: the endpoint's "
               "own region, or its workspace's, read from Azure).")
 @state_dir_option
-def rollout(stage_file: Path | None, to, from_, steps, interval, mirror, mirror_for, bake, delete_old, rules, judge,
-            alpha, min_requests, max_hold, failure_limit, load_rps, request_file, record, plot, resume, apply_stage,
+def rollout(stage_file: Path | None, to, from_, steps, interval, mirror, mirror_for, bake, delete_old, rules,
+            compare_path, output_tolerance, max_disagreement, judge, alpha, min_requests, max_hold, failure_limit, load_rps, request_file, record, plot, resume, apply_stage,
             output_format, plan_only, write_stages, policy_pack_config, tick, stack, metrics_region, state_dir) -> None:
     """Promote --to step by step from the stage STAGE_FILE, judged by live metrics, rolled back by itself.
 
@@ -98,7 +104,8 @@ def rollout(stage_file: Path | None, to, from_, steps, interval, mirror, mirror_
     flags = {"to": to, "from": from_, "steps": _steps(steps), "interval": interval, "mirror": mirror,
              "mirrorFor": mirror_for, "bake": bake, "deleteOld": delete_old, "rule": list(rules) or None,
              "judge": judge, "alpha": alpha, "minRequests": min_requests, "maxHold": max_hold,
-             "failureLimit": failure_limit}
+             "failureLimit": failure_limit, "comparePath": compare_path, "outputTolerance": output_tolerance,
+             "maxDisagreement": max_disagreement}
     point = None
     try:
         settings = load_policy_config(policy_pack_config, policy_defaults())
@@ -116,6 +123,10 @@ def rollout(stage_file: Path | None, to, from_, steps, interval, mirror, mirror_
     for advisory in plan.advisories:
         click.echo(f"warning: {advisory}", err=True)
     body = _check_run_options(plan, stage_file, load_rps, request_file, record, plot, tick)
+    if plan.options.mirror is not None and plan.options.compare_path is None:
+        click.echo("hint: the mirror phase judges errors and latency only; add --compare-path (e.g. '$', or "
+                   "the part of the answer holding the predictions) to also compare the mirror's answers with "
+                   "the live ones before any client gets one", err=True)
     if plan_only or write_stages:
         written = write(plan, write_stages) if write_stages else []
         azure = _azure_plan(plan, stack, metrics_region) if plan.target == "azure" and stack else None
@@ -211,6 +222,9 @@ def _check_run_options(plan, stage_file, load_rps, request_file, record, plot, t
     missing = _missing_modules(plan.target, plot)
     if missing:
         _fail(f"{missing} is not installed: pip install -e '.[local,rollout]'", 2)
+    if plan.target == "azure" and plan.options.compare_path is not None:
+        _fail("--compare-path: comparing answers needs the local target for now (Azure discards the mirror's "
+              "answers; they can only be read from Azure ML's data collector)", 2)
     return body
 
 
@@ -251,6 +265,7 @@ def _run(plan, settings, policy_pack_config, record, plot, point, apply_stage, o
                 _fail(f"record {record} (rollout {point.rollout_id}): its judgeState cannot be loaded "
                       f"({type(err).__name__}: {err}); nothing was changed", 2)
     applier, source, client = _edges(plan, policy_pack_config, stack, metrics_region, state_dir)
+    answers = _answer_check(plan, client)
     console = output_console(stderr=output_format == "json")
 
     def log(text: str) -> None:
@@ -285,6 +300,13 @@ def _run(plan, settings, policy_pack_config, record, plot, point, apply_stage, o
 
     def start_load() -> None:
         nonlocal load
+        if answers:  # the endpoint exists now (the stage file is applied): tell it what to compare
+            from mlcanary.rollout.sources import SourceError
+
+            try:
+                answers.source.start()
+            except SourceError as err:
+                _fail(str(err), 1)
         if load_rps:
             from mlcanary.rollout.load import Load
 
@@ -306,7 +328,7 @@ def _run(plan, settings, policy_pack_config, record, plot, point, apply_stage, o
         applier.progress = _throttled(log) if live is None else lambda text: None
     runner = Runner(plan, applier, source, judge, recorder, tick_s=tick,
                     on_update=(lambda view: live.update(_table(view))) if live else print_status,
-                    on_decision=log)
+                    on_decision=log, answers=answers)
     log(f"rollout {rollout_id}: {options.baseline} -> {options.to} on {plan.endpoint}, {len(plan.steps)} step(s)"
         + (f", record {record}" if record else ""))
     try:
@@ -316,6 +338,8 @@ def _run(plan, settings, policy_pack_config, record, plot, point, apply_stage, o
     finally:
         if live:
             live.stop()
+        if answers:
+            answers.source.stop()
         report = load.stop() if load else None
         recorder.close()
     if report is not None:
@@ -330,7 +354,8 @@ def _run(plan, settings, policy_pack_config, record, plot, point, apply_stage, o
         except (OSError, ValueError) as err:  # the rollout's outcome stands; only the picture is missing
             click.echo(f"warning: could not draw {plot}: {err}", err=True)
             plot = None
-    _print_outcome(console, outcome, runner.view, report, record, plot, output_format, options.alpha, rollout_id)
+    _print_outcome(console, outcome, runner.view, report, record, plot, output_format, options.alpha, rollout_id,
+                   answers.judge if answers else None)
     return outcome.exit_code
 
 
@@ -345,6 +370,23 @@ def _throttled(log, every_s: float = 10.0):
             last.update(at=time.monotonic(), what=what)
 
     return progress
+
+
+def _answer_check(plan, client):
+    """The answer judge and its source, when the rollout says what to compare (local target)."""
+    options = plan.options
+    if options.compare_path is None:
+        return None
+    from mlcanary.components.answer_compare import settings_from
+    from mlcanary.rollout.answer_judge import DEFAULT_MAX_DISAGREEMENT, AnswerCheck, AnswerJudge, AnswerOptions
+    from mlcanary.rollout.answer_source import LocalAnswerSource
+
+    answer_options = AnswerOptions(
+        settings_from(options.compare_path, options.output_tolerance),
+        DEFAULT_MAX_DISAGREEMENT if options.max_disagreement is None else options.max_disagreement,
+        options.alpha, options.rules)
+    source = LocalAnswerSource(client, plan.endpoint, answer_options, options.to, options.baseline)
+    return AnswerCheck(AnswerJudge(answer_options), source)
 
 
 def _edges(plan, policy_pack_config, stack, metrics_region, state_dir):
@@ -475,7 +517,15 @@ def _by_deployment(counts: dict) -> str:
     return ", ".join(f"{name or 'no deployment'}: {count}" for name, count in sorted(counts.items()))
 
 
-def _print_outcome(console, outcome, view, report, record, plot, output_format, alpha: float, rollout_id: str) -> None:
+def _answers_json(answer_judge) -> dict[str, Any] | None:
+    if answer_judge is None:
+        return None
+    return {**answer_judge.options.as_json(), "compared": answer_judge.compared, "agreed": answer_judge.agreed,
+            "eValues": answer_judge.e_values(), "samples": answer_judge.samples[-5:]}
+
+
+def _print_outcome(console, outcome, view, report, record, plot, output_format, alpha: float, rollout_id: str,
+                   answer_judge=None) -> None:
     client_requests: dict[str, Any] | None = None
     if report is not None:
         client_requests = {"sent": report.sent, "failed": report.failed,
@@ -485,6 +535,7 @@ def _print_outcome(console, outcome, view, report, record, plot, output_format, 
             "rollout": rollout_id, "decision": outcome.decision, "exitCode": outcome.exit_code, "message": outcome.message,
             "step": outcome.step, "failure": outcome.failure.as_json() if outcome.failure else None,
             "eValues": outcome.e_values, "targetServed": outcome.target_served, "clientRequests": client_requests,
+            "answers": _answers_json(answer_judge),
             "record": str(record) if record else None, "plot": str(plot) if plot else None}, indent=2))
         return
     colour = {0: "green", 1: "red", 3: "yellow"}.get(outcome.exit_code, "magenta")
@@ -492,7 +543,16 @@ def _print_outcome(console, outcome, view, report, record, plot, output_format, 
     if view.counts:
         console.print(_table(view))
     if outcome.failure and outcome.failure.e_value is not None:
-        console.print(f"e-value {outcome.failure.e_value:.1f} (rollback at 1/alpha = {1 / alpha:g})", highlight=False)
+        console.print(f"e-value {outcome.failure.e_value:.4g} (rollback at 1/alpha = {1 / alpha:g})", highlight=False)
+    if answer_judge is not None and answer_judge.compared:
+        console.print(f"answers compared in the mirror phase: {answer_judge.agreed} of {answer_judge.compared} agreed "
+                      f"(at {answer_judge.options.settings.path}, within {answer_judge.options.settings.tolerance})",
+                      highlight=False)
+        shown = {}
+        for sample in reversed(answer_judge.samples):  # the latest few, each disagreement once
+            shown.setdefault((sample["request"], sample["reason"]), sample)
+        for sample in list(shown.values())[:3]:
+            console.print(f"  disagreement (request {sample['request']}): {sample['reason']}", highlight=False)
     console.print(f"the target served {outcome.target_served} request(s) during the rollout", highlight=False)
     if client_requests:
         console.print(f"client requests (--load): {report.sent} sent, {report.failed} failed"

@@ -7,6 +7,8 @@ import itertools
 import uuid
 from collections import Counter, defaultdict
 
+from mlcanary.local_runtime.pairing import Answers
+
 BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
@@ -81,6 +83,7 @@ class Metrics:
         self._numbers = itertools.count(1)
         self.by_deployment: dict[tuple[str, str], DeploymentMetrics] = defaultdict(
             lambda: DeploymentMetrics(self.new_series()))
+        self.answers = Answers()  # what the models answer (pairing.py): compared pairs, output numbers
         self.malformed: Counter[str] = Counter()  # endpoint -> requests that were not valid HTTP
 
     def new_series(self) -> str:
@@ -96,6 +99,7 @@ class Metrics:
         """Drop the counts of a deleted (or re-created) deployment, or of a whole endpoint."""
         for key in [k for k in self.by_deployment if k[0] == endpoint and deployment in (None, k[1])]:
             del self.by_deployment[key]
+        self.answers.forget(endpoint, deployment)
 
     def as_json(self) -> dict:
         """What `local stop` keeps, so counts go on after `local start` as Azure's metrics do."""
@@ -130,6 +134,7 @@ class Metrics:
         for (endpoint, deployment), m in sorted(self.by_deployment.items()):
             lines.append(f'mlcanary_counts_series{{endpoint="{label(endpoint)}",deployment="{label(deployment)}",'
                          f'series="{m.series}"}} 1')
+        lines += self.answers.prometheus(label)
         lines += [
             "# HELP mlcanary_malformed_requests_total Requests to a scoring URI that were not valid HTTP (answered 400).",
             "# TYPE mlcanary_malformed_requests_total counter",

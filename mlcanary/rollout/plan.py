@@ -50,13 +50,17 @@ class Options:
     min_requests: int
     max_hold: int
     failure_limit: int
+    compare_path: str | None = None  # comparing answers is on when set (rollout/answer_judge.py)
+    output_tolerance: str | None = None
+    max_disagreement: float | None = None
 
     def as_json(self) -> dict:
         return {"to": self.to, "from": self.baseline, "steps": list(self.steps), "intervalS": self.interval_s,
                 "mirror": self.mirror, "mirrorForS": self.mirror_for_s, "bakeS": self.bake_s,
                 "deleteOld": self.delete_old, "rule": [str(r) for r in self.rules], "judge": self.judge,
                 "alpha": self.alpha, "minRequests": self.min_requests, "maxHold": self.max_hold,
-                "failureLimit": self.failure_limit}
+                "failureLimit": self.failure_limit, "comparePath": self.compare_path,
+                "outputTolerance": self.output_tolerance, "maxDisagreement": self.max_disagreement}
 
 
 @dataclass(frozen=True)
@@ -157,6 +161,9 @@ def resolve_options(stage: StackSpec, flags: dict[str, Any]) -> Options:
         delete_old=plan.get("deleteOld"), rules=tuple(parse_rule(r) for r in plan.get("rule") or ()),
         judge=plan.get("judge"), alpha=plan.get("alpha"), min_requests=plan.get("minRequests"),
         max_hold=plan.get("maxHold"), failure_limit=plan.get("failureLimit"),
+        compare_path=plan.compare_path,
+        output_tolerance=None if plan.output_tolerance is None else str(plan.output_tolerance),
+        max_disagreement=plan.max_disagreement,
     )
 
 

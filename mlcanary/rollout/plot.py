@@ -13,6 +13,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from mlcanary.rollout.answer_plot import draw_answers, has_answers
+
 ROLE_COLOURS = {"baseline": "#1f77b4", "target": "#ff7f0e", "other": "#7f7f7f"}
 DECISION_COLOURS = {"promoted": "#2ca02c", "baked": "#2ca02c", "finished": "#2ca02c", "held": "#bcbd22",
                     "rolled-back": "#d62728", "halted": "#9467bd", "interrupted": "#7f7f7f", "unconfirmed": "#9467bd"}
@@ -80,18 +82,23 @@ def draw(events: list[dict[str, Any]], title: str):
     colour = {n: ROLE_COLOURS[roles[n]] for n in order}
     label = {n: f"{n} ({roles[n]})" if roles[n] != "other" else n for n in order}
 
-    figure, (share, volume, errors, latency) = plt.subplots(
-        4, 1, sharex=True, figsize=(10, 10), gridspec_kw={"height_ratios": [1.2, 1, 1, 1]})
+    with_answers = has_answers(judgements)  # a fifth panel: what the models answered (answer_plot.py)
+    figure, axes = plt.subplots(5 if with_answers else 4, 1, sharex=True, figsize=(10, 12.5 if with_answers else 10),
+                                gridspec_kw={"height_ratios": [1.2, 1, 1, 1, 1][:5 if with_answers else 4]})
+    share, volume, errors, latency = axes[:4]
     _draw_traffic(share, changes, order, colour, label, plan.get("to"), end)
     _draw_windows(volume, errors, latency, judgements, start, order, colour, label, plan.get("to"))
+    if with_answers:
+        draw_answers(axes[4], judgements, start, colour, plan.get("to", "target"), plan.get("from", "baseline"))
     decisions = [e for e in events if e["event"] == "decision" and e["decision"] not in NOT_PLOTTED]
-    listed = _draw_decisions((share, volume, errors, latency), decisions, start, end)
+    listed = _draw_decisions(tuple(axes), decisions, start, end)
     share.set_title(title, fontsize=11)
-    latency.set_xlabel("seconds since the rollout started")
-    latency.set_xlim(0, end)
-    for axis in (share, volume, errors, latency):
+    axes[-1].set_xlabel("seconds since the rollout started")
+    axes[-1].set_xlim(0, end)
+    for axis in axes:
         axis.grid(alpha=0.3)
-        axis.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
+        if axis.get_legend_handles_labels()[0]:
+            axis.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
     figure.text(0.01, 0.005, "\n".join(listed) or "no decision recorded", fontsize=8, va="bottom", family="monospace")
     figure.tight_layout(rect=(0, 0.02 + 0.018 * len(listed), 1, 1))
     return figure

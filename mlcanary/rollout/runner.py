@@ -72,8 +72,10 @@ class Runner:
     def __init__(self, plan: Plan, applier: Any, source: Any, judge: Judge, recorder: Recorder, *,
                  tick_s: float = 1.0, on_update: Callable[[View], None] = lambda _: None,
                  on_decision: Callable[[str], None] = lambda _: None,
-                 clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep):
+                 clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep,
+                 answers: Any = None):
         self.plan, self.applier, self.source, self.judge, self.recorder = plan, applier, source, judge, recorder
+        self.answers = answers  # answer_judge.AnswerCheck when the rollout compares answers
         self.options = plan.options
         self.tick_s = tick_s
         self.on_update = on_update
@@ -187,6 +189,8 @@ class Runner:
         before = self._read()
         read_at = self.clock()
         self.judge.start_step((before or {}).get(baseline, DeploymentCounts()).live)
+        if self.answers:
+            self.answers.start_step(step.kind == "mirror")
         step_counts: dict[str, Counts] = {}
         step_pinned: dict[str, Counts] = {}
         interval_t, interval_b = Counts(), Counts()
@@ -215,24 +219,28 @@ class Runner:
             interval_t, interval_b = interval_t + target, interval_b + base
             if not gap:
                 self.judge.observe(target, base)
+            answers = {"answers": self.answers.tick()} if self.answers else {}
             elapsed = self.clock() - started
             self.recorder.write(
                 "judgement", step=label, index=index, traffic=step.traffic, mirror=step.mirror_traffic,
                 window={n: _window_json(c) for n, c in closed.items()}, eValues=self.judge.e_values(),
-                targetServed=self.target_served, **({"noData": gap} if gap else {}))
+                targetServed=self.target_served, **({"noData": gap} if gap else {}), **answers)
             self.view.counts, self.view.pinned = dict(step_counts), dict(step_pinned)
             self.view.elapsed_s, self.view.judge = elapsed, self._judge_view()
-            if self.judge.failure is not None:
-                return self._roll_back(index, self.judge.failure, step_counts)
+            if self._failure() is not None:
+                return self._roll_back(index, self._failure(), step_counts)
             step_t, step_b = step_counts.get(to, Counts()), step_counts.get(baseline, Counts())
             self.view.status = (f"no data: {gap}" if gap else
                                 f"judging: {step_t.requests} of {options.min_requests} requests to {to}")
             if self.clock() - interval_started >= options.interval_s:
-                enough = step_t.requests >= options.min_requests
+                answers_wait = self.answers.judge.waiting(options.min_requests) if self.answers else None
+                enough = step_t.requests >= options.min_requests and answers_wait is None
                 if enough:
                     self.judge.check_interval((interval_t, interval_b), (step_t, step_b), self.rollout_baseline)
-                    if self.judge.failure is not None:
-                        return self._roll_back(index, self.judge.failure, step_counts)
+                    if self.answers:
+                        self.answers.judge.check_interval(step_t.requests, options.min_requests)
+                    if self._failure() is not None:
+                        return self._roll_back(index, self._failure(), step_counts)
                 gaps, interval_gaps = interval_gaps, 0
                 interval_t, interval_b, interval_started = Counts(), Counts(), self.clock()
                 if elapsed >= hold_s - 1e-6 and not gaps and covered_s >= hold_s - 1e-6:
@@ -241,7 +249,7 @@ class Runner:
                 if gaps or (elapsed >= hold_s - 1e-6 and not enough):
                     holds += 1
                     why = (f"no data in {gaps} window(s) of this interval ({no_data})" if gaps else
-                           f"{step_t.requests} of the {options.min_requests} requests needed")
+                           answers_wait or f"{step_t.requests} of the {options.min_requests} requests needed")
                     self.recorder.write("decision", decision="held", step=label, index=index, reason=why,
                                         requests=step_t.requests, needed=options.min_requests, holds=holds,
                                         noDataWindows=gaps)
@@ -250,6 +258,9 @@ class Runner:
                     if holds > options.max_hold:
                         return self._halt(index, label, step_t.requests, no_data if gaps else "")
             self.on_update(self.view)
+
+    def _failure(self) -> Failure | None:
+        return self.judge.failure or (self.answers.judge.failure if self.answers else None)
 
     def _window(self, before: Snapshot | None, read_at: float) -> tuple[Snapshot, str, Snapshot | None, float, float]:
         """One tick's reading -> (closed counts, why they are no data or "", the new base reading, its time,
@@ -343,6 +354,8 @@ class Runner:
         state = {"judge": self.judge.name, **{f"e({k})": round(v, 3) for k, v in self.judge.e_values().items()}}
         if hasattr(self.judge, "failed_checks"):
             state["failed checks"] = f"{self.judge.failed_checks}/{self.judge.failure_limit}"
+        if self.answers:
+            state.update(self.answers.judge.view())
         return state
 
 

@@ -39,8 +39,8 @@ def parse_local_metrics(text: str, endpoint: str) -> Snapshot:
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             labels = sample.labels
-            if labels.get("endpoint") != endpoint:
-                continue
+            if labels.get("endpoint") != endpoint or "deployment" not in labels:
+                continue  # another endpoint's, or an endpoint-wide series (malformed requests)
             deployment = labels["deployment"]
             if sample.name in COUNTERS:
                 into = counts[(deployment, COUNTERS[sample.name])]
