@@ -22,6 +22,14 @@ def _client(props: dict[str, Any]):
     return RuntimeClient(state_dir(props.get("stateDir")))
 
 
+def _admitted(props: dict[str, Any], endpoint: str) -> None:
+    """A running `mlcanary rollout` holds its endpoint: `pulumi up` of the local target is refused too."""
+    from mlcanary.local_runtime.lease import refuse_if_held
+    from mlcanary.local_runtime.paths import state_dir
+
+    refuse_if_held(state_dir(props.get("stateDir")), [endpoint], "pulumi up (local target)")
+
+
 def _missing(call) -> bool:
     """Run a delete; True if the thing was already gone (404), which is fine for a delete."""
     from mlcanary.local_runtime.client import NotRunning, RuntimeRefusal
@@ -81,10 +89,12 @@ class LocalDeploymentProvider(ResourceProvider):
                      ("endpointName", "deploymentName", "stateDir"))
 
     def delete(self, _id: str, props: dict[str, Any]) -> None:
+        _admitted(props, props["endpointName"])
         _missing(lambda: _client(props).delete_deployment(props["endpointName"], props["deploymentName"]))
 
     @staticmethod
     def _put(props: dict[str, Any]) -> dict[str, Any]:
+        _admitted(props, props["endpointName"])
         spec = {**props["spec"], "instanceCount": int(props["spec"]["instanceCount"])}
         if "requestTimeoutMs" in spec:
             spec["requestTimeoutMs"] = int(spec["requestTimeoutMs"])
@@ -112,6 +122,7 @@ class LocalTrafficProvider(ResourceProvider):
 
     @staticmethod
     def _set(props: dict[str, Any], traffic: Any, mirror: Any) -> None:
+        _admitted(props, props["endpoint_name"])
         as_ints = lambda shares: {k: int(v) for k, v in (shares or {}).items()}  # noqa: E731 - wire floats
         _client(props).set_traffic(props["endpoint_name"], as_ints(traffic), as_ints(mirror))
 

@@ -10,7 +10,7 @@ import click
 
 from mlcanary.local_cli import register as register_local_commands
 from mlcanary.policy_config import PolicyConfigError, load_policy_config
-from mlcanary.rollout_cli import rollout
+from mlcanary.rollout_steer_cli import rollout
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

@@ -12,6 +12,7 @@ from typing import Any
 import click
 
 from mlcanary.local_cli import state_dir_option
+from mlcanary.rollout_steer_options import steering_for, steering_options
 
 
 def _fail(message: str, code: int) -> None:
@@ -57,6 +58,7 @@ def _steps(value: str | None) -> list | None:
 @click.option("--stack", help="azure target: the Pulumi stack to update through the Automation API.")
 @click.option("--metrics-region", help="azure target: the region of the endpoint's metrics (default: azure-native:location).")
 @state_dir_option
+@steering_options
 def rollout(stage_file: Path, to, from_, steps, interval, mirror, mirror_for, bake, delete_old, rules, judge, alpha,
             min_requests, max_hold, failure_limit, load_rps, request_file, record, plot, resume, output_format,
             plan_only, write_stages, policy_pack_config, tick, stack, metrics_region, state_dir) -> None:
@@ -67,7 +69,13 @@ def rollout(stage_file: Path, to, from_, steps, interval, mirror, mirror_for, ba
     (keys as these options, camelCase); flags override it.
 
     Exit codes: 0 promoted; 1 rolled back (a rule or the judge failed); 2 refused before any change;
-    3 halted as inconclusive (not enough data); 130/143 interrupted (left at the last good step).
+    3 halted as inconclusive (not enough data); 4 the endpoint was changed by someone else (or the
+    hold taken over with --force): the rollout stops without overwriting it; 130/143 interrupted
+    (left at the last good step).
+
+    The rollout holds its endpoint from its first change to its end: `local up`, `rehearse` and
+    another rollout of it are refused. Watch and steer it from another terminal with
+    `mlcanary rollout status|pause|resume|promote|abort ENDPOINT` (aborted: exit 1).
     """
     from mlcanary.check import policy_defaults
     from mlcanary.policy_config import PolicyConfigError, load_policy_config
@@ -173,7 +181,8 @@ def _run(plan, settings, policy_pack_config, record, plot, resume, output_format
 
     live = Live(console=console, refresh_per_second=4, transient=False) if console.is_terminal else None
     runner = Runner(plan, applier, source, judge, recorder, tick_s=tick,
-                    on_update=(lambda view: live.update(_table(view))) if live else print_line)
+                    on_update=(lambda view: live.update(_table(view))) if live else print_line,
+                    steering=steering_for(plan, applier, client, stack, record))
     try:
         if live:
             live.start()

@@ -43,6 +43,17 @@ class LocalApplier:
         return live == {n: s for n, s in endpoint.live_traffic.items() if s} and \
             {n: s for n, s in status["mirrorTraffic"].items() if s} == dict(endpoint.mirror_traffic)
 
+    def read_back(self, endpoint: str) -> dict[str, Any] | None:
+        """What runs now, to compare with what a step set: live and mirror traffic, and per deployment
+        its instance count and the spec it serves; None when the endpoint is gone. Raises when the
+        runtime cannot be read (NotRunning, RuntimeRefusal, OSError)."""
+        status = self.client.status().get("endpoints", {}).get(endpoint)
+        if status is None:
+            return None
+        return {"traffic": dict(status["traffic"]), "mirror": dict(status["mirrorTraffic"]),
+                "deployments": {name: {"instanceCount": (d.get("spec") or {}).get("instanceCount"), "spec": d.get("spec")}
+                                for name, d in status["deployments"].items()}}
+
     def apply(self, step: Step) -> None:
         from mlcanary.local_runtime.apply import StageRefused, apply_stage
         from mlcanary.local_runtime.client import NotRunning, RuntimeRefusal
