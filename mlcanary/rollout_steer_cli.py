@@ -101,7 +101,7 @@ def _clock(at: Any) -> str:
 
 
 def status_json(doc: dict[str, Any], now: float | None = None) -> dict[str, Any]:
-    now = now or time.time()
+    now = now or float(doc.get("endedAt") or time.time())
     shown = {k: v for k, v in doc.items() if k not in ("rollbackStage", "intent")}
     return {**shown, "state": state_of(doc), "inStepS": round(now - float(doc.get("stepSince") or now), 1),
             "heartbeatAgeS": round(now - float(doc.get("heartbeat") or now), 1), "intent": doc.get("intent") or {}}

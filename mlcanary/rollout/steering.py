@@ -241,8 +241,12 @@ class HeldSteering(Steering):
     def on_event(self, entry: dict[str, Any]) -> None:
         if entry.get("event") == "step":
             self.step_since = entry.get("time") or time.time()
-            self._publish(step=entry.get("label"), stepIndex=entry.get("index"), stepSince=self.step_since,
-                          traffic=entry.get("traffic"), mirror=entry.get("mirror"))
+            index = entry.get("index")
+            steps = self.plan.steps
+            step = steps[index] if isinstance(index, int) and 0 <= index < len(steps) else None
+            self._publish(step=entry.get("label"), stepIndex=index, stepSince=self.step_since,
+                          traffic=entry.get("traffic"), mirror=entry.get("mirror"), counts={}, elapsedS=0.0,
+                          next=self._next(index, step) if step is not None else "the first step")
         if entry.get("event") in ("step", "decision") and self.notifier is not None:
             failures = self.notifier.send({"rolloutId": self.id, "endpoint": self.plan.endpoint, **entry})
             for failure in failures:
