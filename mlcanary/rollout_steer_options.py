@@ -67,6 +67,11 @@ def steering_for(plan: Any, applier: Any, client: Any, stack: str | None, record
         directory, lock_root = lease.lease_dir(client.root), client.root
     else:
         directory, lock_root = lease.stack_lease_dir(stack or "default"), None
-    return HeldSteering(directory, plan, applier, record=record, force=bool(chosen.get("force")), lock_root=lock_root,
-                        notifier=Notifier(notify) if notify else None,
-                        confirmer=Confirmer(confirm) if confirm else None)
+    steering = HeldSteering(directory, plan, applier, record=record, force=bool(chosen.get("force")),
+                            lock_root=lock_root, notifier=Notifier(notify) if notify else None,
+                            confirmer=Confirmer(confirm) if confirm else None)
+    refused = steering.begin(None)  # before the live display: a held endpoint is an error line, exit 1
+    if refused is not None:
+        click.echo(f"error: {refused.message}", err=True)
+        sys.exit(refused.exit_code)
+    return steering

@@ -109,7 +109,7 @@ def _admit(root, endpoint: str, stage: str, force: bool) -> None:
     """The rollout holding the endpoint (if any) lets this apply through, or it is refused."""
     try:
         lease.admit(lease.lease_dir(root), endpoint, f"pid {os.getpid()} applying {stage}", force,
-                    notice=lambda message: print(message, file=sys.stderr, flush=True))
+                    notice=lambda message: print(message, file=sys.__stderr__ or sys.stderr, flush=True))
     except (lease.EndpointHeld, lease.LeaseFileError) as err:
         raise StageRefused(str(err)) from None
 

@@ -307,4 +307,4 @@ def refuse_if_held(root: Path, endpoints: set[str] | list[str], writer: str) -> 
     if a rollout holds one of `endpoints`; a dead holder's hold is taken over (that is only a notice)."""
     for endpoint in sorted(endpoints):
         admit(lease_dir(root), endpoint, writer, force=False,
-              notice=lambda message: print(message, file=sys.stderr, flush=True))
+              notice=lambda message: print(message, file=sys.__stderr__ or sys.stderr, flush=True))

@@ -196,10 +196,13 @@ class HeldSteering(Steering):
         self.promotions_seen = 0
         self.step_since = time.time()
         self.recorder: Any = None
+        self.acquired = False
 
     # -- start and end --------------------------------------------------------------------------------
 
     def begin(self, runner: Any) -> Stop | None:
+        if self.acquired:
+            return None
         plan = self.plan
         fields = {
             "id": self.id, "target": plan.options.to, "baseline": plan.options.baseline,
@@ -222,6 +225,7 @@ class HeldSteering(Steering):
                 lease.acquire(self.directory, plan.endpoint, fields, self.force, self.warn)
         except (lease.EndpointHeld, lease.LeaseFileError) as err:
             return Stop(1, "refused", f"{err}")
+        self.acquired = True
         return None
 
     def end(self, runner: Any, outcome: Any) -> None:
