@@ -69,9 +69,29 @@ def steering_for(plan: Any, applier: Any, client: Any, stack: str | None, record
         directory, lock_root = lease.stack_lease_dir(stack or "default"), None
     steering = HeldSteering(directory, plan, applier, record=record, force=bool(chosen.get("force")),
                             lock_root=lock_root, notifier=Notifier(notify) if notify else None,
-                            confirmer=Confirmer(confirm) if confirm else None)
+                            confirmer=Confirmer(confirm) if confirm else None,
+                            resources=_resource_watch(plan, client))
     refused = steering.begin(None)  # before the live display: a held endpoint is an error line, exit 1
     if refused is not None:
         click.echo(f"error: {refused.message}", err=True)
         sys.exit(refused.exit_code)
     return steering
+
+
+def _resource_watch(plan: Any, client: Any):
+    """Resource rules are measured on the local target's worker processes; elsewhere they cannot be judged,
+    and a rule that cannot be judged is refused rather than silently passed."""
+    import time
+
+    from mlcanary.rollout.resources import LocalResources, ResourceWatch
+
+    rules = [rule for rule in plan.options.rules if rule.is_resource]
+    if not rules:
+        return None
+    if client is None:
+        click.echo(f"error: --rule {rules[0]}: resource rules are measured on the local target's processes; an "
+                   "azure-target rollout cannot judge them yet (nothing was changed)", err=True)
+        sys.exit(2)
+    options = plan.options
+    return ResourceWatch(tuple(rules), LocalResources(client, plan.endpoint), options.to, options.baseline,
+                         options.interval_s, time.monotonic)

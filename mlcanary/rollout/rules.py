@@ -2,6 +2,10 @@
 
     error_rate < 0.02        error_5xx_rate <= 0.01     latency_p99_ms < 500
     error_rate_ratio < 1.5   latency_p90_ratio < 1.2
+    memory_mb < 2048         memory_mb_ratio < 1.5      cpu_percent < 150    cpu_percent_ratio < 2
+
+Resource metrics are per instance of a deployment (mean resident memory in MB; CPU in % of one core
+over the last interval), measured by mlcanary/rollout/resources.py, not from request counts.
 """
 
 from __future__ import annotations
@@ -15,7 +19,10 @@ from mlcanary.rollout.counts import Counts
 RATES = ("error_rate", "error_5xx_rate")
 PERCENTILES = (50, 90, 95, 99)
 ABSOLUTE = (*RATES, *(f"latency_p{q}_ms" for q in PERCENTILES))
-RATIOS = (*(f"{m}_ratio" for m in RATES), *(f"latency_p{q}_ratio" for q in PERCENTILES))
+RESOURCES = ("memory_mb", "cpu_percent")
+ABSOLUTE = (*ABSOLUTE, *RESOURCES)
+RATIOS = (*(f"{m}_ratio" for m in RATES), *(f"latency_p{q}_ratio" for q in PERCENTILES),
+          *(f"{m}_ratio" for m in RESOURCES))
 METRICS = (*ABSOLUTE, *RATIOS)
 OPERATORS = ("<", "<=")
 _RULE = re.compile(r"^\s*([a-z0-9_]+)\s*(<=|<|>=|>|==|=)\s*([^\s]+)\s*$")
@@ -38,12 +45,27 @@ class Rule:
     def is_ratio(self) -> bool:
         return self.metric.endswith("_ratio")
 
+    @property
+    def is_resource(self) -> bool:
+        """Judged on the deployments' processes (resources.py), not on request counts."""
+        return self.metric.removesuffix("_ratio") in RESOURCES
+
     def observe(self, target: Counts, baseline: Counts) -> float | None:
         """The rule's metric for these counts; None when there is no data to judge it on."""
-        value = _metric(self.metric.removesuffix("_ratio"), target)
+        if self.is_resource:
+            return None
+        return self.compare(_metric(self.metric.removesuffix("_ratio"), target),
+                            lambda: _metric(self.metric.removesuffix("_ratio"), baseline))
+
+    def observe_resources(self, target: dict[str, float], baseline: dict[str, float]) -> float | None:
+        """A resource rule on per-instance usage ({'memory_mb': ..., 'cpu_percent': ...}); None without data."""
+        name = self.metric.removesuffix("_ratio")
+        return self.compare(target.get(name), lambda: baseline.get(name))
+
+    def compare(self, value: float | None, baseline) -> float | None:
         if not self.is_ratio or value is None:
             return value
-        base = _metric(self.metric.removesuffix("_ratio"), baseline)
+        base = baseline()
         if base is None:
             return None
         if base == 0:

@@ -193,6 +193,8 @@ class Runner:
             if self.judge.failure is not None:
                 return self._roll_back(index, self.judge.failure, step_counts)
             steer = self.steering.tick(self, index, step)  # pause/promote/abort from other terminals, outside changes
+            if isinstance(steer, Failure):  # a resource rule (resources.py)
+                return self._roll_back(index, steer, step_counts)
             if isinstance(steer, Stop):
                 return self._stop(steer, index)
             if steer == "promote":

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from mlcanary.local_runtime import lease
+from mlcanary.rollout.judges import Failure
 from mlcanary.rollout.plan import Plan, Step
 
 OUTSIDE_CHANGE = 4
@@ -107,8 +108,9 @@ class Steering:
     def observe(self, recorder: Any) -> Any:
         return recorder
 
-    def tick(self, runner: Any, index: int, step: Step) -> Stop | str | None:
-        """Once per judged window: a Stop, "promote" (promote this step now), or None (go on)."""
+    def tick(self, runner: Any, index: int, step: Step) -> Stop | Failure | str | None:
+        """Once per judged window: a Stop, a Failure (rolled back), "promote" (promote this step now),
+        or None (go on)."""
         return self._outside(runner, index, step)
 
     def confirm(self, runner: Any, index: int, step: Step) -> str | None:
@@ -186,11 +188,12 @@ class HeldSteering(Steering):
     def __init__(self, directory: Path, plan: Plan, applier: Any, *, record: Path | None, force: bool = False,
                  lock_root: Path | None = None, notifier: Any = None, confirmer: Any = None,
                  rollout_id: str | None = None, warn: Callable[[str], None] | None = None,
-                 sleep: Callable[[float], None] = time.sleep):
+                 resources: Any = None, sleep: Callable[[float], None] = time.sleep):
         super().__init__(applier, sleep)
         self.directory, self.plan, self.record, self.force = directory, plan, record, force
         self.lock_root = lock_root
         self.notifier, self.confirmer = notifier, confirmer
+        self.resources = resources  # resources.ResourceWatch, when the plan has resource rules
         self.id = rollout_id or new_rollout_id(plan.endpoint)
         self.warn = warn or (lambda message: print(message, file=sys.stderr, flush=True))
         self.promotions_seen = 0
@@ -245,6 +248,8 @@ class HeldSteering(Steering):
     def on_event(self, entry: dict[str, Any]) -> None:
         if entry.get("event") == "step":
             self.step_since = entry.get("time") or time.time()
+            if self.resources is not None:
+                self.resources.start_step()
             index = entry.get("index")
             steps = self.plan.steps
             step = steps[index] if isinstance(index, int) and 0 <= index < len(steps) else None
@@ -259,7 +264,8 @@ class HeldSteering(Steering):
 
     # -- each tick ---------------------------------------------------------------------------------------
 
-    def tick(self, runner: Any, index: int, step: Step) -> Stop | str | None:
+    def tick(self, runner: Any, index: int, step: Step) -> Stop | Failure | str | None:
+        resource_failure = self.resources.check() if self.resources is not None else None
         with lease.locked(self.directory, self.plan.endpoint) as held:
             doc = held.doc
             if doc is None or doc.get("id") != self.id or not lease.is_held(doc):
@@ -273,7 +279,12 @@ class HeldSteering(Steering):
                 return outside
             intent = dict(doc.get("intent") or {})
             interventions = list(doc.get("interventions") or [])
-            answer: Stop | str | None = None
+            answer: Stop | Failure | str | None = None
+            if resource_failure is not None:
+                rule, observed, seen = resource_failure
+                held.save({**doc, **self._state(runner, index, step), "heartbeat": time.time()})
+                return Failure("resource", str(rule), f"{rule.metric} = {observed:.3g} (limit {rule.operator} "
+                                                      f"{rule.limit:g}); {seen}")
             abort = intent.get("abort")
             if abort:
                 interventions.append({**abort, "action": "abort", "step": step.label})
@@ -330,6 +341,8 @@ class HeldSteering(Steering):
             "judge": view.judge, "eValues": runner.judge.e_values(), "status": view.status,
             "elapsedS": round(view.elapsed_s, 1), "paused": self.paused, "full": self.full,
         }
+        if self.resources is not None and self.resources.values:
+            state["resources"] = self.resources.values
         if step is not None and index is not None:
             state["next"] = self._next(index, step)
         return state
