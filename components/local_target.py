@@ -70,6 +70,7 @@ class LocalEndpointProvider(ResourceProvider):
 
     @staticmethod
     def _put(props: dict[str, Any]) -> dict[str, Any]:
+        _admitted(props, props["endpointName"])
         client = _client(props)
         status = client.put_endpoint(props["endpointName"], props["authMode"])
         keys = client.keys(props["endpointName"])

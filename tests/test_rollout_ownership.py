@@ -247,3 +247,42 @@ def test_a_hold_file_that_is_not_one_is_an_error_naming_it(tmp_path):
     lease.document_file(directory, ENDPOINT).write_text("[1, 2]")
     with pytest.raises(lease.LeaseFileError, match="not a rollout's hold"):
         lease.read(directory, ENDPOINT)
+
+
+# --- every other writer asks the same hold ---------------------------------------------------------------
+
+@pytest.fixture
+def held_by_another_process(tmp_path):
+    """A hold on the endpoint in tmp_path's runtime state, by a live process other than this one."""
+    directory = lease.lease_dir(tmp_path)
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    lease.acquire(directory, ENDPOINT, {"id": "other-1", "step": "10 %", "record": "/r/other.jsonl"})
+    lease.forget(directory, ENDPOINT)
+    doc = lease.read(directory, ENDPOINT)
+    doc["holder"] = {**doc["holder"], "pid": holder.pid, "processStart": lease.process_start(holder.pid)}
+    lease.write_atomically(lease.document_file(directory, ENDPOINT), json.dumps(doc))
+    yield holder
+    holder.kill()
+    holder.wait()
+
+
+def test_the_pulumi_local_target_resources_are_refused_on_a_held_endpoint(tmp_path, held_by_another_process):
+    from mlcanary.components.local_target import LocalDeploymentProvider, LocalTrafficProvider
+
+    with pytest.raises(lease.EndpointHeld, match=f"held by rollout other-1 \\(pid {held_by_another_process.pid}"):
+        LocalTrafficProvider._set({"endpoint_name": ENDPOINT, "stateDir": str(tmp_path)}, {"green": 100}, {})
+    with pytest.raises(lease.EndpointHeld):
+        LocalDeploymentProvider().delete("x", {"endpointName": ENDPOINT, "deploymentName": "blue",
+                                               "stateDir": str(tmp_path)})
+
+
+def test_rehearse_in_a_state_dir_is_refused_on_a_held_endpoint(tmp_path, held_by_another_process):
+    from conftest import PROJECT_DIR
+
+    result = subprocess.run([sys.executable, "-m", "mlcanary.cli", "rehearse", "--state-dir", str(tmp_path),
+                             str(PROJECT_DIR / "stacks" / "local" / "stage-1-create-blue.yaml")],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1, result.stderr
+    assert f"error: endpoint {ENDPOINT} is held by rollout other-1 (pid {held_by_another_process.pid}" in result.stderr
+    assert "/r/other.jsonl" in result.stderr
+    assert not (tmp_path / "runtime.json").exists()  # nothing was started
