@@ -286,3 +286,24 @@ def test_rehearse_in_a_state_dir_is_refused_on_a_held_endpoint(tmp_path, held_by
     assert f"error: endpoint {ENDPOINT} is held by rollout other-1 (pid {held_by_another_process.pid}" in result.stderr
     assert "/r/other.jsonl" in result.stderr
     assert not (tmp_path / "runtime.json").exists()  # nothing was started
+
+
+def test_a_killed_holder_not_yet_reaped_is_dead(tmp_path):
+    """kill -9 leaves a zombie until its parent waits: its pid still answers kill(pid, 0)."""
+    directory = tmp_path / "rollouts"
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        lease.acquire(directory, ENDPOINT, {"id": "zombie"})
+        lease.forget(directory, ENDPOINT)
+        doc = lease.read(directory, ENDPOINT)
+        doc["holder"] = {**doc["holder"], "pid": child.pid, "processStart": lease.process_start(child.pid)}
+        assert lease.holder_alive(doc)
+        child.kill()
+        import time
+        deadline = time.monotonic() + 10
+        while lease._process_state(child.pid) != "Z" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not lease.holder_alive(doc)
+    finally:
+        child.kill()
+        child.wait()

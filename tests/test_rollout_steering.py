@@ -150,6 +150,13 @@ def test_status_of_a_rollout_whose_process_died_says_so(tmp_path):
         assert refused.exit_code == 1 and "died (its process is gone)" in refused.output, action
 
 
+def test_status_watch_of_an_ended_rollout_shows_it_once_and_returns(tmp_path):
+    steered_run(tmp_path, {}, steps=[100])
+    shown = verb(tmp_path, "status", ENDPOINT, "--watch", "--format", "json")
+    assert shown.exit_code == 0 and len(shown.output.strip().splitlines()) == 1
+    assert json.loads(shown.output)["state"] == "promoted"
+
+
 def test_status_with_no_rollout_is_exit_1(tmp_path):
     shown = verb(tmp_path, "status", ENDPOINT)
     assert shown.exit_code == 1 and f"error: no rollout has held endpoint {ENDPOINT}" in shown.output
@@ -242,7 +249,7 @@ def test_notify_posts_one_event_per_decision(tmp_path, hooks):
         ("decision", "promoted"), ("decision", "promoted"), ("decision", "finished")]
     promoted = next(b for b in posted if b.get("decision") == "promoted")
     assert promoted["endpoint"] == ENDPOINT and promoted["rolloutId"].startswith(ENDPOINT)
-    assert promoted["step"] == "50 %" and "judgeState" in promoted
+    assert promoted["step"] == "50 %" and "judgeState" in promoted and promoted["traffic"] == {"blue": 50, "green": 50}
     step = next(b for b in posted if b["event"] == "step" and b["label"] == "50 %")
     assert step["traffic"] == {"blue": 50, "green": 50}
 

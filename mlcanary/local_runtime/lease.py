@@ -107,8 +107,18 @@ def holder_alive(doc: dict[str, Any], now: float | None = None) -> bool:
         return False
     except PermissionError:
         pass  # alive, another user's
+    if _process_state(pid) == "Z":
+        return False  # killed, not yet reaped by its parent
     started = holder.get("processStart")
     return started is None or process_start(pid) in (None, started)
+
+
+def _process_state(pid: int) -> str | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat[stat.rindex(")") + 2:].split()[0]
 
 
 def is_held(doc: dict[str, Any] | None) -> bool:

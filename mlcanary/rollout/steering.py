@@ -200,6 +200,7 @@ class HeldSteering(Steering):
         self.step_since = time.time()
         self.recorder: Any = None
         self.acquired = False
+        self.traffic: dict[str, Any] = {}  # what the last step set, for the notifications
 
     # -- start and end --------------------------------------------------------------------------------
 
@@ -256,8 +257,10 @@ class HeldSteering(Steering):
             self._publish(step=entry.get("label"), stepIndex=index, stepSince=self.step_since,
                           traffic=entry.get("traffic"), mirror=entry.get("mirror"), counts={}, elapsedS=0.0,
                           next=self._next(index, step) if step is not None else "the first step")
+        if entry.get("event") == "step":
+            self.traffic = {"traffic": entry.get("traffic"), "mirror": entry.get("mirror")}
         if entry.get("event") in ("step", "decision") and self.notifier is not None:
-            failures = self.notifier.send({"rolloutId": self.id, "endpoint": self.plan.endpoint, **entry})
+            failures = self.notifier.send({"rolloutId": self.id, "endpoint": self.plan.endpoint, **self.traffic, **entry})
             for failure in failures:
                 self.warn(f"warning: --notify {failure} (the rollout goes on)")
                 self.recorder.write("notify-failed", message=failure)
