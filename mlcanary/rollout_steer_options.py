@@ -70,7 +70,7 @@ def steering_for(plan: Any, applier: Any, client: Any, stack: str | None, record
     steering = HeldSteering(directory, plan, applier, record=record, force=bool(chosen.get("force")),
                             lock_root=lock_root, notifier=Notifier(notify) if notify else None,
                             confirmer=Confirmer(confirm) if confirm else None,
-                            resources=_resource_watch(plan, client))
+                            resources=_resource_watch(plan, client), reader=_azure_reader(plan, client))
     refused = steering.begin(None)  # before the live display: a held endpoint is an error line, exit 1
     if refused is not None:
         click.echo(f"error: {refused.message}", err=True)
@@ -95,3 +95,19 @@ def _resource_watch(plan: Any, client: Any):
     options = plan.options
     return ResourceWatch(tuple(rules), LocalResources(client, plan.endpoint), options.to, options.baseline,
                          options.interval_s, time.monotonic)
+
+
+def _azure_reader(plan: Any, client: Any):
+    """On Azure, what runs is read from ARM (the endpoint's traffic, its deployments' instance counts)."""
+    import os
+
+    if client is not None:
+        return None  # the local applier reads back itself
+    from mlcanary.components.arm import ArmClient
+    from mlcanary.components.azure_args import cloud_name
+    from mlcanary.rollout.azure_read_back import AzureReadBack, endpoint_resource_id
+
+    endpoint = plan.start.spec.endpoint
+    subscription = os.environ.get("ARM_SUBSCRIPTION_ID") or os.environ.get("AZURE_SUBSCRIPTION_ID") or ""
+    return AzureReadBack(ArmClient(cloud=cloud_name(plan.start.config.get("azure-native:environment"))),
+                         endpoint_resource_id(subscription, endpoint.resource_group, endpoint.workspace, endpoint.name))

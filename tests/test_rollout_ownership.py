@@ -307,3 +307,40 @@ def test_a_killed_holder_not_yet_reaped_is_dead(tmp_path):
     finally:
         child.kill()
         child.wait()
+
+
+# --- Azure: what runs is read from ARM -----------------------------------------------------------------------
+
+class FakeArm:
+    """ARM GETs as the REST spec shapes them (Microsoft.MachineLearningServices 2024-04-01, mfe.json):
+    the endpoint's properties.traffic / mirrorTraffic, and the deployments list's value[].sku.capacity.
+    Azure spells a deployment name as it pleases (names are case-insensitive) and omits zero shares."""
+
+    def __init__(self, traffic, capacities):
+        self.traffic, self.capacities, self.gets = traffic, capacities, 0
+
+    def get(self, resource_id):
+        self.gets += 1
+        if resource_id.endswith("/deployments"):
+            return {"value": [{"name": name, "sku": {"name": "Default", "capacity": c}}
+                              for name, c in self.capacities.items()]}
+        return {"name": ENDPOINT, "properties": {"traffic": dict(self.traffic), "mirrorTraffic": {}}}
+
+
+def test_an_azure_traffic_change_made_outside_is_caught_from_arm():
+    from mlcanary.rollout.azure_read_back import AzureReadBack, endpoint_resource_id
+
+    plan = load_plan(STAGE_3, {"to": "green", "steps": [10, 100]})
+    step = plan.steps[0]
+    arm = FakeArm({"Blue": 90, "green": 10}, {"blue": 2, "GREEN": 1})
+    clock = [0.0]
+    reader = AzureReadBack(arm, endpoint_resource_id("sub", "rg", "ws", ENDPOINT), clock=lambda: clock[0])
+    assert differences(step, reader.read_back(ENDPOINT)) == []
+    arm.traffic = {"blue": 0, "green": 100}  # `az ml online-endpoint update --traffic "green=100"`
+    clock[0] = 5.0
+    assert differences(step, reader.read_back(ENDPOINT)) == []  # at most one ARM read per 15 s
+    assert arm.gets == 2
+    clock[0] = 16.0
+    assert differences(step, reader.read_back(ENDPOINT)) == ["live traffic blue 90, green 10 -> green 100"]
+    reader.invalidate()
+    assert reader.read_back(ENDPOINT)["deployments"] == {"blue": {"instanceCount": 2}, "green": {"instanceCount": 1}}

@@ -45,7 +45,8 @@ class Stop:
 # --- what runs, against what a step set ----------------------------------------------------------------
 
 def _live(shares: dict[str, int]) -> dict[str, int]:
-    return {name: share for name, share in shares.items() if share}
+    """Live shares by name; names compared as Azure does, case-insensitively."""
+    return {name.lower(): share for name, share in shares.items() if share}
 
 
 def differences(step: Step, running: dict[str, Any] | None, specs: dict[str, dict] | None = None) -> list[str]:
@@ -60,13 +61,14 @@ def differences(step: Step, running: dict[str, Any] | None, specs: dict[str, dic
     set_mirror, now_mirror = _live(step.mirror_traffic), _live(running.get("mirror", {}))
     if set_mirror != now_mirror:
         changes.append(f"mirror traffic {_shares(set_mirror)} -> {_shares(now_mirror)}")
-    deployments = running.get("deployments", {})
-    for name in sorted(step.spec.endpoint.deployments.keys() - deployments.keys()):
+    deployments = {name.lower(): d for name, d in running.get("deployments", {}).items()}
+    planned = {name.lower() for name in step.spec.endpoint.deployments}
+    for name in sorted(planned - deployments.keys()):
         changes.append(f"deployment {name} was removed")
-    for name in sorted(deployments.keys() - step.spec.endpoint.deployments.keys()):
+    for name in sorted(deployments.keys() - planned):
         changes.append(f"deployment {name} was added")
     for name, deployment in step.spec.endpoint.deployments.items():
-        now = deployments.get(name)
+        now = deployments.get(name.lower())
         if now is None:
             continue
         if now.get("instanceCount") not in (None, deployment.instance_count):
@@ -87,8 +89,9 @@ class Steering:
     paused = False
     full = False
 
-    def __init__(self, applier: Any = None, sleep: Callable[[float], None] = time.sleep):
+    def __init__(self, applier: Any = None, sleep: Callable[[float], None] = time.sleep, reader: Any = None):
         self.applier = applier
+        self.reader = reader or applier  # what reads back what runs (the local applier, AzureReadBack)
         self.sleep = sleep
         self._specs: tuple[Step, dict[str, dict]] | None = None
 
@@ -123,8 +126,10 @@ class Steering:
 
     def verify_final(self, runner: Any, step: Step) -> Stop | None:
         """Read back that the last step holds before the rollout says promoted."""
-        if not hasattr(self.applier, "read_back"):
-            return None  # Pulumi: `up` succeeding is the stack's own read-back
+        if not hasattr(self.reader, "read_back"):
+            return None  # nothing to read back with: `up` succeeding is the stack's own read-back
+        if hasattr(self.reader, "invalidate"):
+            self.reader.invalidate()
         for _ in range(READ_BACK_TRIES):
             running = self._read_back(step)
             if running is not False:
@@ -144,12 +149,12 @@ class Steering:
     def _read_back(self, step: Step) -> dict[str, Any] | None | bool:
         """What runs; None: the endpoint is gone; False: it could not be read."""
         try:
-            return self.applier.read_back(step.spec.endpoint.name)
+            return self.reader.read_back(step.spec.endpoint.name)
         except Exception:  # noqa: BLE001 - a runtime restarting or down: unknown, not a change
             return False
 
     def _outside(self, runner: Any, index: int, step: Step) -> Stop | None:
-        if not hasattr(self.applier, "read_back"):
+        if not hasattr(self.reader, "read_back"):
             return None
         running = self._read_back(step)
         if running is False:
@@ -188,8 +193,8 @@ class HeldSteering(Steering):
     def __init__(self, directory: Path, plan: Plan, applier: Any, *, record: Path | None, force: bool = False,
                  lock_root: Path | None = None, notifier: Any = None, confirmer: Any = None,
                  rollout_id: str | None = None, warn: Callable[[str], None] | None = None,
-                 resources: Any = None, sleep: Callable[[float], None] = time.sleep):
-        super().__init__(applier, sleep)
+                 resources: Any = None, reader: Any = None, sleep: Callable[[float], None] = time.sleep):
+        super().__init__(applier, sleep, reader)
         self.directory, self.plan, self.record, self.force = directory, plan, record, force
         self.lock_root = lock_root
         self.notifier, self.confirmer = notifier, confirmer
@@ -251,6 +256,8 @@ class HeldSteering(Steering):
             self.step_since = entry.get("time") or time.time()
             if self.resources is not None:
                 self.resources.start_step()
+            if hasattr(self.reader, "invalidate"):
+                self.reader.invalidate()
             index = entry.get("index")
             steps = self.plan.steps
             step = steps[index] if isinstance(index, int) and 0 <= index < len(steps) else None
