@@ -183,7 +183,8 @@ def _steer(directory: Path, endpoint: str, verb: str, change, acted, timeout: fl
     """Write intent under the hold's lock, then wait until the rollout shows it acted."""
     from mlcanary.local_runtime import lease
 
-    _read(directory, endpoint)  # validates the name and the file
+    if _read(directory, endpoint) is None:  # also validates the name and the file
+        _fail(f"no rollout has held endpoint {endpoint} in {directory}; nothing to {verb}")
     with lease.locked(directory, endpoint) as held:
         doc = held.doc
         if doc is None or not lease.is_held(doc):

@@ -301,3 +301,11 @@ def test_webhooks_in_the_stack_config_are_validated_by_the_plan(tmp_path):
 
     with pytest.raises(PlanError, match=r"mlcanary:rollout.notify: must be an http:// or https:// URL"):
         load_plan(stage, {})
+
+
+def test_steering_where_no_rollout_ever_ran_changes_nothing(tmp_path):
+    state_dir = tmp_path / "never-used"
+    for action in ("pause", "resume", "promote", "abort"):
+        refused = verb(state_dir, action, ENDPOINT)
+        assert refused.exit_code == 1 and f"no rollout has held endpoint {ENDPOINT}" in refused.output, action
+    assert not state_dir.exists()
