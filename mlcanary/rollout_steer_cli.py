@@ -157,24 +157,37 @@ def status(endpoint: str, watch: bool, output_format: str, stack: str | None, st
 
     Exit codes: 0 shown; 1 no rollout has held ENDPOINT here; 2 bad input."""
     directory = _directory(state_dir, stack)
+    live = None
+    if watch and output_format == "text" and sys.stdout.isatty():
+        from rich.console import Console
+        from rich.live import Live
+        from rich.text import Text
+
+        live = Live(console=Console(), auto_refresh=False)  # redrawn in place; the last frame stays
+        live.start()
     last = None
-    while True:
-        doc = _read(directory, endpoint)
-        if doc is None:
-            _fail(f"no rollout has held endpoint {endpoint} in {directory}")
-        info = status_json(doc)
-        shown = json.dumps(info, indent=None if watch else 2, default=str) if output_format == "json" \
-            else "\n".join(status_lines(doc))
-        comparable = {k: v for k, v in info.items() if k not in ("heartbeat", "heartbeatAgeS", "inStepS")}
-        if comparable != last or not watch:
-            click.echo(shown)
-            last = comparable
-        if not watch or info["state"] not in ("running", "paused"):
-            return
-        try:
+    try:
+        while True:
+            doc = _read(directory, endpoint)
+            if doc is None:
+                _fail(f"no rollout has held endpoint {endpoint} in {directory}")
+            info = status_json(doc)
+            shown = json.dumps(info, indent=None if watch else 2, default=str) if output_format == "json" \
+                else "\n".join(status_lines(doc))
+            comparable = {k: v for k, v in info.items() if k not in ("heartbeat", "heartbeatAgeS", "inStepS")}
+            if live is not None:
+                live.update(Text(shown), refresh=True)
+            elif comparable != last or not watch:
+                click.echo(shown)
+                last = comparable
+            if not watch or info["state"] not in ("running", "paused"):
+                return
             time.sleep(1.0)
-        except KeyboardInterrupt:
-            return
+    except KeyboardInterrupt:
+        return
+    finally:
+        if live is not None:
+            live.stop()
 
 
 # --- the intent verbs -----------------------------------------------------------------------------------
