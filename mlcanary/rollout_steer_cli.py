@@ -126,7 +126,9 @@ def status_lines(doc: dict[str, Any], now: float | None = None) -> list[str]:
     judge = doc.get("judge") or {}
     if judge:
         lines.append("  judge: " + ", ".join(f"{k} {v}" for k, v in judge.items()))
-    if state == "died":
+    from mlcanary.local_runtime import lease
+
+    if state == "died" and lease.is_held(doc):
         lines.append(f"  the rollout's process (pid {holder.get('pid')} on {holder.get('host')}) is gone; last heartbeat "
                      f"{info['heartbeatAgeS']:.0f} s ago. Traffic stays as it left it, unjudged: "
                      f"`mlcanary rollout abort {doc.get('endpoint')}` puts the baseline back"
@@ -136,7 +138,9 @@ def status_lines(doc: dict[str, Any], now: float | None = None) -> list[str]:
         lines.append(f"  pid {holder.get('pid')} on {holder.get('host')}, user {holder.get('user')}; heartbeat "
                      f"{info['heartbeatAgeS']:.0f} s ago; record {doc.get('record') or '-'}")
     else:
-        lines.append(f"  ended {_clock(doc.get('endedAt'))}: {doc.get('message') or ''}")
+        taken = doc.get("takenOverBy") or {}
+        lines.append(f"  ended {_clock(doc.get('endedAt'))}: {doc.get('message') or ''}"
+                     + (f" (pid {taken.get('pid')}, user {taken.get('user')})" if taken else ""))
         lines.append(f"  record {doc.get('record') or '-'}")
     for intervention in doc.get("interventions") or []:
         lines.append(f"  {_clock(intervention.get('at'))} {intervention.get('action')} by {intervention.get('user')} "

@@ -309,3 +309,18 @@ def test_steering_where_no_rollout_ever_ran_changes_nothing(tmp_path):
         refused = verb(state_dir, action, ENDPOINT)
         assert refused.exit_code == 1 and f"no rollout has held endpoint {ENDPOINT}" in refused.output, action
     assert not state_dir.exists()
+
+
+def test_status_after_a_dead_rollouts_hold_was_taken_over_says_who_took_it(tmp_path):
+    directory = lease.lease_dir(tmp_path)
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    lease.acquire(directory, ENDPOINT, {"id": "x-2", "step": "50 %"})
+    lease.forget(directory, ENDPOINT)
+    doc = lease.read(directory, ENDPOINT)
+    doc["holder"]["pid"] = gone.pid
+    lease.write_atomically(lease.document_file(directory, ENDPOINT), json.dumps(doc))
+    lease.admit(directory, ENDPOINT, "pid 7 applying stage-3.yaml")
+    shown = verb(tmp_path, "status", ENDPOINT)
+    assert "DIED" in shown.output and "taken over by pid 7 applying stage-3.yaml" in shown.output
+    assert "puts the baseline back" not in shown.output
