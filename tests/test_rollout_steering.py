@@ -324,3 +324,31 @@ def test_status_after_a_dead_rollouts_hold_was_taken_over_says_who_took_it(tmp_p
     shown = verb(tmp_path, "status", ENDPOINT)
     assert "DIED" in shown.output and "taken over by pid 7 applying stage-3.yaml" in shown.output
     assert "puts the baseline back" not in shown.output
+
+
+def test_webhooks_of_the_stack_config_are_used_and_flags_win(tmp_path):
+    import dataclasses
+
+    from mlcanary.components.rollout_spec import RolloutSpec
+    from mlcanary.rollout_steer_options import _META_KEY, steering_for
+
+    plan = load_plan(STAGE_3, {"to": "green", "steps": [100]})
+    config = RolloutSpec.model_validate({"notify": "http://127.0.0.1:9/config-hook",
+                                         "confirmPromotion": "http://127.0.0.1:9/config-gate"})
+    plan = dataclasses.replace(plan, start=dataclasses.replace(plan.start, spec=plan.start.spec.model_copy(
+        update={"rollout": config})))
+    client = type("Client", (), {"root": tmp_path})()
+    steering = steering_for(plan, ReadBackWorld(), client, None, None)
+    assert steering.notifier.urls == ["http://127.0.0.1:9/config-hook"]
+    assert steering.confirmer.url == "http://127.0.0.1:9/config-gate"
+    assert lease.read(lease.lease_dir(tmp_path), ENDPOINT)["id"] == steering.id  # held from here on
+    lease.forget(lease.lease_dir(tmp_path), ENDPOINT)
+
+    import click
+
+    with click.Context(click.Command("rollout")) as ctx:
+        ctx.meta[_META_KEY] = {"force": True, "notify": ["http://127.0.0.1:9/flag-hook"], "confirm": None}
+        steering = steering_for(plan, ReadBackWorld(), client, None, None)
+    assert steering.notifier.urls == ["http://127.0.0.1:9/flag-hook"]
+    assert steering.confirmer.url == "http://127.0.0.1:9/config-gate"
+    lease.forget(lease.lease_dir(tmp_path), ENDPOINT)
