@@ -79,22 +79,42 @@ def steering_for(plan: Any, applier: Any, client: Any, stack: str | None, record
 
 
 def _resource_watch(plan: Any, client: Any):
-    """Resource rules are measured on the local target's worker processes; elsewhere they cannot be judged,
-    and a rule that cannot be judged is refused rather than silently passed."""
+    """Resource rules: on the local target from the workers' processes, on Azure from the deployments'
+    utilisation metrics; a rule that cannot be judged is refused (exit 2) rather than silently passed."""
     import time
 
     from mlcanary.rollout.resources import LocalResources, ResourceWatch
 
-    rules = [rule for rule in plan.options.rules if rule.is_resource]
+    rules = tuple(rule for rule in plan.options.rules if rule.is_resource)
     if not rules:
         return None
-    if client is None:
-        click.echo(f"error: --rule {rules[0]}: resource rules are measured on the local target's processes; an "
-                   "azure-target rollout cannot judge them yet (nothing was changed)", err=True)
-        sys.exit(2)
     options = plan.options
-    return ResourceWatch(tuple(rules), LocalResources(client, plan.endpoint), options.to, options.baseline,
-                         options.interval_s, time.monotonic)
+    source = LocalResources(client, plan.endpoint) if client is not None else _azure_resources(plan, rules)
+    return ResourceWatch(rules, source, options.to, options.baseline, options.interval_s, time.monotonic)
+
+
+def _azure_resources(plan: Any, rules: tuple):
+    import os
+
+    from mlcanary.rollout.azure_read_back import endpoint_resource_id
+    from mlcanary.rollout.resources import AzureResources, azure_resource_problem
+
+    endpoint = plan.start.spec.endpoint
+    options = plan.options
+    types = {name: endpoint.deployments[name].instance_type for name in (options.to, options.baseline)}
+    problem = azure_resource_problem(rules, types)
+    if problem:
+        click.echo(f"error: {problem}; nothing was changed", err=True)
+        sys.exit(2)
+    from azure.identity import DefaultAzureCredential
+    from azure.monitor.querymetrics import MetricsClient
+
+    ctx = click.get_current_context(silent=True)
+    region = (ctx.params.get("metrics_region") if ctx else None) or plan.start.config.get("azure-native:location")
+    subscription = os.environ.get("ARM_SUBSCRIPTION_ID") or os.environ.get("AZURE_SUBSCRIPTION_ID") or ""
+    client = MetricsClient(f"https://{region}.metrics.monitor.azure.com", DefaultAzureCredential())
+    return AzureResources(client, endpoint_resource_id(subscription, endpoint.resource_group, endpoint.workspace,
+                                                       endpoint.name), [options.to, options.baseline])
 
 
 def _azure_reader(plan: Any, client: Any):

@@ -107,3 +107,65 @@ def test_a_good_target_passes_its_memory_rule(runtime, endpoint, tmp_path):  # n
                      "--min-requests", "5", "--rule", "memory_mb_ratio < 1.5", *GOOD, *load_args(20))
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["decision"] == "promoted"
+
+
+# --- Azure: the deployments' utilisation metrics -----------------------------------------------------------
+
+def test_azure_resources_read_each_deployments_utilisation_per_instance(mocker):
+    from datetime import UTC, datetime, timedelta
+
+    from test_rollout_edges import result, series
+
+    from mlcanary.rollout.resources import DEPLOYMENT_NAMESPACE, AzureResources
+
+    endpoint_id = ("/subscriptions/sub/resourceGroups/ml-rg/providers/Microsoft.MachineLearningServices/workspaces/"
+                   "ml-ws/onlineEndpoints/fraud-scorer")
+    minute = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)
+
+    def instances(values):  # one series per instance (dimension instanceId), Average per minute
+        return [series("", [(minute, v)], field="average") for v in values]
+
+    client = mocker.Mock()
+    client.query_resources.side_effect = [
+        [result("CpuUtilizationPercentage", instances([40.0, 60.0])),
+         result("CpuMemoryUtilizationPercentage", instances([70.0, 80.0]))],
+        [result("CpuUtilizationPercentage", instances([50.0])),
+         result("CpuMemoryUtilizationPercentage", instances([40.0]))],
+    ]
+    clock = [minute + timedelta(minutes=2, seconds=30)]
+    resources = AzureResources(client, endpoint_id, ["green", "blue"], clock=lambda: clock[0])
+    values = resources.values()
+    assert values == {"green": {"cpu_percent": 50.0, "memory_mb": 75.0}, "blue": {"cpu_percent": 50.0, "memory_mb": 40.0}}
+    green_call = client.query_resources.call_args_list[0].kwargs
+    assert green_call == {
+        "resource_ids": [f"{endpoint_id}/deployments/green"], "metric_namespace": DEPLOYMENT_NAMESPACE,
+        "metric_names": ["CpuUtilizationPercentage", "CpuMemoryUtilizationPercentage"],
+        "timespan": (minute, minute + timedelta(minutes=1)), "granularity": timedelta(minutes=1),
+        "aggregations": ["Average"], "filter": "instanceId eq '*'"}
+    clock[0] += timedelta(seconds=20)  # the same minute: not asked again
+    assert resources.values() == values and client.query_resources.call_count == 2
+    ratio = parse_rule("memory_mb_ratio < 1.5").observe_resources(values["green"], values["blue"])
+    assert ratio == pytest.approx(1.875)
+
+
+def test_azure_memory_rules_that_cannot_be_judged_are_refused():
+    from mlcanary.rollout.resources import azure_resource_problem
+
+    same = {"green": "Standard_DS3_v2", "blue": "Standard_DS3_v2"}
+    assert azure_resource_problem((parse_rule("memory_mb_ratio < 1.5"), parse_rule("cpu_percent < 90")), same) is None
+    assert "not MB" in azure_resource_problem((parse_rule("memory_mb < 900"),), same)
+    assert "same instance type" in azure_resource_problem(
+        (parse_rule("memory_mb_ratio < 1.5"),), {"green": "Standard_DS4_v2", "blue": "Standard_DS3_v2"})
+
+
+def test_a_values_source_is_judged_from_an_interval_in():
+    class Values:
+        def values(self):
+            return {"green": {"memory_mb": 90.0}, "blue": {"memory_mb": 40.0}}
+
+    clock = [0.0]
+    watch = ResourceWatch((parse_rule("memory_mb_ratio < 1.5"),), Values(), "green", "blue", 60.0, lambda: clock[0])
+    assert watch.check() is None
+    clock[0] = 60.0
+    rule, observed, _ = watch.check()
+    assert observed == pytest.approx(2.25)

@@ -6,6 +6,12 @@ children; its usage is read from /proc: resident memory (statm) and CPU time (st
 deployment's value is the mean per instance: memory now, CPU as % of one core over the last interval.
 A rule is judged once the step has run for an interval and both sides have been sampled twice;
 before that there is no data, and no data never fails nor passes a rule.
+
+On Azure (AzureResources) the deployment's own metrics are read from Azure Monitor: CPU and memory
+utilisation in % of an instance, per instance (dimension instanceId), per minute. A percentage of an
+instance is not a number of MB: there `memory_mb_ratio` compares the memory percentages, which is the
+MB ratio only when both deployments run on the same instance type (checked before the rollout starts),
+and an absolute `memory_mb` rule cannot be judged (refused).
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -126,6 +133,14 @@ class ResourceWatch:
         if not self.rules:
             return None
         now = self.clock()
+        if hasattr(self.source, "values"):  # a source of per-instance values (Azure Monitor)
+            try:
+                values = self.source.values()
+            except Exception:  # noqa: BLE001 - a failed query: no data
+                return None
+            self.values = {side: values[name] for side, name in (("target", self.target), ("baseline", self.baseline))
+                           if values.get(name)}
+            return self._judge(now)
         try:
             self.history.append(self.source.sample(now))
         except Exception:  # noqa: BLE001 - the runtime restarting: no sample, no data
@@ -137,6 +152,9 @@ class ResourceWatch:
         newest = self.history[-1]
         self.values = {side: per_instance(older.get(name) if older else None, newest[name])
                        for side, name in (("target", self.target), ("baseline", self.baseline)) if name in newest}
+        return self._judge(now)
+
+    def _judge(self, now: float) -> tuple[Rule, float, str] | None:
         if now - self.step_started < self.interval_s - 1e-6:
             return None
         target, baseline = self.values.get("target", {}), self.values.get("baseline", {})
@@ -157,3 +175,55 @@ class ResourceWatch:
 
 def _at(samples: dict[str, Sample]) -> float:
     return next(iter(samples.values())).at if samples else 0.0
+
+
+# --- Azure Monitor ------------------------------------------------------------------------------------------
+
+DEPLOYMENT_NAMESPACE = "Microsoft.MachineLearningServices/workspaces/onlineEndpoints/deployments"
+# Microsoft's table of the deployments' metrics: Percent, Average, dimension instanceId, PT1M.
+AZURE_METRICS = {"cpu_percent": "CpuUtilizationPercentage", "memory_mb": "CpuMemoryUtilizationPercentage"}
+LANDING_DELAY = timedelta(minutes=2)
+
+
+class AzureResources:
+    """Per-instance CPU and memory utilisation of each deployment, the mean over its instances of the last
+    closed minute's averages; asked at most once a minute (points are per minute)."""
+
+    def __init__(self, client: Any, endpoint_id: str, deployments: list[str],
+                 clock: Callable[[], datetime] = lambda: datetime.now(UTC)):
+        self.client, self.endpoint_id, self.deployments, self.clock = client, endpoint_id, list(deployments), clock
+        self._last: tuple[datetime, dict[str, dict[str, float]]] | None = None
+
+    def values(self) -> dict[str, dict[str, float]]:
+        minute = (self.clock() - LANDING_DELAY).replace(second=0, microsecond=0)
+        if self._last is not None and self._last[0] == minute:
+            return self._last[1]
+        found = {}
+        for name in self.deployments:
+            results = self.client.query_resources(
+                resource_ids=[f"{self.endpoint_id}/deployments/{name}"], metric_namespace=DEPLOYMENT_NAMESPACE,
+                metric_names=list(AZURE_METRICS.values()), timespan=(minute, minute + timedelta(minutes=1)),
+                granularity=timedelta(minutes=1), aggregations=["Average"], filter="instanceId eq '*'")
+            values = {}
+            for key, metric_name in AZURE_METRICS.items():
+                per_instance = [point.average for result in results for metric in result.metrics
+                                if metric.name == metric_name for series in metric.timeseries
+                                for point in series.data if point.average is not None]
+                if per_instance:
+                    values[key] = sum(per_instance) / len(per_instance)
+            found[name] = values
+        self._last = (minute, found)
+        return found
+
+
+def azure_resource_problem(rules: tuple[Rule, ...], instance_types: dict[str, str | None]) -> str | None:
+    """Why these resource rules cannot be judged on Azure (None when they can)."""
+    for rule in rules:
+        if rule.metric == "memory_mb":
+            return (f"--rule {rule}: Azure reports memory as % of an instance, not MB; use memory_mb_ratio "
+                    "(target against baseline on the same instance type)")
+        if rule.metric == "memory_mb_ratio" and len(set(instance_types.values())) > 1:
+            shown = ", ".join(f"{n} {t}" for n, t in instance_types.items())
+            return (f"--rule {rule}: on Azure memory is compared as % of an instance, which is a MB ratio only on "
+                    f"the same instance type; these differ ({shown})")
+    return None
