@@ -267,13 +267,24 @@ def held_by_another_process(tmp_path):
 
 
 def test_the_pulumi_local_target_resources_are_refused_on_a_held_endpoint(tmp_path, held_by_another_process):
-    from mlcanary.components.local_target import LocalDeploymentProvider, LocalTrafficProvider
+    from mlcanary.components.local_target import (LocalDeploymentProvider, LocalEndpointProvider,
+                                                  LocalTrafficProvider)
+    from mlcanary.local_runtime.pulumi_access import RuntimeAccess
 
+    runtime = RuntimeAccess()  # what __main__.py gives the providers
     with pytest.raises(lease.EndpointHeld, match=f"held by rollout other-1 \\(pid {held_by_another_process.pid}"):
-        LocalTrafficProvider._set({"endpoint_name": ENDPOINT, "stateDir": str(tmp_path)}, {"green": 100}, {})
+        LocalTrafficProvider(runtime).update("x", {}, {"endpoint_name": ENDPOINT, "stateDir": str(tmp_path),
+                                                        "traffic": {"green": 100}, "mirror_traffic": {}})
+    deployment = {"endpointName": ENDPOINT, "deploymentName": "blue", "stateDir": str(tmp_path),
+                  "spec": {"instanceCount": 2}}
     with pytest.raises(lease.EndpointHeld):
-        LocalDeploymentProvider().delete("x", {"endpointName": ENDPOINT, "deploymentName": "blue",
-                                               "stateDir": str(tmp_path)})
+        LocalDeploymentProvider(runtime).delete("x", deployment)
+    with pytest.raises(lease.EndpointHeld):
+        LocalDeploymentProvider(runtime).update("x", {}, deployment)
+    with pytest.raises(lease.EndpointHeld):
+        LocalEndpointProvider(runtime).update("x", {}, {"endpointName": ENDPOINT, "authMode": "key",
+                                                        "stateDir": str(tmp_path)})
+    assert not (tmp_path / "runtime.json").exists()  # refused before the runtime was even started
 
 
 def test_rehearse_in_a_state_dir_is_refused_on_a_held_endpoint(tmp_path, held_by_another_process):

@@ -291,46 +291,19 @@ def test_webhook_urls_are_checked_before_anything_runs(tmp_path):
 
 
 def test_webhooks_in_the_stack_config_are_validated_by_the_plan(tmp_path):
-    import yaml
-
-    config = yaml.safe_load(STAGE_3.read_text())
-    config["config"]["mlcanary:rollout"] = {"to": "green", "notify": ["http://127.0.0.1:9/a", "gopher://x"]}
-    stage = tmp_path / "stage.yaml"
-    stage.write_text(yaml.safe_dump(config))
     from mlcanary.rollout.plan import PlanError
+    from test_rollout_local import stage
 
+    path = stage(tmp_path, ENDPOINT, rollout={"to": "green", "notify": ["http://127.0.0.1:9/a", "gopher://x"]})
     with pytest.raises(PlanError, match=r"mlcanary:rollout.notify: must be an http:// or https:// URL"):
-        load_plan(stage, {})
-
-
-def test_steering_where_no_rollout_ever_ran_changes_nothing(tmp_path):
-    state_dir = tmp_path / "never-used"
-    for action in ("pause", "resume", "promote", "abort"):
-        refused = verb(state_dir, action, ENDPOINT)
-        assert refused.exit_code == 1 and f"no rollout has held endpoint {ENDPOINT}" in refused.output, action
-    assert not state_dir.exists()
-
-
-def test_status_after_a_dead_rollouts_hold_was_taken_over_says_who_took_it(tmp_path):
-    directory = lease.lease_dir(tmp_path)
-    gone = subprocess.Popen([sys.executable, "-c", "pass"])
-    gone.wait()
-    lease.acquire(directory, ENDPOINT, {"id": "x-2", "step": "50 %"})
-    lease.forget(directory, ENDPOINT)
-    doc = lease.read(directory, ENDPOINT)
-    doc["holder"]["pid"] = gone.pid
-    lease.write_atomically(lease.document_file(directory, ENDPOINT), json.dumps(doc))
-    lease.admit(directory, ENDPOINT, "pid 7 applying stage-3.yaml")
-    shown = verb(tmp_path, "status", ENDPOINT)
-    assert "DIED" in shown.output and "taken over by pid 7 applying stage-3.yaml" in shown.output
-    assert "puts the baseline back" not in shown.output
+        load_plan(path, {})
 
 
 def test_webhooks_of_the_stack_config_are_used_and_flags_win(tmp_path):
     import dataclasses
 
     from mlcanary.components.rollout_spec import RolloutSpec
-    from mlcanary.rollout_steer_options import _META_KEY, steering_for
+    from mlcanary.rollout_steer_cli import _META_KEY, steering_for
 
     plan = load_plan(STAGE_3, {"to": "green", "steps": [100]})
     config = RolloutSpec.model_validate({"notify": "http://127.0.0.1:9/config-hook",

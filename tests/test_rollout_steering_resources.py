@@ -10,7 +10,8 @@ import pytest
 
 from mlcanary.rollout.counts import Counts
 from mlcanary.rollout.resources import ProcessUsage, ResourceWatch, Sample, instance_usage, per_instance, process_tree
-from mlcanary.rollout.rules import RuleError, parse_rule
+from mlcanary.components.rollout_rules import RuleError, parse_rule
+from mlcanary.rollout.rules import observe, observe_resources
 from test_rollout_local import GOOD, endpoint, load_args, rollout, runtime, stage  # noqa: F401 - fixtures
 
 MB = 2**20
@@ -33,7 +34,7 @@ def test_a_bad_resource_rule_names_what_is_allowed(text, error):
 
 
 def test_a_resource_rule_is_never_judged_on_request_counts():
-    assert parse_rule("memory_mb < 1").observe(Counts(requests=10), Counts(requests=10)) is None
+    assert observe(parse_rule("memory_mb < 1"), Counts(requests=10), Counts(requests=10)) is None
 
 
 def test_per_instance_memory_and_cpu():
@@ -144,7 +145,7 @@ def test_azure_resources_read_each_deployments_utilisation_per_instance(mocker):
         "aggregations": ["Average"], "filter": "instanceId eq '*'"}
     clock[0] += timedelta(seconds=20)  # the same minute: not asked again
     assert resources.values() == values and client.query_resources.call_count == 2
-    ratio = parse_rule("memory_mb_ratio < 1.5").observe_resources(values["green"], values["blue"])
+    ratio = observe_resources(parse_rule("memory_mb_ratio < 1.5"), values["green"], values["blue"])
     assert ratio == pytest.approx(1.875)
 
 

@@ -23,7 +23,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from mlcanary.rollout.rules import Rule
+from mlcanary.components.rollout_rules import Rule
+from mlcanary.rollout.rules import observe_resources
 
 PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -159,7 +160,7 @@ class ResourceWatch:
             return None
         target, baseline = self.values.get("target", {}), self.values.get("baseline", {})
         for rule in self.rules:
-            observed = rule.observe_resources(target, baseline)
+            observed = observe_resources(rule, target, baseline)
             if observed is not None and not rule.holds(observed):
                 return rule, observed, self.describe()
         return None

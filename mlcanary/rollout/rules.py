@@ -1,79 +1,38 @@
-"""`--rule` expressions: an absolute or a ratio (target / baseline) limit on one metric.
-
-    error_rate < 0.02        error_5xx_rate <= 0.01     latency_p99_ms < 500
-    error_rate_ratio < 1.5   latency_p90_ratio < 1.2
-    memory_mb < 2048         memory_mb_ratio < 1.5      cpu_percent < 150    cpu_percent_ratio < 2
-
-Resource metrics are per instance of a deployment (mean resident memory in MB; CPU in % of one core
-over the last interval), measured by mlcanary/rollout/resources.py, not from request counts.
-"""
+"""What a rule's metric measures (the rule grammar is components/rollout_rules.py): request metrics on a
+window's counts, resource metrics on per-instance usage (mlcanary/rollout/resources.py)."""
 
 from __future__ import annotations
 
 import math
-import re
-from dataclasses import dataclass
 
+from mlcanary.components.rollout_rules import RATES, Rule
 from mlcanary.rollout.counts import Counts
 
-RATES = ("error_rate", "error_5xx_rate")
-PERCENTILES = (50, 90, 95, 99)
-ABSOLUTE = (*RATES, *(f"latency_p{q}_ms" for q in PERCENTILES))
-RESOURCES = ("memory_mb", "cpu_percent")
-ABSOLUTE = (*ABSOLUTE, *RESOURCES)
-RATIOS = (*(f"{m}_ratio" for m in RATES), *(f"latency_p{q}_ratio" for q in PERCENTILES),
-          *(f"{m}_ratio" for m in RESOURCES))
-METRICS = (*ABSOLUTE, *RATIOS)
-OPERATORS = ("<", "<=")
-_RULE = re.compile(r"^\s*([a-z0-9_]+)\s*(<=|<|>=|>|==|=)\s*([^\s]+)\s*$")
+
+def observe(rule: Rule, target: Counts, baseline: Counts) -> float | None:
+    """The rule's metric for these counts; None when there is no data to judge it on (a resource rule
+    is never judged on counts)."""
+    if rule.is_resource:
+        return None
+    name = rule.metric.removesuffix("_ratio")
+    return _ratio(rule, _metric(name, target), lambda: _metric(name, baseline))
 
 
-class RuleError(ValueError):
-    pass
+def observe_resources(rule: Rule, target: dict[str, float], baseline: dict[str, float]) -> float | None:
+    """A resource rule on per-instance usage ({'memory_mb': ..., 'cpu_percent': ...}); None without data."""
+    name = rule.metric.removesuffix("_ratio")
+    return _ratio(rule, target.get(name), lambda: baseline.get(name))
 
 
-@dataclass(frozen=True)
-class Rule:
-    metric: str
-    operator: str
-    limit: float
-
-    def __str__(self) -> str:
-        return f"{self.metric} {self.operator} {self.limit:g}"
-
-    @property
-    def is_ratio(self) -> bool:
-        return self.metric.endswith("_ratio")
-
-    @property
-    def is_resource(self) -> bool:
-        """Judged on the deployments' processes (resources.py), not on request counts."""
-        return self.metric.removesuffix("_ratio") in RESOURCES
-
-    def observe(self, target: Counts, baseline: Counts) -> float | None:
-        """The rule's metric for these counts; None when there is no data to judge it on."""
-        if self.is_resource:
-            return None
-        return self.compare(_metric(self.metric.removesuffix("_ratio"), target),
-                            lambda: _metric(self.metric.removesuffix("_ratio"), baseline))
-
-    def observe_resources(self, target: dict[str, float], baseline: dict[str, float]) -> float | None:
-        """A resource rule on per-instance usage ({'memory_mb': ..., 'cpu_percent': ...}); None without data."""
-        name = self.metric.removesuffix("_ratio")
-        return self.compare(target.get(name), lambda: baseline.get(name))
-
-    def compare(self, value: float | None, baseline) -> float | None:
-        if not self.is_ratio or value is None:
-            return value
-        base = baseline()
-        if base is None:
-            return None
-        if base == 0:
-            return 1.0 if value == 0 else math.inf  # nothing to scale by: any error against none fails
-        return value / base
-
-    def holds(self, observed: float) -> bool:
-        return observed < self.limit if self.operator == "<" else observed <= self.limit
+def _ratio(rule: Rule, value: float | None, baseline) -> float | None:
+    if not rule.is_ratio or value is None:
+        return value
+    base = baseline()
+    if base is None:
+        return None
+    if base == 0:
+        return 1.0 if value == 0 else math.inf  # nothing to scale by: any error against none fails
+    return value / base
 
 
 def _metric(name: str, counts: Counts) -> float | None:
@@ -82,26 +41,3 @@ def _metric(name: str, counts: Counts) -> float | None:
     if not counts.requests:
         return None
     return counts.percentile_ms(int(name.removeprefix("latency_p").removesuffix("_ms")))
-
-
-def parse_rule(text: str) -> Rule:
-    """A rule, or RuleError naming the rule and what is allowed."""
-    allowed = f"METRIC < NUMBER or METRIC <= NUMBER, METRIC one of {', '.join(METRICS)}"
-    match = _RULE.match(text) if isinstance(text, str) else None
-    if match is None:
-        raise RuleError(f"rule {text!r} is not METRIC OPERATOR NUMBER; allowed: {allowed}")
-    metric, operator, number = match.groups()
-    metric_name = metric
-    if metric_name not in METRICS:
-        raise RuleError(f"rule {text!r}: unknown metric {metric!r}; allowed: {', '.join(METRICS)}")
-    if operator not in OPERATORS:
-        raise RuleError(f"rule {text!r}: operator {operator!r} not allowed; a rule states what is good: < or <=")
-    try:
-        limit = float(number)
-    except ValueError:
-        raise RuleError(f"rule {text!r}: limit {number!r} is not a number") from None
-    if not math.isfinite(limit) or limit <= 0:
-        raise RuleError(f"rule {text!r}: the limit must be a positive number, got {number}")
-    if metric_name in RATES and limit > 1:
-        raise RuleError(f"rule {text!r}: {metric_name} is a fraction of requests (0..1), got {number}")
-    return Rule(metric_name, operator, limit)

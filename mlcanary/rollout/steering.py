@@ -100,7 +100,7 @@ class Steering:
         if getattr(self.applier, "kind", "") != "local runtime":
             return None
         if self._specs is None or self._specs[0] is not step:
-            from mlcanary.local_runtime.apply import deployment_payload
+            from mlcanary.components.local_payload import deployment_payload
 
             self._specs = (step, {n: deployment_payload(d) for n, d in step.spec.endpoint.deployments.items()})
         return self._specs[1]
