@@ -325,3 +325,48 @@ def test_webhooks_of_the_stack_config_are_used_and_flags_win(tmp_path):
     assert steering.notifier.urls == ["http://127.0.0.1:9/flag-hook"]
     assert steering.confirmer.url == "http://127.0.0.1:9/config-gate"
     lease.forget(lease.lease_dir(tmp_path), ENDPOINT)
+
+
+def test_a_tampered_intent_is_ignored_with_a_warning_not_a_traceback(tmp_path):
+    directory = lease.lease_dir(tmp_path)
+    warnings = []
+    world = ReadBackWorld()
+    serve = world.sleep
+
+    def sleep(seconds):
+        serve(seconds)
+        if world.now > 1 and not warnings:
+            with lease.locked(directory, ENDPOINT) as held:
+                held.save({**held.doc, "intent": {"promote": {"seq": "lots"}, "abort": 7}})
+
+    world.sleep = sleep
+    plan = load_plan(STAGE_3, {"to": "green", "interval": "2s", "minRequests": 5, "alpha": 0.001, "steps": [50, 100]})
+    o = plan.options
+    steering = HeldSteering(directory, plan, world, record=None, warn=warnings.append)
+    runner = Runner(plan, world, world, make_judge(o.judge, o.alpha, o.rules, o.failure_limit),
+                    Recorder(None, clock=world.clock), clock=world.clock, sleep=world.sleep, steering=steering)
+    outcome = runner.run()
+    assert outcome.exit_code == 0 and len(warnings) == 1 and "its intent is not one" in warnings[0]
+
+
+def test_steering_where_no_rollout_ever_ran_changes_nothing(tmp_path):
+    state_dir = tmp_path / "never-used"
+    for action in ("pause", "resume", "promote", "abort"):
+        refused = verb(state_dir, action, ENDPOINT)
+        assert refused.exit_code == 1 and f"no rollout has held endpoint {ENDPOINT}" in refused.output, action
+    assert not state_dir.exists()
+
+
+def test_status_after_a_dead_rollouts_hold_was_taken_over_says_who_took_it(tmp_path):
+    directory = lease.lease_dir(tmp_path)
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    lease.acquire(directory, ENDPOINT, {"id": "x-2", "step": "50 %"})
+    lease.forget(directory, ENDPOINT)
+    doc = lease.read(directory, ENDPOINT)
+    doc["holder"]["pid"] = gone.pid
+    lease.write_atomically(lease.document_file(directory, ENDPOINT), json.dumps(doc))
+    lease.admit(directory, ENDPOINT, "pid 7 applying stage-3.yaml")
+    shown = verb(tmp_path, "status", ENDPOINT)
+    assert "DIED" in shown.output and "taken over by pid 7 applying stage-3.yaml" in shown.output
+    assert "puts the baseline back" not in shown.output

@@ -205,6 +205,7 @@ class HeldSteering(Steering):
         self.step_since = time.time()
         self.recorder: Any = None
         self.acquired = False
+        self.bad_intent_said = False
         self.traffic: dict[str, Any] = {}  # what the last step set, for the notifications
 
     # -- start and end --------------------------------------------------------------------------------
@@ -264,7 +265,6 @@ class HeldSteering(Steering):
             self._publish(step=entry.get("label"), stepIndex=index, stepSince=self.step_since,
                           traffic=entry.get("traffic"), mirror=entry.get("mirror"), counts={}, elapsedS=0.0,
                           next=self._next(index, step) if step is not None else "the first step")
-        if entry.get("event") == "step":
             self.traffic = {"traffic": entry.get("traffic"), "mirror": entry.get("mirror")}
         if entry.get("event") in ("step", "decision") and self.notifier is not None:
             failures = self.notifier.send({"rolloutId": self.id, "endpoint": self.plan.endpoint, **self.traffic, **entry})
@@ -287,8 +287,8 @@ class HeldSteering(Steering):
             if outside is not None:
                 held.save({**doc, **self._state(runner, index, step), "heartbeat": time.time()})
                 return outside
-            intent = dict(doc.get("intent") or {})
-            interventions = list(doc.get("interventions") or [])
+            intent = self._intent(doc)
+            interventions = list(doc.get("interventions") or []) if isinstance(doc.get("interventions"), list) else []
             answer: Stop | Failure | str | None = None
             if resource_failure is not None:
                 rule, observed, seen = resource_failure
@@ -324,6 +324,21 @@ class HeldSteering(Steering):
         if isinstance(answer, Stop):
             self._record("intervention", action="abort", step=step.label, by=abort)
         return answer
+
+    def _intent(self, doc: dict[str, Any]) -> dict[str, Any]:
+        """The intent the verbs wrote, checked like any input: a malformed one is ignored (and said once)."""
+        intent = doc.get("intent") or {}
+        promote, abort = (intent.get("promote"), intent.get("abort")) if isinstance(intent, dict) else (None, None)
+        well_formed = (isinstance(intent, dict) and isinstance(intent.get("paused", False), bool)
+                       and (promote is None or (isinstance(promote, dict) and isinstance(promote.get("seq"), int)))
+                       and (abort is None or isinstance(abort, dict)))
+        if well_formed:
+            return dict(intent)
+        if not self.bad_intent_said:
+            self.warn(f"warning: {lease.document_file(self.directory, self.plan.endpoint)}: its intent is not one "
+                      "`mlcanary rollout pause|resume|promote|abort` writes; ignored")
+            self.bad_intent_said = True
+        return {"paused": self.paused}
 
     def confirm(self, runner: Any, index: int, step: Step) -> str | None:
         if self.confirmer is None:
