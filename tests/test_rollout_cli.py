@@ -85,11 +85,15 @@ def test_an_azure_rollout_runs_pulumi_up_per_step_with_azure_monitor_metrics(moc
     stack = mocker.Mock()
     select = mocker.patch("pulumi.automation.select_stack", return_value=stack)
     source = mocker.patch("mlcanary.rollout.sources.azure_source", return_value=GrowingSource(green_errors))
+    # No ARM here: the read-back of what runs on Azure is tested in test_rollout_ownership.py (FakeArm).
+    mocker.patch("mlcanary.rollout_steer_cli._azure_reader", return_value=None)
     result = CliRunner().invoke(main, [
         "rollout", str(PROJECT_DIR / "stacks" / "stage-3-green-dark.yaml"), "--to", "green", "--steps", "50,100",
         "--interval", "0.3s", "--tick", "0.1", "--min-requests", "10", "--stack", "prod", "--format", "json",
-        "--rule", "error_rate < 0.05"], env={"ARM_SUBSCRIPTION_ID": "sub-1"})
+        "--rule", "error_rate < 0.05"], env={"ARM_SUBSCRIPTION_ID": "sub-1", "XDG_STATE_HOME": str(tmp_path)})
     assert result.exit_code == exit_code, result.output
+    held = json.loads((tmp_path / "mlcanary" / "stacks" / "prod" / "rollouts" / "fraud-scorer.json").read_text())
+    assert held["outcome"] == ("promoted" if exit_code == 0 else "rolled back")  # the stack's hold, ended
     select.assert_called_once_with(stack_name="prod", work_dir=str(PROJECT_DIR))
     endpoint_id, region = source.call_args.args
     assert endpoint_id == ("/subscriptions/sub-1/resourceGroups/ml-prod-rg/providers/Microsoft.MachineLearningServices/"
