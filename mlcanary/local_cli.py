@@ -56,6 +56,8 @@ def local_up(stage_file: Path, policy_pack_config: Path | None, preview: bool, n
     stack = load_local_stage(stage_file)
     settings = policy_settings(policy_pack_config)
     client = runtime_client(state_dir)
+    if not preview:
+        _refuse_if_held(client.root, stack.endpoint.name, force)
     try:
         with sigterm_interrupts():
             # One hold from the gate's judgement to the end of the apply: no other stage lands in between.
@@ -65,6 +67,16 @@ def local_up(stage_file: Path, policy_pack_config: Path | None, preview: bool, n
         fail(str(err))
     except KeyboardInterrupt:  # before the apply began (waiting for the lock, judging): nothing changed
         fail("cancelled before the stage changed anything", EXIT_INTERRUPTED)
+
+
+def _refuse_if_held(root: Path, endpoint: str, force: bool) -> None:
+    """A running rollout's endpoint is refused at once, before the gate's work (exit 1)."""
+    from mlcanary.local_runtime import lease
+
+    try:
+        lease.refuse_at_once(root, endpoint, force)
+    except lease.EndpointHeld as err:
+        fail(str(err))
 
 
 def _gate_and_apply(stage_file: Path, stack, client, settings, preview: bool, output_format: str,

@@ -355,3 +355,18 @@ def test_an_azure_traffic_change_made_outside_is_caught_from_arm():
     assert differences(step, reader.read_back(ENDPOINT)) == ["live traffic blue 90, green 10 -> green 100"]
     reader.invalidate()
     assert reader.read_back(ENDPOINT)["deployments"] == {"blue": {"instanceCount": 2}, "green": {"instanceCount": 1}}
+
+
+def test_local_up_is_refused_before_the_gate_runs(tmp_path, held_by_another_process):
+    """`local up` looks at the hold first: refused at once (no gate, no runtime started), unless --force."""
+    from conftest import PROJECT_DIR
+
+    stage = PROJECT_DIR / "stacks" / "local" / "stage-3-green-dark.yaml"
+    result = subprocess.run([sys.executable, "-m", "mlcanary.cli", "local", "up", str(stage), "--state-dir",
+                             str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1 and f"error: endpoint {ENDPOINT} is held by rollout other-1" in result.stderr
+    assert "mandatory" not in result.stdout + result.stderr and not (tmp_path / "runtime.json").exists()
+    with pytest.raises(lease.EndpointHeld):
+        lease.refuse_at_once(tmp_path, ENDPOINT, force=False)
+    lease.refuse_at_once(tmp_path, ENDPOINT, force=True)  # --force: the apply takes the hold over
+    assert lease.read(lease.lease_dir(tmp_path), ENDPOINT)["outcome"] is None  # a look changes nothing

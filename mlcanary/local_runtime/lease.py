@@ -237,9 +237,7 @@ def _take_over(held: Locked, doc: dict[str, Any], writer: str, force: bool, noti
                f"taken over by {writer}")
         return
     if not force:
-        raise EndpointHeld(f"endpoint {held.endpoint} is held by {describe(doc)}; nothing was changed. "
-                           f"See it with `mlcanary rollout status {held.endpoint}`, steer it with `mlcanary rollout "
-                           "pause|resume|promote|abort`, or pass --force to take it over (recorded)")
+        raise EndpointHeld(held_message(held.endpoint, doc))
     end_hold(held, doc, "taken-over", f"taken over by {writer} (--force)", takenOverBy=by)
     notice(f"warning: --force: took endpoint {held.endpoint} over from {describe(doc)}; the takeover is recorded "
            "and that rollout stops without changing anything more")
@@ -318,3 +316,21 @@ def refuse_if_held(root: Path, endpoints: set[str] | list[str], writer: str) -> 
     for endpoint in sorted(endpoints):
         admit(lease_dir(root), endpoint, writer, force=False,
               notice=lambda message: print(message, file=sys.__stderr__ or sys.stderr, flush=True))
+
+
+def refuse_at_once(root: Path, endpoint: str, force: bool) -> None:
+    """Before any slow work (the gate): EndpointHeld if a live rollout holds `endpoint` and not `force`.
+    Only a look: a dead holder's hold is taken over (and a forced takeover recorded) by the apply itself."""
+    try:
+        doc = read(lease_dir(root), endpoint)
+    except LeaseFileError:
+        return  # the apply's own check says what is wrong with it
+    if force or not is_held(doc) or not holder_alive(doc):
+        return
+    raise EndpointHeld(held_message(endpoint, doc))
+
+
+def held_message(endpoint: str, doc: dict[str, Any]) -> str:
+    return (f"endpoint {endpoint} is held by {describe(doc)}; nothing was changed. See it with `mlcanary rollout "
+            f"status {endpoint}`, steer it with `mlcanary rollout pause|resume|promote|abort`, or pass --force to "
+            "take it over (recorded)")
