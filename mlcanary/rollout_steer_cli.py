@@ -439,9 +439,32 @@ def steering_options(command):
     def wrapped(*args, steer_force: bool, steer_notify: tuple[str, ...], steer_confirm: str | None, **kwargs):
         click.get_current_context().meta[_META_KEY] = {
             "force": steer_force, "notify": list(steer_notify), "confirm": steer_confirm}
+        if not (steer_force or kwargs.get("plan_only") or kwargs.get("write_stages") or kwargs.get("stack")):
+            _refuse_at_once(kwargs.get("stage_file"), kwargs.get("state_dir"))
         return command(*args, **kwargs)
 
     return wrapped
+
+
+def _refuse_at_once(stage_file: Path | None, state_dir: Path | None) -> None:
+    """Another rollout's endpoint (local target) is refused before the plan's gate runs. Only a look at
+    the endpoint's name: a stage file that cannot be read is left to the run's own validation."""
+    from mlcanary.components.spec import NAMESPACE
+    from mlcanary.components.stage_file import StageFileError, namespaced, read_stage_file
+    from mlcanary.local_runtime import lease, paths
+
+    try:
+        config = namespaced(read_stage_file(stage_file), NAMESPACE)
+        name = config["endpoint"]["name"]
+        if config.get("target", "azure") != "local" or not isinstance(name, str):
+            return
+        lease.check_endpoint_name(name)
+    except (StageFileError, OSError, KeyError, TypeError, ValueError):
+        return
+    try:
+        lease.refuse_at_once(paths.state_dir(state_dir), name, force=False)
+    except lease.EndpointHeld as err:
+        _fail(str(err))
 
 
 def steering_for(plan: Any, applier: Any, client: Any, stack: str | None, record: Path | None):

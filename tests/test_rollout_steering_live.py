@@ -83,7 +83,8 @@ def processes():
         process.communicate(timeout=30)
 
 
-def test_pause_promote_resume_kill_9_then_abort_leaves_what_the_human_said(runtime, endpoint, tmp_path, processes):
+def test_pause_local_up_promote_resume_then_promote_full_ends_where_the_human_said(runtime, endpoint, tmp_path,
+                                                                                     processes):
     stage_file, record = stage(tmp_path, endpoint), tmp_path / "record.jsonl"
     rollout = start_rollout(runtime, stage_file, record, "--steps", "10,50,100", "--interval", "8s",
                             "--min-requests", "5")
@@ -98,13 +99,27 @@ def test_pause_promote_resume_kill_9_then_abort_leaves_what_the_human_said(runti
     assert str(record) in refused.stderr and "step 10 % since" in refused.stderr
     time.sleep(max(0.0, 9 - (time.time() - hold(runtime, endpoint)["stepSince"])))  # past the 8 s interval
     assert live_traffic(runtime, endpoint) == {"blue": 90, "green": 10}  # held, and local up changed nothing
-    assert json.loads(mlcanary(runtime, "rollout", "status", endpoint, "--format", "json").stdout)["state"] == "paused"
+    assert hold(runtime, endpoint)["paused"] is True
 
-    promoted = mlcanary(runtime, "rollout", "promote", endpoint)
-    assert promoted.returncode == 0, promoted.stderr
+    assert mlcanary(runtime, "rollout", "promote", endpoint).returncode == 0
     wait_for(lambda: live_traffic(runtime, endpoint) == {"blue": 50, "green": 50}, "the 50 % step")
     assert mlcanary(runtime, "rollout", "resume", endpoint).returncode == 0
+    full = mlcanary(runtime, "rollout", "promote", endpoint, "--full")
+    assert full.returncode == 0, full.stderr
+    out, err = rollout.communicate(timeout=60)
+    assert rollout.returncode == 0, err
+    assert json.loads(out)["decision"] == "promoted"
+    assert live_traffic(runtime, endpoint) == {"green": 100}  # what the human last said
+    interventions = [i["action"] for i in hold(runtime, endpoint)["interventions"]]
+    assert interventions == ["pause", "promote", "resume", "promote --full"]
 
+
+def test_kill_9_then_status_says_died_and_abort_restores_the_baseline(runtime, endpoint, tmp_path, processes):
+    stage_file, record = stage(tmp_path, endpoint), tmp_path / "record.jsonl"
+    rollout = start_rollout(runtime, stage_file, record, "--steps", "50,100", "--interval", "30s",
+                            "--min-requests", "5")
+    processes.append(rollout)
+    wait_for(lambda: hold(runtime, endpoint).get("step") == "50 %", "the 50 % step")
     os.kill(rollout.pid, signal.SIGKILL)
     rollout.wait(timeout=30)
     status = mlcanary(runtime, "rollout", "status", endpoint)
@@ -117,7 +132,7 @@ def test_pause_promote_resume_kill_9_then_abort_leaves_what_the_human_said(runti
     assert live_traffic(runtime, endpoint) == {"blue": 100}  # what the human last said
     history = json.loads(mlcanary(runtime, "rollout", "history", endpoint, "--format", "json").stdout)
     assert history[-1]["outcome"] == "aborted" and history[-1]["step"] == "50 %"
-    assert [i["action"] for i in history[-1]["interventions"]] == ["pause", "promote", "resume", "abort"]
+    assert "the rollout died at step 50 %" in history[-1]["message"]
 
 
 def test_abort_of_a_running_rollout_exits_1_and_leaves_the_baseline(runtime, endpoint, tmp_path, processes):
