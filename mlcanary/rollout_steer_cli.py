@@ -364,7 +364,8 @@ def _applier(spec, stack: str | None, state_dir: Path | None, project_dir: Path)
 
 @rollout.command("history")
 @endpoint_argument
-@click.option("--format", "output_format", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.option("--format", "output_format", type=click.Choice(["text", "json"]), default="text", show_default=True,
+              help="json: an array of the rollouts, oldest first, as `status --format json` shows one.")
 @stack_option
 @state_dir_option
 def history(endpoint: str, output_format: str, stack: str | None, state_dir: Path | None) -> None:
