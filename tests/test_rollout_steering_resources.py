@@ -115,9 +115,19 @@ def test_a_good_target_passes_its_memory_rule(runtime, endpoint, tmp_path):  # n
 def test_azure_resources_read_each_deployments_utilisation_per_instance(mocker):
     from datetime import UTC, datetime, timedelta
 
-    from test_rollout_edges import result, series
+    from azure.monitor.querymetrics import MetricsQueryResult
+    from azure.monitor.querymetrics._models import Metric, MetricValue, TimeSeriesElement
 
     from mlcanary.rollout.resources import DEPLOYMENT_NAMESPACE, AzureResources
+
+    def series(_deployment, points, field):
+        return TimeSeriesElement(metadata_values={"instanceid": "i"}, data=[MetricValue(timestamp=t, **{field: v})
+                                                                             for t, v in points])
+
+    def result(name, timeseries):  # the shape azure-monitor-querymetrics returns
+        metric = Metric(id=f"x/providers/Microsoft.Insights/metrics/{name}", type="Microsoft.Insights/metrics",
+                        name=name, unit="Percent", timeseries=timeseries, display_description="")
+        return MetricsQueryResult(timespan="", metrics=[metric], granularity=timedelta(minutes=1))
 
     endpoint_id = ("/subscriptions/sub/resourceGroups/ml-rg/providers/Microsoft.MachineLearningServices/workspaces/"
                    "ml-ws/onlineEndpoints/fraud-scorer")
