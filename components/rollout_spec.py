@@ -22,6 +22,18 @@ from mlcanary.components.rules import Problem
 DEFAULT_STEPS = (10, 25, 50, 100)
 DEFAULTS = {"steps": DEFAULT_STEPS, "interval": "30s", "judge": "sequential", "alpha": 0.05, "minRequests": 100,
             "maxHold": 3, "failureLimit": 1, "deleteOld": False}
+# The plan's numbers, bounded (inclusive): outside them a rollout cannot judge what it claims to (an alpha of
+# 1e-300 never rolls back; a 1 ms interval with 1 request promotes on nothing; 1e9 holds never halt).
+BOUNDS: dict[str, tuple[float, float, str]] = {
+    "interval": (1.0, 86_400.0, "seconds"),
+    "mirrorFor": (1.0, 86_400.0, "seconds"),
+    "bake": (1.0, 7 * 86_400.0, "seconds"),
+    "alpha": (0.001, 0.2, ""),
+    "minRequests": (3, 1_000_000, ""),
+    "maxHold": (0, 100, ""),
+    "failureLimit": (1, 100, ""),
+}
+TICK_BOUNDS = (0.05, 60.0)  # seconds between readings of the metrics (`--tick`, no more than the interval)
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*(s|m|h)?$")
 
 
@@ -101,16 +113,18 @@ def rollout_problems(
         value = plan.get(key)
         if value is not None and duration_seconds(value) is None:
             problems.append(Problem(field(key), f"a duration such as 30s, 2m or 1h (seconds if no unit), got {value!r}"))
+        elif value is not None and not _within(key, duration_seconds(value)):
+            problems.append(Problem(field(key), f"{_range(key)}, got {value!r}"))
     if (plan.mirror is None) != (plan.mirror_for is None):
         problems.append(Problem(field("mirror"), "mirror and mirrorFor go together: a share to mirror and for how long"))
     if plan.mirror is not None:
         problems += rules.integer_range_problems(field("mirror"), plan.mirror, 1, rules.MAX_MIRROR_PERCENT, "mirror share")
     alpha = plan.get("alpha")
-    if not 0 < alpha < 1:
-        problems.append(Problem(field("alpha"), f"the false-rollback bound is a probability between 0 and 1, got {alpha}"))
-    for key, low in (("minRequests", 1), ("maxHold", 0), ("failureLimit", 1)):
-        if plan.get(key) < low:
-            problems.append(Problem(field(key), f"must be a whole number of at least {low}, got {plan.get(key)}"))
+    if not _within("alpha", alpha):
+        problems.append(Problem(field("alpha"), f"the false-rollback bound is a probability, {_range('alpha')}, got {alpha}"))
+    for key in ("minRequests", "maxHold", "failureLimit"):
+        if not _within(key, plan.get(key)):
+            problems.append(Problem(field(key), f"a whole number {_range(key)}, got {plan.get(key)}"))
     for key, urls in (("notify", plan.notify or ()), ("confirmPromotion", [plan.confirm_promotion] if plan.confirm_promotion else ())):
         problems += [Problem(field(key), problem) for problem in map(webhook_url_problem, urls) if problem]
     for text in plan.get("rule") or ():
@@ -132,3 +146,22 @@ def webhook_url_problem(url: str) -> str | None:
     if parts.scheme not in ("http", "https") or not host:
         return f"must be an http:// or https:// URL with a host; got scheme {parts.scheme or 'none'!r}"
     return None
+
+
+def _within(key: str, value: float) -> bool:
+    low, high, _ = BOUNDS[key]
+    return low <= value <= high
+
+
+def _range(key: str) -> str:
+    low, high, unit = BOUNDS[key]
+    return f"from {_number(low)} to {_number(high)}" + (f" {unit}" if unit else "")
+
+
+def _number(value: float) -> str:
+    return f"{int(value):,}" if float(value).is_integer() else f"{value:g}"
+
+
+def bounds_text() -> str:
+    """The ranges, as the docs and --help state them."""
+    return "; ".join(f"{key} {_range(key)}" for key in BOUNDS)

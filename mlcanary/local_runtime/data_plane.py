@@ -211,7 +211,7 @@ class Endpoint:
         if mirror_to and mirror_to in self.deployments:
             self._mirror(self.deployments[mirror_to], body, content_type, held)
         status, payload, headers = await forward(deployment, body, content_type)
-        self.metrics.of(self.name, deployment.name).observe(status, time.perf_counter() - started)
+        self.metrics.of(self.name, deployment.name).observe(status, time.perf_counter() - started, pinned=bool(pinned))
         return web.Response(status=status, body=payload, headers={**headers, PIN_HEADER: deployment.name})
 
     def _mirror(self, deployment: Deployment, body: bytes, content_type: bytes, held: Held) -> None:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mlcanary.rollout.appliers import ApplyError
-from mlcanary.rollout.counts import Counts, DeploymentCounts, Snapshot, window
+from mlcanary.rollout.counts import Counts, CountsRestarted, DeploymentCounts, Snapshot, window
 from mlcanary.rollout.judges import Failure, Judge
 from mlcanary.rollout.plan import Plan, Step
 from mlcanary.rollout.record import Recorder
@@ -40,7 +40,8 @@ class View:
     steps: int = 0
     traffic: dict[str, int] = field(default_factory=dict)
     mirror: dict[str, int] = field(default_factory=dict)
-    counts: dict[str, Counts] = field(default_factory=dict)  # this step, per deployment
+    counts: dict[str, Counts] = field(default_factory=dict)  # this step, per deployment: the split's (and mirrored)
+    pinned: dict[str, Counts] = field(default_factory=dict)  # this step's header-pinned requests: shown, not judged
     judge: dict[str, Any] = field(default_factory=dict)
     status: str = ""
     elapsed_s: float = 0.0
@@ -62,9 +63,17 @@ def _counts_json(counts: Counts) -> dict:
             "p90Ms": counts.percentile_ms(90), "p99Ms": counts.percentile_ms(99)}
 
 
+def _window_json(counts: DeploymentCounts) -> dict:
+    """A deployment's window in the record: the split's requests, then mirrored and pinned apart."""
+    return {**_counts_json(counts.live),
+            "mirrored": {"requests": counts.mirrored.requests, "errors": counts.mirrored.errors},
+            "pinned": {"requests": counts.pinned.requests, "errors": counts.pinned.errors}}
+
+
 class Runner:
     def __init__(self, plan: Plan, applier: Any, source: Any, judge: Judge, recorder: Recorder, *,
                  tick_s: float = 1.0, on_update: Callable[[View], None] = lambda _: None,
+                 on_decision: Callable[[str], None] = lambda _: None,
                  clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep,
                  steering: Steering | None = None):
         # steering: the endpoint's hold, intent from other terminals, outside changes, gates (steering.py)
@@ -74,6 +83,8 @@ class Runner:
         self.options = plan.options
         self.tick_s = tick_s
         self.on_update = on_update
+        self.on_decision = on_decision  # one line per decision, for the scrollback
+        self.read_error = ""
         self.clock, self.sleep = clock, sleep
         self.view = View(steps=len(plan.steps))
         self.target_served = 0
@@ -109,6 +120,7 @@ class Runner:
                     self.applier.apply(self.plan.start)
                 self.recorder.write("step", index=-1, label=self.plan.start.label, traffic=self.plan.start.traffic,
                                     mirror=self.plan.start.mirror_traffic)
+                self.on_decision(f"start: {self.plan.start.label} (live {_shares(self.plan.start.traffic)})")
             elif hasattr(self.applier, "current"):
                 self.applier.current = self.plan.steps[start_index - 1]
         except ApplyError as err:
@@ -119,12 +131,15 @@ class Runner:
             if self.steering.skip(step, self.plan.steps[index + 1:]):
                 continue  # `rollout promote --full`: straight to the last live step
             try:
+                self.view.step, self.view.index = step.label, index + 1
                 self._status(f"applying {step.label}")
                 self.applier.apply(step)
             except ApplyError as err:
                 return self._roll_back(index, Failure("apply", step.label, str(err)))
             self.recorder.write("step", index=index, label=step.label, traffic=step.traffic, mirror=step.mirror_traffic)
-            if step.kind == "delete":
+            self.on_decision(f"applied step {index + 1}/{len(self.plan.steps)} {step.label}: live {_shares(step.traffic)}"
+                             + (f", mirror {_shares(step.mirror_traffic)}" if step.mirror_traffic else ""))
+            if not step.judged:
                 self.last_good = index
                 continue
             outcome = self._judge_step(index, step, self._hold_for(step))
@@ -133,6 +148,8 @@ class Runner:
             self.last_good = index
             self.recorder.write("decision", decision="promoted", step=step.label, index=index,
                                 judgeState=self.judge.state(), targetServed=self.target_served)
+            self.on_decision(f"passed step {index + 1}/{len(self.plan.steps)} {step.label}: "
+                             f"{self.view.counts.get(self.options.to, Counts()).requests} requests to {self.options.to} judged")
             is_last_live = all(s.kind == "delete" for s in self.plan.steps[index + 1:])
             if is_last_live and self.options.bake_s and not self.steering.full:
                 outcome = self._judge_step(index, step, self.options.bake_s, baking=True)
@@ -140,14 +157,35 @@ class Runner:
                     return outcome
                 self.recorder.write("decision", decision="baked", step=step.label, index=index,
                                     judgeState=self.judge.state(), targetServed=self.target_served)
-        final = self.steering.verify_final(self, self.plan.steps[-1])  # read back before saying promoted
+                self.on_decision(f"baked at {step.label} for {self.options.bake_s:g} s")
+        final = self.steering.verify_final(self, self.plan.steps[-1])  # what runs is what the last step set
         if final is not None:
             return self._stop(final, len(self.plan.steps) - 1)
+        unconfirmed = self._read_back(self.plan.steps[-1])
+        if unconfirmed:
+            return unconfirmed
         message = f"{self.options.to} promoted to {self.plan.steps[-1].label}"
         self.recorder.write("decision", decision="finished", step=self.plan.steps[-1].label, index=len(self.plan.steps) - 1,
                             targetServed=self.target_served, message=message)
         return Outcome(PROMOTED, "promoted", message, target_served=self.target_served,
                        e_values=self.judge.e_values(), step=self.plan.steps[-1].label)
+
+    def _read_back(self, last: Step) -> Outcome | None:
+        """"Promoted" only when the endpoint is read back holding what the last step set."""
+        try:
+            live = {n: s for n, s in self.applier.live_traffic(self.plan.endpoint).items() if s}
+        except ApplyError as err:
+            live, why = None, f"the endpoint's traffic could not be read back: {err}"
+        else:
+            why = f"the endpoint now runs live {_shares(live)}, not {_shares(last.traffic)} as the last step set"
+        if live == {n: s for n, s in last.traffic.items() if s}:
+            return None
+        message = f"{self.options.to} is not promoted: {why}"
+        self.recorder.write("decision", decision="unconfirmed", step=last.label, index=len(self.plan.steps) - 1,
+                            readBack=live, message=message)
+        self.on_decision(f"not promoted: {why}")
+        return Outcome(HALTED, "not promoted", message, target_served=self.target_served,
+                       e_values=self.judge.e_values(), step=last.label)
 
     def _hold_for(self, step: Step) -> float:
         return self.options.mirror_for_s if step.kind == "mirror" else self.options.interval_s
@@ -155,26 +193,32 @@ class Runner:
     # --- one step --------------------------------------------------------------------------------------
 
     def _judge_step(self, index: int, step: Step, hold_s: float, baking: bool = False) -> Outcome | None:
+        """Judge closed windows until the step may be promoted (None) or ends the rollout (an Outcome).
+
+        A window the source could not read, or whose counts restarted, is no data: it is judged as
+        nothing, the interval it falls in is held, and the step needs `hold_s` of read windows besides.
+        """
         options, to, baseline = self.options, self.options.to, self.options.baseline
         label = f"bake at {step.label}" if baking else step.label
         before = self._read()
+        read_at = self.clock()
         self.judge.start_step((before or {}).get(baseline, DeploymentCounts()).live)
         step_counts: dict[str, Counts] = {}
+        step_pinned: dict[str, Counts] = {}
         interval_t, interval_b = Counts(), Counts()
         started = interval_started = self.clock()
-        holds = 0
+        covered_s, interval_gaps, holds = 0.0, 0, 0
+        no_data = "" if before is not None else self.read_error
         self.view = View(step=label, index=index + 1, steps=len(self.plan.steps), traffic=step.traffic,
                          mirror=step.mirror_traffic, judge=self._judge_view())
         next_tick = started + self.tick_s
         while True:
             self.sleep(max(0.0, next_tick - self.clock()))
             next_tick += self.tick_s
-            now = self._read()
-            if now is None or before is None:
-                closed = {}  # no reading: an empty window (no data never passes); the next reading picks it up
-                before = now if before is None else before
-            else:
-                closed, before = window(now, before), now
+            closed, gap, before, read_at, covered = self._window(before, read_at)
+            covered_s += covered
+            if gap:
+                no_data, interval_gaps = gap, interval_gaps + 1
             target = _target_counts(closed.get(to, DeploymentCounts()), step.kind == "mirror")
             base = closed.get(baseline, DeploymentCounts()).live
             self.target_served += target.requests
@@ -182,14 +226,18 @@ class Runner:
             for name, counts in closed.items():
                 counts_here = _target_counts(counts, step.kind == "mirror") if name == to else counts.live
                 step_counts[name] = step_counts.get(name, Counts()) + counts_here
+                if counts.pinned.requests:
+                    step_pinned[name] = step_pinned.get(name, Counts()) + counts.pinned
             interval_t, interval_b = interval_t + target, interval_b + base
-            self.judge.observe(target, base)
+            if not gap:
+                self.judge.observe(target, base)
             elapsed = self.clock() - started
             self.recorder.write(
                 "judgement", step=label, index=index, traffic=step.traffic, mirror=step.mirror_traffic,
-                window={n: _counts_json(c.live + c.mirrored) for n, c in closed.items()},
-                eValues=self.judge.e_values(), targetServed=self.target_served)
-            self.view.counts, self.view.elapsed_s, self.view.judge = dict(step_counts), elapsed, self._judge_view()
+                window={n: _window_json(c) for n, c in closed.items()}, eValues=self.judge.e_values(),
+                targetServed=self.target_served, **({"noData": gap} if gap else {}))
+            self.view.counts, self.view.pinned = dict(step_counts), dict(step_pinned)
+            self.view.elapsed_s, self.view.judge = elapsed, self._judge_view()
             if self.judge.failure is not None:
                 return self._roll_back(index, self.judge.failure, step_counts)
             steer = self.steering.tick(self, index, step)  # pause/promote/abort from other terminals, outside changes
@@ -200,16 +248,18 @@ class Runner:
             if steer == "promote":
                 return None
             step_t, step_b = step_counts.get(to, Counts()), step_counts.get(baseline, Counts())
-            self.view.status = (f"judging: {step_t.requests} requests to {to} in this step"
-                                f" (at least {options.min_requests} before it is promoted)")
+            self.view.status = (f"no data: {gap}" if gap else
+                                f"judging: {step_t.requests} of {options.min_requests} requests to {to}")
             if self.clock() - interval_started >= options.interval_s:
                 enough = step_t.requests >= options.min_requests
                 if enough:
                     self.judge.check_interval((interval_t, interval_b), (step_t, step_b), self.rollout_baseline)
                     if self.judge.failure is not None:
                         return self._roll_back(index, self.judge.failure, step_counts)
+                gaps, interval_gaps = interval_gaps, 0
                 interval_t, interval_b, interval_started = Counts(), Counts(), self.clock()
-                if elapsed >= hold_s - 1e-6 and not self.steering.paused:
+                paused = self.steering.paused  # `rollout pause`: judged, never promoted nor halted for want of data
+                if elapsed >= hold_s - 1e-6 and not gaps and covered_s >= hold_s - 1e-6 and not paused:
                     if enough and self.judge.interval_ok:
                         unconfirmed = self.steering.confirm(self, index, step)  # --confirm-promotion
                         if unconfirmed is None:
@@ -217,25 +267,46 @@ class Runner:
                         holds += 1
                         self.recorder.write("decision", decision="held", step=label, index=index, reason=unconfirmed,
                                             holds=holds)
-                        self.view.status = f"held: {unconfirmed} (held {holds} of {options.max_hold} intervals)"
+                        self.view.status = f"held {holds}/{options.max_hold}: {unconfirmed}"
+                        self.on_decision(f"held {label}: {unconfirmed} (hold {holds}; halts after {options.max_hold})")
                         if holds > options.max_hold:
                             return self._stop(Stop(HALTED, "halted", f"at step {label}: the promotion was not confirmed "
                                                    f"after {options.max_hold} extra interval(s) ({unconfirmed}); traffic "
                                                    f"is back on {options.baseline}", restore=self.plan.rollback), index)
-                    elif not enough:
-                        holds += 1
-                        self.recorder.write("decision", decision="held", step=label, index=index,
-                                            requests=step_t.requests, needed=options.min_requests, holds=holds)
-                        self.view.status = (f"waiting: {step_t.requests} of the {options.min_requests} requests "
-                                            f"needed (held {holds} of {options.max_hold} intervals)")
-                        if holds > options.max_hold:
-                            return self._halt(index, label, step_t.requests)
+                if (gaps or (elapsed >= hold_s - 1e-6 and not enough)) and not paused:
+                    holds += 1
+                    why = (f"no data in {gaps} window(s) of this interval ({no_data})" if gaps else
+                           f"{step_t.requests} of the {options.min_requests} requests needed")
+                    self.recorder.write("decision", decision="held", step=label, index=index, reason=why,
+                                        requests=step_t.requests, needed=options.min_requests, holds=holds,
+                                        noDataWindows=gaps)
+                    self.view.status = f"held {holds}/{options.max_hold}: {why}"
+                    self.on_decision(f"held {label}: {why} (hold {holds}; halts after {options.max_hold})")
+                    if holds > options.max_hold:
+                        return self._halt(index, label, step_t.requests, no_data if gaps else "")
             self.on_update(self.view)
+
+    def _window(self, before: Snapshot | None, read_at: float) -> tuple[Snapshot, str, Snapshot | None, float, float]:
+        """One tick's reading -> (closed counts, why they are no data or "", the new base reading, its time,
+        seconds of read data). A failed reading keeps the base: if the counts go on, the next reading
+        holds what this one missed; counts that restarted are lost, and the window is no data."""
+        now = self._read()
+        now_at = self.clock()
+        if now is None:
+            return {}, self.read_error, before, read_at, 0.0
+        if before is None:
+            return {}, "no earlier reading in this step to count from", now, now_at, 0.0
+        try:
+            return window(now, before), "", now, now_at, now_at - read_at
+        except CountsRestarted as err:
+            self.recorder.write("counts-restarted", message=str(err))
+            return {}, str(err), now, now_at, 0.0
 
     def _read(self) -> Snapshot | None:
         try:
             return self.source.read()
         except SourceError as err:
+            self.read_error = str(err)
             self.recorder.write("source-error", message=str(err))
             return None
 
@@ -253,17 +324,24 @@ class Runner:
                             rollbackError=error)
         message = (f"at step {step}, {failure.judge} judge failed on {failure.what}: {failure.message}"
                    + (f"\nthe rollback itself failed: {error}" if error else ""))
+        self.on_decision(f"failed step {step}: {failure.judge} judge, {failure.what}")
+        self.on_decision(f"rollback failed: {error}" if error else
+                         f"rolled back: live {_shares(self.plan.rollback.traffic)}")
         return Outcome(ROLLED_BACK, "rolled back", message, failure, self.target_served, self.judge.e_values(), step)
 
-    def _halt(self, index: int, label: str, requests: int) -> Outcome:
+    def _halt(self, index: int, label: str, requests: int, no_data: str = "") -> Outcome:
         self._status("halting: not enough data")
         with _signals_deferred():
             error = self._apply_quietly(self.plan.rollback)
-        message = (f"at step {label}: {self.options.to} served {requests} of the "
-                   f"{self.options.min_requests} requests a step needs, after {self.options.max_hold} extra interval(s); "
-                   f"traffic is back on {self.options.baseline}" + (f"\nthe rollback failed: {error}" if error else ""))
+        why = (f"no data in its windows ({no_data}); a step is never promoted on missing data" if no_data else
+               f"{self.options.to} served {requests} of the {self.options.min_requests} requests a step needs")
+        message = (f"at step {label}: {why}, after {self.options.max_hold} extra interval(s); "
+                   + (f"the rollback failed: {error}" if error else f"traffic is back on {self.options.baseline}"))
         self.recorder.write("decision", decision="halted", step=label, index=index, requests=requests,
-                            targetServed=self.target_served, message=message)
+                            noData=no_data or None, targetServed=self.target_served, message=message,
+                            rollbackError=error)
+        self.on_decision(f"halted at {label}: " + ("no data" if no_data else "not enough requests")
+                         + (f"; rollback failed: {error}" if error else f"; rolled back: live {_shares(self.plan.rollback.traffic)}"))
         return Outcome(HALTED, "halted", message, target_served=self.target_served, e_values=self.judge.e_values(), step=label)
 
     def _interrupted(self, exit_code: int) -> Outcome:
@@ -280,6 +358,8 @@ class Runner:
         self.recorder.write("decision", decision="interrupted", step=good.label, lastGood=self.last_good,
                             judgeState=self.judge.state(), targetServed=self.target_served, exitCode=exit_code,
                             returned=error is None)
+        self.on_decision(f"interrupted: could not return to {good.label}: {error}; the traffic is unknown" if error
+                         else f"interrupted: back to {good.label} (live {traffic})")
         return Outcome(exit_code, "interrupted", message, target_served=self.target_served,
                        e_values=self.judge.e_values(), step=good.label)
 
@@ -294,6 +374,7 @@ class Runner:
         step = self.plan.steps[index].label
         self.recorder.write("decision", decision=stop.decision, step=step, index=index, message=message,
                             **(stop.details or {}), eValues=self.judge.e_values(), targetServed=self.target_served)
+        self.on_decision(f"{stop.decision} at {step}: {message}")
         return Outcome(stop.exit_code, stop.decision, message, target_served=self.target_served,
                        e_values=self.judge.e_values(), step=step)
 
@@ -315,8 +396,13 @@ class Runner:
         return state
 
 
+def _shares(traffic: dict[str, int]) -> str:
+    return ", ".join(f"{name} {share}" for name, share in traffic.items()) or "none"
+
+
 def _target_counts(counts: DeploymentCounts, mirror_step: bool) -> Counts:
-    """The target's requests to judge: in a mirror step its mirrored copies (plus any pinned requests)."""
+    """The target's requests to judge: those the split sent it, and in a mirror step its mirrored copies.
+    Header-pinned requests are never the split's evidence."""
     return counts.live + counts.mirrored if mirror_step else counts.live
 
 
