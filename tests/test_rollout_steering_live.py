@@ -46,7 +46,7 @@ def mlcanary(runtime, *args: str, timeout: float = 120) -> subprocess.CompletedP
 def start_rollout(runtime, stage_file: Path, record: Path, *args: str) -> subprocess.Popen:
     env = {**os.environ, "MLCANARY_STATE_DIR": str(runtime.root)}
     command = [sys.executable, "-m", "mlcanary.cli", "rollout", str(stage_file), "--to", "green", "--tick", "0.5",
-               "--alpha", "0.001", "--record", str(record), "--format", "json", *load_args(20), *args]
+               "--alpha", "0.001", "--record", str(record), "--format", "json", "--apply-stage", *load_args(20), *args]
     return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
 
