@@ -29,6 +29,10 @@ class LocalRuntime(Protocol):
     def already_gone(self, delete: Callable[[], object]) -> bool:
         """Run a delete; True if there was nothing to delete (which is fine for a delete)."""
 
+    def refuse_if_held(self, state_dir: str, endpoint: str, writer: str) -> None:
+        """Raise if a running `mlcanary rollout` holds `endpoint` (local_runtime/lease.py): every writer of
+        an endpoint asks the same hold."""
+
 
 def _diff(olds: dict, news: dict, inputs: tuple[str, ...], replace_on: tuple[str, ...]) -> DiffResult:
     """Compare inputs only: outputs (scoring URI, keys, state) are absent from new inputs by nature."""
@@ -43,6 +47,9 @@ class _RuntimeProvider(ResourceProvider):
 
     def _client(self, props: dict[str, Any]):
         return self.runtime.client(props["stateDir"])
+
+    def _admitted(self, props: dict[str, Any], endpoint: str) -> None:
+        self.runtime.refuse_if_held(props["stateDir"], endpoint, "pulumi up (local target)")
 
 
 class LocalEndpointProvider(_RuntimeProvider):
@@ -63,6 +70,7 @@ class LocalEndpointProvider(_RuntimeProvider):
         return ReadResult(id_, props) if id_ in endpoints else ReadResult(None, {})
 
     def _put(self, props: dict[str, Any]) -> dict[str, Any]:
+        self._admitted(props, props["endpointName"])
         client = self._client(props)
         status = client.put_endpoint(props["endpointName"], props["authMode"])
         keys = client.keys(props["endpointName"])
@@ -82,9 +90,11 @@ class LocalDeploymentProvider(_RuntimeProvider):
                      ("endpointName", "deploymentName", "stateDir"))
 
     def delete(self, _id: str, props: dict[str, Any]) -> None:
+        self._admitted(props, props["endpointName"])
         self.runtime.already_gone(lambda: self._client(props).delete_deployment(props["endpointName"], props["deploymentName"]))
 
     def _put(self, props: dict[str, Any]) -> dict[str, Any]:
+        self._admitted(props, props["endpointName"])
         spec = {**props["spec"], "instanceCount": int(props["spec"]["instanceCount"])}
         for key in ("requestTimeoutMs", "maxConcurrentRequestsPerInstance", "maxQueueWaitMs"):
             if key in spec:
@@ -112,6 +122,7 @@ class LocalTrafficProvider(_RuntimeProvider):
         self.runtime.already_gone(lambda: self._set(props, {}, {}))
 
     def _set(self, props: dict[str, Any], traffic: Any, mirror: Any) -> None:
+        self._admitted(props, props["endpoint_name"])
         as_ints = lambda shares: {k: int(v) for k, v in (shares or {}).items()}  # noqa: E731 - wire floats
         self._client(props).set_traffic(props["endpoint_name"], as_ints(traffic), as_ints(mirror))
 

@@ -4,6 +4,10 @@ limit on one metric. What a rule's metric measures on a window's counts is mlcan
     error_rate < 0.02        error_5xx_rate <= 0.01     latency_p99_ms < 500
     error_rate_ratio < 1.5   latency_p90_ratio < 1.2
     output_agreement >= 0.99 output_shift < 0.1      (what the model answers: rollout/answer_judge.py)
+    memory_mb < 2048         memory_mb_ratio < 1.5      cpu_percent < 150    cpu_percent_ratio < 2
+
+Resource metrics are per instance of a deployment (resident memory in MB; CPU in % of a core over the
+last interval), measured by mlcanary/rollout/resources.py, not on request counts.
 """
 
 from __future__ import annotations
@@ -14,8 +18,10 @@ from dataclasses import dataclass
 
 RATES = ("error_rate", "error_5xx_rate")
 PERCENTILES = (50, 90, 95, 99)
-ABSOLUTE = (*RATES, *(f"latency_p{q}_ms" for q in PERCENTILES))
-RATIOS = (*(f"{m}_ratio" for m in RATES), *(f"latency_p{q}_ratio" for q in PERCENTILES))
+RESOURCES = ("memory_mb", "cpu_percent")
+ABSOLUTE = (*RATES, *(f"latency_p{q}_ms" for q in PERCENTILES), *RESOURCES)
+RATIOS = (*(f"{m}_ratio" for m in RATES), *(f"latency_p{q}_ratio" for q in PERCENTILES),
+          *(f"{m}_ratio" for m in RESOURCES))
 # Judged on what the models answer, not on counts: the share of mirrored pairs that agreed (higher is
 # better) and the shift of the target's output distribution from the baseline's (0..1).
 ANSWER_METRICS = ("output_agreement", "output_shift")
@@ -41,6 +47,11 @@ class Rule:
     @property
     def is_ratio(self) -> bool:
         return self.metric.endswith("_ratio")
+
+    @property
+    def is_resource(self) -> bool:
+        """Judged on the deployments' processes or utilisation metrics, not on request counts."""
+        return self.metric.removesuffix("_ratio") in RESOURCES
 
     def holds(self, observed: float) -> bool:
         return {"<": observed < self.limit, "<=": observed <= self.limit,

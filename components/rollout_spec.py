@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict
 from pydantic.alias_generators import to_camel
@@ -83,6 +84,8 @@ class RolloutSpec(BaseModel):
     compare_path: str | None = None
     output_tolerance: str | float | None = None
     max_disagreement: float | None = None
+    notify: Annotated[list[str], BeforeValidator(_listed)] | None = None  # webhooks told of every decision
+    confirm_promotion: str | None = None  # a webhook that must answer 2xx before each promotion
 
     def get(self, key: str) -> Any:
         """A value by its camelCase key, else the command's default."""
@@ -127,12 +130,27 @@ def rollout_problems(
         if not _within(key, plan.get(key)):
             problems.append(Problem(field(key), f"a whole number {_range(key)}, got {plan.get(key)}"))
     problems += _compare_problems(plan, field)
+    for key, urls in (("notify", plan.notify or ()), ("confirmPromotion", [plan.confirm_promotion] if plan.confirm_promotion else ())):
+        problems += [Problem(field(key), problem) for problem in map(webhook_url_problem, urls) if problem]
     for text in plan.get("rule") or ():
         try:
             parse_rule(text)
         except RuleError as err:
             problems.append(Problem(field("rule"), str(err)))
     return problems
+
+
+def webhook_url_problem(url: str) -> str | None:
+    """None for an http(s) URL with a host; else what is wrong, without the URL's path or query (a
+    webhook URL often carries a token there)."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+    except ValueError:
+        return "must be an http:// or https:// URL; got something that is not a URL"
+    if parts.scheme not in ("http", "https") or not host:
+        return f"must be an http:// or https:// URL with a host; got scheme {parts.scheme or 'none'!r}"
+    return None
 
 
 def _within(key: str, value: float) -> bool:

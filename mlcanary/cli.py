@@ -19,7 +19,7 @@ LAZY_COMMANDS = {
     "invoke": "mlcanary.invoke_cli:invoke",
     "logs": "mlcanary.logs_cli:logs",
     "rehearse": "mlcanary.rehearse_cli:rehearse",
-    "rollout": "mlcanary.rollout_cli:rollout",
+    "rollout": "mlcanary.rollout_group_cli:rollout",  # run (the default), status, pause, ... history
 }
 
 

@@ -33,10 +33,12 @@ def local() -> None:
 @click.option("--preview", is_flag=True, help="Print what would change (deployments, traffic) and apply nothing.")
 @click.option("--no-wait", is_flag=True, help="Fail at once if another `local up` is changing the runtime, "
               "instead of waiting for it to finish.")
+@click.option("--force", is_flag=True, help="Apply even while a rollout holds the endpoint: takes its hold over "
+              "(recorded in its history; the rollout stops without changing anything more).")
 @format_option
 @state_dir_option
-def local_up(stage_file: Path, policy_pack_config: Path | None, preview: bool, no_wait: bool, output_format: str,
-             state_dir: Path | None) -> None:
+def local_up(stage_file: Path, policy_pack_config: Path | None, preview: bool, no_wait: bool, force: bool,
+             output_format: str, state_dir: Path | None) -> None:
     """Apply STAGE_FILE (mlcanary:target: local) to the local runtime, starting it if needed.
 
     First the gate `mlcanary check` applies: the policy pack on the stage, and the transition rules
@@ -45,7 +47,8 @@ def local_up(stage_file: Path, policy_pack_config: Path | None, preview: bool, n
     deployments (waiting until every instance is healthy), traffic, removed deployments (drained).
     A deployment whose init() fails refuses the stage and traffic stays as it was.
     One stage change at a time: a second `local up` waits for the first (and says so), or with
-    --no-wait fails at once.
+    --no-wait fails at once. An endpoint a running `mlcanary rollout` holds is refused at once
+    (exit 1, naming the rollout) unless --force; a rollout that died is detected and its hold taken over.
     """
     from mlcanary.local_runtime.interrupts import sigterm_interrupts
     from mlcanary.local_runtime.stage_lock import StageLocked, stage_lock
@@ -53,18 +56,31 @@ def local_up(stage_file: Path, policy_pack_config: Path | None, preview: bool, n
     stack = load_local_stage(stage_file)
     settings = policy_settings(policy_pack_config)
     client = runtime_client(state_dir)
+    if not preview:
+        _refuse_if_held(client.root, stack.endpoint.name, force)
     try:
         with sigterm_interrupts():
             # One hold from the gate's judgement to the end of the apply: no other stage lands in between.
             with stage_lock(client.root, str(stage_file), not no_wait, lambda message: click.echo(message, err=True)):
-                _gate_and_apply(stage_file, stack, client, settings, preview, output_format)
+                _gate_and_apply(stage_file, stack, client, settings, preview, output_format, force)
     except StageLocked as err:
         fail(str(err))
     except KeyboardInterrupt:  # before the apply began (waiting for the lock, judging): nothing changed
         fail("cancelled before the stage changed anything", EXIT_INTERRUPTED)
 
 
-def _gate_and_apply(stage_file: Path, stack, client, settings, preview: bool, output_format: str) -> None:
+def _refuse_if_held(root: Path, endpoint: str, force: bool) -> None:
+    """A running rollout's endpoint is refused at once, before the gate's work (exit 1)."""
+    from mlcanary.local_runtime import lease
+
+    try:
+        lease.refuse_at_once(root, endpoint, force)
+    except lease.EndpointHeld as err:
+        fail(str(err))
+
+
+def _gate_and_apply(stage_file: Path, stack, client, settings, preview: bool, output_format: str,
+                    force: bool = False) -> None:
     from mlcanary.local_runtime.apply import ApplyCancelled, apply_stage, plan_of
 
     name = stack.endpoint.name
@@ -92,7 +108,7 @@ def _gate_and_apply(stage_file: Path, stack, client, settings, preview: bool, ou
         with console.status("starting the local runtime") as status:
             client.ensure_running()
             applied = apply_stage(stack, client, lambda message: status.update(message), judged=running,
-                                  stage=str(stage_file))
+                                  stage=str(stage_file), force=force)
     except ApplyCancelled as err:
         if output_format == "json":
             echo_json({**document, "result": "cancelled", "error": str(err)})

@@ -122,9 +122,12 @@ def _rehearse_in(client, endpoints: set[str], keep: bool, run) -> None:
     from mlcanary.local_runtime.interrupts import interrupts_ignored
     from mlcanary.local_runtime.sandbox import existing_endpoints
 
+    from mlcanary.local_runtime.lease import EndpointHeld, refuse_if_held
+
     try:
+        refuse_if_held(client.root, endpoints, "a rehearsal")  # a running rollout's endpoint: named, refused
         taken = endpoints & existing_endpoints(client)
-    except runtime_errors() as err:
+    except (*runtime_errors(), EndpointHeld) as err:
         fail(str(err))
     if taken:
         fail(f"endpoint(s) {', '.join(sorted(taken))} already exist in {client.root}; a rehearsal only touches "

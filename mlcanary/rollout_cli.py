@@ -13,6 +13,7 @@ import click
 
 from mlcanary.cli_support import state_dir_option
 from mlcanary.components.rollout_spec import TICK_BOUNDS
+from mlcanary.rollout_steer_cli import steering_for, steering_options
 
 
 def _fail(message: str, code: int) -> None:
@@ -82,6 +83,7 @@ RECORDED_OPTIONS = {"to": "to", "from": "from", "steps": "steps", "intervalS": "
 @click.option("--metrics-region", help="azure target: the region of the endpoint's metrics (default: the endpoint's "
               "own region, or its workspace's, read from Azure).")
 @state_dir_option
+@steering_options
 def rollout(stage_file: Path | None, to, from_, steps, interval, mirror, mirror_for, bake, delete_old, rules,
             compare_path, output_tolerance, max_disagreement, judge, alpha, min_requests, max_hold, failure_limit, load_rps, request_file, record, plot, resume, apply_stage,
             output_format, plan_only, write_stages, policy_pack_config, tick, stack, metrics_region, state_dir) -> None:
@@ -93,9 +95,15 @@ def rollout(stage_file: Path | None, to, from_, steps, interval, mirror, mirror_
     (and mirrored copies, in a mirror phase) judge the target; header-pinned requests are shown apart.
     A window whose metrics could not be read (or whose counts restarted) is no data: its step is held.
 
-    Exit codes: 0 promoted (read back at 100 %); 1 rolled back (a rule or the judge failed); 2 refused
-    before any change; 3 halted (not enough data, or the endpoint did not read back as promoted);
+    Exit codes: 0 promoted (read back at 100 %); 1 rolled back (a rule or the judge failed), or aborted
+    (`rollout abort`), or the endpoint is held by another rollout; 2 refused before any change; 3 halted
+    (not enough data, or the endpoint did not read back as promoted); 4 the endpoint was changed by
+    someone else (or the hold taken over with --force): the rollout stops without overwriting it;
     130/143 interrupted (left at the last good step).
+
+    The rollout holds its endpoint from its first change to its end: `local up`, `rehearse` and
+    another rollout of it are refused. Watch and steer it from another terminal with
+    `mlcanary rollout status|pause|resume|promote|abort ENDPOINT`.
     """
     from mlcanary.check import policy_defaults
     from mlcanary.policy_config import PolicyConfigError, load_policy_config
@@ -328,7 +336,7 @@ def _run(plan, settings, policy_pack_config, record, plot, point, apply_stage, o
         applier.progress = _throttled(log) if live is None else lambda text: None
     runner = Runner(plan, applier, source, judge, recorder, tick_s=tick,
                     on_update=(lambda view: live.update(_table(view))) if live else print_status,
-                    on_decision=log, answers=answers)
+                    on_decision=log, answers=answers, steering=steering_for(plan, applier, client, stack, record))
     log(f"rollout {rollout_id}: {options.baseline} -> {options.to} on {plan.endpoint}, {len(plan.steps)} step(s)"
         + (f", record {record}" if record else ""))
     try:

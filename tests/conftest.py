@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import copy
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -42,6 +44,19 @@ def pytest_configure(config):
     (their parent-death signal). xdist workers keep the PID they inherit: the controller's."""
     if not hasattr(config, "workerinput"):
         os.environ[owner.ENV_VAR] = str(os.getpid())
+    # An azure-target rollout keeps its hold in the user's state folder ($XDG_STATE_HOME/mlcanary):
+    # the suite's go to a folder of its own, never into the home directory.
+    if "MLCANARY_TEST_STATE_HOME" not in os.environ:  # not inside another run of the suite
+        _made.append(tempfile.mkdtemp(prefix="mlcanary-xdg-"))
+        os.environ["XDG_STATE_HOME"] = os.environ["MLCANARY_TEST_STATE_HOME"] = _made[0]
+
+
+_made: list[str] = []  # the state folder this run made (and removes)
+
+
+def pytest_unconfigure(config):
+    for folder in _made:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def pytest_collection_modifyitems(config, items):

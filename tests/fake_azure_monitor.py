@@ -59,6 +59,9 @@ class FakeArm:
         self.definitions = microsoft_definitions() if definitions is None else definitions
         self.traffic, self.mirror = traffic or {}, mirror or {}
         self.calls: list[tuple] = []
+        # What runs, when a test's fake `pulumi up` sets it: () -> (traffic, mirror), () -> deployment names
+        self.live = None
+        self.live_deployments = None
 
     def get(self, resource_id: str, *, api_version: str | None = None, params: dict | None = None):
         self.calls.append((resource_id, api_version, params))
@@ -68,7 +71,11 @@ class FakeArm:
         if resource_id == self.endpoint_id:
             if self.location is None:
                 return None
-            return {"location": self.location, "properties": {"traffic": self.traffic, "mirrorTraffic": self.mirror}}
+            traffic, mirror = self.live() if self.live else (self.traffic, self.mirror)
+            return {"location": self.location, "properties": {"traffic": traffic, "mirrorTraffic": mirror}}
+        if resource_id == f"{self.endpoint_id}/deployments" and self.live_deployments:
+            # GET .../onlineEndpoints/{name}/deployments: the list in `value`, each with `name` (REST spec)
+            return {"value": [{"name": name} for name in self.live_deployments()]}
         if resource_id == self.endpoint_id.split("/onlineEndpoints/")[0]:
             return {"location": self.workspace_location}
         return None

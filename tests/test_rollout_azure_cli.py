@@ -36,9 +36,17 @@ class GrowingSource:
 
 
 @pytest.fixture
-def arm(mocker):
-    """The endpoint lives in eastus; the stage's azure-native:location says westus2."""
+def arm(mocker, project):
+    """The endpoint lives in eastus; the stage's azure-native:location says westus2. What runs on it is
+    what the last (fake) `pulumi up` set: the rollout reads it back from ARM (steering.py)."""
     fake = FakeArm(ENDPOINT_ID, "eastus")
+
+    def last_endpoint() -> dict:
+        ups = [entry for entry in log(project.parent) if entry["command"] == "up"]
+        return ups[-1]["config"]["mlcanary:endpoint"] if ups else {}
+
+    fake.live = lambda: (last_endpoint().get("traffic") or {}, last_endpoint().get("mirrorTraffic") or {})
+    fake.live_deployments = lambda: list(last_endpoint().get("deployments") or {})
     mocker.patch("mlcanary.components.arm.ArmClient", return_value=fake)
     return fake
 

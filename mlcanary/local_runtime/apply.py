@@ -13,6 +13,8 @@ start limit (workers.StartLimit: the readiness probe's initialDelay + failureThr
 
 from __future__ import annotations
 
+import os
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -21,6 +23,7 @@ from typing import Any
 
 from mlcanary.components.local_payload import deployment_payload
 from mlcanary.components.spec import EndpointSpec, StackSpec
+from mlcanary.local_runtime import lease
 from mlcanary.local_runtime.client import RuntimeClient, RuntimeRefusal
 from mlcanary.local_runtime.interrupts import interrupts_ignored
 from mlcanary.local_runtime.stage_lock import StageLocked, stage_lock
@@ -56,19 +59,30 @@ NOT_JUDGED = object()
 def apply_stage(
     stack: StackSpec, client: RuntimeClient, progress: Callable[[str], None] = lambda _: None,
     judged: Any = NOT_JUDGED, wait: bool = True, stage: str = "a stage",
-    on_wait: Callable[[str], None] | None = None,
+    on_wait: Callable[[str], None] | None = None, force: bool = False,
 ) -> Applied:
     """Apply `stack` as one change: other applies to the same state directory wait (telling
     `on_wait` what for), or with wait=False this one is refused at once. `judged`: the endpoint's
     status (or None) on which the gate passed this stage; if what the transition rules read of it
-    changed since (another apply in between), the stage is refused."""
+    changed since (another apply in between), the stage is refused. An endpoint a running rollout
+    holds is refused at once (lease.py), unless `force` takes the hold over."""
     if stack.target != "local":
         raise StageRefused(f"this stage targets {stack.target!r}; `mlcanary local up` applies local-target stages "
                            "(mlcanary:target: local)")
     try:
         with stage_lock(client.root, stage, wait, on_wait or progress):
+            _admit(client.root, stack.endpoint.name, stage, force)
             return _apply(stack, client, progress, judged)
     except StageLocked as err:
+        raise StageRefused(str(err)) from None
+
+
+def _admit(root, endpoint: str, stage: str, force: bool) -> None:
+    """The rollout holding the endpoint (if any) lets this apply through, or it is refused."""
+    try:
+        lease.admit(lease.lease_dir(root), endpoint, f"pid {os.getpid()} applying {stage}", force,
+                    notice=lambda message: print(message, file=sys.__stderr__ or sys.stderr, flush=True))
+    except (lease.EndpointHeld, lease.LeaseFileError) as err:
         raise StageRefused(str(err)) from None
 
 

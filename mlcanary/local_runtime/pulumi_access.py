@@ -22,6 +22,12 @@ class RuntimeAccess:
     def client(self, state_dir: str) -> RuntimeClient:
         return RuntimeClient(paths.state_dir(state_dir))
 
+    def refuse_if_held(self, state_dir: str, endpoint: str, writer: str) -> None:
+        """lease.EndpointHeld while a running rollout holds `endpoint`; a dead holder's hold is taken over."""
+        from mlcanary.local_runtime.lease import refuse_if_held
+
+        refuse_if_held(paths.state_dir(state_dir), [endpoint], writer)
+
     def already_gone(self, delete: Callable[[], object]) -> bool:
         """Run a delete; True if the thing was already gone (404, or no runtime), which is fine for a delete."""
         try:

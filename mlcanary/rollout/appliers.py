@@ -45,6 +45,17 @@ class LocalApplier:
         return live == {n: s for n, s in endpoint.live_traffic.items() if s} and \
             {n: s for n, s in status["mirrorTraffic"].items() if s} == dict(endpoint.mirror_traffic)
 
+    def read_back(self, endpoint: str) -> dict[str, Any] | None:
+        """What runs now, to compare with what a step set: live and mirror traffic, and per deployment
+        its instance count and the spec it serves; None when the endpoint is gone. Raises when the
+        runtime cannot be read (NotRunning, RuntimeRefusal, OSError)."""
+        status = self.client.status().get("endpoints", {}).get(endpoint)
+        if status is None:
+            return None
+        return {"traffic": dict(status["traffic"]), "mirror": dict(status["mirrorTraffic"]),
+                "deployments": {name: {"instanceCount": (d.get("spec") or {}).get("instanceCount"), "spec": d.get("spec")}
+                                for name, d in status["deployments"].items()}}
+
     def preview(self, step: Step) -> list[str]:
         """What applying `step` would change, as `local up --preview` prints it."""
         from mlcanary.local_runtime.apply import plan_of

@@ -1,8 +1,9 @@
 """The rollout loop: apply a step, judge closed windows until the step is promoted, held, halted or
 rolled back; record every judgement and decision.
 
-Exit codes: 0 promoted, 1 rolled back, 3 halted as inconclusive, 130/143 interrupted (the last good
-step is left live). Refusals before any change (exit 2) happen before the runner starts.
+Exit codes: 0 promoted, 1 rolled back (or aborted), 3 halted as inconclusive, 4 changed from outside
+(steering.py), 130/143 interrupted (the last good step is left live). Refusals before any change
+(exit 2) happen before the runner starts.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from mlcanary.rollout.judges import Failure, Judge
 from mlcanary.rollout.plan import Plan, Step
 from mlcanary.rollout.record import Recorder
 from mlcanary.rollout.sources import SourceError
+from mlcanary.rollout.steering import Steering, Stop
 
 PROMOTED, ROLLED_BACK, HALTED = 0, 1, 3
 
@@ -73,7 +75,10 @@ class Runner:
                  tick_s: float = 1.0, on_update: Callable[[View], None] = lambda _: None,
                  on_decision: Callable[[str], None] = lambda _: None,
                  clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep,
-                 answers: Any = None):
+                 answers: Any = None, steering: Steering | None = None):
+        # steering: the endpoint's hold, intent from other terminals, outside changes, gates (steering.py)
+        self.steering = steering or Steering(applier, sleep)
+        recorder = self.steering.observe(recorder)
         self.plan, self.applier, self.source, self.judge, self.recorder = plan, applier, source, judge, recorder
         self.answers = answers  # answer_judge.AnswerCheck when the rollout compares answers
         self.options = plan.options
@@ -95,13 +100,18 @@ class Runner:
         if judge_state:
             self.judge.load_state(judge_state)
         self.last_good = start_index - 1
+        refused = self.steering.begin(self)
+        if refused is not None:
+            return Outcome(refused.exit_code, refused.decision, refused.message)
         previous = signal.signal(signal.SIGTERM, _raise_interrupted)
         try:
-            return self._run(start_index, on_started)
+            outcome = self._run(start_index, on_started)
         except (Interrupted, KeyboardInterrupt) as stop:
-            return self._interrupted(stop.exit_code if isinstance(stop, Interrupted) else 130)
+            outcome = self._interrupted(stop.exit_code if isinstance(stop, Interrupted) else 130)
         finally:
             signal.signal(signal.SIGTERM, previous)
+        self.steering.end(self, outcome)
+        return outcome
 
     def _run(self, start_index: int, on_started: Callable[[], None]) -> Outcome:
         try:
@@ -119,6 +129,8 @@ class Runner:
         on_started()
         for index in range(start_index, len(self.plan.steps)):
             step = self.plan.steps[index]
+            if self.steering.skip(step, self.plan.steps[index + 1:]):
+                continue  # `rollout promote --full`: straight to the last live step
             try:
                 self.view.step, self.view.index = step.label, index + 1
                 self._status(f"applying {step.label}")
@@ -140,13 +152,16 @@ class Runner:
             self.on_decision(f"passed step {index + 1}/{len(self.plan.steps)} {step.label}: "
                              f"{self.view.counts.get(self.options.to, Counts()).requests} requests to {self.options.to} judged")
             is_last_live = all(s.kind == "delete" for s in self.plan.steps[index + 1:])
-            if is_last_live and self.options.bake_s:
+            if is_last_live and self.options.bake_s and not self.steering.full:
                 outcome = self._judge_step(index, step, self.options.bake_s, baking=True)
                 if outcome is not None:
                     return outcome
                 self.recorder.write("decision", decision="baked", step=step.label, index=index,
                                     judgeState=self.judge.state(), targetServed=self.target_served)
                 self.on_decision(f"baked at {step.label} for {self.options.bake_s:g} s")
+        final = self.steering.verify_final(self, self.plan.steps[-1])  # what runs is what the last step set
+        if final is not None:
+            return self._stop(final, len(self.plan.steps) - 1)
         unconfirmed = self._read_back(self.plan.steps[-1])
         if unconfirmed:
             return unconfirmed
@@ -229,6 +244,13 @@ class Runner:
             self.view.elapsed_s, self.view.judge = elapsed, self._judge_view()
             if self._failure() is not None:
                 return self._roll_back(index, self._failure(), step_counts)
+            steer = self.steering.tick(self, index, step)  # pause/promote/abort from other terminals, outside changes
+            if isinstance(steer, Failure):  # a resource rule (resources.py)
+                return self._roll_back(index, steer, step_counts)
+            if isinstance(steer, Stop):
+                return self._stop(steer, index)
+            if steer == "promote":
+                return None
             step_t, step_b = step_counts.get(to, Counts()), step_counts.get(baseline, Counts())
             self.view.status = (f"no data: {gap}" if gap else
                                 f"judging: {step_t.requests} of {options.min_requests} requests to {to}")
@@ -243,10 +265,22 @@ class Runner:
                         return self._roll_back(index, self._failure(), step_counts)
                 gaps, interval_gaps = interval_gaps, 0
                 interval_t, interval_b, interval_started = Counts(), Counts(), self.clock()
-                if elapsed >= hold_s - 1e-6 and not gaps and covered_s >= hold_s - 1e-6:
+                paused = self.steering.paused  # `rollout pause`: judged, never promoted nor halted for want of data
+                if elapsed >= hold_s - 1e-6 and not gaps and covered_s >= hold_s - 1e-6 and not paused:
                     if enough and self.judge.interval_ok:
-                        return None
-                if gaps or (elapsed >= hold_s - 1e-6 and not enough):
+                        unconfirmed = self.steering.confirm(self, index, step)  # --confirm-promotion
+                        if unconfirmed is None:
+                            return None
+                        holds += 1
+                        self.recorder.write("decision", decision="held", step=label, index=index, reason=unconfirmed,
+                                            holds=holds)
+                        self.view.status = f"held {holds}/{options.max_hold}: {unconfirmed}"
+                        self.on_decision(f"held {label}: {unconfirmed} (hold {holds}; halts after {options.max_hold})")
+                        if holds > options.max_hold:
+                            return self._stop(Stop(HALTED, "halted", f"at step {label}: the promotion was not confirmed "
+                                                   f"after {options.max_hold} extra interval(s) ({unconfirmed}); traffic "
+                                                   f"is back on {options.baseline}", restore=self.plan.rollback), index)
+                if (gaps or (elapsed >= hold_s - 1e-6 and not enough)) and not paused:
                     holds += 1
                     why = (f"no data in {gaps} window(s) of this interval ({no_data})" if gaps else
                            answers_wait or f"{step_t.requests} of the {options.min_requests} requests needed")
@@ -338,6 +372,21 @@ class Runner:
                          else f"interrupted: back to {good.label} (live {traffic})")
         return Outcome(exit_code, "interrupted", message, target_served=self.target_served,
                        e_values=self.judge.e_values(), step=good.label)
+
+    def _stop(self, stop: Stop, index: int) -> Outcome:
+        """An ending decided by the steering: aborted, changed from outside, taken over, not confirmed."""
+        error = None
+        if stop.restore is not None:
+            self._status(f"{stop.decision}: back to {stop.restore.label}")
+            with _signals_deferred():
+                error = self._apply_quietly(stop.restore)
+        message = stop.message + (f"\nsetting {stop.restore.label} failed: {error}" if error else "")
+        step = self.plan.steps[index].label
+        self.recorder.write("decision", decision=stop.decision, step=step, index=index, message=message,
+                            **(stop.details or {}), eValues=self.judge.e_values(), targetServed=self.target_served)
+        self.on_decision(f"{stop.decision} at {step}: {message}")
+        return Outcome(stop.exit_code, stop.decision, message, target_served=self.target_served,
+                       e_values=self.judge.e_values(), step=step)
 
     def _apply_quietly(self, step: Step) -> str | None:
         try:
