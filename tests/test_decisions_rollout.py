@@ -1,0 +1,175 @@
+"""The rollout's decisions pinned where a plausible bug would change them (issue 19): the e-values'
+null hypothesis and alternatives, what the judges count, when the runner promotes, holds and
+moves on, and how a plan is derived and gated."""
+
+from __future__ import annotations
+
+import copy
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+from pulumi_policy import EnforcementLevel
+
+from mlcanary.check import policy_defaults
+from mlcanary.policy_config import PolicySettings, load_policy_config
+from mlcanary.rollout.counts import Counts
+from mlcanary.rollout.evalue import RateEValue, RatioEValue
+from mlcanary.rollout.judges import SequentialJudge
+from mlcanary.rollout.plan import PlanError, gate, load_plan
+from mlcanary.rollout.rules import parse_rule
+from conftest import PROJECT_DIR
+from test_rollout_judges import buckets
+from test_rollout_runner import STAGE_3, World, decisions, run
+
+# --- e-values ------------------------------------------------------------------------------------
+
+
+def test_the_two_sample_null_is_the_tolerated_ratio_r0_not_equality():
+    """One target error in a window where the target served half the requests: with H0 r <= r0 = 1.25
+    and the single alternative r = 2 r0, the likelihood ratio is q(2.5) / q(1.25) with
+    q(r) = r / (r + 1) at share 1/2 (evalue.py's docstring): (2.5/3.5) / (1.25/2.25) = 9/7."""
+    e = RatioEValue(1.25, 0.05, (2.0,))
+    e.update(1, 0, 0.5)
+    assert e.e_value == pytest.approx(9 / 7)
+
+
+def test_a_target_erring_exactly_r0_times_the_baseline_is_never_rejected():
+    e = RatioEValue(1.25, 0.05)
+    for _ in range(200):
+        e.update(125, 100, 0.5)  # the target's error rate is 1.25x the baseline's, on equal traffic
+    assert not e.rejected and e.e_value < 1
+
+
+def test_a_failing_target_against_a_40_percent_reference_is_rejected_within_8_requests():
+    """The one-sample alternatives stay strictly between p0 and 1 (p1 <= 1 - (1 - p0) / 2m), so one
+    request that succeeded does not all but rule out the strong alternatives (with alternatives at
+    p1 = 0.999 this stream needs 10 requests)."""
+    e, served = RateEValue(0.05), 0
+    pattern = [0, 1, 1, 1, 1, 1, 1, 1]  # the first request succeeds, the 7 after it fail
+    while e.e_value < 1 / e.alpha and served < len(pattern):
+        e.update(pattern[served], 1, 0.4)
+        served += 1
+    assert e.e_value >= 1 / e.alpha, f"not rejected after {served} requests (e = {e.e_value:.2f})"
+
+
+# --- judges --------------------------------------------------------------------------------------
+
+
+def test_latency_is_not_judged_on_windows_with_untimed_baseline_requests():
+    """Mirrored copies are not timed: a baseline window of 80 requests of which 10 have a latency says
+    nothing about the baseline's slow share. Counting the 70 untimed ones as fast would roll back a
+    target that is exactly as slow as the baseline."""
+    judge = SequentialJudge(0.05)
+    judge.start_step(Counts(requests=1000, buckets=buckets(900, 100, slow_bound=0.01)))
+    for _ in range(50):
+        judge.observe(Counts(requests=20, buckets=buckets(18, 2, slow_bound=0.01)),
+                      Counts(requests=80, buckets=buckets(9, 1, slow_bound=0.01)))
+    assert judge.failure is None
+    assert judge.e_values()["latency"] == 1.0
+
+
+def test_the_sequential_judges_rules_judge_the_whole_step_not_one_noisy_interval():
+    rule = (parse_rule("error_rate < 0.02"),)
+    step = (Counts(requests=1000, errors=10), Counts(requests=9000, errors=90))  # 1 % over the step
+    noisy = (Counts(requests=100, errors=5), Counts(requests=900, errors=9))  # 5 % in its last interval
+    judge = SequentialJudge(0.05, rule)
+    judge.check_interval(noisy, step, Counts())
+    assert judge.failure is None and judge.interval_ok
+    bad_step = (Counts(requests=1000, errors=30), Counts(requests=9000, errors=90))  # 3 % over the step
+    quiet = (Counts(requests=100), Counts(requests=900))
+    judge = SequentialJudge(0.05, rule)
+    judge.check_interval(quiet, bad_step, Counts())
+    assert judge.failure is not None and "error_rate = 0.03" in judge.failure.message
+
+
+# --- the runner ----------------------------------------------------------------------------------
+
+
+def test_a_step_whose_target_serves_too_few_requests_is_not_promoted_after_a_good_step():
+    """The promise "no data never passes": the first step is judged good; then the endpoint stops
+    serving. The next step must hold and halt, not ride on the previous step's good interval."""
+    world = World()
+    apply = world.apply
+
+    def apply_and_go_quiet(step):
+        apply(step)
+        if step.label == "50 %":
+            world.rps = 0
+
+    world.apply = apply_and_go_quiet
+    outcome, events = run(world, steps=[10, 50, 100], maxHold=1)
+    assert outcome.exit_code == 3 and outcome.decision == "halted"
+    assert decisions(events) == [("promoted", "10 %"), ("held", "50 %"), ("held", "50 %"), ("halted", "50 %")]
+    assert world.traffic == {"blue": 100, "green": 0}
+
+
+def test_a_step_whose_target_served_exactly_min_requests_is_promoted_without_a_hold():
+    world = World()  # 100 requests/s, all to green at 100 %: 200 in the first 2 s interval
+    outcome, events = run(world, steps=[100], minRequests=200)
+    served = sum(e["window"]["green"]["requests"] for e in events if e["event"] == "judgement")
+    assert served == 200  # the premise: exactly --min-requests when the interval closes
+    assert outcome.exit_code == 0
+    assert decisions(events) == [("promoted", "100 %"), ("finished", "100 %")]
+
+
+def test_the_mirror_phase_lasts_mirror_for_not_one_interval():
+    world = World()
+    outcome, events = run(world, steps=[50, 100], mirror=10, mirrorFor="6s")  # interval 2 s
+    assert outcome.exit_code == 0
+    applied = next(e["time"] for e in events if e["event"] == "step" and e["label"] == "mirror 10 %")
+    promoted = next(e["time"] for e in events if e["event"] == "decision" and e["step"] == "mirror 10 %")
+    assert promoted - applied >= 6
+    live = next(e["time"] for e in events if e["event"] == "step" and e["label"] == "50 %")
+    done = next(e["time"] for e in events if e["event"] == "decision" and e["step"] == "50 %")
+    assert done - live < 6  # a live step is held for the interval, not for --mirror-for
+
+
+# --- the plan ------------------------------------------------------------------------------------
+
+
+def stage_in(folder: Path, traffic: dict[str, int], rollout: dict | None = None) -> Path:
+    """Local stage 3 with a third deployment `red` (blue's twin), written into `folder` as a project
+    of its own (a copy of Pulumi.yaml, the deployments' paths made absolute)."""
+    shutil.copy(PROJECT_DIR / "Pulumi.yaml", folder / "Pulumi.yaml")
+    config = copy.deepcopy(yaml.safe_load(STAGE_3.read_text())["config"])
+    endpoint = config["mlcanary:endpoint"]
+    blue = endpoint["deployments"]["blue"]
+    blue["model"], blue["code"] = (str(PROJECT_DIR / blue[k]) for k in ("model", "code"))
+    endpoint["deployments"]["green"]["file"] = str(PROJECT_DIR / endpoint["deployments"]["green"]["file"])
+    endpoint["deployments"]["red"] = {**blue, "instanceCount": 1}
+    endpoint["traffic"] = traffic
+    if rollout is not None:
+        config["mlcanary:rollout"] = rollout
+    path = folder / "stage.yaml"
+    path.write_text(yaml.safe_dump({"config": config}))
+    return path
+
+
+def test_the_baseline_is_the_busiest_other_deployment(tmp_path):
+    path = stage_in(tmp_path, {"blue": 100, "red": 0, "green": 0})
+    assert load_plan(path, {"to": "green"}).options.baseline == "blue"
+    path = stage_in(tmp_path, {"blue": 30, "red": 70, "green": 0})
+    with pytest.raises(PlanError) as raised:  # red is the baseline; blue keeps its 30 %
+        load_plan(path, {"to": "green"})
+    assert str(raised.value) == ("other deployments keep 30 % of live traffic ({'blue': 30}); "
+                                 "'green' can take at most 70 %, but the last step is 100 %")
+
+
+def test_steps_and_rules_from_the_stage_file_hold_when_no_flag_gives_them(tmp_path):
+    """The CLI passes an empty tuple for a repeatable option the user did not give (--rule, --steps)."""
+    path = stage_in(tmp_path, {"blue": 100, "red": 0, "green": 0},
+                    {"to": "green", "steps": [20, 100], "rule": ["error_rate < 0.02"]})
+    options = load_plan(path, {"steps": (), "rule": (), "interval": None}).options
+    assert options.steps == (20, 100) and [str(r) for r in options.rules] == ["error_rate < 0.02"]
+
+
+def test_the_gate_judges_the_first_step_against_the_stage_file():
+    settings = load_policy_config(None, policy_defaults())
+    settings["max-traffic-shift"] = PolicySettings(EnforcementLevel.MANDATORY, {"maxShiftPercent": 10})
+    plan = load_plan(STAGE_3, {"to": "green", "steps": [50, 60, 70, 80, 90, 100]})
+    refused = gate(plan, settings)
+    assert len(refused) == 1
+    assert refused[0].startswith("stage-3-green-dark.yaml -> step '50 %': [mandatory] max-traffic-shift: this step "
+                                 "moves 50 percentage points")
