@@ -65,3 +65,63 @@ def test_a_step_moving_one_point_more_than_max_shift_percent_is_refused():
     before, after = _endpoint("5", {"blue": 90, "green": 10}), _endpoint("5", {"blue": 59, "green": 41})
     assert _max_shift_violations(before, after, 30) == [
         "this step moves 31 percentage points of live traffic; at most 30 may move in one step"]
+
+
+# --- how messages echo a user's value (a 100 KB name is not echoed in full) -----------------------
+
+
+def test_a_long_string_is_echoed_as_its_first_60_characters_and_its_length():
+    assert rules.shown("a" * 100) == "'" + "a" * 60 + "'… (100 characters)"
+    assert rules.shown("a" * 60) == "'" + "a" * 60 + "'"
+    assert rules.shown_text("b" * 61) == "b" * 60 + "… (61 characters)" and rules.shown_text("b" * 60) == "b" * 60
+
+
+@pytest.mark.parametrize("value, echoed", [
+    (["x" * 100, 2, 3, 4, 5], "['" + "x" * 20 + "'… (100 characters), 2, 3, ...]"),
+    (list(range(1000)), "[0, 1, 2, ...]"),
+    (tuple(range(10)), "(0, 1, 2, ...)"),
+    ({1, 2, 3, 4, 5}, "{1, 2, 3, ...}"),
+    ({"a": 1, "b": 2, "c": 3, "d": 4}, "{'a': 1, 'b': 2, 'c': 3, ...}"),
+    ([[[["deep"]]]], "[[[[...]]]]"),
+    (10 ** 100, "1" + "0" * 17 + "..." + "0" * 19),
+], ids=["strings_inside_a_list", "long_list", "long_tuple", "long_set", "long_mapping", "deep_nesting", "huge_number"])
+def test_containers_are_echoed_with_three_items_and_strings_inside_them_cut_to_20(value, echoed):
+    assert rules.shown(value) == echoed
+
+
+def test_an_echo_is_at_most_180_characters():
+    echoed = rules.shown([["y" * 200] * 3] * 3)
+    assert len(echoed) == 181 and echoed.endswith("…")
+    assert echoed.startswith("[['" + "y" * 20 + "'… (200 characters), ")
+
+
+def test_a_problem_reads_field_colon_message_or_the_message_alone():
+    assert str(rules.Problem("endpoint.name", "too long")) == "endpoint.name: too long"
+    assert str(rules.Problem("", "too long")) == "too long"
+
+
+# --- Kubernetes mirror, asset names ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mirror", [{}, {"green": 0}, {"green": 0.0, "blue": 0}], ids=["none", "zero", "zero_floats"])
+def test_kubernetes_endpoints_accept_a_mirror_map_of_zeros(mirror):
+    assert rules.kubernetes_mirror_problems("mirrorTraffic", mirror) == []
+
+
+@pytest.mark.parametrize("mirror", [{"green": 10}, {"blue": 0, "green": 1}], ids=["ten", "one_of_two"])
+def test_kubernetes_endpoints_refuse_any_mirror_share(mirror):
+    assert rules.kubernetes_mirror_problems("mirrorTraffic", mirror) == [
+        rules.Problem("mirrorTraffic", "mirror traffic is not supported on Kubernetes online endpoints")]
+
+
+@pytest.mark.parametrize("name", ["m", "7", "model-1.2_b", "A" * 255], ids=["one_letter", "digit", "all_kinds", "255"])
+def test_asset_names_of_letters_digits_dash_underscore_dot_are_allowed(name):
+    assert rules.asset_name_problems("model", name) == []
+
+
+@pytest.mark.parametrize("name", ["_m", "-m", ".m", "A" * 256, "m/1", "", "m\n"],
+                         ids=["underscore_first", "dash_first", "dot_first", "256", "slash", "empty", "newline"])
+def test_other_asset_names_are_refused_saying_what_is_allowed(name):
+    assert rules.asset_name_problems("model", name) == [rules.Problem(
+        "model", f"{rules.shown(name)} is not a valid asset name: up to 255 letters, digits, '-', '_' and '.', "
+                 "starting with a letter or digit")]

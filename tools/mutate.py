@@ -108,9 +108,9 @@ def installed_path(path: str) -> str:
 def make_copy(workdir: Path, module: str, target: Target) -> None:
     tops = set()
     for relative in project_files():
-        target = workdir / relative
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(PROJECT_DIR / relative, target)
+        copied = workdir / relative
+        copied.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(PROJECT_DIR / relative, copied)
         tops.add(relative.parts[0])
         if relative.parts[0] in PACKAGE_DIRS:
             twin = workdir / installed_path(relative.as_posix())
@@ -151,6 +151,7 @@ def run_module(module: str, target: Target, children: int, keep: bool, equivalen
     score = Score(module)
     started = time.monotonic()
     workdir = Path(tempfile.mkdtemp(prefix="mlcanary-mutate-"))
+    print(f"  working in {workdir}", flush=True)
     try:
         make_copy(workdir, module, target)
         with open(workdir / "mutmut.log", "w", encoding="utf-8") as log:
