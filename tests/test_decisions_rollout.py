@@ -5,6 +5,7 @@ moves on, and how a plan is derived and gated."""
 from __future__ import annotations
 
 import copy
+import json
 import shutil
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from pulumi_policy import EnforcementLevel
 from mlcanary.check import policy_defaults
 from mlcanary.policy_config import PolicySettings, load_policy_config
 from mlcanary.rollout.counts import Counts
-from mlcanary.rollout.evalue import RateEValue, RatioEValue
+from mlcanary.rollout.evalue import RateEValue, RatioEValue, reference_rate, sprt
 from mlcanary.rollout.judges import SequentialJudge
 from mlcanary.rollout.plan import PlanError, gate, load_plan
 from mlcanary.rollout.rules import parse_rule
@@ -35,6 +36,24 @@ def test_the_two_sample_null_is_the_tolerated_ratio_r0_not_equality():
     assert e.e_value == pytest.approx(9 / 7)
 
 
+def test_two_sample_likelihood_ratio_with_errors_on_both_sides():
+    """One target and one baseline error at share 1/2: q0 = q(1.25) = 5/9, q1 = q(2.5) = 5/7, so the
+    ratio is (q1 / q0) * ((1 - q1) / (1 - q0)) = 9/7 * 9/14 = 81/98."""
+    e = RatioEValue(1.25, 0.05, (2.0,))
+    e.update(1, 1, 0.5)
+    assert e.e_value == pytest.approx(81 / 98) and e.events == (1, 1)
+    e.update(2, 3, 0.5)
+    assert e.events == (3, 4)
+
+
+@pytest.mark.parametrize("target, baseline, share", [(0, 0, 0.5), (0, 3, 0.0), (3, 0, 1.0)],
+                         ids=["no_events", "target_served_nothing", "baseline_served_nothing"])
+def test_a_two_sample_window_without_events_or_without_one_side_says_nothing(target, baseline, share):
+    e = RatioEValue(1.25, 0.05)
+    e.update(target, baseline, share)
+    assert e.e_value == 1.0 and e.events == (0, 0)
+
+
 def test_a_target_erring_exactly_r0_times_the_baseline_is_never_rejected():
     e = RatioEValue(1.25, 0.05)
     for _ in range(200):
@@ -52,6 +71,54 @@ def test_a_failing_target_against_a_40_percent_reference_is_rejected_within_8_re
         e.update(pattern[served], 1, 0.4)
         served += 1
     assert e.e_value >= 1 / e.alpha, f"not rejected after {served} requests (e = {e.e_value:.2f})"
+
+
+def test_one_sample_likelihood_ratio_of_one_window():
+    """p0 = 0.5, the x2 alternative is min(2 p0, 1 - (1 - p0) / 4) = 0.875; one error in two requests:
+    (0.875 / 0.5) * (0.125 / 0.5) = 0.4375."""
+    e = RateEValue(0.05, (2.0,))
+    e.update(1, 2, 0.5)
+    assert e.e_value == pytest.approx(0.4375)
+    assert e.events == (1, 2)
+    e.update(3, 4, 0.5)
+    assert e.events == (4, 6) and e.e_value == pytest.approx(0.4375 * 1.75 ** 3 * 0.25)
+
+
+@pytest.mark.parametrize("events, requests, p0", [(1, 0, 0.1), (0, 10, 0.0), (5, 10, 1.0), (5, 10, 1.5)],
+                         ids=["no_requests", "reference_zero", "reference_one", "reference_above_one"])
+def test_a_one_sample_window_without_requests_or_a_usable_reference_says_nothing(events, requests, p0):
+    e = RateEValue(0.05)
+    e.update(events, requests, p0)
+    assert e.e_value == 1.0 and e.events == (0, 0)
+
+
+def test_the_reference_rate_is_the_tolerance_times_the_smoothed_rate_plus_two_standard_errors():
+    p = 11 / 1002  # (10 errors + 1) / (1000 requests + 2)
+    assert reference_rate(10, 1000, 1.25) == pytest.approx(1.25 * (p + 2 * (p * (1 - p) / 1002) ** 0.5))
+    assert reference_rate(0, 0, 1.25) is None
+    assert reference_rate(900, 1000, 1.25) == 0.99  # capped below 1: a rate of 1 leaves no room above it
+
+
+def test_the_oracle_sprt_tests_exactly_the_true_ratio():
+    e = sprt(3.0, 1.25, 0.05)
+    assert (e.r0, e.alpha) == (1.25, 0.05) and [e.r0 * m for m in e.grid] == [pytest.approx(3.0)]
+
+
+@pytest.mark.parametrize("make, windows", [
+    (lambda: RatioEValue(1.25, 0.01), [(3, 1, 0.2), (0, 4, 0.5)]),
+    (lambda: RateEValue(0.01), [(3, 10, 0.1), (0, 20, 0.1)]),
+], ids=["two_sample", "one_sample"])
+def test_an_e_value_resumes_from_its_recorded_state_as_it_was(make, windows):
+    """--resume reads the judge's state back from the JSON record: every field survives the trip."""
+    e = make()
+    for window in windows:
+        e.update(*window)
+    state = json.loads(json.dumps(e.state()))
+    again = type(e).from_state(state)
+    assert again == e and again.e_value == e.e_value
+    again.update(*windows[0])
+    e.update(*windows[0])
+    assert again.log_ratios == e.log_ratios
 
 
 # --- judges --------------------------------------------------------------------------------------
