@@ -17,7 +17,7 @@ from mlcanary.check import policy_defaults
 from mlcanary.policy_config import PolicySettings, load_policy_config
 from mlcanary.rollout.counts import Counts
 from mlcanary.rollout.evalue import RateEValue, RatioEValue, reference_rate, sprt
-from mlcanary.rollout.judges import SequentialJudge
+from mlcanary.rollout.judges import Failure, SequentialJudge, ThresholdJudge, check_rules, describe, make_judge
 from mlcanary.rollout.plan import PlanError, gate, load_plan
 from mlcanary.rollout.rules import parse_rule
 from conftest import PROJECT_DIR
@@ -149,6 +149,108 @@ def test_the_sequential_judges_rules_judge_the_whole_step_not_one_noisy_interval
     judge = SequentialJudge(0.05, rule)
     judge.check_interval(quiet, bad_step, Counts())
     assert judge.failure is not None and "error_rate = 0.03" in judge.failure.message
+
+
+def test_a_judges_summary_of_counts_reads_requests_error_rate_and_p90():
+    counts = Counts(requests=200, errors=3, buckets=buckets(180, 20))
+    assert describe(counts) == "200 requests, error rate 1.50 %, p90 5.0 ms"  # the 180th request: the fast bucket's top
+    # 100 requests in the 2.5-5 ms bucket: the 90th is 90 % of the way up it (as Prometheus interpolates)
+    assert describe(Counts(requests=100, buckets=buckets(100, 0))) == "100 requests, error rate 0.00 %, p90 4.8 ms"
+    assert describe(Counts()) == "0 requests, error rate no data, p90 no data"
+
+
+def test_a_rule_without_data_is_not_judged_and_every_failed_rule_is_reported():
+    rules = (parse_rule("error_rate < 0.02"), parse_rule("latency_p99_ms < 500"), parse_rule("error_rate_ratio < 1.5"))
+    target, baseline = Counts(requests=100, errors=5), Counts()  # no histogram, no baseline: two rules lack data
+    assert check_rules(rules, target, baseline) == [(rules[0], 0.05)]
+    judge = ThresholdJudge(rules)
+    judge.check_interval((target, Counts(requests=100, errors=1)), (target, baseline), Counts())
+    assert judge.failure == Failure(
+        "threshold", "error_rate < 0.02; error_rate_ratio < 1.5",
+        "error_rate = 0.05 (limit < 0.02); error_rate_ratio = 5 (limit < 1.5); failed checks 1 of 1")
+    assert judge.failure.as_json() == {
+        "judge": "threshold", "what": "error_rate < 0.02; error_rate_ratio < 1.5",
+        "message": "error_rate = 0.05 (limit < 0.02); error_rate_ratio = 5 (limit < 1.5); failed checks 1 of 1",
+        "eValue": None}
+
+
+def test_make_judge_builds_the_judge_the_options_name():
+    rules = (parse_rule("error_rate < 0.02"),)
+    threshold = make_judge("threshold", 0.01, rules, 3)
+    assert isinstance(threshold, ThresholdJudge) and (threshold.rules, threshold.failure_limit) == (rules, 3)
+    sequential = make_judge("sequential", 0.01, rules, 3)
+    assert isinstance(sequential, SequentialJudge) and (sequential.alpha, sequential.rules) == (0.01, rules)
+
+
+def test_the_threshold_judge_without_rules_checks_flaggers_defaults_and_fails_at_the_first_bad_interval():
+    judge = ThresholdJudge()
+    assert [str(r) for r in judge.rules] == ["error_rate < 0.01", "latency_p99_ms < 500"] and judge.failure_limit == 1
+    bad = (Counts(requests=100, errors=2), Counts(requests=100))
+    judge.check_interval(bad, bad, Counts())
+    assert judge.failure is not None and not judge.interval_ok
+
+
+def test_the_threshold_judge_compares_with_the_rollouts_baseline_when_the_interval_has_none():
+    rule = (parse_rule("error_rate_ratio < 1.5"),)
+    judge = ThresholdJudge(rule)
+    interval = (Counts(requests=100, errors=2), Counts())  # at 100 %: the baseline served nothing
+    judge.check_interval(interval, interval, Counts(requests=1000, errors=10))  # 2 % vs 1 %: ratio 2
+    assert judge.failure is not None and "error_rate_ratio = 2 " in judge.failure.message
+    judge = ThresholdJudge(rule)
+    judge.check_interval(interval, interval, Counts(requests=1000, errors=20))  # 2 % vs 2 %
+    assert judge.failure is None and judge.interval_ok
+
+
+def test_a_failed_threshold_judge_passes_no_later_interval():
+    judge = ThresholdJudge((parse_rule("error_rate < 0.05"),))
+    judge.check_interval((Counts(requests=100, errors=10), Counts(requests=100)), (Counts(), Counts()), Counts())
+    first = judge.failure
+    good = (Counts(requests=100), Counts(requests=100))
+    judge.check_interval(good, good, Counts())
+    assert judge.failure is first and not judge.interval_ok and judge.failed_checks == 1
+
+
+def test_the_sequential_judges_rules_use_the_rollouts_baseline_when_the_step_has_none():
+    rule = (parse_rule("error_rate_ratio < 1.5"),)
+    step = (Counts(requests=100, errors=2), Counts())
+    judge = SequentialJudge(0.05, rule)
+    judge.check_interval(step, step, Counts(requests=1000, errors=10))
+    assert judge.failure is not None and judge.failure.judge == "rule" and not judge.interval_ok
+    judge = SequentialJudge(0.05, rule)
+    judge.check_interval(step, step, Counts(requests=1000, errors=20))
+    assert judge.failure is None and judge.interval_ok
+
+
+def test_a_failed_sequential_judge_passes_no_later_interval():
+    judge = SequentialJudge(0.05, (parse_rule("error_rate < 0.02"),))
+    bad = (Counts(requests=100, errors=5), Counts(requests=100))
+    judge.check_interval(bad, bad, Counts())
+    first = judge.failure
+    good = (Counts(requests=100), Counts(requests=100))
+    judge.check_interval(good, good, Counts())
+    assert judge.failure is first and not judge.interval_ok
+
+
+@pytest.mark.parametrize("kind", ["sequential", "threshold"])
+def test_a_judge_resumed_from_its_recorded_state_decides_as_the_one_that_was_interrupted(kind):
+    """--resume: the judge's state goes into the JSON record and comes back into a fresh judge."""
+    rules = (parse_rule("error_rate < 0.05"),)
+    judge, resumed = make_judge(kind, 0.05, rules, 3), make_judge(kind, 0.05, rules, 3)
+    history = Counts(requests=1000, errors=10, buckets=buckets(900, 100, slow_bound=0.01))
+    bad = (Counts(requests=50, errors=5, buckets=buckets(40, 10, slow_bound=0.01)),
+           Counts(requests=50, buckets=buckets(45, 5, slow_bound=0.01)))
+    judge.start_step(history)
+    for _ in range(3):
+        judge.observe(*bad)
+    judge.check_interval(bad, bad, history)
+    resumed.load_state(json.loads(json.dumps(judge.state())))
+    assert resumed.state() == judge.state() and resumed.e_values() == judge.e_values()
+    for one in (judge, resumed):
+        one.failure = None
+        one.observe(*bad)
+        one.check_interval(bad, bad, history)
+    assert resumed.state() == judge.state() and resumed.e_values() == judge.e_values()
+    assert (resumed.failure is None) == (judge.failure is None)
 
 
 # --- the runner ----------------------------------------------------------------------------------
