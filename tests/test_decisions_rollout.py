@@ -253,6 +253,72 @@ def test_a_judge_resumed_from_its_recorded_state_decides_as_the_one_that_was_int
     assert (resumed.failure is None) == (judge.failure is None)
 
 
+def _observe_until_failure(judge: SequentialJudge, windows, limit: int = 500) -> int:
+    """Feed windows until the judge fails; checks it fails at the first look where an e-value reaches
+    1/alpha (Ville's inequality is about that first crossing) and not before. Returns the windows fed."""
+    for fed, (target, baseline) in enumerate(windows, start=1):
+        judge.observe(target, baseline)
+        crossed = max(judge.e_values().values()) >= 1 / judge.alpha
+        assert (judge.failure is not None) == crossed, f"window {fed}: e-values {judge.e_values()}"
+        if crossed:
+            return fed
+        assert fed < limit
+    raise AssertionError("never failed")
+
+
+def test_the_sequential_judge_fails_on_errors_at_the_first_crossing_and_says_what_it_saw():
+    judge = SequentialJudge(0.05)
+    fed = _observe_until_failure(judge, iter(lambda: (Counts(requests=50, errors=3), Counts(requests=50)), None))
+    assert judge.failure == Failure("sequential", "error rate",
+                                    f"target errors {3 * fed}, baseline errors 0: the target's error rate is above "
+                                    "1.25x the baseline's", judge.e_values()["errors"])
+
+
+def test_errors_the_baseline_did_not_share_are_counted_and_said_so():
+    judge = SequentialJudge(0.05)
+    judge.start_step(Counts(requests=1000, errors=10))
+    judge.observe(Counts(requests=50, errors=1), Counts(requests=50, errors=1))
+    fed = _observe_until_failure(judge, iter(lambda: (Counts(requests=100, errors=20), Counts()), None))
+    assert judge.failure.message == (
+        f"target errors {1 + 20 * fed}, baseline errors 1 (of them {20 * fed} in {100 * fed} requests the baseline "
+        "did not share): the target's error rate is above 1.25x the baseline's")
+
+
+def test_the_sequential_judge_fails_on_latency_at_the_first_crossing_and_says_what_it_saw():
+    judge = SequentialJudge(0.05)
+    judge.start_step(Counts(requests=1000, buckets=buckets(900, 100, slow_bound=0.01)))  # p90 bound: 5 ms
+    fed = _observe_until_failure(judge, iter(lambda: (
+        Counts(requests=20, buckets=buckets(10, 10, slow_bound=0.01)),
+        Counts(requests=80, buckets=buckets(72, 8, slow_bound=0.01))), None))
+    assert judge.failure == Failure(
+        "sequential", "latency", f"requests slower than 5 ms (the baseline's p90): target {10 * fed}, baseline "
+        f"{8 * fed}; the target's share is above 1.25x the baseline's", judge.e_values()["latency"])
+
+
+def test_a_window_with_as_many_target_as_baseline_requests_is_judged():
+    judge = SequentialJudge(0.05)
+    for _ in range(10):
+        judge.observe(Counts(requests=50, errors=10), Counts(requests=50))
+    assert judge.failure is not None and judge.failure.what == "error rate"
+
+
+def test_a_judge_that_has_not_started_a_step_judges_errors_only_against_the_baseline_beside_it():
+    """Before start_step there is no latency threshold and no reference error rate: latency is not
+    judged, and windows the baseline did not serve say nothing."""
+    judge = SequentialJudge(0.05)
+    for _ in range(20):
+        judge.observe(Counts(requests=50, errors=25, buckets=buckets(0, 50)), Counts())
+        judge.observe(Counts(requests=50, buckets=buckets(0, 50)), Counts(requests=50, buckets=buckets(50, 0)))
+    assert judge.failure is None and judge.e_values() == {"errors": 1.0, "latency": 1.0}
+
+
+def test_a_fresh_judge_has_passed_no_interval_and_records_its_alpha():
+    assert not SequentialJudge(0.05).interval_ok and not ThresholdJudge().interval_ok
+    state = SequentialJudge(0.01).state()
+    assert (state["errors"]["alpha"], state["slow"]["alpha"], state["errorsAlone"]["alpha"]) == (0.01, 0.01, 0.01)
+    assert (state["errors"]["r0"], state["slow"]["r0"], state["slowBoundS"]) == (1.25, 1.25, None)
+
+
 # --- the runner ----------------------------------------------------------------------------------
 
 
