@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import copy
 import json
+import os
+import signal
 import shutil
 from pathlib import Path
 
@@ -18,7 +20,10 @@ from mlcanary.policy_config import PolicySettings, load_policy_config
 from mlcanary.rollout.counts import Counts
 from mlcanary.rollout.evalue import RateEValue, RatioEValue, reference_rate, sprt
 from mlcanary.rollout.judges import Failure, SequentialJudge, ThresholdJudge, check_rules, describe, make_judge
+from mlcanary.rollout.appliers import ApplyError
 from mlcanary.rollout.plan import PlanError, gate, load_plan
+from mlcanary.rollout.record import Recorder
+from mlcanary.rollout.runner import Runner
 from mlcanary.rollout.rules import parse_rule
 from conftest import PROJECT_DIR
 from test_rollout_judges import buckets
@@ -359,6 +364,156 @@ def test_the_mirror_phase_lasts_mirror_for_not_one_interval():
     live = next(e["time"] for e in events if e["event"] == "step" and e["label"] == "50 %")
     done = next(e["time"] for e in events if e["event"] == "decision" and e["step"] == "50 %")
     assert done - live < 6  # a live step is held for the interval, not for --mirror-for
+
+
+def run_watched(world: World, judge=None, **flags):
+    """run() of test_rollout_runner, also collecting every status line the live table showed."""
+    plan = load_plan(STAGE_3, {"to": "green", "interval": "2s", "minRequests": 5, **flags})
+    recorder = Recorder(None, clock=world.clock)
+    o = plan.options
+    statuses: list[str] = []
+    runner = Runner(plan, world, world, judge or make_judge(o.judge, o.alpha, o.rules, o.failure_limit), recorder,
+                    clock=world.clock, sleep=world.sleep, on_update=lambda view: statuses.append(view.status))
+    return runner.run(), recorder.events, statuses
+
+
+def failing_on(world: World, label: str) -> World:
+    """`world` whose applier fails when asked to apply the step `label`."""
+    apply = world.apply
+
+    def apply_or_fail(step):
+        if step.label == label:
+            raise ApplyError(f"cannot apply {label}")
+        apply(step)
+
+    world.apply = apply_or_fail
+    return world
+
+
+def quiet_after_start(world: World) -> World:
+    apply = world.apply
+
+    def apply_and_go_quiet(step):
+        apply(step)
+        if step.kind != "start":
+            world.rps = 0
+
+    world.apply = apply_and_go_quiet
+    return world
+
+
+def test_a_halt_says_how_many_requests_the_step_got_and_puts_traffic_back():
+    world = quiet_after_start(World())
+    outcome, events, statuses = run_watched(world, steps=[100], maxHold=1)
+    message = ("at step 100 %: green served 0 of the 5 requests a step needs, after 1 extra interval(s); "
+               "traffic is back on blue")
+    assert (outcome.exit_code, outcome.decision, outcome.message, outcome.step) == (3, "halted", message, "100 %")
+    assert outcome.target_served == 0 and outcome.failure is None
+    last = events[-1]
+    assert (last["event"], last["decision"], last["step"], last["index"], last["requests"], last["targetServed"],
+            last["message"]) == ("decision", "halted", "100 %", 0, 0, 0, message)
+    assert "halting: not enough data" in statuses and world.traffic == {"blue": 100, "green": 0}
+
+
+def test_a_halt_whose_rollback_fails_says_so():
+    world = failing_on(quiet_after_start(World()), "rollback")
+    outcome, events, _ = run_watched(world, steps=[100], maxHold=1)
+    assert outcome.exit_code == 3 and outcome.message.endswith("\nthe rollback failed: cannot apply rollback")
+    assert events[-1]["message"] == outcome.message
+
+
+def test_a_rollback_says_which_judge_failed_on_what_and_records_what_it_observed():
+    world = World(green_error_rate=0.5)
+    outcome, events, statuses = run_watched(world, ThresholdJudge((parse_rule("error_rate < 0.05"),)), steps=[10, 100])
+    assert outcome.exit_code == 1 and outcome.decision == "rolled back" and outcome.step == "10 %"
+    assert outcome.message == f"at step 10 %, threshold judge failed on error_rate < 0.05: {outcome.failure.message}"
+    assert outcome.failure.message.startswith("error_rate = 0.5 (limit < 0.05)")
+    last = events[-1]
+    assert (last["decision"], last["step"], last["index"], last["rollbackError"]) == ("rolled-back", "10 %", 0, None)
+    assert last["failure"] == outcome.failure.as_json() and last["targetServed"] == outcome.target_served == 20
+    assert last["observed"]["green"]["requests"] == 20 and last["observed"]["green"]["errors"] == 10
+    assert last["observed"]["blue"]["requests"] == 180
+    assert "rolling back: threshold (error_rate < 0.05)" in statuses and world.traffic == {"blue": 100, "green": 0}
+
+
+def test_a_rollback_that_fails_itself_says_so():
+    world = failing_on(World(green_error_rate=0.5), "rollback")
+    outcome, events, _ = run_watched(world, ThresholdJudge((parse_rule("error_rate < 0.05"),)), steps=[10, 100])
+    assert outcome.exit_code == 1
+    assert outcome.message.endswith("\nthe rollback itself failed: cannot apply rollback")
+    assert events[-1]["rollbackError"] == "cannot apply rollback"
+
+
+def test_a_step_that_cannot_be_applied_is_rolled_back_as_an_apply_failure():
+    world = failing_on(World(), "50 %")
+    outcome, events, _ = run_watched(world, steps=[10, 50, 100])
+    assert (outcome.exit_code, outcome.step, outcome.failure.judge, outcome.failure.what) == (1, "50 %", "apply", "50 %")
+    assert world.traffic == {"blue": 100, "green": 0}
+
+
+def interrupted_at(world: World, green_share: int) -> World:
+    serve = world.sleep
+
+    def sleep(seconds):
+        serve(seconds)
+        if world.traffic.get("green") == green_share:
+            raise KeyboardInterrupt
+
+    world.sleep = sleep
+    return world
+
+
+def test_an_interrupted_rollout_goes_back_to_the_last_good_step_and_says_how_to_go_on():
+    world = interrupted_at(World(), 50)
+    outcome, events, statuses = run_watched(world, steps=[10, 50, 100])
+    message = "left at the last good step (10 %: live blue 90, green 10); continue with --resume"
+    assert (outcome.exit_code, outcome.decision, outcome.message, outcome.step) == (130, "interrupted", message, "10 %")
+    last = events[-1]
+    assert (last["decision"], last["step"], last["lastGood"], last["exitCode"]) == ("interrupted", "10 %", 0, 130)
+    assert last["targetServed"] == outcome.target_served > 0 and last["judgeState"]["errors"]["alpha"] == 0.05
+    assert "interrupted: back to 10 %" in statuses and world.traffic == {"blue": 90, "green": 10}
+
+
+def test_an_interrupt_in_the_first_step_goes_back_to_the_stage_file():
+    world = interrupted_at(World(), 10)
+    outcome, events, _ = run_watched(world, steps=[10, 100])
+    assert outcome.message == ("left at the last good step (stage-3-green-dark.yaml: live blue 100, green 0); "
+                               "continue with --resume")
+    assert events[-1]["lastGood"] == -1 and world.traffic == {"blue": 100, "green": 0}
+
+
+def test_an_interrupted_rollout_that_cannot_go_back_says_so():
+    world = failing_on(interrupted_at(World(), 50), "10 %")
+    world.applied_once = False
+    apply = world.apply
+
+    def first_time_only(step):  # "10 %" applies as a step, fails as the way back
+        if step.label == "10 %" and not world.applied_once:
+            world.applied_once = True
+            World.apply(world, step)
+            return
+        apply(step)
+
+    world.apply = first_time_only
+    outcome, _, _ = run_watched(world, steps=[10, 50, 100])
+    assert outcome.exit_code == 130 and outcome.message.endswith("\nsetting it failed: cannot apply 10 %")
+
+
+def test_sigterm_stops_the_rollout_at_the_last_good_step_with_exit_143():
+    world = World()
+    serve = world.sleep
+
+    def sleep(seconds):
+        serve(seconds)
+        if world.traffic.get("green") == 50:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    world.sleep = sleep
+    previous = signal.getsignal(signal.SIGTERM)
+    outcome, events, _ = run_watched(world, steps=[10, 50, 100])
+    assert (outcome.exit_code, outcome.step) == (143, "10 %") and events[-1]["exitCode"] == 143
+    assert signal.getsignal(signal.SIGTERM) is previous  # the runner's handler is gone again
+    assert world.traffic == {"blue": 90, "green": 10}
 
 
 # --- the plan ------------------------------------------------------------------------------------
