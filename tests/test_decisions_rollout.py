@@ -17,7 +17,7 @@ from pulumi_policy import EnforcementLevel
 
 from mlcanary.check import policy_defaults
 from mlcanary.policy_config import PolicySettings, load_policy_config
-from mlcanary.rollout.counts import Counts
+from mlcanary.rollout.counts import LATENCY_BOUNDS, Counts, DeploymentCounts
 from mlcanary.rollout.evalue import RateEValue, RatioEValue, reference_rate, sprt
 from mlcanary.rollout.judges import Failure, SequentialJudge, ThresholdJudge, check_rules, describe, make_judge
 from mlcanary.rollout.appliers import ApplyError
@@ -514,6 +514,82 @@ def test_sigterm_stops_the_rollout_at_the_last_good_step_with_exit_143():
     assert (outcome.exit_code, outcome.step) == (143, "10 %") and events[-1]["exitCode"] == 143
     assert signal.getsignal(signal.SIGTERM) is previous  # the runner's handler is gone again
     assert world.traffic == {"blue": 90, "green": 10}
+
+
+class TimedWorld(World):
+    """World whose every live request is timed in the first histogram bucket (0-1 ms)."""
+
+    def read(self):
+        return {name: DeploymentCounts(Counts(c.live.requests, c.live.errors, c.live.errors_5xx,
+                                              (c.live.requests,) + (0,) * (len(LATENCY_BOUNDS) - 1)), c.mirrored)
+                for name, c in super().read().items()}
+
+
+def test_each_judgement_records_the_windows_counts_per_deployment():
+    world = TimedWorld(green_error_rate=0.1)
+    _, events, _ = run_watched(world, steps=[50, 100])
+    judged = [e for e in events if e["event"] == "judgement"]
+    green = judged[1]["window"]["green"]  # one second at 50 % of 100 requests/s, 10 % failing
+    assert green == {"requests": 50, "errors": 5, "errors5xx": 5, "p90Ms": pytest.approx(0.9), "p99Ms": pytest.approx(0.99)}
+    assert judged[1]["traffic"] == {"blue": 50, "green": 50} and judged[1]["step"] == "50 %"
+
+
+def test_the_start_stage_is_applied_and_recorded_unless_the_endpoint_is_already_in_it():
+    world = World()
+    _, events, statuses = run_watched(world, steps=[100])
+    assert world.applied[0] == "stage-3-green-dark.yaml" and "applying stage-3-green-dark.yaml" in statuses
+    assert events[0] == {"time": 0.0, "event": "step", "index": -1, "label": "stage-3-green-dark.yaml",
+                         "traffic": {"blue": 100, "green": 0}, "mirror": {}}
+    world = World()
+    world.in_state = lambda step: step.label == "stage-3-green-dark.yaml"
+    _, events, _ = run_watched(world, steps=[100])
+    assert world.applied[0] == "100 %" and events[0]["label"] == "stage-3-green-dark.yaml"
+
+
+def test_a_start_stage_that_cannot_be_applied_is_refused_with_nothing_changed():
+    world = failing_on(World(), "stage-3-green-dark.yaml")
+    outcome, events, _ = run_watched(world, steps=[100])
+    assert (outcome.exit_code, outcome.decision) == (2, "refused")
+    assert outcome.message == ("the stage file could not be applied; nothing was changed by the rollout:\n"
+                               "cannot apply stage-3-green-dark.yaml")
+    assert world.applied == [] and events == []
+
+
+def test_the_live_table_shows_the_step_number_out_of_all_steps():
+    world = World()
+    plan = load_plan(STAGE_3, {"to": "green", "interval": "2s", "minRequests": 5, "steps": [50, 100]})
+    seen = set()
+    runner = Runner(plan, world, world, make_judge("sequential", 0.05, (), 1), Recorder(None, clock=world.clock),
+                    clock=world.clock, sleep=world.sleep, on_update=lambda v: seen.add((v.step, v.index, v.steps)))
+    assert runner.run().exit_code == 0
+    assert {("50 %", 1, 2), ("100 %", 2, 2)} <= seen
+
+
+def test_a_resumed_rollout_starts_at_its_step_with_the_judges_state_and_what_was_served():
+    world = World(green_error_rate=0.2)
+    world.current = None
+    plan = load_plan(STAGE_3, {"to": "green", "interval": "2s", "minRequests": 5, "steps": [10, 50, 100]})
+    judge = ThresholdJudge((parse_rule("error_rate < 0.5"),), failure_limit=2)
+    runner = Runner(plan, world, world, judge, Recorder(None, clock=world.clock), clock=world.clock, sleep=world.sleep)
+    outcome = runner.run(start_index=1, judge_state={"failedChecks": 1}, target_served=40)
+    assert world.applied[0] == "50 %" and world.current is plan.steps[0]  # no start stage, no 10 % again
+    assert outcome.exit_code == 0 and outcome.target_served == 40 + 100 + 200
+    world = World(green_error_rate=0.6)
+    world.current = None
+    judge = ThresholdJudge((parse_rule("error_rate < 0.5"),), failure_limit=2)
+    runner = Runner(plan, world, world, judge, Recorder(None, clock=world.clock), clock=world.clock, sleep=world.sleep)
+    outcome = runner.run(start_index=1, judge_state={"failedChecks": 1}, target_served=40)
+    assert outcome.exit_code == 1 and "failed checks 2 of 2" in outcome.message  # the check before resuming counts
+
+
+def test_an_interrupt_right_after_resuming_goes_back_to_the_step_before():
+    world = interrupted_at(World(), 50)
+    world.current = None
+    plan = load_plan(STAGE_3, {"to": "green", "interval": "2s", "minRequests": 5, "steps": [10, 50, 100]})
+    runner = Runner(plan, world, world, make_judge("sequential", 0.05, (), 1), Recorder(None, clock=world.clock),
+                    clock=world.clock, sleep=world.sleep)
+    outcome = runner.run(start_index=1)
+    assert outcome.exit_code == 130 and outcome.step == "10 %" and world.traffic == {"blue": 90, "green": 10}
 
 
 # --- the plan ------------------------------------------------------------------------------------

@@ -151,7 +151,12 @@ def mutmut(workdir: Path, *args: str, log=None) -> subprocess.CompletedProcess:
 DIFFS = """
 import json, sys
 from mutmut.mutation.diff_apply import find_mutant, get_diff_for_mutant
-print(json.dumps({name: get_diff_for_mutant(name, path=find_mutant(name).path) for name in sys.argv[1:]}))
+def diff(name):
+    try:
+        return get_diff_for_mutant(name, path=find_mutant(name).path)
+    except Exception as err:  # noqa: BLE001 - one mutant without a diff does not hide the others'
+        return f"(no diff: {err!r})"
+print(json.dumps({name: diff(name) for name in sys.argv[1:]}))
 """
 
 
