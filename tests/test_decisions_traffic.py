@@ -44,3 +44,49 @@ def test_delete_turns_the_mirror_off_as_well(arm):  # noqa: F811
     TrafficProvider().delete("id", props({"blue": 100}, {"green": 10}))
     assert fake.endpoint["properties"]["traffic"] == {}
     assert fake.endpoint["properties"]["mirrorTraffic"] == {}
+
+
+
+
+def test_a_new_endpoint_id_replaces_the_traffic_resource_after_deleting_the_old_one():
+    provider, base = TrafficProvider(), props({"blue": 100})
+    moved = provider.diff("id", base, {**base, "endpoint_id": base["endpoint_id"] + "-2"})
+    assert (moved.changes, moved.replaces, moved.delete_before_replace) == (True, ["endpoint_id"], True)
+    retraffic = provider.diff("id", base, props({"blue": 90, "green": 10}))
+    assert (retraffic.changes, retraffic.replaces) == (True, [])
+    assert provider.diff("id", base, {**base, "cloud": "AzureUSGovernment"}).changes
+
+
+def test_check_without_traffic_maps_refuses_nothing_and_names_unknown_deployments():
+    provider = TrafficProvider()
+    assert provider.check({}, {"endpoint_id": "x", "deployments": ["blue"]}).failures == []
+    failures = provider.check({}, {"traffic": {"red": 100}, "mirror_traffic": None, "deployments": None}).failures
+    assert [(f.property, f.reason) for f in failures] == [
+        ("traffic.red", "live traffic names unknown deployment 'red'; deployments: none")]
+
+
+def test_a_refresh_reports_the_live_and_mirror_traffic_azure_has(arm):  # noqa: F811
+    arm(["blue", "green"], traffic={"blue": 100}, mirror={"green": 20})
+    outs = TrafficProvider().read("the-id", props({"blue": 100}))
+    assert outs.id == "the-id"
+    assert (outs.outs["traffic"], outs.outs["mirror_traffic"]) == ({"blue": 100}, {"green": 20})
+    assert outs.outs["endpoint_name"] == "fraud-scorer"  # the rest of the inputs as they were
+
+
+def test_create_and_update_report_what_they_set(arm):  # noqa: F811
+    arm(["blue", "green"], traffic={})
+    created = TrafficProvider().create(props({"blue": 90, "green": 10}, {}))
+    assert created.id == f"{created.outs['endpoint_id']}/traffic"
+    assert (created.outs["traffic"], created.outs["mirror_traffic"]) == ({"blue": 90, "green": 10}, {})
+    assert created.outs["deployments"] == ["blue", "green"]
+    updated = TrafficProvider().update(created.id, created.outs, props({"blue": 100, "green": 0}, {"green": 10}))
+    assert (updated.outs["traffic"], updated.outs["mirror_traffic"]) == ({"blue": 100, "green": 0}, {"green": 10})
+
+
+def test_setting_traffic_on_an_endpoint_that_is_gone_is_an_error_naming_it(arm):  # noqa: F811
+    fake = arm(["blue"], traffic={"blue": 100})
+    fake.exists = False
+    with pytest.raises(ArmError) as raised:
+        TrafficProvider().update("id", props({"blue": 100}), props({"blue": 100}, deployments=["blue"]))
+    assert str(raised.value) == f"cannot set traffic: endpoint {fake.endpoint['id']} does not exist"
+    assert [m for m, _ in fake.paths()] == ["GET"]
