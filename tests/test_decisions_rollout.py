@@ -560,9 +560,10 @@ def test_the_live_table_shows_the_step_number_out_of_all_steps():
     plan = load_plan(STAGE_3, {"to": "green", "interval": "2s", "minRequests": 5, "steps": [50, 100]})
     seen = set()
     runner = Runner(plan, world, world, make_judge("sequential", 0.05, (), 1), Recorder(None, clock=world.clock),
-                    clock=world.clock, sleep=world.sleep, on_update=lambda v: seen.add((v.step, v.index, v.steps)))
+                    clock=world.clock, sleep=world.sleep,
+                    on_update=lambda v: seen.add((v.step, v.index, v.steps, str(v.traffic), str(v.mirror), "judge" in v.judge)))
     assert runner.run().exit_code == 0
-    assert {("50 %", 1, 2), ("100 %", 2, 2)} <= seen
+    assert {("50 %", 1, 2, "{'blue': 50, 'green': 50}", "{}", True), ("100 %", 2, 2, "{'blue': 0, 'green': 100}", "{}", True)} <= seen
 
 
 def test_a_resumed_rollout_starts_at_its_step_with_the_judges_state_and_what_was_served():
@@ -590,6 +591,66 @@ def test_an_interrupt_right_after_resuming_goes_back_to_the_step_before():
                     clock=world.clock, sleep=world.sleep)
     outcome = runner.run(start_index=1)
     assert outcome.exit_code == 130 and outcome.step == "10 %" and world.traffic == {"blue": 90, "green": 10}
+
+
+def test_a_target_failing_its_mirrored_copies_is_rolled_back_in_the_mirror_phase():
+    world = World(green_error_rate=0.5)  # green fails half of what it serves, mirrored copies included
+    outcome, _, _ = run_watched(world, steps=[50, 100], mirror=10, mirrorFor="6s")
+    assert (outcome.exit_code, outcome.step, outcome.failure.judge) == (1, "mirror 10 %", "sequential")
+    assert "50 %" not in world.applied
+
+
+def test_judgements_while_baking_are_labelled_as_the_bake():
+    world = World()
+    _, events, _ = run_watched(world, steps=[100], bake="3s")
+    labels = [e["step"] for e in events if e["event"] == "judgement"]
+    assert labels[:2] == ["100 %", "100 %"] and set(labels[2:]) == {"bake at 100 %"}
+
+
+def test_windows_close_every_tick_in_every_step_and_a_failed_reading_is_delayed_not_lost():
+    world = World(fail_reads={3})  # a reading in the middle of the first step
+    plan = load_plan(STAGE_3, {"to": "green", "interval": "2s", "minRequests": 5, "steps": [50, 100]})
+    recorder = Recorder(None, clock=world.clock)
+    runner = Runner(plan, world, world, make_judge("sequential", 0.05, (), 1), recorder, tick_s=0.5,
+                    clock=world.clock, sleep=world.sleep)
+    assert runner.run().exit_code == 0
+    times = [e["time"] for e in recorder.events if e["event"] == "judgement"]
+    assert all(later - earlier == pytest.approx(0.5) for earlier, later in zip(times, times[1:]))
+    judged = sum(e["window"].get("green", {}).get("requests", 0) for e in recorder.events if e["event"] == "judgement")
+    assert judged == world.totals["green"].live.requests  # every request green served, judged once
+
+
+class TwoRateWorld(World):
+    """World where blue fails too: `rates` maps a deployment to its error rate, changed by the test."""
+
+    def __init__(self, rates):
+        super().__init__()
+        self.rates = rates
+
+    def _serve(self, seconds):
+        for name in ("blue", "green"):
+            for kind, share in (("live", self.traffic.get(name, 0)), ("mirrored", self.mirror.get(name, 0))):
+                requests, errors = self.exact.get((name, kind), (0.0, 0.0))
+                self.exact[(name, kind)] = (requests + self.rps * seconds * share / 100,
+                                            errors + self.rps * seconds * share / 100 * self.rates[name])
+            live, mirrored = self.exact.get((name, "live"), (0, 0)), self.exact.get((name, "mirrored"), (0, 0))
+            self.totals[name] = DeploymentCounts(Counts(int(live[0] + 1e-9), int(live[1] + 1e-9), int(live[1] + 1e-9)),
+                                                 Counts(int(mirrored[0] + 1e-9), int(mirrored[1] + 1e-9)))
+
+
+def test_at_100_percent_a_ratio_rule_compares_with_the_baseline_of_the_earlier_steps():
+    world = TwoRateWorld({"blue": 0.1, "green": 0.1})
+    apply = world.apply
+
+    def apply_and_degrade(step):
+        apply(step)
+        if step.label == "100 %":
+            world.rates["green"] = 0.3  # 3x the error rate blue had while it served
+    world.apply = apply_and_degrade
+    judge = ThresholdJudge((parse_rule("error_rate_ratio < 1.5"),))
+    outcome, _, _ = run_watched(world, judge, steps=[50, 100])
+    assert (outcome.exit_code, outcome.step) == (1, "100 %")
+    assert "error_rate_ratio = 3 " in outcome.failure.message
 
 
 # --- the plan ------------------------------------------------------------------------------------
