@@ -64,5 +64,6 @@ def test_a_code_path_that_is_a_file_is_refused(tmp_path):
 
 
 def test_every_broken_rule_is_reported_at_once():
-    fields = [f for f, _ in refused("x", spec(instanceCount=0, model="/nonexistent", readinessProbe={"period": 0}))]
-    assert fields == ["name", "instanceCount", "model", "readinessProbe.period"]
+    fields = [f for f, _ in refused("x", spec(instanceCount=0, requestTimeoutMs=0, model="/nonexistent",
+                                              readinessProbe={"period": 0}))]
+    assert fields == ["name", "instanceCount", "requestTimeoutMs", "model", "readinessProbe.period"]
