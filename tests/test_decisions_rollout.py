@@ -653,6 +653,48 @@ def test_at_100_percent_a_ratio_rule_compares_with_the_baseline_of_the_earlier_s
     assert "error_rate_ratio = 3 " in outcome.failure.message
 
 
+def test_a_promoted_rollout_records_each_step_and_decision_and_says_where_it_ended():
+    world = World()
+    outcome, events, _ = run_watched(world, steps=[50, 100], bake="2s", deleteOld=True)
+    assert (outcome.exit_code, outcome.decision, outcome.message, outcome.step) == (
+        0, "promoted", "green promoted to delete blue", "delete blue")
+    assert set(outcome.e_values) == {"errors", "latency"}
+    steps = [(e["index"], e["label"], e["traffic"], e["mirror"]) for e in events if e["event"] == "step"]
+    assert steps == [(-1, "stage-3-green-dark.yaml", {"blue": 100, "green": 0}, {}),
+                     (0, "50 %", {"blue": 50, "green": 50}, {}), (1, "100 %", {"blue": 0, "green": 100}, {}),
+                     (2, "delete blue", {"green": 100}, {})]
+    served, made = 0, []  # green's requests as the judgement windows recorded them, up to each decision
+    for e in events:
+        if e["event"] == "judgement":
+            served += e["window"]["green"]["requests"]
+        elif e["event"] == "decision":
+            made.append({k: v for k, v in e.items() if k not in ("time", "event", "judgeState")})
+            assert made[-1]["targetServed"] == served
+    assert served > 0 and outcome.target_served == served
+    assert [{k: v for k, v in d.items() if k != "targetServed"} for d in made] == [
+        {"decision": "promoted", "step": "50 %", "index": 0},
+        {"decision": "promoted", "step": "100 %", "index": 1},
+        {"decision": "baked", "step": "100 %", "index": 1},
+        {"decision": "finished", "step": "delete blue", "index": 2, "message": "green promoted to delete blue"}]
+    assert all(e["judgeState"]["errors"]["r0"] == 1.25 for e in events if e.get("decision") in ("promoted", "baked"))
+
+
+def test_a_failed_reading_is_recorded_with_the_sources_message():
+    world = World(fail_reads={3})
+    _, events, _ = run_watched(world, steps=[100])
+    assert [e["message"] for e in events if e["event"] == "source-error"] == ["metrics unavailable"]
+
+
+def test_the_live_table_shows_the_threshold_judges_failed_checks():
+    world = World()
+    plan = load_plan(STAGE_3, {"to": "green", "interval": "2s", "minRequests": 5, "steps": [100]})
+    seen = []
+    runner = Runner(plan, world, world, ThresholdJudge(failure_limit=2), Recorder(None, clock=world.clock),
+                    clock=world.clock, sleep=world.sleep, on_update=lambda v: seen.append(dict(v.judge)))
+    assert runner.run().exit_code == 0
+    assert {"judge": "threshold", "failed checks": "0/2"} in seen
+
+
 # --- the plan ------------------------------------------------------------------------------------
 
 
