@@ -90,3 +90,55 @@ def test_setting_traffic_on_an_endpoint_that_is_gone_is_an_error_naming_it(arm):
         TrafficProvider().update("id", props({"blue": 100}), props({"blue": 100}, deployments=["blue"]))
     assert str(raised.value) == f"cannot set traffic: endpoint {fake.endpoint['id']} does not exist"
     assert [m for m, _ in fake.paths()] == ["GET"]
+
+
+def test_the_same_traffic_spelled_with_zero_shares_or_other_case_is_no_change():
+    config = props({"Blue": 100, "green": 0}, {"green": 0})
+    assert not TrafficProvider().diff("id", config, dict(config)).changes
+
+
+def test_another_deployment_of_the_same_count_is_a_change():
+    before = props({"blue": 100}, deployments=["blue", "green"])
+    assert TrafficProvider().diff("id", before, props({"blue": 100}, deployments=["blue", "red"])).changes
+
+
+def test_check_passes_the_inputs_on_unchanged():
+    news = props({"blue": 100})
+    assert TrafficProvider().check({}, news).inputs == news
+
+
+def test_create_sets_the_mirror_too(arm):  # noqa: F811
+    fake = arm(["blue", "green"], traffic={})
+    created = TrafficProvider().create(props({"blue": 100, "green": 0}, {"green": 10}))
+    assert fake.endpoint["properties"]["mirrorTraffic"] == {"green": 10} and created.outs["mirror_traffic"] == {"green": 10}
+
+
+def test_a_refresh_of_an_endpoint_that_is_gone_deletes_the_resource_from_the_state(arm):  # noqa: F811
+    fake = arm(["blue"], traffic={"blue": 100})
+    fake.exists = False
+    gone = TrafficProvider().read("id", props({"blue": 100}))
+    assert (gone.id, gone.outs) == (None, {})
+
+
+def test_a_refresh_of_an_endpoint_without_properties_reads_no_traffic(arm):  # noqa: F811
+    fake = arm(["blue"], traffic={"blue": 100})
+    del fake.endpoint["properties"]
+    outs = TrafficProvider().read("id", props({"blue": 100})).outs
+    assert (outs["traffic"], outs["mirror_traffic"]) == ({}, {})
+
+
+def test_the_program_registers_the_traffic_resource_with_the_stages_maps_after_every_deployment(canary_config):
+    """Stage 5 (blue 90 / green 10) rendered under Pulumi's mocks: what the engine receives."""
+    from conftest import render_config
+
+    config = {**canary_config}
+    config["mlcanary:endpoint"] = {**config["mlcanary:endpoint"], "mirrorTraffic": {}}
+    render = render_config(config)
+    (traffic,) = render.of_type("pulumi-python:dynamic/azureml:EndpointTraffic")
+    assert traffic.name == "fraud-scorer-traffic"
+    inputs = traffic.inputs
+    assert (inputs["endpoint_name"], inputs["traffic"], inputs["mirror_traffic"]) == (
+        "fraud-scorer", {"blue": 90, "green": 10}, {})
+    assert sorted(inputs["deployments"]) == ["blue", "green"] and inputs["cloud"] == "AzureCloud"
+    deployments = [r for r in render.resources if r.type.endswith(":OnlineDeployment")]
+    assert len(deployments) == 2 and {d.urn for d in deployments} <= set(traffic.dependencies)
