@@ -142,3 +142,12 @@ def test_the_program_registers_the_traffic_resource_with_the_stages_maps_after_e
     assert sorted(inputs["deployments"]) == ["blue", "green"] and inputs["cloud"] == "AzureCloud"
     deployments = [r for r in render.resources if r.type.endswith(":OnlineDeployment")]
     assert len(deployments) == 2 and {d.urn for d in deployments} <= set(traffic.dependencies)
+
+
+def test_outputs_hold_the_inputs_with_the_maps_as_whole_numbers(arm):  # noqa: F811
+    """The engine sends numbers as floats; the outputs hold the whole numbers Azure took, and no other keys."""
+    arm(["blue", "green"], traffic={})
+    sent = props({"blue": 90, "green": 10}, {})
+    for result in (TrafficProvider().create(sent), TrafficProvider().update("id", sent, sent)):
+        assert set(result.outs) == set(sent)
+        assert [type(v) for v in result.outs["traffic"].values()] == [int, int]
