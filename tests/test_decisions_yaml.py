@@ -39,3 +39,22 @@ def test_a_mapping_with_its_own_merge_used_again_by_alias_is_not_a_duplicate():
     )
     loaded = load_yaml(text, "stage.yaml")
     assert loaded["green"] == {"instanceCount": 2}
+
+
+def test_an_unacceptable_character_is_placed_by_its_line_and_column():
+    with pytest.raises(UnusableFile) as raised:
+        load_yaml("a: 1\nb: 2\nccc: x\x07y\n", "stage.yaml")
+    assert str(raised.value) == ("stage.yaml: not valid YAML at line 3, column 7: unacceptable character #x0007 "
+                                 "(special characters are not allowed)")
+
+
+def test_keys_after_a_merge_key_are_still_checked_for_duplicates():
+    with pytest.raises(UnusableFile) as raised:
+        load_yaml("base: &b {x: 1}\nm: {<<: *b, k: 1, k: 2}\n", "stage.yaml")
+    assert "duplicate key 'k' at line 2, column 19 (first at line 2, column 13)" in str(raised.value)
+
+
+def test_keys_after_an_unhashable_key_are_still_checked_for_duplicates():
+    with pytest.raises(UnusableFile) as raised:
+        load_yaml("? [a]\n: 1\nk: 1\nk: 2\n", "stage.yaml")
+    assert "duplicate key 'k' at line 4, column 1 (first at line 3, column 1)" in str(raised.value)
