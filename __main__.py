@@ -3,5 +3,6 @@
 from pathlib import Path
 
 from mlcanary.components.program import main
+from mlcanary.local_runtime.pulumi_access import RuntimeAccess
 
-main(Path(__file__).resolve().parent)
+main(Path(__file__).resolve().parent, RuntimeAccess())

@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from mlcanary.rollout.counts import LATENCY_BOUNDS, Counts  # noqa: E402
 from mlcanary.rollout.evalue import sprt  # noqa: E402
 from mlcanary.rollout.judges import ERROR_TOLERANCE, SLOW_TOLERANCE, SequentialJudge, ThresholdJudge  # noqa: E402
-from mlcanary.rollout.rules import parse_rule  # noqa: E402
+from mlcanary.components.rollout_rules import parse_rule  # noqa: E402
 
 STEPS = (10, 25, 50, 100)
 JUDGES = ("sequential", "threshold", "threshold/1s", "calibrated", "oracle SPRT")

@@ -11,12 +11,18 @@ Children, in the order Azure needs them:
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import pulumi
 import pulumi_azure_native.machinelearningservices as ml
 
 from mlcanary.components import azure_args, uploads
+from mlcanary.components.local_payload import deployment_payload
 from mlcanary.components.spec import DeploymentSpec, EndpointSpec, InlineEnvironment, is_asset_reference
 from mlcanary.components.traffic import EndpointTraffic
+
+if TYPE_CHECKING:
+    from mlcanary.components.local_target import LocalRuntime
 
 COMPONENT_TYPE = "mlcanary:endpoint:OnlineEndpoint"
 # The endpoint resource must not fight EndpointTraffic over these (engine property paths).
@@ -38,10 +44,16 @@ class OnlineEndpoint(pulumi.ComponentResource):
         spec: EndpointSpec,
         target: str = "azure",
         opts: pulumi.ResourceOptions | None = None,
+        local_runtime: LocalRuntime | None = None,
     ):
+        """`local_runtime`: how the local target reaches the runtime (needed when target is local;
+        mlcanary.local_runtime.pulumi_access.RuntimeAccess)."""
         super().__init__(COMPONENT_TYPE, name, None, opts)
         if target == "local":
-            self._local(name, spec)
+            if local_runtime is None:
+                raise ValueError("OnlineEndpoint: the local target needs local_runtime "
+                                 "(mlcanary.local_runtime.pulumi_access.RuntimeAccess())")
+            self._local(name, spec, local_runtime)
         else:
             self._azure(name, spec)
         self.register_outputs(
@@ -154,27 +166,25 @@ class OnlineEndpoint(pulumi.ComponentResource):
         self.mirror_traffic = traffic.mirror_traffic
         self.primary_key, self.secondary_key = _keys(spec, endpoint)
 
-    def _local(self, name: str, spec: EndpointSpec) -> None:
+    def _local(self, name: str, spec: EndpointSpec, runtime: LocalRuntime) -> None:
         """The same tree on the local runtime (components/local_target.py)."""
         from mlcanary.components import local_target
-        from mlcanary.local_runtime.apply import deployment_payload
-        from mlcanary.local_runtime.paths import state_dir
 
-        root = str(state_dir())
+        root = runtime.default_state_dir()
         endpoint = local_target.LocalOnlineEndpoint(
-            name, endpoint_name=spec.name, auth_mode=spec.auth_mode, state_dir=root,
+            name, runtime=runtime, endpoint_name=spec.name, auth_mode=spec.auth_mode, state_dir=root,
             opts=pulumi.ResourceOptions(parent=self),
         )
         deployments = [
             local_target.LocalOnlineDeployment(
-                f"{name}-{deployment_name}", endpoint_name=spec.name, deployment_name=deployment_name,
+                f"{name}-{deployment_name}", runtime=runtime, endpoint_name=spec.name, deployment_name=deployment_name,
                 spec=deployment_payload(deployment), state_dir=root,
                 opts=pulumi.ResourceOptions(parent=self, depends_on=[endpoint]),
             )
             for deployment_name, deployment in spec.deployments.items()
         ]
         traffic = local_target.LocalEndpointTraffic(
-            f"{name}-traffic", endpoint_name=spec.name, traffic=spec.live_traffic,
+            f"{name}-traffic", runtime=runtime, endpoint_name=spec.name, traffic=spec.live_traffic,
             mirror_traffic=dict(spec.mirror_traffic), deployments=list(spec.deployments), state_dir=root,
             opts=pulumi.ResourceOptions(parent=self, depends_on=[endpoint, *deployments]),
         )

@@ -14,6 +14,7 @@ import pulumi
 from pulumi.runtime.config import CONFIG, get_config_env
 
 from mlcanary.components.endpoint import OnlineEndpoint
+from mlcanary.components.local_target import LocalRuntime
 from mlcanary.components.spec import NAMESPACE, SpecError, load_stack_config
 
 
@@ -33,14 +34,15 @@ def stack_config() -> dict:
     return values
 
 
-def main(project_dir: Path) -> None:
-    """Build the stack; relative paths in the config resolve from `project_dir`."""
+def main(project_dir: Path, local_runtime: LocalRuntime | None = None) -> None:
+    """Build the stack; relative paths in the config resolve from `project_dir`. `local_runtime`:
+    how local-target stacks reach the runtime (mlcanary.local_runtime.pulumi_access.RuntimeAccess)."""
     try:
         spec = load_stack_config(stack_config(), project_dir)
     except SpecError as err:
         raise pulumi.RunError(f"invalid stack config:\n{err}") from None
 
-    endpoint = OnlineEndpoint(spec.endpoint.name, spec.endpoint, spec.target)
+    endpoint = OnlineEndpoint(spec.endpoint.name, spec.endpoint, spec.target, local_runtime=local_runtime)
 
     pulumi.export("scoringUri", endpoint.scoring_uri)
     pulumi.export("swaggerUri", endpoint.swagger_uri)

@@ -15,6 +15,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict
 from pydantic.alias_generators import to_camel
 
 from mlcanary.components import rules
+from mlcanary.components.rollout_rules import RuleError, parse_rule
 from mlcanary.components.rules import Problem
 
 DEFAULT_STEPS = (10, 25, 50, 100)
@@ -81,8 +82,6 @@ def rollout_problems(
 ) -> list[Problem]:
     """Every rule of a rollout plan the types cannot express; `field` names a key for the message
     (a config path, or a command-line option)."""
-    from mlcanary.rollout.rules import RuleError, parse_rule
-
     problems = []
     known = ", ".join(deployments) or "none"
     for key in ("to", "from"):

@@ -22,6 +22,7 @@ from mlcanary.components import rules
 from mlcanary.components.deployment_yaml import read_deployment_yaml
 from mlcanary.components.rules import Problem
 from mlcanary.components.rollout_spec import RolloutSpec, rollout_problems
+from mlcanary.components.stage_file import described_base
 from mlcanary.components.user_files import UnusableFile, read_conda_file, shown_path
 
 NAMESPACE = "mlcanary"
@@ -451,7 +452,7 @@ def _expand_deployments(
         if not isinstance(raw, Mapping):
             expanded[name] = raw
             continue
-        overrides = _resolve_paths(dict(raw), base_dir, field, problems)
+        overrides = _resolve_paths(dict(raw), base_dir, described_base(base_dir), field, problems)
         file = overrides.pop("file", None)
         if file is None:
             expanded[name] = overrides
@@ -465,11 +466,16 @@ def _expand_deployments(
             problems.append(Problem(file_field, f"{rules.shown(file)} is not a path: it holds a NUL character"))
             continue
         from_file, file_problems = read_deployment_yaml(path, file_field)
+        if file_problems and not os.path.lexists(path):
+            file_problems = [Problem(p.field, f"{p.message} (relative paths resolve from {described_base(base_dir)})")
+                             for p in file_problems]
         problems += file_problems
         if file_problems:
             continue
         _check_file_names(from_file, name, file_field, disagreements)
-        expanded[name] = _deep_merge(_resolve_paths(from_file, path.parent, file_field, problems), overrides)
+        expanded[name] = _deep_merge(
+            _resolve_paths(from_file, path.parent, f"{path.parent}, the deployment YAML's folder", file_field, problems),
+            overrides)
     endpoint["deployments"] = expanded
     return endpoint, problems, disagreements
 
@@ -490,9 +496,10 @@ def _check_file_names(from_file: dict[str, Any], name: str, field: str, problems
 
 
 def _resolve_paths(
-    deployment: dict[str, Any], base: Path, field: str, problems: list[Problem]
+    deployment: dict[str, Any], base: Path, base_named: str, field: str, problems: list[Problem]
 ) -> dict[str, Any]:
-    """Local model/code/conda paths become absolute (from `base`) and must exist."""
+    """Local model/code/conda paths become absolute (from `base`, which `base_named` names for a
+    message) and must exist."""
 
     def resolve(value: Any, key_field: str) -> Any:
         if not isinstance(value, str) or is_asset_reference(value):
@@ -505,7 +512,8 @@ def _resolve_paths(
             path.stat()
         except FileNotFoundError:
             problems.append(Problem(
-                key_field, f"local path {rules.shown(value)} does not exist (looked for {shown_path(path)})"))
+                key_field, f"local path {rules.shown(value)} does not exist (looked for {shown_path(path)}; relative paths "
+                f"resolve from {base_named})"))
         except OSError as err:
             reason = "is a symlink loop" if err.errno == errno.ELOOP else f"cannot be used: {err.strerror}"
             problems.append(Problem(key_field, f"local path {rules.shown(value)} {reason}"))

@@ -10,6 +10,7 @@ from mlcanary.components.safe_yaml import load_yaml_file
 from mlcanary.components.user_files import UnusableFile
 
 STAGE_FILE_SIZE = "a stage file is a few KB"
+PROJECT_FILE = "Pulumi.yaml"
 
 
 class StageFileError(ValueError):
@@ -31,12 +32,21 @@ def read_stage_file(path: Path) -> dict[str, Any]:
 
 
 def project_dir_of(path: Path) -> Path:
-    """The Pulumi project a stage file belongs to: the nearest folder upward holding Pulumi.yaml
-    (relative paths in the config resolve from there), else the current directory."""
-    for folder in path.resolve().parents:
-        if (folder / "Pulumi.yaml").is_file():
+    """The folder relative paths in the stage file `path` resolve from, wherever the command runs:
+    the Pulumi project it belongs to (the nearest folder upward holding Pulumi.yaml, where `pulumi up`
+    resolves them too), else, for a stage file outside any project, the stage file's own folder."""
+    stage = path.resolve()
+    for folder in stage.parents:
+        if (folder / PROJECT_FILE).is_file():
             return folder
-    return Path.cwd()
+    return stage.parent
+
+
+def described_base(base: Path) -> str:
+    """Which folder relative paths resolved from, and why, for an error message."""
+    if (base / PROJECT_FILE).is_file():
+        return f"{base}, the project directory: it holds {PROJECT_FILE}"
+    return f"{base}, the stage file's folder: no {PROJECT_FILE} in it or above it"
 
 
 def namespaced(config: dict[str, Any], namespace: str) -> dict[str, Any]:

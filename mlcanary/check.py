@@ -23,6 +23,7 @@ from mlcanary.components import program
 from mlcanary.components.render import Registration, Render, render_program
 from mlcanary.components.spec import NAMESPACE, EndpointSpec, SpecError, load_stack_config
 from mlcanary.components.stage_file import StageFileError, namespaced, project_dir_of, read_stage_file
+from mlcanary.local_runtime.pulumi_access import RuntimeAccess
 from mlcanary.policy_config import PolicySettings
 from mlcanary.policies.azure_ml import POLICIES
 from mlcanary.policies.transitions import TRANSITION_POLICIES
@@ -156,7 +157,7 @@ def _load_and_render_config(stage: tuple[str, dict, Path]) -> Loaded:
         spec = load_stack_config(namespaced(config, NAMESPACE), project_dir)
     except SpecError as err:
         return None, None, f"{label}: invalid stack config:\n" + "\n".join(f"  {p}" for p in err.problems)
-    return spec.endpoint, render_program(lambda: program.main(project_dir), config), None
+    return spec.endpoint, render_program(lambda: program.main(project_dir, RuntimeAccess()), config), None
 
 
 def _configured_analyzer(settings: dict[str, PolicySettings]) -> _PolicyAnalyzerServicer:

@@ -8,8 +8,11 @@ from pathlib import Path
 
 import click
 
-from mlcanary.local_cli import register as register_local_commands
+from mlcanary.invoke_cli import invoke
+from mlcanary.local_cli import local
+from mlcanary.logs_cli import logs
 from mlcanary.policy_config import PolicyConfigError, load_policy_config
+from mlcanary.rehearse_cli import rehearse
 from mlcanary.rollout_cli import rollout
 
 
@@ -78,8 +81,8 @@ def _print_text(report) -> None:
     )
 
 
-register_local_commands(main)
-main.add_command(rollout)
+for command in (local, invoke, logs, rehearse, rollout):
+    main.add_command(command)
 
 if __name__ == "__main__":
     main()

@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from mlcanary.local_cli import state_dir_option
+from mlcanary.cli_support import state_dir_option
 
 
 def _fail(message: str, code: int) -> None:
@@ -49,7 +49,9 @@ def _steps(value: str | None) -> list | None:
 @click.option("--record", type=click.Path(path_type=Path), help="Append one JSON line per judgement and decision here.")
 @click.option("--plot", type=click.Path(path_type=Path), help="Draw traffic, error rate and latency over time into this PNG.")
 @click.option("--resume", is_flag=True, help="Continue the interrupted rollout of --record.")
-@click.option("--format", "output_format", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.option("--format", "output_format", type=click.Choice(["text", "json"]), default="text", show_default=True,
+              help="json: one JSON document on stdout, the outcome (decision, exitCode, message, step, failure, "
+              "eValues, clientRequests, record, plot), or with --plan-only the plan; progress goes to stderr.")
 @click.option("--plan-only", is_flag=True, help="Print the derived stages, run them all through the gate, change nothing.")
 @click.option("--write-stages", type=click.Path(path_type=Path), help="Write the derived stages as stage files into this folder.")
 @click.option("--policy-pack-config", type=click.Path(path_type=Path), help="Policy levels and knobs for the gate (as `check`).")
@@ -205,11 +207,11 @@ def _edges(plan, policy_pack_config, stack, metrics_region, state_dir):
     from mlcanary.rollout.appliers import ApplyError, LocalApplier, PulumiApplier
 
     if plan.target == "local":
-        from mlcanary.local_cli import _client
+        from mlcanary.cli_support import runtime_client
         from mlcanary.local_runtime.client import NotRunning
         from mlcanary.rollout.sources import LocalSource
 
-        client = _client(state_dir)
+        client = runtime_client(state_dir)
         try:
             client.ensure_running()
         except NotRunning as err:

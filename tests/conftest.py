@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from mlcanary.components.render import Render, render_program
+from mlcanary.local_runtime import owner
 
 # Every test runtime serves /metrics on a free port: tests run in parallel, and a runtime of the user's
 # own may hold the default address. Tests of the fixed address choose theirs.
@@ -33,6 +34,14 @@ def canary_config() -> dict:
     """A fresh copy of stage 5 (blue 90 / green 10), the stage most rules bite on."""
     path = next(p for p in STAGE_FILES if p.name.startswith("stage-5"))
     return copy.deepcopy(stage_config(path))
+
+
+def pytest_configure(config):
+    """Every runtime the suite starts, in this process or by a command it runs, stops when the suite's
+    process exits, even killed by SIGKILL (mlcanary/local_runtime/owner.py); its workers die with it
+    (their parent-death signal). xdist workers keep the PID they inherit: the controller's."""
+    if not hasattr(config, "workerinput"):
+        os.environ[owner.ENV_VAR] = str(os.getpid())
 
 
 def pytest_collection_modifyitems(config, items):

@@ -148,3 +148,23 @@ def test_after_a_crash_status_names_the_recorded_endpoints_and_down_deletes_them
     assert client.base_url() is None
     assert json.loads(run(state, "local", "status", "--format", "json").output) == {
         "running": False, "endpoints": {}, "recorded": []}
+
+
+def test_request_counts_go_on_after_stop_and_start_and_invoke_meanwhile_says_how_to_start(state):
+    """Found by a newcomer: `invoke` on a stopped runtime did not say `local start`, and the counts of
+    `local status` went back to 0 after `local stop` / `local start` (Azure's metrics do not)."""
+    assert run(state, "local", "up", STAGE["1"]).exit_code == 0
+    for _ in range(3):
+        assert run(state, "invoke", "fraud-scorer", "--request-file", REQUEST).exit_code == 0
+    assert run(state, "local", "stop").exit_code == 0
+
+    stopped = run(state, "invoke", "fraud-scorer", "--request-file", REQUEST)
+    assert stopped.exit_code == 1
+    assert stopped.stderr == (f"error: no local runtime is running for {state.resolve()}; its state holds endpoint(s) "
+                              "fraud-scorer: `mlcanary local start` brings them back\n")
+
+    assert run(state, "local", "start").exit_code == 0
+    counted = json.loads(run(state, "local", "status", "--format", "json").stdout)
+    assert counted["endpoints"]["fraud-scorer"]["deployments"]["blue"]["metrics"]["requests"] == 3
+    assert 'mlcanary_requests_total{endpoint="fraud-scorer",deployment="blue",code="200"} 3' in \
+        run(state, "local", "metrics").stdout

@@ -190,20 +190,6 @@ def test_metrics_are_served_on_a_fixed_address_without_a_token_across_restarts(p
     assert requests.get(f"http://{address}/metrics", timeout=10).status_code == 200  # the same scrape target
 
 
-def test_a_taken_metrics_port_is_a_clear_error(state):
-    import socket
-
-    with socket.socket() as holder:
-        holder.bind(("127.0.0.1", 0))
-        holder.listen()
-        taken = f"127.0.0.1:{holder.getsockname()[1]}"
-        result = run(state, "local", "start", "--metrics-address", taken)
-    assert result.exit_code == 1
-    assert f"the metrics address {taken} cannot be used (address already in use)" in result.output
-    assert "MLCANARY_METRICS_ADDRESS=127.0.0.1:<port>" in result.output and "Traceback" not in result.output
-    assert RuntimeClient(state).base_url() is None
-
-
 @pytest.mark.parametrize("address, problem", [
     ("0.0.0.0:9577", "is not a loopback address"),
     ("192.168.1.10:9577", "is not a loopback address"),

@@ -12,6 +12,7 @@ from mlcanary.components.local_target import LocalDeploymentProvider, LocalEndpo
 from mlcanary.components.render import is_secret
 from conftest import PROJECT_DIR, render_config, stage_config
 from mlcanary.local_runtime.client import RuntimeClient, RuntimeRefusal
+from mlcanary.local_runtime.pulumi_access import RuntimeAccess
 from test_local_runtime import score, spec, stop_runtime
 
 LOCAL_STAGES = sorted((PROJECT_DIR / "stacks" / "local").glob("stage-*.yaml"))
@@ -19,6 +20,7 @@ COMPONENT = "mlcanary:endpoint:OnlineEndpoint"
 ENDPOINT = "pulumi-python:dynamic/local:LocalOnlineEndpoint"
 DEPLOYMENT = "pulumi-python:dynamic/local:LocalOnlineDeployment"
 TRAFFIC = "pulumi-python:dynamic/local:LocalEndpointTraffic"
+RUNTIME = RuntimeAccess()  # what __main__.py gives the local-target resources
 
 
 @pytest.mark.parametrize("path", LOCAL_STAGES, ids=lambda p: p.stem)
@@ -53,32 +55,32 @@ def runtime(tmp_path_factory):
 
 def test_providers_run_a_rollout_against_the_runtime(runtime):
     root = str(runtime.root)
-    endpoint = LocalEndpointProvider().create({"endpointName": "ep-pulumi", "authMode": "key", "stateDir": root})
+    endpoint = LocalEndpointProvider(RUNTIME).create({"endpointName": "ep-pulumi", "authMode": "key", "stateDir": root})
     assert endpoint.id == "ep-pulumi" and endpoint.outs["scoringUri"].startswith("http://127.0.0.1:")
     target = {"uri": endpoint.outs["scoringUri"], "key": endpoint.outs["primaryKey"]}
 
     blue = {"endpointName": "ep-pulumi", "deploymentName": "blue", "spec": spec("blue"), "stateDir": root}
     green = {"endpointName": "ep-pulumi", "deploymentName": "green", "spec": spec("green"), "stateDir": root}
-    assert LocalDeploymentProvider().create(blue).outs["state"] == "ready"
-    LocalDeploymentProvider().create(green)
+    assert LocalDeploymentProvider(RUNTIME).create(blue).outs["state"] == "ready"
+    LocalDeploymentProvider(RUNTIME).create(green)
     traffic = {"endpoint_name": "ep-pulumi", "traffic": {"blue": 100.0, "green": 0.0}, "mirror_traffic": {},
                "deployments": ["blue", "green"], "stateDir": root}
-    LocalTrafficProvider().create(traffic)
+    LocalTrafficProvider(RUNTIME).create(traffic)
     assert score(target).json()["name"] == "blue"
 
     switched = {**traffic, "traffic": {"blue": 0.0, "green": 100.0}}
-    LocalTrafficProvider().update("id", traffic, switched)
+    LocalTrafficProvider(RUNTIME).update("id", traffic, switched)
     assert score(target).json()["name"] == "green"
 
     with pytest.raises(RuntimeRefusal, match="still has 100% live"):
-        LocalDeploymentProvider().delete("id", green)  # Azure's rule, enforced by the runtime
-    LocalDeploymentProvider().delete("id", blue)
-    LocalTrafficProvider().delete("id", switched)  # traffic to nothing
+        LocalDeploymentProvider(RUNTIME).delete("id", green)  # Azure's rule, enforced by the runtime
+    LocalDeploymentProvider(RUNTIME).delete("id", blue)
+    LocalTrafficProvider(RUNTIME).delete("id", switched)  # traffic to nothing
     assert runtime.status()["endpoints"]["ep-pulumi"]["traffic"] == {}
-    LocalDeploymentProvider().delete("id", green)
-    LocalEndpointProvider().delete("id", {"endpointName": "ep-pulumi", "stateDir": root})
+    LocalDeploymentProvider(RUNTIME).delete("id", green)
+    LocalEndpointProvider(RUNTIME).delete("id", {"endpointName": "ep-pulumi", "stateDir": root})
     assert "ep-pulumi" not in runtime.status()["endpoints"]
-    LocalEndpointProvider().delete("id", {"endpointName": "ep-pulumi", "stateDir": root})  # already gone: fine
+    LocalEndpointProvider(RUNTIME).delete("id", {"endpointName": "ep-pulumi", "stateDir": root})  # already gone: fine
 
 
 def test_unchanged_inputs_are_no_change_whatever_the_outputs():
@@ -86,32 +88,34 @@ def test_unchanged_inputs_are_no_change_whatever_the_outputs():
     endpoint = {"endpointName": "ep", "authMode": "key", "stateDir": "/s",
                 "scoringUri": None, "primaryKey": None, "secondaryKey": None}
     recorded = {**endpoint, "scoringUri": "http://127.0.0.1:1/score", "primaryKey": "k", "secondaryKey": "k2"}
-    assert not LocalEndpointProvider().diff("id", recorded, endpoint).changes
-    assert LocalEndpointProvider().diff("id", recorded, {**endpoint, "authMode": "aml_token"}).changes
+    assert not LocalEndpointProvider(RUNTIME).diff("id", recorded, endpoint).changes
+    assert LocalEndpointProvider(RUNTIME).diff("id", recorded, {**endpoint, "authMode": "aml_token"}).changes
     deployment = {"endpointName": "ep", "deploymentName": "blue", "spec": {"instanceCount": 1}, "instanceCount": 1,
                   "stateDir": "/s", "state": None}
-    assert not LocalDeploymentProvider().diff("id", {**deployment, "state": "ready"}, deployment).changes
+    assert not LocalDeploymentProvider(RUNTIME).diff("id", {**deployment, "state": "ready"}, deployment).changes
     traffic = {"endpoint_name": "ep", "traffic": {"blue": 100.0}, "mirror_traffic": {}, "deployments": ["blue"], "stateDir": "/s"}
-    assert not LocalTrafficProvider().diff("id", {**traffic, "__provider": "old"}, {**traffic, "__provider": "new"}).changes
-    assert LocalTrafficProvider().diff("id", traffic, {**traffic, "mirror_traffic": {"blue": 0.0}}).changes
+    assert not LocalTrafficProvider(RUNTIME).diff("id", {**traffic, "__provider": "old"}, {**traffic, "__provider": "new"}).changes
+    assert LocalTrafficProvider(RUNTIME).diff("id", traffic, {**traffic, "mirror_traffic": {"blue": 0.0}}).changes
 
 
 def test_diff_replaces_only_on_identity():
     old = {"endpointName": "ep", "deploymentName": "blue", "spec": {"instanceCount": 1}, "stateDir": "/s"}
-    scaled = LocalDeploymentProvider().diff("id", old, {**old, "spec": {"instanceCount": 2}})
+    scaled = LocalDeploymentProvider(RUNTIME).diff("id", old, {**old, "spec": {"instanceCount": 2}})
     assert scaled.changes and scaled.replaces == []
-    renamed = LocalDeploymentProvider().diff("id", old, {**old, "deploymentName": "green"})
+    renamed = LocalDeploymentProvider(RUNTIME).diff("id", old, {**old, "deploymentName": "green"})
     assert renamed.replaces == ["deploymentName"]
 
 
 def test_providers_survive_the_dill_round_trip(runtime):
     """What Pulumi does to ship dynamic providers; each shipped provider then does real work."""
     ship = lambda provider: dill.loads(base64.b64decode(serialize_provider(provider)))  # noqa: E731
+    # The runtime adapter travels by reference: the provider host imports it, components do not.
+    assert b"mlcanary.local_runtime.pulumi_access" in base64.b64decode(serialize_provider(LocalEndpointProvider(RUNTIME)))
     root = str(runtime.root)
-    ship(LocalEndpointProvider()).create({"endpointName": "ep-dill", "authMode": "key", "stateDir": root})
-    ship(LocalDeploymentProvider()).create(
+    ship(LocalEndpointProvider(RUNTIME)).create({"endpointName": "ep-dill", "authMode": "key", "stateDir": root})
+    ship(LocalDeploymentProvider(RUNTIME)).create(
         {"endpointName": "ep-dill", "deploymentName": "only", "spec": spec("only"), "stateDir": root})
-    ship(LocalTrafficProvider()).create(
+    ship(LocalTrafficProvider(RUNTIME)).create(
         {"endpoint_name": "ep-dill", "traffic": {"only": 100.0}, "mirror_traffic": {}, "deployments": ["only"], "stateDir": root})
     assert runtime.status()["endpoints"]["ep-dill"]["traffic"] == {"only": 100}
     runtime.delete_endpoint("ep-dill")
@@ -119,12 +123,12 @@ def test_providers_survive_the_dill_round_trip(runtime):
 
 def test_probe_settings_arrive_as_wire_floats_and_are_accepted(runtime):
     root = str(runtime.root)
-    LocalEndpointProvider().create({"endpointName": "ep-probe", "authMode": "key", "stateDir": root})
+    LocalEndpointProvider(RUNTIME).create({"endpointName": "ep-probe", "authMode": "key", "stateDir": root})
     probed = {**spec("blue"), "instanceCount": 1.0,
               "readinessProbe": {"initialDelay": 0.0, "period": 2.0, "failureThreshold": 30.0}}
-    created = LocalDeploymentProvider().create(
+    created = LocalDeploymentProvider(RUNTIME).create(
         {"endpointName": "ep-probe", "deploymentName": "blue", "spec": probed, "stateDir": root})
     assert created.outs["state"] == "ready"
     assert runtime.status()["endpoints"]["ep-probe"]["deployments"]["blue"]["spec"]["readinessProbe"] == {
         "initialDelay": 0, "period": 2, "failureThreshold": 30}
-    LocalEndpointProvider().delete("id", {"endpointName": "ep-probe", "stateDir": root})
+    LocalEndpointProvider(RUNTIME).delete("id", {"endpointName": "ep-probe", "stateDir": root})

@@ -204,6 +204,30 @@ def test_prometheus_label_values_are_escaped():
     assert all(line.startswith(("#", "mlcanary_")) for line in text.splitlines())
 
 
+def test_kept_request_counts_come_back_as_they_were(tmp_path):
+    from mlcanary.local_runtime.metrics import Metrics
+    from mlcanary.local_runtime.server import kept_metrics
+
+    metrics = Metrics()
+    metrics.of("ep", "blue").observe(200, 0.01)
+    metrics.of("ep", "blue").observe(500, 2.0)
+    metrics.of("ep", "green").observe(200, 0.2, mirrored=True)
+    store.save(paths.metrics_file(tmp_path), metrics.as_json())
+    assert kept_metrics(tmp_path).prometheus() == metrics.prometheus()
+    assert not paths.metrics_file(tmp_path).exists()  # a crash later starts from 0, not from these
+
+
+@pytest.mark.parametrize("text", ["{not json", '{"deployments": [{"endpoint": "ep"}]}',
+                                  '{"deployments": [{"endpoint": "ep", "deployment": "b", "requests": {"200": -1}, '
+                                  '"mirrored": {}, "buckets": [], "latencySum": 0}]}', "[]"],
+                         ids=["not_json", "missing_counts", "negative_count", "not_an_object"])
+def test_unusable_kept_counts_start_from_zero(tmp_path, text):
+    from mlcanary.local_runtime.server import kept_metrics
+
+    paths.metrics_file(tmp_path).write_text(text)
+    assert kept_metrics(tmp_path).by_deployment == {}
+
+
 def test_the_runtime_log_is_rotated(tmp_path, monkeypatch):
     import logging
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from mlcanary.local_runtime.apply import deployment_payload, plan_of
+from mlcanary.components.local_payload import deployment_payload
+from mlcanary.local_runtime.apply import plan_of
 from mlcanary.local_runtime.plan import running_endpoint, transition_view
 from mlcanary.local_runtime.rehearse import load_stage
 from test_local_cli import STAGE

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -81,25 +82,74 @@ def test_every_skipped_command_is_still_in_the_readme():
     assert set(SKIPPED) <= commands, set(SKIPPED) - commands
 
 
+# Not part of a checkout: made by installing and running (all in .gitignore).
+NOT_SOURCE = {".git", ".venv", ".pytest_cache", "__pycache__", "mlcanary.egg-info", "build", "dist"}
+
+
+def project_copy(destination: Path) -> Path:
+    """The checkout as a user has it, in a temporary folder: what the README's commands write (rollout
+    records, plots) lands there, never in the user's tree. The copy uses the checkout's .venv."""
+    shutil.copytree(PROJECT_DIR, destination, ignore=lambda _folder, names: [n for n in names if n in NOT_SOURCE])
+    if (PROJECT_DIR / ".venv").is_dir():
+        (destination / ".venv").symlink_to(PROJECT_DIR / ".venv")
+    return destination
+
+
+def git(*args: str) -> list[str] | None:
+    """Lines of a git command in the checkout; None outside a git work tree."""
+    result = subprocess.run(["git", *args], cwd=PROJECT_DIR, capture_output=True, text=True)
+    return result.stdout.splitlines() if result.returncode == 0 else None
+
+
+def git_status() -> list[str] | None:
+    """`git status` of the checkout, untracked and ignored files included (but not what installing makes)."""
+    listed = git("status", "--porcelain", "--untracked-files=all", "--ignored")
+    return None if listed is None else [line for line in listed if not set(Path(line[3:]).parts) & NOT_SOURCE]
+
+
+def untracked_files() -> dict[str, tuple[int, int]]:
+    """Files git does not track (a user's own rollout.jsonl, rollout.png): path -> (size, modification
+    time), to see one overwritten. Tracked files are left to `git status` (the user may edit them meanwhile)."""
+    tracked = set(git("ls-files") or ())
+    snapshot = {}
+    for folder, folders, files in os.walk(PROJECT_DIR):
+        folders[:] = [f for f in folders if f not in NOT_SOURCE]
+        for name in files:
+            path = Path(folder) / name
+            relative = str(path.relative_to(PROJECT_DIR))
+            if relative not in tracked:
+                info = path.stat()
+                snapshot[relative] = (info.st_size, info.st_mtime_ns)
+    return snapshot
+
+
 @pytest.fixture
 def shell(tmp_path):
     state = tmp_path / "state"
+    project = project_copy(tmp_path / "project")
     env = {**os.environ, "MLCANARY_STATE_DIR": str(state), "TMPDIR": str(tmp_path),
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
 
     def run(command: str) -> subprocess.CompletedProcess:
-        return subprocess.run(["bash", "-c", command], cwd=PROJECT_DIR, env=env, capture_output=True, text=True,
+        return subprocess.run(["bash", "-c", command], cwd=project, env=env, capture_output=True, text=True,
                               timeout=600)
 
-    before = set(PROJECT_DIR.iterdir())
     yield run
     stop_runtime(RuntimeClient(state))
-    for left in set(PROJECT_DIR.iterdir()) - before:  # what the commands wrote (rollout records, plots)
-        if left.is_file():
-            left.unlink()
 
 
-def test_every_offline_command_of_the_readme_passes(shell):
+@pytest.fixture
+def untouched_checkout():
+    """The README's commands leave the user's checkout as it was: no file written, changed or removed."""
+    status, files = git_status(), untracked_files()
+    yield
+    assert git_status() == status
+    after = untracked_files()
+    changed = sorted(p for p in files.keys() | after.keys() if files.get(p) != after.get(p))
+    assert not changed, f"the README's commands wrote into the checkout: {changed}"
+
+
+def test_every_offline_command_of_the_readme_passes(untouched_checkout, shell):
     ran = []
     for block in [*bash_blocks(README), pipeline_commands(README)]:
         for command in block:
@@ -133,3 +183,21 @@ def test_the_exit_code_table_covers_every_command():
         assert f"`{name}`" in section, name
     codes = re.findall(r"^\| `(\d+)` \|", section, flags=re.M)
     assert codes == ["0", "1", "2", "3", "130", "143"]
+
+
+def test_every_option_of_every_command_says_what_it_does():
+    """Found by a newcomer: `rollout --help` showed `--format [text|json]` with no text."""
+    import click
+
+    from mlcanary.cli import main
+
+    def commands(group, prefix=""):
+        for name, command in group.commands.items():
+            if isinstance(command, click.Group):
+                yield from commands(command, f"{prefix}{name} ")
+            else:
+                yield f"{prefix}{name}", command
+
+    silent = [f"{name} {'/'.join(p.opts)}" for name, command in commands(main) for p in command.params
+              if isinstance(p, click.Option) and not p.hidden and not p.help]
+    assert not silent

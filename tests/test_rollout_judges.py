@@ -7,10 +7,11 @@ import random
 
 import pytest
 
+from mlcanary.components.rollout_rules import RuleError, parse_rule
 from mlcanary.rollout.counts import LATENCY_BOUNDS, Counts
 from mlcanary.rollout.evalue import RatioEValue, sprt, target_probability
 from mlcanary.rollout.judges import SequentialJudge, ThresholdJudge
-from mlcanary.rollout.rules import RuleError, parse_rule
+from mlcanary.rollout.rules import observe
 
 
 def binomial(rng: random.Random, n: int, p: float) -> int:
@@ -135,16 +136,16 @@ def test_bad_rules_are_refused_naming_the_rule(text, message):
 def test_absolute_and_ratio_rules_observe_their_metrics():
     target = Counts(requests=100, errors=4, buckets=buckets(90, 10))
     baseline = Counts(requests=100, errors=2, buckets=buckets(100, 0))
-    assert parse_rule("error_rate < 0.02").observe(target, baseline) == pytest.approx(0.04)
-    assert parse_rule("error_rate_ratio < 1.5").observe(target, baseline) == pytest.approx(2.0)
-    assert parse_rule("latency_p99_ms < 500").observe(target, baseline) > 100
-    assert parse_rule("error_rate < 0.02").observe(Counts(), baseline) is None  # no data is not a pass
+    assert observe(parse_rule("error_rate < 0.02"), target, baseline) == pytest.approx(0.04)
+    assert observe(parse_rule("error_rate_ratio < 1.5"), target, baseline) == pytest.approx(2.0)
+    assert observe(parse_rule("latency_p99_ms < 500"), target, baseline) > 100
+    assert observe(parse_rule("error_rate < 0.02"), Counts(), baseline) is None  # no data is not a pass
 
 
 def test_a_ratio_against_a_baseline_without_errors():
     clean = Counts(requests=100)
-    assert parse_rule("error_rate_ratio < 1.5").observe(clean, clean) == 1.0
-    assert math.isinf(parse_rule("error_rate_ratio < 1.5").observe(Counts(requests=10, errors=1), clean))
+    assert observe(parse_rule("error_rate_ratio < 1.5"), clean, clean) == 1.0
+    assert math.isinf(observe(parse_rule("error_rate_ratio < 1.5"), Counts(requests=10, errors=1), clean))
 
 
 # --- the judges -----------------------------------------------------------------------------------

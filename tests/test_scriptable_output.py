@@ -97,7 +97,8 @@ def test_commands_that_need_a_runtime_exit_1_without_one(state):
     for command in (["local", "keys", "fraud-scorer"], ["local", "metrics"],
                     ["invoke", "fraud-scorer", "--request-file", REQUEST]):
         result = run(state, *command)
-        assert (result.exit_code, result.stderr) == (1, f"error: no local runtime is running for {state.resolve()}\n"), command
+        assert (result.exit_code, result.stderr) == (
+            1, f"error: no local runtime is running for {state.resolve()}: `mlcanary local up STAGE_FILE` starts one\n"), command
     # logs reads the files a runtime left; with none, it says where it looked
     result = run(state, "logs", "fraud-scorer", "--deployment", "blue")
     assert result.exit_code == 1 and "no worker logs of fraud-scorer/blue in" in result.stderr

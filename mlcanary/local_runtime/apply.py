@@ -19,11 +19,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from mlcanary.components.spec import DeploymentSpec, EndpointSpec, StackSpec
-from mlcanary.components.uploads import content_hash
+from mlcanary.components.local_payload import deployment_payload
+from mlcanary.components.spec import EndpointSpec, StackSpec
 from mlcanary.local_runtime.client import RuntimeClient, RuntimeRefusal
 from mlcanary.local_runtime.interrupts import interrupts_ignored
-from mlcanary.local_runtime.snapshots import PINNED
 from mlcanary.local_runtime.stage_lock import StageLocked, stage_lock
 from mlcanary.local_runtime.plan import Plan, plan_stage, transition_view
 from mlcanary.local_runtime.workers import StartLimit
@@ -34,33 +33,6 @@ CANCEL_WAIT_S = 120.0
 
 class StageRefused(RuntimeError):
     pass
-
-
-def deployment_payload(spec: DeploymentSpec) -> dict[str, Any]:
-    """What the runtime needs to serve one deployment (environment and instance type do not apply).
-
-    The code and model carry the digest Azure registers them under: the runtime serves that pinned
-    version, and changed content is a changed deployment (snapshots.py).
-    """
-    payload: dict[str, Any] = {
-        "code": spec.code,
-        "scoringScript": spec.scoring_script,
-        "model": spec.model,
-        "instanceCount": spec.instance_count,
-        "environmentVariables": dict(spec.environment_variables),
-    }
-    for key, digest_key in PINNED.items():
-        if payload[key]:
-            payload[digest_key] = content_hash(payload[key])
-    if spec.request_settings and spec.request_settings.request_timeout_ms:
-        payload["requestTimeoutMs"] = spec.request_settings.request_timeout_ms
-    probe = spec.readiness_probe
-    if probe:
-        settings = (("initialDelay", probe.initial_delay), ("period", probe.period),
-                    ("failureThreshold", probe.failure_threshold), ("timeout", probe.timeout))
-        if any(value is not None for _, value in settings):
-            payload["readinessProbe"] = {key: value for key, value in settings if value is not None}
-    return payload
 
 
 def plan_of(spec: EndpointSpec, running: dict[str, Any] | None) -> Plan:

@@ -1,14 +1,14 @@
 """Why a running deployment is updated, in a user's words: 'model changed', 'instances 1 -> 2'.
 
 Pure: the runtime's status of the deployment against the payload an apply would give it
-(`apply.deployment_payload`). A changed pinned digest (snapshots.py) reads as the folder it pins.
+(`components/local_payload.py`). A changed pinned digest (snapshots.py) reads as the folder it pins.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from mlcanary.local_runtime.snapshots import PINNED
+from mlcanary.components.local_payload import PINNED
 
 
 def why_updated(existing: dict[str, Any], payload: dict[str, Any]) -> str:

@@ -26,6 +26,27 @@ class DeploymentMetrics:
             self.bucket_counts[bisect.bisect_left(BUCKETS, seconds)] += 1
             self.latency_sum += seconds
 
+    def as_json(self) -> dict:
+        return {"requests": {str(c): n for c, n in self.requests.items()},
+                "mirrored": {str(c): n for c, n in self.mirrored.items()},
+                "buckets": list(self.bucket_counts), "latencySum": self.latency_sum}
+
+    @classmethod
+    def from_json(cls, document: dict) -> DeploymentMetrics:
+        """Counts as `as_json` wrote them; ValueError/TypeError/KeyError if they are not."""
+        restored = cls()
+        for attribute in ("requests", "mirrored"):
+            counts = {int(code): int(n) for code, n in document[attribute].items()}
+            if any(n < 0 for n in counts.values()):
+                raise ValueError(f"negative {attribute} count")
+            getattr(restored, attribute).update(counts)
+        buckets = [int(n) for n in document["buckets"]]
+        if len(buckets) != len(restored.bucket_counts) or any(n < 0 for n in buckets):
+            raise ValueError(f"expected {len(restored.bucket_counts)} latency buckets of counts")
+        restored.bucket_counts = buckets
+        restored.latency_sum = float(document["latencySum"])
+        return restored
+
     def summary(self) -> dict:
         return {
             "requests": sum(self.requests.values()),
@@ -46,6 +67,19 @@ class Metrics:
         """Drop the counts of a deleted (or re-created) deployment, or of a whole endpoint."""
         for key in [k for k in self.by_deployment if k[0] == endpoint and deployment in (None, k[1])]:
             del self.by_deployment[key]
+
+    def as_json(self) -> dict:
+        """What `local stop` keeps, so counts go on after `local start` as Azure's metrics do."""
+        return {"deployments": [{"endpoint": e, "deployment": d, **m.as_json()}
+                                for (e, d), m in sorted(self.by_deployment.items())]}
+
+    @classmethod
+    def from_json(cls, document: dict) -> Metrics:
+        restored = cls()
+        for record in document["deployments"]:
+            restored.by_deployment[(str(record["endpoint"]), str(record["deployment"]))] = \
+                DeploymentMetrics.from_json(record)
+        return restored
 
     def prometheus(self) -> str:
         lines = self._counter(

@@ -1,6 +1,8 @@
 """Where the runtime serves `/metrics` for a Prometheus scraper: a fixed loopback address.
 
-Fixed so that a static scrape config keeps working across restarts of the runtime; loopback only
+Fixed so that a static scrape config keeps working across restarts of the runtime; when another
+program (or another user's runtime) holds it, the runtime serves on a free port instead and says
+where, so a second runtime on a shared machine still starts; loopback only
 (the metrics hold no secret, but nothing of the local target listens beyond this machine); no control
 token needed. `MLCANARY_METRICS_ADDRESS` (or `mlcanary local start --metrics-address`) changes it;
 `off` serves no metrics address (they stay on the control plane, `mlcanary local metrics`).
@@ -42,3 +44,8 @@ def parse(text: str) -> tuple[str, int] | None:
         if not loopback:
             raise BadMetricsAddress(f"{value[:100]!r} is not a loopback address: {allowed}")
     return host, int(port_text)
+
+
+def show(address: tuple[str, int]) -> str:
+    host, port = address[0], address[1]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

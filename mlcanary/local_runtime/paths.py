@@ -46,6 +46,11 @@ def workers_file(root: Path) -> Path:
     return root / "workers.json"
 
 
+def metrics_file(root: Path) -> Path:
+    """The request counts a stopped runtime kept (written when it stops)."""
+    return root / "metrics.json"
+
+
 def runtime_log(root: Path) -> Path:
     return root / "runtime.log"
 

@@ -57,7 +57,7 @@ class Plan:
 
 def plan_stage(spec: EndpointSpec, running: dict[str, Any] | None, payloads: dict[str, dict[str, Any]]) -> Plan:
     """The changes that bring `running` (the runtime's status of this endpoint, or None) to `spec`, whose
-    deployments the runtime would be given as `payloads` (name -> `apply.deployment_payload`)."""
+    deployments the runtime would be given as `payloads` (name -> `components.local_payload.deployment_payload`)."""
     current = (running or {}).get("deployments", {})
     plan = Plan(
         spec.name, running is not None,

@@ -24,13 +24,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from mlcanary.local_runtime import metrics_address, paths, snapshots, store
+from mlcanary.local_runtime import metrics_address, owner, paths, snapshots, store
 from mlcanary.local_runtime.store import StateWriteFailed
 from mlcanary.local_runtime.data_plane import Endpoint, free_port
 from mlcanary.local_runtime.metrics import Metrics
 from mlcanary.local_runtime.routing import Routing
 from mlcanary.local_runtime.supervision import Supervisor, WorkerRegistry, kill_orphans
-from mlcanary.local_runtime.workers import Deployment, Worker, describe_os_error
+from mlcanary.local_runtime.os_errors import describe_os_error
+from mlcanary.local_runtime.workers import Deployment, Worker
 
 log = logging.getLogger("mlcanary.local")
 
@@ -48,12 +49,29 @@ def write_private(path: Path, document: dict[str, Any]) -> None:
         json.dump(document, file)
 
 
+def kept_metrics(root: Path) -> Metrics:
+    """The counts the last clean stop kept; none after a crash or with an unreadable file (a counter
+    reset, as Prometheus sees it)."""
+    import json
+
+    path = paths.metrics_file(root)
+    if not path.exists():
+        return Metrics()
+    try:
+        return Metrics.from_json(json.loads(path.read_text(encoding="utf-8")))
+    except (OSError, UnicodeDecodeError, ValueError, TypeError, KeyError, AttributeError) as err:
+        log.warning("%s cannot be used (%s): request counts start from 0", path, err)
+        return Metrics()
+    finally:
+        path.unlink(missing_ok=True)  # a crash later must not bring back counts this run goes past
+
+
 class Runtime:
     def __init__(self, root: Path, state: dict[str, Any]):
         self.root = root
         self.initial_state = state
         self.endpoints: dict[str, Endpoint] = {}
-        self.metrics = Metrics()
+        self.metrics = kept_metrics(root)
         self.lock = asyncio.Lock()  # one control change at a time
         self.stopping = asyncio.Event()
         self._tasks: set[asyncio.Task] = set()
@@ -119,34 +137,43 @@ class Runtime:
     # --- start, restore, stop ------------------------------------------------------------------
 
     async def serve_metrics(self, address: tuple[str, int] | None):
-        """/metrics on its fixed loopback address, no token: a static scrape config outlives restarts."""
+        """/metrics on its fixed loopback address, no token: a static scrape config outlives restarts.
+
+        A taken address never stops the runtime (on a shared machine the first runtime has it): the
+        metrics go to a free port of the same host instead, and the runtime says where (runtime.log,
+        runtime.json -> `local status`, `local start`, `local metrics`). Returns the runner, the
+        address served and, after such a fallback, the address that was taken."""
         from aiohttp import web
 
         if address is None:
-            return None, None
+            return None, None, None
         app = web.Application()
         app.router.add_get("/metrics", lambda _: web.Response(text=self.metrics.prometheus(), content_type="text/plain"))
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
+        taken = None
         try:
             await web.TCPSite(runner, address[0], address[1]).start()
         except OSError as err:
-            await runner.cleanup()
-            shown = f"{address[0]}:{address[1]}"
+            if address[1] == 0:
+                await runner.cleanup()
+                raise
             reason = (os.strerror(err.errno) if err.errno else str(err)).lower()  # aiohttp rewords strerror
-            raise MetricsAddressTaken(
-                f"the metrics address {shown} cannot be used ({reason}): another program, or "
-                f"the runtime of another state directory, holds it; set {metrics_address.ENV_VAR}=127.0.0.1:<port> "
-                f"(or `{metrics_address.OFF}`), or `mlcanary local start --metrics-address 127.0.0.1:<port>`") from None
-        host, port = runner.addresses[0][:2]
-        return runner, f"{host}:{port}" if ":" not in host else f"[{host}]:{port}"
+            taken = f"{metrics_address.show(address)} ({reason})"
+            await web.TCPSite(runner, address[0], 0).start()
+        served = metrics_address.show(runner.addresses[0][:2])
+        if taken:
+            log.warning("the metrics address %s cannot be used, another program or the runtime of another state "
+                        "directory holds it: metrics are served at %s instead (choose a fixed one with %s or "
+                        "`mlcanary local start --metrics-address`)", taken, served, metrics_address.ENV_VAR)
+        return runner, served, taken
 
     async def run(self, control_port: int, metrics_at: tuple[str, int] | None = None) -> None:
         from aiohttp import web
 
         from mlcanary.local_runtime.control_plane import control_app
 
-        metrics_runner, metrics_shown = await self.serve_metrics(metrics_at)  # a taken port stops the start at once
+        metrics_runner, metrics_shown, metrics_taken = await self.serve_metrics(metrics_at)
         kill_orphans(self.root, self.socket_dir)
         runner = web.AppRunner(control_app(self), access_log=None)
         await runner.setup()
@@ -155,16 +182,22 @@ class Runtime:
         port = runner.addresses[0][1]
         await self.restore()
         write_private(paths.runtime_file(self.root), {"pid": os.getpid(), "controlPort": port, "token": self.control_token,
-                                                      "metricsAddress": metrics_shown})
+                                                      "metricsAddress": metrics_shown,
+                                                      "metricsAddressTaken": metrics_taken})
         log.info("runtime ready: control plane on 127.0.0.1:%s, metrics on %s, worker sockets in %s", port,
                  metrics_shown or "the control plane only", self.socket_dir)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stopping.set)
+        owner.watch(loop, owner.configured(), self._owner_gone)
         await Supervisor(self.all_deployments, self.registry).run(self.stopping)
         for endpoint in self.endpoints.values():
             await asyncio.gather(*(d.drain_and_stop(5) for d in endpoint.deployments.values()))
             await endpoint.close()
+        try:
+            store.save(paths.metrics_file(self.root), self.metrics.as_json())
+        except OSError as err:
+            log.warning("could not keep the request counts, the next start counts from 0: %s", describe_os_error(err))
         paths.runtime_file(self.root).unlink(missing_ok=True)
         paths.workers_file(self.root).unlink(missing_ok=True)
         if not self.socket_dir.is_relative_to(self.root):
@@ -174,6 +207,10 @@ class Runtime:
         if metrics_runner:
             await metrics_runner.cleanup()
         log.info("runtime stopped")
+
+    def _owner_gone(self) -> None:
+        log.info("stopping: the process this runtime belongs to ($%s) has exited", owner.ENV_VAR)
+        self.stopping.set()
 
     async def restore(self) -> None:
         """Bring back what the state file says, and only then open the scoring ports: no request
@@ -195,10 +232,6 @@ class Runtime:
             self.persist()  # a port that had to change is remembered
         except StateWriteFailed as err:
             log.warning("could not record the restored state: %s", err)
-
-
-class MetricsAddressTaken(RuntimeError):
-    pass
 
 
 class PrivateRotatingFileHandler(logging.handlers.RotatingFileHandler):
@@ -227,6 +260,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     try:
         metrics_at = metrics_address.parse(metrics_address.configured(args.metrics_address))
+        owner.configured()
+    except owner.BadOwner as err:
+        print(err, file=sys.stderr)
+        sys.exit(EXIT_UNUSABLE_STATE)
     except metrics_address.BadMetricsAddress as err:
         print(f"{metrics_address.ENV_VAR}: {err}", file=sys.stderr)
         sys.exit(EXIT_UNUSABLE_STATE)
@@ -248,12 +285,7 @@ def main(argv: list[str] | None = None) -> None:
         print(message, file=sys.stderr)
         sys.exit(EXIT_UNUSABLE_STATE)
     with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-        try:
-            runner.run(Runtime(root, state).run(args.port, metrics_at))
-        except MetricsAddressTaken as err:
-            log.error("refusing to start: %s", err)
-            print(err, file=sys.stderr)
-            sys.exit(1)
+        runner.run(Runtime(root, state).run(args.port, metrics_at))
 
 
 def _loop_factory():

@@ -21,11 +21,9 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from mlcanary.components.local_payload import PINNED
 from mlcanary.components.uploads import content_hash
-
-# spec key of a user path -> spec key of its digest
-PINNED = {"code": "codeDigest", "model": "modelDigest"}
-
+from mlcanary.local_runtime.os_errors import describe_os_error
 
 class SnapshotFailed(RuntimeError):
     """A folder could not be pinned; the message names the folder and why ('no space left on device: <path>')."""
@@ -91,8 +89,6 @@ def pin(root: Path, spec: dict[str, Any]) -> dict[str, Any]:
             if not target.exists():
                 _pin_copy(root, source, target, digest, key)
         except OSError as err:
-            from mlcanary.local_runtime.workers import describe_os_error
-
             raise SnapshotFailed(f"could not pin {key} {str(source)!r}: {describe_os_error(err)}",
                                  no_space=err.errno == errno.ENOSPC) from None
         pinned[digest_key] = digest

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mlcanary.local_runtime.os_errors import describe_os_error
 from mlcanary.local_runtime.snapshots import served_path
 
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
@@ -55,13 +56,6 @@ LOG_TAIL_LINES = 30
 
 def worker_keepalive_s() -> float:
     return float(os.environ.get(KEEPALIVE_ENV) or 30)
-
-
-def describe_os_error(err: OSError, path: Path | str | None = None) -> str:
-    """'no space left on device: /path' - the cause in the words of the OS, and where."""
-    reason = (err.strerror or str(err)).lower()
-    where = err.filename or path
-    return f"{reason}: {where}" if where else reason
 
 
 def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:

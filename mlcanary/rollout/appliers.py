@@ -29,7 +29,7 @@ class LocalApplier:
 
     def in_state(self, step: Step) -> bool:
         """True when the runtime already serves exactly this stage (deployments ready, same traffic)."""
-        from mlcanary.local_runtime.apply import deployment_payload
+        from mlcanary.components.local_payload import deployment_payload
 
         endpoint = step.spec.endpoint
         status = self.client.status().get("endpoints", {}).get(endpoint.name)

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from mlcanary.components.rollout_rules import Rule, parse_rule
 from mlcanary.rollout.counts import Counts
 from mlcanary.rollout.evalue import RatioEValue, RateEValue, reference_rate
-from mlcanary.rollout.rules import Rule, parse_rule
+from mlcanary.rollout.rules import observe
 
 # The default "not worse than the baseline": H0 is r <= r0, so a target within these ratios of the
 # baseline is not rolled back; one clearly above them is, with at most alpha false rollbacks.
@@ -45,7 +46,7 @@ def check_rules(rules: tuple[Rule, ...], target: Counts, baseline: Counts) -> li
     """The rules that fail on these counts, with the observed value; a rule without data is not judged."""
     failed = []
     for rule in rules:
-        observed = rule.observe(target, baseline)
+        observed = observe(rule, target, baseline)
         if observed is not None and not rule.holds(observed):
             failed.append((rule, observed))
     return failed

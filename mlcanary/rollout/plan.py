@@ -16,11 +16,11 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from mlcanary.components.rollout_rules import Rule, parse_rule
 from mlcanary.components.rollout_spec import RolloutSpec, duration_seconds, rollout_problems
 from mlcanary.components.rules import Problem
 from mlcanary.components.spec import NAMESPACE, SpecError, StackSpec, is_asset_reference, load_stack_config
 from mlcanary.components.stage_file import namespaced, project_dir_of, read_stage_file
-from mlcanary.rollout.rules import Rule, parse_rule
 
 ENDPOINT_KEY = f"{NAMESPACE}:endpoint"
 

@@ -1,57 +1,24 @@
-"""`--rule` expressions: an absolute or a ratio (target / baseline) limit on one metric.
-
-    error_rate < 0.02        error_5xx_rate <= 0.01     latency_p99_ms < 500
-    error_rate_ratio < 1.5   latency_p90_ratio < 1.2
-"""
+"""What a rule's metric measures on a window's counts (the rule grammar is components/rollout_rules.py)."""
 
 from __future__ import annotations
 
 import math
-import re
-from dataclasses import dataclass
 
+from mlcanary.components.rollout_rules import RATES, Rule
 from mlcanary.rollout.counts import Counts
 
-RATES = ("error_rate", "error_5xx_rate")
-PERCENTILES = (50, 90, 95, 99)
-ABSOLUTE = (*RATES, *(f"latency_p{q}_ms" for q in PERCENTILES))
-RATIOS = (*(f"{m}_ratio" for m in RATES), *(f"latency_p{q}_ratio" for q in PERCENTILES))
-METRICS = (*ABSOLUTE, *RATIOS)
-OPERATORS = ("<", "<=")
-_RULE = re.compile(r"^\s*([a-z0-9_]+)\s*(<=|<|>=|>|==|=)\s*([^\s]+)\s*$")
 
-
-class RuleError(ValueError):
-    pass
-
-
-@dataclass(frozen=True)
-class Rule:
-    metric: str
-    operator: str
-    limit: float
-
-    def __str__(self) -> str:
-        return f"{self.metric} {self.operator} {self.limit:g}"
-
-    @property
-    def is_ratio(self) -> bool:
-        return self.metric.endswith("_ratio")
-
-    def observe(self, target: Counts, baseline: Counts) -> float | None:
-        """The rule's metric for these counts; None when there is no data to judge it on."""
-        value = _metric(self.metric.removesuffix("_ratio"), target)
-        if not self.is_ratio or value is None:
-            return value
-        base = _metric(self.metric.removesuffix("_ratio"), baseline)
-        if base is None:
-            return None
-        if base == 0:
-            return 1.0 if value == 0 else math.inf  # nothing to scale by: any error against none fails
-        return value / base
-
-    def holds(self, observed: float) -> bool:
-        return observed < self.limit if self.operator == "<" else observed <= self.limit
+def observe(rule: Rule, target: Counts, baseline: Counts) -> float | None:
+    """The rule's metric for these counts; None when there is no data to judge it on."""
+    value = _metric(rule.metric.removesuffix("_ratio"), target)
+    if not rule.is_ratio or value is None:
+        return value
+    base = _metric(rule.metric.removesuffix("_ratio"), baseline)
+    if base is None:
+        return None
+    if base == 0:
+        return 1.0 if value == 0 else math.inf  # nothing to scale by: any error against none fails
+    return value / base
 
 
 def _metric(name: str, counts: Counts) -> float | None:
@@ -60,26 +27,3 @@ def _metric(name: str, counts: Counts) -> float | None:
     if not counts.requests:
         return None
     return counts.percentile_ms(int(name.removeprefix("latency_p").removesuffix("_ms")))
-
-
-def parse_rule(text: str) -> Rule:
-    """A rule, or RuleError naming the rule and what is allowed."""
-    allowed = f"METRIC < NUMBER or METRIC <= NUMBER, METRIC one of {', '.join(METRICS)}"
-    match = _RULE.match(text) if isinstance(text, str) else None
-    if match is None:
-        raise RuleError(f"rule {text!r} is not METRIC OPERATOR NUMBER; allowed: {allowed}")
-    metric, operator, number = match.groups()
-    metric_name = metric
-    if metric_name not in METRICS:
-        raise RuleError(f"rule {text!r}: unknown metric {metric!r}; allowed: {', '.join(METRICS)}")
-    if operator not in OPERATORS:
-        raise RuleError(f"rule {text!r}: operator {operator!r} not allowed; a rule states what is good: < or <=")
-    try:
-        limit = float(number)
-    except ValueError:
-        raise RuleError(f"rule {text!r}: limit {number!r} is not a number") from None
-    if not math.isfinite(limit) or limit <= 0:
-        raise RuleError(f"rule {text!r}: the limit must be a positive number, got {number}")
-    if metric_name in RATES and limit > 1:
-        raise RuleError(f"rule {text!r}: {metric_name} is a fraction of requests (0..1), got {number}")
-    return Rule(metric_name, operator, limit)

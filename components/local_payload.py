@@ -1,0 +1,42 @@
+"""What the local runtime is given to serve one deployment: the payload shape, from the spec.
+
+Shared by `mlcanary local up` (mlcanary/local_runtime/apply.py), `mlcanary rollout` and the
+local-target Pulumi resources (local_target.py), so all three ask the runtime for the same thing.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mlcanary.components.spec import DeploymentSpec
+from mlcanary.components.uploads import content_hash
+
+# payload key of a user path -> payload key of its digest (the runtime serves the pinned copy)
+PINNED = {"code": "codeDigest", "model": "modelDigest"}
+
+
+def deployment_payload(spec: DeploymentSpec) -> dict[str, Any]:
+    """What the runtime needs to serve one deployment (environment and instance type do not apply).
+
+    The code and model carry the digest Azure registers them under: the runtime serves that pinned
+    version, and changed content is a changed deployment (mlcanary/local_runtime/snapshots.py).
+    """
+    payload: dict[str, Any] = {
+        "code": spec.code,
+        "scoringScript": spec.scoring_script,
+        "model": spec.model,
+        "instanceCount": spec.instance_count,
+        "environmentVariables": dict(spec.environment_variables),
+    }
+    for key, digest_key in PINNED.items():
+        if payload[key]:
+            payload[digest_key] = content_hash(payload[key])
+    if spec.request_settings and spec.request_settings.request_timeout_ms:
+        payload["requestTimeoutMs"] = spec.request_settings.request_timeout_ms
+    probe = spec.readiness_probe
+    if probe:
+        settings = (("initialDelay", probe.initial_delay), ("period", probe.period),
+                    ("failureThreshold", probe.failure_threshold), ("timeout", probe.timeout))
+        if any(value is not None for _, value in settings):
+            payload["readinessProbe"] = {key: value for key, value in settings if value is not None}
+    return payload

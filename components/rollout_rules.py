@@ -1,0 +1,64 @@
+"""The grammar of `--rule` (and `rule:` in `mlcanary:rollout`): an absolute or a ratio (target / baseline)
+limit on one metric. What a rule's metric measures on a window's counts is mlcanary/rollout/rules.py.
+
+    error_rate < 0.02        error_5xx_rate <= 0.01     latency_p99_ms < 500
+    error_rate_ratio < 1.5   latency_p90_ratio < 1.2
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+
+RATES = ("error_rate", "error_5xx_rate")
+PERCENTILES = (50, 90, 95, 99)
+ABSOLUTE = (*RATES, *(f"latency_p{q}_ms" for q in PERCENTILES))
+RATIOS = (*(f"{m}_ratio" for m in RATES), *(f"latency_p{q}_ratio" for q in PERCENTILES))
+METRICS = (*ABSOLUTE, *RATIOS)
+OPERATORS = ("<", "<=")
+_RULE = re.compile(r"^\s*([a-z0-9_]+)\s*(<=|<|>=|>|==|=)\s*([^\s]+)\s*$")
+
+
+class RuleError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Rule:
+    metric: str
+    operator: str
+    limit: float
+
+    def __str__(self) -> str:
+        return f"{self.metric} {self.operator} {self.limit:g}"
+
+    @property
+    def is_ratio(self) -> bool:
+        return self.metric.endswith("_ratio")
+
+    def holds(self, observed: float) -> bool:
+        return observed < self.limit if self.operator == "<" else observed <= self.limit
+
+
+def parse_rule(text: str) -> Rule:
+    """A rule, or RuleError naming the rule and what is allowed."""
+    allowed = f"METRIC < NUMBER or METRIC <= NUMBER, METRIC one of {', '.join(METRICS)}"
+    match = _RULE.match(text) if isinstance(text, str) else None
+    if match is None:
+        raise RuleError(f"rule {text!r} is not METRIC OPERATOR NUMBER; allowed: {allowed}")
+    metric, operator, number = match.groups()
+    metric_name = metric
+    if metric_name not in METRICS:
+        raise RuleError(f"rule {text!r}: unknown metric {metric!r}; allowed: {', '.join(METRICS)}")
+    if operator not in OPERATORS:
+        raise RuleError(f"rule {text!r}: operator {operator!r} not allowed; a rule states what is good: < or <=")
+    try:
+        limit = float(number)
+    except ValueError:
+        raise RuleError(f"rule {text!r}: limit {number!r} is not a number") from None
+    if not math.isfinite(limit) or limit <= 0:
+        raise RuleError(f"rule {text!r}: the limit must be a positive number, got {number}")
+    if metric_name in RATES and limit > 1:
+        raise RuleError(f"rule {text!r}: {metric_name} is a fraction of requests (0..1), got {number}")
+    return Rule(metric_name, operator, limit)

@@ -1,0 +1,35 @@
+"""The local runtime as the local-target Pulumi resources reach it (components/local_target.py).
+
+components/ builds on nothing above it, so those resources are given this object (by __main__.py,
+the Pulumi program, and by `mlcanary check`) instead of importing the runtime. Pulumi ships it to
+its provider host inside the providers; dill pickles it by reference to this module.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from mlcanary.local_runtime import paths
+from mlcanary.local_runtime.client import NotRunning, RuntimeClient, RuntimeRefusal
+
+
+class RuntimeAccess:
+    """components.local_target.LocalRuntime, implemented by the runtime's own client."""
+
+    def default_state_dir(self) -> str:
+        return str(paths.state_dir())
+
+    def client(self, state_dir: str) -> RuntimeClient:
+        return RuntimeClient(paths.state_dir(state_dir))
+
+    def already_gone(self, delete: Callable[[], object]) -> bool:
+        """Run a delete; True if the thing was already gone (404, or no runtime), which is fine for a delete."""
+        try:
+            delete()
+        except RuntimeRefusal as err:
+            if err.status != 404:
+                raise
+            return True
+        except NotRunning:
+            return True
+        return False
