@@ -24,7 +24,7 @@ from mlcanary.rollout.appliers import ApplyError
 from mlcanary.rollout.plan import PlanError, gate, load_plan
 from mlcanary.rollout.record import Recorder
 from mlcanary.rollout.runner import Runner
-from mlcanary.rollout.rules import parse_rule
+from mlcanary.components.rollout_rules import parse_rule
 from conftest import PROJECT_DIR
 from test_rollout_judges import buckets
 from test_rollout_runner import STAGE_3, World, decisions, run
