@@ -226,6 +226,14 @@ def test_the_sequential_judges_rules_use_the_rollouts_baseline_when_the_step_has
     assert judge.failure is None and judge.interval_ok
 
 
+def test_the_sequential_judges_ratio_rules_compare_with_the_baseline_of_the_same_step():
+    rule = (parse_rule("error_rate_ratio < 1.5"),)
+    step = (Counts(requests=100, errors=2), Counts(requests=900, errors=18))  # 2 % and 2 %: ratio 1
+    judge = SequentialJudge(0.05, rule)
+    judge.check_interval(step, step, Counts(requests=1000, errors=10))  # the rollout's baseline had 1 %
+    assert judge.failure is None and judge.interval_ok
+
+
 def test_a_failed_sequential_judge_passes_no_later_interval():
     judge = SequentialJudge(0.05, (parse_rule("error_rate < 0.02"),))
     bad = (Counts(requests=100, errors=5), Counts(requests=100))
@@ -272,10 +280,10 @@ def _observe_until_failure(judge: SequentialJudge, windows, limit: int = 500) ->
 
 
 def test_the_sequential_judge_fails_on_errors_at_the_first_crossing_and_says_what_it_saw():
-    judge = SequentialJudge(0.05)
-    fed = _observe_until_failure(judge, iter(lambda: (Counts(requests=50, errors=3), Counts(requests=50)), None))
+    judge = SequentialJudge(0.05)  # one error in ten requests a window: the e-value grows less than 2x a window
+    fed = _observe_until_failure(judge, iter(lambda: (Counts(requests=10, errors=1), Counts(requests=10)), None))
     assert judge.failure == Failure("sequential", "error rate",
-                                    f"target errors {3 * fed}, baseline errors 0: the target's error rate is above "
+                                    f"target errors {fed}, baseline errors 0: the target's error rate is above "
                                     "1.25x the baseline's", judge.e_values()["errors"])
 
 
