@@ -125,3 +125,29 @@ def test_other_asset_names_are_refused_saying_what_is_allowed(name):
     assert rules.asset_name_problems("model", name) == [rules.Problem(
         "model", f"{rules.shown(name)} is not a valid asset name: up to 255 letters, digits, '-', '_' and '.', "
                  "starting with a letter or digit")]
+
+
+def _without_green(number: str, traffic: dict[str, int]):
+    path = next(p for p in STAGE_FILES if p.name.startswith(f"stage-{number}"))
+    config = stage_config(path)
+    endpoint = config["mlcanary:endpoint"]
+    endpoint["deployments"].pop("green", None)
+    endpoint["traffic"], endpoint["mirrorTraffic"] = traffic, {}
+    return load_stack_config(namespaced(config, "mlcanary"), PROJECT_DIR).endpoint
+
+
+def test_a_new_deployments_whole_share_counts_as_moved():
+    before, after = _without_green("2", {"blue": 100}), _endpoint("5", {"blue": 70, "green": 30})
+    assert _max_shift_violations(before, after, 30) == []
+    assert _max_shift_violations(before, after, 29) == [
+        "this step moves 30 percentage points of live traffic; at most 29 may move in one step"]
+
+
+def test_max_shift_without_a_configured_limit_allows_any_move():
+    from mlcanary.policies.transitions import TRANSITION_POLICIES
+
+    (max_shift,) = [p for p in TRANSITION_POLICIES if p.name == "max-traffic-shift"]
+    before, after = _endpoint("5", {"blue": 100, "green": 0}), _endpoint("5", {"blue": 0, "green": 100})
+    assert max_shift.check(before, after, {}) == []
+    assert max_shift.check(before, after, {"maxShiftPercent": 99}) == [
+        "this step moves 100 percentage points of live traffic; at most 99 may move in one step"]
