@@ -703,6 +703,33 @@ def test_the_live_table_shows_the_threshold_judges_failed_checks():
     assert {"judge": "threshold", "failed checks": "0/2"} in seen
 
 
+def test_every_ending_reports_the_judges_e_values_and_what_the_target_served():
+    world = World(green_error_rate=0.5)
+    rolled, events, _ = run_watched(world, steps=[10, 100])
+    assert set(rolled.e_values) == {"errors", "latency"} and events[-1]["eValues"] == rolled.e_values
+    world = World(rps=2)  # 2 requests/s: fewer than the 50 a step needs
+    halted, events, _ = run_watched(world, steps=[100], maxHold=1, minRequests=50)
+    assert halted.exit_code == 3 and set(halted.e_values) == {"errors", "latency"}
+    assert 0 < halted.target_served == events[-1]["targetServed"] == events[-1]["requests"]
+    world = interrupted_at(World(), 50)
+    stopped, events, _ = run_watched(world, steps=[10, 50, 100])
+    assert set(stopped.e_values) == {"errors", "latency"} and events[-1]["event"] == "decision"
+
+
+def test_the_live_table_shows_the_judge_and_the_mirror_of_the_step():
+    world = World(green_error_rate=0.5)
+    plan = load_plan(STAGE_3, {"to": "green", "interval": "2s", "minRequests": 5, "steps": [50, 100],
+                               "mirror": 10, "mirrorFor": "4s"})
+    views = []
+    runner = Runner(plan, world, world, make_judge("sequential", 0.05, (), 1), Recorder(None, clock=world.clock),
+                    clock=world.clock, sleep=world.sleep,
+                    on_update=lambda v: views.append((v.step, dict(v.mirror), dict(v.judge), v.status)))
+    assert runner.run().exit_code == 1
+    assert ("mirror 10 %", {"green": 10}) in [(step, mirror) for step, mirror, _, _ in views]
+    assert all(judge.get("judge") == "sequential" for step, _, judge, _ in views if step)
+    assert views[-1][3].startswith("rolling back") and "e(errors)" in views[-1][2]
+
+
 # --- the plan ------------------------------------------------------------------------------------
 
 
