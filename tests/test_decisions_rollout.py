@@ -730,6 +730,15 @@ def test_the_live_table_shows_the_judge_and_the_mirror_of_the_step():
     assert views[-1][3].startswith("rolling back") and "e(errors)" in views[-1][2]
 
 
+def test_a_step_whose_interval_failed_a_check_is_not_promoted_even_under_the_failure_limit():
+    """Flagger's threshold: a failed check is counted, not forgiven; the step waits for a good interval."""
+    world = World(green_error_rate=0.5)
+    judge = ThresholdJudge((parse_rule("error_rate < 0.05"),), failure_limit=3)
+    outcome, events, _ = run_watched(world, judge, steps=[10, 100])
+    assert (outcome.exit_code, outcome.step) == (1, "10 %") and "failed checks 3 of 3" in outcome.message
+    assert [d for d, _ in decisions(events)] == ["rolled-back"]
+
+
 # --- the plan ------------------------------------------------------------------------------------
 
 
