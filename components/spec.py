@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -19,6 +20,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Strict, ValidationE
 from pydantic.alias_generators import to_camel
 
 from mlcanary.components import rules
+from mlcanary.components.content_digest import folder_problem
 from mlcanary.components.deployment_yaml import read_deployment_yaml
 from mlcanary.components.rules import Problem
 from mlcanary.components.rollout_spec import RolloutSpec, rollout_problems
@@ -39,18 +41,11 @@ class SpecError(ValueError):
 
 
 def _whole_number_or_unchanged(value: Any) -> Any:
-    """Whole floats (wire numbers) and ASCII digit strings (`pulumi config set --type string`) become
-    ints; str.isdigit() and int() would also take full-width and other Unicode digits ("１００")."""
+    """Whole floats (wire numbers: Pulumi and the policy engine send 2.0) become ints. Text is not a
+    number, even "10" quoted: numbers are written as plain ASCII digits (safe_yaml refuses YAML 1.1's
+    octal, hex and base-60 forms), so what a stage file says is what a number is."""
     number = rules.whole_number(value)
-    if number is not None:
-        return number
-    text = value.strip() if isinstance(value, str) else ""
-    if text.isascii() and text.isdigit():
-        try:
-            return int(text)
-        except ValueError:  # more digits than Python converts: not a usable number either
-            return value
-    return value
+    return value if number is None else number
 
 
 WholeNumber = Annotated[int, Strict(), BeforeValidator(_whole_number_or_unchanged)]
@@ -153,6 +148,18 @@ class DeploymentSpec(_Spec):
     tags: dict[str, str] = {}
 
 
+class EndpointIdentity(_Spec):
+    """The endpoint's managed identity, as azure-ai-ml's endpoint `identity` sends it: the scoring
+    script reaches other Azure resources with it. Absent: system-assigned (azure-ai-ml's default)."""
+
+    type: Literal["system_assigned", "user_assigned", "none"]
+    user_assigned_identities: list[str] = []
+
+
+USER_ASSIGNED_IDENTITY = re.compile(
+    r"^/subscriptions/[^/]+/resource[gG]roups/[^/]+/providers/Microsoft\.ManagedIdentity/userAssignedIdentities/[^/]+$")
+
+
 class EndpointSpec(_Spec):
     name: str
     resource_group: str | None = None
@@ -161,6 +168,7 @@ class EndpointSpec(_Spec):
     description: str | None = None
     tags: dict[str, str] = {}
     compute: str | None = None
+    identity: EndpointIdentity | None = None
     deployments: dict[str, DeploymentSpec] = {}
     traffic: dict[str, WholeNumber] = {}
     mirror_traffic: dict[str, WholeNumber] = {}
@@ -225,6 +233,7 @@ def stack_problems(spec: StackSpec) -> list[Problem]:
     field = ENDPOINT_FIELD
     problems = rules.name_problems(rules.join(field, "name"), endpoint.name, "endpoint name")
     problems += rules.auth_mode_problems(rules.join(field, "authMode"), endpoint.auth_mode)
+    problems += _identity_problems(rules.join(field, "identity"), endpoint.identity)
     on_azure = spec.target == "azure"
     if on_azure:
         for key, value in (("resourceGroup", endpoint.resource_group), ("workspace", endpoint.workspace)):
@@ -259,6 +268,20 @@ def stack_problems(spec: StackSpec) -> list[Problem]:
     if spec.rollout is not None:
         problems += rollout_problems(spec.rollout, endpoint.deployments, lambda key: f"{NAMESPACE}:rollout.{key}")
     return problems
+
+
+def _identity_problems(field: str, identity: EndpointIdentity | None) -> list[Problem]:
+    if identity is None:
+        return []
+    ids_field = rules.join(field, "userAssignedIdentities")
+    if identity.type == "user_assigned" and not identity.user_assigned_identities:
+        return [Problem(ids_field, "required with type user_assigned: the ARM ids of the identities")]
+    if identity.type != "user_assigned" and identity.user_assigned_identities:
+        return [Problem(ids_field, f"goes with type user_assigned only (type is {identity.type})")]
+    return [Problem(ids_field, f"{rules.shown(value)} is not the ARM id of a user-assigned identity: "
+                    "/subscriptions/<id>/resourceGroups/<rg>/providers/Microsoft.ManagedIdentity/"
+                    "userAssignedIdentities/<name>")
+            for value in identity.user_assigned_identities if not USER_ASSIGNED_IDENTITY.match(value)]
 
 
 def _local_problems(field: str, deployment: DeploymentSpec) -> list[Problem]:
@@ -323,8 +346,10 @@ def _model_problems(field: str, deployment: DeploymentSpec) -> list[Problem]:
     if named and (deployment.model is None or is_asset_reference(deployment.model)):
         problems.append(Problem(rules.join(field, "modelName"), "modelName and modelVersion register a local model "
                                 "folder; an asset reference already names its version"))
-    elif named and (deployment.model_name is None or deployment.model_version is None):
-        problems.append(Problem(rules.join(field, "modelName"), "modelName and modelVersion go together"))
+    elif deployment.model_version is not None and deployment.model_name is None:
+        # A name without a version is fine: azure-ai-ml registers the next version of that name, as `az ml`
+        # does (`_model_operations.py`, `_get_next_version_from_container`).
+        problems.append(Problem(rules.join(field, "modelVersion"), "a modelVersion needs the modelName it versions"))
     version = deployment.model_version
     if version is not None and not (version.isascii() and version.isdigit() and int(version) > 0):
         problems.append(Problem(rules.join(field, "modelVersion"), f"a model version is a positive whole number, got {rules.shown(version)}"))
@@ -347,6 +372,24 @@ def _is_dir(path: Path) -> bool:
         return False
 
 
+# Bounds of probe and request settings, in the spelling of the config (seconds, ms). Azure documents
+# only the lower ones; the upper ones keep what the local runtime computes from them (a start limit of
+# initialDelay + failureThreshold x period, timers) finite and usable, and `check` enforces them too.
+PROBE_BOUNDS = {"initialDelay": (0, 3600), "period": (1, 3600), "timeout": (1, 3600),
+                "successThreshold": (1, 1000), "failureThreshold": (1, 1000)}
+REQUEST_SETTING_BOUNDS = {"maxConcurrentRequestsPerInstance": (1, 1000), "maxQueueWaitMs": (1, rules.MAX_REQUEST_TIMEOUT_MS)}
+
+
+def bounded_settings_problems(field: str, settings: Mapping[str, Any], bounds: Mapping[str, tuple[int, int]]) -> list[Problem]:
+    """Each setting of `settings` (config spelling) a whole number within its bounds; None means unset."""
+    problems = []
+    for key, (low, high) in bounds.items():
+        value = settings.get(key)
+        if value is not None:
+            problems += rules.integer_range_problems(rules.join(field, key), value, low, high, key)
+    return problems
+
+
 def _deployment_problems(
     field: str, name: str, deployment: DeploymentSpec, endpoint: EndpointSpec
 ) -> list[Problem]:
@@ -363,6 +406,12 @@ def _deployment_problems(
         problems += rules.request_timeout_problems(
             rules.join(field, "requestSettings.requestTimeoutMs"), timeout
         )
+    if deployment.request_settings is not None:
+        problems += bounded_settings_problems(rules.join(field, "requestSettings"),
+                                              deployment.request_settings.model_dump(by_alias=True), REQUEST_SETTING_BOUNDS)
+    for key, probe in (("livenessProbe", deployment.liveness_probe), ("readinessProbe", deployment.readiness_probe)):
+        if probe is not None:
+            problems += bounded_settings_problems(rules.join(field, key), probe.model_dump(by_alias=True), PROBE_BOUNDS)
     if (deployment.code is None) != (deployment.scoring_script is None):
         problems.append(
             Problem(field, "code and scoringScript go together: give both (a scoring script in a code folder) or neither")
@@ -388,16 +437,22 @@ def _azure_problems(field: str, deployment: DeploymentSpec) -> list[Problem]:
         problems.append(
             Problem(rules.join(field, "instanceType"), "required on the azure target: the VM size, e.g. Standard_DS3_v2")
         )
-    elif not deployment.instance_type:
-        # azure-native would otherwise send its own default, a VM size the cluster does not have.
-        problems.append(
-            Problem(rules.join(field, "instanceType"), "required on a Kubernetes deployment: an instance type of the "
-                    "cluster, e.g. defaultinstancetype")
-        )
-    if deployment.code is None and deployment.model_type == "custom_model":
+    # A Kubernetes deployment without instanceType runs on the cluster's default instance type: the
+    # program sends its name (components/azure_args.py), as azure-native would otherwise send a VM size.
+    # A registered model's type is Azure's to know, not the file's: without code it deploys if it is an
+    # MLflow or Triton model (as `az ml` lets Azure decide); a local model's type is the file's.
+    # Without model and code, an environment alone is a custom container (or a model package).
+    local_model = deployment.model is not None and not is_asset_reference(deployment.model)
+    if deployment.code is None and deployment.model_type == "custom_model" and local_model:
         problems.append(
             Problem(rules.join(field, "code"), "required for a custom model: the folder with the scoring script "
                     "(only an mlflow_model or triton_model deploys without code)")
+        )
+    if deployment.model is None and deployment.code is None and deployment.environment is None:
+        problems.append(
+            Problem(rules.join(field, "model"), "nothing to serve: give model (a registered MLflow or Triton model "
+                    "deploys alone; a file that leaves it to `az ml ... --set model=...` needs model here), or code "
+                    "and an environment")
         )
     if deployment.code is not None and deployment.environment is None:
         problems.append(
@@ -421,7 +476,9 @@ def _azure_problems(field: str, deployment: DeploymentSpec) -> list[Problem]:
             and value.count(":") != 2
         ):
             problems.append(
-                Problem(key_field, f"{rules.shown(value)} must pin a version: azureml:<name>:<version>")
+                Problem(key_field, f"{rules.shown(value)} must pin a version: azureml:<name>:<version> (mlcanary's "
+                        "pinning policy, not an Azure rule: Azure would take whatever version is latest at deploy "
+                        "time, so the stage would not say what runs)")
             )
     return problems
 
@@ -501,7 +558,7 @@ def _resolve_paths(
     """Local model/code/conda paths become absolute (from `base`, which `base_named` names for a
     message) and must exist."""
 
-    def resolve(value: Any, key_field: str) -> Any:
+    def resolve(value: Any, key_field: str, hashed: bool = False) -> Any:
         if not isinstance(value, str) or is_asset_reference(value):
             return value
         path = _real_path(base, value)
@@ -517,11 +574,15 @@ def _resolve_paths(
         except OSError as err:
             reason = "is a symlink loop" if err.errno == errno.ELOOP else f"cannot be used: {err.strerror}"
             problems.append(Problem(key_field, f"local path {rules.shown(value)} {reason}"))
+        else:
+            problem = folder_problem(path) if hashed else None  # a code or model folder: before anything hashes it
+            if problem:
+                problems.append(Problem(key_field, problem))
         return str(path)
 
     for key in ("model", "code"):
         if key in deployment:
-            deployment[key] = resolve(deployment[key], rules.join(field, key))
+            deployment[key] = resolve(deployment[key], rules.join(field, key), hashed=True)
     environment = deployment.get("environment")
     if isinstance(environment, Mapping) and "condaFile" in environment:
         conda_field, found = rules.join(field, "environment.condaFile"), len(problems)

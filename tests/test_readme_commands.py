@@ -163,16 +163,22 @@ def test_every_offline_command_of_the_readme_passes(untouched_checkout, shell):
     assert {"./tasks rehearse", "./tasks check", "mlcanary local down"} <= set(ran)
 
 
-def command_names(group, prefix: str = "") -> list[str]:
+def cli_commands(group, prefix: str = ""):
+    """(full name, command) of every command under `group`, through click's list/get_command: the
+    top group loads its commands lazily (mlcanary/cli.py), so `group.commands` lists only `check`."""
     import click
 
-    names = []
-    for name, command in group.commands.items():
+    context = click.Context(group)
+    for name in group.list_commands(context):
+        command = group.get_command(context, name)
         if isinstance(command, click.Group):
-            names += command_names(command, f"{prefix}{name} ")
+            yield from cli_commands(command, f"{prefix}{name} ")
         else:
-            names.append(f"{prefix}{name}")
-    return names
+            yield f"{prefix}{name}", command
+
+
+def command_names(group) -> list[str]:
+    return [name for name, _ in cli_commands(group)]
 
 
 def test_the_exit_code_table_covers_every_command():
@@ -191,13 +197,6 @@ def test_every_option_of_every_command_says_what_it_does():
 
     from mlcanary.cli import main
 
-    def commands(group, prefix=""):
-        for name, command in group.commands.items():
-            if isinstance(command, click.Group):
-                yield from commands(command, f"{prefix}{name} ")
-            else:
-                yield f"{prefix}{name}", command
-
-    silent = [f"{name} {'/'.join(p.opts)}" for name, command in commands(main) for p in command.params
+    silent = [f"{name} {'/'.join(p.opts)}" for name, command in cli_commands(main) for p in command.params
               if isinstance(p, click.Option) and not p.hidden and not p.help]
     assert not silent

@@ -26,6 +26,8 @@ def test_check_json_reports_an_unreadable_stage_as_an_object(tmp_path):
 
 
 def test_check_json_reports_an_invalid_stage_next_to_the_violations(tmp_path):
+    (tmp_path / "Pulumi.yaml").write_text("name: mlcanary\nruntime: python\n")  # its paths resolve from here
+    (tmp_path / "samples").symlink_to(PROJECT_DIR / "samples")
     invalid = tmp_path / "invalid.yaml"
     invalid.write_text(STAGE["1"].read_text().replace("instanceCount: 1", "instanceCount: 0"))
     result = CliRunner().invoke(main, ["check", "--format", "json", str(invalid)])

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from mlcanary.components import rules
-from mlcanary.local_runtime import snapshots
+from mlcanary.local_runtime import records, snapshots
 from mlcanary.local_runtime.data_plane import Endpoint, as_bytes, free_port, problem_response
 from mlcanary.local_runtime.protocol import CONTROL_TOKEN_HEADER
 from mlcanary.local_runtime.routing import Routing
@@ -35,24 +35,18 @@ STORAGE_FAILED = 507  # Insufficient Storage: the change could not be recorded
 
 
 def deployment_problems(name: str, spec: dict[str, Any]) -> list[rules.Problem]:
-    problems = rules.name_problems("name", name, "deployment name")
-    problems += rules.instance_count_problems("instanceCount", spec.get("instanceCount"))
-    if "requestTimeoutMs" in spec:
-        problems += rules.request_timeout_problems("requestTimeoutMs", spec["requestTimeoutMs"])
+    """The rules of a deployment record (records.py, as state.json is checked), then what it names must exist."""
+    problems = records.deployment_problems("", name, spec)
+    if problems:
+        return problems
     code, script = spec.get("code"), spec.get("scoringScript")
-    if not code or not Path(code).is_dir():
+    if not Path(code).is_dir():
         problems.append(rules.Problem("code", f"must be an existing folder, got {code!r}"))
-    elif not script or not (Path(code) / script).is_file():
+    elif not (Path(code) / script).is_file():
         problems.append(rules.Problem("scoringScript", f"{script!r} not found in {code}"))
     model = spec.get("model")
     if model and not Path(model).exists():
         problems.append(rules.Problem("model", f"{model!r} does not exist"))
-    probe = spec.get("readinessProbe") or {}
-    for key, least in (("initialDelay", 0), ("period", 1), ("failureThreshold", 1), ("timeout", 1)):
-        value = probe.get(key)
-        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < least):
-            problems.append(rules.Problem(f"readinessProbe.{key}",
-                                          f"must be a whole number of at least {least}, got {value!r}"))
     return problems
 
 

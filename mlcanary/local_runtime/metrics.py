@@ -59,6 +59,10 @@ class DeploymentMetrics:
 class Metrics:
     def __init__(self) -> None:
         self.by_deployment: dict[tuple[str, str], DeploymentMetrics] = defaultdict(DeploymentMetrics)
+        self.malformed: Counter[str] = Counter()  # endpoint -> requests that were not valid HTTP
+
+    def malformed_request(self, endpoint: str) -> None:
+        self.malformed[endpoint] += 1
 
     def of(self, endpoint: str, deployment: str) -> DeploymentMetrics:
         return self.by_deployment[(endpoint, deployment)]
@@ -98,6 +102,11 @@ class Metrics:
                 lines.append(f'mlcanary_request_duration_seconds_bucket{{{labels},le="{bound}"}} {cumulative}')
             lines.append(f"mlcanary_request_duration_seconds_sum{{{labels}}} {m.latency_sum:.6f}")
             lines.append(f"mlcanary_request_duration_seconds_count{{{labels}}} {cumulative}")
+        lines += [
+            "# HELP mlcanary_malformed_requests_total Requests to a scoring URI that were not valid HTTP (answered 400).",
+            "# TYPE mlcanary_malformed_requests_total counter",
+            *(f'mlcanary_malformed_requests_total{{endpoint="{label(e)}"}} {n}' for e, n in sorted(self.malformed.items())),
+        ]
         return "\n".join(lines) + "\n"
 
     def _counter(self, name: str, description: str, attribute: str) -> list[str]:
