@@ -504,7 +504,9 @@ def test_an_interrupted_rollout_that_cannot_go_back_says_so():
 
     world.apply = first_time_only
     outcome, _, _ = run_watched(world, steps=[10, 50, 100])
-    assert outcome.exit_code == 130 and outcome.message.endswith("\nsetting it failed: cannot apply 10 %")
+    assert outcome.exit_code == 130 and outcome.message == (
+        "could not return to the last good step (10 %: live blue 90, green 10): cannot apply 10 %\n"
+        "the endpoint's traffic is unknown: check it before --resume")
 
 
 def test_sigterm_stops_the_rollout_at_the_last_good_step_with_exit_143():

@@ -10,7 +10,7 @@ from mlcanary.components.user_files import UnusableFile
 
 
 @pytest.mark.parametrize("text, shown", [
-    ("1: a\n0x1: b\n", "1"),  # YAML 1.1 ints: 0x1 is 1
+    ("1: a\n+1: b\n", "1"),  # YAML 1.1 ints: +1 is 1
     ("true: a\nyes: b\n", "True"),  # YAML 1.1 booleans: yes is true
     ("1.0: a\n1.00: b\n", "1.0"),
     ("'k': a\nk: b\n", "'k'"),  # a quoted and a plain k are the same string
