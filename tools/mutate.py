@@ -193,6 +193,10 @@ def run_module(module: str, target: Target, children: int, keep: bool, equivalen
         if not score.statuses:
             tail = (workdir / "mutmut.log").read_text(encoding="utf-8", errors="replace")[-3000:]
             score.error = f"mutmut produced no results (exit {ran.returncode}); the end of its log:\n{tail}"
+        unchecked = sum(1 for status in score.statuses.values() if status == "not checked")
+        if unchecked and not score.error:
+            tail = (workdir / "mutmut.log").read_text(encoding="utf-8", errors="replace")[-3000:]
+            score.error = f"mutmut checked no test against {unchecked} mutants (exit {ran.returncode}); the end of its log:\n{tail}"
         score.equivalent = {name for name in score.survivors if name in equivalents}
         for name, diff in diffs(workdir, score.survivors).items():
             note = "  [equivalent, see docs/mutation-survivors.md]" if name in score.equivalent else ""
