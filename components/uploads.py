@@ -16,7 +16,6 @@ its version still registered.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import pulumi

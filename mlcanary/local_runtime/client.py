@@ -181,6 +181,17 @@ class RuntimeClient:
     def logs(self, endpoint: str, deployment: str, lines: int) -> str:
         return self.call("GET", f"/endpoints/{endpoint}/deployments/{deployment}/logs?lines={lines}", start=False)
 
+    def set_comparison(self, endpoint: str, compare_path: str | None, output_tolerance: str | None) -> dict[str, Any]:
+        """Compare the answers of mirrored requests on `endpoint` (local_runtime/pairing.py)."""
+        return self.call("PUT", f"/endpoints/{endpoint}/comparison",
+                         {"comparePath": compare_path, "outputTolerance": output_tolerance}, start=False)
+
+    def stop_comparison(self, endpoint: str) -> None:
+        self.call("PUT", f"/endpoints/{endpoint}/comparison", {"off": True}, start=False)
+
+    def answers(self, endpoint: str, since: int = 0) -> dict[str, Any]:
+        return self.call("GET", f"/endpoints/{endpoint}/answers?since={since}", start=False)
+
     def metrics(self) -> str:
         return self.call("GET", "/metrics", start=False)
 

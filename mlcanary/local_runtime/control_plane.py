@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from mlcanary.components import rules
+from mlcanary.components import answer_compare, rules
 from mlcanary.local_runtime import records, snapshots
 from mlcanary.local_runtime.data_plane import Endpoint, as_bytes, free_port, problem_response
 from mlcanary.local_runtime.protocol import CONTROL_TOKEN_HEADER
@@ -303,6 +303,33 @@ def control_app(runtime: Runtime) -> web.Application:
                 return not_recorded(err)
         return web.json_response(endpoint.status())
 
+    async def put_comparison(request: web.Request) -> web.Response:
+        """What to compare of this endpoint's answers (pairing.py); `{"off": true}` stops comparing."""
+        endpoint = endpoint_or_404(request)
+        body = await json_body(request)
+        unknown = sorted(body.keys() - {"comparePath", "outputTolerance", "off"})
+        if unknown:
+            return problem_response(400, f"unknown comparison setting(s) {', '.join(unknown)}; "
+                                         "allowed: comparePath, outputTolerance, off")
+        if "off" in body and body["off"] is not True:
+            return problem_response(400, f"off must be true (to stop comparing), got {body['off']!r}")
+        if body.get("off") is True:
+            runtime.metrics.answers.configure(endpoint.name, None)
+            return web.json_response({"settings": None})
+        try:
+            settings = answer_compare.settings_from(body.get("comparePath"), body.get("outputTolerance"))
+        except answer_compare.CompareError as err:
+            return problem_response(400, f"comparison refused; nothing changed: {err}")
+        runtime.metrics.answers.configure(endpoint.name, settings)
+        return web.json_response({"settings": settings.as_json()})
+
+    async def get_answers(request: web.Request) -> web.Response:
+        endpoint = endpoint_or_404(request)
+        since = request.query.get("since", "0")
+        if not (since.isascii() and since.isdigit()):
+            return problem_response(400, "since must be a whole number (the `next` of the previous reading)")
+        return web.json_response(runtime.metrics.answers.snapshot(endpoint.name, int(since)))
+
     async def get_logs(request: web.Request) -> web.Response:
         endpoint = endpoint_or_404(request)
         name = request.match_info["deployment"]
@@ -330,4 +357,6 @@ def control_app(runtime: Runtime) -> web.Application:
     r.add_delete("/endpoints/{endpoint}/deployments/{deployment}", delete_deployment)
     r.add_post("/endpoints/{endpoint}/deployments/{deployment}/cancel", cancel_change)
     r.add_get("/endpoints/{endpoint}/deployments/{deployment}/logs", get_logs)
+    r.add_put("/endpoints/{endpoint}/comparison", put_comparison)
+    r.add_get("/endpoints/{endpoint}/answers", get_answers)
     return app

@@ -208,27 +208,41 @@ class Endpoint:
                     f"Set traffic, or pin a deployment with the {PIN_HEADER} header.",
                 )
             mirror_to = routing.mirror.take()
+        answers = self.metrics.answers if self.metrics.answers.settings_of(self.name) else None
+        live_answer = asyncio.get_running_loop().create_future() if answers and mirror_to else None
         if mirror_to and mirror_to in self.deployments:
-            self._mirror(self.deployments[mirror_to], body, content_type, held)
-        status, payload, headers = await forward(deployment, body, content_type)
-        self.metrics.of(self.name, deployment.name).observe(status, time.perf_counter() - started)
+            self._mirror(self.deployments[mirror_to], body, content_type, held, deployment.name, live_answer)
+        answer = None
+        try:
+            status, payload, headers = await forward(deployment, body, content_type)
+            answer = (status, payload)
+        finally:  # the mirror's comparison waits for this, also when the client went away
+            if live_answer is not None:
+                live_answer.set_result(answer)
+        self.metrics.of(self.name, deployment.name).observe(status, time.perf_counter() - started, pinned=bool(pinned))
+        if answers and not pinned:  # after this answer is sent: the output number for the distributions
+            asyncio.get_running_loop().call_soon(answers.observe_output, self.name, deployment.name, status, payload)
         return web.Response(status=status, body=payload, headers={**headers, PIN_HEADER: deployment.name})
 
-    def _mirror(self, deployment: Deployment, body: bytes, content_type: bytes, held: Held) -> None:
+    def _mirror(self, deployment: Deployment, body: bytes, content_type: bytes, held: Held, live: str = "",
+                live_answer: asyncio.Future | None = None) -> None:
         """Send a copy in the background. Copies are shed first: none while the body budget is half used
         (forward sheds them too when no instance slot is free at once)."""
         if self.body_budget.used * 2 > self.body_budget.limit:
             self.metrics.of(self.name, deployment.name).observe(429, 0.0, mirrored=True)
             return
-        self.background(self.mirror(deployment, body, content_type, held.share()))
+        self.background(self.mirror(deployment, body, content_type, held.share(), live, live_answer))
 
-    async def mirror(self, deployment: Deployment, body: bytes, content_type: bytes, held: Held) -> None:
+    async def mirror(self, deployment: Deployment, body: bytes, content_type: bytes, held: Held, live: str = "",
+                     live_answer: asyncio.Future | None = None) -> None:
         started = time.perf_counter()
         try:
-            status, _, _ = await forward(deployment, body, content_type, mirrored=True)
+            status, payload, _ = await forward(deployment, body, content_type, mirrored=True)
+            self.metrics.of(self.name, deployment.name).observe(status, time.perf_counter() - started, mirrored=True)
+            if live_answer is not None:  # compared once the live answer is out; the body stays held till then
+                await self.metrics.answers.pair(self.name, live, deployment.name, live_answer, status, payload, body)
         finally:
             held.done()
-        self.metrics.of(self.name, deployment.name).observe(status, time.perf_counter() - started, mirrored=True)
 
     def status(self) -> dict[str, Any]:
         return {
