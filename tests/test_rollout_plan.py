@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -21,28 +22,26 @@ DEFAULT_SETTINGS = load_policy_config(None, policy_defaults())
 
 
 def stage_with(tmp_path: Path, rollout: dict | None = None, **endpoint_changes) -> Path:
-    """Local stage 3 with a `mlcanary:rollout` section, written in the project (paths stay relative)."""
+    """Local stage 3 with a `mlcanary:rollout` section, in a project of its own under tmp_path (a copy of
+    Pulumi.yaml; the deployments' paths made absolute): tests never write into the working tree."""
+    shutil.copy(PROJECT_DIR / "Pulumi.yaml", tmp_path / "Pulumi.yaml")
     config = copy.deepcopy(yaml.safe_load(STAGE_3.read_text())["config"])
-    config["mlcanary:endpoint"].update(endpoint_changes)
+    endpoint = config["mlcanary:endpoint"]
+    for deployment in endpoint["deployments"].values():
+        for key in ("model", "code", "file"):
+            if key in deployment:
+                deployment[key] = str(PROJECT_DIR / deployment[key])
+    endpoint.update(endpoint_changes)
     if rollout is not None:
         config["mlcanary:rollout"] = rollout
-    folder = PROJECT_DIR / "stacks" / "local"
-    path = folder / f".test-{tmp_path.name}.yaml"
+    path = tmp_path / "stage-3-with-rollout.yaml"
     path.write_text(yaml.safe_dump({"config": config}))
     return path
 
 
 @pytest.fixture
 def stage_file(tmp_path):
-    paths = []
-
-    def make(rollout=None, **changes):
-        paths.append(stage_with(tmp_path, rollout, **changes))
-        return paths[-1]
-
-    yield make
-    for path in paths:
-        path.unlink(missing_ok=True)
+    return lambda rollout=None, **changes: stage_with(tmp_path, rollout, **changes)
 
 
 def test_default_plan_walks_10_25_50_100_from_the_busiest_deployment():

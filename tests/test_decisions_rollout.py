@@ -1,0 +1,790 @@
+"""The rollout's decisions pinned where a plausible bug would change them (issue 19): the e-values'
+null hypothesis and alternatives, what the judges count, when the runner promotes, holds and
+moves on, and how a plan is derived and gated."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import signal
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+from pulumi_policy import EnforcementLevel
+
+from mlcanary.check import policy_defaults
+from mlcanary.policy_config import PolicySettings, load_policy_config
+from mlcanary.rollout.counts import LATENCY_BOUNDS, Counts, DeploymentCounts
+from mlcanary.rollout.evalue import RateEValue, RatioEValue, reference_rate, sprt
+from mlcanary.rollout.judges import Failure, SequentialJudge, ThresholdJudge, check_rules, describe, make_judge
+from mlcanary.rollout.appliers import ApplyError
+from mlcanary.rollout.plan import PlanError, gate, load_plan
+from mlcanary.rollout.record import Recorder
+from mlcanary.rollout.runner import Runner
+from mlcanary.components.rollout_rules import parse_rule
+from conftest import PROJECT_DIR
+from test_rollout_judges import buckets
+from test_rollout_runner import STAGE_3, World, decisions, run
+
+# --- e-values ------------------------------------------------------------------------------------
+
+
+def test_the_two_sample_null_is_the_tolerated_ratio_r0_not_equality():
+    """One target error in a window where the target served half the requests: with H0 r <= r0 = 1.25
+    and the single alternative r = 2 r0, the likelihood ratio is q(2.5) / q(1.25) with
+    q(r) = r / (r + 1) at share 1/2 (evalue.py's docstring): (2.5/3.5) / (1.25/2.25) = 9/7."""
+    e = RatioEValue(1.25, 0.05, (2.0,))
+    e.update(1, 0, 0.5)
+    assert e.e_value == pytest.approx(9 / 7)
+
+
+def test_two_sample_likelihood_ratio_with_errors_on_both_sides():
+    """One target and one baseline error at share 1/2: q0 = q(1.25) = 5/9, q1 = q(2.5) = 5/7, so the
+    ratio is (q1 / q0) * ((1 - q1) / (1 - q0)) = 9/7 * 9/14 = 81/98."""
+    e = RatioEValue(1.25, 0.05, (2.0,))
+    e.update(1, 1, 0.5)
+    assert e.e_value == pytest.approx(81 / 98) and e.events == (1, 1)
+    e.update(2, 3, 0.5)
+    assert e.events == (3, 4)
+
+
+@pytest.mark.parametrize("target, baseline, share", [(0, 0, 0.5), (0, 3, 0.0), (3, 0, 1.0)],
+                         ids=["no_events", "target_served_nothing", "baseline_served_nothing"])
+def test_a_two_sample_window_without_events_or_without_one_side_says_nothing(target, baseline, share):
+    e = RatioEValue(1.25, 0.05)
+    e.update(target, baseline, share)
+    assert e.e_value == 1.0 and e.events == (0, 0)
+
+
+def test_a_target_erring_exactly_r0_times_the_baseline_is_never_rejected():
+    e = RatioEValue(1.25, 0.05)
+    for _ in range(200):
+        e.update(125, 100, 0.5)  # the target's error rate is 1.25x the baseline's, on equal traffic
+    assert not e.rejected and e.e_value < 1
+
+
+def test_a_failing_target_against_a_40_percent_reference_is_rejected_within_8_requests():
+    """The one-sample alternatives stay strictly between p0 and 1 (p1 <= 1 - (1 - p0) / 2m), so one
+    request that succeeded does not all but rule out the strong alternatives (with alternatives at
+    p1 = 0.999 this stream needs 10 requests)."""
+    e, served = RateEValue(0.05), 0
+    pattern = [0, 1, 1, 1, 1, 1, 1, 1]  # the first request succeeds, the 7 after it fail
+    while e.e_value < 1 / e.alpha and served < len(pattern):
+        e.update(pattern[served], 1, 0.4)
+        served += 1
+    assert e.e_value >= 1 / e.alpha, f"not rejected after {served} requests (e = {e.e_value:.2f})"
+
+
+def test_one_sample_likelihood_ratio_of_one_window():
+    """p0 = 0.5, the x2 alternative is min(2 p0, 1 - (1 - p0) / 4) = 0.875; one error in two requests:
+    (0.875 / 0.5) * (0.125 / 0.5) = 0.4375."""
+    e = RateEValue(0.05, (2.0,))
+    e.update(1, 2, 0.5)
+    assert e.e_value == pytest.approx(0.4375)
+    assert e.events == (1, 2)
+    e.update(3, 4, 0.5)
+    assert e.events == (4, 6) and e.e_value == pytest.approx(0.4375 * 1.75 ** 3 * 0.25)
+
+
+@pytest.mark.parametrize("events, requests, p0", [(1, 0, 0.1), (0, 10, 0.0), (5, 10, 1.0), (5, 10, 1.5)],
+                         ids=["no_requests", "reference_zero", "reference_one", "reference_above_one"])
+def test_a_one_sample_window_without_requests_or_a_usable_reference_says_nothing(events, requests, p0):
+    e = RateEValue(0.05)
+    e.update(events, requests, p0)
+    assert e.e_value == 1.0 and e.events[0] == 0
+
+
+def test_the_reference_rate_is_the_tolerance_times_the_smoothed_rate_plus_two_standard_errors():
+    p = 11 / 1002  # (10 errors + 1) / (1000 requests + 2)
+    assert reference_rate(10, 1000, 1.25) == pytest.approx(1.25 * (p + 2 * (p * (1 - p) / 1002) ** 0.5))
+    assert reference_rate(0, 0, 1.25) is None
+    assert reference_rate(900, 1000, 1.25) == 0.99  # capped below 1: a rate of 1 leaves no room above it
+
+
+def test_the_oracle_sprt_tests_exactly_the_true_ratio():
+    e = sprt(3.0, 1.25, 0.05)
+    assert (e.r0, e.alpha) == (1.25, 0.05) and [e.r0 * m for m in e.grid] == [pytest.approx(3.0)]
+
+
+@pytest.mark.parametrize("make, windows", [
+    (lambda: RatioEValue(1.25, 0.01), [(3, 1, 0.2), (0, 4, 0.5)]),
+    (lambda: RateEValue(0.01), [(3, 10, 0.1), (0, 20, 0.1)]),
+], ids=["two_sample", "one_sample"])
+def test_an_e_value_resumes_from_its_recorded_state_as_it_was(make, windows):
+    """--resume reads the judge's state back from the JSON record: every field survives the trip."""
+    e = make()
+    for window in windows:
+        e.update(*window)
+    state = json.loads(json.dumps(e.state()))
+    again = type(e).from_state(state)
+    assert again == e and again.e_value == e.e_value
+    again.update(*windows[0])
+    e.update(*windows[0])
+    assert again.log_ratios == e.log_ratios
+
+
+# --- judges --------------------------------------------------------------------------------------
+
+
+def test_latency_is_not_judged_on_windows_with_untimed_baseline_requests():
+    """Mirrored copies are not timed: a baseline window of 80 requests of which 10 have a latency says
+    nothing about the baseline's slow share. Counting the 70 untimed ones as fast would roll back a
+    target that is exactly as slow as the baseline."""
+    judge = SequentialJudge(0.05)
+    judge.start_step(Counts(requests=1000, buckets=buckets(900, 100, slow_bound=0.01)))
+    for _ in range(50):
+        judge.observe(Counts(requests=20, buckets=buckets(18, 2, slow_bound=0.01)),
+                      Counts(requests=80, buckets=buckets(9, 1, slow_bound=0.01)))
+    assert judge.failure is None
+    assert judge.e_values()["latency"] == 1.0
+
+
+def test_the_sequential_judges_rules_judge_the_whole_step_not_one_noisy_interval():
+    rule = (parse_rule("error_rate < 0.02"),)
+    step = (Counts(requests=1000, errors=10), Counts(requests=9000, errors=90))  # 1 % over the step
+    noisy = (Counts(requests=100, errors=5), Counts(requests=900, errors=9))  # 5 % in its last interval
+    judge = SequentialJudge(0.05, rule)
+    judge.check_interval(noisy, step, Counts())
+    assert judge.failure is None and judge.interval_ok
+    bad_step = (Counts(requests=1000, errors=30), Counts(requests=9000, errors=90))  # 3 % over the step
+    quiet = (Counts(requests=100), Counts(requests=900))
+    judge = SequentialJudge(0.05, rule)
+    judge.check_interval(quiet, bad_step, Counts())
+    assert judge.failure is not None and "error_rate = 0.03" in judge.failure.message
+
+
+def test_a_judges_summary_of_counts_reads_requests_error_rate_and_p90():
+    counts = Counts(requests=200, errors=3, buckets=buckets(180, 20))
+    assert describe(counts) == "200 requests, error rate 1.50 %, p90 5.0 ms"  # the 180th request: the fast bucket's top
+    # 100 requests in the 2.5-5 ms bucket: the 90th is 90 % of the way up it (as Prometheus interpolates)
+    assert describe(Counts(requests=100, buckets=buckets(100, 0))) == "100 requests, error rate 0.00 %, p90 4.8 ms"
+    assert describe(Counts()) == "0 requests, error rate no data, p90 no data"
+
+
+def test_a_rule_without_data_is_not_judged_and_every_failed_rule_is_reported():
+    rules = (parse_rule("error_rate < 0.02"), parse_rule("latency_p99_ms < 500"), parse_rule("error_rate_ratio < 1.5"))
+    target, baseline = Counts(requests=100, errors=5), Counts()  # no histogram, no baseline: two rules lack data
+    assert check_rules(rules, target, baseline) == [(rules[0], 0.05)]
+    judge = ThresholdJudge(rules)
+    judge.check_interval((target, Counts(requests=100, errors=1)), (target, baseline), Counts())
+    assert judge.failure == Failure(
+        "threshold", "error_rate < 0.02; error_rate_ratio < 1.5",
+        "error_rate = 0.05 (limit < 0.02); error_rate_ratio = 5 (limit < 1.5); failed checks 1 of 1")
+    assert judge.failure.as_json() == {
+        "judge": "threshold", "what": "error_rate < 0.02; error_rate_ratio < 1.5",
+        "message": "error_rate = 0.05 (limit < 0.02); error_rate_ratio = 5 (limit < 1.5); failed checks 1 of 1",
+        "eValue": None}
+
+
+def test_make_judge_builds_the_judge_the_options_name():
+    rules = (parse_rule("error_rate < 0.02"),)
+    threshold = make_judge("threshold", 0.01, rules, 3)
+    assert isinstance(threshold, ThresholdJudge) and (threshold.rules, threshold.failure_limit) == (rules, 3)
+    sequential = make_judge("sequential", 0.01, rules, 3)
+    assert isinstance(sequential, SequentialJudge) and (sequential.alpha, sequential.rules) == (0.01, rules)
+
+
+def test_the_threshold_judge_without_rules_checks_flaggers_defaults_and_fails_at_the_first_bad_interval():
+    judge = ThresholdJudge()
+    assert [str(r) for r in judge.rules] == ["error_rate < 0.01", "latency_p99_ms < 500"] and judge.failure_limit == 1
+    bad = (Counts(requests=100, errors=2), Counts(requests=100))
+    judge.check_interval(bad, bad, Counts())
+    assert judge.failure is not None and not judge.interval_ok
+
+
+def test_the_threshold_judge_compares_with_the_rollouts_baseline_when_the_interval_has_none():
+    rule = (parse_rule("error_rate_ratio < 1.5"),)
+    judge = ThresholdJudge(rule)
+    interval = (Counts(requests=100, errors=2), Counts())  # at 100 %: the baseline served nothing
+    judge.check_interval(interval, interval, Counts(requests=1000, errors=10))  # 2 % vs 1 %: ratio 2
+    assert judge.failure is not None and "error_rate_ratio = 2 " in judge.failure.message
+    judge = ThresholdJudge(rule)
+    judge.check_interval(interval, interval, Counts(requests=1000, errors=20))  # 2 % vs 2 %
+    assert judge.failure is None and judge.interval_ok
+
+
+def test_a_failed_threshold_judge_passes_no_later_interval():
+    judge = ThresholdJudge((parse_rule("error_rate < 0.05"),))
+    judge.check_interval((Counts(requests=100, errors=10), Counts(requests=100)), (Counts(), Counts()), Counts())
+    first = judge.failure
+    good = (Counts(requests=100), Counts(requests=100))
+    judge.check_interval(good, good, Counts())
+    assert judge.failure is first and not judge.interval_ok and judge.failed_checks == 1
+
+
+def test_the_sequential_judges_rules_use_the_rollouts_baseline_when_the_step_has_none():
+    rule = (parse_rule("error_rate_ratio < 1.5"),)
+    step = (Counts(requests=100, errors=2), Counts())
+    judge = SequentialJudge(0.05, rule)
+    judge.check_interval(step, step, Counts(requests=1000, errors=10))
+    assert judge.failure is not None and judge.failure.judge == "rule" and not judge.interval_ok
+    judge = SequentialJudge(0.05, rule)
+    judge.check_interval(step, step, Counts(requests=1000, errors=20))
+    assert judge.failure is None and judge.interval_ok
+
+
+def test_the_sequential_judges_ratio_rules_compare_with_the_baseline_of_the_same_step():
+    rule = (parse_rule("error_rate_ratio < 1.5"),)
+    step = (Counts(requests=100, errors=2), Counts(requests=900, errors=18))  # 2 % and 2 %: ratio 1
+    judge = SequentialJudge(0.05, rule)
+    judge.check_interval(step, step, Counts(requests=1000, errors=10))  # the rollout's baseline had 1 %
+    assert judge.failure is None and judge.interval_ok
+
+
+def test_a_failed_sequential_judge_passes_no_later_interval():
+    judge = SequentialJudge(0.05, (parse_rule("error_rate < 0.02"),))
+    bad = (Counts(requests=100, errors=5), Counts(requests=100))
+    judge.check_interval(bad, bad, Counts())
+    first = judge.failure
+    good = (Counts(requests=100), Counts(requests=100))
+    judge.check_interval(good, good, Counts())
+    assert judge.failure is first and not judge.interval_ok
+
+
+@pytest.mark.parametrize("kind", ["sequential", "threshold"])
+def test_a_judge_resumed_from_its_recorded_state_decides_as_the_one_that_was_interrupted(kind):
+    """--resume: the judge's state goes into the JSON record and comes back into a fresh judge."""
+    rules = (parse_rule("error_rate < 0.05"),)
+    judge, resumed = make_judge(kind, 0.05, rules, 3), make_judge(kind, 0.05, rules, 3)
+    history = Counts(requests=1000, errors=10, buckets=buckets(900, 100, slow_bound=0.01))
+    bad = (Counts(requests=50, errors=5, buckets=buckets(40, 10, slow_bound=0.01)),
+           Counts(requests=50, buckets=buckets(45, 5, slow_bound=0.01)))
+    judge.start_step(history)
+    for _ in range(3):
+        judge.observe(*bad)
+    judge.check_interval(bad, bad, history)
+    resumed.load_state(json.loads(json.dumps(judge.state())))
+    assert resumed.state() == judge.state() and resumed.e_values() == judge.e_values()
+    for one in (judge, resumed):
+        one.failure = None
+        one.observe(*bad)
+        one.check_interval(bad, bad, history)
+    assert resumed.state() == judge.state() and resumed.e_values() == judge.e_values()
+    assert (resumed.failure is None) == (judge.failure is None)
+
+
+def _observe_until_failure(judge: SequentialJudge, windows, limit: int = 500) -> int:
+    """Feed windows until the judge fails; checks it fails at the first look where an e-value reaches
+    1/alpha (Ville's inequality is about that first crossing) and not before. Returns the windows fed."""
+    for fed, (target, baseline) in enumerate(windows, start=1):
+        judge.observe(target, baseline)
+        crossed = max(judge.e_values().values()) >= 1 / judge.alpha
+        assert (judge.failure is not None) == crossed, f"window {fed}: e-values {judge.e_values()}"
+        if crossed:
+            return fed
+        assert fed < limit
+    raise AssertionError("never failed")
+
+
+def test_the_sequential_judge_fails_on_errors_at_the_first_crossing_and_says_what_it_saw():
+    judge = SequentialJudge(0.05)  # one error in ten requests a window: the e-value grows less than 2x a window
+    fed = _observe_until_failure(judge, iter(lambda: (Counts(requests=10, errors=1), Counts(requests=10)), None))
+    assert judge.failure == Failure("sequential", "error rate",
+                                    f"target errors {fed}, baseline errors 0: the target's error rate is above "
+                                    "1.25x the baseline's", judge.e_values()["errors"])
+
+
+def test_errors_the_baseline_did_not_share_are_counted_and_said_so():
+    judge = SequentialJudge(0.05)
+    judge.start_step(Counts(requests=1000, errors=10))
+    judge.observe(Counts(requests=50, errors=1), Counts(requests=50, errors=1))
+    fed = _observe_until_failure(judge, iter(lambda: (Counts(requests=100, errors=20), Counts()), None))
+    assert judge.failure.message == (
+        f"target errors {1 + 20 * fed}, baseline errors 1 (of them {20 * fed} in {100 * fed} requests the baseline "
+        "did not share): the target's error rate is above 1.25x the baseline's")
+
+
+def test_the_sequential_judge_fails_on_latency_at_the_first_crossing_and_says_what_it_saw():
+    judge = SequentialJudge(0.05)
+    judge.start_step(Counts(requests=1000, buckets=buckets(900, 100, slow_bound=0.01)))  # p90 bound: 5 ms
+    fed = _observe_until_failure(judge, iter(lambda: (
+        Counts(requests=20, buckets=buckets(10, 10, slow_bound=0.01)),
+        Counts(requests=80, buckets=buckets(72, 8, slow_bound=0.01))), None))
+    assert judge.failure == Failure(
+        "sequential", "latency", f"requests slower than 5 ms (the baseline's p90): target {10 * fed}, baseline "
+        f"{8 * fed}; the target's share is above 1.25x the baseline's", judge.e_values()["latency"])
+
+
+def test_a_window_with_as_many_target_as_baseline_requests_is_judged():
+    judge = SequentialJudge(0.05)
+    for _ in range(10):
+        judge.observe(Counts(requests=50, errors=10), Counts(requests=50))
+    assert judge.failure is not None and judge.failure.what == "error rate"
+
+
+def test_a_judge_that_has_not_started_a_step_judges_errors_only_against_the_baseline_beside_it():
+    """Before start_step there is no latency threshold and no reference error rate: latency is not
+    judged, and windows the baseline did not serve say nothing."""
+    judge = SequentialJudge(0.05)
+    for _ in range(20):
+        judge.observe(Counts(requests=50, errors=25, buckets=buckets(0, 50)), Counts())
+        judge.observe(Counts(requests=50, buckets=buckets(0, 50)), Counts(requests=50, buckets=buckets(50, 0)))
+    assert judge.failure is None and judge.e_values() == {"errors": 1.0, "latency": 1.0}
+
+
+def test_a_fresh_judge_has_passed_no_interval_and_records_its_alpha():
+    assert not SequentialJudge(0.05).interval_ok and not ThresholdJudge().interval_ok
+    state = SequentialJudge(0.01).state()
+    assert (state["errors"]["alpha"], state["slow"]["alpha"], state["errorsAlone"]["alpha"]) == (0.01, 0.01, 0.01)
+    assert (state["errors"]["r0"], state["slow"]["r0"], state["slowBoundS"]) == (1.25, 1.25, None)
+
+
+# --- the runner ----------------------------------------------------------------------------------
+
+
+def test_a_step_whose_target_serves_too_few_requests_is_not_promoted_after_a_good_step():
+    """The promise "no data never passes": the first step is judged good; then the endpoint stops
+    serving. The next step must hold and halt, not ride on the previous step's good interval."""
+    world = World()
+    apply = world.apply
+
+    def apply_and_go_quiet(step):
+        apply(step)
+        if step.label == "50 %":
+            world.rps = 0
+
+    world.apply = apply_and_go_quiet
+    outcome, events = run(world, steps=[10, 50, 100], maxHold=1)
+    assert outcome.exit_code == 3 and outcome.decision == "halted"
+    assert decisions(events) == [("promoted", "10 %"), ("held", "50 %"), ("held", "50 %"), ("halted", "50 %")]
+    assert world.traffic == {"blue": 100, "green": 0}
+
+
+def test_a_step_whose_target_served_exactly_min_requests_is_promoted_without_a_hold():
+    world = World()  # 100 requests/s, all to green at 100 %: 200 in the first 2 s interval
+    outcome, events = run(world, steps=[100], minRequests=200)
+    served = sum(e["window"]["green"]["requests"] for e in events if e["event"] == "judgement")
+    assert served == 200  # the premise: exactly --min-requests when the interval closes
+    assert outcome.exit_code == 0
+    assert decisions(events) == [("promoted", "100 %"), ("finished", "100 %")]
+
+
+def test_the_mirror_phase_lasts_mirror_for_not_one_interval():
+    world = World()
+    outcome, events = run(world, steps=[50, 100], mirror=10, mirrorFor="6s")  # interval 2 s
+    assert outcome.exit_code == 0
+    applied = next(e["time"] for e in events if e["event"] == "step" and e["label"] == "mirror 10 %")
+    promoted = next(e["time"] for e in events if e["event"] == "decision" and e["step"] == "mirror 10 %")
+    assert promoted - applied >= 6
+    live = next(e["time"] for e in events if e["event"] == "step" and e["label"] == "50 %")
+    done = next(e["time"] for e in events if e["event"] == "decision" and e["step"] == "50 %")
+    assert done - live < 6  # a live step is held for the interval, not for --mirror-for
+
+
+def run_watched(world: World, judge=None, **flags):
+    """run() of test_rollout_runner, also collecting every status line the live table showed."""
+    plan = load_plan(STAGE_3, {"to": "green", "interval": "2s", "minRequests": 5, **flags})
+    recorder = Recorder(None, clock=world.clock)
+    o = plan.options
+    statuses: list[str] = []
+    runner = Runner(plan, world, world, judge or make_judge(o.judge, o.alpha, o.rules, o.failure_limit), recorder,
+                    clock=world.clock, sleep=world.sleep, on_update=lambda view: statuses.append(view.status))
+    return runner.run(), recorder.events, statuses
+
+
+def failing_on(world: World, label: str) -> World:
+    """`world` whose applier fails when asked to apply the step `label`."""
+    apply = world.apply
+
+    def apply_or_fail(step):
+        if step.label == label:
+            raise ApplyError(f"cannot apply {label}")
+        apply(step)
+
+    world.apply = apply_or_fail
+    return world
+
+
+def quiet_after_start(world: World) -> World:
+    apply = world.apply
+
+    def apply_and_go_quiet(step):
+        apply(step)
+        if step.kind != "start":
+            world.rps = 0
+
+    world.apply = apply_and_go_quiet
+    return world
+
+
+def test_a_halt_says_how_many_requests_the_step_got_and_puts_traffic_back():
+    world = quiet_after_start(World())
+    outcome, events, statuses = run_watched(world, steps=[100], maxHold=1)
+    message = ("at step 100 %: green served 0 of the 5 requests a step needs, after 1 extra interval(s); "
+               "traffic is back on blue")
+    assert (outcome.exit_code, outcome.decision, outcome.message, outcome.step) == (3, "halted", message, "100 %")
+    assert outcome.target_served == 0 and outcome.failure is None
+    last = events[-1]
+    assert (last["event"], last["decision"], last["step"], last["index"], last["requests"], last["targetServed"],
+            last["message"]) == ("decision", "halted", "100 %", 0, 0, 0, message)
+    assert "halting: not enough data" in statuses and world.traffic == {"blue": 100, "green": 0}
+
+
+def test_a_halt_whose_rollback_fails_says_so():
+    world = failing_on(quiet_after_start(World()), "rollback")
+    outcome, events, _ = run_watched(world, steps=[100], maxHold=1)
+    assert outcome.exit_code == 3 and outcome.message.endswith("the rollback failed: cannot apply rollback")
+    assert events[-1]["message"] == outcome.message
+
+
+def test_a_rollback_says_which_judge_failed_on_what_and_records_what_it_observed():
+    world = World(green_error_rate=0.5)
+    outcome, events, statuses = run_watched(world, ThresholdJudge((parse_rule("error_rate < 0.05"),)), steps=[10, 100])
+    assert outcome.exit_code == 1 and outcome.decision == "rolled back" and outcome.step == "10 %"
+    assert outcome.message == f"at step 10 %, threshold judge failed on error_rate < 0.05: {outcome.failure.message}"
+    assert outcome.failure.message.startswith("error_rate = 0.5 (limit < 0.05)")
+    last = events[-1]
+    assert (last["decision"], last["step"], last["index"], last["rollbackError"]) == ("rolled-back", "10 %", 0, None)
+    assert last["failure"] == outcome.failure.as_json() and last["targetServed"] == outcome.target_served == 20
+    assert last["observed"]["green"]["requests"] == 20 and last["observed"]["green"]["errors"] == 10
+    assert last["observed"]["blue"]["requests"] == 180
+    assert "rolling back: threshold (error_rate < 0.05)" in statuses and world.traffic == {"blue": 100, "green": 0}
+
+
+def test_a_rollback_that_fails_itself_says_so():
+    world = failing_on(World(green_error_rate=0.5), "rollback")
+    outcome, events, _ = run_watched(world, ThresholdJudge((parse_rule("error_rate < 0.05"),)), steps=[10, 100])
+    assert outcome.exit_code == 1
+    assert outcome.message.endswith("\nthe rollback itself failed: cannot apply rollback")
+    assert events[-1]["rollbackError"] == "cannot apply rollback"
+
+
+def test_a_step_that_cannot_be_applied_is_rolled_back_as_an_apply_failure():
+    world = failing_on(World(), "50 %")
+    outcome, events, _ = run_watched(world, steps=[10, 50, 100])
+    assert (outcome.exit_code, outcome.step, outcome.failure.judge, outcome.failure.what) == (1, "50 %", "apply", "50 %")
+    assert world.traffic == {"blue": 100, "green": 0}
+
+
+def interrupted_at(world: World, green_share: int) -> World:
+    serve = world.sleep
+
+    def sleep(seconds):
+        serve(seconds)
+        if world.traffic.get("green") == green_share:
+            raise KeyboardInterrupt
+
+    world.sleep = sleep
+    return world
+
+
+def test_an_interrupted_rollout_goes_back_to_the_last_good_step_and_says_how_to_go_on():
+    world = interrupted_at(World(), 50)
+    outcome, events, statuses = run_watched(world, steps=[10, 50, 100])
+    message = "left at the last good step (10 %: live blue 90, green 10); continue with --resume"
+    assert (outcome.exit_code, outcome.decision, outcome.message, outcome.step) == (130, "interrupted", message, "10 %")
+    last = events[-1]
+    assert (last["decision"], last["step"], last["lastGood"], last["exitCode"]) == ("interrupted", "10 %", 0, 130)
+    assert last["targetServed"] == outcome.target_served > 0 and last["judgeState"]["errors"]["alpha"] == 0.05
+    assert "interrupted: back to 10 %" in statuses and world.traffic == {"blue": 90, "green": 10}
+
+
+def test_an_interrupt_in_the_first_step_goes_back_to_the_stage_file():
+    world = interrupted_at(World(), 10)
+    outcome, events, _ = run_watched(world, steps=[10, 100])
+    assert outcome.message == ("left at the last good step (stage-3-green-dark.yaml: live blue 100, green 0); "
+                               "continue with --resume")
+    assert events[-1]["lastGood"] == -1 and world.traffic == {"blue": 100, "green": 0}
+
+
+def test_an_interrupted_rollout_that_cannot_go_back_says_so():
+    world = failing_on(interrupted_at(World(), 50), "10 %")
+    world.applied_once = False
+    apply = world.apply
+
+    def first_time_only(step):  # "10 %" applies as a step, fails as the way back
+        if step.label == "10 %" and not world.applied_once:
+            world.applied_once = True
+            World.apply(world, step)
+            return
+        apply(step)
+
+    world.apply = first_time_only
+    outcome, _, _ = run_watched(world, steps=[10, 50, 100])
+    assert outcome.exit_code == 130 and outcome.message == (
+        "could not return to the last good step (10 %: live blue 90, green 10): cannot apply 10 %\n"
+        "the endpoint's traffic is unknown: check it before --resume")
+
+
+def test_sigterm_stops_the_rollout_at_the_last_good_step_with_exit_143():
+    world = World()
+    serve = world.sleep
+
+    def sleep(seconds):
+        serve(seconds)
+        if world.traffic.get("green") == 50:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    world.sleep = sleep
+    previous = signal.getsignal(signal.SIGTERM)
+    outcome, events, _ = run_watched(world, steps=[10, 50, 100])
+    assert (outcome.exit_code, outcome.step) == (143, "10 %") and events[-1]["exitCode"] == 143
+    assert signal.getsignal(signal.SIGTERM) is previous  # the runner's handler is gone again
+    assert world.traffic == {"blue": 90, "green": 10}
+
+
+class TimedWorld(World):
+    """World whose every live request is timed in the first histogram bucket (0-1 ms)."""
+
+    def read(self):
+        return {name: DeploymentCounts(Counts(c.live.requests, c.live.errors, c.live.errors_5xx,
+                                              (c.live.requests,) + (0,) * (len(LATENCY_BOUNDS) - 1)), c.mirrored)
+                for name, c in super().read().items()}
+
+
+def test_each_judgement_records_the_windows_counts_per_deployment():
+    world = TimedWorld(green_error_rate=0.1)
+    _, events, _ = run_watched(world, steps=[50, 100])
+    judged = [e for e in events if e["event"] == "judgement"]
+    green = judged[1]["window"]["green"]  # one second at 50 % of 100 requests/s, 10 % failing
+    green = {k: green[k] for k in ("requests", "errors", "errors5xx", "p90Ms", "p99Ms")}
+    assert green == {"requests": 50, "errors": 5, "errors5xx": 5, "p90Ms": pytest.approx(0.9), "p99Ms": pytest.approx(0.99)}
+    assert judged[1]["traffic"] == {"blue": 50, "green": 50} and judged[1]["step"] == "50 %"
+
+
+def test_the_start_stage_is_applied_and_recorded_unless_the_endpoint_is_already_in_it():
+    world = World()
+    _, events, statuses = run_watched(world, steps=[100])
+    assert world.applied[0] == "stage-3-green-dark.yaml" and "applying stage-3-green-dark.yaml" in statuses
+    assert {k: v for k, v in events[0].items() if k != "rollout"} == {"time": 0.0, "event": "step", "index": -1, "label": "stage-3-green-dark.yaml",
+                         "traffic": {"blue": 100, "green": 0}, "mirror": {}}
+    world = World()
+    world.in_state = lambda step: step.label == "stage-3-green-dark.yaml"
+    _, events, _ = run_watched(world, steps=[100])
+    assert world.applied[0] == "100 %" and events[0]["label"] == "stage-3-green-dark.yaml"
+
+
+def test_a_start_stage_that_cannot_be_applied_is_refused_with_nothing_changed():
+    world = failing_on(World(), "stage-3-green-dark.yaml")
+    outcome, events, _ = run_watched(world, steps=[100])
+    assert (outcome.exit_code, outcome.decision) == (2, "refused")
+    assert outcome.message == ("the stage file could not be applied; nothing was changed by the rollout:\n"
+                               "cannot apply stage-3-green-dark.yaml")
+    assert world.applied == [] and events == []
+
+
+def test_the_live_table_shows_the_step_number_out_of_all_steps():
+    world = World()
+    plan = load_plan(STAGE_3, {"to": "green", "interval": "2s", "minRequests": 5, "steps": [50, 100]})
+    seen = set()
+    runner = Runner(plan, world, world, make_judge("sequential", 0.05, (), 1), Recorder(None, clock=world.clock),
+                    clock=world.clock, sleep=world.sleep,
+                    on_update=lambda v: seen.add((v.step, v.index, v.steps, str(v.traffic), str(v.mirror), "judge" in v.judge)))
+    assert runner.run().exit_code == 0
+    assert {("50 %", 1, 2, "{'blue': 50, 'green': 50}", "{}", True), ("100 %", 2, 2, "{'blue': 0, 'green': 100}", "{}", True)} <= seen
+
+
+def test_a_resumed_rollout_starts_at_its_step_with_the_judges_state_and_what_was_served():
+    world = World(green_error_rate=0.2)
+    world.current = None
+    plan = load_plan(STAGE_3, {"to": "green", "interval": "2s", "minRequests": 5, "steps": [10, 50, 100]})
+    judge = ThresholdJudge((parse_rule("error_rate < 0.5"),), failure_limit=2)
+    runner = Runner(plan, world, world, judge, Recorder(None, clock=world.clock), clock=world.clock, sleep=world.sleep)
+    outcome = runner.run(start_index=1, judge_state={"failedChecks": 1}, target_served=40)
+    assert world.applied[0] == "50 %" and world.current is plan.steps[0]  # no start stage, no 10 % again
+    assert outcome.exit_code == 0 and outcome.target_served == 40 + 100 + 200
+    world = World(green_error_rate=0.6)
+    world.current = None
+    judge = ThresholdJudge((parse_rule("error_rate < 0.5"),), failure_limit=2)
+    runner = Runner(plan, world, world, judge, Recorder(None, clock=world.clock), clock=world.clock, sleep=world.sleep)
+    outcome = runner.run(start_index=1, judge_state={"failedChecks": 1}, target_served=40)
+    assert outcome.exit_code == 1 and "failed checks 2 of 2" in outcome.message  # the check before resuming counts
+
+
+def test_an_interrupt_right_after_resuming_goes_back_to_the_step_before():
+    world = interrupted_at(World(), 50)
+    world.current = None
+    plan = load_plan(STAGE_3, {"to": "green", "interval": "2s", "minRequests": 5, "steps": [10, 50, 100]})
+    runner = Runner(plan, world, world, make_judge("sequential", 0.05, (), 1), Recorder(None, clock=world.clock),
+                    clock=world.clock, sleep=world.sleep)
+    outcome = runner.run(start_index=1)
+    assert outcome.exit_code == 130 and outcome.step == "10 %" and world.traffic == {"blue": 90, "green": 10}
+
+
+def test_a_target_failing_its_mirrored_copies_is_rolled_back_in_the_mirror_phase():
+    world = World(green_error_rate=0.5)  # green fails half of what it serves, mirrored copies included
+    outcome, _, _ = run_watched(world, steps=[50, 100], mirror=10, mirrorFor="6s")
+    assert (outcome.exit_code, outcome.step, outcome.failure.judge) == (1, "mirror 10 %", "sequential")
+    assert "50 %" not in world.applied
+
+
+def test_judgements_while_baking_are_labelled_as_the_bake():
+    world = World()
+    _, events, _ = run_watched(world, steps=[100], bake="3s")
+    labels = [e["step"] for e in events if e["event"] == "judgement"]
+    assert labels[:2] == ["100 %", "100 %"] and set(labels[2:]) == {"bake at 100 %"}
+
+
+def test_windows_close_every_tick_in_every_step_and_a_failed_reading_is_delayed_not_lost():
+    world = World(fail_reads={3})  # a reading in the middle of the first step
+    plan = load_plan(STAGE_3, {"to": "green", "interval": "2s", "minRequests": 5, "steps": [50, 100]})
+    recorder = Recorder(None, clock=world.clock)
+    runner = Runner(plan, world, world, make_judge("sequential", 0.05, (), 1), recorder, tick_s=0.5,
+                    clock=world.clock, sleep=world.sleep)
+    assert runner.run().exit_code == 0
+    times = [e["time"] for e in recorder.events if e["event"] == "judgement"]
+    assert all(later - earlier == pytest.approx(0.5) for earlier, later in zip(times, times[1:]))
+    judged = sum(e["window"].get("green", {}).get("requests", 0) for e in recorder.events if e["event"] == "judgement")
+    assert judged == world.totals["green"].live.requests  # every request green served, judged once
+
+
+class TwoRateWorld(World):
+    """World where blue fails too: `rates` maps a deployment to its error rate, changed by the test."""
+
+    def __init__(self, rates):
+        self.rates = rates
+        super().__init__()
+
+    def _serve(self, seconds):
+        for name in ("blue", "green"):
+            for kind, share in (("live", self.traffic.get(name, 0)), ("mirrored", self.mirror.get(name, 0))):
+                requests, errors = self.exact.get((name, kind), (0.0, 0.0))
+                self.exact[(name, kind)] = (requests + self.rps * seconds * share / 100,
+                                            errors + self.rps * seconds * share / 100 * self.rates[name])
+            live, mirrored = self.exact.get((name, "live"), (0, 0)), self.exact.get((name, "mirrored"), (0, 0))
+            self.totals[name] = DeploymentCounts(Counts(int(live[0] + 1e-9), int(live[1] + 1e-9), int(live[1] + 1e-9)),
+                                                 Counts(int(mirrored[0] + 1e-9), int(mirrored[1] + 1e-9)))
+
+
+def test_at_100_percent_a_ratio_rule_compares_with_the_baseline_of_the_earlier_steps():
+    world = TwoRateWorld({"blue": 0.1, "green": 0.1})
+    apply = world.apply
+
+    def apply_and_degrade(step):
+        apply(step)
+        if step.label == "100 %":
+            world.rates["green"] = 0.3  # 3x the error rate blue had while it served
+    world.apply = apply_and_degrade
+    judge = ThresholdJudge((parse_rule("error_rate_ratio < 1.5"),))
+    outcome, _, _ = run_watched(world, judge, steps=[50, 100])
+    assert (outcome.exit_code, outcome.step) == (1, "100 %")
+    assert "error_rate_ratio = 3 " in outcome.failure.message
+
+
+def test_a_promoted_rollout_records_each_step_and_decision_and_says_where_it_ended():
+    world = World()
+    outcome, events, _ = run_watched(world, steps=[50, 100], bake="2s", deleteOld=True)
+    assert (outcome.exit_code, outcome.decision, outcome.message, outcome.step) == (
+        0, "promoted", "green promoted to delete blue", "delete blue")
+    assert set(outcome.e_values) == {"errors", "latency"}
+    steps = [(e["index"], e["label"], e["traffic"], e["mirror"]) for e in events if e["event"] == "step"]
+    assert steps == [(-1, "stage-3-green-dark.yaml", {"blue": 100, "green": 0}, {}),
+                     (0, "50 %", {"blue": 50, "green": 50}, {}), (1, "100 %", {"blue": 0, "green": 100}, {}),
+                     (2, "delete blue", {"green": 100}, {})]
+    served, made = 0, []  # green's requests as the judgement windows recorded them, up to each decision
+    for e in events:
+        if e["event"] == "judgement":
+            served += e["window"]["green"]["requests"]
+        elif e["event"] == "decision":
+            made.append({k: v for k, v in e.items() if k not in ("time", "event", "judgeState", "rollout")})
+            assert made[-1]["targetServed"] == served
+    assert served > 0 and outcome.target_served == served
+    assert [{k: v for k, v in d.items() if k != "targetServed"} for d in made] == [
+        {"decision": "promoted", "step": "50 %", "index": 0},
+        {"decision": "promoted", "step": "100 %", "index": 1},
+        {"decision": "baked", "step": "100 %", "index": 1},
+        {"decision": "finished", "step": "delete blue", "index": 2, "message": "green promoted to delete blue"}]
+    assert all(e["judgeState"]["errors"]["r0"] == 1.25 for e in events if e.get("decision") in ("promoted", "baked"))
+
+
+def test_a_failed_reading_is_recorded_with_the_sources_message():
+    world = World(fail_reads={3})
+    _, events, _ = run_watched(world, steps=[100])
+    assert [e["message"] for e in events if e["event"] == "source-error"] == ["metrics unavailable"]
+
+
+def test_the_live_table_shows_the_threshold_judges_failed_checks():
+    world = World()
+    plan = load_plan(STAGE_3, {"to": "green", "interval": "2s", "minRequests": 5, "steps": [100]})
+    seen = []
+    runner = Runner(plan, world, world, ThresholdJudge(failure_limit=2), Recorder(None, clock=world.clock),
+                    clock=world.clock, sleep=world.sleep, on_update=lambda v: seen.append(dict(v.judge)))
+    assert runner.run().exit_code == 0
+    assert {"judge": "threshold", "failed checks": "0/2"} in seen
+
+
+def test_every_ending_reports_the_judges_e_values_and_what_the_target_served():
+    world = World(green_error_rate=0.5)
+    rolled, events, _ = run_watched(world, steps=[10, 100])
+    assert set(rolled.e_values) == {"errors", "latency"} and events[-1]["eValues"] == rolled.e_values
+    world = World(rps=2)  # 2 requests/s: fewer than the 50 a step needs
+    halted, events, _ = run_watched(world, steps=[100], maxHold=1, minRequests=50)
+    assert halted.exit_code == 3 and set(halted.e_values) == {"errors", "latency"}
+    assert 0 < halted.target_served == events[-1]["targetServed"] == events[-1]["requests"]
+    world = interrupted_at(World(), 50)
+    stopped, events, _ = run_watched(world, steps=[10, 50, 100])
+    assert set(stopped.e_values) == {"errors", "latency"} and events[-1]["event"] == "decision"
+
+
+def test_the_live_table_shows_the_judge_and_the_mirror_of_the_step():
+    world = World(green_error_rate=0.5)
+    plan = load_plan(STAGE_3, {"to": "green", "interval": "2s", "minRequests": 5, "steps": [50, 100],
+                               "mirror": 10, "mirrorFor": "4s"})
+    views = []
+    runner = Runner(plan, world, world, make_judge("sequential", 0.05, (), 1), Recorder(None, clock=world.clock),
+                    clock=world.clock, sleep=world.sleep,
+                    on_update=lambda v: views.append((v.step, dict(v.mirror), dict(v.judge), v.status)))
+    assert runner.run().exit_code == 1
+    assert ("mirror 10 %", {"green": 10}) in [(step, mirror) for step, mirror, _, _ in views]
+    assert views[-1][3].startswith("rolling back") and "e(errors)" in views[-1][2]
+
+
+def test_a_step_whose_interval_failed_a_check_is_not_promoted_even_under_the_failure_limit():
+    """Flagger's threshold: a failed check is counted, not forgiven; the step waits for a good interval."""
+    world = World(green_error_rate=0.5)
+    judge = ThresholdJudge((parse_rule("error_rate < 0.05"),), failure_limit=3)
+    outcome, events, _ = run_watched(world, judge, steps=[10, 100])
+    assert (outcome.exit_code, outcome.step) == (1, "10 %") and "failed checks 3 of 3" in outcome.message
+    assert [d for d, _ in decisions(events)] == ["rolled-back"]
+
+
+# --- the plan ------------------------------------------------------------------------------------
+
+
+def stage_in(folder: Path, traffic: dict[str, int], rollout: dict | None = None) -> Path:
+    """Local stage 3 with a third deployment `red` (blue's twin), written into `folder` as a project
+    of its own (a copy of Pulumi.yaml, the deployments' paths made absolute)."""
+    shutil.copy(PROJECT_DIR / "Pulumi.yaml", folder / "Pulumi.yaml")
+    config = copy.deepcopy(yaml.safe_load(STAGE_3.read_text())["config"])
+    endpoint = config["mlcanary:endpoint"]
+    blue = endpoint["deployments"]["blue"]
+    blue["model"], blue["code"] = (str(PROJECT_DIR / blue[k]) for k in ("model", "code"))
+    endpoint["deployments"]["green"]["file"] = str(PROJECT_DIR / endpoint["deployments"]["green"]["file"])
+    endpoint["deployments"]["red"] = {**blue, "instanceCount": 1}
+    endpoint["traffic"] = traffic
+    if rollout is not None:
+        config["mlcanary:rollout"] = rollout
+    path = folder / "stage.yaml"
+    path.write_text(yaml.safe_dump({"config": config}))
+    return path
+
+
+def test_the_baseline_is_the_busiest_other_deployment(tmp_path):
+    path = stage_in(tmp_path, {"blue": 100, "red": 0, "green": 0})
+    assert load_plan(path, {"to": "green"}).options.baseline == "blue"
+    path = stage_in(tmp_path, {"blue": 30, "red": 70, "green": 0})
+    with pytest.raises(PlanError) as raised:  # red is the baseline; blue keeps its 30 %
+        load_plan(path, {"to": "green"})
+    assert str(raised.value) == ("other deployments keep 30 % of live traffic ({'blue': 30}); "
+                                 "'green' can take at most 70 %, but the last step is 100 %")
+
+
+def test_steps_and_rules_from_the_stage_file_hold_when_no_flag_gives_them(tmp_path):
+    """The CLI passes an empty tuple for a repeatable option the user did not give (--rule, --steps)."""
+    path = stage_in(tmp_path, {"blue": 100, "red": 0, "green": 0},
+                    {"to": "green", "steps": [20, 100], "rule": ["error_rate < 0.02"]})
+    options = load_plan(path, {"steps": (), "rule": (), "interval": None}).options
+    assert options.steps == (20, 100) and [str(r) for r in options.rules] == ["error_rate < 0.02"]
+
+
+def test_the_gate_judges_the_first_step_against_the_stage_file():
+    settings = load_policy_config(None, policy_defaults())
+    settings["max-traffic-shift"] = PolicySettings(EnforcementLevel.MANDATORY, {"maxShiftPercent": 10})
+    plan = load_plan(STAGE_3, {"to": "green", "steps": [50, 60, 70, 80, 90, 100]})
+    refused = gate(plan, settings)
+    assert len(refused) == 1
+    assert refused[0].startswith("stage-3-green-dark.yaml -> step '50 %': [mandatory] max-traffic-shift: this step "
+                                 "moves 50 percentage points")

@@ -1,0 +1,153 @@
+"""Decisions of the rules module and the transition rules, pinned at their edges (issue 19).
+
+Each test states a rule of Azure ML (design.md, "Azure facts") or of `mlcanary check` at the exact
+value where allowed turns into refused, so an off-by-one or a dropped case fails here.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from mlcanary.check import _check_transition, policy_defaults
+from mlcanary.components import rules
+from mlcanary.components.spec import load_stack_config
+from mlcanary.components.stage_file import namespaced
+from mlcanary.policy_config import policy_settings
+from conftest import PROJECT_DIR, STAGE_FILES, stage_config
+
+
+@pytest.mark.parametrize("traffic", [{"blue": 0, "green": 0}, {}], ids=["all_zero", "empty_map"])
+def test_nothing_live_is_an_allowed_live_traffic_sum(traffic):
+    """Azure: the live shares sum to exactly 100, or to 0 when nothing is live (an endpoint before its
+    first deployment goes live, or after its traffic was taken away)."""
+    assert rules.traffic_problems(traffic, {}, ["blue", "green"]) == []
+
+
+@pytest.mark.parametrize("total", [1, 99, 101])
+def test_a_live_traffic_sum_other_than_0_or_100_is_refused(total):
+    (problem,) = rules.traffic_problems({"blue": total - 1, "green": 1}, {}, ["blue", "green"])
+    assert problem.field == "traffic" and f"got {total}" in problem.message
+
+
+@pytest.mark.parametrize("length", [3, 31, 32])
+def test_names_of_3_to_32_characters_are_allowed(length):
+    name = "e" * (length - 1) + "1"
+    assert rules.name_problems("endpoint.name", name) == []
+
+
+@pytest.mark.parametrize("length", [2, 33])
+def test_names_shorter_than_3_or_longer_than_32_characters_are_refused(length):
+    (problem,) = rules.name_problems("endpoint.name", "e" * length)
+    assert problem.field == "endpoint.name" and "3-32 characters" in problem.message
+
+
+def _endpoint(number: str, traffic: dict[str, int]):
+    """A sample stage with its live traffic replaced."""
+    path = next(p for p in STAGE_FILES if p.name.startswith(f"stage-{number}"))
+    config = stage_config(path)
+    config["mlcanary:endpoint"]["traffic"] = traffic
+    config["mlcanary:endpoint"]["mirrorTraffic"] = {}
+    return load_stack_config(namespaced(config, "mlcanary"), PROJECT_DIR).endpoint
+
+
+def _max_shift_violations(before, after, limit: int) -> list[str]:
+    settings = policy_settings({"max-traffic-shift": {"enforcementLevel": "mandatory", "maxShiftPercent": limit}},
+                               policy_defaults())
+    return [v.message for v in _check_transition("A -> B", before, after, settings) if v.policy == "max-traffic-shift"]
+
+
+def test_a_step_moving_exactly_max_shift_percent_is_allowed():
+    before, after = _endpoint("5", {"blue": 90, "green": 10}), _endpoint("5", {"blue": 60, "green": 40})
+    assert _max_shift_violations(before, after, 30) == []
+
+
+def test_a_step_moving_one_point_more_than_max_shift_percent_is_refused():
+    before, after = _endpoint("5", {"blue": 90, "green": 10}), _endpoint("5", {"blue": 59, "green": 41})
+    assert _max_shift_violations(before, after, 30) == [
+        "this step moves 31 percentage points of live traffic; at most 30 may move in one step"]
+
+
+# --- how messages echo a user's value (a 100 KB name is not echoed in full) -----------------------
+
+
+def test_a_long_string_is_echoed_as_its_first_60_characters_and_its_length():
+    assert rules.shown("a" * 100) == "'" + "a" * 60 + "'… (100 characters)"
+    assert rules.shown("a" * 60) == "'" + "a" * 60 + "'"
+    assert rules.shown_text("b" * 61) == "b" * 60 + "… (61 characters)" and rules.shown_text("b" * 60) == "b" * 60
+
+
+@pytest.mark.parametrize("value, echoed", [
+    (["x" * 100, 2, 3, 4, 5], "['" + "x" * 20 + "'… (100 characters), 2, 3, ...]"),
+    (list(range(1000)), "[0, 1, 2, ...]"),
+    (tuple(range(10)), "(0, 1, 2, ...)"),
+    ({1, 2, 3, 4, 5}, "{1, 2, 3, ...}"),
+    ({"a": 1, "b": 2, "c": 3, "d": 4}, "{'a': 1, 'b': 2, 'c': 3, ...}"),
+    ([[[["deep"]]]], "[[[[...]]]]"),
+    (10 ** 100, "1" + "0" * 17 + "..." + "0" * 19),
+], ids=["strings_inside_a_list", "long_list", "long_tuple", "long_set", "long_mapping", "deep_nesting", "huge_number"])
+def test_containers_are_echoed_with_three_items_and_strings_inside_them_cut_to_20(value, echoed):
+    assert rules.shown(value) == echoed
+
+
+def test_an_echo_is_at_most_180_characters():
+    echoed = rules.shown([["y" * 200] * 3] * 3)
+    assert len(echoed) == 181 and echoed.endswith("…")
+    assert echoed.startswith("[['" + "y" * 20 + "'… (200 characters), ")
+
+
+def test_a_problem_reads_field_colon_message_or_the_message_alone():
+    assert str(rules.Problem("endpoint.name", "too long")) == "endpoint.name: too long"
+    assert str(rules.Problem("", "too long")) == "too long"
+
+
+# --- Kubernetes mirror, asset names ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mirror", [{}, {"green": 0}, {"green": 0.0, "blue": 0}], ids=["none", "zero", "zero_floats"])
+def test_kubernetes_endpoints_accept_a_mirror_map_of_zeros(mirror):
+    assert rules.kubernetes_mirror_problems("mirrorTraffic", mirror) == []
+
+
+@pytest.mark.parametrize("mirror", [{"green": 10}, {"blue": 0, "green": 1}], ids=["ten", "one_of_two"])
+def test_kubernetes_endpoints_refuse_any_mirror_share(mirror):
+    assert rules.kubernetes_mirror_problems("mirrorTraffic", mirror) == [
+        rules.Problem("mirrorTraffic", "mirror traffic is not supported on Kubernetes online endpoints")]
+
+
+@pytest.mark.parametrize("name", ["m", "7", "model-1.2_b", "A" * 255], ids=["one_letter", "digit", "all_kinds", "255"])
+def test_asset_names_of_letters_digits_dash_underscore_dot_are_allowed(name):
+    assert rules.asset_name_problems("model", name) == []
+
+
+@pytest.mark.parametrize("name", ["_m", "-m", ".m", "A" * 256, "m/1", "", "m\n"],
+                         ids=["underscore_first", "dash_first", "dot_first", "256", "slash", "empty", "newline"])
+def test_other_asset_names_are_refused_saying_what_is_allowed(name):
+    assert rules.asset_name_problems("model", name) == [rules.Problem(
+        "model", f"{rules.shown(name)} is not a valid asset name: up to 255 letters, digits, '-', '_' and '.', "
+                 "starting with a letter or digit")]
+
+
+def _without_green(number: str, traffic: dict[str, int]):
+    path = next(p for p in STAGE_FILES if p.name.startswith(f"stage-{number}"))
+    config = stage_config(path)
+    endpoint = config["mlcanary:endpoint"]
+    endpoint["deployments"].pop("green", None)
+    endpoint["traffic"], endpoint["mirrorTraffic"] = traffic, {}
+    return load_stack_config(namespaced(config, "mlcanary"), PROJECT_DIR).endpoint
+
+
+def test_a_new_deployments_whole_share_counts_as_moved():
+    before, after = _without_green("2", {"blue": 100}), _endpoint("5", {"blue": 70, "green": 30})
+    assert _max_shift_violations(before, after, 30) == []
+    assert _max_shift_violations(before, after, 29) == [
+        "this step moves 30 percentage points of live traffic; at most 29 may move in one step"]
+
+
+def test_max_shift_without_a_configured_limit_allows_any_move():
+    from mlcanary.policies.transitions import TRANSITION_POLICIES
+
+    (max_shift,) = [p for p in TRANSITION_POLICIES if p.name == "max-traffic-shift"]
+    before, after = _endpoint("5", {"blue": 100, "green": 0}), _endpoint("5", {"blue": 0, "green": 100})
+    assert max_shift.check(before, after, {}) == []
+    assert max_shift.check(before, after, {"maxShiftPercent": 99}) == [
+        "this step moves 100 percentage points of live traffic; at most 99 may move in one step"]
