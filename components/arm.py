@@ -5,16 +5,19 @@ azure-core's retry policy (408, 429, 500, 502, 503, 504 and, for an endpoint bus
 operation, 409; `Retry-After` honoured), ARM's challenge authentication and resource-provider
 registration, and `ARMPolling` for the long-running PUT. The ARM host and token scope come from
 the cloud (`AzureCloud`, `AzureUSGovernment`, `AzureChinaCloud`: azure-ai-ml's cloud table).
-Credentials come from azure-identity's DefaultAzureCredential (az login, environment variables,
-managed identity, workload identity). Tokens are never logged or put in messages.
+Credentials come from the same ARM_* settings azure-native reads (`azure_credential`), so a
+pipeline set up for azure-native works here too. Tokens are never logged or put in messages.
 """
 
 from __future__ import annotations
 
 import json
+import os
+from collections.abc import Mapping
 from typing import Any
 
-ML_API_VERSION = "2024-04-01"
+# The Microsoft.MachineLearningServices api-version of azure-native 3.x, azure-ai-ml 1.35 and its REST models.
+ML_API_VERSION = "2025-12-01"
 DEFAULT_CLOUD = "AzureCloud"
 # Azure answers 409 Conflict while another operation runs on the endpoint; it is worth a retry.
 EXTRA_RETRY_STATUS_CODES = [409]
@@ -34,6 +37,71 @@ def resource_manager(cloud: str | None) -> str:
         raise ArmError(f"unknown Azure cloud {cloud!r}: {err}") from None
 
 
+def azure_credential(env: Mapping[str, str] | None = None) -> Any:
+    """The credential azure-native would use, from the same ARM_* settings and in its order
+    (pulumi-azure-native `provider/pkg/provider/auth_azidentity.go`, `newSingleMethodAuthCredential`):
+    ARM_USE_DEFAULT_AZURE_CREDENTIAL=true -> DefaultAzureCredential; ARM_CLIENT_CERTIFICATE_PATH ->
+    client certificate; ARM_CLIENT_SECRET -> client secret; ARM_USE_OIDC=true -> client assertion from
+    ARM_OIDC_TOKEN, ARM_OIDC_TOKEN_FILE_PATH or GitHub's ACTIONS_ID_TOKEN_REQUEST_URL/_TOKEN;
+    ARM_USE_MSI=true -> managed identity (ARM_CLIENT_ID picks a user-assigned one); else the Azure CLI.
+    ARM_TENANT_ID and ARM_CLIENT_ID go with them. A method that is chosen but incomplete is an error,
+    as in azure-native, never a silent fall-through to another identity."""
+    from azure import identity
+
+    env = os.environ if env is None else env
+    get = lambda name: (env.get(name) or "").strip()  # noqa: E731
+    tenant, client = get("ARM_TENANT_ID"), get("ARM_CLIENT_ID")
+
+    def need(method: str, **values: str) -> None:
+        missing = [name for name, value in values.items() if not value]
+        if missing:
+            raise ArmError(f"{method} needs {' and '.join(missing)} (as azure-native does)")
+
+    if get("ARM_USE_DEFAULT_AZURE_CREDENTIAL") == "true":
+        return identity.DefaultAzureCredential(**({"tenant_id": tenant} if tenant else {}))
+    if get("ARM_CLIENT_CERTIFICATE_PATH"):
+        need("ARM_CLIENT_CERTIFICATE_PATH", ARM_TENANT_ID=tenant, ARM_CLIENT_ID=client)
+        return identity.CertificateCredential(tenant, client, get("ARM_CLIENT_CERTIFICATE_PATH"),
+                                              password=get("ARM_CLIENT_CERTIFICATE_PASSWORD") or None)
+    if get("ARM_CLIENT_SECRET"):
+        need("ARM_CLIENT_SECRET", ARM_TENANT_ID=tenant, ARM_CLIENT_ID=client)
+        return identity.ClientSecretCredential(tenant, client, get("ARM_CLIENT_SECRET"))
+    if get("ARM_USE_OIDC") == "true":
+        need("ARM_USE_OIDC", ARM_TENANT_ID=tenant, ARM_CLIENT_ID=client)
+        return identity.ClientAssertionCredential(tenant, client, _oidc_assertion(get))
+    if get("ARM_USE_MSI") == "true":
+        return identity.ManagedIdentityCredential(**({"client_id": client} if client else {}))
+    return identity.AzureCliCredential(**({"tenant_id": tenant} if tenant else {}))
+
+
+def _oidc_assertion(get) -> Any:
+    """The OIDC token azure-native would present: given, read from a file, or asked of GitHub Actions."""
+    if get("ARM_OIDC_TOKEN"):
+        token = get("ARM_OIDC_TOKEN")
+        return lambda: token
+    if get("ARM_OIDC_TOKEN_FILE_PATH"):
+        path = get("ARM_OIDC_TOKEN_FILE_PATH")
+        return lambda: open(path, encoding="utf-8").read().strip()
+    url, bearer = get("ACTIONS_ID_TOKEN_REQUEST_URL"), get("ACTIONS_ID_TOKEN_REQUEST_TOKEN")
+    if not (url and bearer):
+        raise ArmError("ARM_USE_OIDC needs ARM_OIDC_TOKEN, ARM_OIDC_TOKEN_FILE_PATH, or ACTIONS_ID_TOKEN_REQUEST_URL "
+                       "and ACTIONS_ID_TOKEN_REQUEST_TOKEN (as azure-native does)")
+    audience = get("ARM_OIDC_AUDIENCE") or "api://AzureADTokenExchange"
+
+    def from_github() -> str:
+        import urllib.parse
+        import urllib.request
+
+        parts = urllib.parse.urlsplit(url)
+        query = urllib.parse.urlencode([*urllib.parse.parse_qsl(parts.query), ("audience", audience)])
+        request = urllib.request.Request(urllib.parse.urlunsplit(parts._replace(query=query)),
+                                         headers={"Authorization": f"Bearer {bearer}", "Accept": "application/json"})
+        with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310 - GitHub's own token URL
+            return json.loads(response.read())["value"]
+
+    return from_github
+
+
 class ArmClient:
     def __init__(
         self,
@@ -46,7 +114,6 @@ class ArmClient:
         transport: Any = None,
     ):
         from azure.core.pipeline import policies
-        from azure.identity import DefaultAzureCredential
         from azure.mgmt.core import ARMPipelineClient
         from azure.mgmt.core.policies import (
             ARMAutoResourceProviderRegistrationPolicy,
@@ -58,7 +125,7 @@ class ArmClient:
         self.api_version = api_version
         self.poll_interval_s = poll_interval_s
         self.timeout_s = timeout_s
-        credential = credential or DefaultAzureCredential()
+        credential = credential or azure_credential()
         pipeline_policies = [
             policies.HeadersPolicy(),
             policies.RequestIdPolicy(),
@@ -71,9 +138,10 @@ class ArmClient:
         ]
         self._client = ARMPipelineClient(base_url=self.endpoint, policies=pipeline_policies, transport=transport)
 
-    def get(self, resource_id: str) -> dict[str, Any] | None:
+    def get(self, resource_id: str, *, api_version: str | None = None,
+            params: dict[str, str] | None = None) -> dict[str, Any] | None:
         """The resource's body, or None if Azure says it does not exist."""
-        response = self._send("GET", resource_id)
+        response = self._send("GET", resource_id, api_version=api_version, params=params)
         if response.status_code == 404:
             return None
         self._raise_for_status(response, "GET", resource_id)
@@ -103,12 +171,13 @@ class ArmClient:
             raise ArmError(f"PUT {resource_id} succeeded but the resource is gone")
         return final
 
-    def _send(self, method: str, resource_id: str, body: dict[str, Any] | None = None, *, pipeline: bool = False):
+    def _send(self, method: str, resource_id: str, body: dict[str, Any] | None = None, *, pipeline: bool = False,
+              api_version: str | None = None, params: dict[str, str] | None = None):
         from azure.core.exceptions import AzureError
         from azure.core.rest import HttpRequest
 
         request = HttpRequest(
-            method, f"{self.endpoint}{resource_id}", params={"api-version": self.api_version},
+            method, f"{self.endpoint}{resource_id}", params={**(params or {}), "api-version": api_version or self.api_version},
             headers={"Content-Type": "application/json"} if body is not None else None,
             content=json.dumps(body) if body is not None else None,
         )

@@ -9,8 +9,8 @@ import pulumi
 import pulumi_azure_native.machinelearningservices as ml
 
 from mlcanary.components.durations import iso_seconds
-from mlcanary.components.rules import AUTH_MODES
-from mlcanary.components.spec import DeploymentSpec, EndpointSpec, InlineEnvironment, Probe
+from mlcanary.components.rules import AUTH_MODES, instance_type_on_azure
+from mlcanary.components.spec import DeploymentSpec, EndpointIdentity, EndpointSpec, InlineEnvironment, Probe
 from mlcanary.components.user_files import read_conda_file
 
 # `azure-native:environment` (Pulumi's name of the cloud) -> azure-ai-ml's / Azure CLI's cloud name.
@@ -42,6 +42,19 @@ def compute_id(compute: str, workspace_id: str) -> str:
     if compute.startswith("/subscriptions/"):
         return compute
     return f"{workspace_id}/computes/{compute.removeprefix('azureml:')}"
+
+
+IDENTITY_TYPES = {"system_assigned": "SystemAssigned", "user_assigned": "UserAssigned", "none": "None"}
+
+
+def endpoint_identity(identity: EndpointIdentity | None) -> ml.ManagedServiceIdentityArgs:
+    """The endpoint's identity as azure-ai-ml sends it (`IdentityConfiguration._to_online_endpoint_rest_object`:
+    the type in PascalCase, user-assigned ids as keys of `userAssignedIdentities`; SystemAssigned when the
+    file has none). azure-native takes the ids as a list and sends the map."""
+    if identity is None:
+        return ml.ManagedServiceIdentityArgs(type="SystemAssigned")
+    return ml.ManagedServiceIdentityArgs(type=IDENTITY_TYPES[identity.type],
+                                         user_assigned_identities=list(identity.user_assigned_identities) or None)
 
 
 def endpoint_properties(spec: EndpointSpec, workspace_id: pulumi.Input[str]) -> ml.OnlineEndpointPropertiesArgs:
@@ -140,7 +153,7 @@ def deployment_properties(
         code_configuration=code_configuration,
         environment_id=environment_id,
         environment_variables=spec.environment_variables or None,
-        instance_type=spec.instance_type,
+        instance_type=instance_type_on_azure(spec.type, spec.instance_type),
         request_settings=_request_settings(spec),
         liveness_probe=_probe(spec.liveness_probe),
         readiness_probe=_probe(spec.readiness_probe),

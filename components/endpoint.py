@@ -86,7 +86,7 @@ class OnlineEndpoint(pulumi.ComponentResource):
             endpoint_name=spec.name,
             location=location,
             properties=azure_args.endpoint_properties(spec, workspace_id),
-            identity=ml.ManagedServiceIdentityArgs(type="SystemAssigned"),
+            identity=azure_args.endpoint_identity(spec.identity),
             tags=spec.tags or None,
             opts=pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(ignore_changes=TRAFFIC_PROPERTIES)),
             **where,

@@ -99,8 +99,12 @@ class AzureMocks(mocks.Mocks):
             # Azure stamps every write; here the stamp stands for what was written.
             written = hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()[:12]
             system_data = {"lastModifiedAt": f"2026-01-01T00:00:00Z#{written}"}
+            identity = dict(inputs.get("identity") or {})
+            if identity.get("userAssignedIdentities"):  # Azure answers with a map: id -> principal and client
+                identity["userAssignedIdentities"] = {i: {"principalId": "mock-principal", "clientId": "mock-client"}
+                                                      for i in identity["userAssignedIdentities"]}
             return f"{workspace}/onlineEndpoints/{name}", {**inputs, "name": name, "properties": properties,
-                                                           "systemData": system_data}
+                                                           "systemData": system_data, "identity": identity}
         if args.typ == "azure-native:machinelearningservices:OnlineDeployment":
             name = inputs["deploymentName"]
             return f"{workspace}/onlineEndpoints/{inputs['endpointName']}/deployments/{name}", {**inputs, "name": name}

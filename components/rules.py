@@ -21,6 +21,9 @@ NAME_PATTERN = re.compile(r"[a-zA-Z]([-a-zA-Z0-9]*[a-zA-Z0-9])?")
 NAME_MIN_LENGTH = 3
 NAME_MAX_LENGTH = 32
 MAX_DEPLOYMENTS = 20
+# The instance type Azure ML creates on every attached cluster and uses when a Kubernetes deployment
+# names none (azure-native would fill in Standard_F4s_v2, a VM size, instead).
+KUBERNETES_DEFAULT_INSTANCE_TYPE = "defaultinstancetype"
 MIN_INSTANCE_COUNT = 1
 MAX_INSTANCE_COUNT = 50
 MAX_MIRROR_PERCENT = 50
@@ -259,3 +262,11 @@ def asset_name_problems(field: str, name: str) -> list[Problem]:
         return [Problem(field, f"{shown(name)} is not a valid asset name: up to 255 letters, digits, '-', '_' and '.', "
                         "starting with a letter or digit")]
     return []
+
+
+def instance_type_on_azure(deployment_type: str, instance_type: str | None) -> str | None:
+    """The instance type a deployment runs on: a Kubernetes one without its own runs on the cluster's
+    default; a managed one without one is not known (the local target needs none)."""
+    if instance_type:
+        return instance_type
+    return KUBERNETES_DEFAULT_INSTANCE_TYPE if deployment_type == "kubernetes" else None

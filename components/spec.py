@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -153,6 +154,18 @@ class DeploymentSpec(_Spec):
     tags: dict[str, str] = {}
 
 
+class EndpointIdentity(_Spec):
+    """The endpoint's managed identity, as azure-ai-ml's endpoint `identity` sends it: the scoring
+    script reaches other Azure resources with it. Absent: system-assigned (azure-ai-ml's default)."""
+
+    type: Literal["system_assigned", "user_assigned", "none"]
+    user_assigned_identities: list[str] = []
+
+
+USER_ASSIGNED_IDENTITY = re.compile(
+    r"^/subscriptions/[^/]+/resource[gG]roups/[^/]+/providers/Microsoft\.ManagedIdentity/userAssignedIdentities/[^/]+$")
+
+
 class EndpointSpec(_Spec):
     name: str
     resource_group: str | None = None
@@ -161,6 +174,7 @@ class EndpointSpec(_Spec):
     description: str | None = None
     tags: dict[str, str] = {}
     compute: str | None = None
+    identity: EndpointIdentity | None = None
     deployments: dict[str, DeploymentSpec] = {}
     traffic: dict[str, WholeNumber] = {}
     mirror_traffic: dict[str, WholeNumber] = {}
@@ -225,6 +239,7 @@ def stack_problems(spec: StackSpec) -> list[Problem]:
     field = ENDPOINT_FIELD
     problems = rules.name_problems(rules.join(field, "name"), endpoint.name, "endpoint name")
     problems += rules.auth_mode_problems(rules.join(field, "authMode"), endpoint.auth_mode)
+    problems += _identity_problems(rules.join(field, "identity"), endpoint.identity)
     on_azure = spec.target == "azure"
     if on_azure:
         for key, value in (("resourceGroup", endpoint.resource_group), ("workspace", endpoint.workspace)):
@@ -259,6 +274,20 @@ def stack_problems(spec: StackSpec) -> list[Problem]:
     if spec.rollout is not None:
         problems += rollout_problems(spec.rollout, endpoint.deployments, lambda key: f"{NAMESPACE}:rollout.{key}")
     return problems
+
+
+def _identity_problems(field: str, identity: EndpointIdentity | None) -> list[Problem]:
+    if identity is None:
+        return []
+    ids_field = rules.join(field, "userAssignedIdentities")
+    if identity.type == "user_assigned" and not identity.user_assigned_identities:
+        return [Problem(ids_field, "required with type user_assigned: the ARM ids of the identities")]
+    if identity.type != "user_assigned" and identity.user_assigned_identities:
+        return [Problem(ids_field, f"goes with type user_assigned only (type is {identity.type})")]
+    return [Problem(ids_field, f"{rules.shown(value)} is not the ARM id of a user-assigned identity: "
+                    "/subscriptions/<id>/resourceGroups/<rg>/providers/Microsoft.ManagedIdentity/"
+                    "userAssignedIdentities/<name>")
+            for value in identity.user_assigned_identities if not USER_ASSIGNED_IDENTITY.match(value)]
 
 
 def _local_problems(field: str, deployment: DeploymentSpec) -> list[Problem]:
@@ -323,8 +352,10 @@ def _model_problems(field: str, deployment: DeploymentSpec) -> list[Problem]:
     if named and (deployment.model is None or is_asset_reference(deployment.model)):
         problems.append(Problem(rules.join(field, "modelName"), "modelName and modelVersion register a local model "
                                 "folder; an asset reference already names its version"))
-    elif named and (deployment.model_name is None or deployment.model_version is None):
-        problems.append(Problem(rules.join(field, "modelName"), "modelName and modelVersion go together"))
+    elif deployment.model_version is not None and deployment.model_name is None:
+        # A name without a version is fine: azure-ai-ml registers the next version of that name, as `az ml`
+        # does (`_model_operations.py`, `_get_next_version_from_container`).
+        problems.append(Problem(rules.join(field, "modelVersion"), "a modelVersion needs the modelName it versions"))
     version = deployment.model_version
     if version is not None and not (version.isascii() and version.isdigit() and int(version) > 0):
         problems.append(Problem(rules.join(field, "modelVersion"), f"a model version is a positive whole number, got {rules.shown(version)}"))
@@ -388,16 +419,22 @@ def _azure_problems(field: str, deployment: DeploymentSpec) -> list[Problem]:
         problems.append(
             Problem(rules.join(field, "instanceType"), "required on the azure target: the VM size, e.g. Standard_DS3_v2")
         )
-    elif not deployment.instance_type:
-        # azure-native would otherwise send its own default, a VM size the cluster does not have.
-        problems.append(
-            Problem(rules.join(field, "instanceType"), "required on a Kubernetes deployment: an instance type of the "
-                    "cluster, e.g. defaultinstancetype")
-        )
-    if deployment.code is None and deployment.model_type == "custom_model":
+    # A Kubernetes deployment without instanceType runs on the cluster's default instance type: the
+    # program sends its name (components/azure_args.py), as azure-native would otherwise send a VM size.
+    # A registered model's type is Azure's to know, not the file's: without code it deploys if it is an
+    # MLflow or Triton model (as `az ml` lets Azure decide); a local model's type is the file's.
+    # Without model and code, an environment alone is a custom container (or a model package).
+    local_model = deployment.model is not None and not is_asset_reference(deployment.model)
+    if deployment.code is None and deployment.model_type == "custom_model" and local_model:
         problems.append(
             Problem(rules.join(field, "code"), "required for a custom model: the folder with the scoring script "
                     "(only an mlflow_model or triton_model deploys without code)")
+        )
+    if deployment.model is None and deployment.code is None and deployment.environment is None:
+        problems.append(
+            Problem(rules.join(field, "model"), "nothing to serve: give model (a registered MLflow or Triton model "
+                    "deploys alone; a file that leaves it to `az ml ... --set model=...` needs model here), or code "
+                    "and an environment")
         )
     if deployment.code is not None and deployment.environment is None:
         problems.append(
@@ -421,7 +458,9 @@ def _azure_problems(field: str, deployment: DeploymentSpec) -> list[Problem]:
             and value.count(":") != 2
         ):
             problems.append(
-                Problem(key_field, f"{rules.shown(value)} must pin a version: azureml:<name>:<version>")
+                Problem(key_field, f"{rules.shown(value)} must pin a version: azureml:<name>:<version> (mlcanary's "
+                        "pinning policy, not an Azure rule: Azure would take whatever version is latest at deploy "
+                        "time, so the stage would not say what runs)")
             )
     return problems
 

@@ -14,9 +14,11 @@ properties dropped by Azure's REST model of the endpoint), and confirms the resu
 GET of ARM's long-running-operation protocol before reporting success. Deployment names are
 case-insensitive in Azure and a 0 % share is no share, so comparisons ignore both.
 
-Traffic is re-applied whenever the endpoint resource was actually written (its
-`systemData.lastModifiedAt` changed: a PUT without traffic may reset Azure's map), and a refresh
-reads Azure's map, so traffic moved by anything else shows as a diff.
+Traffic is re-applied whenever the endpoint was written by anything but this resource (a PUT
+without traffic may reset Azure's map): the trigger is the endpoint's `systemData.lastModifiedAt`,
+and this resource remembers the value its own PUT left (`written_at`), so `up --refresh`, which
+reads that value back into the endpoint resource, finds nothing to do. A refresh also reads Azure's
+map, so traffic moved by anything else shows as a diff.
 """
 
 from __future__ import annotations
@@ -82,7 +84,11 @@ class TrafficProvider(ResourceProvider):
         return CheckResult(news, [CheckFailure(p.field, p.message) for p in problems])
 
     def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
-        changed = [key for key in INPUT_KEYS if _comparable(key, olds.get(key)) != _comparable(key, news.get(key))]
+        changed = [key for key in INPUT_KEYS if key != "endpoint_modified_at"
+                   and _comparable(key, olds.get(key)) != _comparable(key, news.get(key))]
+        # The endpoint was written since this resource last looked, by someone else: re-apply.
+        if news.get("endpoint_modified_at") not in (olds.get("endpoint_modified_at"), olds.get("written_at")):
+            changed.append("endpoint_modified_at")
         return DiffResult(
             changes=bool(changed),
             replaces=["endpoint_id"] if "endpoint_id" in changed else [],
@@ -129,14 +135,16 @@ class TrafficProvider(ResourceProvider):
         endpoint = client.get(endpoint_id)
         if endpoint is None:
             raise ArmError(f"cannot set traffic: endpoint {endpoint_id} does not exist")
-        result = client.put(endpoint_id, put_body(endpoint, want_live, want_mirror)).get("properties", {})
+        written = client.put(endpoint_id, put_body(endpoint, want_live, want_mirror))
+        result = written.get("properties", {})
         got_live, got_mirror = _as_sent(result.get("traffic")), _as_sent(result.get("mirrorTraffic"))
         if got_live != want_live or got_mirror != want_mirror:
             raise ArmError(
                 f"Azure accepted the traffic update of {endpoint_id} but reports traffic {got_live} "
                 f"and mirror {got_mirror} instead of {want_live} and {want_mirror}"
             )
-        return {"traffic": _percentages(traffic), "mirror_traffic": _percentages(mirror)}
+        return {"traffic": _percentages(traffic), "mirror_traffic": _percentages(mirror),
+                "written_at": (written.get("systemData") or {}).get("lastModifiedAt")}
 
 
 def _comparable(key: str, value: Any) -> Any:

@@ -76,11 +76,12 @@ class WorkspaceAssetProvider(ResourceProvider):
 
     def _client(self, workspace_id: str, cloud: str | None):
         from azure.ai.ml import MLClient
-        from azure.identity import DefaultAzureCredential
+
+        from mlcanary.components.arm import azure_credential
 
         subscription, resource_group, workspace = workspace_scope(workspace_id)
         extra = {"cloud": cloud} if cloud else {}
-        return MLClient(DefaultAzureCredential(), subscription, resource_group, workspace, **extra)
+        return MLClient(azure_credential(), subscription, resource_group, workspace, **extra)
 
     def create(self, props: dict[str, Any]) -> CreateResult:
         client = self._client(props["workspace_id"], props.get("cloud"))

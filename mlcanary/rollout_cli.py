@@ -57,7 +57,8 @@ def _steps(value: str | None) -> list | None:
 @click.option("--policy-pack-config", type=click.Path(path_type=Path), help="Policy levels and knobs for the gate (as `check`).")
 @click.option("--tick", type=click.FloatRange(min=0.05), default=1.0, show_default=True, help="Seconds between judged windows.")
 @click.option("--stack", help="azure target: the Pulumi stack to update through the Automation API.")
-@click.option("--metrics-region", help="azure target: the region of the endpoint's metrics (default: azure-native:location).")
+@click.option("--metrics-region", help="azure target: the region of the endpoint's metrics (default: the endpoint's "
+              "own region, or its workspace's, read from Azure).")
 @state_dir_option
 def rollout(stage_file: Path, to, from_, steps, interval, mirror, mirror_for, bake, delete_old, rules, judge, alpha,
             min_requests, max_hold, failure_limit, load_rps, request_file, record, plot, resume, output_format,
@@ -91,7 +92,8 @@ def rollout(stage_file: Path, to, from_, steps, interval, mirror, mirror_for, ba
         click.echo(f"warning: {advisory}", err=True)
     if plan_only or write_stages:
         written = write(plan, write_stages) if write_stages else []
-        _print_plan(plan, written, output_format)
+        azure = _azure_plan(plan, stack, metrics_region) if plan.target == "azure" and stack else None
+        _print_plan(plan, written, output_format, azure)
         return
     if load_rps and not request_file:
         _fail("--load needs --request-file (the JSON body to send)", 2)
@@ -221,20 +223,45 @@ def _edges(plan, policy_pack_config, stack, metrics_region, state_dir):
 
     if not stack:
         _fail("an azure-target rollout runs `pulumi up` through the Automation API: give --stack NAME", 2)
-    endpoint = plan.start.spec.endpoint
-    subscription = os.environ.get("ARM_SUBSCRIPTION_ID") or os.environ.get("AZURE_SUBSCRIPTION_ID")
-    region = metrics_region or plan.start.config.get("azure-native:location")
-    if not subscription or not region:
-        _fail("Azure Monitor needs the subscription (ARM_SUBSCRIPTION_ID) and the region (--metrics-region or "
-              "azure-native:location in the stage file)", 2)
-    endpoint_id = (f"/subscriptions/{subscription}/resourceGroups/{endpoint.resource_group}/providers/"
-                   f"Microsoft.MachineLearningServices/workspaces/{endpoint.workspace}/onlineEndpoints/{endpoint.name}")
+    monitor, arm = _monitor_plan(plan, metrics_region)
+    for line in monitor.describe():  # the queries, and the delay the judge works with
+        click.echo(line, err=True)
     try:
         applier = PulumiApplier.for_stack(stack, plan.project_dir, plan.project_dir / "policies", policy_pack_config,
                                           on_output=lambda line: click.echo(line, err=True))
     except ApplyError as err:
         _fail(str(err), 2)
-    return applier, azure_source(endpoint_id, region), None
+    return applier, azure_source(monitor, arm), None
+
+
+def _monitor_plan(plan, metrics_region):
+    """Azure Monitor's queries, prepared once at start: the endpoint's region (unless given) and the
+    metric definitions, read from Azure with the ARM_* credentials azure-native uses."""
+    from mlcanary.components.arm import ArmClient, ArmError
+    from mlcanary.rollout.sources import SourceError, monitor_plan
+
+    endpoint = plan.start.spec.endpoint
+    subscription = os.environ.get("ARM_SUBSCRIPTION_ID") or os.environ.get("AZURE_SUBSCRIPTION_ID")
+    if not subscription:
+        _fail("Azure Monitor needs the subscription: set ARM_SUBSCRIPTION_ID (as for azure-native)", 2)
+    endpoint_id = (f"/subscriptions/{subscription}/resourceGroups/{endpoint.resource_group}/providers/"
+                   f"Microsoft.MachineLearningServices/workspaces/{endpoint.workspace}/onlineEndpoints/{endpoint.name}")
+    try:
+        arm = ArmClient()
+        return monitor_plan(arm, endpoint_id, metrics_region), arm
+    except (ArmError, SourceError) as err:
+        _fail(str(err), 2)
+
+
+def _azure_plan(plan, stack, metrics_region) -> dict:
+    """What an Azure rollout will do, read-only: the metric queries and the config each step writes."""
+    from mlcanary.rollout.appliers import stage_config_json
+
+    monitor, _ = _monitor_plan(plan, metrics_region)
+    steps = [(plan.start.label, plan.start), *((s.label, s) for s in plan.steps), ("rollback", plan.rollback)]
+    return {"stack": stack, "metrics": monitor.as_json(), "metricLines": monitor.describe(),
+            "config": [{"step": label, "setAllJson": json.loads(stage_config_json(step.config))}
+                       for label, step in steps]}
 
 
 def _shares(traffic: dict) -> str:
@@ -258,13 +285,15 @@ def _table(view):
     return table
 
 
-def _print_plan(plan, written: list[Path], output_format: str) -> None:
+def _print_plan(plan, written: list[Path], output_format: str, azure: dict | None = None) -> None:
     stages = [{"step": i, "label": s.label, "traffic": s.traffic, "mirror": s.mirror_traffic,
                "deployments": list(s.spec.endpoint.deployments)} for i, s in enumerate(plan.steps, start=1)]
     if output_format == "json":
         click.echo(json.dumps({"endpoint": plan.endpoint, "options": plan.options.as_json(), "stages": stages,
                                "gate": "passed", "advisories": plan.advisories,
-                               "written": [str(p) for p in written]}, indent=2))
+                               "written": [str(p) for p in written],
+                               **({"azure": {k: v for k, v in azure.items() if k != "metricLines"}} if azure else {})},
+                              indent=2))
         return
     o = plan.options
     click.echo(f"rollout of {o.to} on {plan.endpoint} from {plan.stage_file} (baseline {o.baseline}, judge {o.judge}, "
@@ -276,6 +305,14 @@ def _print_plan(plan, written: list[Path], output_format: str) -> None:
     click.echo(f"gate: all {len(stages) + 1} stages and {len(stages)} transitions pass (spec, policy pack, transition rules)")
     for path in written:
         click.echo(f"wrote {path}")
+    if azure:
+        for line in azure["metricLines"]:
+            click.echo(line)
+        click.echo(f"stack {azure['stack']}: each step writes the stage into the stack config "
+                   "(`pulumi config set-all --json`, objects whole), then runs `pulumi up --refresh` with the policy pack:")
+        for entry in azure["config"]:
+            written_config = {key: value.get("objectValue", value["value"]) for key, value in entry["setAllJson"].items()}
+            click.echo(f"  {entry['step']}: {json.dumps(written_config, sort_keys=True)}")
 
 
 def _by_deployment(counts: dict) -> str:

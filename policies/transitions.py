@@ -13,6 +13,7 @@ from typing import Any
 
 from pulumi_policy import EnforcementLevel, PolicyConfigSchema
 
+from mlcanary.components.rules import instance_type_on_azure
 from mlcanary.components.spec import EndpointSpec
 
 
@@ -72,6 +73,27 @@ def _mirror_ends_before_live(before: EndpointSpec, after: EndpointSpec, _config:
     ]
 
 
+def _instance_type_kept(before: EndpointSpec, after: EndpointSpec, _config: dict) -> list[str]:
+    """An online deployment keeps the instance type it was created with: Azure ML updates a deployment in
+    place (instance count, settings, model) but not its VM size, and replacing it under the same name
+    means deleting it, which Azure refuses while it has traffic."""
+    messages = []
+    for name in before.deployments.keys() & after.deployments.keys():
+        was, now = before.deployments[name], after.deployments[name]
+        old, new = (instance_type_on_azure(d.type, d.instance_type) for d in (was, now))
+        if old is None or new is None:  # not known on one side (a running local state records none)
+            continue
+        if old.lower() != new.lower():
+            live = before.live_traffic.get(name, 0) or before.mirror_traffic.get(name, 0)
+            messages.append(
+                f"deployment {name!r} changes instanceType from {old} to "
+                f"{new}{' while it has traffic' if live else ''}; an online deployment "
+                "cannot change its instance type in place: add a new deployment with the new type under another "
+                "name, as a stage of its own, and move traffic to it"
+            )
+    return messages
+
+
 TRANSITION_POLICIES = [
     TransitionPolicy(
         "removed-deployment-had-no-traffic",
@@ -91,6 +113,12 @@ TRANSITION_POLICIES = [
         EnforcementLevel.DISABLED,
         _max_shift,
         MAX_SHIFT_SCHEMA,
+    ),
+    TransitionPolicy(
+        "instance-type-kept",
+        "A deployment keeps its instance type; a new type is a new deployment under another name.",
+        EnforcementLevel.MANDATORY,
+        _instance_type_kept,
     ),
     TransitionPolicy(
         "mirror-ends-before-live",

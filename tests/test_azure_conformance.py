@@ -4,7 +4,8 @@ For every CLI v2 file of the corpus (tests/azure_corpus, plus the project's own 
 azure-ai-ml - the library behind `az ml` - loads it, resolves its assets the way its operations do
 (`upload_dependencies` with an OperationOrchestrator for this workspace) and builds the REST body
 (`_to_rest_object(location=...)`). The same file goes through our program under mocks. The bodies
-must match; every remaining difference is in ALLOWED_DIFFERENCES with its reason. Files we do not
+must match; every remaining difference is in ALLOWED_DIFFERENCES as a (file, path) -> (ours, theirs,
+reason) entry, so a change of either value is a failure. Files we do not
 support are refused naming the key. Every body we send also passes Azure's REST models.
 """
 
@@ -40,28 +41,44 @@ ENDPOINT = "azure-native:machinelearningservices:OnlineEndpoint"
 ASSET = "pulumi-python:dynamic/azureml:WorkspaceAsset"
 ENVIRONMENT_VERSION = "azure-native:machinelearningservices:EnvironmentVersion"
 
-# (file, body path) or ("*", body path) -> why azure-ai-ml's body and ours differ there.
+# (file, body path) -> (ours, theirs, why they differ): the exact values, normalized as `normalized`
+# makes them (durations in seconds). A difference with any other values is a real one.
+NATIVE_EGRESS = "azure-native's ManagedOnlineDeploymentArgs fills in its default \"Enabled\", the service's own " \
+                "default when az ml sends nothing"
 ALLOWED_DIFFERENCES = {
-    ("*", "sku.capacity"): "the file gives no instance_count: az ml leaves it to the service (which makes it 1); "
-                           "mlcanary sends its default, 1, so the stack config always shows the count",
-    ("*", "properties.egressPublicNetworkAccess"): "azure-native's ManagedOnlineDeploymentArgs fills in its default "
-                           "\"Enabled\", the service's own default when az ml sends nothing",
-    ("kubernetes-resources-autoscale.yml", "properties.requestSettings.maxConcurrentRequestsPerInstance"):
-                           "azure-native's OnlineRequestSettingsArgs fills in 1, the service's default",
-    ("kubernetes-resources-autoscale.yml", "properties.requestSettings.maxQueueWait"):
-                           "azure-native's OnlineRequestSettingsArgs fills in PT0.5S, the service's default",
-    **{("green.yml", f"properties.{probe}.{key}"): "azure-native's ProbeSettingsArgs fills in its defaults "
-       "(failureThreshold 30, successThreshold 1, timeout PT2S), the service's defaults for keys the file leaves out"
-       for probe in ("livenessProbe", "readinessProbe") for key in ("failureThreshold", "successThreshold", "timeout")},
-    ("green.yml", "properties.requestSettings.maxQueueWait"):
-                           "azure-native's OnlineRequestSettingsArgs fills in PT0.5S, the service's default",
-    ("kubernetes-minimal.yml", "properties.scaleSettings"): "az ml sends no scale settings, and Azure then defaults "
-                           "a Kubernetes deployment to target-utilization autoscaling; mlcanary sends scaleType "
-                           "Default so instance_count is what runs (issue 8, finding 8)",
-    ("managed-environment-variables.yml", "properties.environmentVariables.WORKERS"): "az ml sends the YAML number 4 "
-                           "as a JSON number; the REST model is a map of strings and azure-native's input is too, "
-                           "so mlcanary sends \"4\" (what Azure stores)",
-    ("managed-environment-variables.yml", "properties.environmentVariables.RATIO"): "as WORKERS: 0.5 is sent as \"0.5\"",
+    **{(name, "properties.egressPublicNetworkAccess"): ("Enabled", None, NATIVE_EGRESS) for name in (
+        "kubernetes-minimal.yml", "kubernetes-resources-autoscale.yml", "managed-default-scale.yml",
+        "managed-environment-variables.yml", "managed-local-code-and-model.yml", "managed-mlflow-no-code.yml",
+        "managed-named-local-model.yml", "managed-registered-assets.yml", "managed-registry-and-arm-ids.yml",
+        "green.yml", "kubernetes-no-instance-type.yml", "managed-named-local-model-next-version.yml")},
+    ("kubernetes-no-instance-type.yml", "properties.instanceType"): ("defaultinstancetype", None, "az ml sends no "
+        "instance type and Azure runs the deployment on the cluster's default instance type, `defaultinstancetype`; "
+        "azure-native would fill in Standard_F4s_v2 (`_inputs.py`), a VM size no cluster has, so mlcanary names the "
+        "default (issue 14, finding 9)"),
+    ("managed-probes-and-requests.yml", "properties.egressPublicNetworkAccess"): ("Disabled", "disabled",
+        "azure-ai-ml passes the file's spelling through; the REST spec's EgressPublicNetworkAccessType (and "
+        "azure-native's enum) spell it \"Disabled\", and azure-ai-ml's own REST enum is case-insensitive"),
+    ("managed-environment-variables.yml", "sku.capacity"): (1, None, "the file gives no instance_count: az ml leaves "
+        "it to the service (which makes it 1); mlcanary sends its default, 1, so the stack config shows the count"),
+    ("kubernetes-resources-autoscale.yml", "properties.requestSettings.maxConcurrentRequestsPerInstance"): (1, None,
+        "azure-native's OnlineRequestSettingsArgs fills in 1, the service's default"),
+    ("kubernetes-resources-autoscale.yml", "properties.requestSettings.maxQueueWait"): (0.5, None,
+        "azure-native's OnlineRequestSettingsArgs fills in PT0.5S, the service's default"),
+    **{("green.yml", f"properties.{probe}.{key}"): (value, None, "azure-native's ProbeSettingsArgs fills in its "
+       "defaults (failureThreshold 30, successThreshold 1, timeout PT2S), the service's defaults for keys the file "
+       "leaves out") for probe in ("livenessProbe", "readinessProbe")
+       for key, value in (("failureThreshold", 30), ("successThreshold", 1), ("timeout", 2.0))},
+    ("green.yml", "properties.requestSettings.maxQueueWait"): (0.5, None,
+        "azure-native's OnlineRequestSettingsArgs fills in PT0.5S, the service's default"),
+    **{(name, "properties.scaleSettings"): ({"scaleType": "Default"}, None, "az ml sends no scale settings, and "
+        "Azure then defaults a Kubernetes deployment to target-utilization autoscaling; mlcanary sends scaleType "
+        "Default so instance_count is what runs (issue 8, finding 8)")
+       for name in ("kubernetes-minimal.yml", "kubernetes-no-instance-type.yml")},
+    ("managed-environment-variables.yml", "properties.environmentVariables.WORKERS"): ("4", 4, "az ml sends the YAML "
+        "number 4 as a JSON number; the REST model is a map of strings and azure-native's input is too, so mlcanary "
+        "sends \"4\" (what Azure stores)"),
+    ("managed-environment-variables.yml", "properties.environmentVariables.RATIO"): ("0.5", 0.5, "as WORKERS: 0.5 is "
+        "sent as \"0.5\""),
 }
 
 # The endpoint body: azure-native's OnlineEndpointPropertiesArgs fills in publicNetworkAccess "Enabled",
@@ -73,8 +90,6 @@ REFUSED = {
     "environment-build-context.yml": "environment: an inline environment needs an image",
     "code-single-file.yml": "code: '.*score.py' is a file; code must be the folder holding the scoring script",
     "model-label.yml": "model: 'azureml:fraud-model@latest' must pin a version",
-    "kubernetes-no-instance-type.yml": "instanceType: required on a Kubernetes deployment: an instance type of the "
-                                       "cluster",
 }
 
 
@@ -156,14 +171,16 @@ def differences(ours: Any, theirs: Any, path: str = "") -> dict[str, tuple[Any, 
     return {} if ours == theirs else {path: (ours, theirs)}
 
 
-def allowed(file: str, path: str) -> bool:
-    return (file, path) in ALLOWED_DIFFERENCES or ("*", path) in ALLOWED_DIFFERENCES
+def allowed(file: str, path: str, found: tuple[Any, Any]) -> bool:
+    """Only the exact (ours, theirs) pair the allow-list names for this file and path."""
+    entry = ALLOWED_DIFFERENCES.get((file, path))
+    return entry is not None and entry[:2] == found
 
 
 @pytest.mark.parametrize("path", ACCEPTED, ids=lambda p: p.name)
 def test_deployment_body_matches_azure_ai_ml(path):
     ours, theirs = normalized(our_body(path)), normalized(azure_ai_ml_body(path))
-    unexplained = {p: d for p, d in differences(ours, theirs).items() if not allowed(path.name, p)}
+    unexplained = {p: d for p, d in differences(ours, theirs).items() if not allowed(path.name, p, d)}
     assert unexplained == {}, f"ours vs azure-ai-ml's, not in ALLOWED_DIFFERENCES: {unexplained}"
 
 
@@ -177,7 +194,7 @@ def test_every_allowed_difference_is_still_needed():
     used = set()
     for path in ACCEPTED:
         found = differences(normalized(our_body(path)), normalized(azure_ai_ml_body(path)))
-        used |= {(f, p) for p in found for f in (path.name, "*") if (f, p) in ALLOWED_DIFFERENCES}
+        used |= {(path.name, p) for p, d in found.items() if allowed(path.name, p, d)}
     assert set(ALLOWED_DIFFERENCES) == used
 
 
@@ -201,6 +218,9 @@ def endpoint_config(path: Path) -> dict:
     kubernetes = bool(getattr(endpoint, "compute", None))
     deployment = {"file": str(CORPUS / "accepted" / ("kubernetes-minimal.yml" if kubernetes else "managed-registered-assets.yml"))}
     extra = {k: v for k, v in (("description", endpoint.description), ("tags", endpoint.tags or None)) if v}
+    if endpoint.identity is not None:
+        extra["identity"] = {"type": endpoint.identity.type, "userAssignedIdentities": [
+            uai.resource_id for uai in endpoint.identity.user_assigned_identities or []]}
     return stack_config(deployment, compute=endpoint.compute if kubernetes else None, auth_mode=auth, **extra)
 
 
@@ -214,10 +234,48 @@ def azure_ai_ml_endpoint_body(path: Path) -> dict[str, Any]:
     return body
 
 
+def as_sent_by_azure_native(identity: dict) -> dict:
+    """azure-native takes user-assigned identities as a list of ARM ids and sends them as the keys of
+    `userAssignedIdentities` with empty objects (its ManagedServiceIdentityArgs docstring: "The
+    userAssignedIdentities dictionary keys will be ARM resource ids ... values can be empty objects")."""
+    ids = identity.get("userAssignedIdentities")
+    return {**identity, "userAssignedIdentities": {i: {} for i in ids}} if ids else identity
+
+
 @pytest.mark.parametrize("path", ENDPOINTS, ids=lambda p: p.name)
 def test_endpoint_body_matches_azure_ai_ml(path):
     (endpoint,) = render_config(endpoint_config(path)).of_type(ENDPOINT)
     ours = reveal({k: endpoint.inputs[k] for k in ("location", "properties", "identity", "tags") if k in endpoint.inputs})
+    ours["identity"] = as_sent_by_azure_native(ours["identity"])
     found = differences(normalized(ours), normalized(azure_ai_ml_endpoint_body(path)))
     assert {p: d for p, d in found.items() if ALLOWED_ENDPOINT_DIFFERENCES.get(p) != d} == {}
     assert rest_problems(rest.OnlineEndpoint, ours) == []
+
+
+@pytest.mark.parametrize("change, path", [
+    ({"instance_count": 3}, "sku.capacity"),
+    ({"egress_public_network_access": "disabled"}, "properties.egressPublicNetworkAccess"),
+], ids=["instance_count_ignored", "egress_disabled_dropped"])
+def test_an_allowed_path_with_other_values_is_still_a_difference(tmp_path, change, path):
+    """Finding 8: entries ("*", path) hid any values there: a program ignoring instance_count or dropping
+    egress_public_network_access: disabled passed. The allow-list now names the values."""
+    source = CORPUS / "accepted" / "managed-environment-variables.yml"
+    changed = tmp_path / source.name
+    changed.write_text(yaml.safe_dump({**yaml.safe_load(source.read_text()), **change}))
+    ours, theirs = normalized(our_body(changed)), normalized(azure_ai_ml_body(changed))
+    ours_broken = _set(ours, path, {"sku.capacity": 1, "properties.egressPublicNetworkAccess": "Enabled"}[path])
+    found = differences(ours_broken, theirs)
+    assert path in found and not allowed(changed.name, path, found[path])
+
+
+def _set(body: dict, path: str, value: Any) -> dict:
+    """A copy of body with one dotted path set: what a program that ignored the file's key would send."""
+    import copy
+
+    body = copy.deepcopy(body)
+    *parents, last = path.split(".")
+    here = body
+    for key in parents:
+        here = here.setdefault(key, {})
+    here[last] = value
+    return body

@@ -261,8 +261,9 @@ CASES = {
         lambda c, t: deployments(c)["blue"].update({"code": code_folder(t, "other.py")}),
         rf"{E}\.deployments\.blue\.scoringScript: 'score\.py' not found in .*onlinescoring",
     ),
-    "custom_model_without_code": (
-        lambda c, t: [deployments(c)["blue"].pop(k) for k in ("code", "scoringScript")],
+    "custom_model_without_code": (  # a local model folder: its type is the file's (custom unless it says)
+        lambda c, t: [deployments(c)["blue"].pop(k) for k in ("code", "scoringScript")]
+        and deployments(c)["blue"].update({"model": code_folder(t)}),
         rf"{E}\.deployments\.blue\.code: required for a custom model",
     ),
     "model_version_not_an_integer": (

@@ -61,44 +61,6 @@ def test_write_stages_writes_files_and_changes_nothing(tmp_path):
     assert not (tmp_path / "state").exists()
 
 
-class GrowingSource:
-    """Azure Monitor stand-in: every reading adds requests to both deployments."""
-
-    def __init__(self, green_errors: int = 0):
-        from mlcanary.rollout.counts import Counts, DeploymentCounts
-
-        self.Counts, self.DeploymentCounts = Counts, DeploymentCounts
-        self.total = {"blue": DeploymentCounts(), "green": DeploymentCounts()}
-        self.green_errors = green_errors
-
-    def read(self):
-        self.total = {
-            "blue": self.total["blue"] + self.DeploymentCounts(self.Counts(50)),
-            "green": self.total["green"] + self.DeploymentCounts(self.Counts(50, self.green_errors, self.green_errors)),
-        }
-        return dict(self.total)
-
-
-@pytest.mark.parametrize("green_errors, exit_code, last_up", [(0, 0, "100 %"), (10, 1, "rollback")],
-                         ids=["promoted", "rolled_back"])
-def test_an_azure_rollout_runs_pulumi_up_per_step_with_azure_monitor_metrics(mocker, tmp_path, green_errors, exit_code, last_up):
-    stack = mocker.Mock()
-    select = mocker.patch("pulumi.automation.select_stack", return_value=stack)
-    source = mocker.patch("mlcanary.rollout.sources.azure_source", return_value=GrowingSource(green_errors))
-    result = CliRunner().invoke(main, [
-        "rollout", str(PROJECT_DIR / "stacks" / "stage-3-green-dark.yaml"), "--to", "green", "--steps", "50,100",
-        "--interval", "0.3s", "--tick", "0.1", "--min-requests", "10", "--stack", "prod", "--format", "json",
-        "--rule", "error_rate < 0.05"], env={"ARM_SUBSCRIPTION_ID": "sub-1"})
-    assert result.exit_code == exit_code, result.output
-    select.assert_called_once_with(stack_name="prod", work_dir=str(PROJECT_DIR))
-    endpoint_id, region = source.call_args.args
-    assert endpoint_id == ("/subscriptions/sub-1/resourceGroups/ml-prod-rg/providers/Microsoft.MachineLearningServices/"
-                           "workspaces/ml-prod-ws/onlineEndpoints/fraud-scorer") and region == "westus2"
-    ups = [call.kwargs["message"] for call in stack.up.call_args_list]
-    assert ups[0] == "mlcanary rollout: stage-3-green-dark.yaml" and ups[-1] == f"mlcanary rollout: {last_up}"
-    assert all(call.kwargs["policy_packs"] == [str(PROJECT_DIR / "policies")] for call in stack.up.call_args_list)
-
-
 def test_an_azure_rollout_needs_a_stack(tmp_path):
     result = run(str(PROJECT_DIR / "stacks" / "stage-3-green-dark.yaml"), "--to", "green")
     assert result.exit_code == 2 and "give --stack NAME" in result.output

@@ -7,7 +7,7 @@ from importlib.metadata import version
 
 from click.testing import CliRunner
 
-from conftest import PROJECT_DIR, outside_the_project
+from conftest import PROJECT_DIR
 from mlcanary.cli import main
 from mlcanary.local_runtime.client import RuntimeClient
 from test_local_cli import REQUEST, STAGE, run, state  # noqa: F401 - the `state` fixture
@@ -26,8 +26,10 @@ def test_check_json_reports_an_unreadable_stage_as_an_object(tmp_path):
 
 
 def test_check_json_reports_an_invalid_stage_next_to_the_violations(tmp_path):
+    (tmp_path / "Pulumi.yaml").write_text("name: mlcanary\nruntime: python\n")  # its paths resolve from here
+    (tmp_path / "samples").symlink_to(PROJECT_DIR / "samples")
     invalid = tmp_path / "invalid.yaml"
-    invalid.write_text(outside_the_project(STAGE["1"].read_text()).replace("instanceCount: 1", "instanceCount: 0"))
+    invalid.write_text(STAGE["1"].read_text().replace("instanceCount: 1", "instanceCount: 0"))
     result = CliRunner().invoke(main, ["check", "--format", "json", str(invalid)])
     assert result.exit_code == 2
     [error] = json.loads(result.stdout)

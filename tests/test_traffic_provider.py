@@ -12,6 +12,7 @@ from unittest.mock import MagicMock
 import dill
 import pytest
 import requests
+from urllib.parse import parse_qs, urlsplit
 from azure.ai.ml._restclient.arm_ml_service import models as rest
 from azure.core.credentials import AccessToken
 from pulumi.dynamic.dynamic import serialize_provider
@@ -69,10 +70,13 @@ class FakeArm:
         self.operation_status = operation_status
         self.calls: list[tuple[str, str, dict | None]] = []
         self.tokens_seen: set[str] = set()
+        self.api_versions: set[str | None] = set()
 
     def request(self, method, url, headers=None, data=None, **_kwargs):
         self.tokens_seen.add(headers["Authorization"])
         assert url.startswith(self.host), url
+        if url.split("?")[0] != self.operation:  # the poll URL is Azure's own, api-version and all
+            self.api_versions.add(parse_qs(urlsplit(url).query).get("api-version", [None])[0])
         path = url.removeprefix(self.host).split("?")[0]
         body = json.loads(data) if data else None
         self.calls.append((method, path, body))
@@ -92,6 +96,7 @@ class FakeArm:
                 return response(400, {"error": {"code": "BadRequest", "message": f"Deployment(s) {unknown} not found"}})
             if self.operation_status == "Succeeded":
                 self.endpoint["properties"].update(traffic=dict(live), mirrorTraffic=dict(body["properties"]["mirrorTraffic"]))
+                self.touch()
             return response(201, body, {"Azure-AsyncOperation": self.operation})
         if path.startswith(f"{ENDPOINT_ID}/deployments/") and method == "DELETE":
             name = path.rsplit("/", 1)[1]
@@ -101,6 +106,11 @@ class FakeArm:
             self.deployments.discard(name)
             return response(200)
         raise AssertionError(f"unexpected Azure call {method} {url}")
+
+    def touch(self) -> None:
+        """A write: ARM sets `systemData.lastModifiedAt` (ARM common-types `systemData`)."""
+        self.writes = getattr(self, "writes", 0) + 1
+        self.endpoint["systemData"] = {**self.endpoint["systemData"], "lastModifiedAt": f"2026-11-30T10:{self.writes:02d}:00Z"}
 
     def paths(self):
         return [(method, path) for method, path, _ in self.calls]
@@ -119,7 +129,7 @@ def arm(mocker):
     def install(*args, **kwargs):
         fake = FakeArm(*args, **kwargs)
         fake.credential = FakeCredential()
-        mocker.patch("azure.identity.DefaultAzureCredential", return_value=fake.credential)
+        mocker.patch("mlcanary.components.arm.azure_credential", return_value=fake.credential)
         session = mocker.patch("requests.Session").return_value
         session.request.side_effect = fake.request
         return fake
@@ -319,3 +329,38 @@ def test_sovereign_cloud_uses_its_own_arm_host_and_token_scope(arm):
     assert fake.endpoint["properties"]["traffic"] == {"blue": 100}
     assert fake.credential.scopes == (f"{host}/.default",)
     assert ArmClient(cloud="AzureChinaCloud").endpoint == "https://management.chinacloudapi.cn"
+
+
+def test_traffic_calls_use_the_api_version_of_azure_native_and_azure_ai_ml(arm):
+    """Finding 12: the traffic client spoke 2024-04-01 while the endpoint resource (azure-native 3.x),
+    azure-ai-ml's REST client and the body model it builds are 2025-12-01 (REST spec
+    Microsoft.MachineLearningServices stable/2025-12-01). One api-version for every endpoint call."""
+    import inspect
+
+    from azure.ai.ml._restclient.arm_ml_service._configuration import MachineLearningServicesMgmtClientConfiguration
+    from pulumi_azure_native.machinelearningservices import OnlineEndpoint
+
+    fake = arm(["blue", "green"], {"blue": 100})
+    TrafficProvider(poll_interval_s=0).create(props({"blue": 90, "green": 10}))
+    ai_ml = MachineLearningServicesMgmtClientConfiguration(credential=FakeCredential(), subscription_id="sub").api_version
+    assert "Uses Azure REST API version 2025-12-01" in inspect.getsource(OnlineEndpoint)  # azure-native 3.x
+    assert fake.api_versions == {ai_ml} == {"2025-12-01"}
+
+
+def test_the_traffic_resources_own_write_does_not_trigger_it_again(arm):
+    """Finding 7: the trigger was the endpoint's lastModifiedAt, which the traffic PUT itself moves, so
+    every `up --refresh` saw a change and re-applied traffic (an endpoint LRO each run). The value its
+    own PUT left is remembered; only a write by someone else triggers it."""
+    fake = arm(["blue", "green"], {"blue": 100})
+    provider = TrafficProvider(poll_interval_s=0)
+    config = props({"blue": 90, "green": 10})
+    outs = provider.create(config).outs
+    after_own_write = fake.endpoint["systemData"]["lastModifiedAt"]
+    assert outs["written_at"] == after_own_write and after_own_write != config["endpoint_modified_at"]
+    refreshed = provider.read("id", outs).outs
+    # `up --refresh`: azure-native's endpoint resource now reports Azure's lastModifiedAt - our own write
+    assert not provider.diff("id", refreshed, {**config, "endpoint_modified_at": after_own_write}).changes
+    assert not provider.diff("id", refreshed, config).changes  # `up` without refresh
+    fake.touch()  # the endpoint written by someone else (azure-native, a hand edit): traffic may be reset
+    written_elsewhere = fake.endpoint["systemData"]["lastModifiedAt"]
+    assert provider.diff("id", refreshed, {**config, "endpoint_modified_at": written_elsewhere}).changes

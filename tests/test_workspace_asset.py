@@ -22,7 +22,7 @@ WORKSPACE = ("/subscriptions/sub-1/resourceGroups/ml-prod-rg/providers/Microsoft
 
 @pytest.fixture
 def ml_client(mocker):
-    mocker.patch("azure.identity.DefaultAzureCredential")
+    mocker.patch("mlcanary.components.arm.azure_credential")
     client_class = mocker.patch("azure.ai.ml.MLClient")
     client = client_class.return_value
     client._code.create_or_update.side_effect = lambda code: mocker.Mock(id=f"{WORKSPACE}/codes/{code.name}/versions/1")
@@ -83,3 +83,13 @@ def test_workspace_scope_refuses_other_ids():
     assert workspace_scope(WORKSPACE) == ("sub-1", "ml-prod-rg", "ml-prod-ws")
     with pytest.raises(ValueError, match="not an Azure ML workspace ARM id"):
         workspace_scope("/subscriptions/sub-1/resourceGroups/rg")
+
+
+def test_a_named_model_without_version_is_registered_as_the_next_version_as_az_ml_does(ml_client, tmp_path):
+    """Finding 9: an inline model with `name` and no `version` was refused; `az ml` registers the next
+    version of that name (azure-ai-ml `_model_operations.py`: `_get_next_version_from_container` when the
+    model has a name and no version). The provider hands azure-ai-ml exactly that model."""
+    WorkspaceAssetProvider().create(props(tmp_path, "model", name="fraud-model"))
+    (model,), _ = ml_client.return_value.models.create_or_update.call_args
+    assert model.name == "fraud-model" and model.version is None and model._auto_increment_version
+    assert not model._is_anonymous

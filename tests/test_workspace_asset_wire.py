@@ -3,7 +3,7 @@
 Only the HTTP layer is fake: `requests`' HTTPAdapter.send (under azure-core's RequestsTransport, which both
 azure-ai-ml's service clients and azure-storage-blob use) is answered by `FakeAzure`, which replies to the
 workspace, datastore, datastore-secrets, pending-upload, asset-version and blob calls the way Azure does,
-and records every request. The credential is a fake token credential (DefaultAzureCredential is patched).
+and records every request. The credential is a fake token credential (mlcanary.components.arm.azure_credential is patched).
 The tests then read the recorded requests, as Azure would see them.
 
 What azure-ai-ml sends (1.35): a model folder - GET the name's latest version (404: new), GET the
@@ -50,7 +50,7 @@ AZURE_ACCEPTS = {"body.properties.properties.hash_version: must be a string, got
 
 
 class FakeCredential:
-    """A token credential: what DefaultAzureCredential would be after `az login`. Remembers the scopes asked."""
+    """A token credential: what azure_credential gives after `az login`. Remembers the scopes asked."""
 
     scopes: list[str] = []
 
@@ -251,7 +251,7 @@ def azure(monkeypatch):
     fake = FakeAzure()
     monkeypatch.setattr(requests.adapters.HTTPAdapter, "send",
                         lambda adapter, request, **kwargs: fake.send(adapter, request, **kwargs))
-    monkeypatch.setattr("azure.identity.DefaultAzureCredential", FakeCredential)
+    monkeypatch.setattr("mlcanary.components.arm.azure_credential", FakeCredential)
     monkeypatch.setattr(FakeCredential, "scopes", [])
     return fake
 
@@ -437,7 +437,7 @@ def test_the_provider_registers_what_az_ml_registers_for_a_deployment_with_local
         "name: blue\nendpoint_name: fraud-scorer\nmodel:\n  path: ./model\n"
         "code_configuration:\n  code: ./code\n  scoring_script: score.py\n"
         "environment: azureml:sklearn-env:3\ninstance_type: Standard_DS3_v2\ninstance_count: 1\n")
-    monkeypatch.setattr("azure.identity.DefaultAzureCredential", FakeCredential)
+    monkeypatch.setattr("mlcanary.components.arm.azure_credential", FakeCredential)
 
     seen = {}
     for who in ("az ml", "mlcanary"):

@@ -6,6 +6,8 @@ other (the baseline live, the target dark, no mirror) and takes the same path, a
 
 from __future__ import annotations
 
+import json
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -53,35 +55,57 @@ class LocalApplier:
             raise ApplyError(str(err)) from None
 
 
-def flatten(value: Any, prefix: str) -> dict[str, str]:
-    """A config object as `pulumi config set --path` keys: {'mlcanary:endpoint.traffic.blue': '90', ...}."""
-    if isinstance(value, dict):
-        flat: dict[str, str] = {}
-        for key, item in value.items():
-            flat.update(flatten(item, f"{prefix}.{key}"))
-        return flat
-    if isinstance(value, list):
-        flat = {}
-        for index, item in enumerate(value):
-            flat.update(flatten(item, f"{prefix}[{index}]"))
-        return flat
-    if isinstance(value, bool):
-        return {prefix: "true" if value else "false"}
-    return {prefix: str(value)}
+def stage_config_json(config: dict[str, Any]) -> str:
+    """The stage's `mlcanary:*` values in the shape `pulumi config --json` prints, for
+    `pulumi config set-all --json` (`Stack.set_all_config_json`).
+
+    An object goes whole, as `objectValue` with its JSON text in `value`: the CLI stores it as that
+    object, types and keys kept. `set-all --path` would split `tags.app.kubernetes.io/name` on every
+    dot and coerce "42" and "true" into a number and a boolean (pulumi `config/object.go`, `coerce`),
+    so a stage with such values would no longer load.
+    """
+    entries: dict[str, dict[str, Any]] = {}
+    for key, value in config.items():
+        if not key.startswith(f"{NAMESPACE}:"):
+            continue
+        if isinstance(value, str):
+            entries[key] = {"value": value, "secret": False}
+        else:
+            entries[key] = {"value": json.dumps(value), "objectValue": value, "secret": False}
+    return json.dumps(entries)
+
+
+def as_live(traffic: Any) -> dict[str, int]:
+    """A traffic map as Azure keeps it: no zero shares, lowercase names (wire floats made ints)."""
+    return {str(name).lower(): int(share) for name, share in (traffic or {}).items() if int(share)}
 
 
 class PulumiApplier:
-    """Each step sets the traffic in the stack's config and runs `pulumi up` with the policy pack, so the
-    stack's config and state always equal what is live. Needs the Pulumi CLI (Automation API)."""
+    """Each step writes the whole stage into the stack's config and runs `pulumi up --refresh` with the
+    policy pack, so the stack's config and state always equal what is live. Needs the Pulumi CLI
+    (Automation API).
+
+    Another update of the stack (a person, a pipeline) holds the stack's lock: `up` fails with
+    `ConcurrentUpdateError`. The applier waits for it, up to `lock_wait_s`, and never cancels an
+    update it did not start. Its own update cut short by Ctrl-C or SIGTERM needs no cancel: the
+    Automation API's `Popen` context does not return before the CLI child has exited (its reader
+    threads hold the pipes), so the return to the last good step starts after it.
+    After `up`, the traffic the stack reports (read from Azure by the refresh and the traffic
+    resource's confirmed PUT) must be the step's, or the step fails.
+    """
 
     kind = "Pulumi (Automation API)"
 
     def __init__(self, stack: Any, policy_pack: Path, policy_pack_config: Path | None = None,
-                 on_output: Callable[[str], None] | None = None):
+                 on_output: Callable[[str], None] | None = None, *, lock_wait_s: float = 900.0,
+                 retry_s: float = 5.0, clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], None] = time.sleep):
         self.stack = stack
         self.policy_pack = policy_pack
         self.policy_pack_config = policy_pack_config
         self.on_output = on_output
+        self.lock_wait_s, self.retry_s = lock_wait_s, retry_s
+        self.clock, self.sleep = clock, sleep
         self.current: Step | None = None
 
     @classmethod
@@ -99,35 +123,47 @@ class PulumiApplier:
         return False  # `up` of an unchanged stack changes nothing: let it confirm
 
     def apply(self, step: Step) -> None:
-        from pulumi.automation import ConfigValue
+        from pulumi.automation.errors import CommandError
 
-        if self.current is None:
-            # The stage file itself: replace the stack's endpoint config with it, key by key.
-            try:
-                self.stack.remove_config(ENDPOINT_KEY, path=False)
-            except Exception:  # noqa: BLE001 - a stack without the key yet: nothing to remove
-                pass
-            values = {}
-            for key, value in step.config.items():
-                if key.startswith(f"{NAMESPACE}:"):
-                    values.update(flatten(value, key) if isinstance(value, dict) else {key: str(value)})
-            self.stack.set_all_config({k: ConfigValue(v) for k, v in values.items()}, path=True)
-        else:
-            before = self.current.spec.endpoint
-            after = step.spec.endpoint
-            for name in before.deployments.keys() - after.deployments.keys():
-                self.stack.remove_config(f"{ENDPOINT_KEY}.traffic.{name}", path=True)
-                self.stack.remove_config(f"{ENDPOINT_KEY}.deployments.{name}", path=True)
-            for name in before.mirror_traffic.keys() - after.mirror_traffic.keys():
-                self.stack.remove_config(f"{ENDPOINT_KEY}.mirrorTraffic.{name}", path=True)
-            values = {f"{ENDPOINT_KEY}.traffic.{n}": str(s) for n, s in after.live_traffic.items()}
-            values.update({f"{ENDPOINT_KEY}.mirrorTraffic.{n}": str(s) for n, s in after.mirror_traffic.items()})
-            self.stack.set_all_config({k: ConfigValue(v) for k, v in values.items()}, path=True)
-        packs = {"policy_packs": [str(self.policy_pack)]}
+        try:
+            self.stack.set_all_config_json(stage_config_json(step.config))
+        except CommandError as err:
+            raise ApplyError(f"cannot write step {step.label!r} into the stack config: {err}") from None
+        self.current = step  # the config now says this step, whether or not `up` gets it live
+        outputs = self._up(step)
+        self._confirm(step, outputs)
+
+    def _up(self, step: Step) -> dict[str, Any]:
+        from pulumi.automation.errors import CommandError, ConcurrentUpdateError
+
+        packs: dict[str, Any] = {"policy_packs": [str(self.policy_pack)]}
         if self.policy_pack_config is not None:
             packs["policy_pack_configs"] = [str(self.policy_pack_config)]
-        self.current = step  # the config now says this step, whether or not `up` gets it live
-        try:
-            self.stack.up(message=f"mlcanary rollout: {step.label}", on_output=self.on_output, **packs)
-        except Exception as err:  # CommandError: the update failed or a policy refused it
-            raise ApplyError(f"pulumi up for step {step.label!r} failed: {err}") from None
+        deadline = self.clock() + self.lock_wait_s
+        while True:
+            try:
+                result = self.stack.up(message=f"mlcanary rollout: {step.label}", on_output=self.on_output,
+                                       refresh=True, **packs)
+            except ConcurrentUpdateError:
+                if self.clock() < deadline:
+                    self.sleep(self.retry_s)
+                    continue
+                raise ApplyError(f"pulumi up for step {step.label!r}: another update of the stack is still running "
+                                 f"after {self.lock_wait_s:g} s, so this step's update did not run (its config is written; if "
+                                 "that update is stale, `pulumi cancel` ends it)") from None
+            except CommandError as err:  # the update failed or a policy refused it
+                raise ApplyError(f"pulumi up for step {step.label!r} failed: {err}") from None
+            return dict(result.outputs or {})
+
+    def _confirm(self, step: Step, outputs: dict[str, Any]) -> None:
+        """What the stack reports live after `up --refresh` must be what the step asked for."""
+        got = {key: as_live(_output(outputs, key)) for key in ("traffic", "mirrorTraffic")}
+        want = {"traffic": as_live(step.traffic), "mirrorTraffic": as_live(step.mirror_traffic)}
+        if got != want:
+            raise ApplyError(f"after pulumi up for step {step.label!r} the endpoint reports live {got['traffic']} "
+                             f"and mirror {got['mirrorTraffic']}, not {want['traffic']} and {want['mirrorTraffic']}")
+
+
+def _output(outputs: dict[str, Any], key: str) -> Any:
+    value = outputs.get(key)
+    return getattr(value, "value", value)

@@ -239,10 +239,14 @@ class Runner:
         with _signals_deferred():
             error = self._apply_quietly(good)
         traffic = ", ".join(f"{name} {share}" for name, share in good.traffic.items())
-        message = (f"left at the last good step ({good.label}: live {traffic}); "
-                   "continue with --resume" + (f"\nsetting it failed: {error}" if error else ""))
+        if error:  # never claim a state that was not confirmed
+            message = (f"could not return to the last good step ({good.label}: live {traffic}): {error}\n"
+                       "the endpoint's traffic is unknown: check it before --resume")
+        else:
+            message = f"left at the last good step ({good.label}: live {traffic}); continue with --resume"
         self.recorder.write("decision", decision="interrupted", step=good.label, lastGood=self.last_good,
-                            judgeState=self.judge.state(), targetServed=self.target_served, exitCode=exit_code)
+                            judgeState=self.judge.state(), targetServed=self.target_served, exitCode=exit_code,
+                            returned=error is None)
         return Outcome(exit_code, "interrupted", message, target_served=self.target_served,
                        e_values=self.judge.e_values(), step=good.label)
 
