@@ -40,7 +40,8 @@ def stage(folder: Path, name: str, green_env: dict) -> Path:
 def rollout(state: Path, stage_file: Path, record: Path, args) -> tuple[int, dict, list[dict]]:
     command = [sys.executable, "-m", "mlcanary.cli", "rollout", str(stage_file), "--to", "green", "--format", "json",
                "--steps", args.steps, "--interval", f"{args.interval}s", "--min-requests", str(args.min_requests),
-               "--load", str(args.rps), "--request-file", str(ROOT / "samples" / "request.json"), "--record", str(record)]
+               "--load", str(args.rps), "--request-file", str(ROOT / "samples" / "request.json"), "--record", str(record),
+               "--apply-stage"]  # the stage file creates the endpoint: the rollout may apply it
     result = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "MLCANARY_STATE_DIR": str(state)})
     events = [json.loads(line) for line in record.read_text().splitlines()]
     return result.returncode, json.loads(result.stdout), events

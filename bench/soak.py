@@ -10,7 +10,12 @@ a deployment is replaced with new settings.
 Prints requests, failed requests (any answer but 200, or no answer) by cause, p50/p99 latency, and
 the router's memory (RSS) at start and end. Target: 0 failed requests.
 
-    python bench/soak.py --minutes 3
+Then a slow-mirror phase (issue 15): live traffic to a fast deployment, half of it mirrored to one
+whose run() takes 4 s, 1 MiB bodies from 8 clients. Copies beyond what the slow instance takes at
+once are shed; it prints the router's memory and open descriptors before, at peak and 10 s after.
+Target: back to the level before within those 10 s, and no failed live request.
+
+    python bench/soak.py --minutes 3 [--slow-mirror-seconds 20]
 """
 
 from __future__ import annotations
@@ -40,7 +45,9 @@ from mlcanary.local_runtime.workers import KEEPALIVE_ENV  # noqa: E402
 
 SAMPLE = ROOT / "samples" / "fraud-model"
 BODY = (ROOT / "samples" / "request.json").read_bytes()
+TEST_MODELS = ROOT / "tests" / "models"  # a scoring script whose run() sleeps as told (ALWAYS_SLEEP)
 ENDPOINT = "soak-scorer"
+MIRROR_ENDPOINT = "soak-slow-mirror"
 EVENTS = ("kill a worker child", "kill a worker master", "move traffic", "replace a deployment")
 
 
@@ -83,8 +90,9 @@ class Result:
 class Load:
     """`clients` concurrent clients sending back to back while `running` is set."""
 
-    def __init__(self, uri: str, key: str, clients: int, result: Result):
+    def __init__(self, uri: str, key: str, clients: int, result: Result, body: bytes = BODY):
         self.uri, self.headers = uri, {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+        self.body = body
         self.clients, self.result = clients, result
         self.running, self.stopped = threading.Event(), threading.Event()
         self.thread = threading.Thread(target=lambda: asyncio.run(self._main()), daemon=True)
@@ -100,7 +108,7 @@ class Load:
                 continue
             started = time.perf_counter()
             try:
-                async with session.post(self.uri, data=BODY, headers=self.headers,
+                async with session.post(self.uri, data=self.body, headers=self.headers,
                                         timeout=aiohttp.ClientTimeout(total=30)) as answer:
                     await answer.read()
                     if answer.status != 200:
@@ -191,11 +199,51 @@ def soak(client: RuntimeClient, seconds: float, clients: int = 4, burst_s: float
     return result
 
 
+def open_fds(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def slow_mirror(client: RuntimeClient, seconds: float = 20.0, clients: int = 8) -> tuple[Result, dict[str, tuple]]:
+    """The slow-mirror phase; (result, {"rss_mib" | "fds": (before, peak, 10 s after)})."""
+    def test_model(name: str, **env: str) -> dict:
+        return {"code": str(TEST_MODELS / "code"), "scoringScript": "score.py", "model": str(TEST_MODELS / "model"),
+                "instanceCount": 1, "environmentVariables": {"MODEL_NAME": name, **env}}
+
+    client.put_endpoint(MIRROR_ENDPOINT, "key")
+    client.put_deployment(MIRROR_ENDPOINT, "blue", {**test_model("blue"), "maxConcurrentRequestsPerInstance": clients})
+    client.put_deployment(MIRROR_ENDPOINT, "green", test_model("green", ALWAYS_SLEEP="4"))
+    client.set_traffic(MIRROR_ENDPOINT, {"blue": 100, "green": 0}, {"green": 50})
+    uri = client.status()["endpoints"][MIRROR_ENDPOINT]["scoringUri"]
+    pid = client.pid()
+    result = Result(rss_start_mib=rss_mib(pid))
+    before = (rss_mib(pid), open_fds(pid))
+    peak = list(before)
+    body = b'{"x": "' + b"a" * (1024 * 1024) + b'"}'
+    load = Load(uri, client.keys(MIRROR_ENDPOINT)["primaryKey"], clients, result, body)
+    load.thread.start()
+    load.running.set()
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        peak = [max(peak[0], rss_mib(pid)), max(peak[1], open_fds(pid))]
+        time.sleep(0.1)
+    load.running.clear()
+    load.stopped.set()
+    load.thread.join(60)
+    time.sleep(10)
+    after = (rss_mib(pid), open_fds(pid))
+    result.rss_end_mib = after[0]
+    mirror = client.status()["endpoints"][MIRROR_ENDPOINT]["deployments"]["green"]["metrics"]
+    result.events.append(f"mirror copies {mirror['mirrored']} ({mirror['mirrorErrors']} shed or failed)")
+    client.delete_endpoint(MIRROR_ENDPOINT)
+    return result, {"rss_mib": (before[0], peak[0], after[0]), "fds": (before[1], peak[1], after[1])}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, default=3.0)
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--keepalive", type=float, default=2.0, help="the workers' keep-alive, seconds")
+    parser.add_argument("--slow-mirror-seconds", type=float, default=20.0, help="length of the slow-mirror phase (0: skip)")
     args = parser.parse_args()
     os.environ[KEEPALIVE_ENV] = str(args.keepalive)
     with tempfile.TemporaryDirectory(prefix="mlc-soak-") as state:
@@ -203,11 +251,22 @@ def main() -> None:
         client.ensure_running()
         try:
             result = soak(client, args.minutes * 60, args.clients, idle_s=args.keepalive + 1.5)
+            mirrored = slow_mirror(client, args.slow_mirror_seconds) if args.slow_mirror_seconds > 0 else None
         finally:
             client.shutdown()
     print(f"soak, {args.minutes:g} min, {args.clients} clients, instanceCount 2, worker keep-alive {args.keepalive:g} s:")
     print("  " + result.report())
-    sys.exit(1 if result.failed else 0)
+    failed = result.failed
+    if mirrored is not None:
+        phase, levels = mirrored
+        rss, fds = levels["rss_mib"], levels["fds"]
+        print(f"slow mirror, {args.slow_mirror_seconds:g} s, 8 clients, 1 MiB bodies, 50 % mirrored to a 4 s model:")
+        print(f"  live requests {phase.requests}, failed {phase.failed}; {', '.join(phase.events)}")
+        print(f"  router RSS MiB before {rss[0]:.1f}, peak {rss[1]:.1f}, 10 s after {rss[2]:.1f} "
+              f"(after/before {rss[2] / rss[0]:.2f})")
+        print(f"  router open fds before {fds[0]}, peak {fds[1]}, 10 s after {fds[2]} (after - before {fds[2] - fds[0]:+d})")
+        failed += phase.failed
+    sys.exit(1 if failed else 0)
 
 
 if __name__ == "__main__":

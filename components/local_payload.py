@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from mlcanary.components.spec import DeploymentSpec
-from mlcanary.components.uploads import content_hash
+from mlcanary.components.content_digest import content_digest
 
 # payload key of a user path -> payload key of its digest (the runtime serves the pinned copy)
 PINNED = {"code": "codeDigest", "model": "modelDigest"}
@@ -30,9 +30,13 @@ def deployment_payload(spec: DeploymentSpec) -> dict[str, Any]:
     }
     for key, digest_key in PINNED.items():
         if payload[key]:
-            payload[digest_key] = content_hash(payload[key])
-    if spec.request_settings and spec.request_settings.request_timeout_ms:
-        payload["requestTimeoutMs"] = spec.request_settings.request_timeout_ms
+            payload[digest_key] = content_digest(payload[key])
+    settings = spec.request_settings
+    for key, value in (("requestTimeoutMs", settings and settings.request_timeout_ms),
+                       ("maxConcurrentRequestsPerInstance", settings and settings.max_concurrent_requests_per_instance),
+                       ("maxQueueWaitMs", settings and settings.max_queue_wait_ms)):
+        if value:
+            payload[key] = value
     probe = spec.readiness_probe
     if probe:
         settings = (("initialDelay", probe.initial_delay), ("period", probe.period),

@@ -86,8 +86,9 @@ class LocalDeploymentProvider(_RuntimeProvider):
 
     def _put(self, props: dict[str, Any]) -> dict[str, Any]:
         spec = {**props["spec"], "instanceCount": int(props["spec"]["instanceCount"])}
-        if "requestTimeoutMs" in spec:
-            spec["requestTimeoutMs"] = int(spec["requestTimeoutMs"])
+        for key in ("requestTimeoutMs", "maxConcurrentRequestsPerInstance", "maxQueueWaitMs"):
+            if key in spec:
+                spec[key] = int(spec[key])
         if spec.get("readinessProbe"):  # numbers arrive as floats on the wire
             spec["readinessProbe"] = {k: int(v) for k, v in spec["readinessProbe"].items()}
         status = self._client(props).put_deployment(props["endpointName"], props["deploymentName"], spec)

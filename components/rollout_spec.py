@@ -14,13 +14,25 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict
 from pydantic.alias_generators import to_camel
 
-from mlcanary.components import rules
+from mlcanary.components import answer_compare, rules
 from mlcanary.components.rollout_rules import RuleError, parse_rule
 from mlcanary.components.rules import Problem
 
 DEFAULT_STEPS = (10, 25, 50, 100)
 DEFAULTS = {"steps": DEFAULT_STEPS, "interval": "30s", "judge": "sequential", "alpha": 0.05, "minRequests": 100,
             "maxHold": 3, "failureLimit": 1, "deleteOld": False}
+# The plan's numbers, bounded (inclusive): outside them a rollout cannot judge what it claims to (an alpha of
+# 1e-300 never rolls back; a 1 ms interval with 1 request promotes on nothing; 1e9 holds never halt).
+BOUNDS: dict[str, tuple[float, float, str]] = {
+    "interval": (1.0, 86_400.0, "seconds"),
+    "mirrorFor": (1.0, 86_400.0, "seconds"),
+    "bake": (1.0, 7 * 86_400.0, "seconds"),
+    "alpha": (0.001, 0.2, ""),
+    "minRequests": (3, 1_000_000, ""),
+    "maxHold": (0, 100, ""),
+    "failureLimit": (1, 100, ""),
+}
+TICK_BOUNDS = (0.05, 60.0)  # seconds between readings of the metrics (`--tick`, no more than the interval)
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*(s|m|h)?$")
 
 
@@ -67,6 +79,10 @@ class RolloutSpec(BaseModel):
     min_requests: Whole | None = None
     max_hold: Whole | None = None
     failure_limit: Whole | None = None
+    # What the answers are judged on (rollout/answer_judge.py); comparing is on when comparePath is set.
+    compare_path: str | None = None
+    output_tolerance: str | float | None = None
+    max_disagreement: float | None = None
 
     def get(self, key: str) -> Any:
         """A value by its camelCase key, else the command's default."""
@@ -98,19 +114,62 @@ def rollout_problems(
         value = plan.get(key)
         if value is not None and duration_seconds(value) is None:
             problems.append(Problem(field(key), f"a duration such as 30s, 2m or 1h (seconds if no unit), got {value!r}"))
+        elif value is not None and not _within(key, duration_seconds(value)):
+            problems.append(Problem(field(key), f"{_range(key)}, got {value!r}"))
     if (plan.mirror is None) != (plan.mirror_for is None):
         problems.append(Problem(field("mirror"), "mirror and mirrorFor go together: a share to mirror and for how long"))
     if plan.mirror is not None:
         problems += rules.integer_range_problems(field("mirror"), plan.mirror, 1, rules.MAX_MIRROR_PERCENT, "mirror share")
     alpha = plan.get("alpha")
-    if not 0 < alpha < 1:
-        problems.append(Problem(field("alpha"), f"the false-rollback bound is a probability between 0 and 1, got {alpha}"))
-    for key, low in (("minRequests", 1), ("maxHold", 0), ("failureLimit", 1)):
-        if plan.get(key) < low:
-            problems.append(Problem(field(key), f"must be a whole number of at least {low}, got {plan.get(key)}"))
+    if not _within("alpha", alpha):
+        problems.append(Problem(field("alpha"), f"the false-rollback bound is a probability, {_range('alpha')}, got {alpha}"))
+    for key in ("minRequests", "maxHold", "failureLimit"):
+        if not _within(key, plan.get(key)):
+            problems.append(Problem(field(key), f"a whole number {_range(key)}, got {plan.get(key)}"))
+    problems += _compare_problems(plan, field)
     for text in plan.get("rule") or ():
         try:
             parse_rule(text)
         except RuleError as err:
             problems.append(Problem(field("rule"), str(err)))
+    return problems
+
+
+def _within(key: str, value: float) -> bool:
+    low, high, _ = BOUNDS[key]
+    return low <= value <= high
+
+
+def _range(key: str) -> str:
+    low, high, unit = BOUNDS[key]
+    return f"from {_number(low)} to {_number(high)}" + (f" {unit}" if unit else "")
+
+
+def _number(value: float) -> str:
+    return f"{int(value):,}" if float(value).is_integer() else f"{value:g}"
+
+
+def bounds_text() -> str:
+    """The ranges, as the docs and --help state them."""
+    return "; ".join(f"{key} {_range(key)}" for key in BOUNDS)
+
+
+def _compare_problems(plan: RolloutSpec, field: Callable[[str], str]) -> list[Problem]:
+    problems = []
+    if plan.compare_path is None:
+        for key in ("outputTolerance", "maxDisagreement"):
+            if plan.get(key) is not None:
+                problems.append(Problem(field(key), "needs comparePath (--compare-path): what of the answers to "
+                                                    "compare, $ for the whole answer"))
+        return problems
+    for key, parse in (("comparePath", answer_compare.parse_path), ("outputTolerance", answer_compare.parse_tolerance)):
+        if plan.get(key) is not None:
+            try:
+                parse(plan.get(key))
+            except answer_compare.CompareError as err:
+                problems.append(Problem(field(key), str(err)))
+    share = plan.max_disagreement
+    if share is not None and not 0 <= share < 1:
+        problems.append(Problem(field("maxDisagreement"), f"the share of compared answers allowed to disagree, "
+                                                          f"from 0 up to (not including) 1, got {share}"))
     return problems

@@ -6,11 +6,15 @@ deep nesting ends in a RecursionError. This reader refuses, while composing and 
 constructed or validated: duplicate keys (naming both lines), more than MAX_VALUES values once
 aliases are expanded, nesting deeper than MAX_DEPTH (aliases included), and an alias inside the
 collection it names. Values PyYAML cannot construct (a 5,000-digit number, the 45th of a month)
-are refused with their line too. Every refusal is an `UnusableFile` naming the file.
+are refused with their line too, and so are YAML 1.1's other ways of writing a number (`010` is octal
+8, `0x2` hex, `1:30` base 60, `1_000` with underscores): numbers are plain decimal digits, so what a
+file says is what it means (Pulumi's own YAML reader would read some of them otherwise). Every
+refusal is an `UnusableFile` naming the file.
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +28,23 @@ MAX_DEPTH = 50  # a stage file is 6-8 levels deep
 MAX_VALUES = 10_000  # a stage file holds a few hundred; 20 deployments with every key, a few thousand
 _MERGE_TAG = "tag:yaml.org,2002:merge"
 _KINDS = {"int": "an integer", "float": "a number", "timestamp": "a date", "bool": "true or false"}
+_PLAIN_INT = re.compile(r"[-+]?(0|[1-9][0-9]*)")
+
+
+def _unplain_number_form(text: str) -> str | None:
+    """How YAML 1.1 reads a number written other than in plain decimal digits, or None if it is plain."""
+    body = text.lstrip("+-")
+    if "_" in body:
+        return "with its underscores dropped"
+    if ":" in body:
+        return "as base 60 (sexagesimal)"
+    if body[:2].lower() == "0x":
+        return "as hexadecimal"
+    if body[:2].lower() == "0b":
+        return "as binary"
+    if body[:2].lower() == "0o" or (len(body) > 1 and body[0] == "0" and body[1].isdigit()):
+        return "as octal"
+    return None
 
 
 def load_yaml_file(path: Path, what: str, typical: str) -> Any:
@@ -158,6 +179,21 @@ class _BoundedLoader(yaml.SafeLoader):
                 first[key] = here
         return super().construct_mapping(node, deep=deep)
 
+    def construct_yaml_int(self, node: Node) -> int:
+        self._refuse_unplain_number(node)
+        return super().construct_yaml_int(node)
+
+    def construct_yaml_float(self, node: Node) -> float:
+        self._refuse_unplain_number(node)
+        return super().construct_yaml_float(node)
+
+    def _refuse_unplain_number(self, node: Node) -> None:
+        text = str(node.value)
+        form = None if _PLAIN_INT.fullmatch(text) else _unplain_number_form(text)
+        if form is not None:
+            raise _Refused(f"{shown_text(text, str)} at line {node.start_mark.line + 1} is not a plain number: YAML 1.1 "
+                           f"reads it {form}; write it in decimal digits (10, 2.5), or quote it if it is text")
+
     def construct_object(self, node: Node, deep: bool = False) -> Any:
         try:
             return super().construct_object(node, deep=deep)
@@ -168,3 +204,7 @@ class _BoundedLoader(yaml.SafeLoader):
             raise yaml.constructor.ConstructorError(
                 None, None, f"cannot read {shown_text(str(node.value), repr)} as {kind}", node.start_mark
             ) from None
+
+
+_BoundedLoader.add_constructor("tag:yaml.org,2002:int", _BoundedLoader.construct_yaml_int)
+_BoundedLoader.add_constructor("tag:yaml.org,2002:float", _BoundedLoader.construct_yaml_float)

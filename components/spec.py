@@ -20,6 +20,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Strict, ValidationE
 from pydantic.alias_generators import to_camel
 
 from mlcanary.components import rules
+from mlcanary.components.content_digest import folder_problem
 from mlcanary.components.deployment_yaml import read_deployment_yaml
 from mlcanary.components.rules import Problem
 from mlcanary.components.rollout_spec import RolloutSpec, rollout_problems
@@ -40,18 +41,11 @@ class SpecError(ValueError):
 
 
 def _whole_number_or_unchanged(value: Any) -> Any:
-    """Whole floats (wire numbers) and ASCII digit strings (`pulumi config set --type string`) become
-    ints; str.isdigit() and int() would also take full-width and other Unicode digits ("１００")."""
+    """Whole floats (wire numbers: Pulumi and the policy engine send 2.0) become ints. Text is not a
+    number, even "10" quoted: numbers are written as plain ASCII digits (safe_yaml refuses YAML 1.1's
+    octal, hex and base-60 forms), so what a stage file says is what a number is."""
     number = rules.whole_number(value)
-    if number is not None:
-        return number
-    text = value.strip() if isinstance(value, str) else ""
-    if text.isascii() and text.isdigit():
-        try:
-            return int(text)
-        except ValueError:  # more digits than Python converts: not a usable number either
-            return value
-    return value
+    return value if number is None else number
 
 
 WholeNumber = Annotated[int, Strict(), BeforeValidator(_whole_number_or_unchanged)]
@@ -378,6 +372,24 @@ def _is_dir(path: Path) -> bool:
         return False
 
 
+# Bounds of probe and request settings, in the spelling of the config (seconds, ms). Azure documents
+# only the lower ones; the upper ones keep what the local runtime computes from them (a start limit of
+# initialDelay + failureThreshold x period, timers) finite and usable, and `check` enforces them too.
+PROBE_BOUNDS = {"initialDelay": (0, 3600), "period": (1, 3600), "timeout": (1, 3600),
+                "successThreshold": (1, 1000), "failureThreshold": (1, 1000)}
+REQUEST_SETTING_BOUNDS = {"maxConcurrentRequestsPerInstance": (1, 1000), "maxQueueWaitMs": (1, rules.MAX_REQUEST_TIMEOUT_MS)}
+
+
+def bounded_settings_problems(field: str, settings: Mapping[str, Any], bounds: Mapping[str, tuple[int, int]]) -> list[Problem]:
+    """Each setting of `settings` (config spelling) a whole number within its bounds; None means unset."""
+    problems = []
+    for key, (low, high) in bounds.items():
+        value = settings.get(key)
+        if value is not None:
+            problems += rules.integer_range_problems(rules.join(field, key), value, low, high, key)
+    return problems
+
+
 def _deployment_problems(
     field: str, name: str, deployment: DeploymentSpec, endpoint: EndpointSpec
 ) -> list[Problem]:
@@ -394,6 +406,12 @@ def _deployment_problems(
         problems += rules.request_timeout_problems(
             rules.join(field, "requestSettings.requestTimeoutMs"), timeout
         )
+    if deployment.request_settings is not None:
+        problems += bounded_settings_problems(rules.join(field, "requestSettings"),
+                                              deployment.request_settings.model_dump(by_alias=True), REQUEST_SETTING_BOUNDS)
+    for key, probe in (("livenessProbe", deployment.liveness_probe), ("readinessProbe", deployment.readiness_probe)):
+        if probe is not None:
+            problems += bounded_settings_problems(rules.join(field, key), probe.model_dump(by_alias=True), PROBE_BOUNDS)
     if (deployment.code is None) != (deployment.scoring_script is None):
         problems.append(
             Problem(field, "code and scoringScript go together: give both (a scoring script in a code folder) or neither")
@@ -540,7 +558,7 @@ def _resolve_paths(
     """Local model/code/conda paths become absolute (from `base`, which `base_named` names for a
     message) and must exist."""
 
-    def resolve(value: Any, key_field: str) -> Any:
+    def resolve(value: Any, key_field: str, hashed: bool = False) -> Any:
         if not isinstance(value, str) or is_asset_reference(value):
             return value
         path = _real_path(base, value)
@@ -556,11 +574,15 @@ def _resolve_paths(
         except OSError as err:
             reason = "is a symlink loop" if err.errno == errno.ELOOP else f"cannot be used: {err.strerror}"
             problems.append(Problem(key_field, f"local path {rules.shown(value)} {reason}"))
+        else:
+            problem = folder_problem(path) if hashed else None  # a code or model folder: before anything hashes it
+            if problem:
+                problems.append(Problem(key_field, problem))
         return str(path)
 
     for key in ("model", "code"):
         if key in deployment:
-            deployment[key] = resolve(deployment[key], rules.join(field, key))
+            deployment[key] = resolve(deployment[key], rules.join(field, key), hashed=True)
     environment = deployment.get("environment")
     if isinstance(environment, Mapping) and "condaFile" in environment:
         conda_field, found = rules.join(field, "environment.condaFile"), len(problems)

@@ -8,7 +8,7 @@ keys), and registers an anonymous version (name: the content hash, version `1`) 
 that names itself, that name and version. `WorkspaceAsset` does exactly that by calling azure-ai-ml
 from a Pulumi dynamic resource, so the upload, ignore rules, hashing and retries are Azure's own.
 
-The content hash (azure-ai-ml's own `get_object_hash` over the files it uploads) is an input:
+The content hash (azure-ai-ml's `get_object_hash` over the files it uploads: content_digest.py) is an input:
 unchanged content changes nothing, changed content replaces the resource with a new version. Asset
 versions are never deleted by Pulumi (delete is a no-op): a rollback to the previous stage finds
 its version still registered.
@@ -16,11 +16,12 @@ its version still registered.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import pulumi
 from pulumi.dynamic import CreateResult, DiffResult, ResourceProvider
+
+from mlcanary.components.content_digest import content_digest
 
 # Inputs whose change means a different asset version (a replacement, never an in-place update).
 IDENTITY_KEYS = (
@@ -29,32 +30,9 @@ IDENTITY_KEYS = (
 
 
 def content_hash(path: str) -> str:
-    """azure-ai-ml's hash of a file or folder, over exactly the files azure-ai-ml uploads.
-
-    `.amlignore` / `.gitignore` apply. azure-ai-ml's own `get_object_hash` also hashes the *name* of a
-    directory whose files are all ignored (it matches `__pycache__/` against the bare name `__pycache__`),
-    so the first `__pycache__` made a new version though nothing uploaded changed; such directories are
-    left out here.
-    """
-    from azure.ai.ml._utils._asset_utils import get_ignore_file, get_object_hash
-
-    root = Path(path)
-    ignore = get_ignore_file(root if root.is_dir() else root.parent)
-    return get_object_hash(root, _UploadedFilesOnly(ignore))
-
-
-class _UploadedFilesOnly:
-    """An azure-ai-ml ignore file that also excludes directories holding no file that would be uploaded."""
-
-    def __init__(self, ignore):
-        self._ignore = ignore
-
-    def is_file_excluded(self, path) -> bool:
-        if self._ignore.is_file_excluded(path):
-            return True
-        path = Path(path)
-        return path.is_dir() and not any(
-            inner.is_file() and not self._ignore.is_file_excluded(inner) for inner in path.rglob("*"))
+    """azure-ai-ml's hash of a file or folder, over exactly the files azure-ai-ml uploads, computed
+    without importing azure-ai-ml and remembered while the folder is unchanged (content_digest.py)."""
+    return content_digest(path)
 
 
 def workspace_scope(workspace_id: str) -> tuple[str, str, str]:

@@ -1,22 +1,43 @@
-"""The `mlcanary` command line."""
+"""The `mlcanary` command line.
+
+A command imports what it uses, inside the command: `--version`, `local status` or `invoke` must not
+pay for pulumi, pulumi_policy or azure-ai-ml (tests/test_cli_imports.py, bench/cli_latency.py).
+"""
 
 from __future__ import annotations
 
+import importlib
 import json
 import sys
 from pathlib import Path
 
 import click
 
-from mlcanary.invoke_cli import invoke
-from mlcanary.local_cli import local
-from mlcanary.logs_cli import logs
-from mlcanary.policy_config import PolicyConfigError, load_policy_config
-from mlcanary.rehearse_cli import rehearse
-from mlcanary.rollout_cli import rollout
+# Commands defined in modules of their own, imported only when run (or listed by --help).
+LAZY_COMMANDS = {
+    "local": "mlcanary.local_cli:local",
+    "invoke": "mlcanary.invoke_cli:invoke",
+    "logs": "mlcanary.logs_cli:logs",
+    "rehearse": "mlcanary.rehearse_cli:rehearse",
+    "rollout": "mlcanary.rollout_cli:rollout",
+}
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class LazyGroup(click.Group):
+    """click's lazily loading group (click docs, "Lazily Loading Subcommands"): `mlcanary check` does
+    not import the local runtime's commands, nor `local status` the rollout's."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted([*super().list_commands(ctx), *LAZY_COMMANDS])
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name in LAZY_COMMANDS:
+            module, attribute = LAZY_COMMANDS[name].split(":")
+            return getattr(importlib.import_module(module), attribute)
+        return super().get_command(ctx, name)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="mlcanary", prog_name="mlcanary", message="%(prog)s %(version)s")
 def main() -> None:
     """Safe, staged rollouts of ML models to Azure ML online endpoints."""
@@ -49,6 +70,7 @@ def check(stage_files: tuple[Path, ...], policy_pack_config: Path | None, output
     --format json, each unusable input is an object {input, error} in the array.
     """
     from mlcanary.check import InputError, check_stages, policy_defaults
+    from mlcanary.policy_config import PolicyConfigError, load_policy_config
 
     try:
         settings = load_policy_config(policy_pack_config, policy_defaults())
@@ -80,9 +102,6 @@ def _print_text(report) -> None:
         + "."
     )
 
-
-for command in (local, invoke, logs, rehearse, rollout):
-    main.add_command(command)
 
 if __name__ == "__main__":
     main()

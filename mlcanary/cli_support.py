@@ -31,11 +31,13 @@ state_dir_option = click.option(
 
 
 def runtime_client(state_dir: Path | None):
-    try:
-        import aiohttp  # noqa: F401 - the runtime's router
-        import azureml_inference_server_http  # noqa: F401 - the workers
-    except ImportError as err:
-        fail(f"the local target needs the `local` extra ({err.name} is missing): pip install -e '.[local]'", 2)
+    from importlib.util import find_spec
+
+    # aiohttp runs the router, azureml_inference_server_http the workers: both in the runtime's own
+    # processes, so looking them up is enough here (importing them would cost every command ~0.2 s).
+    missing = next((name for name in ("aiohttp", "azureml_inference_server_http") if find_spec(name) is None), None)
+    if missing:
+        fail(f"the local target needs the `local` extra ({missing} is missing): pip install -e '.[local]'", 2)
     from mlcanary.local_runtime.client import RuntimeClient
     from mlcanary.local_runtime.paths import state_dir as resolve
 
@@ -117,11 +119,13 @@ def echo_json(document) -> None:
 
 def runtime_errors():
     """The runtime's refusals and a runtime that is not there, as clean errors."""
-    from mlcanary.local_runtime.apply import StageRefused
     from mlcanary.local_runtime.client import NotRunning, RuntimeRefusal
     from mlcanary.local_runtime.running import StateUnreadable
 
-    return (StageRefused, NotRunning, RuntimeRefusal, StateUnreadable)
+    # A stage refusal can only come from the apply module, which imports the spec and the Pulumi
+    # program: commands that never apply a stage (status, keys, ...) must not import it to catch it.
+    apply = sys.modules.get("mlcanary.local_runtime.apply")
+    return (NotRunning, RuntimeRefusal, StateUnreadable) + ((apply.StageRefused,) if apply else ())
 
 
 def require_running(client) -> None:

@@ -32,8 +32,14 @@ from mlcanary.console import output_console
     "--policy-pack-config", type=click.Path(path_type=Path),
     help="Policy levels and knobs, as for `mlcanary check` (see policies/policy-config.sample.json).",
 )
+@click.option("--compare-path", default="$", show_default=True,
+              help="Mirrored stages: compare the mirror's answers with the live ones at this part of the JSON "
+              "answer (docs/answers.md); the table shows how many agreed.")
+@click.option("--output-tolerance", help="Numbers agree within this: 0.01 = 1 % relative, abs:0.5 absolute "
+              "(default rel:1e-9).")
 def rehearse(stage_files: tuple[Path, ...], count: int, request_file: Path, keep: bool, output_format: str,
-             state_dir: Path | None, policy_pack_config: Path | None) -> None:
+             state_dir: Path | None, policy_pack_config: Path | None, compare_path: str,
+             output_tolerance: str | None) -> None:
     """Apply local STAGE_FILES in order and, at each stage, send probe traffic and compare.
 
     For every stage, a table per deployment, printed as the stage completes: configured vs observed
@@ -48,6 +54,12 @@ def rehearse(stage_files: tuple[Path, ...], count: int, request_file: Path, keep
     from mlcanary.local_runtime.sandbox import private_runtime
 
     stages = [(path, load_local_stage(path)) for path in stage_files]  # refuse an invalid stage before anything changes
+    from mlcanary.components.answer_compare import CompareError, settings_from
+
+    try:
+        compare = settings_from(compare_path, output_tolerance).as_json()
+    except CompareError as err:
+        fail(f"{'--output-tolerance' if str(err).startswith('output tolerance') else '--compare-path'}: {err}", 2)
     if keep and state_dir is None:
         fail("--keep needs --state-dir: a private rehearsal runtime is removed when the rehearsal ends", 2)
     _gate_rehearsal(list(stage_files), policy_settings(policy_pack_config), output_format)
@@ -65,7 +77,7 @@ def rehearse(stage_files: tuple[Path, ...], count: int, request_file: Path, keep
 
         with console.status("starting the local runtime") as status:
             client.ensure_running()
-            run_rehearsal(stages, client, body, count, status.update, completed)
+            run_rehearsal(stages, client, body, count, status.update, completed, compare)
 
     endpoints = {stack.endpoint.name for _, stack in stages}
     try:
@@ -153,6 +165,7 @@ def _report_json(report) -> dict:
                 "liveConfigured": d.configured_live, "liveObserved": round(d.observed_live(report.requests), 2),
                 "mirrorConfigured": d.configured_mirror, "mirrored": d.mirrored, "errors": d.errors,
                 "p50Ms": d.percentile(50), "p99Ms": d.percentile(99),
+                **({"compared": d.compared, "agreed": d.agreed} if d.configured_mirror else {}),
             }
             for d in report.deployments
         },
@@ -163,15 +176,19 @@ def _print_report(console, report) -> None:
     from rich.table import Table
 
     table = Table(title=f"{report.stage}  ({report.requests} requests)")
-    for column in ("deployment", "live set", "live seen", "mirror set", "mirrored", "errors", "p50 ms", "p99 ms"):
+    mirrored_stage = any(d.configured_mirror for d in report.deployments)
+    columns = ("deployment", "live set", "live seen", "mirror set", "mirrored", "errors", "p50 ms", "p99 ms")
+    for column in (*columns, *(("answers agreed",) if mirrored_stage else ())):
         table.add_column(column, justify="left" if column == "deployment" else "right")
     ms = lambda v: "-" if v is None else f"{v:.1f}"  # noqa: E731
     for d in report.deployments:
+        agreed = (f"{d.agreed}/{d.compared}" if d.configured_mirror else "",) if mirrored_stage else ()
         table.add_row(
             d.name, f"{d.configured_live}%", f"{d.observed_live(report.requests):.1f}%", f"{d.configured_mirror}%",
-            str(d.mirrored), str(d.errors), ms(d.percentile(50)), ms(d.percentile(99)),
+            str(d.mirrored), str(d.errors), ms(d.percentile(50)), ms(d.percentile(99)), *agreed,
         )
     if report.unrouted:
-        table.add_row("(no deployment)", "", f"{100 * report.unrouted / report.requests:.1f}", "", "", str(report.unrouted), "", "")
+        table.add_row("(no deployment)", "", f"{100 * report.unrouted / report.requests:.1f}", "", "", str(report.unrouted),
+                      "", "", *(("",) if mirrored_stage else ()))
     console.print(table)
 

@@ -397,12 +397,30 @@ def test_only_ascii_digits_are_numbers(change, field):
     assert re.search(rf"{E}\.{re.escape(field)}: must be a whole number, got '", spec_problems(config))
 
 
-def test_ascii_digit_strings_still_count():
-    """`pulumi config set --type string` stores numbers as strings: those stay accepted."""
+@pytest.mark.parametrize("quoted", ["2", "02", " 2"], ids=["plain", "leading_zero", "leading_space"])
+def test_a_quoted_number_is_refused_where_a_number_is_asked_for(quoted):
     config = stage_config(AZURE_STAGE_1)
-    config["mlcanary:endpoint"]["deployments"]["blue"]["instanceCount"] = "2"
-    spec = load_stack_config(namespaced(config, "mlcanary"), PROJECT_DIR)
-    assert spec.endpoint.deployments["blue"].instance_count == 2
+    config["mlcanary:endpoint"]["deployments"]["blue"]["instanceCount"] = quoted
+    assert re.search(rf"{E}\.deployments\.blue\.instanceCount: must be a whole number, got '{quoted}'", spec_problems(config))
+
+
+@pytest.mark.parametrize("written, reads_as", [
+    ("010", "octal"), ("0x2", "hexadecimal"), ("0b10", "binary"), ("1_000", "underscores"),
+    ("1:30", "base 60"), ("1_0.5", "underscores"),
+], ids=["octal", "hex", "binary", "underscores", "sexagesimal", "float_underscores"])
+def test_yaml_1_1_number_forms_are_refused_with_their_line(tmp_path, written, reads_as):
+    text = local_stage_text().replace("instanceCount: 1", f"instanceCount: {written}", 1)
+    assert f"instanceCount: {written}" in text
+    message = stage_error(tmp_path, text)
+    assert re.search(rf"{re.escape(written)!s} at line \d+ is not a plain number", message), message
+    assert reads_as in message and "write it in decimal digits" in message
+
+
+def test_plain_numbers_and_quoted_text_that_looks_like_a_number_still_read(tmp_path):
+    from mlcanary.components.safe_yaml import load_yaml
+
+    assert load_yaml("a: 10\nb: -3\nc: 0\nd: 2.5\ne: '010'\nf: +4\n", "t") == {
+        "a": 10, "b": -3, "c": 0, "d": 2.5, "e": "010", "f": 4}
 
 
 @pytest.mark.parametrize(
@@ -676,3 +694,33 @@ def test_the_installed_command_prints_no_traceback_for_unusable_stages(tmp_path)
     assert done.returncode == 2, done.stderr
     assert "Traceback" not in done.stderr + done.stdout
     assert done.stderr.count("error: ") == len(BAD_INPUTS)
+
+
+# --- probe and request settings have upper bounds, checked by `check` too (issue 15) ---------------
+
+@pytest.mark.parametrize("key, settings, message", [
+    ("readinessProbe", {"period": 10**9, "failureThreshold": 10**9},
+     "readinessProbe.period: period must be a whole number from 1 to 3600, got 1000000000"),
+    ("readinessProbe", {"failureThreshold": 10**9}, "readinessProbe.failureThreshold: failureThreshold must be a whole "
+     "number from 1 to 1000, got 1000000000"),
+    ("livenessProbe", {"initialDelay": 10**6}, "livenessProbe.initialDelay: initialDelay must be a whole number from 0 "
+     "to 3600, got 1000000"),
+    ("requestSettings", {"maxConcurrentRequestsPerInstance": 0}, "requestSettings.maxConcurrentRequestsPerInstance: "
+     "maxConcurrentRequestsPerInstance must be a whole number from 1 to 1000, got 0"),
+    ("requestSettings", {"maxQueueWaitMs": 10**9}, "requestSettings.maxQueueWaitMs: maxQueueWaitMs must be a whole "
+     "number from 1 to 180000, got 1000000000"),
+], ids=["huge_period", "huge_failure_threshold", "huge_initial_delay", "no_concurrency", "huge_queue_wait"])
+def test_probe_and_request_settings_past_their_bounds_are_refused(key, settings, message):
+    config = stage_config(AZURE_STAGE_1)
+    config["mlcanary:endpoint"]["deployments"]["blue"][key] = settings
+    assert f"{E}.deployments.blue.{message}" in spec_problems(config)
+
+
+def test_check_refuses_a_huge_readiness_probe_without_a_traceback(tmp_path):
+    text = local_stage_text().replace("        instanceCount: 1\n",
+                                      "        instanceCount: 1\n        readinessProbe: {period: 1000000000, failureThreshold: 1000000000}\n", 1)
+    assert "readinessProbe" in text
+    result = CliRunner().invoke(main, ["check", str(write(tmp_path, text))])
+    assert result.exit_code == 2, result.output
+    assert "readinessProbe.period: period must be a whole number from 1 to 3600, got 1000000000" in result.output
+    assert "Traceback" not in result.output and "OverflowError" not in result.output

@@ -27,7 +27,7 @@ def run(state, *args):
     return CliRunner().invoke(main, [*map(str, args), "--state-dir", str(state)])
 
 
-def test_the_full_seven_stage_rehearsal(state):
+def test_the_full_rehearsal_of_the_sample_stages(state):
     result = run(state, "rehearse", "--requests", "100", "--request-file", REQUEST, "--format", "json", *STAGE.values())
     assert result.exit_code == 0, result.output
     reports = {r["stage"]: r["deployments"] for r in json.loads(result.output)}
@@ -39,6 +39,7 @@ def test_the_full_seven_stage_rehearsal(state):
         "stage-2-scale-blue.yaml": {"blue": (100, 100.0, 0, 0)},
         "stage-3-green-dark.yaml": {"blue": (100, 100.0, 0, 0), "green": (0, 0.0, 0, 0)},
         "stage-4-mirror-green.yaml": {"blue": (100, 100.0, 0, 0), "green": (0, 0.0, 10, 0)},
+        "stage-4s-stop-mirror.yaml": {"blue": (100, 100.0, 0, 0), "green": (0, 0.0, 0, 0)},
         "stage-5-canary-green.yaml": {"blue": (90, 90.0, 0, 0), "green": (10, 10.0, 0, 0)},
         "stage-6-all-to-green.yaml": {"blue": (0, 0.0, 0, 0), "green": (100, 100.0, 0, 0)},
         "stage-7-delete-blue.yaml": {"green": (100, 100.0, 0, 0)},

@@ -11,6 +11,7 @@ import contextlib
 import gzip
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -310,7 +311,7 @@ def test_local_up_says_the_state_file_is_corrupt(tmp_path):
     assert result.exit_code == 1
     # local up reads the state first (the gate judges the step from what a restart would restore)
     assert f"{paths.state_file(root)}: cannot read the runtime's state" in result.output
-    assert "is not a runtime state: expected an object with an `endpoints` object" in result.output
+    assert "is not a runtime state: endpoints: input should be a valid dictionary, got []" in result.output
     assert "Traceback" not in result.output
     assert paths.state_file(root).read_text() == '{"endpoints": []}'  # kept for the user to inspect
     assert RuntimeClient(root).base_url() is None
@@ -469,7 +470,7 @@ def test_a_full_disk_refuses_the_change_names_the_cause_and_undoes_it(own_runtim
         after = runtime.status()["endpoints"]["ep-full"]
         assert after["traffic"] == before["traffic"] and list(after["deployments"]) == ["blue"]
         assert paths.state_file(runtime.root).read_text() == state_before
-        recorded = set(json.loads(paths.workers_file(runtime.root).read_text())["pgids"])
+        recorded = {w["pid"] for w in json.loads(paths.workers_file(runtime.root).read_text())["workers"]}
         running = {int(p) for p in subprocess.run(["pgrep", "-f", f"unix:{runtime.root / 'sock'}/"],
                                                   capture_output=True, text=True).stdout.split()}
         assert {os.getpgid(p) for p in running} <= recorded  # every worker running is recorded
@@ -554,11 +555,11 @@ def test_local_up_no_wait_fails_at_once_while_another_stage_applies(tmp_path):
 
 def test_invoke_whose_runtime_dies_mid_request_is_a_clean_error(own_runtime, tmp_path):
     runtime = own_runtime()
-    serve(runtime, "ep-dies", {"slow": {**spec("slow", ALWAYS_SLEEP="5"), "requestTimeoutMs": 20000}}, {"slow": 100})
+    serve(runtime, "ep-dies", {"slow": {**spec("slow", ALWAYS_SLEEP="30"), "requestTimeoutMs": 60000}}, {"slow": 100})
     request = tmp_path / "request.json"
     request.write_text("{}")
     invoking = mlcanary("invoke", "ep-dies", "--request-file", request, state=runtime.root)
-    time.sleep(2)  # status and keys are fetched; the request is waiting for the slow model
+    time.sleep(8)  # status and keys are fetched (on a loaded machine too); the request waits for the slow model
     os.kill(runtime.pid(), signal.SIGKILL)
     out, err = invoking.communicate(timeout=60)
     assert invoking.returncode == 1
@@ -612,3 +613,440 @@ def _stage_lock_waiters(state: Path) -> bool:
         with contextlib.suppress(OSError):
             holders += any(os.readlink(fd) == target for fd in fd_dir.iterdir())
     return holders >= 2
+
+
+# --- round two (issue 15): abandoned requests, bounded concurrency and bodies, a quiet log ----------
+
+def router_fds(client) -> int:
+    return len(os.listdir(f"/proc/{client.pid()}/fd"))
+
+
+def router_rss_mib(client) -> float:
+    for line in Path(f"/proc/{client.pid()}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+def burst(target, seconds: float, clients: int, body: bytes, pin: str | None = None) -> list[int]:
+    """`clients` threads posting `body` back to back for `seconds`; the statuses (0: no answer)."""
+    statuses, stop = [], threading.Event()
+    headers = {"Authorization": f"Bearer {target['key']}", "Content-Type": "application/json"}
+    if pin:
+        headers["azureml-model-deployment"] = pin
+
+    def one_client():
+        with requests.Session() as session:
+            while not stop.is_set():
+                try:
+                    statuses.append(session.post(target["uri"], data=body, headers=headers, timeout=30).status_code)
+                except requests.RequestException:
+                    statuses.append(0)
+
+    threads = [threading.Thread(target=one_client) for _ in range(clients)]
+    for thread in threads:
+        thread.start()
+    time.sleep(seconds)
+    stop.set()
+    for thread in threads:
+        thread.join()
+    return statuses
+
+
+def test_a_slow_mirror_under_load_gives_back_memory_and_descriptors_within_seconds(own_runtime):
+    """Issue 15's repro, scaled down: a mirror whose run() takes 4 s, half the traffic copied to it,
+    1 MiB bodies. Copies beyond what its instance takes at once are shed (429 in its mirror metrics);
+    nothing piles up in the router or in the worker."""
+    runtime = own_runtime(**SHORT_KEEPALIVES)  # kept-alive connections to workers end 1 s after the burst
+    target = serve(runtime, "ep-slowmirror", {
+        "blue": {**spec("blue"), "maxConcurrentRequestsPerInstance": 8}, "green": spec("green", ALWAYS_SLEEP="4"),
+    }, {"blue": 100, "green": 0}, {"green": 50})
+    body = json.dumps({"x": "a" * (1024 * 1024)}).encode()
+    assert score(target).status_code == 200
+    fds_before, rss_before = router_fds(runtime), router_rss_mib(runtime)
+    statuses = burst(target, 4.0, 8, body)
+    assert statuses and set(statuses) == {200}
+    assert wait_for(lambda: router_fds(runtime) <= fds_before + 2, 8), (fds_before, router_fds(runtime))
+    assert wait_for(lambda: router_rss_mib(runtime) <= rss_before + 12, 8), (rss_before, router_rss_mib(runtime))
+    green = runtime.status()["endpoints"]["ep-slowmirror"]["deployments"]["green"]
+    assert green["metrics"]["mirrored"] > 20 and green["healthy"] == 1
+    text = runtime.metrics()
+    assert 'mlcanary_mirrored_requests_total{endpoint="ep-slowmirror",deployment="green",code="429"}' in text
+    # The worker is not busy with hundreds of abandoned copies: a pinned request is served in its 4 s.
+    assert score(target, pin="green", timeout=30).status_code == 200
+
+
+def test_requests_beyond_an_instances_concurrency_wait_the_queue_wait_then_get_429(client):
+    target = serve(client, "ep-busy", {"slow": {**spec("slow", ALWAYS_SLEEP="1.5"), "maxQueueWaitMs": 200}},
+                   {"slow": 100})
+    answers = []
+    threads = [threading.Thread(target=lambda: answers.append(score(target))) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(a.status_code for a in answers) == [200, 429, 429]
+    refused = next(a for a in answers if a.status_code == 429).json()["message"]
+    assert refused.startswith("Too many pending requests: deployment 'slow' takes 1 request(s) at once per instance "
+                              "(maxConcurrentRequestsPerInstance) and none was free within 200 ms (maxQueueWaitMs)")
+    client.delete_endpoint("ep-busy")
+
+
+def test_a_request_whose_client_went_away_closes_its_upstream_connection_and_frees_its_slot(client):
+    target = serve(client, "ep-gone", {"blue": {**spec("blue"), "requestTimeoutMs": 60000}}, {"blue": 100})
+    assert score(target).status_code == 200
+    with pytest.raises(requests.Timeout):
+        score(target, {"sleep": 20}, timeout=0.5)  # the client gives up; run() goes on sleeping 20 s
+    # Its slot is free (no 429 after the 500 ms queue wait) and the next request is not queued behind
+    # the abandoned one in the worker: it is answered long before that run() ends.
+    answer = score(target, {"x": 2}, timeout=10)
+    assert answer.status_code == 200 and answer.json()["echo"] == {"x": 2}
+    client.delete_endpoint("ep-gone")
+
+
+MALFORMED = {
+    "key_in_a_bad_header": b"POST /score HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %KEY%\x01\r\nContent-Length: 2\r\n\r\n{}",
+    "key_in_a_bad_header_name": b"POST /score HTTP/1.1\r\nHost: x\r\nAuth(%KEY%): x\r\nContent-Length: 2\r\n\r\n{}",
+    "bad_method": b"P@ST /score HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %KEY%\r\n\r\n",
+    "bad_content_length": b"POST /score HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %KEY%\r\nContent-Length: %KEY%\r\n\r\n",
+    "bad_chunk_size": b"POST /score HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %KEY%\r\nTransfer-Encoding: chunked\r\n\r\n%KEY%\r\n",
+    "header_line_too_long": b"POST /score HTTP/1.1\r\nHost: x\r\nX-Long: %KEY%" + b"a" * 20000 + b"\r\n\r\n",
+    "bad_version": b"POST /score HTTP/9.%KEY%\r\nHost: x\r\n\r\n",
+}
+
+
+@pytest.mark.parametrize("case", list(MALFORMED))
+def test_a_malformed_request_is_a_fixed_400_counted_never_logged_nor_echoed(endpoint, client, case):
+    key = endpoint["key"]
+    answer = raw_exchange(port_of(endpoint), MALFORMED[case].replace(b"%KEY%", key.encode()))
+    status_line, _, rest = answer.partition(b"\r\n")
+    assert re.fullmatch(rb"HTTP/1\.[01] 400 Bad Request", status_line), answer[:200]
+    assert rest.endswith(b"400 Bad Request: the request is not valid HTTP/1.1"), rest[-200:]
+    assert key.encode() not in answer
+    log = runtime_log(client)
+    assert key not in log and "Traceback" not in log and "Error handling request" not in log
+    assert re.search(r'mlcanary_malformed_requests_total\{endpoint="ep-data"\} [1-9]', client.metrics())
+
+
+def test_a_flood_of_malformed_requests_leaves_the_audit_lines_and_the_log_size_alone(endpoint, client):
+    client.set_traffic("ep-data", {"blue": 100}, {})  # an audit line
+    size = paths.runtime_log(client.root).stat().st_size
+    request = MALFORMED["key_in_a_bad_header"].replace(b"%KEY%", endpoint["key"].encode())
+    for _ in range(2000):
+        raw_exchange(port_of(endpoint), request)
+    assert paths.runtime_log(client.root).stat().st_size - size < 300  # a note a minute at most, not a line each
+    assert "change accepted: PUT /endpoints/ep-data/traffic" in runtime_log(client)
+    assert re.search(r'mlcanary_malformed_requests_total\{endpoint="ep-data"\} \d{4}', client.metrics())
+
+
+@pytest.mark.parametrize("encoded, problem", [
+    (gzip.compress(b'{"x": 1}')[:-6], "the compressed stream is truncated"),
+    (gzip.compress(b'{"x": 1}') + b"garbage", "bytes follow the end of the compressed stream"),
+    (gzip.compress(b'{"x": 1}') + gzip.compress(b'{"y": 2}'), "bytes follow the end of the compressed stream"),
+], ids=["truncated", "trailing_garbage", "second_member"])
+def test_a_gzip_body_that_is_not_one_complete_stream_is_400(endpoint, encoded, problem):
+    headers = {"Authorization": f"Bearer {endpoint['key']}", "Content-Type": "application/json",
+               "Content-Encoding": "gzip"}
+    answer = requests.post(endpoint["uri"], data=encoded, headers=headers, timeout=30)
+    assert answer.status_code == 400 and problem in answer.json()["message"]
+
+
+def test_bodies_in_flight_are_capped_and_the_excess_is_refused_with_503(own_runtime):
+    from mlcanary.local_runtime.bodies import BODIES_IN_FLIGHT_ENV
+
+    runtime = own_runtime(**{BODIES_IN_FLIGHT_ENV: "64"})
+    target = serve(runtime, "ep-bodies", {"slow": {**spec("slow", ALWAYS_SLEEP="1"),
+                                                   "maxConcurrentRequestsPerInstance": 8, "maxQueueWaitMs": 5000,
+                                                   "requestTimeoutMs": 20000}}, {"slow": 100})
+    body = json.dumps({"x": "a" * (40 * 1024 * 1024)}).encode()  # 40 MB: one fits in 64 MiB, two do not
+    rss_before = router_rss_mib(runtime)
+    answers, peak = [], [0.0]
+    threads = [threading.Thread(target=lambda: answers.append(score(target, json.loads(body), timeout=60)))
+               for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    while any(t.is_alive() for t in threads):
+        peak[0] = max(peak[0], router_rss_mib(runtime))
+        time.sleep(0.02)
+    statuses = sorted(a.status_code for a in answers)
+    assert 200 in statuses and 503 in statuses and set(statuses) <= {200, 503}, statuses
+    refused = next(a for a in answers if a.status_code == 503)
+    assert refused.headers["Retry-After"] == "1" and BODIES_IN_FLIGHT_ENV in refused.json()["message"]
+    assert peak[0] - rss_before < 200, (rss_before, peak[0])  # six at once: 240 MB of bodies, as much echoed back
+
+
+# --- a hostile state directory (issue 15) ---------------------------------------------------------
+
+OTHER_UID = 54321  # no such user here: a folder chown-ed to it is another user's
+
+
+def victim(tmp_path: Path) -> Path:
+    """One of the owner's private files, which a planted link would make the runtime overwrite."""
+    secret = tmp_path / "owners-secret"
+    secret.write_text("precious")
+    secret.chmod(0o600)
+    return secret
+
+
+def test_a_state_dir_another_user_owns_is_refused_and_nothing_is_written_in_it(tmp_path):
+    root = tmp_path / "theirs"
+    root.mkdir(mode=0o700)
+    os.chown(root, OTHER_UID, OTHER_UID)
+    with pytest.raises(NotRunning) as refused:
+        RuntimeClient(root).ensure_running()
+    assert f"state directory {root} is owned by uid {OTHER_UID}, not by you" in str(refused.value)
+    assert "use a folder of your own (--state-dir or $MLCANARY_STATE_DIR)" in str(refused.value)
+    assert list(root.iterdir()) == []
+
+
+def test_a_state_dir_others_can_write_is_refused_and_its_planted_links_are_not_followed(tmp_path):
+    root = tmp_path / "shared"
+    root.mkdir()
+    root.chmod(0o777)
+    secret = victim(tmp_path)
+    os.symlink(secret, root / "runtime.stderr")
+    os.symlink(secret, root / "runtime.log")
+    with pytest.raises(NotRunning) as refused:
+        RuntimeClient(root).ensure_running()
+    assert f"state directory {root} can be written by other users (mode 777)" in str(refused.value)
+    assert f"run `chmod go-w {root}` (better, `chmod 700 {root}`)" in str(refused.value)
+    assert secret.read_text() == "precious"
+
+
+def test_a_state_dir_inside_a_folder_others_can_write_is_refused(tmp_path):
+    """Others could rename the state directory away and put their own in its place (no sticky bit)."""
+    parent = tmp_path / "open"
+    parent.mkdir()
+    parent.chmod(0o777)
+    root = parent / "state"
+    root.mkdir(mode=0o700)
+    with pytest.raises(NotRunning) as refused:
+        RuntimeClient(root).ensure_running()
+    assert f"lies in {parent}, which other users can write (mode 777)" in str(refused.value)
+    assert list(root.iterdir()) == []
+
+
+@pytest.mark.parametrize("planted", ["runtime.stderr", "runtime.log", "runtime.lock"])
+def test_a_link_in_a_private_state_dir_is_not_followed(tmp_path, planted):
+    root = tmp_path / "state"
+    root.mkdir(mode=0o700)
+    secret = victim(tmp_path)
+    os.symlink(secret, root / planted)
+    with pytest.raises(NotRunning) as refused:
+        RuntimeClient(root).ensure_running()
+    assert f"{root / planted}: is a symbolic link; the runtime does not follow links in its state directory" in str(
+        refused.value)
+    assert secret.read_text() == "precious" and secret.stat().st_mode & 0o777 == 0o600
+
+
+def test_a_folder_squatting_the_old_socket_folder_name_cannot_block_the_runtime(own_runtime, tmp_path):
+    """Worker sockets of a state directory whose path is too long for them go to a temp folder; its
+    name used to be predictable (mlcanary-<uid>-<hash of the path>), so another user could take it first."""
+    import hashlib
+    import tempfile
+
+    deep = tmp_path / ("d" * 90) / "state"
+    squatted = Path(tempfile.gettempdir()) / f"mlcanary-{os.getuid()}-{hashlib.sha256(str(deep).encode()).hexdigest()[:16]}"
+    squatted.mkdir(mode=0o777)
+    os.chown(squatted, OTHER_UID, OTHER_UID)
+    try:
+        runtime = own_runtime(deep)
+        target = serve(runtime, "ep-squat", {"blue": spec("blue")}, {"blue": 100})
+        assert score(target).status_code == 200
+        folder = Path(deployment_status(runtime, "ep-squat", "blue")["sockets"][0]).parent
+        assert folder != squatted and folder.name.startswith(f"mlcanary-{os.getuid()}-")
+        assert folder.stat().st_uid == os.getuid() and folder.stat().st_mode & 0o777 == 0o700
+        stop_runtime(runtime)
+        assert not folder.exists()
+    finally:
+        squatted.rmdir()
+
+
+# --- state.json and workers.json are checked like a stage file (issue 15) --------------------------
+
+def valid_state() -> dict:
+    deployment = {"code": str(MODELS / "code"), "scoringScript": "score.py", "model": str(MODELS / "model"),
+                  "instanceCount": 1, "environmentVariables": {"MODEL_NAME": "blue"}}
+    return {"endpoints": {"ep-x": {
+        "authMode": "key", "keys": {"primary": "p" * 43, "secondary": "s" * 43}, "port": 40123,
+        "deployments": {"blue": deployment, "green": dict(deployment)},
+        "traffic": {"blue": 100, "green": 0}, "mirrorTraffic": {}}}}
+
+
+def _set(path: str, value):
+    def change(state: dict) -> dict:
+        *parents, last = path.split("/")
+        node = state
+        for key in parents:
+            node = node[key]
+        node[last] = value
+        return state
+    return change
+
+
+EP = "endpoints/ep-x"
+STATE_CASES = {
+    "port_99999": (_set(f"{EP}/port", 99999), "endpoints.ep-x.port: a TCP port is 1 to 65535, got 99999"),
+    "instance_count_0": (_set(f"{EP}/deployments/blue/instanceCount", 0),
+                         "endpoints.ep-x.deployments.blue.instanceCount: instance count must be a whole number from 1 to 50, got 0"),
+    "instance_count_51": (_set(f"{EP}/deployments/blue/instanceCount", 51), "from 1 to 50, got 51"),
+    "traffic_250_minus_150": (_set(f"{EP}/traffic", {"blue": 250, "green": -150}), "endpoints.ep-x.traffic"),
+    "traffic_to_a_missing_deployment": (_set(f"{EP}/traffic", {"blue": 50, "ghost": 50}),
+                                        "live traffic names unknown deployment 'ghost'"),
+    "two_mirror_targets": (_set(f"{EP}/mirrorTraffic", {"blue": 10, "green": 10}), "endpoints.ep-x.mirrorTraffic"),
+    "traffic_not_a_number": (_set(f"{EP}/traffic", {"blue": "x"}), "endpoints.ep-x.traffic.blue: input should be a valid integer"),
+    "integer_environment_value": (_set(f"{EP}/deployments/blue/environmentVariables", {"N": 5}),
+                                  "endpoints.ep-x.deployments.blue.environmentVariables.N: input should be a valid string"),
+    "string_request_timeout": (_set(f"{EP}/deployments/blue/requestTimeoutMs", "1000"),
+                               "endpoints.ep-x.deployments.blue.requestTimeoutMs: input should be a valid integer"),
+    "huge_probe_period": (_set(f"{EP}/deployments/blue/readinessProbe", {"period": 10**9}),
+                          "endpoints.ep-x.deployments.blue.readinessProbe.period: period must be a whole number from 1 to 3600"),
+    "endpoint_name_leaving_the_folder": (lambda s: {"endpoints": {"../../x": s["endpoints"]["ep-x"]}},
+                                         "endpoints.../../x: '../../x' is not a valid endpoint name"),
+    "deep_nesting": (None, "is nested too deeply to be a runtime record"),
+    "dev_zero": (None, "is a device, not a regular file"),
+    "fifo": (None, "is a named pipe (FIFO), not a regular file"),
+}
+
+
+@pytest.mark.parametrize("case", list(STATE_CASES))
+def test_a_state_file_breaking_a_rule_is_refused_at_start_naming_the_field_and_kept(tmp_path, case):
+    root = tmp_path / "state"
+    root.mkdir(mode=0o700)
+    state_path = paths.state_file(root)
+    change, message = STATE_CASES[case]
+    if case == "deep_nesting":
+        state_path.write_text('{"endpoints": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    elif case == "dev_zero":
+        os.symlink("/dev/zero", state_path)
+    elif case == "fifo":
+        os.mkfifo(state_path)
+    else:
+        state_path.write_text(json.dumps(change(valid_state())))
+    before = os.lstat(state_path)
+    runtime = RuntimeClient(root)
+    try:
+        with pytest.raises(NotRunning) as refused:
+            runtime.ensure_running()
+    finally:
+        stop_runtime(runtime)
+    assert f"state file {state_path}" in str(refused.value) and message in str(refused.value), str(refused.value)
+    assert "the file was kept as it is" in str(refused.value)
+    after = os.lstat(state_path)
+    assert (after.st_mode, after.st_size, after.st_mtime_ns) == (before.st_mode, before.st_size, before.st_mtime_ns)
+
+
+def test_a_valid_state_file_still_starts(tmp_path):
+    root = tmp_path / "state"
+    root.mkdir(mode=0o700)
+    paths.state_file(root).write_text(json.dumps(valid_state()))
+    runtime = RuntimeClient(root)
+    try:
+        runtime.ensure_running()
+        assert runtime.status()["endpoints"]["ep-x"]["deployments"]["blue"]["state"] == "ready"
+    finally:
+        stop_runtime(runtime)
+
+
+@pytest.mark.parametrize("document, message", [
+    ({"pgids": [1234]}, "workers.json is not a runtime state: socketDir: required"),
+    ({"socketDir": "/etc", "workers": []}, "socketDir: '/etc' is neither the state directory's sock folder"),
+    ({"socketDir": "SOCK", "workers": [{"pid": "1", "started": 0, "socket": "SOCK/a.sock"}]},
+     "workers.0.pid: input should be a valid integer"),
+    ({"socketDir": "SOCK", "workers": [{"pid": 1234, "started": 0, "socket": "/elsewhere/a.sock"}]},
+     "workers.0.socket: not in socketDir"),
+], ids=["old_format", "foreign_socket_dir", "pid_not_a_number", "socket_elsewhere"])
+def test_a_workers_file_that_is_not_one_is_refused_at_start_and_kept(tmp_path, document, message):
+    root = tmp_path / "state"
+    root.mkdir(mode=0o700)
+    text = json.dumps(document).replace("SOCK", str(root / "sock"))
+    paths.workers_file(root).write_text(text)
+    runtime = RuntimeClient(root)
+    try:
+        with pytest.raises(NotRunning) as refused:
+            runtime.ensure_running()
+    finally:
+        stop_runtime(runtime)
+    assert message in str(refused.value) and "the file was kept as it is" in str(refused.value), str(refused.value)
+    assert paths.workers_file(root).read_text() == text
+
+
+# --- smaller points (issue 15) --------------------------------------------------------------------
+
+@pytest.mark.parametrize("disk", ["tmpfs", "injected_fault"])
+def test_a_full_disk_gives_a_clean_refusal_from_the_stage_lock(tmp_path, disk):
+    from mlcanary.local_runtime.stage_lock import StageLocked, stage_lock
+
+    root = tmp_path / "small"
+    fault = {}
+    if disk == "tmpfs":
+        if not mount_small_disk(root):
+            pytest.skip("mounting a tmpfs is not allowed here; the injected_fault case covers the same path")
+        fill(root)
+    else:
+        root.mkdir(mode=0o700)
+        (tmp_path / "disk-is-full").touch()
+        fault = {FAULT_DISK_FULL_ENV: str(tmp_path / "disk-is-full")}
+    try:
+        with environment(**fault), pytest.raises(StageLocked) as refused, stage_lock(root, "stage-1.yaml"):
+            raise AssertionError("the stage lock was taken on a full disk")
+        assert str(refused.value) == (f"cannot write the stage lock {paths.stage_lock_file(root)}: no space left on "
+                                      "device; nothing was changed: free some space and apply the stage again")
+    finally:
+        if disk == "tmpfs":
+            subprocess.run(["umount", "-l", str(root)], check=False)
+
+
+def test_with_every_instance_dead_a_request_waits_for_a_restart_within_its_timeout(client):
+    target = serve(client, "ep-dead", {"blue": {**spec("blue"), "requestTimeoutMs": 30000}}, {"blue": 100})
+    master = deployment_status(client, "ep-dead", "blue")["pids"][0]
+    os.killpg(master, signal.SIGKILL)  # the only instance is gone; supervision starts it again
+    answer = score(target, timeout=60)
+    assert answer.status_code == 200 and answer.json()["name"] == "blue"
+    assert deployment_status(client, "ep-dead", "blue")["restarts"] == 1
+    client.delete_endpoint("ep-dead")
+
+
+def test_3000_connections_at_once_are_accepted_without_a_reset(own_runtime):
+    runtime = own_runtime()  # the default client keep-alive (75 s): no connection here idles that long
+    runtime.put_endpoint("ep-backlog", "key")
+    port = port_of({"uri": runtime.status()["endpoints"]["ep-backlog"]["scoringUri"]})
+    request = b"GET /score HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    connections, failures = [], []
+    try:
+        for _ in range(3000):  # all at once, before the router can accept them: the listen backlog holds them
+            connection = socket.socket()
+            connection.setblocking(False)
+            connection.connect_ex(("127.0.0.1", port))
+            connections.append(connection)
+        for connection in connections:
+            connection.settimeout(30)
+            try:
+                connection.sendall(request)
+            except OSError as err:
+                failures.append(repr(err))
+        for connection in connections:
+            try:
+                answer = connection.recv(64)
+                if not answer.startswith(b"HTTP/1.1 405"):
+                    failures.append(answer)
+            except OSError as err:
+                failures.append(repr(err))
+    finally:
+        for connection in connections:
+            connection.close()
+    assert failures == [], (len(failures), failures[:3])
+
+
+def test_a_decompression_outliving_its_cancelled_request_cannot_hold_budget():
+    """The request is cancelled (its client went away) while a thread still inflates its body: the
+    charges are released with the request, and the thread is stopped at its next step."""
+    from mlcanary.local_runtime.bodies import BodyBudget, Held, OverBudget, decompress
+
+    budget = BodyBudget(300 * 1024 * 1024)
+    held = Held(budget)
+    held.charge(1024)  # the compressed body, as read
+    held.done()  # the request ends (cancelled)
+    with pytest.raises(OverBudget):
+        decompress(gzip_bomb(64 * 1024 * 1024), "gzip", held)
+    assert budget.used == 0

@@ -144,7 +144,8 @@ def test_header_reaches_a_dark_deployment(endpoint):
 def test_header_to_unknown_deployment_is_404(endpoint):
     answer = score(endpoint, pin="dep-nope")
     assert answer.status_code == 404
-    assert answer.json()["message"] == "deployment 'dep-nope' not found on endpoint 'ep-main'"
+    assert answer.json()["message"] == ("the deployment named in the azureml-model-deployment header is not one of "
+                                        "endpoint 'ep-main': dep-a, dep-b, dep-dark, dep-slow")  # header values are never echoed
 
 
 def test_model_error_is_424_with_the_model_status(endpoint):
@@ -184,7 +185,7 @@ def test_keys_never_reach_the_runtime_log(endpoint, client):
 def test_everything_listens_on_loopback_only_and_workers_on_private_unix_sockets(endpoint, client):
     """Only the runtime has TCP ports (control plane, scoring URIs), on 127.0.0.1; workers listen on
     Unix sockets in a folder only this user can enter, so nothing reaches a worker without the key."""
-    worker_groups = json.loads(paths.workers_file(client.root).read_text())["pgids"]
+    worker_groups = [w["pid"] for w in json.loads(paths.workers_file(client.root).read_text())["workers"]]
     worker_pids = set()
     for group in worker_groups:
         worker_pids |= set(subprocess.run(["pgrep", "-g", str(group)], capture_output=True, text=True).stdout.split())
@@ -305,7 +306,7 @@ def test_runtime_crash_and_restart_brings_back_endpoints_deployments_and_traffic
         serve(runtime, "ep-restart", {"blue": spec("blue"), "green": spec("green")}, {"blue": 70, "green": 30})
         keys = runtime.keys("ep-restart")
         before = runtime.status()["endpoints"]["ep-restart"]
-        old_workers = json.loads(paths.workers_file(runtime.root).read_text())["pgids"]
+        old_workers = [w["pid"] for w in json.loads(paths.workers_file(runtime.root).read_text())["workers"]]
 
         os.kill(runtime.pid(), signal.SIGKILL)  # a crash: no clean shutdown
         assert wait_for(lambda: runtime.base_url() is None)

@@ -19,7 +19,7 @@ from mlcanary.local_runtime.upstream import Upstream, UpstreamClosed
 
 def test_state_is_replaced_atomically_and_a_failed_write_keeps_the_old_file(tmp_path, mocker):
     path = tmp_path / "state.json"
-    state = {"endpoints": {"a": {"authMode": "key", "keys": {"primary": "k", "secondary": "s"}, "port": 1,
+    state = {"endpoints": {"ep-a": {"authMode": "key", "keys": {"primary": "k" * 43, "secondary": "s" * 43}, "port": 1,
                                  "deployments": {}, "traffic": {}, "mirrorTraffic": {}}}}
     store.save(path, state)
     assert path.stat().st_mode & 0o777 == 0o600  # it holds endpoint keys
@@ -121,18 +121,24 @@ def test_orphan_workers_of_a_crashed_runtime_are_killed_and_nothing_else(tmp_pat
     import subprocess
     import sys
 
-    from mlcanary.local_runtime.supervision import WSGI_APP, kill_orphans
+    from mlcanary.local_runtime.supervision import WSGI_APP, kill_orphans, process_start_time
 
     sleep = [sys.executable, "-c", "import time; time.sleep(60)"]
-    orphan = subprocess.Popen([*sleep, WSGI_APP], start_new_session=True)  # looks like our worker
+    sockets = tmp_path / "sock"
+    orphan = subprocess.Popen([*sleep, "--bind", f"unix:{sockets}/a.sock", WSGI_APP], start_new_session=True)
+    other_runtimes = subprocess.Popen([*sleep, "--bind", f"unix:{tmp_path}/other/b.sock", WSGI_APP], start_new_session=True)
     stranger = subprocess.Popen(sleep, start_new_session=True)  # a pid that was reused by something else
     try:
-        paths.workers_file(tmp_path).write_text(json.dumps({"pgids": [orphan.pid, stranger.pid]}))
+        workers = [{"pid": orphan.pid, "started": process_start_time(orphan.pid), "socket": f"{sockets}/a.sock"},
+                   {"pid": other_runtimes.pid, "started": process_start_time(other_runtimes.pid),
+                    "socket": f"{sockets}/b.sock"},
+                   {"pid": stranger.pid, "started": process_start_time(stranger.pid), "socket": f"{sockets}/c.sock"}]
+        paths.workers_file(tmp_path).write_text(json.dumps({"socketDir": str(sockets), "workers": workers}))
         kill_orphans(tmp_path)
         assert orphan.wait(timeout=10) == -9
-        assert stranger.poll() is None
+        assert stranger.poll() is None and other_runtimes.poll() is None
     finally:
-        for process in (orphan, stranger):
+        for process in (orphan, other_runtimes, stranger):
             process.kill()
             process.wait()
 
@@ -281,8 +287,10 @@ def test_worker_sockets_move_to_a_private_temp_folder_when_the_state_path_is_too
     assert not str(folder).startswith(str(deep))
     assert len(str(folder / "0123456789ab.sock")) <= paths.SOCKET_PATH_MAX
     assert folder.stat().st_mode & 0o777 == 0o700 and folder.stat().st_uid == os.getuid()
-    assert paths.socket_dir(deep) == folder  # the same folder again: a restart finds its orphans
+    again = paths.socket_dir(deep)  # an unpredictable name each time (workers.json records it for a restart)
+    assert again != folder and again.name.startswith(f"mlcanary-{os.getuid()}-")
     folder.rmdir()
+    again.rmdir()
     assert paths.socket_dir(tmp_path) == tmp_path / "sock"
 
 

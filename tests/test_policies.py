@@ -22,7 +22,7 @@ from mlcanary.policies.azure_ml import ENDPOINT, POLICIES, TRAFFIC
 @pytest.fixture(scope="module")
 def canary_render() -> Render:
     """Stage 5: blue 90 / green 10, both deployed."""
-    return render_config(stage_config(STAGE_FILES[4]))
+    return render_config(stage_config(next(p for p in STAGE_FILES if p.name.startswith("stage-5"))))
 
 
 def violations(render: Render, config: dict | None = None):

@@ -44,8 +44,9 @@ def arm(mocker):
 
 
 def rollout(project, *args, env=None):
+    """--apply-stage: on Azure the stack cannot be compared with the stage file without an update (docs/rollout.md)."""
     return CliRunner().invoke(main, ["rollout", str(project / "stage.yaml"), "--to", "green", "--steps", "50,100",
-                                     "--stack", "prod", *args], env={"ARM_SUBSCRIPTION_ID": "sub-1", **(env or {})})
+                                     "--stack", "prod", "--apply-stage", *args], env={"ARM_SUBSCRIPTION_ID": "sub-1", **(env or {})})
 
 
 @pytest.mark.parametrize("green_errors, exit_code, last_up", [(0, 0, "100 %"), (10, 1, "rollback")],
@@ -53,7 +54,7 @@ def rollout(project, *args, env=None):
 def test_an_azure_rollout_runs_pulumi_up_per_step_with_azure_monitor_metrics(
         mocker, project, arm, green_errors, exit_code, last_up):
     source = mocker.patch("mlcanary.rollout.sources.azure_source", return_value=GrowingSource(green_errors))
-    result = rollout(project, "--interval", "0.3s", "--tick", "0.1", "--min-requests", "10", "--format", "json",
+    result = rollout(project, "--interval", "1s", "--tick", "0.1", "--min-requests", "10", "--format", "json",
                      "--rule", "error_rate < 0.05")
     assert result.exit_code == exit_code, result.output
     monitor, _ = source.call_args.args
@@ -101,7 +102,7 @@ def test_metrics_region_overrides_the_lookup(project, arm):
 def test_a_rollout_refuses_to_start_when_the_metrics_cannot_be_judged(project, mocker):
     fake = FakeArm(ENDPOINT_ID, "eastus", definitions=microsoft_definitions(requests_dimensions=("deployment",)))
     mocker.patch("mlcanary.components.arm.ArmClient", return_value=fake)
-    result = rollout(project, "--interval", "0.3s")
+    result = rollout(project, "--interval", "1s")
     assert result.exit_code == 2
     assert "error: Azure Monitor cannot give the judges what they need" in result.output
     assert "RequestsPerMinute: cannot be split by statusCodeClass" in result.output

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -44,12 +45,86 @@ def test_plan_only_prints_the_stages_and_the_gate_as_json():
     assert plan["gate"] == "passed"
 
 
-def test_resume_from_a_record_of_another_rollout_is_refused(tmp_path):
-    record = tmp_path / "record.jsonl"
-    record.write_text(json.dumps({"time": 0, "event": "plan", "plan": {"endpoint": "fraud-scorer", "to": "green",
-                                                                       "from": "blue", "steps": [50, 100]}}) + "\n")
-    result = run(STAGE_3, "--to", "green", "--resume", "--record", str(record), state=tmp_path / "state")
-    assert result.exit_code == 2 and "the record is of another rollout (steps" in result.output
+def write_record(path, *events, flags=None):
+    """A record as a rollout of STAGE_3 writes it: its plan line, then `events` (decisions, steps)."""
+    from mlcanary.rollout.plan import load_plan, plan_json
+
+    plan = load_plan(Path(STAGE_3), {"to": "green", "steps": [10, 50, 100], "minRequests": 20, **(flags or {})})
+    lines = [{"time": 1.0, "event": "plan", "rollout": "fraud-scorer-1", "plan": plan_json(plan)},
+             *({"time": 2.0, "rollout": "fraud-scorer-1", **e} for e in events)]
+    with path.open("a") as out:
+        out.writelines(json.dumps(line) + "\n" for line in lines)
+    return path
+
+
+INTERRUPTED_AT_50 = {"event": "decision", "decision": "interrupted", "step": "10 %", "lastGood": 0,
+                     "judgeState": None, "targetServed": 40, "exitCode": 130}
+
+
+@pytest.mark.parametrize("tamper, message", [
+    ({"lastGood": 50}, "lastGood 50 is not a step of this plan (-1 to 2)"),
+    ({"lastGood": -7}, "lastGood -7 is not a step of this plan (-1 to 2)"),
+    ({"lastGood": "1"}, "'lastGood' is missing or not int, got '1'"),
+    ({"targetServed": -3}, "targetServed must be a whole number of at least 0, got -3"),
+    ({"decision": "won"}, "unknown decision 'won'"),
+    ({"judgeState": {"errors": 1}}, "its judgeState cannot be loaded"),
+], ids=["last_good_past_the_plan", "last_good_negative", "last_good_a_string", "served_negative", "unknown_decision",
+        "judge_state_garbled"])
+def test_a_tampered_record_is_refused_before_anything_changes(tamper, message, tmp_path):
+    record = write_record(tmp_path / "record.jsonl", {**INTERRUPTED_AT_50, **tamper})
+    before = record.read_bytes()
+    result = run("--resume", "--record", str(record), state=tmp_path / "state")
+    assert result.exit_code == 2, result.output
+    assert message in result.output and "Traceback" not in result.output
+    assert record.read_bytes() == before and not (tmp_path / "state").exists()
+
+
+def test_resume_takes_the_plan_from_the_record_and_refuses_an_option_that_contradicts_it(tmp_path):
+    record = write_record(tmp_path / "record.jsonl", INTERRUPTED_AT_50)
+    result = run("--resume", "--record", str(record), "--min-requests", "100", state=tmp_path / "state")
+    assert result.exit_code == 2, result.output
+    assert "--min-requests (recorded: 20) contradicts the plan recorded" in result.output
+    steps = run("--resume", "--record", str(record), "--steps", "50,100", state=tmp_path / "state")
+    assert steps.exit_code == 2 and "--steps (recorded: 10,50,100) contradicts" in steps.output
+    other = run(str(PROJECT_DIR / "stacks" / "local" / "stage-5-canary-green.yaml"), "--resume", "--record", str(record),
+                state=tmp_path / "state")
+    assert other.exit_code == 2 and "is of " in other.output and "leave STAGE_FILE out" in other.output
+    assert not (tmp_path / "state").exists()
+
+
+def test_a_rollout_that_ended_is_not_resumed(tmp_path):
+    record = write_record(tmp_path / "record.jsonl", {"event": "decision", "decision": "finished", "step": "100 %",
+                                                      "index": 2})
+    result = run("--resume", "--record", str(record), state=tmp_path / "state")
+    assert result.exit_code == 2 and "the rollout ended (finished at '100 %'); nothing to resume" in result.output
+
+
+@pytest.mark.parametrize("target", ["stage_file", "yaml_file", "binary_file"])
+def test_record_never_writes_into_something_that_is_not_a_record(target, tmp_path):
+    stage = tmp_path / "stage.yaml"
+    stage.write_bytes(Path(STAGE_3).read_bytes().replace(b"./samples", str(PROJECT_DIR / "samples").encode()))
+    path = {"stage_file": stage, "yaml_file": tmp_path / "notes.yaml", "binary_file": tmp_path / "x.png"}[target]
+    if target == "yaml_file":
+        path.write_text("steps: [10, 100]\n")
+    if target == "binary_file":
+        path.write_bytes(b"\x89PNG\r\n\x1a\n\x00\xff")
+    before = path.read_bytes()
+    result = run(str(stage), "--to", "green", "--record", str(path), state=tmp_path / "state")
+    assert result.exit_code == 2, result.output
+    assert ("is the stage file" in result.output if target == "stage_file" else
+            "not a line of a rollout record" in result.output or "not a rollout record" in result.output)
+    assert path.read_bytes() == before and not (tmp_path / "state").exists()
+
+
+def test_plan_only_validates_what_the_run_validates(tmp_path):
+    load = run(STAGE_3, "--to", "green", "--plan-only", "--load", "10", state=tmp_path / "state")
+    assert load.exit_code == 2 and "--load needs --request-file" in load.output
+    tick = run(STAGE_3, "--to", "green", "--interval", "2s", "--tick", "5", "--plan-only", state=tmp_path / "state")
+    assert tick.exit_code == 2 and "--tick: at most the interval (2 s), got 5" in tick.output
+    folder = run(STAGE_3, "--to", "green", "--plan-only", "--load", "10", "--request-file", str(tmp_path),
+                 state=tmp_path / "state")
+    assert folder.exit_code == 2 and "request file" in folder.output and "Traceback" not in folder.output
+    assert not (tmp_path / "state").exists()
 
 
 def test_write_stages_writes_files_and_changes_nothing(tmp_path):
@@ -80,3 +155,32 @@ def test_a_record_or_plot_in_a_missing_folder_is_refused_before_anything_changes
     assert f"{option} {target}: the folder {target.parent} does not exist" in result.output
     assert result.exception is None or isinstance(result.exception, SystemExit)
     assert not (tmp_path / "state").exists()  # no runtime was started
+
+
+def test_the_live_table_fits_80_columns_and_shows_pinned_requests_apart():
+    """Before: on a 120-column terminal the status line wrapped; pinned requests were counted as the split's."""
+    from rich.console import Console
+
+    from mlcanary.rollout.counts import Counts
+    from mlcanary.rollout.runner import View
+    from mlcanary.rollout_cli import _table
+
+    view = View(step="50 %", index=2, steps=3, traffic={"blue": 50, "green": 50}, mirror={},
+                counts={"blue": Counts(123456, 3), "green": Counts(120000, 40)}, pinned={"green": Counts(55)},
+                judge={"judge": "sequential", "e(errors)": 12.345, "e(latency)": 0.5},
+                status="judging: 120000 of 100 requests to green", elapsed_s=12)
+    console = Console(width=120, record=True)
+    console.print(_table(view))
+    lines = console.export_text().splitlines()
+    assert max(len(line.rstrip()) for line in lines) <= 80
+    green = next(line for line in lines if "green" in line and "120000" in line)
+    assert green.split()[-2:] == ["55", "│"]  # pinned, in a column of its own
+    assert any("pinned: sent with the deployment header" in line for line in lines)
+
+
+def test_plot_never_overwrites_a_file_that_is_not_a_picture(tmp_path):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("the only copy\n")
+    result = run(STAGE_3, "--to", "green", "--plot", str(notes), "--plan-only", state=tmp_path / "state")
+    assert result.exit_code == 2 and "--plot " in result.output and "exists and is not a PNG" in result.output
+    assert notes.read_text() == "the only copy\n"

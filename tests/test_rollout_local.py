@@ -63,8 +63,11 @@ def endpoint(runtime, request):
         runtime.delete_endpoint(name)
 
 
-def rollout(runtime, stage_file: Path, *args: str, record: Path | None = None, timeout: float = 240):
-    command = [sys.executable, "-m", "mlcanary.cli", "rollout", str(stage_file), "--format", "json", *args]
+def rollout(runtime, stage_file: Path, *args: str, record: Path | None = None, timeout: float = 240,
+            apply_stage: bool = True):
+    """The command as a user runs it; `--apply-stage`: these tests roll out on endpoints the stage file creates."""
+    command = [sys.executable, "-m", "mlcanary.cli", "rollout", str(stage_file), "--format", "json", *args,
+               *(["--apply-stage"] if apply_stage else [])]
     if record:
         command += ["--record", str(record)]
     env = {**os.environ, "MLCANARY_STATE_DIR": str(runtime.root)}
@@ -188,7 +191,7 @@ def test_resume_after_sigterm_continues_from_the_last_good_step(runtime, endpoin
     record, stage_file = tmp_path / "record.jsonl", stage(tmp_path, endpoint)
     args = ["--to", "green", "--steps", "10,50,100", "--interval", "2s", "--min-requests", "5", *GOOD, *load_args(30)]
     command = [sys.executable, "-m", "mlcanary.cli", "rollout", str(stage_file), "--format", "json", *args,
-               "--record", str(record)]
+               "--record", str(record), "--apply-stage"]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                env={**os.environ, "MLCANARY_STATE_DIR": str(runtime.root)})
     deadline = time.monotonic() + 120
@@ -215,7 +218,7 @@ def test_resume_after_sigterm_continues_from_the_last_good_step(runtime, endpoin
     assert [e["label"] for e in after_resume] == ["50 %", "100 %"]  # 10 % is not walked again
     assert live_traffic(runtime, endpoint) == {"green": 100}
     again = rollout(runtime, stage_file, *args, "--resume", record=record)
-    assert again.returncode == 2 and "was not interrupted (last decision: finished)" in again.stderr
+    assert again.returncode == 2 and "the rollout ended (finished at '100 %'); nothing to resume" in again.stderr
 
 
 def test_the_readme_rehearsals_promote_the_sample_green_and_roll_back_the_bad_one(runtime, tmp_path):

@@ -55,16 +55,19 @@ def test_default_plan_walks_10_25_50_100_from_the_busiest_deployment():
 
 def test_mirror_phase_and_delete_old():
     plan = load_plan(STAGE_3, {"to": "green", "steps": [50, 100], "mirror": 20, "mirrorFor": "1m", "deleteOld": True})
-    assert [s.label for s in plan.steps] == ["mirror 20 %", "50 %", "100 %", "delete blue"]
+    assert [s.label for s in plan.steps] == ["mirror 20 %", "mirror off", "50 %", "100 %", "delete blue"]
     assert plan.steps[0].mirror_traffic == {"green": 20} and plan.steps[0].traffic == {"blue": 100, "green": 0}
+    # Azure's order: the mirror ends in a step of its own, green still dark, before its first live step
+    assert plan.steps[1].mirror_traffic == {} and plan.steps[1].traffic == {"blue": 100, "green": 0}
+    assert [s.judged for s in plan.steps] == [True, False, True, True, False]
     assert "blue" not in plan.steps[-1].spec.endpoint.deployments
     assert plan.options.mirror_for_s == 60
 
 
-def test_the_plan_passes_the_gate_with_the_mirror_advisory():
+def test_a_plan_with_a_mirror_phase_passes_the_gate_without_an_advisory():
     plan = load_plan(STAGE_3, {"to": "green", "mirror": 10, "mirrorFor": "5s"})
     assert gate(plan, DEFAULT_SETTINGS) == []
-    assert any("mirror-ends-before-live" in a for a in plan.advisories)
+    assert plan.advisories == []  # mirror-ends-before-live: the mirror ends before the first live step
 
 
 def test_a_step_the_transition_rules_refuse_is_reported_before_anything_runs():
@@ -110,8 +113,22 @@ def test_a_bad_rollout_config_is_refused_with_the_rest_of_the_spec(rollout, mess
     ({}, "--to: required"),
     ({"to": "green", "steps": [10, 200]}, "--steps: live percentages"),
     ({"to": "green", "from": "green"}, "--from: the baseline must be another deployment"),
-    ({"to": "green", "minRequests": 0}, "--min-requests: must be a whole number of at least 1"),
-], ids=["no_target", "step_above_100", "baseline_is_target", "min_requests_zero"])
+    ({"to": "green", "minRequests": 0}, "--min-requests: a whole number from 3 to 1,000,000, got 0"),
+    ({"to": "green", "minRequests": 1}, "--min-requests: a whole number from 3 to 1,000,000, got 1"),
+    ({"to": "green", "alpha": 1e-300}, "--alpha: the false-rollback bound is a probability, from 0.001 to 0.2, got 1e-300"),
+    ({"to": "green", "alpha": 0.5}, "--alpha: the false-rollback bound is a probability, from 0.001 to 0.2"),
+    ({"to": "green", "interval": "0.001s"}, "--interval: from 1 to 86,400 seconds, got '0.001s'"),
+    ({"to": "green", "interval": "2d"}, "--interval: a duration such as 30s"),
+    ({"to": "green", "interval": "25h"}, "--interval: from 1 to 86,400 seconds, got '25h'"),
+    ({"to": "green", "mirror": 10, "mirrorFor": "0.5s"}, "--mirror-for: from 1 to 86,400 seconds"),
+    ({"to": "green", "bake": "8d"}, "--bake: a duration such as 30s"),
+    ({"to": "green", "bake": "200h"}, "--bake: from 1 to 604,800 seconds"),
+    ({"to": "green", "maxHold": 1_000_000_000}, "--max-hold: a whole number from 0 to 100, got 1000000000"),
+    ({"to": "green", "maxHold": -1}, "--max-hold: a whole number from 0 to 100, got -1"),
+    ({"to": "green", "failureLimit": 0}, "--failure-limit: a whole number from 1 to 100, got 0"),
+], ids=["no_target", "step_above_100", "baseline_is_target", "min_requests_zero", "min_requests_one", "alpha_tiny",
+        "alpha_half", "interval_one_millisecond", "interval_unit_unknown", "interval_over_a_day", "mirror_for_half_second",
+        "bake_unit_unknown", "bake_over_a_week", "max_hold_a_billion", "max_hold_negative", "failure_limit_zero"])
 def test_bad_flags_are_refused_naming_the_option(flags, message):
     with pytest.raises(PlanError) as raised:
         load_plan(STAGE_3, flags)
@@ -123,10 +140,28 @@ def test_written_stages_are_stage_files_that_check_accepts(tmp_path):
     written = write_stages(plan, tmp_path / "out")
     assert [p.name for p in written] == ["stage-3-green-dark-step-1-10pct.yaml", "stage-3-green-dark-step-2-100pct.yaml",
                                          "stage-3-green-dark-step-3-delete-blue.yaml"]
+    # no Pulumi project above the folder: its paths are relative to the folder, where they resolve from
+    blue = yaml.safe_load(written[0].read_text())["config"]["mlcanary:endpoint"]["deployments"]["blue"]
+    assert not Path(blue["model"]).is_absolute() and (tmp_path / "out" / blue["model"]).resolve().is_dir()
     result = subprocess.run([sys.executable, "-m", "mlcanary.cli", "check", str(STAGE_3), *map(str, written)],
-                            capture_output=True, text=True, cwd=tmp_path)
+                            capture_output=True, text=True, cwd="/")
     assert result.returncode == 0, result.stderr + result.stdout
     assert "Checked 4 stage(s)" in result.stdout
+
+
+def test_written_stages_have_paths_relative_to_their_project_so_they_can_be_committed(tmp_path):
+    project = tmp_path / "review"
+    (project / "rollouts").mkdir(parents=True)
+    (project / "Pulumi.yaml").write_text("name: mlcanary\nruntime: python\n")
+    plan = load_plan(STAGE_3, {"to": "green", "steps": [50, 100]})
+    written = write_stages(plan, project / "rollouts")
+    deployments = yaml.safe_load(written[0].read_text())["config"]["mlcanary:endpoint"]["deployments"]
+    paths = [deployments["blue"]["model"], deployments["blue"]["code"], deployments["green"]["file"]]
+    assert not any(Path(p).is_absolute() for p in paths), paths
+    assert all((project / p).resolve().exists() for p in paths)
+    result = subprocess.run([sys.executable, "-m", "mlcanary.cli", "check", *map(str, written)],
+                            capture_output=True, text=True, cwd="/")
+    assert result.returncode == 0, result.stderr + result.stdout
 
 
 def test_the_documented_rollout_table_matches_the_model():

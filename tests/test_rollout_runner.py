@@ -18,14 +18,17 @@ STAGE_3 = PROJECT_DIR / "stacks" / "local" / "stage-3-green-dark.yaml"
 class World:
     """A clock, an endpoint that serves `rps` requests/s split by the applied traffic, and its metrics."""
 
-    def __init__(self, rps=100, green_error_rate=0.0, fail_reads=()):
+    def __init__(self, rps=100, green_error_rate=0.0, fail_reads=(), pinned_rps=0):
         self.now, self.rps, self.green_error_rate = 0.0, rps, green_error_rate
+        self.pinned_rps = pinned_rps  # requests/s sent to green with the deployment header, around the split
+        self.series = 1  # the runtime process counting; a restart counts from zero under a new one
         self.traffic, self.mirror = {"blue": 100, "green": 0}, {}
         self.totals = {"blue": DeploymentCounts(), "green": DeploymentCounts()}
         self.applied: list[str] = []
         self.reads, self.fail_reads = 0, set(fail_reads)
         self.current = None
         self.exact: dict[tuple[str, str], tuple[float, float]] = {}
+        self._serve(0)
 
     # the clock
     def clock(self) -> float:
@@ -40,15 +43,22 @@ class World:
         """Add this slice's requests (fractional rates accumulate, whole requests are counted)."""
         for name in ("blue", "green"):
             error_rate = self.green_error_rate if name == "green" else 0.0
-            for kind, share in (("live", self.traffic.get(name, 0)), ("mirrored", self.mirror.get(name, 0))):
+            pinned = self.pinned_rps * 100 / self.rps if name == "green" and self.rps else 0
+            for kind, share in (("live", self.traffic.get(name, 0)), ("mirrored", self.mirror.get(name, 0)),
+                                ("pinned", pinned)):
                 key = (name, kind)
                 requests, errors = self.exact.get(key, (0.0, 0.0))
                 requests += self.rps * seconds * share / 100
                 errors += self.rps * seconds * share / 100 * error_rate
                 self.exact[key] = (requests, errors)
-            live, mirrored = self.exact.get((name, "live"), (0, 0)), self.exact.get((name, "mirrored"), (0, 0))
-            self.totals[name] = DeploymentCounts(Counts(int(live[0] + 1e-9), int(live[1] + 1e-9), int(live[1] + 1e-9)),
-                                                 Counts(int(mirrored[0] + 1e-9), int(mirrored[1] + 1e-9)))
+            live, mirrored, pinned = (self.exact.get((name, kind), (0, 0)) for kind in ("live", "mirrored", "pinned"))
+            whole = lambda counts: Counts(int(counts[0] + 1e-9), int(counts[1] + 1e-9), int(counts[1] + 1e-9))  # noqa: E731
+            self.totals[name] = DeploymentCounts(whole(live), whole(mirrored), whole(pinned), f"runtime-{self.series}")
+
+    def restart(self) -> None:
+        """The runtime restarted: every count starts again from zero, under a new series."""
+        self.exact, self.series = {}, self.series + 1
+        self._serve(0)
 
     # the source
     def read(self):
@@ -65,13 +75,17 @@ class World:
         self.applied.append(step.label)
         self.traffic, self.mirror = step.traffic, step.mirror_traffic
 
+    def live_traffic(self, endpoint) -> dict:
+        return dict(self.traffic)
 
-def run(world: World, judge=None, **flags):
+
+def run(world: World, judge=None, lines=None, **flags):
     plan = load_plan(STAGE_3, {"to": "green", "interval": "2s", "minRequests": 5, **flags})
     recorder = Recorder(None, clock=world.clock)
     o = plan.options
     judge = judge or make_judge(o.judge, o.alpha, o.rules, o.failure_limit)
-    runner = Runner(plan, world, world, judge, recorder, clock=world.clock, sleep=world.sleep)
+    runner = Runner(plan, world, world, judge, recorder, clock=world.clock, sleep=world.sleep,
+                    on_decision=(lines.append if lines is not None else lambda _: None))
     return runner.run(), recorder.events
 
 
@@ -171,3 +185,128 @@ def test_a_failed_reading_delays_the_window_and_counts_nothing_twice():
         judged = sum(e["window"].get(name, {}).get("requests", 0) for e in events if e["event"] == "judgement")
         assert judged <= world.totals[name].live.requests
     assert len([e for e in events if e["event"] == "source-error"]) == 3
+
+
+# --- the verdict rests on data ------------------------------------------------------------------------
+
+def fail_reads_while(world: World, condition) -> None:
+    read = world.read
+
+    def failing():
+        if condition():
+            raise SourceError("metrics unavailable")
+        return read()
+
+    world.read = failing
+
+
+def test_a_source_that_dies_mid_step_halts_the_rollout_never_promotes():
+    """Issue 13's repro: the runtime killed 3 s into the 50 % step; before, 7 source-error windows, then "promoted"."""
+    world = World()
+    died = []
+    fail_reads_while(world, lambda: died or (world.traffic.get("green") == 50 and died.append(world.now)))
+    outcome, events = run(world, steps=[10, 50, 100], maxHold=2)
+    assert outcome.exit_code == 3 and outcome.decision == "halted" and outcome.step == "50 %"
+    assert decisions(events) == [("promoted", "10 %"), ("held", "50 %"), ("held", "50 %"), ("held", "50 %"),
+                                 ("halted", "50 %")]
+    assert "100 %" not in world.applied and world.applied[-1] == "rollback"
+    held = [e for e in events if e["event"] == "decision" and e["decision"] == "held"]
+    assert all(e["noDataWindows"] and "metrics unavailable" in e["reason"] for e in held)
+    assert "no data" in outcome.message and "metrics unavailable" in outcome.message
+
+
+def test_a_brief_source_outage_holds_the_step_then_it_is_judged_on_read_windows():
+    world = World()
+    fail_reads_while(world, lambda: 0.9 < world.now < 1.1)  # one reading of the 50 % step fails; the counts go on
+    outcome, events = run(world, steps=[50, 100])
+    assert outcome.exit_code == 0
+    held = [e for e in events if e["event"] == "decision" and e["decision"] == "held"]
+    assert [(e["step"], e["noDataWindows"]) for e in held] == [("50 %", 1)]
+    promoted = next(e for e in events if e["event"] == "decision" and e["decision"] == "promoted")
+    assert promoted["step"] == "50 %" and promoted["time"] >= 4  # the interval with the missing window did not count: a second one was needed
+
+
+def test_counts_that_restart_mid_step_are_no_data_not_negative_or_zero_traffic():
+    """Issue 13's repro: the runtime killed and started again at once; its counts start from zero."""
+    world = World()
+    serve = world.sleep
+    restarted = []
+
+    def sleep(seconds):
+        serve(seconds)
+        if world.traffic.get("green") == 50 and not restarted and world.now > 3.0:
+            restarted.append(world.now)
+            world.restart()
+
+    world.sleep = sleep
+    outcome, events = run(world, steps=[10, 50, 100])
+    assert restarted and outcome.exit_code == 0
+    gaps = [e for e in events if e["event"] == "judgement" and e.get("noData")]
+    assert len(gaps) == 1 and "started again from zero" in gaps[0]["noData"] and gaps[0]["window"] == {}
+    assert any(e["event"] == "counts-restarted" for e in events)
+    assert ("held", "50 %") in decisions(events)
+    for e in events:
+        if e["event"] == "judgement":
+            assert all(w["requests"] >= 0 for w in e["window"].values())
+
+
+def test_a_runtime_that_stays_restarting_halts_the_step():
+    world = World()
+    serve = world.sleep
+
+    def sleep(seconds):
+        serve(seconds)
+        if world.traffic.get("green") == 50:
+            world.restart()  # every reading sees new counts: nothing can be subtracted
+
+    world.sleep = sleep
+    outcome, events = run(world, steps=[50, 100], maxHold=1)
+    assert outcome.exit_code == 3 and world.applied[-1] == "rollback"
+    assert "started again from zero" in outcome.message
+
+
+def test_header_pinned_requests_alone_never_promote_the_target():
+    """Issue 13's repro: 20 req/s pinned to green, no --load: promoted in 20 s while the baseline served 0."""
+    world = World(rps=20, pinned_rps=20)
+    world.traffic = {"blue": 100, "green": 0}
+    world.rps_live = 0
+    world.rps = 20
+    serve = world.sleep
+
+    def sleep(seconds):
+        world.traffic_backup = dict(world.traffic)
+        split = world.traffic
+        world.traffic = {}  # nobody sends requests through the split: only the pinned client runs
+        try:
+            serve(seconds)
+        finally:
+            world.traffic = split
+
+    world.sleep = sleep
+    outcome, events = run(world, steps=[100], maxHold=2)
+    assert outcome.exit_code == 3 and outcome.decision == "halted"
+    assert outcome.target_served == 0
+    pinned = sum(e["window"].get("green", {}).get("pinned", {}).get("requests", 0)
+                 for e in events if e["event"] == "judgement")
+    assert pinned >= 100  # seen and recorded, never judged as the split's
+
+
+def test_promoted_is_said_only_when_the_endpoint_reads_back_at_100_percent():
+    world = World()
+    world.live_traffic = lambda endpoint: {"blue": 100, "green": 0}  # another actor moved traffic back meanwhile
+    lines = []
+    outcome, events = run(world, lines=lines, steps=[50, 100])
+    assert outcome.exit_code == 3 and outcome.decision == "not promoted"
+    assert "blue 100" in outcome.message and ("unconfirmed", "100 %") in decisions(events)
+    assert not any(line.startswith("promoted") for line in lines)
+
+
+def test_every_decision_leaves_one_line():
+    world = World(green_error_rate=0.5)
+    lines = []
+    outcome, _ = run(world, lines=lines, steps=[10, 100], rule=["error_rate < 0.05"])
+    assert outcome.exit_code == 1
+    assert lines[0] == "start: stage-3-green-dark.yaml (live blue 100, green 0)"
+    assert lines[1] == "applied step 1/2 10 %: live blue 90, green 10"
+    assert lines[2].startswith("failed step 10 %: ") and lines[3] == "rolled back: live blue 100, green 0"
+    assert len(lines) == 4 and all(len(line) <= 80 for line in lines)

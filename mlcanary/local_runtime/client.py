@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import subprocess
@@ -9,8 +10,6 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
-
-import requests
 
 from mlcanary.local_runtime import paths
 from mlcanary.local_runtime.protocol import CONTROL_TOKEN_HEADER
@@ -36,7 +35,8 @@ class RuntimeClient:
     def __init__(self, root: Path, metrics_address: str | None = None):
         self.root = root
         self.metrics_address = metrics_address  # for a runtime this client starts; else its environment's
-        self.http = requests.Session()
+        self._port: int | None = None
+        self._token = ""
 
     # --- finding and starting --------------------------------------------------------------
 
@@ -47,14 +47,28 @@ class RuntimeClient:
             os.kill(info["pid"], 0)
         except (OSError, ValueError, KeyError):
             return None
-        url = f"http://127.0.0.1:{info['controlPort']}"
-        self.http.headers[CONTROL_TOKEN_HEADER] = info.get("token", "")
+        self._port, self._token = info["controlPort"], info.get("token", "")
         try:
-            if self.http.get(f"{url}/health", timeout=2).ok:
-                return url
-        except requests.RequestException:
+            if self._request("GET", "/health", timeout=2)[0] < 400:
+                return f"http://127.0.0.1:{self._port}"
+        except (OSError, http.client.HTTPException, ValueError):
             pass
         return None
+
+    def _request(self, method: str, path: str, body: Any = None, *, timeout: float) -> tuple[int, str, bytes]:
+        """(status, content type, body) of one control-plane request, on a connection of its own (the
+        standard library's client: commands that merely ask the runtime start without importing requests)."""
+        connection = http.client.HTTPConnection("127.0.0.1", self._port, timeout=timeout)
+        try:
+            headers = {CONTROL_TOKEN_HEADER: self._token}
+            data = None
+            if body is not None:
+                data, headers["Content-Type"] = json.dumps(body).encode(), "application/json"
+            connection.request(method, path, body=data, headers=headers)
+            response = connection.getresponse()
+            return response.status, response.getheader("Content-Type", ""), response.read()
+        finally:
+            connection.close()
 
     def info(self) -> dict[str, Any]:
         """runtime.json of the live runtime (pid, ports, metrics address), or {} when none answers."""
@@ -73,10 +87,17 @@ class RuntimeClient:
         url = self.base_url()
         if url:
             return url
-        paths.ensure_private_dir(self.root)
+        try:
+            paths.ensure_private_dir(self.root)
+        except paths.UnsafeStateDir as err:
+            raise NotRunning(f"the local runtime refused to start: {err}") from None
         paths.runtime_file(self.root).unlink(missing_ok=True)
         extra = ["--metrics-address", self.metrics_address] if self.metrics_address else []
-        with open(paths.runtime_stderr(self.root), "wb") as printed:
+        try:
+            stderr = paths.open_private(paths.runtime_stderr(self.root), os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+        except OSError as err:
+            raise NotRunning(f"the local runtime cannot start: {err.filename}: {err.strerror}") from None
+        with os.fdopen(stderr, "wb") as printed:
             process = subprocess.Popen(
                 [sys.executable, "-m", "mlcanary.local_runtime.server", "--state-dir", str(self.root), *extra],
                 stdout=printed, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
@@ -107,20 +128,21 @@ class RuntimeClient:
         return url
 
     def call(self, method: str, path: str, body: Any = None, *, start: bool = True, timeout: float = 600) -> Any:
-        url = self._url(start)
+        self._url(start)
         try:
-            response = self.http.request(method, f"{url}{path}", json=body, timeout=timeout)
-        except requests.RequestException as err:
+            status, content_type, data = self._request(method, path, body, timeout=timeout)
+        except (OSError, http.client.HTTPException) as err:
             raise NotRunning(
                 f"the local runtime stopped answering during {method} {path} ({type(err).__name__}); "
                 f"see {paths.runtime_log(self.root)}") from None
-        if response.status_code >= 400:
+        text = data.decode("utf-8", errors="replace")
+        if status >= 400:
             try:
-                payload = response.json()
+                payload = json.loads(text)
             except ValueError:
-                payload = {"message": response.text}
-            raise RuntimeRefusal(response.status_code, payload)
-        return response.json() if "json" in response.headers.get("Content-Type", "") else response.text
+                payload = {"message": text}
+            raise RuntimeRefusal(status, payload if isinstance(payload, dict) else {"message": text})
+        return json.loads(text) if "json" in content_type else text
 
     # --- operations --------------------------------------------------------------------------
 
@@ -146,11 +168,9 @@ class RuntimeClient:
     def cancel_change(self, endpoint: str, name: str) -> bool:
         """Stop a deployment change in progress (True if one was); answers once it has cleaned up. On a
         connection of its own, since the request that asked for the change still waits on the other."""
-        url = self._url(start=False)
-        with requests.Session() as session:
-            session.headers.update(self.http.headers)
-            answer = session.post(f"{url}/endpoints/{endpoint}/deployments/{name}/cancel", timeout=120)
-        return answer.ok and answer.json().get("cancelled", False)
+        self._url(start=False)
+        status, _, data = self._request("POST", f"/endpoints/{endpoint}/deployments/{name}/cancel", timeout=120)
+        return status < 400 and json.loads(data).get("cancelled", False)
 
     def delete_deployment(self, endpoint: str, name: str) -> None:
         self.call("DELETE", f"/endpoints/{endpoint}/deployments/{name}")
@@ -160,6 +180,17 @@ class RuntimeClient:
 
     def logs(self, endpoint: str, deployment: str, lines: int) -> str:
         return self.call("GET", f"/endpoints/{endpoint}/deployments/{deployment}/logs?lines={lines}", start=False)
+
+    def set_comparison(self, endpoint: str, compare_path: str | None, output_tolerance: str | None) -> dict[str, Any]:
+        """Compare the answers of mirrored requests on `endpoint` (local_runtime/pairing.py)."""
+        return self.call("PUT", f"/endpoints/{endpoint}/comparison",
+                         {"comparePath": compare_path, "outputTolerance": output_tolerance}, start=False)
+
+    def stop_comparison(self, endpoint: str) -> None:
+        self.call("PUT", f"/endpoints/{endpoint}/comparison", {"off": True}, start=False)
+
+    def answers(self, endpoint: str, since: int = 0) -> dict[str, Any]:
+        return self.call("GET", f"/endpoints/{endpoint}/answers?since={since}", start=False)
 
     def metrics(self) -> str:
         return self.call("GET", "/metrics", start=False)

@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from mlcanary.components import rules
-from mlcanary.local_runtime import snapshots
+from mlcanary.components import answer_compare, rules
+from mlcanary.local_runtime import records, snapshots
 from mlcanary.local_runtime.data_plane import Endpoint, as_bytes, free_port, problem_response
 from mlcanary.local_runtime.protocol import CONTROL_TOKEN_HEADER
 from mlcanary.local_runtime.routing import Routing
@@ -35,24 +35,18 @@ STORAGE_FAILED = 507  # Insufficient Storage: the change could not be recorded
 
 
 def deployment_problems(name: str, spec: dict[str, Any]) -> list[rules.Problem]:
-    problems = rules.name_problems("name", name, "deployment name")
-    problems += rules.instance_count_problems("instanceCount", spec.get("instanceCount"))
-    if "requestTimeoutMs" in spec:
-        problems += rules.request_timeout_problems("requestTimeoutMs", spec["requestTimeoutMs"])
+    """The rules of a deployment record (records.py, as state.json is checked), then what it names must exist."""
+    problems = records.deployment_problems("", name, spec)
+    if problems:
+        return problems
     code, script = spec.get("code"), spec.get("scoringScript")
-    if not code or not Path(code).is_dir():
+    if not Path(code).is_dir():
         problems.append(rules.Problem("code", f"must be an existing folder, got {code!r}"))
-    elif not script or not (Path(code) / script).is_file():
+    elif not (Path(code) / script).is_file():
         problems.append(rules.Problem("scoringScript", f"{script!r} not found in {code}"))
     model = spec.get("model")
     if model and not Path(model).exists():
         problems.append(rules.Problem("model", f"{model!r} does not exist"))
-    probe = spec.get("readinessProbe") or {}
-    for key, least in (("initialDelay", 0), ("period", 1), ("failureThreshold", 1), ("timeout", 1)):
-        value = probe.get(key)
-        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < least):
-            problems.append(rules.Problem(f"readinessProbe.{key}",
-                                          f"must be a whole number of at least {least}, got {value!r}"))
     return problems
 
 
@@ -309,6 +303,33 @@ def control_app(runtime: Runtime) -> web.Application:
                 return not_recorded(err)
         return web.json_response(endpoint.status())
 
+    async def put_comparison(request: web.Request) -> web.Response:
+        """What to compare of this endpoint's answers (pairing.py); `{"off": true}` stops comparing."""
+        endpoint = endpoint_or_404(request)
+        body = await json_body(request)
+        unknown = sorted(body.keys() - {"comparePath", "outputTolerance", "off"})
+        if unknown:
+            return problem_response(400, f"unknown comparison setting(s) {', '.join(unknown)}; "
+                                         "allowed: comparePath, outputTolerance, off")
+        if "off" in body and body["off"] is not True:
+            return problem_response(400, f"off must be true (to stop comparing), got {body['off']!r}")
+        if body.get("off") is True:
+            runtime.metrics.answers.configure(endpoint.name, None)
+            return web.json_response({"settings": None})
+        try:
+            settings = answer_compare.settings_from(body.get("comparePath"), body.get("outputTolerance"))
+        except answer_compare.CompareError as err:
+            return problem_response(400, f"comparison refused; nothing changed: {err}")
+        runtime.metrics.answers.configure(endpoint.name, settings)
+        return web.json_response({"settings": settings.as_json()})
+
+    async def get_answers(request: web.Request) -> web.Response:
+        endpoint = endpoint_or_404(request)
+        since = request.query.get("since", "0")
+        if not (since.isascii() and since.isdigit()):
+            return problem_response(400, "since must be a whole number (the `next` of the previous reading)")
+        return web.json_response(runtime.metrics.answers.snapshot(endpoint.name, int(since)))
+
     async def get_logs(request: web.Request) -> web.Response:
         endpoint = endpoint_or_404(request)
         name = request.match_info["deployment"]
@@ -336,4 +357,6 @@ def control_app(runtime: Runtime) -> web.Application:
     r.add_delete("/endpoints/{endpoint}/deployments/{deployment}", delete_deployment)
     r.add_post("/endpoints/{endpoint}/deployments/{deployment}/cancel", cancel_change)
     r.add_get("/endpoints/{endpoint}/deployments/{deployment}/logs", get_logs)
+    r.add_put("/endpoints/{endpoint}/comparison", put_comparison)
+    r.add_get("/endpoints/{endpoint}/answers", get_answers)
     return app

@@ -1,9 +1,16 @@
-"""Where the local runtime keeps its state: a flag, else $MLCANARY_STATE_DIR, else ~/.mlcanary/local."""
+"""Where the local runtime keeps its state: a flag, else $MLCANARY_STATE_DIR, else ~/.mlcanary/local.
+
+The state directory holds keys, the control token, worker sockets and logs. Like ssh with its key
+files, the runtime refuses one that another user owns or can write (or whose parents another user
+could swap), saying what is wrong and how to fix it; and it opens every file in it without following
+symbolic links (`open_private`), so a planted link cannot turn a write into one of the owner's files.
+"""
 
 from __future__ import annotations
 
-import hashlib
+import errno
 import os
+import pwd
 import stat
 import tempfile
 from pathlib import Path
@@ -18,13 +25,52 @@ def state_dir(explicit: Path | str | None = None) -> Path:
     return Path(chosen).expanduser().resolve()
 
 
+class UnsafeStateDir(RuntimeError):
+    """Another user owns or can write the state directory (or could swap one of its parents)."""
+
+
+def _user(uid: int) -> str:
+    try:
+        return f"{pwd.getpwuid(uid).pw_name} (uid {uid})"
+    except KeyError:
+        return f"uid {uid}"
+
+
+def trust_problem(path: Path) -> str | None:
+    """Why another user could redirect, block or read what the runtime keeps in `path` (an existing
+    folder), or None: it must be this user's and not writable by others, and each parent this user's or
+    root's, not writable by others unless sticky (as /tmp is)."""
+    me = os.getuid()
+    info = os.lstat(path)
+    mode = stat.S_IMODE(info.st_mode)
+    if info.st_uid != me:
+        return (f"is owned by {_user(info.st_uid)}, not by you ({_user(me)}): its owner could read the endpoint keys "
+                "or replace files the runtime writes; use a folder of your own (--state-dir or $MLCANARY_STATE_DIR)")
+    if mode & 0o022:
+        return (f"can be written by other users (mode {mode:o}), who could plant links the runtime would write "
+                f"through: run `chmod go-w {path}` (better, `chmod 700 {path}`)")
+    for parent in path.parents:
+        parent_info = os.stat(parent)
+        parent_mode = stat.S_IMODE(parent_info.st_mode)
+        if parent_info.st_uid not in (me, 0):
+            return (f"lies in {parent}, owned by {_user(parent_info.st_uid)}, who could swap it for another folder; "
+                    "use a folder in your home directory")
+        if parent_mode & 0o022 and not parent_mode & stat.S_ISVTX:
+            return (f"lies in {parent}, which other users can write (mode {parent_mode:o}) and so could swap it for "
+                    f"another folder: run `chmod go-w {parent}`, or use a folder in your home directory")
+    return None
+
+
 def ensure_private_dir(path: Path) -> str | None:
     """Create `path` as 0700 if it does not exist. An existing folder is never chmod-ed (it may be
-    the user's own, shared on purpose); a warning is returned if others can read or enter it."""
+    the user's own, shared on purpose): one another user owns or can write is refused (UnsafeStateDir),
+    and a warning is returned if others can read or enter it."""
     if not path.exists():
         path.mkdir(parents=True, mode=0o700, exist_ok=True)
         path.chmod(0o700)
-        return None
+    problem = trust_problem(path)
+    if problem:
+        raise UnsafeStateDir(f"state directory {path} {problem}")
     mode = path.stat().st_mode & 0o777
     if mode & 0o077:
         return (f"state directory {path} is readable by other users (mode {mode:o}); the runtime keeps keys and "
@@ -73,24 +119,47 @@ def deployment_log_dir(root: Path, endpoint: str, deployment: str) -> Path:
     return root / "logs" / endpoint / deployment
 
 
+SOCKET_FALLBACK_PREFIX = f"mlcanary-{os.getuid()}-"
+_RANDOM_NAME_LENGTH = 8  # what mkdtemp adds
+
+
 def socket_dir(root: Path) -> Path:
     """The private folder of the workers' Unix sockets: inside the state directory, or, when that
-    path is too long for a socket, a per-state-directory folder in the temp dir (created 0700 and
-    checked to be ours: not a symlink, owned by us, private)."""
+    path is too long for a socket, a new folder in the temp dir with an unpredictable name (mkdtemp:
+    created 0700, exclusively), so another user can neither take its name first nor redirect it.
+    The runtime records it in workers.json, to find what a crash left there."""
     inside = root / "sock"
     if len(str(inside).encode()) + 1 + SOCKET_NAME_LENGTH <= SOCKET_PATH_MAX:
         private_subdir(inside)
         return inside
-    digest = hashlib.sha256(str(root).encode()).hexdigest()[:16]
     # $TMPDIR first; /tmp when $TMPDIR is itself too deep (a test's or a sandbox's temp dir).
-    candidates = [Path(tempfile.gettempdir()) / f"mlcanary-{os.getuid()}-{digest}",
-                  Path("/tmp") / f"mlcanary-{os.getuid()}-{digest}"]
-    for outside in candidates:
-        if len(str(outside).encode()) + 1 + SOCKET_NAME_LENGTH <= SOCKET_PATH_MAX and outside.parent.is_dir():
-            private_subdir(outside)
-            return outside
-    raise OSError(f"no usable folder for worker sockets: {inside} and {candidates[0]} exceed {SOCKET_PATH_MAX} bytes; "
-                  "use a shorter --state-dir")
+    for parent in (Path(tempfile.gettempdir()), Path("/tmp")):
+        longest = len(str(parent / SOCKET_FALLBACK_PREFIX).encode()) + _RANDOM_NAME_LENGTH + 1 + SOCKET_NAME_LENGTH
+        if longest <= SOCKET_PATH_MAX and parent.is_dir():
+            return Path(tempfile.mkdtemp(prefix=SOCKET_FALLBACK_PREFIX, dir=parent))
+    raise OSError(f"no usable folder for worker sockets: {inside} exceeds {SOCKET_PATH_MAX} bytes and so does the "
+                  "temp dir; use a shorter --state-dir")
+
+
+def is_fallback_socket_dir(path: Path) -> bool:
+    """A socket folder this user's runtime made in the temp dir (a recorded one is checked before use)."""
+    try:
+        info = os.lstat(path)
+    except OSError:
+        return False
+    return (path.name.startswith(SOCKET_FALLBACK_PREFIX) and path.parent in (Path(tempfile.gettempdir()), Path("/tmp"))
+            and stat.S_ISDIR(info.st_mode) and info.st_uid == os.getuid() and not info.st_mode & 0o077)
+
+
+def open_private(path: Path, flags: int) -> int:
+    """os.open for a file in the state directory: never through a symbolic link, created 0600."""
+    try:
+        return os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise OSError(errno.ELOOP, "is a symbolic link; the runtime does not follow links in its state "
+                          "directory: remove it", str(path)) from None
+        raise
 
 
 def private_subdir(path: Path) -> None:

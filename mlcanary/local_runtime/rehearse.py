@@ -26,6 +26,8 @@ class DeploymentReport:
     mirrored: int = 0
     errors: int = 0
     latencies_ms: list[float] = field(default_factory=list)
+    compared: int = 0  # its mirrored answers compared with the live answers (pairing.py)
+    agreed: int = 0
 
     def observed_live(self, total: int) -> float:
         return 100.0 * self.answered / total if total else 0.0
@@ -50,8 +52,13 @@ def load_stage(path: Path) -> StackSpec:
     return load_stack_config(namespaced(read_stage_file(path), NAMESPACE), project_dir_of(path))
 
 
-def probe(client: RuntimeClient, endpoint: str, body: bytes, count: int) -> StageReport:
+def probe(client: RuntimeClient, endpoint: str, body: bytes, count: int, compare: dict | None = None) -> StageReport:
+    """`compare` ({"comparePath", "outputTolerance"}): compare the mirror's answers with the live ones."""
     status = client.status()["endpoints"][endpoint]
+    mirrored_to = [n for n, share in status["mirrorTraffic"].items() if share]
+    if compare and mirrored_to:
+        client.set_comparison(endpoint, compare["comparePath"], compare["outputTolerance"])
+    pairs_before = _pairs(client, endpoint) if compare and mirrored_to else {}
     key = client.keys(endpoint)["primaryKey"]
     before = {n: d["metrics"] for n, d in status["deployments"].items()}
     reports = {
@@ -73,7 +80,35 @@ def probe(client: RuntimeClient, endpoint: str, body: bytes, count: int) -> Stag
         deployment.latencies_ms.append(elapsed)
         deployment.errors += answer.status_code != 200
     _collect_mirrored(client, endpoint, before, reports)
+    if compare and mirrored_to:
+        _collect_pairs(client, endpoint, pairs_before, reports)
+        client.stop_comparison(endpoint)
     return report
+
+
+def _pairs(client: RuntimeClient, endpoint: str) -> dict[str, tuple[int, int, int]]:
+    """Per mirror deployment: (compared, agreed, not compared) so far."""
+    totals: dict[str, tuple[int, int, int]] = {}
+    for pair in client.answers(endpoint)["pairs"]:
+        c, a, n = totals.get(pair["mirror"], (0, 0, 0))
+        totals[pair["mirror"]] = (c + pair["compared"], a + pair["agreed"], n + pair["notCompared"])
+    return totals
+
+
+def _collect_pairs(client: RuntimeClient, endpoint: str, before: dict, reports: dict) -> None:
+    """A pair is compared once both answers are in: wait until every mirrored request is accounted for."""
+    deadline = time.monotonic() + 10
+    while True:
+        now = _pairs(client, endpoint)
+        done = all(sum(now.get(n, (0, 0, 0))) - sum(before.get(n, (0, 0, 0))) >= reports[n].mirrored
+                   for n in now if n in reports)
+        if done or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    for name, (compared, agreed, _) in now.items():
+        if name in reports:
+            start = before.get(name, (0, 0, 0))
+            reports[name].compared, reports[name].agreed = compared - start[0], agreed - start[1]
 
 
 def _collect_mirrored(client: RuntimeClient, endpoint: str, before: dict, reports: dict) -> None:
@@ -97,6 +132,7 @@ def rehearse(
     stages: list[tuple[Path, StackSpec]], client: RuntimeClient, body: bytes, count: int,
     progress: Callable[[str], None] = lambda _: None,
     completed: Callable[[StageReport], None] = lambda _: None,
+    compare: dict | None = None,
 ) -> list[StageReport]:
     """Apply each (stage file, validated spec) in order and probe it; validate them all before calling this.
 
@@ -107,7 +143,7 @@ def rehearse(
         progress(f"{path.name}: applying")
         apply_stage(spec, client, lambda message, name=path.name: progress(f"{name}: {message}"), stage=str(path))
         progress(f"{path.name}: sending {count} probe requests")
-        report = probe(client, spec.endpoint.name, body, count)
+        report = probe(client, spec.endpoint.name, body, count, compare)
         report.stage = path.name
         reports.append(report)
         completed(report)

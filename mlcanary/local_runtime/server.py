@@ -24,13 +24,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from mlcanary.local_runtime import metrics_address, owner, paths, snapshots, store
+from mlcanary.local_runtime import metrics_address, owner, paths, records, snapshots, store
 from mlcanary.local_runtime.store import StateWriteFailed
+from mlcanary.local_runtime.bodies import BodyBudget, budget_from_environment
 from mlcanary.local_runtime.data_plane import Endpoint, free_port
 from mlcanary.local_runtime.metrics import Metrics
 from mlcanary.local_runtime.routing import Routing
-from mlcanary.local_runtime.supervision import Supervisor, WorkerRegistry, kill_orphans
 from mlcanary.local_runtime.os_errors import describe_os_error
+from mlcanary.local_runtime.records import UnusableRecord
+from mlcanary.local_runtime.supervision import Supervisor, WorkerRegistry, kill_orphans, recorded_workers
 from mlcanary.local_runtime.workers import Deployment, Worker
 
 log = logging.getLogger("mlcanary.local")
@@ -44,7 +46,7 @@ def write_private(path: Path, document: dict[str, Any]) -> None:
     """Write a JSON file only its owner can read, created that way (no window with wider rights)."""
     import json
 
-    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    descriptor = paths.open_private(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
     with os.fdopen(descriptor, "w") as file:
         json.dump(document, file)
 
@@ -52,14 +54,12 @@ def write_private(path: Path, document: dict[str, Any]) -> None:
 def kept_metrics(root: Path) -> Metrics:
     """The counts the last clean stop kept; none after a crash or with an unreadable file (a counter
     reset, as Prometheus sees it)."""
-    import json
-
     path = paths.metrics_file(root)
     if not path.exists():
         return Metrics()
-    try:
-        return Metrics.from_json(json.loads(path.read_text(encoding="utf-8")))
-    except (OSError, UnicodeDecodeError, ValueError, TypeError, KeyError, AttributeError) as err:
+    try:  # bounded, a regular file only: it lives where state.json does
+        return Metrics.from_json(records.read_json_record(path, "metrics file", records.STATE_FILE_LIMIT))
+    except (OSError, ValueError, TypeError, KeyError, AttributeError) as err:
         log.warning("%s cannot be used (%s): request counts start from 0", path, err)
         return Metrics()
     finally:
@@ -72,6 +72,7 @@ class Runtime:
         self.initial_state = state
         self.endpoints: dict[str, Endpoint] = {}
         self.metrics = kept_metrics(root)
+        self.body_budget = BodyBudget(budget_from_environment())  # one for every endpoint: the router's memory
         self.lock = asyncio.Lock()  # one control change at a time
         self.stopping = asyncio.Event()
         self._tasks: set[asyncio.Task] = set()
@@ -80,7 +81,7 @@ class Runtime:
         self.cancel_requested: set[asyncio.Task] = set()
         self.socket_dir = paths.socket_dir(root)
         paths.private_subdir(root / "logs")  # worker logs may quote request data
-        self.registry = WorkerRegistry(root, self.all_workers)
+        self.registry = WorkerRegistry(root, self.all_workers, self.socket_dir)
         self.control_token = secrets.token_urlsafe(32)
 
     # --- plumbing ---------------------------------------------------------------------------
@@ -97,7 +98,7 @@ class Runtime:
         return [w for d in [*self.all_deployments(), *self.draining] for w in d.workers]
 
     def new_endpoint(self, name: str, record: dict[str, Any]) -> Endpoint:
-        return Endpoint(name, record, self.metrics, self.background)
+        return Endpoint(name, record, self.metrics, self.background, self.body_budget)
 
     def new_deployment(self, endpoint: str, name: str, spec: dict[str, Any]) -> Deployment:
         return Deployment(endpoint, name, spec, paths.deployment_log_dir(self.root, endpoint, name),
@@ -133,6 +134,15 @@ class Runtime:
                 self.registry.write()
         async with self.lock:
             self.collect_snapshots()
+
+    async def give_back_memory(self) -> None:
+        """Once no request body is held, hand freed heap back to the OS (glibc keeps it otherwise, and a
+        burst of large bodies would leave the router hundreds of MB larger than it needs to be)."""
+        trim = _malloc_trim()
+        while trim is not None and not self.stopping.is_set():
+            await asyncio.sleep(TRIM_EVERY_S)
+            if self.body_budget.used == 0:
+                trim(0)
 
     # --- start, restore, stop ------------------------------------------------------------------
 
@@ -190,6 +200,7 @@ class Runtime:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stopping.set)
         owner.watch(loop, owner.configured(), self._owner_gone)
+        self.background(self.give_back_memory())
         await Supervisor(self.all_deployments, self.registry).run(self.stopping)
         for endpoint in self.endpoints.values():
             await asyncio.gather(*(d.drain_and_stop(5) for d in endpoint.deployments.values()))
@@ -234,12 +245,26 @@ class Runtime:
             log.warning("could not record the restored state: %s", err)
 
 
+TRIM_EVERY_S = 2.0
+
+
+def _malloc_trim():
+    """glibc's malloc_trim, or None elsewhere."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None
+
+
 class PrivateRotatingFileHandler(logging.handlers.RotatingFileHandler):
-    """Each log file, the rotated ones too, is created readable by its owner only."""
+    """Each log file, the rotated ones too, is created readable by its owner only, never through a link."""
 
     def _open(self):
         return open(self.baseFilename, self.mode, encoding=self.encoding, errors=self.errors,  # noqa: SIM115
-                    opener=lambda path, flags: os.open(path, flags, 0o600))
+                    opener=lambda path, flags: paths.open_private(Path(path), flags))
 
 
 def setup_logging(root: Path) -> None:
@@ -247,7 +272,11 @@ def setup_logging(root: Path) -> None:
     handler = PrivateRotatingFileHandler(paths.runtime_log(root), maxBytes=LOG_MAX_BYTES, backupCount=LOG_BACKUPS)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
-    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    # aiohttp logs a request it cannot parse with its text (headers, a key among them) and a traceback,
+    # once per request; the data plane counts those instead (quiet_http.py), and the control plane's
+    # are not worth a line either: only audit lines, state changes and supervision reach runtime.log.
+    for name in ("aiohttp.access", "aiohttp.server", "aiohttp.web", "aiohttp.internal"):
+        logging.getLogger(name).setLevel(logging.CRITICAL + 1)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -267,12 +296,20 @@ def main(argv: list[str] | None = None) -> None:
     except metrics_address.BadMetricsAddress as err:
         print(f"{metrics_address.ENV_VAR}: {err}", file=sys.stderr)
         sys.exit(EXIT_UNUSABLE_STATE)
+    _raise_open_file_limit()
     root = paths.state_dir(args.state_dir)
-    warning = paths.ensure_private_dir(root)  # keys, the control token, sockets and logs live here
-    setup_logging(root)
+    try:
+        warning = paths.ensure_private_dir(root)  # keys, the control token, sockets and logs live here
+        setup_logging(root)
+        lock = os.fdopen(paths.open_private(paths.lock_file(root), os.O_RDWR | os.O_CREAT), "w")  # held for life
+    except paths.UnsafeStateDir as err:  # nothing is written into a folder others control
+        print(err, file=sys.stderr)
+        sys.exit(EXIT_UNUSABLE_STATE)
+    except OSError as err:
+        print(f"{err.filename}: {err.strerror}" if err.filename else describe_os_error(err), file=sys.stderr)
+        sys.exit(EXIT_UNUSABLE_STATE)
     if warning:
         log.warning(warning)
-    lock = open(paths.lock_file(root), "w")  # noqa: SIM115 - held for the life of the process
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -280,12 +317,31 @@ def main(argv: list[str] | None = None) -> None:
     try:
         state = store.load(paths.state_file(root))
     except store.StateCorrupt as err:
-        message = f"{err}; the file was kept as it is: repair it, or move it away to start with no endpoints"
-        log.error("refusing to start: %s", message)
-        print(message, file=sys.stderr)
-        sys.exit(EXIT_UNUSABLE_STATE)
+        _refuse(f"{err}; the file was kept as it is: repair it, or move it away to start with no endpoints")
+    try:
+        recorded_workers(root)
+    except UnusableRecord as err:
+        _refuse(f"{err}; the file was kept as it is: stop the workers it lists yourself if any still run, "
+                "then move it away")
     with asyncio.Runner(loop_factory=_loop_factory()) as runner:
         runner.run(Runtime(root, state).run(args.port, metrics_at))
+
+
+def _refuse(message: str) -> None:
+    log.error("refusing to start: %s", message)
+    print(message, file=sys.stderr)
+    sys.exit(EXIT_UNUSABLE_STATE)
+
+
+def _raise_open_file_limit() -> None:
+    """Each client connection and each upstream request is a descriptor: a burst of thousands of
+    connections must not meet a soft limit of 1,024 while the hard limit allows more."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and (hard == resource.RLIM_INFINITY or soft < hard):
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 65536) if hard != resource.RLIM_INFINITY else 65536, hard))
 
 
 def _loop_factory():

@@ -1,8 +1,8 @@
 """Pinned versions of a deployment's code and model folders, like registered assets on Azure.
 
 On apply, the runtime copies the code and model folders into the state directory, content-addressed
-by the digest the azure target registers them under (azure-ai-ml's own hash with the folder's
-`.amlignore` / `.gitignore`: `components/uploads.content_hash`), one copy per digest, and workers serve
+by the digest the azure target registers them under (azure-ai-ml's hash with the folder's
+`.amlignore` / `.gitignore`: `components/content_digest.py`), one copy per digest, and workers serve
 the copy. Editing a folder after an apply changes nothing that runs; the next apply sees a new digest,
 which is a new version of the deployment. A copy no deployment uses any more (running or draining) is
 removed by `collect`.
@@ -21,9 +21,10 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from mlcanary.components.content_digest import GIB, MAX_BYTES, MAX_ENTRIES, FolderRefused, content_digest
 from mlcanary.components.local_payload import PINNED
-from mlcanary.components.uploads import content_hash
 from mlcanary.local_runtime.os_errors import describe_os_error
+
 
 class SnapshotFailed(RuntimeError):
     """A folder could not be pinned; the message names the folder and why ('no space left on device: <path>')."""
@@ -65,7 +66,14 @@ def _copy(source: Path, target: Path) -> None:
         shutil.copy2(source, target)
         return
     target.mkdir()
-    for local, remote in _upload_files(source):
+    files = _upload_files(source)
+    if len(files) > MAX_ENTRIES:  # the digest's limits (content_digest.py), which the source passed
+        raise SnapshotFailed(f"{source}: holds more than {MAX_ENTRIES} files to copy")
+    copied = 0
+    for local, remote in files:
+        copied += os.stat(local).st_size
+        if copied > MAX_BYTES:
+            raise SnapshotFailed(f"{source}: holds more than {MAX_BYTES // GIB} GiB to copy")
         destination = target / remote
         destination.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(local, destination)
@@ -84,10 +92,12 @@ def pin(root: Path, spec: dict[str, Any]) -> dict[str, Any]:
         source = Path(spec[key])
         expected = spec.get(digest_key)
         try:
-            digest = expected or content_hash(str(source))
+            digest = expected or content_digest(str(source))
             target = snapshots_dir(root) / digest / source.name
             if not target.exists():
                 _pin_copy(root, source, target, digest, key)
+        except FolderRefused as err:
+            raise SnapshotFailed(f"could not pin {key}: {err}") from None
         except OSError as err:
             raise SnapshotFailed(f"could not pin {key} {str(source)!r}: {describe_os_error(err)}",
                                  no_space=err.errno == errno.ENOSPC) from None
@@ -100,11 +110,9 @@ def _pin_copy(root: Path, source: Path, target: Path, digest: str, key: str) -> 
     staging = Path(tempfile.mkdtemp(dir=snapshots_dir(root), prefix=".staging-"))
     try:
         copy = staging / source.name
+        _same_digest(content_digest(str(source)), digest, key, source)  # a bounded walk before the copy's own
         _copy(source, copy)
-        copied = content_hash(str(copy))
-        if copied != digest:
-            raise SnapshotFailed(f"{key} {str(source)!r} changed while it was being applied "
-                                 f"(digest {digest[:12]} became {copied[:12]}); apply the stage again")
+        _same_digest(content_digest(str(copy), remember=False), digest, key, source)  # a fresh copy: not remembered
         target.parent.mkdir(mode=0o700, exist_ok=True)
         with contextlib.suppress(FileExistsError, OSError):  # a concurrent pin of the same content won
             os.rename(copy, target)
@@ -112,6 +120,12 @@ def _pin_copy(root: Path, source: Path, target: Path, digest: str, key: str) -> 
             raise SnapshotFailed(f"could not pin {key} {str(source)!r} at {target}")
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def _same_digest(found: str, digest: str, key: str, source: Path) -> None:
+    if found != digest:
+        raise SnapshotFailed(f"{key} {str(source)!r} changed while it was being applied "
+                             f"(digest {digest[:12]} became {found[:12]}); apply the stage again")
 
 
 def collect(root: Path, in_use: set[str], unfinished_too: bool = False) -> list[str]:

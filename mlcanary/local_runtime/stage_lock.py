@@ -16,14 +16,22 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from mlcanary.local_runtime import paths
+from mlcanary.local_runtime import paths, store
 
 
 class StageLocked(RuntimeError):
     """Another apply holds the lock and the caller chose not to wait."""
 
 
+class StageLockUnusable(StageLocked):
+    """The lock file cannot be made or written (a full disk): the message says why and where."""
+
+
 _held: dict[Path, int] = {}  # state dirs this process holds the lock of, and how deeply
+
+
+def _reason(err: OSError) -> str:
+    return (err.strerror or str(err)).lower()
 
 
 def _holder(handle) -> str:
@@ -48,8 +56,12 @@ def stage_lock(root: Path, stage: str, wait: bool = True,
             _held[root] -= 1
         return
     paths.ensure_private_dir(root)
-    descriptor = os.open(paths.stage_lock_file(root), os.O_RDWR | os.O_CREAT, 0o600)
-    with os.fdopen(descriptor, "r+") as handle:
+    lock_path = paths.stage_lock_file(root)
+    try:
+        descriptor = paths.open_private(lock_path, os.O_RDWR | os.O_CREAT)
+    except OSError as err:
+        raise StageLockUnusable(f"cannot take the stage lock {lock_path}: {_reason(err)}") from None
+    with os.fdopen(descriptor, "r+b", buffering=0) as handle:  # unbuffered: a failed write is not retried at close
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -59,10 +71,15 @@ def stage_lock(root: Path, stage: str, wait: bool = True,
                                   "not waiting (--no-wait)") from None
             progress(f"waiting for the other stage change to finish ({holder})")
             fcntl.flock(handle, fcntl.LOCK_EX)
-        handle.seek(0)
-        handle.truncate()
-        handle.write(json.dumps({"pid": os.getpid(), "stage": stage, "since": time.strftime("%H:%M:%S")}))
-        handle.flush()
+        try:
+            store.raise_if_disk_full_fault(lock_path)
+            handle.seek(0)
+            handle.truncate()
+            handle.write(json.dumps({"pid": os.getpid(), "stage": stage, "since": time.strftime("%H:%M:%S")}).encode())
+        except OSError as err:  # refused before anything changed: no change could be recorded on this disk either
+            fcntl.flock(handle, fcntl.LOCK_UN)
+            raise StageLockUnusable(f"cannot write the stage lock {lock_path}: {_reason(err)}; nothing was "
+                                    "changed: free some space and apply the stage again") from None
         _held[root] = 1
         try:
             yield

@@ -13,10 +13,19 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from mlcanary.local_runtime import records
+
 
 # Tests only: while the file this names exists, state writes fail as on a full disk (where a test
 # cannot mount a small tmpfs to fill for real).
 FAULT_DISK_FULL_ENV = "MLCANARY_FAULT_DISK_FULL_WHILE"
+
+
+def raise_if_disk_full_fault(path: Path) -> None:
+    """Tests only: ENOSPC for a write of `path` while the FAULT_DISK_FULL_ENV file exists."""
+    fault = os.environ.get(FAULT_DISK_FULL_ENV)
+    if fault and os.path.exists(fault):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
 
 
 class StateWriteFailed(RuntimeError):
@@ -28,45 +37,23 @@ class StateCorrupt(ValueError):
 
 
 def load(path: Path) -> dict[str, Any]:
-    if not path.exists():
-        return {"endpoints": {}}
+    """The state in `path` (none: no endpoints), checked by the rules a stage file keeps (records.py);
+    StateCorrupt names the file and the fields that are wrong."""
     try:
-        state = json.loads(path.read_bytes().decode("utf-8"))
-    except UnicodeDecodeError as err:
-        raise StateCorrupt(f"state file {path} is not UTF-8 text ({err.reason} at byte {err.start})") from None
-    except json.JSONDecodeError as err:
-        raise StateCorrupt(f"state file {path} is not valid JSON: {err.msg} (line {err.lineno}, column {err.colno})") from None
-    except OSError as err:
-        raise StateCorrupt(f"state file {path} cannot be read: {err.strerror}") from None
-    problem = _shape_problem(state)
-    if problem:
-        raise StateCorrupt(f"state file {path} is not a runtime state: {problem}")
+        state = records.read_json_record(path, "state file", records.STATE_FILE_LIMIT)
+    except FileNotFoundError:
+        return {"endpoints": {}}
+    except records.UnusableRecord as err:
+        raise StateCorrupt(str(err)) from None
+    problems = records.state_problems(state)
+    if problems:
+        raise StateCorrupt(records.refusal("state file", path, problems))
     return state
-
-
-def _shape_problem(state: Any) -> str | None:
-    if not isinstance(state, dict) or not isinstance(state.get("endpoints"), dict):
-        return "expected an object with an `endpoints` object"
-    for name, record in state["endpoints"].items():
-        if not isinstance(record, dict):
-            return f"endpoints.{name} is not an object"
-        for key, kind in (("authMode", str), ("keys", dict), ("port", int), ("deployments", dict),
-                          ("traffic", dict), ("mirrorTraffic", dict)):
-            if not isinstance(record.get(key), kind):
-                return f"endpoints.{name}.{key} is missing or not a{'n' if kind is int else ''} {kind.__name__}"
-        if not {"primary", "secondary"} <= set(record["keys"]):
-            return f"endpoints.{name}.keys needs `primary` and `secondary`"
-        for dep, spec in record["deployments"].items():
-            if not isinstance(spec, dict) or not {"code", "scoringScript", "instanceCount"} <= set(spec):
-                return f"endpoints.{name}.deployments.{dep} needs code, scoringScript and instanceCount"
-    return None
 
 
 def save(path: Path, state: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fault = os.environ.get(FAULT_DISK_FULL_ENV)
-    if fault and os.path.exists(fault):
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+    raise_if_disk_full_fault(path)
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
         with os.fdopen(handle, "w", encoding="utf-8") as file:

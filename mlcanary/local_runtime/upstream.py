@@ -8,6 +8,10 @@ A kept-alive connection may have been closed by the worker meanwhile (gunicorn's
 idle connections). Connections idle for nearly that long are not reused, and a reused connection
 that is found closed before any byte of the answer arrived is retried once on a fresh connection:
 the request was never delivered, so nothing is scored twice and the client never sees the error.
+
+A request the router gives up on (its timeout, its client gone: the task is cancelled) aborts its
+connection: what was still buffered for the worker is dropped and the socket closed at once, rather
+than flushed to a worker that may take minutes to read it.
 """
 
 from __future__ import annotations
@@ -47,10 +51,11 @@ class Upstream:
 
     async def post(self, body: bytes, content_type: bytes) -> tuple[int, dict[str, str], bytes]:
         """(status, lower-cased headers, body). Raises ConnectionError if the worker is unreachable."""
-        request = (
+        head = (
             b"POST /score HTTP/1.1\r\nHost: localhost\r\nContent-Type: " + content_type
-            + b"\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+            + b"\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n"
         )
+        request = (head, body)  # written apart: no copy of a large body
         reused = self._take_idle()
         if reused is not None:
             try:
@@ -72,18 +77,31 @@ class Upstream:
         finally:
             writer.close()
 
-    async def _exchange(self, reader, writer, request: bytes) -> tuple[int, dict[str, str], bytes]:
+    async def _exchange(self, reader, writer, request: tuple[bytes, bytes]) -> tuple[int, dict[str, str], bytes]:
         try:
-            writer.write(request)
+            for part in request:
+                writer.write(part)
             status, headers, payload = await _read_response(reader)
         except BaseException:
-            writer.close()  # half-used connections never go back to the pool
+            writer.transport.abort()  # half-used connections never go back to the pool, nor linger
             raise
         if headers.get("connection", "").lower() == "close":
             writer.close()
         else:
             self._idle.append((reader, writer, time.monotonic()))
         return status, headers, payload
+
+    def drop_stale(self) -> None:
+        """Close pooled connections too old to reuse (supervision calls this each round): after a burst
+        the router's descriptors return to their idle level instead of waiting for the next request."""
+        now = time.monotonic()
+        kept = []
+        for reader, writer, since in self._idle:
+            if now - since < self.reuse_within_s and not reader.at_eof() and not writer.is_closing():
+                kept.append((reader, writer, since))
+            else:
+                writer.close()
+        self._idle = kept
 
     def close(self) -> None:
         for _, writer, _ in self._idle:

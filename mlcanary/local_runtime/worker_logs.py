@@ -12,10 +12,51 @@ from collections.abc import Callable
 from pathlib import Path
 
 from mlcanary.local_runtime import paths
-from mlcanary.local_runtime.workers import log_tail
 
 FOLLOW_POLL_S = 0.25
+LOG_TAIL_LINES = 30
 NEWER_CHECK_S = 1.0
+
+
+def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
+    """The last `lines` lines of a log, with the first traceback of the latest start kept in view.
+
+    The inference server prints the model folder's listing after a failed init(), which can push
+    the error itself out of a plain tail.
+    """
+    if not path.exists():
+        return ""
+    all_lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    tail = all_lines[-lines:]
+    starts = [i for i, line in enumerate(all_lines) if line.startswith("--- ") and " starting" in line]
+    latest = all_lines[starts[-1]:] if starts else all_lines
+    error = _first_traceback(latest)
+    if not error or all(line in tail for line in error):
+        return "\n".join(tail)
+    keep = max(0, lines - len(error) - 1)
+    return "\n".join([*error, "...", *(all_lines[-keep:] if keep else [])])
+
+
+def _first_traceback(lines: list[str], most: int = 40) -> list[str]:
+    """The first traceback in `lines` with its chained causes, up to the last exception line."""
+    start = next((i for i, line in enumerate(lines) if "Traceback (most recent call last)" in line), None)
+    if start is None:
+        return []
+    end, i = start, start + 1
+    while i < len(lines):
+        if not lines[i].strip() or lines[i].startswith((" ", "\t", "Traceback (most recent call last)")):
+            i += 1
+            continue
+        end = i  # the exception line
+        j = i + 1
+        while j < len(lines) and not lines[j].strip():
+            j += 1
+        if j < len(lines) and lines[j].startswith(("The above exception", "During handling")):
+            i = j + 1
+            continue
+        break
+    error = lines[start:end + 1]
+    return error if len(error) <= most else [*error[:most // 2], "...", *error[-most // 2:]]
 
 
 class NoLogs(LookupError):

@@ -11,6 +11,7 @@ every instance answers its health route. Health afterwards is supervision's job 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import errno
 import os
@@ -23,8 +24,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mlcanary.local_runtime import paths
 from mlcanary.local_runtime.os_errors import describe_os_error
 from mlcanary.local_runtime.snapshots import served_path
+from mlcanary.local_runtime.worker_logs import log_tail
 
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
@@ -50,53 +53,13 @@ from mlcanary.local_runtime.upstream import Upstream
 
 WSGI_APP = "azureml_inference_server_http.server.entry:app"
 DEFAULT_REQUEST_TIMEOUT_MS = 5000  # Azure's default request_timeout_ms
+DEFAULT_MAX_CONCURRENT_REQUESTS = 1  # Azure's default max_concurrent_requests_per_instance
+SLOT_RECHECK_S = 0.1  # a request waiting for a slot looks again at least this often
 KEEPALIVE_ENV = "MLCANARY_WORKER_KEEPALIVE_S"  # gunicorn's keep-alive; tests make it short
-LOG_TAIL_LINES = 30
 
 
 def worker_keepalive_s() -> float:
     return float(os.environ.get(KEEPALIVE_ENV) or 30)
-
-
-def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
-    """The last `lines` lines of a log, with the first traceback of the latest start kept in view.
-
-    The inference server prints the model folder's listing after a failed init(), which can push
-    the error itself out of a plain tail.
-    """
-    if not path.exists():
-        return ""
-    all_lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
-    tail = all_lines[-lines:]
-    starts = [i for i, line in enumerate(all_lines) if line.startswith("--- ") and " starting" in line]
-    latest = all_lines[starts[-1]:] if starts else all_lines
-    error = _first_traceback(latest)
-    if not error or all(line in tail for line in error):
-        return "\n".join(tail)
-    keep = max(0, lines - len(error) - 1)
-    return "\n".join([*error, "...", *(all_lines[-keep:] if keep else [])])
-
-
-def _first_traceback(lines: list[str], most: int = 40) -> list[str]:
-    """The first traceback in `lines` with its chained causes, up to the last exception line."""
-    start = next((i for i, line in enumerate(lines) if "Traceback (most recent call last)" in line), None)
-    if start is None:
-        return []
-    end, i = start, start + 1
-    while i < len(lines):
-        if not lines[i].strip() or lines[i].startswith((" ", "\t", "Traceback (most recent call last)")):
-            i += 1
-            continue
-        end = i  # the exception line
-        j = i + 1
-        while j < len(lines) and not lines[j].strip():
-            j += 1
-        if j < len(lines) and lines[j].startswith(("The above exception", "During handling")):
-            i = j + 1
-            continue
-        break
-    error = lines[start:end + 1]
-    return error if len(error) <= most else [*error[:most // 2], "...", *error[-most // 2:]]
 
 
 @dataclass(frozen=True)
@@ -161,6 +124,8 @@ class Worker:
         self.on_spawn = on_spawn  # records the process group before anything can go wrong
         self.process: asyncio.subprocess.Process | None = None
         self.upstream = Upstream(str(socket_path), worker_keepalive_s())
+        self.capacity = int(spec.get("maxConcurrentRequestsPerInstance", DEFAULT_MAX_CONCURRENT_REQUESTS))
+        self.busy = 0  # requests the router has sent and not yet given up on or been answered
         self.healthy = False
         self.failed_probes = 0
         self.next_probe = 0.0
@@ -201,12 +166,14 @@ class Worker:
             self.socket_path.unlink()
         try:
             self.log_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            with open(self.log_path, "ab") as log:
+            log_fd = paths.open_private(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+            with os.fdopen(log_fd, "ab") as log:
                 log.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} starting on unix:{self.socket_path}\n".encode())
                 log.flush()
                 self.process = await asyncio.create_subprocess_exec(
                     sys.executable, "-m", "gunicorn", "--bind", f"unix:{self.socket_path}", "--umask", "0o077",
-                    "--workers", "1", "--worker-class", "gthread", "--threads", "1",
+                    # One thread per request slot, and one more so a health probe is not queued behind them.
+                    "--workers", "1", "--worker-class", "gthread", "--threads", str(self.capacity + 1),
                     "--keep-alive", f"{worker_keepalive_s():g}",
                     "--timeout", str(timeout_s), "--graceful-timeout", "5", WSGI_APP,
                     cwd=str(code), env=env, stdout=log, stderr=asyncio.subprocess.STDOUT,
@@ -293,10 +260,23 @@ class Deployment:
         self.restarts = 0
         self.probes = ProbeSettings.of(spec)
         self._next = 0
+        self._slot_waiters: collections.deque[asyncio.Future] = collections.deque()
 
     @property
     def request_timeout_s(self) -> float:
         return self.spec.get("requestTimeoutMs", DEFAULT_REQUEST_TIMEOUT_MS) / 1000
+
+    @property
+    def max_concurrent(self) -> int:
+        return int(self.spec.get("maxConcurrentRequestsPerInstance", DEFAULT_MAX_CONCURRENT_REQUESTS))
+
+    @property
+    def queue_wait_s(self) -> float | None:
+        """How long a request may wait for a free slot; None: within its request timeout. Azure deprecated
+        max_queue_wait_ms for managed endpoints ("increase request_timeout_ms to account for any
+        networking/queue delays"), so without it the queue wait is part of the request timeout."""
+        wait_ms = self.spec.get("maxQueueWaitMs")
+        return None if wait_ms is None else wait_ms / 1000
 
     def _new_workers(self, count: int) -> list[Worker]:
         start = len(self.workers)
@@ -360,13 +340,39 @@ class Deployment:
             await asyncio.gather(*(w.stop() for w in removed))
         self.spec = {**self.spec, "instanceCount": count}
 
-    def pick(self, exclude: set[Worker] = frozenset()) -> Worker | None:
-        """Round robin over instances in rotation."""
-        healthy = [w for w in self.workers if w.in_rotation() and w not in exclude]
-        if not healthy:
+    def in_rotation(self) -> bool:
+        return any(w.in_rotation() for w in self.workers)
+
+    def take_slot(self) -> Worker | None:
+        """An instance in rotation with a free request slot (round robin), its slot taken; None if none."""
+        free = [w for w in self.workers if w.in_rotation() and w.busy < w.capacity]
+        if not free:
             return None
-        self._next = (self._next + 1) % len(healthy)
-        return healthy[self._next]
+        self._next = (self._next + 1) % len(free)
+        worker = free[self._next]
+        worker.busy += 1
+        return worker
+
+    def release(self, worker: Worker) -> None:
+        worker.busy -= 1
+        while self._slot_waiters:
+            waiter = self._slot_waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                break
+
+    async def slot_freed(self, timeout_s: float) -> None:
+        """Wait until a slot is released (or a moment has passed: instances also return to rotation)."""
+        waiter = asyncio.get_running_loop().create_future()
+        self._slot_waiters.append(waiter)
+        try:
+            async with asyncio.timeout(min(timeout_s, SLOT_RECHECK_S)):
+                await waiter
+        except asyncio.TimeoutError:
+            pass
+        finally:
+            if not waiter.done():
+                waiter.cancel()
 
     async def drain_and_stop(self, timeout_s: float = 30.0) -> None:
         """No new requests reach a draining deployment; in-flight ones finish before it stops."""

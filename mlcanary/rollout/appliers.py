@@ -45,6 +45,26 @@ class LocalApplier:
         return live == {n: s for n, s in endpoint.live_traffic.items() if s} and \
             {n: s for n, s in status["mirrorTraffic"].items() if s} == dict(endpoint.mirror_traffic)
 
+    def preview(self, step: Step) -> list[str]:
+        """What applying `step` would change, as `local up --preview` prints it."""
+        from mlcanary.local_runtime.apply import plan_of
+        from mlcanary.local_runtime.running import current_endpoints
+
+        running = current_endpoints(self.client).get(step.spec.endpoint.name)
+        return plan_of(step.spec.endpoint, running).lines()
+
+    def live_traffic(self, endpoint: str) -> dict[str, int]:
+        """The endpoint's live traffic as the runtime reports it now."""
+        from mlcanary.local_runtime.client import NotRunning, RuntimeRefusal
+
+        try:
+            status = self.client.status(start=False).get("endpoints", {}).get(endpoint)
+        except (NotRunning, RuntimeRefusal) as err:
+            raise ApplyError(str(err)) from None
+        if status is None:
+            raise ApplyError(f"endpoint {endpoint!r} is not on the local runtime")
+        return {name: int(share) for name, share in status["traffic"].items()}
+
     def apply(self, step: Step) -> None:
         from mlcanary.local_runtime.apply import StageRefused, apply_stage
         from mlcanary.local_runtime.client import NotRunning, RuntimeRefusal
@@ -121,6 +141,17 @@ class PulumiApplier:
 
     def in_state(self, step: Step) -> bool:
         return False  # `up` of an unchanged stack changes nothing: let it confirm
+
+    def preview(self, step: Step) -> list[str]:
+        return [f"  pulumi up of stack {self.stack.name} with {step.label}'s config "
+                "(the stack's state cannot be compared with the stage file without an update)"]
+
+    def live_traffic(self, endpoint: str) -> dict[str, int]:
+        """The live traffic the stack's traffic resource read back from Azure at its last update."""
+        try:
+            return as_live(_output(self.stack.outputs(), "traffic"))
+        except Exception as err:  # noqa: BLE001 - no Pulumi CLI, no such output: not confirmed
+            raise ApplyError(f"cannot read the stack's `traffic` output: {err}") from None
 
     def apply(self, step: Step) -> None:
         from pulumi.automation.errors import CommandError

@@ -100,20 +100,47 @@ def _merge_percentiles(a: Counts, b: Counts) -> dict[int, float]:
 
 @dataclass(frozen=True)
 class DeploymentCounts:
-    """Live (incl. header-pinned) and mirrored requests of one deployment."""
+    """One deployment's requests: `live` routed by the traffic split, `mirrored` copies, and `pinned`
+    (sent with the deployment header, around the split: shown, never judged as the split's evidence).
+    `series` names who counted them from zero (empty when the source cannot tell)."""
 
     live: Counts = field(default_factory=Counts)
     mirrored: Counts = field(default_factory=Counts)
+    pinned: Counts = field(default_factory=Counts)
+    series: str = ""
 
     def __sub__(self, older: DeploymentCounts) -> DeploymentCounts:
-        return DeploymentCounts(self.live - older.live, self.mirrored - older.mirrored)
+        return DeploymentCounts(self.live - older.live, self.mirrored - older.mirrored, self.pinned - older.pinned,
+                                self.series)
 
     def __add__(self, other: DeploymentCounts) -> DeploymentCounts:
-        return DeploymentCounts(self.live + other.live, self.mirrored + other.mirrored)
+        return DeploymentCounts(self.live + other.live, self.mirrored + other.mirrored, self.pinned + other.pinned,
+                                self.series)
 
 
 Snapshot = dict[str, DeploymentCounts]
 
 
+class CountsRestarted(ValueError):
+    """Two readings that cannot be subtracted: the counts started again from zero in between."""
+
+
+def _went_down(now: Counts, before: Counts) -> bool:
+    return (now.requests < before.requests or now.errors < before.errors or now.errors_5xx < before.errors_5xx
+            or any(a < b for a, b in zip(now.buckets, before.buckets)))
+
+
 def window(now: Snapshot, before: Snapshot) -> Snapshot:
+    """The counts between two cumulative readings; CountsRestarted when a deployment's counts restarted
+    (runtime restarted, counters reset, deployment re-created): that window's counts are unknown."""
+    restarted = []
+    for name, older in before.items():
+        current = now.get(name)
+        if current is None or current.series != older.series or any(
+                _went_down(a, b) for a, b in ((current.live, older.live), (current.mirrored, older.mirrored),
+                                              (current.pinned, older.pinned))):
+            restarted.append(name)
+    if restarted:
+        raise CountsRestarted(f"the counts of {', '.join(sorted(restarted))} started again from zero "
+                              "(runtime restarted, counters reset or deployment re-created)")
     return {name: counts - before.get(name, DeploymentCounts()) for name, counts in now.items()}

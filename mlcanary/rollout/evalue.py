@@ -10,7 +10,9 @@ probability at most alpha however often it is looked at (Lindon et al., KDD 2022
 
 from __future__ import annotations
 
+import bisect
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 # Alternatives as multiples of r0; equal prior weight each. Wide on purpose: a x30 error rate is
@@ -81,6 +83,11 @@ class RateEValue:
             self.log_ratios = [0.0] * len(self.grid)
 
     def update(self, events: int, requests: int, p0: float) -> None:
+        if requests and p0 == 0.0:  # H0 "no event at all": one event refutes it for certain
+            if events:
+                self.log_ratios = [700.0] * len(self.grid)
+            self.events = (self.events[0] + events, self.events[1] + requests)
+            return
         if not requests or not 0.0 < p0 < 1.0:
             return
         for i, multiple in enumerate(self.grid):
@@ -114,3 +121,127 @@ def reference_rate(events: int, requests: int, tolerance: float) -> float | None
 def sprt(true_ratio: float, r0: float, alpha: float) -> RatioEValue:
     """The one-sided SPRT of an oracle that knows the true ratio: the floor for any test of r0."""
     return RatioEValue(r0, alpha, (true_ratio / r0,))
+
+
+# Finer at the low end than GRID: a distribution shift moves a cell's share by tens of per cent, not x2.
+SHIFT_GRID = (1.1, 1.25, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0, 100.0)
+
+
+@dataclass
+class ShiftEValue:
+    """Has the target's output distribution moved away from the baseline's, by more than a tolerance?
+    Two-sample and anytime-valid.
+
+    The outputs fall into cells fixed before any is folded in: between quantiles of a reference sample
+    of the baseline (`cells_from`), plus a cell of its own for a value the reference repeats (a constant
+    answer). Each observation is the target's with probability rho (the split). An "event of cell k" is
+    a target output inside cell k, or a baseline output inside cell k widened by the tolerance on both
+    ends; given an event, it is the target's with probability q(r_k) = rho r_k / (rho r_k + 1 - rho),
+    r_k = P_target(cell k) / P_baseline(widened cell k) - exactly the shape of RatioEValue's errors.
+    If the target's outputs are the baseline's moved by at most the tolerance, r_k <= 1 for every k
+    (H0). If the distributions differ by more, some cell gets more of the target's outputs than the
+    widened cell gets of the baseline's, so testing every cell for "more" covers every shift and
+    collapse. The mean of the cells' e-values is again a test supermartingale under H0, so reaching
+    1/alpha keeps the false-rollback bound.
+    """
+
+    edges: tuple[float, ...]
+    tied: tuple[bool, ...]  # per edge: does the reference repeat it (then it is a cell of its own)
+    alpha: float
+    relative: float = 0.0  # the tolerance that widens the baseline's cells
+    absolute: float = 0.0
+    cells: dict[int, RatioEValue] = field(default_factory=dict)
+    counts: dict[int, list[int]] = field(default_factory=dict)  # cell -> [target, baseline] outputs in it (unwidened)
+
+    def __post_init__(self) -> None:
+        if not self.cells:
+            indices = [2 * i for i in range(len(self.edges) + 1)] + [2 * i + 1 for i, t in enumerate(self.tied) if t]
+            self.cells = {i: RatioEValue(1.0, self.alpha, SHIFT_GRID) for i in sorted(indices)}
+            self.counts = {i: [0, 0] for i in self.cells}
+
+    def cell(self, value: float) -> int:
+        i = bisect.bisect_left(self.edges, value)
+        if i < len(self.edges) and self.edges[i] == value and self.tied[i]:
+            return 2 * i + 1
+        return 2 * i
+
+    def allowance(self, value: float) -> float:
+        return max(self.absolute, self.relative * abs(value)) if math.isfinite(value) else 0.0
+
+    def widened(self, index: int) -> Callable[[float], bool]:
+        """Is a baseline value inside cell `index` widened by the tolerance? A cell between edges is
+        (low, high]: a target value above `low` comes from a baseline value above low - allowance, so
+        the widened cell stays open there (a constant baseline at `low` is outside it)."""
+        i, own = divmod(index, 2)
+        if own:  # the cell of a repeated value: [e - allowance, e + allowance]
+            low, high = self.edges[i] - self.allowance(self.edges[i]), self.edges[i] + self.allowance(self.edges[i])
+            return lambda v: low <= v <= high
+        low = self.edges[i - 1] - self.allowance(self.edges[i - 1]) if i > 0 else -math.inf
+        high = self.edges[i] + self.allowance(self.edges[i]) if i < len(self.edges) else math.inf
+        return lambda v: low < v <= high
+
+    def update(self, target: list[float], baseline: list[float]) -> None:
+        """Fold in one closed window: the output numbers each side gave in it."""
+        if not target or not baseline:
+            return  # one side gave nothing: the window says nothing about the difference
+        share = len(target) / (len(target) + len(baseline))
+        events = {i: [0, 0] for i in self.cells}
+        for value in target:
+            events[self.cell(value)][0] += 1
+            self.counts[self.cell(value)][0] += 1
+        widened = {i: self.widened(i) for i in self.cells}
+        for value in baseline:
+            self.counts[self.cell(value)][1] += 1
+            for i, inside in widened.items():
+                if inside(value):
+                    events[i][1] += 1
+        for i, (t, b) in events.items():
+            self.cells[i].update(t, b, share)
+
+    @property
+    def e_value(self) -> float:
+        return sum(c.e_value for c in self.cells.values()) / len(self.cells)
+
+    def distance(self) -> float | None:
+        """Total variation distance of the two sides' cell shares so far (0 = alike, 1 = disjoint)."""
+        t_total = sum(c[0] for c in self.counts.values())
+        b_total = sum(c[1] for c in self.counts.values())
+        if not t_total or not b_total:
+            return None
+        return sum(abs(t / t_total - b / b_total) for t, b in self.counts.values()) / 2
+
+    def state(self) -> dict:
+        return {"edges": list(self.edges), "tied": list(self.tied), "alpha": self.alpha, "relative": self.relative,
+                "absolute": self.absolute, "cells": {str(i): c.state() for i, c in self.cells.items()},
+                "counts": {str(i): c for i, c in self.counts.items()}}
+
+    @classmethod
+    def from_state(cls, state: dict) -> ShiftEValue:
+        return cls(tuple(state["edges"]), tuple(state["tied"]), state["alpha"], state["relative"], state["absolute"],
+                   {int(i): RatioEValue.from_state(c) for i, c in state["cells"].items()},
+                   {int(i): list(c) for i, c in state["counts"].items()})
+
+
+def cells_from(reference: list[float], quantiles: int = 5, tie_share: float = 0.05) -> tuple[tuple[float, ...], tuple[bool, ...]]:
+    """Cell edges from a reference sample: its quantiles (without repeats), and which of them the
+    reference repeats in at least `tie_share` of its values."""
+    ordered = sorted(reference)
+    edges = sorted({ordered[min(len(ordered) - 1, int(k * len(ordered) / quantiles))] for k in range(1, quantiles)})
+    tied = tuple(ordered.count(e) >= max(2, tie_share * len(ordered)) for e in edges)
+    return tuple(edges), tied
+
+
+def with_tolerance_bands(edges: tuple[float, ...], tied: tuple[bool, ...], relative: float,
+                         absolute: float) -> tuple[tuple[float, ...], tuple[bool, ...]]:
+    """Around each repeated value e, edges just beyond the tolerance: then a target that moves a
+    constant baseline's value by more than the tolerance lands in a cell the widened baseline does not
+    reach. (Beyond e + b, the cell widened by the allowance of e + b stays above e when
+    b > relative * (e + b), i.e. b > relative * e / (1 - relative); and b > absolute.)"""
+    extra = set()
+    for edge, repeated in zip(edges, tied):
+        band = max(absolute, relative * abs(edge) / (1 - relative)) * (1 + 1e-6)
+        if repeated and band > 0:
+            extra |= {edge - band, edge + band}
+    merged = sorted(set(edges) | extra)
+    repeated_edges = {e for e, t in zip(edges, tied) if t}
+    return tuple(merged), tuple(e in repeated_edges for e in merged)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from mlcanary.components.rollout_rules import Rule, parse_rule
+from mlcanary.components.rollout_rules import ANSWER_METRICS, Rule, parse_rule
 from mlcanary.rollout.counts import Counts
 from mlcanary.rollout.evalue import RatioEValue, RateEValue, reference_rate
 from mlcanary.rollout.rules import observe
@@ -143,7 +143,10 @@ class ThresholdJudge:
     name = "threshold"
 
     def __init__(self, rules: tuple[Rule, ...] = (), failure_limit: int = 1):
-        self.rules = rules or FLAGGER_DEFAULT_RULES
+        # Rules on the answers (output_agreement, ...) are the answer judge's: Flagger's checks stay unless
+        # the user gave rules on the counts.
+        counted = tuple(r for r in rules if r.metric not in ANSWER_METRICS)
+        self.rules = rules if counted else (*rules, *FLAGGER_DEFAULT_RULES)
         self.failure_limit = failure_limit
         self.failed_checks = 0
         self.failure: Failure | None = None

@@ -9,6 +9,7 @@ plan has passed.
 from __future__ import annotations
 
 import copy
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,19 +50,23 @@ class Options:
     min_requests: int
     max_hold: int
     failure_limit: int
+    compare_path: str | None = None  # comparing answers is on when set (rollout/answer_judge.py)
+    output_tolerance: str | None = None
+    max_disagreement: float | None = None
 
     def as_json(self) -> dict:
         return {"to": self.to, "from": self.baseline, "steps": list(self.steps), "intervalS": self.interval_s,
                 "mirror": self.mirror, "mirrorForS": self.mirror_for_s, "bakeS": self.bake_s,
                 "deleteOld": self.delete_old, "rule": [str(r) for r in self.rules], "judge": self.judge,
                 "alpha": self.alpha, "minRequests": self.min_requests, "maxHold": self.max_hold,
-                "failureLimit": self.failure_limit}
+                "failureLimit": self.failure_limit, "comparePath": self.compare_path,
+                "outputTolerance": self.output_tolerance, "maxDisagreement": self.max_disagreement}
 
 
 @dataclass(frozen=True)
 class Step:
     label: str  # what the step does: "mirror 10 %", "25 %", "delete blue"
-    kind: str  # "mirror", "live" or "delete"
+    kind: str  # "mirror", "mirror-off", "live" or "delete"
     percent: int  # the target's live share (mirror share for a mirror step)
     config: dict[str, Any]  # the stage's whole `config:` mapping
     spec: StackSpec
@@ -73,6 +78,11 @@ class Step:
     @property
     def mirror_traffic(self) -> dict[str, int]:
         return dict(self.spec.endpoint.mirror_traffic)
+
+    @property
+    def judged(self) -> bool:
+        """Ending the mirror and deleting the baseline send the target nothing new to judge."""
+        return self.kind not in ("mirror-off", "delete")
 
 
 @dataclass(frozen=True)
@@ -92,6 +102,14 @@ class Plan:
     @property
     def target(self) -> str:
         return self.start.spec.target
+
+
+def plan_json(plan: Plan) -> dict[str, Any]:
+    """The plan as its record keeps it: what --resume re-derives and checks the stage file against."""
+    return {"endpoint": plan.endpoint, "stageFile": str(plan.stage_file.resolve()), "target": plan.target,
+            **plan.options.as_json(),
+            "stages": [{"label": s.label, "traffic": s.traffic, "mirror": s.mirror_traffic} for s in plan.steps],
+            "rollback": plan.rollback.traffic}
 
 
 def option_name(key: str) -> str:
@@ -143,6 +161,9 @@ def resolve_options(stage: StackSpec, flags: dict[str, Any]) -> Options:
         delete_old=plan.get("deleteOld"), rules=tuple(parse_rule(r) for r in plan.get("rule") or ()),
         judge=plan.get("judge"), alpha=plan.get("alpha"), min_requests=plan.get("minRequests"),
         max_hold=plan.get("maxHold"), failure_limit=plan.get("failureLimit"),
+        compare_path=plan.compare_path,
+        output_tolerance=None if plan.output_tolerance is None else str(plan.output_tolerance),
+        max_disagreement=plan.max_disagreement,
     )
 
 
@@ -167,6 +188,8 @@ def derive(stage_file: Path, project_dir: Path, config: dict, stage: StackSpec, 
     if options.mirror is not None:
         made.append((f"mirror {options.mirror} %", "mirror", options.mirror,
                      _with_traffic(config, traffic(0), {options.to: options.mirror})))
+        # Azure's safe-rollout order: the mirror ends in a step of its own before any live traffic.
+        made.append(("mirror off", "mirror-off", 0, _with_traffic(config, traffic(0), {})))
     for percent in options.steps:
         made.append((f"{percent} %", "live", percent, _with_traffic(config, traffic(percent), {})))
     if options.delete_old:
@@ -220,16 +243,15 @@ def gate(plan: Plan, settings: dict) -> list[str]:
 
 
 def write_stages(plan: Plan, folder: Path) -> list[Path]:
-    """Each derived stage as a stage file (`NN-<label>.yaml`); relative paths made absolute when the
-    folder is outside the stage file's project, so the files read the same from there."""
+    """Each derived stage as a stage file (`NN-<label>.yaml`), its paths relative to where they resolve
+    from (`project_dir_of`: the Pulumi project above the folder, else the folder), so they can be committed."""
     folder.mkdir(parents=True, exist_ok=True)
-    inside = any(parent == plan.project_dir for parent in (folder / "x.yaml").resolve().parents)
-    absolute = not inside or project_dir_of(folder / "x.yaml") != plan.project_dir
+    base = project_dir_of(folder / "x.yaml")
     written = []
     for index, step in enumerate(plan.steps, start=1):
         slug = step.label.replace(" %", "pct").replace(" ", "-")
         path = folder / f"{plan.stage_file.stem}-step-{index}-{slug}.yaml"
-        config = _absolute_paths(step.config, plan.project_dir) if absolute else step.config
+        config = _rebased_paths(step.config, plan.project_dir, base)
         header = (f"# Derived by `mlcanary rollout {plan.stage_file.name} --to {plan.options.to}`: step {index} of "
                   f"{len(plan.steps)}, {step.label} (traffic {step.traffic}, mirror {step.mirror_traffic or 'off'})\n")
         path.write_text(header + yaml.safe_dump({"config": config}, sort_keys=False), encoding="utf-8")
@@ -237,14 +259,22 @@ def write_stages(plan: Plan, folder: Path) -> list[Path]:
     return written
 
 
-def _absolute_paths(config: dict, project_dir: Path) -> dict:
+def _rebased_paths(config: dict, project_dir: Path, base: Path) -> dict:
+    """Relative paths of `config` (resolved from `project_dir`) made relative to `base` instead."""
+    if project_dir.resolve() == base.resolve():
+        return config
     config = copy.deepcopy(config)
+
+    def rebased(value: str) -> str:
+        return os.path.relpath((project_dir / value).resolve(), base)
+
     for deployment in config[ENDPOINT_KEY].get("deployments", {}).values():
         for key in ("model", "code", "file"):
             value = deployment.get(key)
             if isinstance(value, str) and not is_asset_reference(value) and not Path(value).is_absolute():
-                deployment[key] = str((project_dir / value).resolve())
+                deployment[key] = rebased(value)
         environment = deployment.get("environment")
-        if isinstance(environment, dict) and isinstance(environment.get("condaFile"), str):
-            environment["condaFile"] = str((project_dir / environment["condaFile"]).resolve())
+        if isinstance(environment, dict) and isinstance(environment.get("condaFile"), str) \
+                and not Path(environment["condaFile"]).is_absolute():
+            environment["condaFile"] = rebased(environment["condaFile"])
     return config

@@ -1,28 +1,44 @@
 """The rollout's record: one JSON object per line, per judgement and decision; read back by --resume
-and --plot."""
+and --plot.
+
+A record file holds any number of rollouts, each with its id on every line: `--record` appends and
+never truncates, and refuses a file that is not a record (a stage file given by mistake). Records are
+written 0600: they name the endpoint and its traffic. Read back, a record is input like any other:
+each line is checked before a rollout resumes from it, and a line that cannot be true is refused.
+"""
 
 from __future__ import annotations
 
 import json
+import os
+import secrets
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+ENDINGS = ("finished", "rolled-back", "halted", "unconfirmed")  # decisions after which nothing is left to resume
+DECISIONS = (*ENDINGS, "promoted", "baked", "held", "interrupted")
 
 
 class RecordError(ValueError):
     pass
 
 
+def new_rollout_id(endpoint: str, clock=time.time) -> str:
+    return f"{endpoint}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime(clock()))}-{secrets.token_hex(2)}"
+
+
 class Recorder:
-    def __init__(self, path: Path | None, clock=time.time, append: bool = False):
+    def __init__(self, path: Path | None, rollout_id: str = "", clock=time.time):
         self.path = path
+        self.rollout_id = rollout_id
         self.clock = clock
         self.events: list[dict[str, Any]] = []
-        # A new rollout starts a new record; --resume continues the interrupted one's.
-        self._file = open(path, "a" if append else "w", encoding="utf-8") if path else None  # noqa: SIM115
+        self._file = _open_record(path) if path else None
 
     def write(self, event: str, **fields: Any) -> dict[str, Any]:
-        entry = {"time": round(self.clock(), 3), "event": event, **fields}
+        entry = {"time": round(self.clock(), 3), "event": event, "rollout": self.rollout_id, **fields}
         self.events.append(entry)
         if self._file:
             self._file.write(json.dumps(entry) + "\n")
@@ -34,35 +50,100 @@ class Recorder:
             self._file.close()
 
 
-def read_record(path: Path) -> list[dict[str, Any]]:
+def check_writable(path: Path) -> None:
+    """RecordError unless `path` is a new file or a record: nothing else is ever appended to."""
+    if path.is_dir():
+        raise RecordError(f"--record {path}: is a folder; give a file name")
+    if path.exists() and path.stat().st_size:
+        read_record(path, writing=True)
+
+
+def _open_record(path: Path):
+    check_writable(path)
+    descriptor = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    os.fchmod(descriptor, 0o600)  # an existing record may have been made readable by others
+    return os.fdopen(descriptor, "a", encoding="utf-8")
+
+
+def read_record(path: Path, writing: bool = False) -> list[dict[str, Any]]:
+    """Every event of the record, each checked to be a record line; RecordError names the first that is not."""
+    what = "--record" if writing else "record"
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise RecordError(f"{path}: record not found (--resume continues from the --record of an earlier run)") from None
+    except (UnicodeDecodeError, IsADirectoryError):
+        raise RecordError(f"{what} {path}: not a rollout record (JSON lines written by --record)") from None
     events = []
-    for number, line in enumerate(lines, start=1):
+    for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         try:
-            events.append(json.loads(line))
+            event = json.loads(line)
         except ValueError:
-            raise RecordError(f"{path}:{number}: not a JSON line of a rollout record") from None
+            event = None
+        if not (isinstance(event, dict) and isinstance(event.get("event"), str)
+                and isinstance(event.get("time"), int | float) and not isinstance(event.get("time"), bool)):
+            raise RecordError(f"{what} {path}:{number}: not a line of a rollout record "
+                              "(--record appends only to a record it wrote, or creates a new file)")
+        events.append(event)
     return events
 
 
-def resume_point(events: list[dict[str, Any]], plan_json: dict[str, Any]) -> tuple[int, dict | None, int]:
-    """(index of the step to continue with, the judge's state, target requests served so far) from the
-    record of an interrupted rollout of the same plan."""
-    plans = [e for e in events if e["event"] == "plan"]
-    decisions = [e for e in events if e["event"] == "decision"]
+@dataclass(frozen=True)
+class ResumePoint:
+    rollout_id: str
+    plan: dict[str, Any]  # the recorded plan: options, stages, stage file
+    start_index: int  # the step to continue with
+    judge_state: dict | None
+    target_served: int
+    how: str  # how the rollout ended: "interrupted", or "died" (no decision: its process was killed)
+    at_step: str  # the step that was live when it ended
+
+
+def _field(event: dict, key: str, kind: type | tuple, where: str) -> Any:
+    value = event.get(key)
+    if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
+        raise RecordError(f"{where}: {key!r} is missing or not {getattr(kind, '__name__', kind)}, got {value!r}")
+    return value
+
+
+def resume_point(events: list[dict[str, Any]], path: Path) -> ResumePoint:
+    """Where the record's last rollout stopped, checked: a rollout that ended is not resumed, and a
+    step index or count that no run could have written refuses the record."""
+    plans = [(n, e) for n, e in enumerate(events) if e["event"] == "plan"]
     if not plans:
-        raise RecordError("the record holds no rollout plan")
-    recorded = plans[-1]["plan"]
-    for key in ("endpoint", "to", "from", "steps"):
-        if recorded.get(key) != plan_json.get(key):
-            raise RecordError(f"the record is of another rollout ({key}: {recorded.get(key)!r}, now {plan_json.get(key)!r})")
+        raise RecordError(f"{path}: the record holds no rollout plan")
+    last_plan = plans[-1][1]
+    rollout_id = last_plan.get("rollout") or ""
+    where = f"{path} (rollout {rollout_id or 'without an id'})"
+    plan = _field(last_plan, "plan", dict, where)
+    stages = _field(plan, "stages", list, f"{where} plan")
+    for key in ("endpoint", "stageFile", "to", "from"):
+        _field(plan, key, str, f"{where} plan")
+    mine = [e for e in events if e.get("rollout", "") == rollout_id]  # a resumed rollout keeps its id
+    decisions = [e for e in mine if e["event"] == "decision"]
+    for decision in decisions:
+        if decision.get("decision") not in DECISIONS:
+            raise RecordError(f"{where}: unknown decision {decision.get('decision')!r}")
     last = decisions[-1] if decisions else None
-    if last is None or last["decision"] != "interrupted":
-        ended = last["decision"] if last else "no decision"
-        raise RecordError(f"the recorded rollout was not interrupted (last decision: {ended}); nothing to resume")
-    return last["lastGood"] + 1, last.get("judgeState"), last.get("targetServed", 0)
+    if last is not None and last["decision"] in ENDINGS:
+        raise RecordError(f"{where}: the rollout ended ({last['decision']} at {last.get('step')!r}); nothing to resume")
+    steps = [e for e in mine if e["event"] == "step"]
+    at_step = steps[-1].get("label", "?") if steps else "the stage file"
+    if last is not None and last["decision"] == "interrupted":
+        last_good = _field(last, "lastGood", int, where)
+        how, state_from = "interrupted", last
+    else:  # no decision after the last promotion: the process was killed mid-step
+        promoted = [e for e in decisions if e["decision"] in ("promoted", "baked")]
+        last_good = _field(promoted[-1], "index", int, where) if promoted else -1
+        how, state_from = "died", promoted[-1] if promoted else None
+    if not -1 <= last_good < len(stages):
+        raise RecordError(f"{where}: lastGood {last_good} is not a step of this plan (-1 to {len(stages) - 1})")
+    state = state_from.get("judgeState") if state_from else None
+    if state is not None and not isinstance(state, dict):
+        raise RecordError(f"{where}: judgeState is not an object")
+    served = state_from.get("targetServed", 0) if state_from else 0
+    if not isinstance(served, int) or isinstance(served, bool) or served < 0:
+        raise RecordError(f"{where}: targetServed must be a whole number of at least 0, got {served!r}")
+    return ResumePoint(rollout_id, plan, last_good + 1, state, served, how, at_step)

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import math
 
-from mlcanary.components.rollout_rules import RATES, Rule
+from mlcanary.components.rollout_rules import ANSWER_METRICS, RATES, Rule
 from mlcanary.rollout.counts import Counts
 
 
 def observe(rule: Rule, target: Counts, baseline: Counts) -> float | None:
-    """The rule's metric for these counts; None when there is no data to judge it on."""
+    """The rule's metric for these counts; None when there is no data to judge it on (always for an
+    answer metric: the answer judge observes those)."""
+    if rule.metric in ANSWER_METRICS:
+        return None
     value = _metric(rule.metric.removesuffix("_ratio"), target)
     if not rule.is_ratio or value is None:
         return value

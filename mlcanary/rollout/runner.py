@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mlcanary.rollout.appliers import ApplyError
-from mlcanary.rollout.counts import Counts, DeploymentCounts, Snapshot, window
+from mlcanary.rollout.counts import Counts, CountsRestarted, DeploymentCounts, Snapshot, window
 from mlcanary.rollout.judges import Failure, Judge
 from mlcanary.rollout.plan import Plan, Step
 from mlcanary.rollout.record import Recorder
@@ -38,7 +38,8 @@ class View:
     steps: int = 0
     traffic: dict[str, int] = field(default_factory=dict)
     mirror: dict[str, int] = field(default_factory=dict)
-    counts: dict[str, Counts] = field(default_factory=dict)  # this step, per deployment
+    counts: dict[str, Counts] = field(default_factory=dict)  # this step, per deployment: the split's (and mirrored)
+    pinned: dict[str, Counts] = field(default_factory=dict)  # this step's header-pinned requests: shown, not judged
     judge: dict[str, Any] = field(default_factory=dict)
     status: str = ""
     elapsed_s: float = 0.0
@@ -60,14 +61,26 @@ def _counts_json(counts: Counts) -> dict:
             "p90Ms": counts.percentile_ms(90), "p99Ms": counts.percentile_ms(99)}
 
 
+def _window_json(counts: DeploymentCounts) -> dict:
+    """A deployment's window in the record: the split's requests, then mirrored and pinned apart."""
+    return {**_counts_json(counts.live),
+            "mirrored": {"requests": counts.mirrored.requests, "errors": counts.mirrored.errors},
+            "pinned": {"requests": counts.pinned.requests, "errors": counts.pinned.errors}}
+
+
 class Runner:
     def __init__(self, plan: Plan, applier: Any, source: Any, judge: Judge, recorder: Recorder, *,
                  tick_s: float = 1.0, on_update: Callable[[View], None] = lambda _: None,
-                 clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep):
+                 on_decision: Callable[[str], None] = lambda _: None,
+                 clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep,
+                 answers: Any = None):
         self.plan, self.applier, self.source, self.judge, self.recorder = plan, applier, source, judge, recorder
+        self.answers = answers  # answer_judge.AnswerCheck when the rollout compares answers
         self.options = plan.options
         self.tick_s = tick_s
         self.on_update = on_update
+        self.on_decision = on_decision  # one line per decision, for the scrollback
+        self.read_error = ""
         self.clock, self.sleep = clock, sleep
         self.view = View(steps=len(plan.steps))
         self.target_served = 0
@@ -98,6 +111,7 @@ class Runner:
                     self.applier.apply(self.plan.start)
                 self.recorder.write("step", index=-1, label=self.plan.start.label, traffic=self.plan.start.traffic,
                                     mirror=self.plan.start.mirror_traffic)
+                self.on_decision(f"start: {self.plan.start.label} (live {_shares(self.plan.start.traffic)})")
             elif hasattr(self.applier, "current"):
                 self.applier.current = self.plan.steps[start_index - 1]
         except ApplyError as err:
@@ -106,12 +120,15 @@ class Runner:
         for index in range(start_index, len(self.plan.steps)):
             step = self.plan.steps[index]
             try:
+                self.view.step, self.view.index = step.label, index + 1
                 self._status(f"applying {step.label}")
                 self.applier.apply(step)
             except ApplyError as err:
                 return self._roll_back(index, Failure("apply", step.label, str(err)))
             self.recorder.write("step", index=index, label=step.label, traffic=step.traffic, mirror=step.mirror_traffic)
-            if step.kind == "delete":
+            self.on_decision(f"applied step {index + 1}/{len(self.plan.steps)} {step.label}: live {_shares(step.traffic)}"
+                             + (f", mirror {_shares(step.mirror_traffic)}" if step.mirror_traffic else ""))
+            if not step.judged:
                 self.last_good = index
                 continue
             outcome = self._judge_step(index, step, self._hold_for(step))
@@ -120,6 +137,8 @@ class Runner:
             self.last_good = index
             self.recorder.write("decision", decision="promoted", step=step.label, index=index,
                                 judgeState=self.judge.state(), targetServed=self.target_served)
+            self.on_decision(f"passed step {index + 1}/{len(self.plan.steps)} {step.label}: "
+                             f"{self.view.counts.get(self.options.to, Counts()).requests} requests to {self.options.to} judged")
             is_last_live = all(s.kind == "delete" for s in self.plan.steps[index + 1:])
             if is_last_live and self.options.bake_s:
                 outcome = self._judge_step(index, step, self.options.bake_s, baking=True)
@@ -127,11 +146,32 @@ class Runner:
                     return outcome
                 self.recorder.write("decision", decision="baked", step=step.label, index=index,
                                     judgeState=self.judge.state(), targetServed=self.target_served)
+                self.on_decision(f"baked at {step.label} for {self.options.bake_s:g} s")
+        unconfirmed = self._read_back(self.plan.steps[-1])
+        if unconfirmed:
+            return unconfirmed
         message = f"{self.options.to} promoted to {self.plan.steps[-1].label}"
         self.recorder.write("decision", decision="finished", step=self.plan.steps[-1].label, index=len(self.plan.steps) - 1,
                             targetServed=self.target_served, message=message)
         return Outcome(PROMOTED, "promoted", message, target_served=self.target_served,
                        e_values=self.judge.e_values(), step=self.plan.steps[-1].label)
+
+    def _read_back(self, last: Step) -> Outcome | None:
+        """"Promoted" only when the endpoint is read back holding what the last step set."""
+        try:
+            live = {n: s for n, s in self.applier.live_traffic(self.plan.endpoint).items() if s}
+        except ApplyError as err:
+            live, why = None, f"the endpoint's traffic could not be read back: {err}"
+        else:
+            why = f"the endpoint now runs live {_shares(live)}, not {_shares(last.traffic)} as the last step set"
+        if live == {n: s for n, s in last.traffic.items() if s}:
+            return None
+        message = f"{self.options.to} is not promoted: {why}"
+        self.recorder.write("decision", decision="unconfirmed", step=last.label, index=len(self.plan.steps) - 1,
+                            readBack=live, message=message)
+        self.on_decision(f"not promoted: {why}")
+        return Outcome(HALTED, "not promoted", message, target_served=self.target_served,
+                       e_values=self.judge.e_values(), step=last.label)
 
     def _hold_for(self, step: Step) -> float:
         return self.options.mirror_for_s if step.kind == "mirror" else self.options.interval_s
@@ -139,26 +179,34 @@ class Runner:
     # --- one step --------------------------------------------------------------------------------------
 
     def _judge_step(self, index: int, step: Step, hold_s: float, baking: bool = False) -> Outcome | None:
+        """Judge closed windows until the step may be promoted (None) or ends the rollout (an Outcome).
+
+        A window the source could not read, or whose counts restarted, is no data: it is judged as
+        nothing, the interval it falls in is held, and the step needs `hold_s` of read windows besides.
+        """
         options, to, baseline = self.options, self.options.to, self.options.baseline
         label = f"bake at {step.label}" if baking else step.label
         before = self._read()
+        read_at = self.clock()
         self.judge.start_step((before or {}).get(baseline, DeploymentCounts()).live)
+        if self.answers:
+            self.answers.start_step(step.kind == "mirror")
         step_counts: dict[str, Counts] = {}
+        step_pinned: dict[str, Counts] = {}
         interval_t, interval_b = Counts(), Counts()
         started = interval_started = self.clock()
-        holds = 0
+        covered_s, interval_gaps, holds = 0.0, 0, 0
+        no_data = "" if before is not None else self.read_error
         self.view = View(step=label, index=index + 1, steps=len(self.plan.steps), traffic=step.traffic,
                          mirror=step.mirror_traffic, judge=self._judge_view())
         next_tick = started + self.tick_s
         while True:
             self.sleep(max(0.0, next_tick - self.clock()))
             next_tick += self.tick_s
-            now = self._read()
-            if now is None or before is None:
-                closed = {}  # no reading: an empty window (no data never passes); the next reading picks it up
-                before = now if before is None else before
-            else:
-                closed, before = window(now, before), now
+            closed, gap, before, read_at, covered = self._window(before, read_at)
+            covered_s += covered
+            if gap:
+                no_data, interval_gaps = gap, interval_gaps + 1
             target = _target_counts(closed.get(to, DeploymentCounts()), step.kind == "mirror")
             base = closed.get(baseline, DeploymentCounts()).live
             self.target_served += target.requests
@@ -166,43 +214,75 @@ class Runner:
             for name, counts in closed.items():
                 counts_here = _target_counts(counts, step.kind == "mirror") if name == to else counts.live
                 step_counts[name] = step_counts.get(name, Counts()) + counts_here
+                if counts.pinned.requests:
+                    step_pinned[name] = step_pinned.get(name, Counts()) + counts.pinned
             interval_t, interval_b = interval_t + target, interval_b + base
-            self.judge.observe(target, base)
+            if not gap:
+                self.judge.observe(target, base)
+            answers = {"answers": self.answers.tick()} if self.answers else {}
             elapsed = self.clock() - started
             self.recorder.write(
                 "judgement", step=label, index=index, traffic=step.traffic, mirror=step.mirror_traffic,
-                window={n: _counts_json(c.live + c.mirrored) for n, c in closed.items()},
-                eValues=self.judge.e_values(), targetServed=self.target_served)
-            self.view.counts, self.view.elapsed_s, self.view.judge = dict(step_counts), elapsed, self._judge_view()
-            if self.judge.failure is not None:
-                return self._roll_back(index, self.judge.failure, step_counts)
+                window={n: _window_json(c) for n, c in closed.items()}, eValues=self.judge.e_values(),
+                targetServed=self.target_served, **({"noData": gap} if gap else {}), **answers)
+            self.view.counts, self.view.pinned = dict(step_counts), dict(step_pinned)
+            self.view.elapsed_s, self.view.judge = elapsed, self._judge_view()
+            if self._failure() is not None:
+                return self._roll_back(index, self._failure(), step_counts)
             step_t, step_b = step_counts.get(to, Counts()), step_counts.get(baseline, Counts())
-            self.view.status = (f"judging: {step_t.requests} requests to {to} in this step"
-                                f" (at least {options.min_requests} before it is promoted)")
+            self.view.status = (f"no data: {gap}" if gap else
+                                f"judging: {step_t.requests} of {options.min_requests} requests to {to}")
             if self.clock() - interval_started >= options.interval_s:
-                enough = step_t.requests >= options.min_requests
+                answers_wait = self.answers.judge.waiting(options.min_requests) if self.answers else None
+                enough = step_t.requests >= options.min_requests and answers_wait is None
                 if enough:
                     self.judge.check_interval((interval_t, interval_b), (step_t, step_b), self.rollout_baseline)
-                    if self.judge.failure is not None:
-                        return self._roll_back(index, self.judge.failure, step_counts)
+                    if self.answers:
+                        self.answers.judge.check_interval(step_t.requests, options.min_requests)
+                    if self._failure() is not None:
+                        return self._roll_back(index, self._failure(), step_counts)
+                gaps, interval_gaps = interval_gaps, 0
                 interval_t, interval_b, interval_started = Counts(), Counts(), self.clock()
-                if elapsed >= hold_s - 1e-6:
+                if elapsed >= hold_s - 1e-6 and not gaps and covered_s >= hold_s - 1e-6:
                     if enough and self.judge.interval_ok:
                         return None
-                    if not enough:
-                        holds += 1
-                        self.recorder.write("decision", decision="held", step=label, index=index,
-                                            requests=step_t.requests, needed=options.min_requests, holds=holds)
-                        self.view.status = (f"waiting: {step_t.requests} of the {options.min_requests} requests "
-                                            f"needed (held {holds} of {options.max_hold} intervals)")
-                        if holds > options.max_hold:
-                            return self._halt(index, label, step_t.requests)
+                if gaps or (elapsed >= hold_s - 1e-6 and not enough):
+                    holds += 1
+                    why = (f"no data in {gaps} window(s) of this interval ({no_data})" if gaps else
+                           answers_wait or f"{step_t.requests} of the {options.min_requests} requests needed")
+                    self.recorder.write("decision", decision="held", step=label, index=index, reason=why,
+                                        requests=step_t.requests, needed=options.min_requests, holds=holds,
+                                        noDataWindows=gaps)
+                    self.view.status = f"held {holds}/{options.max_hold}: {why}"
+                    self.on_decision(f"held {label}: {why} (hold {holds}; halts after {options.max_hold})")
+                    if holds > options.max_hold:
+                        return self._halt(index, label, step_t.requests, no_data if gaps else "")
             self.on_update(self.view)
+
+    def _failure(self) -> Failure | None:
+        return self.judge.failure or (self.answers.judge.failure if self.answers else None)
+
+    def _window(self, before: Snapshot | None, read_at: float) -> tuple[Snapshot, str, Snapshot | None, float, float]:
+        """One tick's reading -> (closed counts, why they are no data or "", the new base reading, its time,
+        seconds of read data). A failed reading keeps the base: if the counts go on, the next reading
+        holds what this one missed; counts that restarted are lost, and the window is no data."""
+        now = self._read()
+        now_at = self.clock()
+        if now is None:
+            return {}, self.read_error, before, read_at, 0.0
+        if before is None:
+            return {}, "no earlier reading in this step to count from", now, now_at, 0.0
+        try:
+            return window(now, before), "", now, now_at, now_at - read_at
+        except CountsRestarted as err:
+            self.recorder.write("counts-restarted", message=str(err))
+            return {}, str(err), now, now_at, 0.0
 
     def _read(self) -> Snapshot | None:
         try:
             return self.source.read()
         except SourceError as err:
+            self.read_error = str(err)
             self.recorder.write("source-error", message=str(err))
             return None
 
@@ -220,17 +300,24 @@ class Runner:
                             rollbackError=error)
         message = (f"at step {step}, {failure.judge} judge failed on {failure.what}: {failure.message}"
                    + (f"\nthe rollback itself failed: {error}" if error else ""))
+        self.on_decision(f"failed step {step}: {failure.judge} judge, {failure.what}")
+        self.on_decision(f"rollback failed: {error}" if error else
+                         f"rolled back: live {_shares(self.plan.rollback.traffic)}")
         return Outcome(ROLLED_BACK, "rolled back", message, failure, self.target_served, self.judge.e_values(), step)
 
-    def _halt(self, index: int, label: str, requests: int) -> Outcome:
+    def _halt(self, index: int, label: str, requests: int, no_data: str = "") -> Outcome:
         self._status("halting: not enough data")
         with _signals_deferred():
             error = self._apply_quietly(self.plan.rollback)
-        message = (f"at step {label}: {self.options.to} served {requests} of the "
-                   f"{self.options.min_requests} requests a step needs, after {self.options.max_hold} extra interval(s); "
-                   f"traffic is back on {self.options.baseline}" + (f"\nthe rollback failed: {error}" if error else ""))
+        why = (f"no data in its windows ({no_data}); a step is never promoted on missing data" if no_data else
+               f"{self.options.to} served {requests} of the {self.options.min_requests} requests a step needs")
+        message = (f"at step {label}: {why}, after {self.options.max_hold} extra interval(s); "
+                   + (f"the rollback failed: {error}" if error else f"traffic is back on {self.options.baseline}"))
         self.recorder.write("decision", decision="halted", step=label, index=index, requests=requests,
-                            targetServed=self.target_served, message=message)
+                            noData=no_data or None, targetServed=self.target_served, message=message,
+                            rollbackError=error)
+        self.on_decision(f"halted at {label}: " + ("no data" if no_data else "not enough requests")
+                         + (f"; rollback failed: {error}" if error else f"; rolled back: live {_shares(self.plan.rollback.traffic)}"))
         return Outcome(HALTED, "halted", message, target_served=self.target_served, e_values=self.judge.e_values(), step=label)
 
     def _interrupted(self, exit_code: int) -> Outcome:
@@ -247,6 +334,8 @@ class Runner:
         self.recorder.write("decision", decision="interrupted", step=good.label, lastGood=self.last_good,
                             judgeState=self.judge.state(), targetServed=self.target_served, exitCode=exit_code,
                             returned=error is None)
+        self.on_decision(f"interrupted: could not return to {good.label}: {error}; the traffic is unknown" if error
+                         else f"interrupted: back to {good.label} (live {traffic})")
         return Outcome(exit_code, "interrupted", message, target_served=self.target_served,
                        e_values=self.judge.e_values(), step=good.label)
 
@@ -265,11 +354,18 @@ class Runner:
         state = {"judge": self.judge.name, **{f"e({k})": round(v, 3) for k, v in self.judge.e_values().items()}}
         if hasattr(self.judge, "failed_checks"):
             state["failed checks"] = f"{self.judge.failed_checks}/{self.judge.failure_limit}"
+        if self.answers:
+            state.update(self.answers.judge.view())
         return state
 
 
+def _shares(traffic: dict[str, int]) -> str:
+    return ", ".join(f"{name} {share}" for name, share in traffic.items()) or "none"
+
+
 def _target_counts(counts: DeploymentCounts, mirror_step: bool) -> Counts:
-    """The target's requests to judge: in a mirror step its mirrored copies (plus any pinned requests)."""
+    """The target's requests to judge: those the split sent it, and in a mirror step its mirrored copies.
+    Header-pinned requests are never the split's evidence."""
     return counts.live + counts.mirrored if mirror_step else counts.live
 
 

@@ -22,34 +22,51 @@ class SourceError(RuntimeError):
 
 # --- the local runtime ------------------------------------------------------------------------------
 
+COUNTERS = {"mlcanary_requests_total": "answered", "mlcanary_mirrored_requests_total": "mirrored",
+            "mlcanary_pinned_requests_total": "pinned"}
+HISTOGRAMS = {"mlcanary_request_duration_seconds_bucket": "answered",
+              "mlcanary_pinned_request_duration_seconds_bucket": "pinned"}
+
+
 def parse_local_metrics(text: str, endpoint: str) -> Snapshot:
-    """The runtime's Prometheus text -> cumulative counts per deployment of `endpoint`."""
+    """The runtime's Prometheus text -> cumulative counts per deployment of `endpoint`. The runtime counts
+    every answered request, and apart the header-pinned ones among them: the split's are the difference."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    live: dict[str, dict[str, int]] = defaultdict(lambda: {"requests": 0, "errors": 0, "errors_5xx": 0})
-    mirrored: dict[str, dict[str, int]] = defaultdict(lambda: {"requests": 0, "errors": 0, "errors_5xx": 0})
-    cumulative: dict[str, dict[float, int]] = defaultdict(dict)
+    counts: dict[tuple[str, str], dict[str, int]] = defaultdict(lambda: {"requests": 0, "errors": 0, "errors_5xx": 0})
+    cumulative: dict[tuple[str, str], dict[float, int]] = defaultdict(dict)
+    series: dict[str, str] = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             labels = sample.labels
-            if labels.get("endpoint") != endpoint:
-                continue
+            if labels.get("endpoint") != endpoint or "deployment" not in labels:
+                continue  # another endpoint's, or an endpoint-wide series (malformed requests)
             deployment = labels["deployment"]
-            if sample.name in ("mlcanary_requests_total", "mlcanary_mirrored_requests_total"):
-                into = live if sample.name == "mlcanary_requests_total" else mirrored
+            if sample.name in COUNTERS:
+                into = counts[(deployment, COUNTERS[sample.name])]
                 code, count = int(labels["code"]), int(sample.value)
-                into[deployment]["requests"] += count
-                into[deployment]["errors"] += count if code >= 400 else 0
-                into[deployment]["errors_5xx"] += count if code >= 500 else 0
-            elif sample.name == "mlcanary_request_duration_seconds_bucket":
-                cumulative[deployment][math.inf if labels["le"] == "+Inf" else float(labels["le"])] = int(sample.value)
-    snapshot = {}
-    for deployment in live.keys() | mirrored.keys() | cumulative.keys():
-        bounds = cumulative.get(deployment, {})
+                into["requests"] += count
+                into["errors"] += count if code >= 400 else 0
+                into["errors_5xx"] += count if code >= 500 else 0
+            elif sample.name in HISTOGRAMS:
+                bound = math.inf if labels["le"] == "+Inf" else float(labels["le"])
+                cumulative[(deployment, HISTOGRAMS[sample.name])][bound] = int(sample.value)
+            elif sample.name == "mlcanary_counts_series":
+                series[deployment] = labels.get("series", "")
+
+    def buckets(key: tuple[str, str]) -> tuple[int, ...]:
+        bounds = cumulative.get(key)
+        if not bounds:
+            return ()
         running = [bounds.get(b, 0) for b in LATENCY_BOUNDS]
-        buckets = tuple(b - a for a, b in zip([0, *running], running)) if bounds else ()
-        snapshot[deployment] = DeploymentCounts(
-            Counts(**live[deployment], buckets=buckets), Counts(**mirrored[deployment]))
+        return tuple(b - a for a, b in zip([0, *running], running))
+
+    snapshot = {}
+    for deployment in {name for name, _ in counts.keys() | cumulative.keys()} | series.keys():
+        answered = Counts(**counts[(deployment, "answered")], buckets=buckets((deployment, "answered")))
+        pinned = Counts(**counts[(deployment, "pinned")], buckets=buckets((deployment, "pinned")))
+        snapshot[deployment] = DeploymentCounts(answered - pinned, Counts(**counts[(deployment, "mirrored")]), pinned,
+                                                series.get(deployment, ""))
     return snapshot
 
 
