@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pulumi
 from pulumi.runtime.config import CONFIG, get_config_env
 
 from mlcanary.components.endpoint import OnlineEndpoint
-from mlcanary.components.local_target import LocalRuntime
 from mlcanary.components.spec import NAMESPACE, SpecError, load_stack_config
+
+if TYPE_CHECKING:
+    from mlcanary.components.local_target import LocalRuntime
 
 
 def stack_config() -> dict:

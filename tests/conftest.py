@@ -23,6 +23,12 @@ PROGRAM = PROJECT_DIR / "__main__.py"
 STAGE_FILES = sorted((PROJECT_DIR / "stacks").glob("stage-*.yaml"))
 
 
+def outside_the_project(stage_text: str) -> str:
+    """A sample stage's text for a copy outside the project (in tmp_path): relative paths resolve from
+    the stage file's folder there (docs/config.md#paths), so its ./samples paths become absolute."""
+    return stage_text.replace("./samples", str(PROJECT_DIR / "samples"))
+
+
 def stage_config(path: Path) -> dict:
     return yaml.safe_load(path.read_text())["config"]
 

@@ -7,7 +7,7 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from conftest import PROJECT_DIR
+from conftest import PROJECT_DIR, outside_the_project
 from mlcanary.local_runtime.client import RuntimeClient
 from mlcanary.cli import main
 from test_local_runtime import MODELS, stop_runtime, wait_for
@@ -89,7 +89,7 @@ def test_an_invalid_stage_is_refused_before_anything_changes(state, tmp_path):
     assert run(state, "local", "up", STAGE["1"]).exit_code == 0
     before = RuntimeClient(state).status()
     bad = tmp_path / "bad.yaml"
-    bad.write_text(STAGE["3"].read_text().replace("traffic: {blue: 100, green: 0}", "traffic: {blue: 80, green: 10}"))
+    bad.write_text(outside_the_project(STAGE["3"].read_text()).replace("traffic: {blue: 100, green: 0}", "traffic: {blue: 80, green: 10}"))
     result = run(state, "local", "up", bad)
     assert result.exit_code == 2
     assert "mlcanary:endpoint.traffic: live traffic must sum to 100 (or 0 when nothing is live), got 90" in result.output
@@ -102,7 +102,7 @@ def test_a_failing_init_refuses_the_stage_and_leaves_traffic(state, tmp_path):
     assert run(state, "local", "up", STAGE["1"]).exit_code == 0
     broken = tmp_path / "broken.yaml"
     broken.write_text(
-        STAGE["1"].read_text().replace("    traffic: {blue: 100}", f"""      green:
+        outside_the_project(STAGE["1"].read_text()).replace("    traffic: {blue: 100}", f"""      green:
         code: {MODELS / 'code'}
         scoringScript: score.py
         model: {MODELS / 'model'}

@@ -511,6 +511,7 @@ def test_concurrent_local_ups_are_serialized_and_judged_from_the_state_the_first
     Now stage 7 waits for stage 3, is judged from stage 3's state (blue still holds 100 %: removing
     it is the mandatory removed-deployment-had-no-traffic) and is refused; the final state is stage
     3, the stage that last reported success."""
+    from conftest import outside_the_project
     from test_local_cli import STAGE
 
     state = tmp_path / "state"
@@ -518,11 +519,10 @@ def test_concurrent_local_ups_are_serialized_and_judged_from_the_state_the_first
         first = mlcanary("local", "up", STAGE["2"], state=state)
         assert first.wait(180) == 0, first.communicate()
         slow_stage_3 = tmp_path / "stage-3-slow-green.yaml"  # green's init() takes 4 s: time to collide
-        slow_stage_3.write_text(STAGE["3"].read_text().replace(
+        slow_stage_3.write_text(outside_the_project(STAGE["3"].read_text().replace(
             "file: ./samples/fraud-model/green-deployment.yml",
             f"code: {MODELS / 'code'}\n        scoringScript: score.py\n        model: {MODELS / 'model'}\n"
-            "        environmentVariables: {INIT_SLEEP: '4'}").replace(  # outside the project: absolute paths
-            "./samples", str(Path(__file__).resolve().parents[1] / "samples")))
+            "        environmentVariables: {INIT_SLEEP: '4'}")))
         stage_3 = mlcanary("local", "up", slow_stage_3, state=state)
         assert wait_for(lambda: "stage-3" in paths.stage_lock_file(state).read_text(), 60)
         stage_7 = mlcanary("local", "up", STAGE["7"], state=state)

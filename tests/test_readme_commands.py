@@ -1,8 +1,9 @@
-"""The README's own commands pass: every command of its bash blocks (and the `mlcanary` commands of its
-pipeline snippets) that works offline runs here, in order, against a private state directory.
+"""The commands of the README and of docs/ pass: every command of their bash blocks (and the `mlcanary`
+commands of their pipeline snippets) that works offline runs here, in order (the README's tour first,
+then the pages of docs/), against a private state directory and in a temporary copy of the checkout.
 
-A command that needs Azure or the Pulumi CLI is listed in SKIPPED with the reason; a README command
-that is neither run nor listed fails the test, so no new command goes untested by accident.
+A command that needs Azure or the Pulumi CLI is listed in SKIPPED with the reason; a documented
+command that is neither run nor listed fails the test, so no new command goes untested by accident.
 """
 
 from __future__ import annotations
@@ -21,6 +22,12 @@ from mlcanary.local_runtime.client import RuntimeClient
 from test_local_runtime import stop_runtime
 
 README = (PROJECT_DIR / "README.md").read_text()
+# The reference pages in the order their commands run: the local target's first (it starts from no
+# endpoint), then the others; pages added later run after these.
+DOC_ORDER = ["local-target.md", "policies.md", "rollout.md", "azure.md", "config.md"]
+DOC_PAGES = sorted((PROJECT_DIR / "docs").glob("*.md"),
+                   key=lambda p: (DOC_ORDER.index(p.name) if p.name in DOC_ORDER else len(DOC_ORDER), p.name))
+PAGES = [("README.md", README), *((f"docs/{p.name}", p.read_text()) for p in DOC_PAGES)]
 NEEDS_PULUMI = "needs the Pulumi CLI, which no package registry ships (see design notes)"
 NEEDS_AZURE = "needs an Azure subscription and the Azure CLI"
 SKIPPED = {
@@ -70,15 +77,15 @@ def _strip_comment(line: str) -> str:
     return re.sub(r"\s+#.*$", "", line).strip() if not line.lstrip().startswith("#") else ""
 
 
-def test_the_readme_has_commands_to_run():
+def test_the_readme_has_its_two_set_up_commands():
     blocks = bash_blocks(README)
     assert ["./tasks rehearse", "./tasks test"] in blocks
     assert "mlcanary check --policy-pack-config policies/policy-config.sample.json stacks/stage-*.yaml" in \
         pipeline_commands(README)
 
 
-def test_every_skipped_command_is_still_in_the_readme():
-    commands = {c for block in bash_blocks(README) for c in block}
+def test_every_skipped_command_is_still_documented():
+    commands = {c for _, text in PAGES for block in bash_blocks(text) for c in block}
     assert set(SKIPPED) <= commands, set(SKIPPED) - commands
 
 
@@ -149,18 +156,31 @@ def untouched_checkout():
     assert not changed, f"the README's commands wrote into the checkout: {changed}"
 
 
-def test_every_offline_command_of_the_readme_passes(untouched_checkout, shell):
+def test_every_offline_command_of_the_readme_and_docs_passes(untouched_checkout, shell):
     ran = []
-    for block in [*bash_blocks(README), pipeline_commands(README)]:
-        for command in block:
-            if command in SKIPPED:
-                continue
-            assert command.startswith(("mlcanary ", "./tasks ")), f"README command neither run nor skipped: {command}"
-            result = shell(command)
-            assert result.returncode == expected_exit(command), (
-                f"{command}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
-            ran.append(command)
+    for page, text in PAGES:
+        for block in [*bash_blocks(text), pipeline_commands(text)]:
+            for command in block:
+                if command in SKIPPED:
+                    continue
+                assert command.startswith(("mlcanary ", "./tasks ")), (
+                    f"{page}: command neither run nor skipped: {command}")
+                result = shell(command)
+                assert result.returncode == expected_exit(command), (
+                    f"{page}: {command}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+                ran.append(command)
     assert {"./tasks rehearse", "./tasks check", "mlcanary local down"} <= set(ran)
+
+
+def test_a_command_in_a_stage_files_comment_is_the_one_the_docs_run():
+    """Found by a newcomer: rollout-bad-green.yaml's comment said `--interval 10s`, the README 5s. A stage
+    file whose rollout the docs run (a bash block) shows that same command in its comment."""
+    documented = {c for _, text in PAGES for block in bash_blocks(text) for c in block}
+    for path in sorted((PROJECT_DIR / "stacks" / "local").glob("*.yaml")):
+        run = {c for c in documented if c.startswith(f"mlcanary rollout stacks/local/{path.name} ")}
+        comments = "\n".join(line.lstrip("# ").rstrip() for line in path.read_text().splitlines() if line.startswith("#"))
+        for command in re.findall(r"^(mlcanary rollout .*)$", re.sub(r"\\\n\s*", "", comments), flags=re.M):
+            assert not run or command in run, f"{path.name}: {command}"
 
 
 def cli_commands(group, prefix: str = ""):
@@ -184,7 +204,7 @@ def command_names(group) -> list[str]:
 def test_the_exit_code_table_covers_every_command():
     from mlcanary.cli import main
 
-    section = README.split("## Exit codes", 1)[1].split("\n## ", 1)[0]
+    section = (PROJECT_DIR / "docs" / "exit-codes.md").read_text()
     for name in command_names(main):
         assert f"`{name}`" in section, name
     codes = re.findall(r"^\| `(\d+)` \|", section, flags=re.M)

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from conftest import PROJECT_DIR
+from conftest import PROJECT_DIR, outside_the_project
 from mlcanary.cli import main
 from mlcanary.local_runtime import paths
 from mlcanary.local_runtime.client import RuntimeClient
@@ -35,7 +35,7 @@ def private_tmp(tmp_path, monkeypatch):
 def broken_stage(tmp_path: Path) -> Path:
     """Stage 2 plus a deployment whose init() fails: the rehearsal fails at this stage."""
     path = tmp_path / "stage-2-broken.yaml"
-    path.write_text(STAGE["1"].read_text().replace("    traffic: {blue: 100}", f"""      green:
+    path.write_text(outside_the_project(STAGE["1"].read_text()).replace("    traffic: {blue: 100}", f"""      green:
         code: {MODELS / 'code'}
         scoringScript: score.py
         model: {MODELS / 'model'}
@@ -193,7 +193,7 @@ def test_an_interrupted_rehearsal_in_a_users_runtime_deletes_only_its_endpoint(s
     from mlcanary.local_runtime import rehearse as rehearsal
 
     other = tmp_path / "other.yaml"
-    other.write_text(STAGE["1"].read_text().replace("name: fraud-scorer", "name: users-own"))
+    other.write_text(outside_the_project(STAGE["1"].read_text()).replace("name: fraud-scorer", "name: users-own"))
     assert run(state, "local", "up", other).exit_code == 0
     real_probe, probes = rehearsal.probe, []
 

@@ -163,12 +163,12 @@ def test_written_stages_have_paths_relative_to_their_project_so_they_can_be_comm
     assert result.returncode == 0, result.stderr + result.stdout
 
 
-def test_readme_rollout_table_matches_the_model():
+def test_the_documented_rollout_table_matches_the_model():
     import re
 
     from mlcanary.components.rollout_spec import RolloutSpec
 
-    readme = (PROJECT_DIR / "README.md").read_text()
-    section = readme.split("`mlcanary:rollout` — ", 1)[1].split("\n\n", 2)[1]
+    reference = (PROJECT_DIR / "docs" / "config.md").read_text()
+    section = reference.split("`mlcanary:rollout` — ", 1)[1].split("\n\n", 2)[1]
     keys = re.findall(r"^\| `([A-Za-z]+)` \|", section, flags=re.M)
     assert keys == [info.alias for info in RolloutSpec.model_fields.values()]

@@ -8,18 +8,24 @@ its provider host inside the providers; dill pickles it by reference to this mod
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from mlcanary.local_runtime import paths
-from mlcanary.local_runtime.client import NotRunning, RuntimeClient, RuntimeRefusal
+
+if TYPE_CHECKING:
+    from mlcanary.local_runtime.client import RuntimeClient
 
 
 class RuntimeAccess:
-    """components.local_target.LocalRuntime, implemented by the runtime's own client."""
+    """components.local_target.LocalRuntime, implemented by the runtime's own client (imported when used:
+    `mlcanary check` renders local stages with this adapter and never calls it)."""
 
     def default_state_dir(self) -> str:
         return str(paths.state_dir())
 
     def client(self, state_dir: str) -> RuntimeClient:
+        from mlcanary.local_runtime.client import RuntimeClient
+
         return RuntimeClient(paths.state_dir(state_dir))
 
     def refuse_if_held(self, state_dir: str, endpoint: str, writer: str) -> None:
@@ -30,6 +36,8 @@ class RuntimeAccess:
 
     def already_gone(self, delete: Callable[[], object]) -> bool:
         """Run a delete; True if the thing was already gone (404, or no runtime), which is fine for a delete."""
+        from mlcanary.local_runtime.client import NotRunning, RuntimeRefusal
+
         try:
             delete()
         except RuntimeRefusal as err:
