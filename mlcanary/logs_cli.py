@@ -30,7 +30,7 @@ def logs(endpoint: str, deployment: str, lines: int, follow: bool, generation: s
     problems = name_problems("ENDPOINT", endpoint, "endpoint name") + name_problems(
         "--deployment", deployment, "deployment name")
     if generation is not None and (not generation.isascii() or not generation.replace("-", "").isalnum()):
-        problems.append(f"--generation: {generation[:100]!r} is not a generation name (e.g. 20250101-120000-ab12)")
+        problems.append(f"--generation: {generation[:100]!r} is not a generation name (e.g. 20250101-120000-042ab)")
     if problems:
         fail("\n".join(str(p) for p in problems), 2)
     client = runtime_client(state_dir)

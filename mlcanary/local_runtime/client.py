@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http.client
+import urllib.parse
 import json
 import os
 import subprocess
@@ -64,7 +65,9 @@ class RuntimeClient:
             data = None
             if body is not None:
                 data, headers["Content-Type"] = json.dumps(body).encode(), "application/json"
-            connection.request(method, path, body=data, headers=headers)
+            # Names travel percent-encoded (a name with a control character reaches the control plane,
+            # which refuses it by name, instead of failing in the client as an invalid URL).
+            connection.request(method, urllib.parse.quote(path, safe="/?=&"), body=data, headers=headers)
             response = connection.getresponse()
             return response.status, response.getheader("Content-Type", ""), response.read()
         finally:

@@ -64,11 +64,12 @@ class NoLogs(LookupError):
 
 
 def generations(root: Path, endpoint: str, deployment: str) -> list[Path]:
-    """The deployment's generation folders, oldest first (their names start with the start time)."""
+    """The deployment's generation folders, oldest first (their names start with the start time, to the
+    millisecond; a folder's mtime is no guide: an old generation still writes logs while it drains)."""
     folder = paths.deployment_log_dir(root, endpoint, deployment)
     if not folder.is_dir():
         return []
-    return sorted((p for p in folder.iterdir() if p.is_dir()), key=lambda p: (p.name[:15], p.stat().st_mtime))
+    return sorted((p for p in folder.iterdir() if p.is_dir()), key=lambda p: p.name)
 
 
 def choose(root: Path, endpoint: str, deployment: str, generation: str | None, running: Path | None) -> Path:

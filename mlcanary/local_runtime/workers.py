@@ -52,6 +52,11 @@ def _parent_death_signal() -> Callable[[], None] | None:
 from mlcanary.local_runtime.upstream import Upstream
 
 WSGI_APP = "azureml_inference_server_http.server.entry:app"
+# `python -m gunicorn`, without process titles: where setproctitle is installed (mutmut brings it, so
+# can any other package), gunicorn rewrites its command line to "gunicorn: master [...]", and the
+# runtime could no longer tell its own workers (app and socket in the command line) from others'.
+GUNICORN_KEEPING_ITS_COMMAND_LINE = ("import sys; sys.modules['setproctitle'] = None; "
+                                     "from gunicorn.app.wsgiapp import run; run(prog='gunicorn')")
 DEFAULT_REQUEST_TIMEOUT_MS = 5000  # Azure's default request_timeout_ms
 DEFAULT_MAX_CONCURRENT_REQUESTS = 1  # Azure's default max_concurrent_requests_per_instance
 SLOT_RECHECK_S = 0.1  # a request waiting for a slot looks again at least this often
@@ -171,7 +176,8 @@ class Worker:
                 log.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} starting on unix:{self.socket_path}\n".encode())
                 log.flush()
                 self.process = await asyncio.create_subprocess_exec(
-                    sys.executable, "-m", "gunicorn", "--bind", f"unix:{self.socket_path}", "--umask", "0o077",
+                    sys.executable, "-c", GUNICORN_KEEPING_ITS_COMMAND_LINE,
+                    "--bind", f"unix:{self.socket_path}", "--umask", "0o077",
                     # One thread per request slot, and one more so a health probe is not queued behind them.
                     "--workers", "1", "--worker-class", "gthread", "--threads", str(self.capacity + 1),
                     "--keep-alive", f"{worker_keepalive_s():g}",
@@ -249,7 +255,8 @@ class Deployment:
         self.endpoint = endpoint
         self.name = name
         self.spec = spec
-        self.generation = f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
+        now = time.time()  # milliseconds in the name: two generations of one second still sort by age
+        self.generation = f"{time.strftime('%Y%m%d-%H%M%S', time.localtime(now))}-{int(now * 1000) % 1000:03d}{secrets.token_hex(1)}"
         self.log_dir = log_dir / self.generation
         self.socket_dir = socket_dir
         self.on_spawn = on_spawn
