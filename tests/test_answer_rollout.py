@@ -166,8 +166,10 @@ def test_the_rehearse_table_shows_agreement_for_mirrored_stages(runtime, tmp_pat
     assert result.returncode == 0, result.stderr
     first, second = json.loads(result.stdout)
     assert "agreed" not in first["deployments"]["green"]
-    assert second["deployments"]["green"]["mirrored"] == 10
-    assert second["deployments"]["green"]["compared"] == 10 and second["deployments"]["green"]["agreed"] == 0
+    # 10 copies are mirrored; on a loaded machine the router may shed one whose slot is still busy
+    # (it is then neither mirrored nor compared): every copy green got is compared, none agrees.
+    green = second["deployments"]["green"]
+    assert 8 <= green["mirrored"] <= 10 and green["compared"] == green["mirrored"] and green["agreed"] == 0
     assert "rehearse-answers" not in runtime.status()["endpoints"]  # --down (default) removed what it created
 
 

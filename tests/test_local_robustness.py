@@ -670,7 +670,7 @@ def test_a_slow_mirror_under_load_gives_back_memory_and_descriptors_within_secon
     assert wait_for(lambda: router_fds(runtime) <= fds_before + 2, 8), (fds_before, router_fds(runtime))
     assert wait_for(lambda: router_rss_mib(runtime) <= rss_before + 12, 8), (rss_before, router_rss_mib(runtime))
     green = runtime.status()["endpoints"]["ep-slowmirror"]["deployments"]["green"]
-    assert green["metrics"]["mirrored"] > 20 and green["healthy"] == 1
+    assert green["metrics"]["mirrored"] >= 1 and green["metrics"]["mirrorShed"] > 20 and green["healthy"] == 1
     text = runtime.metrics()
     assert 'mlcanary_mirrored_requests_total{endpoint="ep-slowmirror",deployment="green",code="429"}' in text
     # The worker is not busy with hundreds of abandoned copies: a pinned request is served in its 4 s.

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from mlcanary.local_runtime.metrics import Metrics
+from mlcanary.local_runtime.metrics import MIRROR_SHED_STATUS, Metrics
 from mlcanary.rollout.sources import parse_local_metrics
 
 
@@ -21,6 +21,20 @@ def test_local_metrics_become_counts_per_deployment():
     assert (green.live.requests, green.live.errors, green.live.errors_5xx) == (4, 2, 1)
     assert (green.mirrored.requests, green.mirrored.errors) == (1, 1)
     assert sum(green.live.buckets) == 4 and green.live.slower_than(0.005) == 2
+
+
+def test_mirror_copies_the_router_shed_are_not_the_targets_requests_nor_errors():
+    """Under load the router sheds a mirror copy it has no free slot for (counted under 429 in the mirror
+    counts): the target never got it, so a mirror phase must not judge it as the target's error."""
+    metrics = Metrics()
+    for status in (200, 200, 500):
+        metrics.of("ep", "green").observe(status, 0.01, mirrored=True)
+    for _ in range(5):
+        metrics.of("ep", "green").observe(MIRROR_SHED_STATUS, 0.0, mirrored=True)
+    green = parse_local_metrics(metrics.prometheus(), "ep")["green"]
+    assert (green.mirrored.requests, green.mirrored.errors) == (3, 1)
+    summary = metrics.of("ep", "green").summary()
+    assert (summary["mirrored"], summary["mirrorErrors"], summary["mirrorShed"]) == (3, 1, 5)
 
 
 def test_header_pinned_requests_are_counted_apart_from_the_split():

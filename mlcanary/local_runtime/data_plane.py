@@ -29,7 +29,7 @@ from aiohttp import web
 from mlcanary.components import rules
 from mlcanary.local_runtime import bodies
 from mlcanary.local_runtime.bodies import MAX_BODY_BYTES, BodyBudget, Held
-from mlcanary.local_runtime.metrics import Metrics
+from mlcanary.local_runtime.metrics import MIRROR_SHED_STATUS, Metrics
 from mlcanary.local_runtime.protocol import PIN_HEADER
 from mlcanary.local_runtime.quiet_http import QuietServer
 from mlcanary.local_runtime.routing import Routing
@@ -229,7 +229,7 @@ class Endpoint:
         """Send a copy in the background. Copies are shed first: none while the body budget is half used
         (forward sheds them too when no instance slot is free at once)."""
         if self.body_budget.used * 2 > self.body_budget.limit:
-            self.metrics.of(self.name, deployment.name).observe(429, 0.0, mirrored=True)
+            self.metrics.of(self.name, deployment.name).observe(MIRROR_SHED_STATUS, 0.0, mirrored=True)
             return
         self.background(self.mirror(deployment, body, content_type, held.share(), live, live_answer))
 
@@ -285,7 +285,7 @@ def _too_many(deployment: Deployment) -> tuple[int, bytes, dict]:
 
 
 def _shed(deployment: Deployment) -> tuple[int, bytes, dict]:
-    return _error(429, f"mirror copy shed: every instance of deployment {deployment.name!r} has its "
+    return _error(MIRROR_SHED_STATUS, f"mirror copy shed: every instance of deployment {deployment.name!r} has its "
                   f"{deployment.max_concurrent} request slot(s) taken (maxConcurrentRequestsPerInstance)")
 
 

@@ -9,6 +9,9 @@ from collections import Counter, defaultdict
 
 from mlcanary.local_runtime.pairing import Answers
 
+# A mirror copy the router shed (no free instance slot, or the body budget half used) is counted under
+# this status in the mirror counts: the target never got it, so it is neither its request nor its error.
+MIRROR_SHED_STATUS = 429
 BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
@@ -69,8 +72,9 @@ class DeploymentMetrics:
         return {
             "requests": sum(self.requests.values()),
             "errors": sum(n for code, n in self.requests.items() if code >= 400),
-            "mirrored": sum(self.mirrored.values()),
-            "mirrorErrors": sum(n for code, n in self.mirrored.items() if code >= 400),
+            "mirrored": sum(n for code, n in self.mirrored.items() if code != MIRROR_SHED_STATUS),
+            "mirrorErrors": sum(n for code, n in self.mirrored.items() if code >= 400 and code != MIRROR_SHED_STATUS),
+            "mirrorShed": self.mirrored.get(MIRROR_SHED_STATUS, 0),
             "pinned": sum(self.pinned.values()),
         }
 

@@ -33,6 +33,8 @@ def parse_local_metrics(text: str, endpoint: str) -> Snapshot:
     every answered request, and apart the header-pinned ones among them: the split's are the difference."""
     from prometheus_client.parser import text_string_to_metric_families
 
+    from mlcanary.local_runtime.metrics import MIRROR_SHED_STATUS
+
     counts: dict[tuple[str, str], dict[str, int]] = defaultdict(lambda: {"requests": 0, "errors": 0, "errors_5xx": 0})
     cumulative: dict[tuple[str, str], dict[float, int]] = defaultdict(dict)
     series: dict[str, str] = {}
@@ -45,6 +47,8 @@ def parse_local_metrics(text: str, endpoint: str) -> Snapshot:
             if sample.name in COUNTERS:
                 into = counts[(deployment, COUNTERS[sample.name])]
                 code, count = int(labels["code"]), int(sample.value)
+                if COUNTERS[sample.name] == "mirrored" and code == MIRROR_SHED_STATUS:
+                    continue  # shed by the router, never sent to the target: no evidence either way
                 into["requests"] += count
                 into["errors"] += count if code >= 400 else 0
                 into["errors_5xx"] += count if code >= 500 else 0
