@@ -336,7 +336,7 @@ def _run(plan, settings, policy_pack_config, record, plot, point, apply_stage, o
         applier.progress = _throttled(log) if live is None else lambda text: None
     runner = Runner(plan, applier, source, judge, recorder, tick_s=tick,
                     on_update=(lambda view: live.update(_table(view))) if live else print_status,
-                    on_decision=log, answers=answers, steering=steering_for(plan, applier, client, stack, record))
+                    on_decision=log, answers=answers, steering=steering_for(plan, applier, client, stack, record, rollout_id))
     log(f"rollout {rollout_id}: {options.baseline} -> {options.to} on {plan.endpoint}, {len(plan.steps)} step(s)"
         + (f", record {record}" if record else ""))
     try:

@@ -468,7 +468,8 @@ def _refuse_at_once(stage_file: Path | None, state_dir: Path | None) -> None:
         _fail(str(err))
 
 
-def steering_for(plan: Any, applier: Any, client: Any, stack: str | None, record: Path | None):
+def steering_for(plan: Any, applier: Any, client: Any, stack: str | None, record: Path | None,
+                 rollout_id: str | None = None):
     """The runner's steering: the endpoint's hold (local: in the runtime's state directory; azure: in a
     user state folder keyed by the stack), the webhooks of the flags or of `mlcanary:rollout`."""
     from mlcanary.local_runtime import lease
@@ -484,7 +485,7 @@ def steering_for(plan: Any, applier: Any, client: Any, stack: str | None, record
         directory, lock_root = lease.lease_dir(client.root), client.root
     else:
         directory, lock_root = lease.stack_lease_dir(stack or "default"), None
-    steering = HeldSteering(directory, plan, applier, record=record, force=bool(chosen.get("force")),
+    steering = HeldSteering(directory, plan, applier, record=record, rollout_id=rollout_id, force=bool(chosen.get("force")),
                             lock_root=lock_root, notifier=Notifier(notify) if notify else None,
                             confirmer=Confirmer(confirm) if confirm else None,
                             resources=_resource_watch(plan, client), reader=_azure_reader(plan, client))

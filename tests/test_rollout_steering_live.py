@@ -108,8 +108,12 @@ def test_pause_local_up_promote_resume_then_promote_full_ends_where_the_human_sa
     assert full.returncode == 0, full.stderr
     out, err = rollout.communicate(timeout=60)
     assert rollout.returncode == 0, err
-    assert json.loads(out)["decision"] == "promoted"
+    outcome = json.loads(out)
+    assert outcome["decision"] == "promoted"
     assert live_traffic(runtime, endpoint) == {"green": 100}  # what the human last said
+    # One rollout, one id: the record's, the hold's, and so status and history name the same one.
+    assert hold(runtime, endpoint)["id"] == outcome["rollout"]
+    assert {json.loads(line)["rollout"] for line in record.read_text().splitlines()} == {outcome["rollout"]}
     interventions = [i["action"] for i in hold(runtime, endpoint)["interventions"]]
     assert interventions == ["pause", "promote", "resume", "promote --full"]
 

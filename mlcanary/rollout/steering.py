@@ -14,7 +14,6 @@ hold was taken over with --force); the rollout stops without overwriting that ch
 from __future__ import annotations
 
 import os
-import secrets
 import sys
 import time
 from collections.abc import Callable
@@ -25,6 +24,7 @@ from typing import Any
 from mlcanary.local_runtime import lease
 from mlcanary.rollout.judges import Failure
 from mlcanary.rollout.plan import Plan, Step
+from mlcanary.rollout.record import new_rollout_id
 
 OUTSIDE_CHANGE = 4
 ABORTED = 1
@@ -171,10 +171,6 @@ def _outside_stop(runner: Any, step: Step, changed: list[str]) -> Stop:
 
 
 # --- the shared hold --------------------------------------------------------------------------------
-
-def new_rollout_id(endpoint: str) -> str:
-    return f"{endpoint}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
-
 
 def step_json(step: Step) -> dict[str, Any]:
     return {"label": step.label, "kind": step.kind, "traffic": step.traffic, "mirror": step.mirror_traffic}
