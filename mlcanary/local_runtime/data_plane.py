@@ -38,6 +38,9 @@ from mlcanary.local_runtime.workers import Deployment
 CLIENT_KEEPALIVE_ENV = "MLCANARY_CLIENT_KEEPALIVE_S"  # idle / partial-request connections close after this
 DEFAULT_CLIENT_KEEPALIVE_S = 75.0
 NO_INSTANCE_WAIT_S = 0.05
+# A mirror copy waits this long at most for a free slot, then is shed: in the background, so no client
+# waits; long enough that a copy arriving while the previous one finishes is still compared.
+MIRROR_SLOT_WAIT_S = 0.5
 LISTEN_BACKLOG = 4096  # the kernel caps it at net.core.somaxconn; asyncio's default, 100, resets bursts
 JSON = {"Content-Type": "application/json"}
 
@@ -295,7 +298,8 @@ async def forward(deployment: Deployment, body: bytes, content_type: bytes,
 
     Each instance takes at most maxConcurrentRequestsPerInstance requests at once; a request waits
     for a free slot within its request timeout (408), or at most maxQueueWaitMs when that is set (then
-    429, as Azure answers); a mirror copy does not wait (it is shed: mirror copies go first). An
+    429, as Azure answers); a mirror copy waits at most MIRROR_SLOT_WAIT_S, then is shed (mirror copies
+    go first). An
     instance that refuses or resets the connection leaves the rotation (supervision probes it back)
     and another instance takes the request: scoring is stateless. While a ready deployment has no instance in rotation (workers restarting), the request
     waits for one within its request timeout. Whenever this gives up (timeout, or the client went
@@ -313,9 +317,9 @@ async def forward(deployment: Deployment, body: bytes, content_type: bytes,
         while True:
             worker = deployment.take_slot()
             if worker is None:
-                if mirrored:
-                    return _shed(deployment)
                 now = time.monotonic()
+                if mirrored and now - began >= MIRROR_SLOT_WAIT_S:
+                    return _shed(deployment)
                 if not deployment.in_rotation():
                     if now >= deadline or deployment.state != "ready":
                         return _error(503, f"deployment {deployment.name!r} has no healthy instance")
@@ -323,7 +327,8 @@ async def forward(deployment: Deployment, body: bytes, content_type: bytes,
                 elif now >= queue_deadline:
                     return _timed_out(deployment) if queue_wait_s is None or now >= deadline else _too_many(deployment)
                 else:
-                    await deployment.slot_freed(queue_deadline - now)
+                    await deployment.slot_freed(min(queue_deadline, began + MIRROR_SLOT_WAIT_S) - now if mirrored
+                                                else queue_deadline - now)
                 continue
             try:
                 remaining = deadline - time.monotonic()
