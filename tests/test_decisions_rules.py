@@ -151,3 +151,57 @@ def test_max_shift_without_a_configured_limit_allows_any_move():
     assert max_shift.check(before, after, {}) == []
     assert max_shift.check(before, after, {"maxShiftPercent": 99}) == [
         "this step moves 100 percentage points of live traffic; at most 99 may move in one step"]
+
+
+# --- instance-type-kept: which deployments it judges and what it says of their traffic ------------
+
+
+def _instance_type_kept(before, after) -> list[str]:
+    from mlcanary.policies.transitions import TRANSITION_POLICIES
+
+    (rule,) = [p for p in TRANSITION_POLICIES if p.name == "instance-type-kept"]
+    return rule.check(before, after, {})
+
+
+def _with_types(endpoint, types: dict[str, str | None], mirror: dict[str, int] | None = None):
+    """`endpoint` with these deployments (copies of its blue) on these instance types (None: not known,
+    as a running local state records it), sharing no live traffic but blue's."""
+    blue = endpoint.deployments["blue"]
+    deployments = {name: blue.model_copy(update={"instance_type": kind}) for name, kind in types.items()}
+    traffic = {name: (100 if name == "blue" else 0) for name in deployments}
+    return endpoint.model_copy(update={"deployments": deployments, "traffic": traffic, "mirror_traffic": mirror or {}})
+
+
+def test_a_deployment_whose_instance_type_is_not_known_on_one_side_is_not_judged():
+    base = _endpoint("5", {"blue": 100, "green": 0})
+    known, unknown = _with_types(base, {"blue": "Standard_DS3_v2"}), _with_types(base, {"blue": None})
+    assert _instance_type_kept(known, unknown) == [] and _instance_type_kept(unknown, known) == []
+
+
+def test_every_changed_instance_type_is_reported_whatever_deployments_come_before_it():
+    base = _endpoint("5", {"blue": 100, "green": 0})
+    unknown = {f"dark{i}": None for i in range(9)}
+    changed = [f"moved{i}" for i in range(10)]
+    before = _with_types(base, {"blue": None, **unknown, **dict.fromkeys(changed, "Standard_DS3_v2")})
+    after = _with_types(base, {"blue": None, **unknown, **dict.fromkeys(changed, "Standard_F8s_v2")})
+    reported = _instance_type_kept(before, after)
+    assert sorted(m.split("'")[1] for m in reported) == sorted(changed)
+
+
+def test_a_mirrored_deployment_changing_instance_type_has_traffic():
+    base = _endpoint("5", {"blue": 100, "green": 0})
+    before = _with_types(base, {"blue": "Standard_DS3_v2", "green": "Standard_DS3_v2"}, mirror={"green": 10})
+    after = _with_types(base, {"blue": "Standard_DS3_v2", "green": "Standard_F8s_v2"})
+    (message,) = _instance_type_kept(before, after)
+    assert message.startswith("deployment 'green' changes instanceType from Standard_DS3_v2 to Standard_F8s_v2 "
+                              "while it has traffic; ")
+
+
+def test_a_deployment_without_traffic_changing_instance_type_is_refused_without_a_word_on_traffic():
+    base = _endpoint("5", {"blue": 100, "green": 0})
+    before = _with_types(base, {"blue": "Standard_DS3_v2", "green": "Standard_DS3_v2"})
+    after = _with_types(base, {"blue": "Standard_DS3_v2", "green": "Standard_F8s_v2"})
+    assert _instance_type_kept(before, after) == [
+        "deployment 'green' changes instanceType from Standard_DS3_v2 to Standard_F8s_v2; an online deployment "
+        "cannot change its instance type in place: add a new deployment with the new type under another name, "
+        "as a stage of its own, and move traffic to it"]
