@@ -21,7 +21,7 @@ from mlcanary.rollout.counts import LATENCY_BOUNDS, Counts, DeploymentCounts
 from mlcanary.rollout.evalue import RateEValue, RatioEValue, reference_rate, sprt
 from mlcanary.rollout.judges import Failure, SequentialJudge, ThresholdJudge, check_rules, describe, make_judge
 from mlcanary.rollout.appliers import ApplyError
-from mlcanary.rollout.plan import PlanError, gate, load_plan
+from mlcanary.rollout.plan import PlanError, gate, load_plan, plan_json
 from mlcanary.rollout.record import Recorder
 from mlcanary.rollout.runner import Runner
 from mlcanary.components.rollout_rules import parse_rule
@@ -626,6 +626,7 @@ def test_windows_close_every_tick_in_every_step_and_a_failed_reading_is_delayed_
                     clock=world.clock, sleep=world.sleep)
     assert runner.run().exit_code == 0
     times = [e["time"] for e in recorder.events if e["event"] == "judgement"]
+    assert len(times) >= 8  # two steps of 2 s, a window every 0.5 s
     assert all(later - earlier == pytest.approx(0.5) for earlier, later in zip(times, times[1:]))
     judged = sum(e["window"].get("green", {}).get("requests", 0) for e in recorder.events if e["event"] == "judgement")
     assert judged == world.totals["green"].live.requests  # every request green served, judged once
@@ -788,3 +789,32 @@ def test_the_gate_judges_the_first_step_against_the_stage_file():
     assert len(refused) == 1
     assert refused[0].startswith("stage-3-green-dark.yaml -> step '50 %': [mandatory] max-traffic-shift: this step "
                                  "moves 50 percentage points")
+
+
+def test_the_plan_record_keeps_every_option_and_stage_that_resume_derives_again():
+    """The record's plan (plan_json) is what `--resume` re-derives the plan from and compares the stage
+    file's steps with: each option under its record key, each step's live and mirror traffic."""
+    plan = load_plan(STAGE_3, {"to": "green", "steps": [50, 100], "interval": "2s", "mirror": 10,
+                               "mirrorFor": "1m", "bake": "30s", "deleteOld": True, "rule": ["error_rate < 0.02"],
+                               "judge": "threshold", "alpha": 0.01, "minRequests": 7, "maxHold": 4,
+                               "failureLimit": 2, "comparePath": "$.result", "outputTolerance": "0.01",
+                               "maxDisagreement": 0.05})
+    assert (plan.endpoint, plan.target) == ("fraud-scorer", "local")
+    assert plan_json(plan) == {
+        "endpoint": "fraud-scorer", "stageFile": str(STAGE_3.resolve()), "target": "local",
+        "to": "green", "from": "blue", "steps": [50, 100], "intervalS": 2.0, "mirror": 10, "mirrorForS": 60.0,
+        "bakeS": 30.0, "deleteOld": True, "rule": ["error_rate < 0.02"], "judge": "threshold", "alpha": 0.01,
+        "minRequests": 7, "maxHold": 4, "failureLimit": 2, "comparePath": "$.result", "outputTolerance": "0.01",
+        "maxDisagreement": 0.05,
+        "stages": [
+            {"label": "mirror 10 %", "traffic": {"blue": 100, "green": 0}, "mirror": {"green": 10}},
+            {"label": "mirror off", "traffic": {"blue": 100, "green": 0}, "mirror": {}},
+            {"label": "50 %", "traffic": {"blue": 50, "green": 50}, "mirror": {}},
+            {"label": "100 %", "traffic": {"blue": 0, "green": 100}, "mirror": {}},
+            {"label": "delete blue", "traffic": {"green": 100}, "mirror": {}},
+        ],
+        "rollback": {"blue": 100, "green": 0},
+    }
+    assert [(s.kind, s.percent, s.judged) for s in plan.steps] == [
+        ("mirror", 10, True), ("mirror-off", 0, False), ("live", 50, True), ("live", 100, True), ("delete", 100, False)]
+    assert (plan.start.label, plan.start.kind, plan.start.percent) == ("stage-3-green-dark.yaml", "start", 0)

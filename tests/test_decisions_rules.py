@@ -119,11 +119,13 @@ def test_asset_names_of_letters_digits_dash_underscore_dot_are_allowed(name):
     assert rules.asset_name_problems("model", name) == []
 
 
-@pytest.mark.parametrize("name", ["_m", "-m", ".m", "A" * 256, "m/1", "", "m\n"],
-                         ids=["underscore_first", "dash_first", "dot_first", "256", "slash", "empty", "newline"])
-def test_other_asset_names_are_refused_saying_what_is_allowed(name):
+@pytest.mark.parametrize("name, echoed", [
+    ("_m", "'_m'"), ("-m", "'-m'"), (".m", "'.m'"), ("A" * 256, "'" + "A" * 60 + "'… (256 characters)"),
+    ("m/1", "'m/1'"), ("", "''"), ("m\n", "'m\\n'"),
+], ids=["underscore_first", "dash_first", "dot_first", "256", "slash", "empty", "newline"])
+def test_other_asset_names_are_refused_saying_what_is_allowed(name, echoed):
     assert rules.asset_name_problems("model", name) == [rules.Problem(
-        "model", f"{rules.shown(name)} is not a valid asset name: up to 255 letters, digits, '-', '_' and '.', "
+        "model", f"{echoed} is not a valid asset name: up to 255 letters, digits, '-', '_' and '.', "
                  "starting with a letter or digit")]
 
 
