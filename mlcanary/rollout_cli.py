@@ -31,7 +31,8 @@ def _steps(value: str | None) -> list | None:
 RECORDED_OPTIONS = {"to": "to", "from": "from", "steps": "steps", "intervalS": "interval", "mirror": "mirror",
                     "mirrorForS": "mirrorFor", "bakeS": "bake", "deleteOld": "deleteOld", "rule": "rule",
                     "judge": "judge", "alpha": "alpha", "minRequests": "minRequests", "maxHold": "maxHold",
-                    "failureLimit": "failureLimit"}
+                    "failureLimit": "failureLimit", "comparePath": "comparePath", "outputTolerance": "outputTolerance",
+                    "maxDisagreement": "maxDisagreement"}
 
 
 @click.command()

@@ -818,3 +818,12 @@ def test_the_plan_record_keeps_every_option_and_stage_that_resume_derives_again(
     assert [(s.kind, s.percent, s.judged) for s in plan.steps] == [
         ("mirror", 10, True), ("mirror-off", 0, False), ("live", 50, True), ("live", 100, True), ("delete", 100, False)]
     assert (plan.start.label, plan.start.kind, plan.start.percent) == ("stage-3-green-dark.yaml", "start", 0)
+
+
+def test_every_bad_option_is_listed_on_a_line_of_its_own_under_the_refusal():
+    with pytest.raises(PlanError) as raised:
+        load_plan(STAGE_3, {"steps": [10, 50]})
+    assert str(raised.value) == (
+        "invalid rollout options:\n"
+        "  --steps: live percentages 1-100 for the target, increasing, ending at 100 (e.g. 10,25,50,100), got 10,50\n"
+        "  --to: required: the deployment to promote")
