@@ -916,3 +916,17 @@ def test_advisory_violations_let_the_plan_run_and_are_kept_with_it():
     assert gate(plan, settings) == []
     moved = "[advisory] max-traffic-shift: this step moves 50 percentage points of live traffic; at most 40 may move in one step"
     assert plan.advisories == [f"stage-3-green-dark.yaml -> step '50 %': {moved}", f"step '50 %' -> step '100 %': {moved}"]
+
+
+def test_a_stage_file_key_made_wrong_by_a_flag_is_named_where_it_is_written(tmp_path):
+    path = stage_in(tmp_path, {"blue": 100, "red": 0, "green": 0}, {"from": "blue"})
+    with pytest.raises(PlanError) as raised:
+        load_plan(path, {"to": "blue"})
+    assert str(raised.value) == ("invalid rollout options:\n"
+                                 "  mlcanary:rollout.from: the baseline must be another deployment than the target 'blue'")
+
+
+def test_a_stage_file_that_cannot_be_read_is_refused_naming_it(tmp_path):
+    with pytest.raises(PlanError) as raised:
+        load_plan(tmp_path / "missing.yaml", {"to": "green"})
+    assert str(raised.value) == f"{tmp_path / 'missing.yaml'}: stage file not found"
