@@ -838,6 +838,8 @@ def test_every_bad_option_is_listed_on_a_line_of_its_own_under_the_refusal():
 def test_the_start_step_records_the_share_the_target_already_has(tmp_path):
     plan = load_plan(stage_in(tmp_path, {"blue": 90, "red": 0, "green": 10}), {"to": "green", "steps": [50, 100]})
     assert (plan.start.kind, plan.start.percent) == ("start", 10)
+    # nothing asked of the answer judge: its options stay unset in the record ("null", not "None")
+    assert [plan_json(plan)[k] for k in ("comparePath", "outputTolerance", "maxDisagreement")] == [None, None, None]
 
 
 def test_a_target_busier_than_the_others_still_rolls_out_from_the_busiest_other(tmp_path):
