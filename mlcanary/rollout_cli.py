@@ -231,8 +231,7 @@ def _check_run_options(plan, stage_file, load_rps, request_file, record, plot, t
     if missing:
         _fail(f"{missing} is not installed: pip install -e '.[local,rollout]'", 2)
     if plan.target == "azure" and plan.options.compare_path is not None:
-        _fail("--compare-path: comparing answers needs the local target for now (Azure discards the mirror's "
-              "answers; they can only be read from Azure ML's data collector)", 2)
+        _collector_collections(plan)  # Azure discards the mirror's answers: they are read from the data collector
     return body
 
 
@@ -381,7 +380,8 @@ def _throttled(log, every_s: float = 10.0):
 
 
 def _answer_check(plan, client):
-    """The answer judge and its source, when the rollout says what to compare (local target)."""
+    """The answer judge and its source, when the rollout says what to compare: the local runtime's answer
+    book, or on Azure what the data collector wrote to the workspace's storage."""
     options = plan.options
     if options.compare_path is None:
         return None
@@ -393,8 +393,48 @@ def _answer_check(plan, client):
         settings_from(options.compare_path, options.output_tolerance),
         DEFAULT_MAX_DISAGREEMENT if options.max_disagreement is None else options.max_disagreement,
         options.alpha, options.rules)
+    if plan.target == "azure":
+        return AnswerCheck(AnswerJudge(answer_options), _collector_source(plan, answer_options))
     source = LocalAnswerSource(client, plan.endpoint, answer_options, options.to, options.baseline)
     return AnswerCheck(AnswerJudge(answer_options), source)
+
+
+def _collector_collections(plan):
+    """(target, baseline) data collector collections holding the answers, or exit 2 naming the field."""
+    from mlcanary.components.spec import ENDPOINT_FIELD
+    from mlcanary.rollout.collector_source import answer_collection
+    from mlcanary.rollout.sources import SourceError
+
+    def spec_of(name):
+        for step in (plan.start, *plan.steps):
+            if name in step.spec.endpoint.deployments:
+                return step.spec.endpoint.deployments[name]
+        return None
+
+    try:
+        return tuple(answer_collection(plan.endpoint, name, spec_of(name), f"{ENDPOINT_FIELD}.deployments.{name}")
+                     for name in (plan.options.to, plan.options.baseline))
+    except SourceError as err:
+        _fail(str(err), 2)
+
+
+def _collector_source(plan, answer_options):
+    from mlcanary.rollout.collector_source import CollectorAnswerSource, datastore_containers
+    from mlcanary.rollout.sources import SourceError
+
+    target, baseline = _collector_collections(plan)
+    endpoint = plan.start.spec.endpoint
+    subscription = os.environ.get("ARM_SUBSCRIPTION_ID") or os.environ.get("AZURE_SUBSCRIPTION_ID")
+    try:
+        containers = datastore_containers((subscription, endpoint.resource_group, endpoint.workspace),
+                                          {target.datastore, baseline.datastore})
+    except SourceError as err:
+        _fail(str(err), 1)
+    source = CollectorAnswerSource(containers, target, baseline, answer_options,
+                                   on_note=lambda text: click.echo(f"{time.strftime('%H:%M:%S')} {text}", err=True))
+    for line in source.describe():
+        click.echo(line, err=True)
+    return source
 
 
 def _edges(plan, policy_pack_config, stack, metrics_region, state_dir):

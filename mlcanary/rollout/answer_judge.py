@@ -55,9 +55,22 @@ class AnswerWindow:
     samples: tuple[dict, ...] = ()  # disagreements newly seen
     not_compared_reason: str | None = None
     outputs_lost: bool = False
+    # Sources whose answers land late (Azure ML's data collector): why the answers read so far cannot
+    # judge the step yet (held, never passed), and how many of the target's answers found no partner
+    # of the baseline's to pair with (then its mirror phase is judged on distributions), and lines
+    # that were not records (ignored, counted).
+    pending: str | None = None
+    unpaired: int = 0
+    malformed: int = 0
 
     def as_json(self) -> dict[str, Any]:
         result: dict[str, Any] = {"compared": self.compared, "agreed": self.agreed, "notCompared": self.not_compared}
+        if self.pending:
+            result["pending"] = self.pending
+        if self.unpaired:
+            result["unpaired"] = self.unpaired
+        if self.malformed:
+            result["malformedLines"] = self.malformed
         for side, values in (("target", self.target_outputs), ("baseline", self.baseline_outputs)):
             if values:
                 result[f"{side}Outputs"] = _summary(values)
@@ -88,6 +101,8 @@ class AnswerJudge:
         self.step_tested = self.step_baseline_outputs = 0  # this step: target outputs tested, baseline outputs seen
         self.samples: list[dict] = []
         self.last_not_compared: str | None = None
+        self.pending: str | None = None
+        self.step_unpaired = 0
         self.mirror_step = False
         self.failure: Failure | None = None
 
@@ -95,12 +110,15 @@ class AnswerJudge:
         self.mirror_step = mirror_step
         self.step_compared = self.step_agreed = 0
         self.step_tested = self.step_baseline_outputs = 0
+        self.step_unpaired = 0
 
     def observe(self, window: AnswerWindow) -> None:
         if self.failure is not None:
             return
         self.samples = (self.samples + list(window.samples))[-MAX_SAMPLES_KEPT:]
         self.last_not_compared = window.not_compared_reason or self.last_not_compared
+        self.pending = window.pending
+        self.step_unpaired += window.unpaired
         if window.compared:
             self.compared += window.compared
             self.agreed += window.agreed
@@ -130,11 +148,22 @@ class AnswerJudge:
             self.step_tested += len(target)
 
     def waiting(self, min_requests: int) -> str | None:
-        """Why a live step may not be promoted yet, or None. Once the baseline gives numeric outputs in
+        """Why a step may not be promoted yet, or None. While the source says its answers have not landed,
+        the step waits (no data never passes). Once the baseline gives numeric outputs in
         the step, the distribution test must have tested as many of the target's as a step needs
         requests (--min-requests), its reference filled first. Answers without a number (labels) never
         give one: then there is no distribution to test, and the step does not wait for one."""
-        if self.mirror_step or not self.step_baseline_outputs or self.step_tested >= min_requests:
+        if self.pending:
+            return self.pending
+        if self.mirror_step:
+            if self.step_compared or not self.step_unpaired:
+                return None  # pairs judge a mirror phase; unpaired answers (data collector) leave it to distributions
+            if not self.step_baseline_outputs:
+                return (f"{self.step_unpaired} answers of the target could not be paired and the baseline gave no "
+                        "numeric output to compare their distribution with")
+        elif not self.step_baseline_outputs:
+            return None
+        if self.step_tested >= min_requests:
             return None
         if self.shift is None:
             return f"{len(self.reference)} of the {REFERENCE_SIZE} baseline outputs the answer judge's reference needs"
@@ -143,9 +172,9 @@ class AnswerJudge:
     def check_interval(self, mirrored: int, min_requests: int) -> None:
         """At interval end: rules on the answers so far, and no promotion of a mirror phase whose
         answers could not be compared (no data never passes)."""
-        if self.failure is not None:
+        if self.failure is not None or self.pending:  # answers still landing: no verdict either way
             return
-        if self.mirror_step and mirrored >= min_requests and not self.step_compared:
+        if self.mirror_step and mirrored >= min_requests and not self.step_compared and not self.step_unpaired:
             self.failure = Failure(self.name, "output agreement",
                                    f"none of {mirrored} mirrored answers could be compared"
                                    + (f": {self.last_not_compared}" if self.last_not_compared else "")

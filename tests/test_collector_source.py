@@ -1,0 +1,266 @@
+"""The answer judge on Azure: Azure ML's data collector's files read from a fake blob store that keeps the
+service's rules (tests/fake_blob_store.py: layout, record format, list and ranged-read API)."""
+
+from __future__ import annotations
+
+import random
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from mlcanary.components.answer_compare import settings_from
+from mlcanary.components.spec import load_stack_config
+from mlcanary.rollout.answer_judge import AnswerJudge, AnswerOptions
+from mlcanary.rollout.collector_source import (
+    LANDING_DELAY, Collection, CollectorAnswerSource, answer_collection)
+from mlcanary.rollout.sources import SourceError
+from fake_blob_store import FakeContainer, collector_file, response_record
+
+START = datetime(2026, 11, 30, 13, 58, 0, tzinfo=UTC)
+ENDPOINT = "fraud-scorer"
+BLUE = Collection("blue", "response", "workspaceblobstore", f"modelDataCollector/{ENDPOINT}/blue/response")
+GREEN = Collection("green", "response", "workspaceblobstore", f"modelDataCollector/{ENDPOINT}/green/response")
+
+
+class Clock:
+    def __init__(self, now: datetime = START):
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+@pytest.fixture
+def store():
+    return FakeContainer()
+
+
+def source(store, clock, notes=None, path="$"):
+    options = AnswerOptions(settings_from(path, "0.01"), max_disagreement=0.01)
+    return CollectorAnswerSource({"workspaceblobstore": store}, GREEN, BLUE, options, clock=clock,
+                                 on_note=(notes.append if notes is not None else lambda text: None))
+
+
+def write(store, deployment, answers, moment, correlations=None, instance="i-0"):
+    name = collector_file(ENDPOINT, deployment, "response", moment, instance)
+    for i, answer in enumerate(answers):
+        store.append(name, response_record(ENDPOINT, deployment, answer, correlations[i] if correlations else None, moment))
+    return name
+
+
+def scores(n, seed=1):
+    rng = random.Random(seed)
+    return [{"predictions": [round(rng.uniform(0, 1000), 3)]} for _ in range(n)]
+
+
+def test_mirrored_pairs_logged_under_one_correlation_id_are_compared(store):
+    clock = Clock()
+    reader = source(store, clock, path="predictions")
+    answers, ids = scores(30), [f"req-{i}" for i in range(30)]
+    write(store, "blue", answers, START + timedelta(seconds=5), ids)
+    write(store, "green", answers[:25] + [{"predictions": [0.5]}] * 5, START + timedelta(seconds=6), ids)
+    clock.now = START + timedelta(seconds=30)
+    window = reader.read()
+    assert (window.compared, window.agreed, window.unpaired, window.pending) == (30, 25, 0, None)
+    assert "0.5" in window.samples[0]["mirrorValue"] and window.samples[0]["mirror"] == "green"
+    assert len(window.target_outputs) == len(window.baseline_outputs) == 30
+
+
+def test_a_green_answering_a_constant_is_rolled_back_by_the_pairs(store):
+    clock, judge = Clock(), AnswerJudge(AnswerOptions(settings_from("predictions", "0.01"), 0.01))
+    reader = source(store, clock, path="predictions")
+    judge.start_step(mirror_step=True)
+    for minute in range(5):
+        moment = START + timedelta(minutes=minute, seconds=10)
+        ids = [f"m{minute}-{i}" for i in range(20)]
+        write(store, "blue", scores(20, seed=minute), moment, ids)
+        write(store, "green", [{"predictions": [0.5]}] * 20, moment, ids)
+        clock.now = moment + timedelta(seconds=20)
+        judge.observe(reader.read())
+        if judge.failure:
+            break
+    assert judge.failure is not None and judge.failure.what == "output agreement", judge.failure
+    assert "disagreed" in judge.failure.message
+
+
+def test_without_shared_correlation_ids_a_constant_green_is_rolled_back_by_the_distributions(store):
+    """Azure may give the mirrored copy its own request id: then nothing pairs and the mirror phase is judged
+    on the distributions of the two sides' outputs."""
+    clock, judge = Clock(), AnswerJudge(AnswerOptions(settings_from("predictions", "0.01"), 0.01))
+    reader = source(store, clock, path="predictions")
+    judge.start_step(mirror_step=True)
+    for minute in range(12):
+        moment = START + timedelta(minutes=minute, seconds=10)
+        write(store, "blue", scores(40, seed=minute), moment, [f"b{minute}-{i}" for i in range(40)])
+        write(store, "green", [{"predictions": [0.5]}] * 40, moment, [f"g{minute}-{i}" for i in range(40)])
+        clock.now = moment + timedelta(seconds=20)
+        window = reader.read()
+        assert window.compared == 0 and window.unpaired == 40
+        judge.observe(window)
+        if judge.failure:
+            break
+    assert judge.failure is not None and judge.failure.what == "output distribution", judge.failure
+
+
+def test_matching_answers_pass(store):
+    clock, judge = Clock(), AnswerJudge(AnswerOptions(settings_from("predictions", "0.01"), 0.01))
+    reader = source(store, clock, path="predictions")
+    judge.start_step(mirror_step=True)
+    for minute in range(4):
+        moment = START + timedelta(minutes=minute, seconds=10)
+        ids = [f"m{minute}-{i}" for i in range(50)]
+        answers = scores(50, seed=minute)
+        write(store, "blue", answers, moment, ids)
+        write(store, "green", answers, moment, ids)
+        clock.now = moment + timedelta(seconds=20)
+        judge.observe(reader.read())
+    assert judge.failure is None
+    assert judge.waiting(min_requests=100) is None and (judge.compared, judge.agreed) == (200, 200)
+    judge.check_interval(mirrored=200, min_requests=100)
+    assert judge.failure is None
+
+
+def test_data_not_landed_yet_holds_the_step_and_never_passes(store):
+    clock, judge = Clock(), AnswerJudge(AnswerOptions(settings_from("predictions", "0.01"), 0.01))
+    reader = source(store, clock, path="predictions")
+    judge.start_step(mirror_step=True)
+    write(store, "blue", scores(20), START + timedelta(seconds=5), [f"r{i}" for i in range(20)])
+    clock.now = START + timedelta(seconds=30)
+    window = reader.read()
+    assert window.pending.startswith("no answers of green collected since the rollout began have landed in "
+                                     "azureml://datastores/workspaceblobstore/paths/modelDataCollector/fraud-scorer/"
+                                     "green/response yet")
+    judge.observe(window)
+    assert judge.waiting(min_requests=10) == window.pending
+    judge.check_interval(mirrored=500, min_requests=10)  # Azure Monitor saw the copies: still no verdict
+    assert judge.failure is None and judge.waiting(min_requests=10) is not None
+
+
+def test_a_target_whose_answers_stop_landing_holds_again(store):
+    clock = Clock()
+    reader = source(store, clock, path="predictions")
+    write(store, "blue", scores(5), START + timedelta(seconds=5), [f"r{i}" for i in range(5)])
+    write(store, "green", scores(5), START + timedelta(seconds=5), [f"r{i}" for i in range(5)])
+    clock.now = START + timedelta(seconds=30)
+    assert reader.read().pending is None
+    clock.now = START + LANDING_DELAY + timedelta(minutes=1)
+    write(store, "blue", scores(5), clock.now - timedelta(seconds=5), [f"s{i}" for i in range(5)], instance="i-1")
+    pending = reader.read().pending
+    assert pending.startswith("the newest collected answer of green is from 13:58:05 UTC, more than 10 min ago")
+
+
+def test_a_line_cut_mid_write_waits_for_the_rest(store):
+    clock = Clock()
+    reader = source(store, clock, path="predictions")
+    write(store, "blue", scores(3), START + timedelta(seconds=5), ["a", "b", "c"])
+    name = collector_file(ENDPOINT, "green", "response", START, "i-0")
+    whole = b"".join(response_record(ENDPOINT, "green", answer, c, START + timedelta(seconds=6))
+                     for answer, c in zip(scores(3), ["a", "b", "c"]))
+    store.append(name, whole[:len(whole) - 40])  # the third record is half written
+    clock.now = START + timedelta(seconds=30)
+    first = reader.read()
+    assert (first.compared, first.malformed) == (2, 0)
+    store.append(name, whole[len(whole) - 40:])
+    second = reader.read()
+    assert (second.compared, second.agreed, second.malformed) == (1, 1, 0)
+    assert reader.read().compared == 0  # nothing is read twice
+
+
+def test_a_last_line_without_newline_counts_once_the_file_stops_growing(store):
+    clock = Clock()
+    reader = source(store, clock, path="predictions")
+    write(store, "blue", scores(1), START + timedelta(seconds=5), ["a"])
+    name = collector_file(ENDPOINT, "green", "response", START, "i-0")
+    store.append(name, response_record(ENDPOINT, "green", scores(1)[0], "a", START + timedelta(seconds=6)).rstrip(b"\n"))
+    clock.now = START + timedelta(seconds=30)
+    assert reader.read().compared == 0  # it may still be being written
+    assert reader.read().compared == 1  # the same size at the next reading: the line is whole
+
+
+def test_malformed_lines_are_counted_and_ignored_with_a_note(store):
+    clock, notes = Clock(), []
+    reader = source(store, clock, notes, path="predictions")
+    name = write(store, "blue", scores(2), START + timedelta(seconds=5), ["a", "b"])
+    store.append(name, b"{not json\n[1, 2]\n" + b'{"time": "2026-11-30T13:58:09Z"}\n' + b'{"data": 1, "time": "yesterday"}\n')
+    write(store, "green", scores(2), START + timedelta(seconds=6), ["a", "b"])
+    clock.now = START + timedelta(seconds=30)
+    window = reader.read()
+    assert (window.compared, window.agreed, window.malformed) == (2, 2, 4)
+    assert window.as_json()["malformedLines"] == 4
+    reasons = [n.split("collected record (", 1)[1].rsplit("): ignored", 1)[0] for n in notes]
+    assert [r.split(":")[0] for r in reasons] == ["not JSON", "a JSON list, not an object", "no data", "no valid time"]
+    assert all(n.startswith(f"data collector: a line of {name} (datastore workspaceblobstore) is not a collected record")
+               for n in notes)
+
+
+def test_records_before_the_rollout_and_payloads_stored_apart_are_not_compared(store):
+    clock = Clock()
+    reader = source(store, clock, path="predictions")
+    write(store, "blue", scores(3), START - timedelta(minutes=5), ["x", "y", "z"], instance="old")
+    name = write(store, "blue", scores(1), START + timedelta(seconds=5), ["a"])
+    store.append(name, b'{"time": "2026-11-30T13:58:07Z", "data": "https://acct.blob.core.windows.net/x", '
+                       b'"datainblob": "true", "correlationid": "b"}\n')
+    write(store, "green", scores(1) + scores(1), START + timedelta(seconds=6), ["a", "b"])
+    write(store, "green", scores(3), START + timedelta(seconds=6), ["x", "y", "z"], instance="i-9")
+    clock.now = START + timedelta(seconds=30)
+    window = reader.read()
+    assert window.compared == 1 and len(window.baseline_outputs) == 1
+
+
+def test_files_of_every_day_since_the_start_are_read(store):
+    clock = Clock(datetime(2026, 11, 30, 23, 59, 50, tzinfo=UTC))
+    reader = source(store, clock, path="predictions")
+    reader.start()
+    before, after = datetime(2026, 11, 30, 23, 59, 55, tzinfo=UTC), datetime(2026, 12, 1, 0, 0, 5, tzinfo=UTC)
+    write(store, "blue", scores(2), before, ["a", "b"])
+    write(store, "green", scores(1), before, ["a"])
+    write(store, "green", scores(2)[1:], after, ["b"])
+    clock.now = after + timedelta(seconds=10)
+    assert reader.read().compared == 2
+
+
+def test_a_store_that_cannot_be_read_holds_with_the_reason(store, mocker):
+    clock = Clock()
+    reader = source(store, clock)
+    from azure.core.exceptions import ClientAuthenticationError
+
+    mocker.patch.object(store, "list_blobs", side_effect=ClientAuthenticationError("AuthorizationPermissionMismatch"))
+    window = reader.read()
+    assert window.pending == ("cannot list azureml://datastores/workspaceblobstore/paths/modelDataCollector/"
+                              "fraud-scorer/green/response: ClientAuthenticationError: AuthorizationPermissionMismatch")
+
+
+# --- which collection holds a deployment's answers ---------------------------------------------------------
+
+def spec(collector):
+    config = {"target": "azure", "endpoint": {"name": ENDPOINT, "resourceGroup": "rg", "workspace": "ws",
+              "deployments": {"green": {"model": "azureml:m:1", "instanceType": "Standard_DS3_v2",
+                                        **({"dataCollector": collector} if collector else {})}},
+              "traffic": {"green": 100}}}
+    return load_stack_config(config, Path(".")).endpoint.deployments["green"]
+
+
+def test_payload_logging_is_read_first_then_custom_logging():
+    both = spec({"collections": {"model_outputs": {"enabled": True}, "response": {"enabled": True}}})
+    assert str(answer_collection(ENDPOINT, "green", both, "f")) == \
+        "azureml://datastores/workspaceblobstore/paths/modelDataCollector/fraud-scorer/green/response"
+    custom = spec({"collections": {"model_outputs": {"enabled": True}, "response": {"enabled": False}}})
+    assert answer_collection(ENDPOINT, "green", custom, "f").name == "model_outputs"
+
+
+def test_a_collection_with_its_own_data_path_is_read_there():
+    named = spec({"collections": {"response": {"enabled": True, "data": {
+        "name": "answers", "path": "azureml://datastores/auditstore/paths/fraud/green/answers/"}}}})
+    collection = answer_collection(ENDPOINT, "green", named, "f")
+    assert (collection.datastore, collection.folder) == ("auditstore", "fraud/green/answers")
+
+
+@pytest.mark.parametrize("collector", [None, {"collections": {"request": {"enabled": True}}},
+                                       {"collections": {"response": {"enabled": False}}}],
+                         ids=["no_collector", "requests_only", "response_disabled"])
+def test_a_deployment_that_logs_no_answers_is_refused_naming_the_field(collector):
+    with pytest.raises(SourceError, match=r"^mlcanary:endpoint\.deployments\.green\.dataCollector: --compare-path on "
+                                          r"Azure reads green's answers from Azure ML's data collector; enable "
+                                          r"collections\.response"):
+        answer_collection(ENDPOINT, "green", spec(collector), "mlcanary:endpoint.deployments.green")
