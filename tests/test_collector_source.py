@@ -264,3 +264,107 @@ def test_a_deployment_that_logs_no_answers_is_refused_naming_the_field(collector
                                           r"Azure reads green's answers from Azure ML's data collector; enable "
                                           r"collections\.response"):
         answer_collection(ENDPOINT, "green", spec(collector), "mlcanary:endpoint.deployments.green")
+
+
+# --- `mlcanary rollout` on an Azure stage, the data collector's files written meanwhile by a second actor --------
+
+import json  # noqa: E402
+import threading  # noqa: E402
+import time  # noqa: E402
+
+import yaml  # noqa: E402
+
+from test_rollout_azure_cli import GrowingSource, arm, rollout  # noqa: E402,F401 - the fixture
+from test_rollout_azure_stack import project  # noqa: E402,F401 - the fixture
+
+
+class Collector(threading.Thread):
+    """Azure ML's data collector, writing both deployments' answers while the rollout runs: each mirrored
+    request is answered by blue (live) and green (the copy), logged under one correlation id. Green's
+    answers start landing `green_late_s` after the rollout starts reading (`reading` is set), and each green
+    record is written in two parts with a pause between (a reader catches it cut mid-write)."""
+
+    def __init__(self, store: FakeContainer, green_answer, green_late_s: float = 0.0):
+        super().__init__(daemon=True)
+        self.store, self.green_answer, self.green_late_s = store, green_answer, green_late_s
+        self.stopped, self.reading = threading.Event(), threading.Event()
+        self.rng = random.Random(7)
+
+    def run(self) -> None:
+        self.reading.wait(60)
+        started, n = time.monotonic(), 0
+        while not self.stopped.wait(0.02):
+            now = datetime.now(UTC)
+            for _ in range(5):
+                n += 1
+                answer = {"predictions": [round(self.rng.uniform(0, 1000), 3)]}
+                self.store.append(collector_file(ENDPOINT, "blue", "response", now, "blue-0"),
+                                  response_record(ENDPOINT, "blue", answer, f"req-{n}", now))
+                if time.monotonic() - started < self.green_late_s:
+                    continue
+                line = response_record(ENDPOINT, "green", self.green_answer(answer), f"req-{n}", now)
+                name = collector_file(ENDPOINT, "green", "response", now, "green-0")
+                self.store.append(name, line[:len(line) // 2])
+                time.sleep(0.002)
+                self.store.append(name, line[len(line) // 2:])
+
+
+@pytest.fixture
+def collecting_stage(project, mocker):
+    """The stage with payload logging on both deployments, and the workspace's blob container faked."""
+    stage = project / "stage.yaml"
+    document = yaml.safe_load(stage.read_text())
+    for name in ("blue", "green"):
+        document["config"]["mlcanary:endpoint"]["deployments"][name]["dataCollector"] = {
+            "collections": {"request": {"enabled": True}, "response": {"enabled": True}}}
+    stage.write_text(yaml.safe_dump(document, sort_keys=False))
+    store = FakeContainer()
+    containers = mocker.patch("mlcanary.rollout.collector_source.datastore_containers",
+                              return_value={"workspaceblobstore": store})
+    mocker.patch("mlcanary.rollout.sources.azure_source", return_value=GrowingSource())
+    return store, containers
+
+
+MIRROR_ROLLOUT = ("--mirror", "10", "--mirror-for", "3s", "--compare-path", "predictions", "--output-tolerance", "0.01",
+                  "--interval", "1s", "--tick", "0.1", "--min-requests", "10", "--format", "json")
+
+
+@pytest.mark.parametrize("green_answer, exit_code, decision", [
+    (lambda answer: {"predictions": [0.5]}, 1, "rolled back"),
+    (lambda answer: answer, 0, "promoted"),
+], ids=["constant_green_rolled_back", "same_answers_promoted"])
+def test_an_azure_rollout_judges_the_answers_the_data_collector_wrote(
+        project, arm, collecting_stage, mocker, green_answer, exit_code, decision):
+    store, containers = collecting_stage
+    collector = Collector(store, green_answer, green_late_s=5.0)
+    start = CollectorAnswerSource.start
+    mocker.patch.object(CollectorAnswerSource, "start", lambda self: (start(self), collector.reading.set()))
+    collector.start()
+    try:
+        result = rollout(project, *MIRROR_ROLLOUT)
+    finally:
+        collector.stopped.set()
+        collector.join()
+    assert result.exit_code == exit_code, result.output
+    (workspace, datastores), _ = containers.call_args
+    assert workspace == ("sub-1", "ml-prod-rg", "ml-prod-ws") and datastores == {"workspaceblobstore"}
+    assert ("answers of green: data collector collection response at azureml://datastores/workspaceblobstore/paths/"
+            "modelDataCollector/fraud-scorer/green/response/<yyyy>/<MM>/<dd>/<HH>/*.jsonl") in result.stderr
+    assert "held mirror 10 %: no answers of green collected since the rollout began have landed" in result.stderr
+    outcome = json.loads(result.stdout)
+    assert outcome["decision"] == decision, outcome
+    if exit_code:
+        assert outcome["failure"]["what"] == "output agreement" and outcome["answers"]["compared"] > 0
+        assert "failed step mirror 10 %: answers judge, output agreement" in result.stderr  # before any client got one
+    assert "malformed" not in result.stderr  # records cut mid-write were waited for, never counted as bad
+
+
+def test_an_azure_rollout_whose_target_logs_no_answers_is_refused_before_anything_runs(project, arm, mocker):
+    source = mocker.patch("mlcanary.rollout.sources.azure_source", return_value=GrowingSource())
+    result = rollout(project, *MIRROR_ROLLOUT)
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines()[-1] == (
+        "error: mlcanary:endpoint.deployments.green.dataCollector: --compare-path on Azure reads green's answers from "
+        "Azure ML's data collector; enable collections.response (payload logging) or collections.model_outputs "
+        "(custom logging from the scoring script) on both deployments")
+    assert not source.called
