@@ -225,8 +225,8 @@ CASES = {
         rf"{E}\.deployments\.green\.file: .*list\.yml must hold a mapping of deployment keys, got list",
     ),
     "deployment_yaml_unsupported_key": (
-        lambda c, t: deployments(c)["green"].update({"file": write(t, "g.yml", GREEN_YAML + "package_model: true\n")}),
-        rf"{E}\.deployments\.green\.file \(.*g\.yml\) package_model: key not supported by mlcanary; supported: name",
+        lambda c, t: deployments(c)["green"].update({"file": write(t, "g.yml", GREEN_YAML + "private_network_connection: true\n")}),
+        rf"{E}\.deployments\.green\.file \(.*g\.yml\) private_network_connection: key not supported by mlcanary; supported: name",
     ),
     # data collector (rules: azure-ai-ml's DataCollectorSchema / DeploymentCollectionSchema, REST spec)
     "data_collector_sampling_rate_above_one": (
