@@ -492,7 +492,10 @@ def _azure_plan(plan, stack, metrics_region) -> dict:
 
     monitor, _ = _monitor_plan(plan, metrics_region)
     steps = [(plan.start.label, plan.start), *((s.label, s) for s in plan.steps), ("rollback", plan.rollback)]
+    answers = ({c.deployment: {"collection": c.name, "path": str(c)} for c in _collector_collections(plan)}
+               if plan.options.compare_path is not None else None)
     return {"stack": stack, "metrics": monitor.as_json(), "metricLines": monitor.describe(),
+            **({"answers": answers} if answers else {}),
             "config": [{"step": label, "setAllJson": json.loads(stage_config_json(step.config))}
                        for label, step in steps]}
 
@@ -554,6 +557,8 @@ def _print_plan(plan, written: list[Path], output_format: str, azure: dict | Non
     if azure:
         for line in azure["metricLines"]:
             click.echo(line)
+        for name, answers in (azure.get("answers") or {}).items():
+            click.echo(f"answers of {name}: data collector collection {answers['collection']} at {answers['path']}")
         click.echo(f"stack {azure['stack']}: each step writes the stage into the stack config "
                    "(`pulumi config set-all --json`, objects whole), then runs `pulumi up --refresh` with the policy pack:")
         for entry in azure["config"]:

@@ -368,3 +368,12 @@ def test_an_azure_rollout_whose_target_logs_no_answers_is_refused_before_anythin
         "Azure ML's data collector; enable collections.response (payload logging) or collections.model_outputs "
         "(custom logging from the scoring script) on both deployments")
     assert not source.called
+
+
+def test_plan_only_says_where_the_answers_are_read(project, arm, collecting_stage):
+    result = rollout(project, *MIRROR_ROLLOUT[:-2], "--plan-only")
+    assert result.exit_code == 0, result.output
+    assert ("answers of green: data collector collection response at azureml://datastores/workspaceblobstore/paths/"
+            "modelDataCollector/fraud-scorer/green/response") in result.stdout
+    store, containers = collecting_stage
+    assert not containers.called  # --plan-only reads no storage
