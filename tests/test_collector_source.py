@@ -284,9 +284,10 @@ class Collector(threading.Thread):
     answers start landing `green_late_s` after the rollout starts reading (`reading` is set), and each green
     record is written in two parts with a pause between (a reader catches it cut mid-write)."""
 
-    def __init__(self, store: FakeContainer, green_answer, green_late_s: float = 0.0):
+    def __init__(self, store: FakeContainer, green_answer, green_late_s: float = 0.0, shared_ids: bool = True):
         super().__init__(daemon=True)
         self.store, self.green_answer, self.green_late_s = store, green_answer, green_late_s
+        self.shared_ids = shared_ids
         self.stopped, self.reading = threading.Event(), threading.Event()
         self.rng = random.Random(7)
 
@@ -302,7 +303,8 @@ class Collector(threading.Thread):
                                   response_record(ENDPOINT, "blue", answer, f"req-{n}", now))
                 if time.monotonic() - started < self.green_late_s:
                     continue
-                line = response_record(ENDPOINT, "green", self.green_answer(answer), f"req-{n}", now)
+                copy_id = f"req-{n}" if self.shared_ids else f"copy-{n}"
+                line = response_record(ENDPOINT, "green", self.green_answer(answer), copy_id, now)
                 name = collector_file(ENDPOINT, "green", "response", now, "green-0")
                 self.store.append(name, line[:len(line) // 2])
                 time.sleep(0.002)
@@ -357,6 +359,23 @@ def test_an_azure_rollout_judges_the_answers_the_data_collector_wrote(
         assert outcome["failure"]["what"] == "output agreement" and outcome["answers"]["compared"] > 0
         assert "failed step mirror 10 %: answers judge, output agreement" in result.stderr  # before any client got one
     assert "malformed" not in result.stderr  # records cut mid-write were waited for, never counted as bad
+
+
+def test_without_shared_correlation_ids_an_azure_mirror_phase_rolls_back_a_constant_green_on_distributions(
+        project, arm, collecting_stage):
+    store, _ = collecting_stage
+    collector = Collector(store, lambda answer: {"predictions": [0.5]}, shared_ids=False)
+    collector.reading.set()
+    collector.start()
+    try:
+        result = rollout(project, *MIRROR_ROLLOUT)
+    finally:
+        collector.stopped.set()
+        collector.join()
+    assert result.exit_code == 1, result.output
+    outcome = json.loads(result.stdout)
+    assert outcome["failure"]["what"] == "output distribution" and outcome["answers"]["compared"] == 0
+    assert "failed step mirror 10 %: answers judge, output distribution" in result.stderr
 
 
 def test_an_azure_rollout_whose_target_logs_no_answers_is_refused_before_anything_runs(project, arm, mocker):
