@@ -274,6 +274,8 @@ import time  # noqa: E402
 
 import yaml  # noqa: E402
 
+from mlcanary.rollout.record import Recorder  # noqa: E402
+
 from test_rollout_azure_cli import GrowingSource, arm, rollout  # noqa: E402,F401 - the fixture
 from test_rollout_azure_stack import project  # noqa: E402,F401 - the fixture
 
@@ -281,19 +283,25 @@ from test_rollout_azure_stack import project  # noqa: E402,F401 - the fixture
 class Collector(threading.Thread):
     """Azure ML's data collector, writing both deployments' answers while the rollout runs: each mirrored
     request is answered by blue (live) and green (the copy), logged under one correlation id. Green's
-    answers start landing `green_late_s` after the rollout starts reading (`reading` is set), and each green
-    record is written in two parts with a pause between (a reader catches it cut mid-write)."""
+    answers land only once `green_lands` is set (the test sets it when the rollout has held a step for
+    want of them: they land late), and each green record is written in two parts with a pause between (a
+    reader catches it cut mid-write)."""
 
-    def __init__(self, store: FakeContainer, green_answer, green_late_s: float = 0.0, shared_ids: bool = True):
+    def __init__(self, store: FakeContainer, green_answer, shared_ids: bool = True):
         super().__init__(daemon=True)
-        self.store, self.green_answer, self.green_late_s = store, green_answer, green_late_s
-        self.shared_ids = shared_ids
-        self.stopped, self.reading = threading.Event(), threading.Event()
+        self.store, self.green_answer, self.shared_ids = store, green_answer, shared_ids
+        self.stopped, self.green_lands = threading.Event(), threading.Event()
+        self.error: Exception | None = None
         self.rng = random.Random(7)
 
     def run(self) -> None:
-        self.reading.wait(60)
-        started, n = time.monotonic(), 0
+        try:
+            self._write()
+        except Exception as err:  # the test asserts there was none: a dead actor would hide a hold
+            self.error = err
+
+    def _write(self) -> None:
+        n = 0
         while not self.stopped.wait(0.02):
             now = datetime.now(UTC)
             for _ in range(5):
@@ -301,7 +309,7 @@ class Collector(threading.Thread):
                 answer = {"predictions": [round(self.rng.uniform(0, 1000), 3)]}
                 self.store.append(collector_file(ENDPOINT, "blue", "response", now, "blue-0"),
                                   response_record(ENDPOINT, "blue", answer, f"req-{n}", now))
-                if time.monotonic() - started < self.green_late_s:
+                if not self.green_lands.is_set():
                     continue
                 copy_id = f"req-{n}" if self.shared_ids else f"copy-{n}"
                 line = response_record(ENDPOINT, "green", self.green_answer(answer), copy_id, now)
@@ -338,15 +346,22 @@ MIRROR_ROLLOUT = ("--mirror", "10", "--mirror-for", "3s", "--compare-path", "pre
 def test_an_azure_rollout_judges_the_answers_the_data_collector_wrote(
         project, arm, collecting_stage, mocker, green_answer, exit_code, decision):
     store, containers = collecting_stage
-    collector = Collector(store, green_answer, green_late_s=5.0)
-    start = CollectorAnswerSource.start
-    mocker.patch.object(CollectorAnswerSource, "start", lambda self: (start(self), collector.reading.set()))
+    collector = Collector(store, green_answer)
+    write = Recorder.write
+
+    def recorded(self, kind, **fields):
+        if kind == "decision" and fields.get("decision") == "held":
+            collector.green_lands.set()
+        return write(self, kind, **fields)
+
+    mocker.patch.object(Recorder, "write", recorded)
     collector.start()
     try:
         result = rollout(project, *MIRROR_ROLLOUT)
     finally:
         collector.stopped.set()
         collector.join()
+    assert collector.error is None
     assert result.exit_code == exit_code, result.output
     (workspace, datastores), _ = containers.call_args
     assert workspace == ("sub-1", "ml-prod-rg", "ml-prod-ws") and datastores == {"workspaceblobstore"}
@@ -365,13 +380,14 @@ def test_without_shared_correlation_ids_an_azure_mirror_phase_rolls_back_a_const
         project, arm, collecting_stage):
     store, _ = collecting_stage
     collector = Collector(store, lambda answer: {"predictions": [0.5]}, shared_ids=False)
-    collector.reading.set()
+    collector.green_lands.set()
     collector.start()
     try:
         result = rollout(project, *MIRROR_ROLLOUT)
     finally:
         collector.stopped.set()
         collector.join()
+    assert collector.error is None
     assert result.exit_code == 1, result.output
     outcome = json.loads(result.stdout)
     assert outcome["failure"]["what"] == "output distribution" and outcome["answers"]["compared"] == 0
@@ -396,3 +412,23 @@ def test_plan_only_says_where_the_answers_are_read(project, arm, collecting_stag
             "modelDataCollector/fraud-scorer/green/response") in result.stdout
     store, containers = collecting_stage
     assert not containers.called  # --plan-only reads no storage
+
+
+def test_a_rollout_whose_target_answers_never_land_halts_saying_so(project, arm, collecting_stage):
+    """Found in use: the halt said "green served 3200 of the 10 requests a step needs" when the answer judge
+    was what waited."""
+    store, _ = collecting_stage
+    collector = Collector(store, lambda answer: answer)  # green's answers never land
+    collector.start()
+    try:
+        result = rollout(project, *MIRROR_ROLLOUT)
+    finally:
+        collector.stopped.set()
+        collector.join()
+    assert collector.error is None
+    assert result.exit_code == 3, result.output
+    outcome = json.loads(result.stdout)
+    assert outcome["decision"] == "halted"
+    assert outcome["message"].startswith("at step mirror 10 %: the answer judge was still waiting: no answers of green "
+                                         "collected since the rollout began have landed")
+    assert "halted at mirror 10 %: answers not judged yet; rolled back: live blue 100, green 0" in result.stderr

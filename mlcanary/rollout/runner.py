@@ -290,7 +290,8 @@ class Runner:
                     self.view.status = f"held {holds}/{options.max_hold}: {why}"
                     self.on_decision(f"held {label}: {why} (hold {holds}; halts after {options.max_hold})")
                     if holds > options.max_hold:
-                        return self._halt(index, label, step_t.requests, no_data if gaps else "")
+                        return self._halt(index, label, step_t.requests, no_data if gaps else "",
+                                          None if gaps else answers_wait)
             self.on_update(self.view)
 
     def _failure(self) -> Failure | None:
@@ -339,18 +340,21 @@ class Runner:
                          f"rolled back: live {_shares(self.plan.rollback.traffic)}")
         return Outcome(ROLLED_BACK, "rolled back", message, failure, self.target_served, self.judge.e_values(), step)
 
-    def _halt(self, index: int, label: str, requests: int, no_data: str = "") -> Outcome:
+    def _halt(self, index: int, label: str, requests: int, no_data: str = "", answers_wait: str | None = None) -> Outcome:
         self._status("halting: not enough data")
         with _signals_deferred():
             error = self._apply_quietly(self.plan.rollback)
+        enough = requests >= self.options.min_requests
         why = (f"no data in its windows ({no_data}); a step is never promoted on missing data" if no_data else
+               f"the answer judge was still waiting: {answers_wait}" if enough and answers_wait else
                f"{self.options.to} served {requests} of the {self.options.min_requests} requests a step needs")
         message = (f"at step {label}: {why}, after {self.options.max_hold} extra interval(s); "
                    + (f"the rollback failed: {error}" if error else f"traffic is back on {self.options.baseline}"))
         self.recorder.write("decision", decision="halted", step=label, index=index, requests=requests,
                             noData=no_data or None, targetServed=self.target_served, message=message,
                             rollbackError=error)
-        self.on_decision(f"halted at {label}: " + ("no data" if no_data else "not enough requests")
+        self.on_decision(f"halted at {label}: " + ("no data" if no_data else "answers not judged yet"
+                                                   if enough and answers_wait else "not enough requests")
                          + (f"; rollback failed: {error}" if error else f"; rolled back: live {_shares(self.plan.rollback.traffic)}"))
         return Outcome(HALTED, "halted", message, target_served=self.target_served, e_values=self.judge.e_values(), step=label)
 
