@@ -385,6 +385,8 @@ def _answer_check(plan, client):
     options = plan.options
     if options.compare_path is None:
         return None
+    import dataclasses
+
     from mlcanary.components.answer_compare import settings_from
     from mlcanary.rollout.answer_judge import DEFAULT_MAX_DISAGREEMENT, AnswerCheck, AnswerJudge, AnswerOptions
     from mlcanary.rollout.answer_source import LocalAnswerSource
@@ -394,6 +396,7 @@ def _answer_check(plan, client):
         DEFAULT_MAX_DISAGREEMENT if options.max_disagreement is None else options.max_disagreement,
         options.alpha, options.rules)
     if plan.target == "azure":
+        answer_options = dataclasses.replace(answer_options, landing_late=True)
         return AnswerCheck(AnswerJudge(answer_options), _collector_source(plan, answer_options))
     source = LocalAnswerSource(client, plan.endpoint, answer_options, options.to, options.baseline)
     return AnswerCheck(AnswerJudge(answer_options), source)

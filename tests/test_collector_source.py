@@ -121,6 +121,20 @@ def test_matching_answers_pass(store):
     assert judge.failure is None
 
 
+def test_a_mirror_step_on_late_answers_needs_min_requests_pairs_compared(store):
+    """Azure Monitor may have counted 500 mirrored requests while only a few of their answers have landed."""
+    clock = Clock()
+    judge = AnswerJudge(AnswerOptions(settings_from("predictions", "0.01"), 0.01, landing_late=True))
+    reader = source(store, clock, path="predictions")
+    judge.start_step(mirror_step=True)
+    ids = [f"r{i}" for i in range(3)]
+    write(store, "blue", scores(3), START + timedelta(seconds=5), ids)
+    write(store, "green", scores(3), START + timedelta(seconds=5), ids)
+    clock.now = START + timedelta(seconds=30)
+    judge.observe(reader.read())
+    assert judge.waiting(min_requests=10) == "3 of the 10 mirrored answers compared so far (they land late)"
+
+
 def test_data_not_landed_yet_holds_the_step_and_never_passes(store):
     clock, judge = Clock(), AnswerJudge(AnswerOptions(settings_from("predictions", "0.01"), 0.01))
     reader = source(store, clock, path="predictions")
@@ -320,8 +334,11 @@ class Collector(threading.Thread):
 
 
 @pytest.fixture
-def collecting_stage(project, mocker):
-    """The stage with payload logging on both deployments, and the workspace's blob container faked."""
+def collecting_stage(project, mocker, monkeypatch, tmp_path):
+    """The stage with payload logging on both deployments, and the workspace's blob container faked. Each
+    test has its own user state folder (where an Azure rollout keeps its hold, keyed by the stack): the
+    suite's other Azure rollouts of stack prod on the other worker hold the same endpoint name."""
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
     stage = project / "stage.yaml"
     document = yaml.safe_load(stage.read_text())
     for name in ("blue", "green"):

@@ -38,6 +38,9 @@ class AnswerOptions:
     max_disagreement: float = DEFAULT_MAX_DISAGREEMENT
     alpha: float = 0.05
     rules: tuple[Rule, ...] = ()
+    # The answers land apart from the request counts, and late (Azure's data collector): a mirror step then
+    # needs --min-requests compared pairs itself, not only mirrored requests counted by Azure Monitor.
+    landing_late: bool = False
 
     def as_json(self) -> dict:
         return {**self.settings.as_json(), "maxDisagreement": self.max_disagreement}
@@ -156,6 +159,8 @@ class AnswerJudge:
         if self.pending:
             return self.pending
         if self.mirror_step:
+            if self.options.landing_late and self.step_compared and self.step_compared < min_requests:
+                return f"{self.step_compared} of the {min_requests} mirrored answers compared so far (they land late)"
             if self.step_compared or not self.step_unpaired:
                 return None  # pairs judge a mirror phase; unpaired answers (data collector) leave it to distributions
             if not self.step_baseline_outputs:
