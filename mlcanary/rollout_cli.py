@@ -31,7 +31,7 @@ def _steps(value: str | None) -> list | None:
 RECORDED_OPTIONS = {"to": "to", "from": "from", "steps": "steps", "intervalS": "interval", "mirror": "mirror",
                     "mirrorForS": "mirrorFor", "bakeS": "bake", "deleteOld": "deleteOld", "rule": "rule",
                     "judge": "judge", "alpha": "alpha", "minRequests": "minRequests", "maxHold": "maxHold",
-                    "failureLimit": "failureLimit"}
+                    "failureLimit": "failureLimit", "compare": "compare"}
 
 
 @click.command()
@@ -112,8 +112,9 @@ def rollout(stage_file: Path | None, to, from_, steps, interval, mirror, mirror_
     flags = {"to": to, "from": from_, "steps": _steps(steps), "interval": interval, "mirror": mirror,
              "mirrorFor": mirror_for, "bake": bake, "deleteOld": delete_old, "rule": list(rules) or None,
              "judge": judge, "alpha": alpha, "minRequests": min_requests, "maxHold": max_hold,
-             "failureLimit": failure_limit, "comparePath": compare_path, "outputTolerance": output_tolerance,
-             "maxDisagreement": max_disagreement}
+             "failureLimit": failure_limit,
+             "compare": {k: v for k, v in (("path", compare_path), ("tolerance", output_tolerance),
+                                           ("maxDisagreement", max_disagreement)) if v is not None} or None}
     point = None
     try:
         settings = load_policy_config(policy_pack_config, policy_defaults())
@@ -163,17 +164,23 @@ def _resumed_plan(record: Path | None, stage_file: Path | None, flags: dict):
               "leave STAGE_FILE out to resume it", 2)
     options = {RECORDED_OPTIONS[key]: value for key, value in recorded.items()
                if key in RECORDED_OPTIONS and value is not None and value != []}
+    if isinstance(options.get("compare"), dict):
+        options["compare"] = {k: v for k, v in options["compare"].items() if v is not None}
     try:
         plan = load_plan(recorded_stage, options)
     except PlanError as err:
         raise PlanError(f"record {record}: its plan cannot be made again from {recorded_stage}:\n{err}") from None
+    changed = _differences(recorded, plan.options.as_json())
+    if changed:  # the stage's mlcanary:rollout gives what the record left unset (e.g. compare)
+        _fail(f"{recorded_stage} changed since rollout {point.rollout_id} was recorded: its mlcanary:rollout now sets "
+              + ", ".join(f"{name} (recorded: {value})" for name, value in changed)
+              + "; start a new rollout instead of --resume", 2)
     given = {k: v for k, v in flags.items() if v is not None and v != ()}
     if given:
         with_flags = load_plan(recorded_stage, {**options, **given}).options.as_json()
-        contradicted = [option_name(RECORDED_OPTIONS[key]) for key, value in plan.options.as_json().items()
-                        if with_flags[key] != value]
+        contradicted = _differences(recorded, with_flags)
         if contradicted:
-            shown = ", ".join(f"{name} (recorded: {_recorded_value(recorded, name)})" for name in contradicted)
+            shown = ", ".join(f"{name} (recorded: {value})" for name, value in contradicted)
             _fail(f"{shown} contradicts the plan recorded in {record} for rollout {point.rollout_id}; "
                   "--resume takes the plan from the record: leave the option out", 2)
     stages = [{"label": s.label, "traffic": s.traffic, "mirror": s.mirror_traffic} for s in plan.steps]
@@ -183,12 +190,22 @@ def _resumed_plan(record: Path | None, stage_file: Path | None, flags: dict):
     return point, recorded_stage, plan
 
 
-def _recorded_value(recorded: dict, option: str) -> Any:
+def _differences(recorded: dict, options: dict) -> list[tuple[str, Any]]:
+    """The options (by their flag) whose value in `options` (Options.as_json) is not the recorded one,
+    with the recorded value as a user reads it."""
     from mlcanary.rollout.plan import option_name
 
-    key = next(k for k, v in RECORDED_OPTIONS.items() if option_name(v) == option)
-    value = recorded.get(key)
-    return ",".join(map(str, value)) if isinstance(value, list) else value
+    shown = lambda value: ",".join(map(str, value)) if isinstance(value, list) else value  # noqa: E731
+    changed = []
+    for key, value in options.items():
+        before = recorded.get(key)
+        if key == "compare":
+            before, value = before if isinstance(before, dict) else {}, value or {}
+            changed += [(option_name(f"compare.{k}"), before.get(k)) for k in ("path", "tolerance", "maxDisagreement")
+                        if before.get(k) != value.get(k)]
+        elif before != value:
+            changed.append((option_name(RECORDED_OPTIONS[key]), shown(before)))
+    return changed
 
 
 def _check_run_options(plan, stage_file, load_rps, request_file, record, plot, tick) -> bytes | None:
@@ -528,7 +545,7 @@ def _by_deployment(counts: dict) -> str:
 def _answers_json(answer_judge) -> dict[str, Any] | None:
     if answer_judge is None:
         return None
-    return {**answer_judge.options.as_json(), "compared": answer_judge.compared, "agreed": answer_judge.agreed,
+    return {"compare": answer_judge.options.as_json(), "compared": answer_judge.compared, "agreed": answer_judge.agreed,
             "eValues": answer_judge.e_values(), "samples": answer_judge.samples[-5:]}
 
 

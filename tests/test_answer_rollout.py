@@ -86,7 +86,7 @@ def test_a_green_whose_answers_change_shape_is_rolled_back(runtime, endpoint, tm
 
 def test_a_green_within_tolerance_is_promoted_through_mirror_and_live_steps(runtime, endpoint, tmp_path):  # noqa: F811
     record, plot = tmp_path / "record.jsonl", tmp_path / "rollout.png"
-    path = stage(tmp_path, endpoint, {"SCALE": "1.005"}, {"comparePath": "scores", "outputTolerance": "0.01"})
+    path = stage(tmp_path, endpoint, {"SCALE": "1.005"}, {"compare": {"path": "scores", "tolerance": 0.01}})
     result = rollout(runtime, path, "--to", "green", *MIRROR, "--mirror-for", "3s", "--alpha", "0.001",
                      "--plot", str(plot), *load_args(40), record=record)
     assert result.returncode == 0, result.stderr
@@ -121,8 +121,8 @@ def test_a_green_whose_output_moved_by_ten_percent_is_rolled_back_in_a_live_step
 # --- options: refused before anything runs, or a hint --------------------------------------------------
 
 @pytest.mark.parametrize("args, message", [
-    (["--output-tolerance", "0.01"], "--output-tolerance: needs comparePath (--compare-path)"),
-    (["--max-disagreement", "0.05"], "--max-disagreement: needs comparePath (--compare-path)"),
+    (["--output-tolerance", "0.01"], "--output-tolerance: needs a compare path (--compare-path or compare.path)"),
+    (["--max-disagreement", "0.05"], "--max-disagreement: needs a compare path (--compare-path or compare.path)"),
     (["--compare-path", "$..scores"], "--compare-path: compare path '$..scores': cannot read it from '..scores'"),
     (["--compare-path", "scores", "--output-tolerance", "5%"], "--output-tolerance: output tolerance '5%': '5%' is not a number"),
     (["--compare-path", "scores", "--max-disagreement", "1"], "--max-disagreement: the share of compared answers allowed"),
@@ -138,9 +138,9 @@ def test_bad_compare_options_exit_2_naming_the_option(args, message, tmp_path):
 
 
 def test_a_bad_compare_path_in_the_stack_config_is_named_there(tmp_path):
-    path = stage(tmp_path, "cfg", {}, {"comparePath": "$[x]"})
+    path = stage(tmp_path, "cfg", {}, {"compare": {"path": "$[x]"}})
     result = run(str(path), "--to", "green", "--plan-only")
-    assert result.exit_code == 2 and "mlcanary:rollout.comparePath: compare path '$[x]'" in result.output
+    assert result.exit_code == 2 and "mlcanary:rollout.compare.path: compare path '$[x]'" in result.output
 
 
 def test_a_mirror_phase_without_comparison_prints_a_hint(tmp_path):

@@ -40,7 +40,9 @@ class AnswerOptions:
     rules: tuple[Rule, ...] = ()
 
     def as_json(self) -> dict:
-        return {**self.settings.as_json(), "maxDisagreement": self.max_disagreement}
+        """As `compare` in `mlcanary:rollout` spells it, with the defaults filled in."""
+        return {"path": str(self.settings.path), "tolerance": str(self.settings.tolerance),
+                "maxDisagreement": self.max_disagreement}
 
 
 @dataclass(frozen=True)
