@@ -291,6 +291,11 @@ def _run(plan, settings, policy_pack_config, record, plot, point, apply_stage, o
                       f"({type(err).__name__}: {err}); nothing was changed", 2)
     applier, source, client = _edges(plan, policy_pack_config, stack, metrics_region, state_dir)
     answers = _answer_check(plan, client)
+    if answers and point is not None:
+        try:
+            answers.judge.replay(list(point.answer_windows))
+        except ValueError as err:
+            _fail(f"record {record} (rollout {point.rollout_id}): {err}; nothing was changed", 2)
     console = output_console(stderr=output_format == "json")
 
     def log(text: str) -> None:
@@ -306,6 +311,8 @@ def _run(plan, settings, policy_pack_config, record, plot, point, apply_stage, o
                  "did not finish: no decision was recorded after it (its process was killed)")
         log(f"rollout {point.rollout_id} {ended} at {point.at_step}; the endpoint runs live {running}; "
             f"resuming at step {start_index + 1}/{len(plan.steps)}")
+        if answers:
+            log(_answers_restored(answers.judge, point, plan, start_index))
     elif not applier.in_state(plan.start):
         lines = applier.preview(plan.start)
         console.print(f"endpoint {plan.endpoint} differs from {plan.stage_file}; the rollout starts by applying it:",
@@ -412,6 +419,21 @@ def _answer_check(plan, client):
         options.alpha, options.rules)
     source = LocalAnswerSource(client, plan.endpoint, answer_options, options.to, options.baseline)
     return AnswerCheck(AnswerJudge(answer_options), source)
+
+
+def _answers_restored(judge, point, plan, start_index: int) -> str:
+    """What the resumed answer judge holds from the record, and what the resumed step still needs."""
+    windows = len(point.answer_windows)
+    if not windows:
+        return "answers: the record holds no judged window yet; the answer judge starts from zero"
+    text = f"answers: restored from the record's {windows} judged window(s): {judge.restored()}"
+    step = plan.steps[start_index] if start_index < len(plan.steps) else None
+    if step is not None and judge.step == (start_index, step.label):
+        kept = (f"{judge.step_compared} compared answers" if step.kind == "mirror" else
+                f"{judge.step_tested} tested outputs")
+        text += (f"; step {step.label} keeps its {kept}, and starts its time and requests again (the error "
+                 "judge's step restarts)")
+    return text
 
 
 def _edges(plan, policy_pack_config, stack, metrics_region, state_dir):

@@ -129,6 +129,8 @@ class Runner:
         on_started()
         for index in range(start_index, len(self.plan.steps)):
             step = self.plan.steps[index]
+            if self._failure() is not None:  # a resumed judge whose record already fails: no step is applied
+                return self._roll_back(index, self._failure())
             if self.steering.skip(step, self.plan.steps[index + 1:]):
                 continue  # `rollout promote --full`: straight to the last live step
             try:
@@ -204,8 +206,8 @@ class Runner:
         before = self._read()
         read_at = self.clock()
         self.judge.start_step((before or {}).get(baseline, DeploymentCounts()).live)
-        if self.answers:
-            self.answers.start_step(step.kind == "mirror")
+        if self.answers:  # a resumed rollout's step (index and label) keeps its answers' counts
+            self.answers.start_step(step.kind == "mirror", (index, label))
         step_counts: dict[str, Counts] = {}
         step_pinned: dict[str, Counts] = {}
         interval_t, interval_b = Counts(), Counts()

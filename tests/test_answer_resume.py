@@ -1,0 +1,119 @@
+"""`mlcanary rollout --resume` with the answer judge: what it had accumulated is restored from the record
+(rollout/answer_judge.py AnswerJudge.replay), and a resumed step still needs every compared pair a step
+needs.
+
+The first tests drive the runner with the simulated world of test_rollout_runner.py (a process killed
+mid-step is a runner that stops without a decision, as kill -9 leaves its record); the last ones kill a
+real `mlcanary rollout` on the local target under load and resume it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from mlcanary.components.answer_compare import settings_from
+from mlcanary.rollout.answer_judge import AnswerCheck, AnswerJudge, AnswerOptions, AnswerWindow
+from mlcanary.rollout.judges import make_judge
+from mlcanary.rollout.plan import load_plan, plan_json
+from mlcanary.rollout.record import Recorder, resume_point
+from mlcanary.rollout.runner import Runner
+from test_rollout_runner import STAGE_3, World
+
+
+class Killed(BaseException):
+    """kill -9: the process stops where it is; nothing after it runs, no decision is recorded."""
+
+
+class PartlyCompared:
+    """The answer source: one in `every` of the target's mirrored copies gives a pair that can be compared
+    (the others' live answers lack the compare path, say); every compared pair agrees."""
+
+    def __init__(self, world: World, every: int):
+        self.world, self.every, self.counted = world, every, 0
+
+    def start(self) -> None:
+        """As LocalAnswerSource: count from the runtime's counters as they are now."""
+        self.counted = self.world.totals["green"].mirrored.requests // self.every
+
+    def stop(self) -> None:
+        pass
+
+    def read(self) -> AnswerWindow:
+        comparable = self.world.totals["green"].mirrored.requests // self.every
+        new, self.counted = max(0, comparable - self.counted), comparable
+        return AnswerWindow(compared=new, agreed=new)
+
+
+def run_until(world: World, plan, recorder: Recorder, *, kill_at: float | None = None, point=None):
+    """One process of the rollout: from the start, or resumed from `point`; killed at `kill_at` seconds."""
+    options = plan.options
+    answers = AnswerCheck(AnswerJudge(AnswerOptions(settings_from(options.compare_path, options.output_tolerance),
+                                                    0.01, options.alpha)), PartlyCompared(world, every=4))
+    if point is not None:
+        answers.judge.replay(list(point.answer_windows))
+    answers.source.start()
+    sleep = world.sleep
+    if kill_at is not None:
+        def sleep(seconds):  # noqa: F811
+            world.sleep(seconds)
+            if world.now >= kill_at:
+                raise Killed()
+    runner = Runner(plan, world, world, make_judge(options.judge, options.alpha, options.rules, options.failure_limit),
+                    recorder, clock=world.clock, sleep=sleep, answers=answers)
+    start = 0 if point is None else point.start_index
+    recorder.write("plan", plan=plan_json(plan), resumedAt=start if point else None)
+    return runner.run(start, point.judge_state if point else None, point.target_served if point else 0), answers.judge
+
+
+def mirror_step_windows(events: list[dict]) -> list[dict]:
+    return [e for e in events if e["event"] == "judgement" and e["step"] == "mirror 50 %"]
+
+
+def test_a_resumed_mirror_step_is_promoted_only_once_its_compared_answers_before_and_after_the_kill_are_enough():
+    world = World(rps=20)  # 10 mirrored copies/s to green, of which 2.5/s can be compared
+    plan = load_plan(STAGE_3, {"to": "green", "mirror": 50, "mirrorFor": "2s", "steps": [100], "interval": "2s",
+                               "minRequests": 40, "maxHold": 10, "alpha": 0.001, "compare": {"path": "scores"}})
+    recorder = Recorder(None, "r1", clock=world.clock)
+    with pytest.raises(Killed):
+        run_until(world, plan, recorder, kill_at=6.0)
+    before = sum(e["answers"]["compared"] for e in mirror_step_windows(recorder.events))
+    assert 10 <= before < 40 and not [e for e in recorder.events if e.get("decision") == "promoted"]
+
+    point = resume_point(recorder.events, STAGE_3)
+    assert point.start_index == 0 and point.how == "died"
+    resumed_from = len(recorder.events)
+    outcome, judge = run_until(world, plan, recorder, point=point)
+    assert outcome.decision == "promoted", outcome.message
+    after = recorder.events[resumed_from:]
+    promoted = next(i for i, e in enumerate(after) if e.get("decision") == "promoted" and e["step"] == "mirror 50 %")
+    compared_after = sum(e["answers"]["compared"] for e in mirror_step_windows(after[:promoted]))
+    mirrored_after = sum(e["window"]["green"]["mirrored"]["requests"] for e in mirror_step_windows(after[:promoted]))
+    # The step's requests restarted (40 more mirrored copies were needed and came first); its compared
+    # answers did not: promoted once those before and after the kill reach --min-requests, not before.
+    assert mirrored_after >= 40 and before + compared_after >= 40 and compared_after < 40
+    held = [e["reason"] for e in after[:promoted] if e.get("decision") == "held"]
+    waited = [r for r in held if r.endswith("of the 40 compared answers the answer judge needs")]
+    assert waited and held[-1] == waited[-1]  # requests were enough; the compared answers were not yet
+    assert int(waited[0].split()[0]) > before  # their count goes on from those before the kill
+    assert judge.compared == before + compared_after + sum(
+        e["answers"]["compared"] for e in after[promoted:] if e["event"] == "judgement")
+
+
+def test_a_fresh_mirror_step_is_not_promoted_before_it_compared_min_requests_answers():
+    world = World(rps=20)
+    plan = load_plan(STAGE_3, {"to": "green", "mirror": 50, "mirrorFor": "2s", "steps": [100], "interval": "2s",
+                               "minRequests": 40, "maxHold": 10, "alpha": 0.001, "compare": {"path": "scores"}})
+    recorder = Recorder(None, "r1", clock=world.clock)
+    outcome, _ = run_until(world, plan, recorder)
+    assert outcome.decision == "promoted", outcome.message
+    promoted = next(i for i, e in enumerate(recorder.events) if e.get("decision") == "promoted")
+    windows = mirror_step_windows(recorder.events[:promoted])
+    assert sum(e["answers"]["compared"] for e in windows) >= 40
+    assert sum(e["window"]["green"]["mirrored"]["requests"] for e in windows) >= 4 * 40 - 4  # mirrored alone was enough long before
