@@ -117,3 +117,68 @@ def test_a_fresh_mirror_step_is_not_promoted_before_it_compared_min_requests_ans
     windows = mirror_step_windows(recorder.events[:promoted])
     assert sum(e["answers"]["compared"] for e in windows) >= 40
     assert sum(e["window"]["green"]["mirrored"]["requests"] for e in windows) >= 4 * 40 - 4  # mirrored alone was enough long before
+
+
+# --- a real rollout on the local target, killed mid-mirror and resumed ------------------------------------
+
+from test_answer_rollout import stage  # noqa: E402
+from test_rollout_local import REQUEST, events, live_traffic, rollout, runtime  # noqa: E402,F401 (fixture)
+
+
+@pytest.fixture
+def endpoint(runtime, request):  # noqa: F811
+    name = request.node.name.removeprefix("test_").replace("_", "-")[:24].rstrip("-")
+    yield name
+    if name in runtime.status()["endpoints"]:
+        runtime.delete_endpoint(name)
+
+
+def compared_in(lines: list[dict]) -> int:
+    return sum(e["answers"]["compared"] for e in lines if e["event"] == "judgement" and "answers" in e)
+
+
+def test_a_constant_green_killed_mid_mirror_and_resumed_is_rolled_back_without_its_mirror_evidence_lost(
+        runtime, endpoint, tmp_path):  # noqa: F811
+    # 100 % of green's answers disagree; with 90 % allowed the disagreement e-value needs about 32 compared
+    # pairs to reach 1/alpha (20): slow enough to kill the rollout in between, at about 3 pairs/s.
+    record, stage_file = tmp_path / "record.jsonl", stage(tmp_path, endpoint, {"ANSWER": "constant"})
+    args = ["--to", "green", "--mirror", "50", "--mirror-for", "60s", "--steps", "50,100", "--interval", "2s",
+            "--min-requests", "10", "--compare-path", "scores", "--max-disagreement", "0.9",
+            "--load", "6", "--request-file", str(REQUEST)]
+    command = [sys.executable, "-m", "mlcanary.cli", "rollout", str(stage_file), "--format", "json", *args,
+               "--record", str(record), "--apply-stage"]
+    first = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             env={**os.environ, "MLCANARY_STATE_DIR": str(runtime.root)})
+    deadline = time.monotonic() + 180
+    try:
+        while compared_in(events(record) if record.exists() else []) < 15:
+            assert first.poll() is None, first.communicate()[1]
+            assert time.monotonic() < deadline, "the mirror phase compared too few answers"
+            time.sleep(0.1)
+    finally:
+        first.send_signal(signal.SIGKILL)  # as a crash: no decision, the traffic left as it was
+        first.communicate(timeout=60)
+    before = events(record)
+    assert not [e for e in before if e["event"] == "decision" and e["decision"] != "held"]
+    compared_before = compared_in(before)
+    assert 15 <= compared_before < 32
+    assert runtime.status()["endpoints"][endpoint]["mirrorTraffic"] == {"green": 50}  # left mid-mirror
+
+    resumed = rollout(runtime, stage_file, *args, "--resume", record=record)
+    assert resumed.returncode == 1 and resumed.stdout, resumed.stderr
+    summary = json.loads(resumed.stdout)
+    assert summary["decision"] == "rolled back" and summary["step"] == "mirror 50 %", summary
+    assert summary["failure"]["judge"] == "answers" and summary["failure"]["what"] == "output agreement"
+    assert f"step mirror 50 % keeps its {compared_before} compared answers" in resumed.stderr
+    after = events(record)[len(before):]
+    compared_after = compared_in(after)
+    total = compared_before + compared_after
+    assert f"{total} of {total} compared answers disagreed" in summary["failure"]["message"]
+    assert summary["answers"]["compared"] == total and summary["answers"]["agreed"] == 0
+    # the evidence of the first run counted: a judge started from zero would not have rolled back yet
+    fresh = AnswerJudge(AnswerOptions(settings_from("scores"), 0.9, 0.05))
+    fresh.replay([e for e in after if e["event"] == "judgement" and "answers" in e])
+    assert fresh.failure is None and compared_after < 32
+    assert summary["clientRequests"]["byDeployment"].get("green", 0) == 0  # no client got a green answer
+    assert live_traffic(runtime, endpoint) == {"blue": 100}
+    assert not any(runtime.status()["endpoints"][endpoint]["mirrorTraffic"].values())  # the mirror ended too
