@@ -209,3 +209,24 @@ def test_the_documented_constant_green_example_is_rolled_back_in_the_mirror_phas
     finally:
         if "fraud-scorer" in runtime.status()["endpoints"]:
             runtime.delete_endpoint("fraud-scorer")
+
+
+def test_the_rehearse_text_table_has_an_answers_agreed_column_for_mirrored_stages_only():
+    from rich.console import Console
+
+    from mlcanary.local_runtime.rehearse import DeploymentReport, StageReport
+    from mlcanary.rehearse_cli import _print_report
+
+    def table(report: StageReport) -> str:
+        console = Console(record=True, width=140)
+        _print_report(console, report)
+        return console.export_text()
+
+    mirrored = table(StageReport("mirrored.yaml", 40, [DeploymentReport("blue", 100, 0, answered=40),
+                                                       DeploymentReport("green", 0, 50, mirrored=20, compared=20, agreed=0)]))
+    header, green = next(l for l in mirrored.splitlines() if "deployment" in l), next(
+        l for l in mirrored.splitlines() if "green" in l)
+    assert "answers agreed" in header and green.rstrip(" │").endswith("0/20")
+    dark = table(StageReport("dark.yaml", 40, [DeploymentReport("blue", 100, 0, answered=40),
+                                               DeploymentReport("green", 0, 0)]))
+    assert "answers agreed" not in dark
