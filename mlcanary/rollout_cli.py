@@ -177,7 +177,10 @@ def _resumed_plan(record: Path | None, stage_file: Path | None, flags: dict):
               + "; start a new rollout instead of --resume", 2)
     given = {k: v for k, v in flags.items() if v is not None and v != ()}
     if given:
-        with_flags = load_plan(recorded_stage, {**options, **given}).options.as_json()
+        merged = {**options, **given}
+        if "compare" in given:  # a compare flag replaces its key, not the recorded object
+            merged["compare"] = {**options.get("compare", {}), **given["compare"]}
+        with_flags = load_plan(recorded_stage, merged).options.as_json()
         contradicted = _differences(recorded, with_flags)
         if contradicted:
             shown = ", ".join(f"{name} (recorded: {value})" for name, value in contradicted)
@@ -289,13 +292,14 @@ def _run(plan, settings, policy_pack_config, record, plot, point, apply_stage, o
             except (KeyError, TypeError, ValueError, AttributeError) as err:
                 _fail(f"record {record} (rollout {point.rollout_id}): its judgeState cannot be loaded "
                       f"({type(err).__name__}: {err}); nothing was changed", 2)
-    applier, source, client = _edges(plan, policy_pack_config, stack, metrics_region, state_dir)
-    answers = _answer_check(plan, client)
-    if answers and point is not None:
+    answer_judge = _answer_judge(plan)
+    if answer_judge is not None and point is not None:  # before anything starts: a bad record changes nothing
         try:
-            answers.judge.replay(list(point.answer_windows))
+            answer_judge.replay(list(point.answer_windows))
         except ValueError as err:
             _fail(f"record {record} (rollout {point.rollout_id}): {err}; nothing was changed", 2)
+    applier, source, client = _edges(plan, policy_pack_config, stack, metrics_region, state_dir)
+    answers = _answer_check(plan, client, answer_judge)
     console = output_console(stderr=output_format == "json")
 
     def log(text: str) -> None:
@@ -404,21 +408,29 @@ def _throttled(log, every_s: float = 10.0):
     return progress
 
 
-def _answer_check(plan, client):
-    """The answer judge and its source, when the rollout says what to compare (local target)."""
+def _answer_judge(plan):
+    """The answer judge, when the rollout says what to compare."""
     options = plan.options
     if options.compare_path is None:
         return None
     from mlcanary.components.answer_compare import settings_from
-    from mlcanary.rollout.answer_judge import DEFAULT_MAX_DISAGREEMENT, AnswerCheck, AnswerJudge, AnswerOptions
-    from mlcanary.rollout.answer_source import LocalAnswerSource
+    from mlcanary.rollout.answer_judge import DEFAULT_MAX_DISAGREEMENT, AnswerJudge, AnswerOptions
 
-    answer_options = AnswerOptions(
+    return AnswerJudge(AnswerOptions(
         settings_from(options.compare_path, options.output_tolerance),
         DEFAULT_MAX_DISAGREEMENT if options.max_disagreement is None else options.max_disagreement,
-        options.alpha, options.rules)
-    source = LocalAnswerSource(client, plan.endpoint, answer_options, options.to, options.baseline)
-    return AnswerCheck(AnswerJudge(answer_options), source)
+        options.alpha, options.rules))
+
+
+def _answer_check(plan, client, judge):
+    """The answer judge with where its windows come from (the local runtime)."""
+    if judge is None:
+        return None
+    from mlcanary.rollout.answer_judge import AnswerCheck
+    from mlcanary.rollout.answer_source import LocalAnswerSource
+
+    options = plan.options
+    return AnswerCheck(judge, LocalAnswerSource(client, plan.endpoint, judge.options, options.to, options.baseline))
 
 
 def _answers_restored(judge, point, plan, start_index: int) -> str:

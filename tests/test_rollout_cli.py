@@ -184,3 +184,36 @@ def test_plot_never_overwrites_a_file_that_is_not_a_picture(tmp_path):
     result = run(STAGE_3, "--to", "green", "--plot", str(notes), "--plan-only", state=tmp_path / "state")
     assert result.exit_code == 2 and "--plot " in result.output and "exists and is not a PNG" in result.output
     assert notes.read_text() == "the only copy\n"
+
+
+COMPARE = {"compare": {"path": "scores", "tolerance": "0.01"}}
+
+
+def test_resume_keeps_the_recorded_comparison_and_refuses_a_compare_option_that_contradicts_it(tmp_path):
+    record = write_record(tmp_path / "record.jsonl", INTERRUPTED_AT_50, flags=COMPARE)
+    path = run("--resume", "--record", str(record), "--compare-path", "$", state=tmp_path / "state")
+    assert path.exit_code == 2 and "--compare-path (recorded: scores) contradicts the plan recorded" in path.output
+    tolerance = run("--resume", "--record", str(record), "--output-tolerance", "abs:1", state=tmp_path / "state")
+    assert tolerance.exit_code == 2 and "--output-tolerance (recorded: 0.01) contradicts" in tolerance.output
+    uncompared = write_record(tmp_path / "uncompared.jsonl", INTERRUPTED_AT_50)
+    added = run("--resume", "--record", str(uncompared), "--compare-path", "scores", state=tmp_path / "state")
+    assert added.exit_code == 2 and "--compare-path (recorded: None) contradicts" in added.output
+    assert not (tmp_path / "state").exists()
+
+
+@pytest.mark.parametrize("answers, message", [
+    ({"compared": 5, "agreed": 9}, "its answers agreed 9 of only 5 compared"),
+    ({"compared": -5, "agreed": 0}, "its answers compared is not a whole number of at least 0: -5"),
+    ({"compared": 5, "agreed": 0, "fold": {"tally": {"target": 1, "baseline": 1, "cells": {}}}},
+     "its answers tally: a tally before the reference was full"),
+    ("lots", "its answers are not an object: 'lots'"),
+], ids=["agreed_above_compared", "negative_compared", "tally_before_reference", "not_an_object"])
+def test_a_record_with_tampered_answers_is_refused_before_anything_changes(answers, message, tmp_path):
+    window = {"event": "judgement", "step": "10 %", "index": 0, "traffic": {"blue": 90, "green": 10}, "mirror": {},
+              "window": {}, "eValues": {}, "targetServed": 5, "answers": answers}
+    record = write_record(tmp_path / "record.jsonl", window, INTERRUPTED_AT_50, flags=COMPARE)
+    before = record.read_bytes()
+    result = run("--resume", "--record", str(record), state=tmp_path / "state")
+    assert result.exit_code == 2, result.output
+    assert "judgement 1 (step '10 %'): " + message in result.output and "nothing was changed" in result.output
+    assert record.read_bytes() == before and not (tmp_path / "state").exists()
