@@ -439,8 +439,9 @@ def _answers_restored(judge, point, plan, start_index: int) -> str:
     if not windows:
         return "answers: the record holds no judged window yet; the answer judge starts from zero"
     text = f"answers: restored from the record's {windows} judged window(s): {judge.restored()}"
-    step = plan.steps[start_index] if start_index < len(plan.steps) else None
-    if step is not None and judge.step == (start_index, step.label):
+    judged = [(i, s) for i, s in enumerate(plan.steps) if i >= start_index and s.judged][:1]  # the next judged step
+    index, step = judged[0] if judged else (None, None)
+    if step is not None and judge.step == (index, step.label):
         kept = (f"{judge.step_compared} compared answers" if step.kind == "mirror" else
                 f"{judge.step_tested} tested outputs")
         text += (f"; step {step.label} keeps its {kept}, and starts its time and requests again (the error "

@@ -371,3 +371,17 @@ def test_the_plot_gains_an_answers_panel_when_the_record_has_answers(tmp_path):
     import matplotlib.image
 
     assert matplotlib.image.imread(with_panel).shape[0] > matplotlib.image.imread(without).shape[0]  # a fourth panel
+
+
+def test_a_step_where_the_baseline_serves_nothing_does_not_wait_for_the_distribution_test():
+    """Found in use: the first windows of a 100 % step brought the baseline's last outputs of the 50 %
+    step, so the 100 % step waited for tested target outputs that could never come, and halted."""
+    j = judge()
+    j.start_step(False, (0, "50 %"))
+    j.observe(AnswerWindow(baseline_outputs=tuple(float(i % 100) for i in range(REFERENCE_SIZE))))
+    j.start_step(False, (1, "100 %"), split=False)
+    j.observe(AnswerWindow(target_outputs=(5.0,) * 12, baseline_outputs=(7.0,) * 3))  # blue's stragglers
+    assert j.step_baseline_outputs == 3 and j.step_tested == 12 and j.waiting(min_requests=100) is None
+    j.start_step(False, (2, "50 % again"))  # a split step does wait
+    j.observe(AnswerWindow(target_outputs=(5.0,) * 12, baseline_outputs=(7.0,) * 3))
+    assert j.waiting(min_requests=100) == "12 of the 100 target outputs the answer judge needs tested"

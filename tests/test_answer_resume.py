@@ -182,3 +182,58 @@ def test_a_constant_green_killed_mid_mirror_and_resumed_is_rolled_back_without_i
     assert summary["clientRequests"]["byDeployment"].get("green", 0) == 0  # no client got a green answer
     assert live_traffic(runtime, endpoint) == {"blue": 100}
     assert not any(runtime.status()["endpoints"][endpoint]["mirrorTraffic"].values())  # the mirror ended too
+
+
+class LiveOutputs:
+    """One output per live answer of each side; the first reading after the traffic changed still
+    brings 3 of the baseline's outputs of the step before (the runtime books answers as they finish)."""
+
+    def __init__(self, world: World):
+        self.world, self.seen, self.traffic = world, {}, None
+
+    def start(self) -> None:
+        self.seen = {n: self.world.totals[n].live.requests for n in ("blue", "green")}
+
+    def read(self) -> AnswerWindow:
+        now = {n: self.world.totals[n].live.requests for n in ("blue", "green")}
+        new = {n: now[n] - self.seen[n] for n in now}
+        self.seen = now
+        stragglers = 3 if self.traffic is not None and self.traffic != self.world.traffic else 0
+        self.traffic = dict(self.world.traffic)
+        outputs = lambda n: tuple(0.3 + 0.001 * (i % 50) for i in range(n))  # noqa: E731
+        return AnswerWindow(target_outputs=outputs(new["green"]), baseline_outputs=outputs(new["blue"] + stragglers))
+
+
+def rolled_out_with(source, world: World, **flags):
+    plan = load_plan(STAGE_3, {"to": "green", "steps": [50, 100], "interval": "2s", "minRequests": 300,
+                               "alpha": 0.001, "compare": {"path": "scores"}, **flags})
+    options = plan.options
+    answers = AnswerCheck(AnswerJudge(AnswerOptions(settings_from("scores"), 0.01, options.alpha)), source(world))
+    answers.source.start()
+    recorder = Recorder(None, "r1", clock=world.clock)
+    runner = Runner(plan, world, world, make_judge(options.judge, options.alpha, options.rules, options.failure_limit),
+                    recorder, clock=world.clock, sleep=world.sleep, answers=answers)
+    return runner.run(), recorder.events
+
+
+class NoTargetNumbers(LiveOutputs):
+    """The target's answers carry no number at the compare path: its outputs are never tested."""
+
+    def read(self) -> AnswerWindow:
+        window = super().read()
+        return AnswerWindow(baseline_outputs=window.baseline_outputs)
+
+
+def test_a_split_step_halted_for_want_of_tested_outputs_says_the_answer_judge_waited_not_for_requests():
+    outcome, events = rolled_out_with(NoTargetNumbers, World(rps=100), maxHold=2)
+    assert outcome.decision == "halted" and outcome.step == "50 %"
+    assert outcome.message.startswith("at step 50 %: not enough data for the answer judge (0 of the 300 target "
+                                      "outputs the answer judge needs tested), after 2 extra interval(s)")
+    halted = next(e for e in events if e.get("decision") == "halted")
+    assert halted["waitedFor"] == "0 of the 300 target outputs the answer judge needs tested"
+
+
+def test_a_100_percent_step_whose_first_window_brings_the_baselines_last_outputs_is_promoted_not_halted():
+    outcome, events = rolled_out_with(LiveOutputs, World(rps=100))
+    assert outcome.decision == "promoted", outcome.message
+    assert [e["step"] for e in events if e.get("decision") == "promoted"] == ["50 %", "100 %"]

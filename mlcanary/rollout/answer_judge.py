@@ -93,14 +93,16 @@ class AnswerJudge:
         self.samples: list[dict] = []
         self.last_not_compared: str | None = None
         self.mirror_step = False
+        self.split = True
         self.step: Any = None  # which step the step counts are of (the runner's (index, label))
         self.fold: dict[str, Any] = {}  # what the last window folded into the distribution test, for the record
         self.failure: Failure | None = None
 
-    def start_step(self, mirror_step: bool, step: Any = None) -> None:
+    def start_step(self, mirror_step: bool, step: Any = None, split: bool = True) -> None:
         """A new step starts its counts at 0; the step a resumed rollout continues (the same `step`
-        as the counts were restored for, `replay`) keeps them: they are its windows before the stop."""
-        self.mirror_step = mirror_step
+        as the counts were restored for, `replay`) keeps them: they are its windows before the stop.
+        `split`: both sides serve live traffic in the step (not a 100 % step, nor a bake at 100 %)."""
+        self.mirror_step, self.split = mirror_step, split
         if step is not None and step == self.step:
             return
         self.step = step
@@ -215,12 +217,13 @@ class AnswerJudge:
         in it as a step needs requests (--min-requests). A live step: once the baseline gives numeric
         outputs in it, the distribution test must have tested as many of the target's, its reference
         filled first. Answers without a number (labels) never give one: then there is no distribution
-        to test, and the step does not wait for one."""
+        to test, and the step does not wait for one; nor does a step in which the baseline serves no
+        live traffic (its first windows may still bring the baseline's last outputs of the step before)."""
         if self.mirror_step:
             if self.step_compared >= min_requests:
                 return None
             return f"{self.step_compared} of the {min_requests} compared answers the answer judge needs"
-        if not self.step_baseline_outputs or self.step_tested >= min_requests:
+        if not self.split or not self.step_baseline_outputs or self.step_tested >= min_requests:
             return None
         if self.shift is None:
             return f"{len(self.reference)} of the {REFERENCE_SIZE} baseline outputs the answer judge's reference needs"
@@ -323,8 +326,8 @@ class AnswerCheck:
     source: Any  # answer_source.LocalAnswerSource or a fake: start(), read() -> AnswerWindow, stop()
     last: AnswerWindow = field(default_factory=AnswerWindow)
 
-    def start_step(self, mirror_step: bool, step: Any = None) -> None:
-        self.judge.start_step(mirror_step, step)
+    def start_step(self, mirror_step: bool, step: Any = None, split: bool = True) -> None:
+        self.judge.start_step(mirror_step, step, split)
 
     def tick(self) -> dict[str, Any]:
         """Read and judge one window; what the record keeps of it (with what `replay` needs)."""
