@@ -99,6 +99,21 @@ def test_a_green_within_tolerance_is_promoted_through_mirror_and_live_steps(runt
     assert "hint:" not in result.stderr
 
 
+def test_an_absolute_tolerance_from_the_stack_config_lets_a_green_ten_percent_off_through(runtime, endpoint, tmp_path):  # noqa: F811
+    """compare.tolerance "abs:0.2": scores (0..1) multiplied by 1.1 stay within 0.2 of blue's, in the mirror
+    phase's pairs and in the live steps' distribution test."""
+    record = tmp_path / "record.jsonl"
+    path = stage(tmp_path, endpoint, {"SCALE": "1.1"}, {"compare": {"path": "scores", "tolerance": "abs:0.2"}})
+    result = rollout(runtime, path, "--to", "green", *MIRROR, "--mirror-for", "3s", "--alpha", "0.001",
+                     *load_args(40), record=record)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["decision"] == "promoted" and summary["answers"]["compare"]["tolerance"] == "abs:0.2"
+    assert summary["answers"]["compared"] >= 10 and summary["answers"]["agreed"] == summary["answers"]["compared"]
+    plan = next(e for e in events(record) if e["event"] == "plan")["plan"]
+    assert plan["compare"] == {"path": "scores", "tolerance": "abs:0.2", "maxDisagreement": None}
+
+
 def test_a_green_that_agrees_exactly_is_promoted_on_the_whole_answer(runtime, endpoint, tmp_path):  # noqa: F811
     result = rollout(runtime, stage(tmp_path, endpoint, {}), "--to", "green", *MIRROR, "--mirror-for", "3s",
                      "--compare-path", "$", "--max-disagreement", "0", "--alpha", "0.001", *load_args(40))
