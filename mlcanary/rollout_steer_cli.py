@@ -166,23 +166,24 @@ def _answer_lines(answers: dict[str, Any]) -> list[str]:
     lines = []
     compared, agreed, share = answers.get("compared"), answers.get("agreed"), answers.get("shareAgreed")
     head = f"  answers at {compare.get('path')} (within {compare.get('tolerance')}): "
+    disagreement = (f"; e(disagreement) {answers.get('eDisagreement')} of {threshold:g} "
+                    f"(allowed {100 * (compare.get('maxDisagreement') or 0):g} % disagreeing)")
     if compared:
-        head += (f"{agreed} of {compared} agreed ({100 * share:.1f} %) in the mirror phase"
-                 + (f", {answers.get('stepCompared')} in this step" if answers.get("mirrorStep") else ""))
+        lines.append(head + f"{agreed} of {compared} agreed ({100 * share:.1f} %) in the mirror phase"
+                     + (f", {answers.get('stepCompared')} in this step" if answers.get("mirrorStep") else "")
+                     + disagreement)
     else:
-        head += "none compared yet" if answers.get("mirrorStep") else "no mirrored pair compared"
-    lines.append(head + f"; e(disagreement) {answers.get('eDisagreement')} of {threshold:g} "
-                        f"(allowed {100 * (compare.get('maxDisagreement') or 0):g} % disagreeing)")
-    if answers.get("mirrorStep"):
-        pass  # the distribution test judges live steps only
-    elif answers.get("eShift") is not None:
-        distance = answers.get("shiftDistance")
-        lines.append(f"  output distribution: e(output shift) {answers['eShift']} of {threshold:g}"
-                     + (f", distance {distance:.3f}" if distance is not None else "")
-                     + f", {answers.get('stepTested', 0)} target outputs tested in this step")
-    else:
-        lines.append(f"  output distribution: {answers.get('referenceOutputs', 0)} of the "
-                     f"{answers.get('referenceNeeded')} baseline outputs its reference needs; the test starts then")
+        lines.append(head + ("none compared yet" + disagreement if answers.get("mirrorStep") else
+                             "no mirrored pair was compared (no mirror phase)"))
+    if not answers.get("mirrorStep"):  # the distribution test judges live steps only
+        if answers.get("eShift") is not None:
+            distance = answers.get("shiftDistance")
+            lines.append(f"  output distribution: e(output shift) {answers['eShift']} of {threshold:g}"
+                         + (f", distance {distance:.3f}" if distance is not None else "")
+                         + f", {answers.get('stepTested', 0)} target outputs tested in this step")
+        else:
+            lines.append(f"  output distribution: {answers.get('referenceOutputs', 0)} of the "
+                         f"{answers.get('referenceNeeded')} baseline outputs its reference needs; the test starts then")
     if answers.get("lastDisagreement"):
         lines.append(f"  last disagreement: {answers['lastDisagreement']}")
     if answers.get("lastNotCompared"):

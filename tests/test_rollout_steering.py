@@ -195,6 +195,16 @@ def test_status_shows_the_answers_agreement_in_the_mirror_phase_and_the_distribu
     assert document["mirrorStep"] is False and document["eShift"] < 1000 and document["stepTested"] > 0
 
 
+def test_status_of_a_rollout_without_a_mirror_phase_shows_the_distribution_test_waiting_for_its_reference(tmp_path):
+    _, _, _, answers = steered_run(tmp_path, {1.5: ("status", ENDPOINT)}, answer_source=WorldAnswers, steps=[50, 100],
+                                   minRequests=20, maxHold=5, compare={"path": "scores"})
+    text = answers[1.5].output
+    assert "answers at scores (within rel:1e-09): no mirrored pair was compared (no mirror phase)" in text
+    waiting = re.search(r"output distribution: (\d+) of the 200 baseline outputs its reference needs; the test starts "
+                        r"then", text)
+    assert waiting and 0 < int(waiting.group(1)) < 200, text
+
+
 @pytest.mark.parametrize("answers, shown", [
     ({"compared": "many", "compare": {}}, "answers: not readable in the hold document"),
     ([1, 2], "answers: not readable in the hold document ([1, 2])"),
