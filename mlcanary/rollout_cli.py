@@ -91,7 +91,8 @@ def rollout(stage_file: Path | None, to, from_, steps, interval, mirror, mirror_
 
     Every derived step passes the same gate as a hand-made stage (spec, policy pack, transition rules)
     before anything is applied. The plan may also live in the stack config under mlcanary:rollout
-    (keys as these options, camelCase); flags override it. Only requests routed by the traffic split
+    (keys as these options, camelCase; --compare-path, --output-tolerance, --max-disagreement as
+    compare: {path, tolerance, maxDisagreement}); flags override it. Only requests routed by the traffic split
     (and mirrored copies, in a mirror phase) judge the target; header-pinned requests are shown apart.
     A window whose metrics could not be read (or whose counts restarted) is no data: its step is held.
 
