@@ -217,3 +217,19 @@ def test_a_record_with_tampered_answers_is_refused_before_anything_changes(answe
     assert result.exit_code == 2, result.output
     assert "judgement 1 (step '10 %'): " + message in result.output and "nothing was changed" in result.output
     assert record.read_bytes() == before and not (tmp_path / "state").exists()
+
+
+def test_resume_refuses_a_stage_whose_rollout_config_now_compares_what_the_record_did_not(tmp_path):
+    from mlcanary.rollout.plan import load_plan, plan_json
+    from test_rollout_plan import stage_with
+
+    stage_file = stage_with(tmp_path, {"to": "green", "steps": [10, 50, 100]})
+    plan = load_plan(stage_file, {})
+    record = tmp_path / "record.jsonl"
+    record.write_text(json.dumps({"time": 1.0, "event": "plan", "rollout": "r-1", "plan": plan_json(plan)}) + "\n"
+                      + json.dumps({"time": 2.0, "rollout": "r-1", **INTERRUPTED_AT_50}) + "\n")
+    stage_with(tmp_path, {"to": "green", "steps": [10, 50, 100], "compare": {"path": "scores"}})  # edited since
+    result = run("--resume", "--record", str(record), state=tmp_path / "state")
+    assert result.exit_code == 2, result.output
+    assert "changed since rollout r-1 was recorded: its mlcanary:rollout now sets --compare-path (recorded: None)" \
+        in result.output and not (tmp_path / "state").exists()
