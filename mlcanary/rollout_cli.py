@@ -252,8 +252,7 @@ def _check_run_options(plan, stage_file, load_rps, request_file, record, plot, t
     if missing:
         _fail(f"{missing} is not installed: pip install -e '.[local,rollout]'", 2)
     if plan.target == "azure" and plan.options.compare_path is not None:
-        _fail("--compare-path: comparing answers needs the local target for now (Azure discards the mirror's "
-              "answers; they can only be read from Azure ML's data collector)", 2)
+        _collector_collections(plan)  # Azure discards the mirror's answers: they are read from the data collector
     return body
 
 
@@ -424,10 +423,14 @@ def _answer_judge(plan):
 
 
 def _answer_check(plan, client, judge):
-    """The answer judge with where its windows come from (the local runtime)."""
+    """The answer judge with where its windows come from: the local runtime's answer book, or on Azure
+    what the data collector wrote to the workspace's storage."""
     if judge is None:
         return None
     from mlcanary.rollout.answer_judge import AnswerCheck
+
+    if plan.target == "azure":
+        return AnswerCheck(judge, _collector_source(plan, judge.options))
     from mlcanary.rollout.answer_source import LocalAnswerSource
 
     options = plan.options
@@ -448,6 +451,44 @@ def _answers_restored(judge, point, plan, start_index: int) -> str:
         text += (f"; step {step.label} keeps its {kept}, and starts its time and requests again (the error "
                  "judge's step restarts)")
     return text
+
+
+def _collector_collections(plan):
+    """(target, baseline) data collector collections holding the answers, or exit 2 naming the field."""
+    from mlcanary.components.spec import ENDPOINT_FIELD
+    from mlcanary.rollout.collector_source import answer_collection
+    from mlcanary.rollout.sources import SourceError
+
+    def spec_of(name):
+        for step in (plan.start, *plan.steps):
+            if name in step.spec.endpoint.deployments:
+                return step.spec.endpoint.deployments[name]
+        return None
+
+    try:
+        return tuple(answer_collection(plan.endpoint, name, spec_of(name), f"{ENDPOINT_FIELD}.deployments.{name}")
+                     for name in (plan.options.to, plan.options.baseline))
+    except SourceError as err:
+        _fail(str(err), 2)
+
+
+def _collector_source(plan, answer_options):
+    from mlcanary.rollout.collector_source import CollectorAnswerSource, datastore_containers
+    from mlcanary.rollout.sources import SourceError
+
+    target, baseline = _collector_collections(plan)
+    endpoint = plan.start.spec.endpoint
+    subscription = os.environ.get("ARM_SUBSCRIPTION_ID") or os.environ.get("AZURE_SUBSCRIPTION_ID")
+    try:
+        containers = datastore_containers((subscription, endpoint.resource_group, endpoint.workspace),
+                                          {target.datastore, baseline.datastore})
+    except SourceError as err:
+        _fail(str(err), 1)
+    source = CollectorAnswerSource(containers, target, baseline, answer_options,
+                                   on_note=lambda text: click.echo(f"{time.strftime('%H:%M:%S')} {text}", err=True))
+    for line in source.describe():
+        click.echo(line, err=True)
+    return source
 
 
 def _edges(plan, policy_pack_config, stack, metrics_region, state_dir):
@@ -505,7 +546,10 @@ def _azure_plan(plan, stack, metrics_region) -> dict:
 
     monitor, _ = _monitor_plan(plan, metrics_region)
     steps = [(plan.start.label, plan.start), *((s.label, s) for s in plan.steps), ("rollback", plan.rollback)]
+    answers = ({c.deployment: {"collection": c.name, "path": str(c)} for c in _collector_collections(plan)}
+               if plan.options.compare_path is not None else None)
     return {"stack": stack, "metrics": monitor.as_json(), "metricLines": monitor.describe(),
+            **({"answers": answers} if answers else {}),
             "config": [{"step": label, "setAllJson": json.loads(stage_config_json(step.config))}
                        for label, step in steps]}
 
@@ -567,6 +611,8 @@ def _print_plan(plan, written: list[Path], output_format: str, azure: dict | Non
     if azure:
         for line in azure["metricLines"]:
             click.echo(line)
+        for name, answers in (azure.get("answers") or {}).items():
+            click.echo(f"answers of {name}: data collector collection {answers['collection']} at {answers['path']}")
         click.echo(f"stack {azure['stack']}: each step writes the stage into the stack config "
                    "(`pulumi config set-all --json`, objects whole), then runs `pulumi up --refresh` with the policy pack:")
         for entry in azure["config"]:

@@ -57,9 +57,22 @@ class AnswerWindow:
     samples: tuple[dict, ...] = ()  # disagreements newly seen
     not_compared_reason: str | None = None
     outputs_lost: bool = False
+    # Sources whose answers land late (Azure ML's data collector): why the answers read so far cannot
+    # judge the step yet (held, never passed), and how many of the target's answers found no partner
+    # of the baseline's to pair with (then its mirror phase is judged on distributions), and lines
+    # that were not records (ignored, counted).
+    pending: str | None = None
+    unpaired: int = 0
+    malformed: int = 0
 
     def as_json(self) -> dict[str, Any]:
         result: dict[str, Any] = {"compared": self.compared, "agreed": self.agreed, "notCompared": self.not_compared}
+        if self.pending:
+            result["pending"] = self.pending
+        if self.unpaired:
+            result["unpaired"] = self.unpaired
+        if self.malformed:
+            result["malformedLines"] = self.malformed
         for side, values in (("target", self.target_outputs), ("baseline", self.baseline_outputs)):
             if values:
                 result[f"{side}Outputs"] = _summary(values)
@@ -92,6 +105,8 @@ class AnswerJudge:
         self.step_tested = self.step_baseline_outputs = 0  # this step: target outputs tested, baseline outputs seen
         self.samples: list[dict] = []
         self.last_not_compared: str | None = None
+        self.pending: str | None = None
+        self.step_unpaired = 0
         self.mirror_step = False
         self.split = True
         self.step: Any = None  # which step the step counts are of (the runner's (index, label))
@@ -108,12 +123,15 @@ class AnswerJudge:
         self.step = step
         self.step_compared = self.step_agreed = 0
         self.step_tested = self.step_baseline_outputs = 0
+        self.step_unpaired = 0
 
     def observe(self, window: AnswerWindow) -> None:
         self.fold = {}
         if self.failure is not None:
             return
         self._count(window.compared, window.agreed, window.samples, window.not_compared_reason)
+        self.pending = window.pending
+        self.step_unpaired += window.unpaired
         self.step_baseline_outputs += len(window.baseline_outputs)
         if self.shift is None:
             # The cells come from the baseline alone, before anything is tested: fill the reference
@@ -183,6 +201,7 @@ class AnswerJudge:
             raise ValueError("samples are not a list of objects")
         reason = window.get("lastNotCompared")
         self._count(compared, agreed, samples, reason if isinstance(reason, str) else None)
+        self.step_unpaired += _count_of(window, "unpaired")
         baseline = window.get("baselineOutputs") or {}
         self.step_baseline_outputs += _count_of(baseline, "n") if baseline else 0
         fold = window.get("fold") or {}
@@ -213,17 +232,28 @@ class AnswerJudge:
         return ", ".join(parts)
 
     def waiting(self, min_requests: int) -> str | None:
-        """Why a step may not be promoted yet, or None. A mirror step: until as many pairs were compared
-        in it as a step needs requests (--min-requests). A live step: once the baseline gives numeric
-        outputs in it, the distribution test must have tested as many of the target's, its reference
-        filled first. Answers without a number (labels) never give one: then there is no distribution
-        to test, and the step does not wait for one; nor does a step in which the baseline serves no
-        live traffic (its first windows may still bring the baseline's last outputs of the step before)."""
+        """Why a step may not be promoted yet, or None. While the source says its answers have not landed,
+        the step waits (no data never passes). A mirror step: until as many pairs were compared in it as
+        a step needs requests (--min-requests); where the target's answers could not be paired (the data
+        collector without shared correlation ids) the distribution test judges it instead. A live step:
+        once the baseline gives numeric outputs in it, the distribution test must have tested as many of
+        the target's, its reference filled first. Answers without a number (labels) never give one: then
+        there is no distribution to test, and the step does not wait for one; nor does a step in which
+        the baseline serves no live traffic (its first windows may still bring the baseline's last
+        outputs of the step before)."""
+        if self.pending:
+            return self.pending
         if self.mirror_step:
             if self.step_compared >= min_requests:
                 return None
-            return f"{self.step_compared} of the {min_requests} compared answers the answer judge needs"
-        if not self.split or not self.step_baseline_outputs or self.step_tested >= min_requests:
+            if not self.step_unpaired:
+                return f"{self.step_compared} of the {min_requests} compared answers the answer judge needs"
+            if not self.step_baseline_outputs:
+                return (f"{self.step_unpaired} answers of the target could not be paired and the baseline gave no "
+                        "numeric output to compare their distribution with")
+        elif not self.split or not self.step_baseline_outputs:
+            return None
+        if self.step_tested >= min_requests:
             return None
         if self.shift is None:
             return f"{len(self.reference)} of the {REFERENCE_SIZE} baseline outputs the answer judge's reference needs"
@@ -232,9 +262,9 @@ class AnswerJudge:
     def check_interval(self, mirrored: int, min_requests: int) -> None:
         """At interval end: rules on the answers so far, and no promotion of a mirror phase whose
         answers could not be compared (no data never passes)."""
-        if self.failure is not None:
+        if self.failure is not None or self.pending:  # answers still landing: no verdict either way
             return
-        if self.mirror_step and mirrored >= min_requests and not self.step_compared:
+        if self.mirror_step and mirrored >= min_requests and not self.step_compared and not self.step_unpaired:
             self.failure = Failure(self.name, "output agreement",
                                    f"none of {mirrored} mirrored answers could be compared"
                                    + (f": {self.last_not_compared}" if self.last_not_compared else "")
