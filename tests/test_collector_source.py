@@ -124,7 +124,7 @@ def test_matching_answers_pass(store):
 def test_a_mirror_step_on_late_answers_needs_min_requests_pairs_compared(store):
     """Azure Monitor may have counted 500 mirrored requests while only a few of their answers have landed."""
     clock = Clock()
-    judge = AnswerJudge(AnswerOptions(settings_from("predictions", "0.01"), 0.01, landing_late=True))
+    judge = AnswerJudge(AnswerOptions(settings_from("predictions", "0.01"), 0.01))
     reader = source(store, clock, path="predictions")
     judge.start_step(mirror_step=True)
     ids = [f"r{i}" for i in range(3)]
@@ -132,7 +132,7 @@ def test_a_mirror_step_on_late_answers_needs_min_requests_pairs_compared(store):
     write(store, "green", scores(3), START + timedelta(seconds=5), ids)
     clock.now = START + timedelta(seconds=30)
     judge.observe(reader.read())
-    assert judge.waiting(min_requests=10) == "3 of the 10 mirrored answers compared so far (they land late)"
+    assert judge.waiting(min_requests=10) == "3 of the 10 compared answers the answer judge needs"
 
 
 def test_data_not_landed_yet_holds_the_step_and_never_passes(store):
@@ -446,6 +446,7 @@ def test_a_rollout_whose_target_answers_never_land_halts_saying_so(project, arm,
     assert result.exit_code == 3, result.output
     outcome = json.loads(result.stdout)
     assert outcome["decision"] == "halted"
-    assert outcome["message"].startswith("at step mirror 10 %: the answer judge was still waiting: no answers of green "
-                                         "collected since the rollout began have landed")
-    assert "halted at mirror 10 %: answers not judged yet; rolled back: live blue 100, green 0" in result.stderr
+    assert outcome["message"].startswith("at step mirror 10 %: not enough data for the answer judge (no answers of "
+                                         "green collected since the rollout began have landed")
+    assert ("halted at mirror 10 %: not enough answers compared or tested; rolled back: live blue 100, green 0"
+            in result.stderr)
