@@ -196,7 +196,9 @@ def test_malformed_lines_are_counted_and_ignored_with_a_note(store):
     clock, notes = Clock(), []
     reader = source(store, clock, notes, path="predictions")
     name = write(store, "blue", scores(2), START + timedelta(seconds=5), ["a", "b"])
-    store.append(name, b"{not json\n[1, 2]\n" + b'{"time": "2026-11-30T13:58:09Z"}\n' + b'{"data": 1, "time": "yesterday"}\n')
+    store.append(name, b"{not json\n[1, 2]\n" + b'{"time": "2026-11-30T13:58:09Z"}\n')
+    other = collector_file(ENDPOINT, "blue", "response", START, "i-1")
+    store.append(other, b'{"data": 1, "time": "yesterday"}\n')
     write(store, "green", scores(2), START + timedelta(seconds=6), ["a", "b"])
     clock.now = START + timedelta(seconds=30)
     window = reader.read()
@@ -204,8 +206,41 @@ def test_malformed_lines_are_counted_and_ignored_with_a_note(store):
     assert window.as_json()["malformedLines"] == 4
     reasons = [n.split("collected record (", 1)[1].rsplit("): ignored", 1)[0] for n in notes]
     assert [r.split(":")[0] for r in reasons] == ["not JSON", "a JSON list, not an object", "no data", "no valid time"]
-    assert all(n.startswith(f"data collector: a line of {name} (datastore workspaceblobstore) is not a collected record")
-               for n in notes)
+    assert all(n.startswith(f"data collector: a line of {f} (datastore workspaceblobstore) is not a collected record")
+               for n, f in zip(notes, [name, name, name, other]))
+
+
+def test_a_file_of_garbage_is_noted_in_a_few_lines_and_counted(store):
+    clock, notes = Clock(), []
+    reader = source(store, clock, notes, path="predictions")
+    name = collector_file(ENDPOINT, "green", "response", START, "i-0")
+    store.append(name, b"\x00garbage\n" * 500)
+    clock.now = START + timedelta(seconds=30)
+    assert reader.read().malformed == 500
+    assert len(notes) == 4 and notes[-1] == f"data collector: 497 more lines of {name} are not collected records: ignored"
+
+
+def test_a_file_that_cannot_be_read_keeps_what_was_read_before_it(store, mocker):
+    """A file deleted between the listing and the read (BlobNotFound): the answers of the files read before it in
+    the same reading are not lost (their offsets have moved on), and the window says why it is incomplete."""
+    clock = Clock()
+    reader = source(store, clock, path="predictions")
+    write(store, "green", scores(2), START + timedelta(seconds=5), ["a", "b"])
+    gone = write(store, "blue", scores(2), START + timedelta(seconds=5), ["a", "b"], instance="i-0")
+    write(store, "blue", scores(2), START + timedelta(seconds=5), ["a", "b"], instance="i-1")
+    listed = store.list_blobs
+
+    def listing(name_starts_with=None, **kwargs):
+        found = listed(name_starts_with)
+        if gone in store.blobs and any(b.name == gone for b in found):
+            del store.blobs[gone]  # the deletion lands after the listing
+        return found
+
+    mocker.patch.object(store, "list_blobs", side_effect=listing)
+    clock.now = START + timedelta(seconds=30)
+    window = reader.read()
+    assert len(window.target_outputs) == 2 and window.pending.startswith(f"cannot read {gone} in datastore "
+                                                                         "workspaceblobstore: ResourceNotFoundError")
 
 
 def test_records_before_the_rollout_and_payloads_stored_apart_are_not_compared(store):
