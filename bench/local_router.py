@@ -71,6 +71,33 @@ async def load(url: str, headers: dict, total: int, concurrency: int,
         return latencies, time.perf_counter() - started, failures
 
 
+async def interleaved(contenders: dict[str, tuple[str, dict, str | None]], total: int
+                      ) -> dict[str, tuple[list[float], float, int]]:
+    """One request at a time, taking turns: request i goes to every contender before request i+1 goes to
+    any (the first of each turn rotates), so the machine's load, which moves within seconds on a shared
+    machine, weighs on every contender alike. Per contender: latencies (ms), seconds spent, failures."""
+    sessions = {name: aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=unix_socket) if unix_socket
+                                            else aiohttp.TCPConnector())
+                for name, (_, _, unix_socket) in contenders.items()}
+    results = {name: ([], 0.0, 0) for name in contenders}
+    order = list(contenders)
+    try:
+        for i in range(total):
+            for name in order[i % len(order):] + order[:i % len(order)]:
+                url, headers, _ = contenders[name]
+                started = time.perf_counter()
+                async with sessions[name].post(url, data=BODY, headers=headers) as answer:
+                    await answer.read()
+                latency = time.perf_counter() - started
+                latencies, spent, failures = results[name]
+                latencies.append(latency * 1000)
+                results[name] = (latencies, spent + latency, failures + (answer.status != 200))
+    finally:
+        for session in sessions.values():
+            await session.close()
+    return results
+
+
 def pct(values: list[float], q: int) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[q - 1]
 
@@ -108,17 +135,24 @@ def overhead(client: RuntimeClient) -> None:
     floors = [start_floor_proxy(kind, worker_socket) for kind in ("pipe", "aiohttp")]
     try:
         pipe, bare = ((url, plain, None, proxy.pid) for proxy, url in floors)
-        rounds = 5
-        print(f"1. router vs direct to the same worker (sample model; {rounds} paired rounds, contenders alternating; "
-              "medians and best of the per-round ratios)")
-        for concurrency, total, contenders in ((1, 1000, {"router": routed, "direct": direct, "pipe": pipe,
-                                                          "aiohttp": bare}),
-                                               (8, 2000, {"router": routed, "direct": direct})):
+        print("1. router vs direct to the same worker (sample model). Concurrency 1: 20 rounds of 250 requests to each "
+              "contender, taking turns request by request; concurrency 8: 5 rounds of 2,000, contenders alternating. "
+              "Medians and best of the per-round ratios to direct")
+        for concurrency, rounds, total, contenders in (
+                (1, 20, 250, {"router": routed, "direct": direct, "pipe": pipe, "aiohttp": bare}),
+                (8, 5, 2000, {"router": routed, "direct": direct})):
             for url, headers, unix_socket, _ in contenders.values():  # warm up
                 asyncio.run(load(url, headers, 300, concurrency, unix_socket))
             figures = {name: [] for name in contenders}  # per round: (p50, p99, req/s, failures)
             cpu = dict.fromkeys(contenders, 0.0)
             for _ in range(rounds):
+                if concurrency == 1:
+                    before = {name: cpu_seconds(pid) for name, (_, _, _, pid) in contenders.items() if pid}
+                    measured = asyncio.run(interleaved({n: c[:3] for n, c in contenders.items()}, total))
+                    for name, (latencies, spent, failures) in measured.items():
+                        cpu[name] += cpu_seconds(contenders[name][3]) - before[name] if name in before else 0.0
+                        figures[name].append((pct(latencies, 50), pct(latencies, 99), total / spent, failures))
+                    continue
                 for name, (url, headers, unix_socket, pid) in contenders.items():
                     before = cpu_seconds(pid) if pid else 0.0
                     latencies, elapsed, failures = asyncio.run(load(url, headers, total, concurrency, unix_socket))
