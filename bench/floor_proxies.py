@@ -80,9 +80,9 @@ async def serve(kind: str, port: int, socket_path: str) -> None:
 
 
 if __name__ == "__main__":
-    from mlcanary.local_runtime.server import _loop_factory
+    from mlcanary.local_runtime.server import event_loop_factory
 
     if len(sys.argv) != 4 or sys.argv[1] not in ("pipe", "aiohttp") or not sys.argv[2].isdigit():
         sys.exit("usage: floor_proxies.py pipe|aiohttp PORT SOCKET")
-    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+    with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
         runner.run(serve(sys.argv[1], int(sys.argv[2]), sys.argv[3]))
