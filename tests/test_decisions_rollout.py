@@ -797,15 +797,15 @@ def test_the_plan_record_keeps_every_option_and_stage_that_resume_derives_again(
     plan = load_plan(STAGE_3, {"to": "green", "steps": [25, 50, 100], "interval": "2s", "mirror": 10,
                                "mirrorFor": "1m", "bake": "30s", "deleteOld": True, "rule": ["error_rate < 0.02"],
                                "judge": "threshold", "alpha": 0.01, "minRequests": 7, "maxHold": 4,
-                               "failureLimit": 2, "comparePath": "$.result", "outputTolerance": "0.01",
-                               "maxDisagreement": 0.05})
+                               "failureLimit": 2,
+                               "compare": {"path": "$.result", "tolerance": "0.01", "maxDisagreement": 0.05}})
     assert (plan.endpoint, plan.target) == ("fraud-scorer", "local")
     assert plan_json(plan) == {
         "endpoint": "fraud-scorer", "stageFile": str(STAGE_3.resolve()), "target": "local",
         "to": "green", "from": "blue", "steps": [25, 50, 100], "intervalS": 2.0, "mirror": 10, "mirrorForS": 60.0,
         "bakeS": 30.0, "deleteOld": True, "rule": ["error_rate < 0.02"], "judge": "threshold", "alpha": 0.01,
-        "minRequests": 7, "maxHold": 4, "failureLimit": 2, "comparePath": "$.result", "outputTolerance": "0.01",
-        "maxDisagreement": 0.05,
+        "minRequests": 7, "maxHold": 4, "failureLimit": 2,
+        "compare": {"path": "$.result", "tolerance": "0.01", "maxDisagreement": 0.05},
         "stages": [
             {"label": "mirror 10 %", "traffic": {"blue": 100, "green": 0}, "mirror": {"green": 10}},
             {"label": "mirror off", "traffic": {"blue": 100, "green": 0}, "mirror": {}},
@@ -838,8 +838,8 @@ def test_every_bad_option_is_listed_on_a_line_of_its_own_under_the_refusal():
 def test_the_start_step_records_the_share_the_target_already_has(tmp_path):
     plan = load_plan(stage_in(tmp_path, {"blue": 90, "red": 0, "green": 10}), {"to": "green", "steps": [50, 100]})
     assert (plan.start.kind, plan.start.percent) == ("start", 10)
-    # nothing asked of the answer judge: its options stay unset in the record ("null", not "None")
-    assert [plan_json(plan)[k] for k in ("comparePath", "outputTolerance", "maxDisagreement")] == [None, None, None]
+    # nothing asked of the answer judge: the record says so (compare: null)
+    assert plan_json(plan)["compare"] is None
 
 
 def test_a_target_busier_than_the_others_still_rolls_out_from_the_busiest_other(tmp_path):
