@@ -6,6 +6,8 @@ value where allowed turns into refused, so an off-by-one or a dropped case fails
 
 from __future__ import annotations
 
+from fractions import Fraction
+
 import pytest
 
 from mlcanary.check import _check_transition, policy_defaults
@@ -207,3 +209,83 @@ def test_a_deployment_without_traffic_changing_instance_type_is_refused_without_
         "deployment 'green' changes instanceType from Standard_DS3_v2 to Standard_F8s_v2; an online deployment "
         "cannot change its instance type in place: add a new deployment with the new type under another name, "
         "as a stage of its own, and move traffic to it"]
+
+
+# --- echoes, names, counts and traffic maps at their edges (mutmut survivors of rules.py) ----------
+
+
+@pytest.mark.parametrize("value, echoed", [
+    (list(range(4)), "[0, 1, 2, ...]"),
+    ((0, 1, 2, 3), "(0, 1, 2, ...)"),
+    ({0, 1, 2, 3}, "{0, 1, 2, ...}"),
+    ({"a": 1, "b": 2, "c": 3, "d": 4}, "{'a': 1, 'b': 2, 'c': 3, ...}"),
+    ([[[["deep"]]]], "[[[[...]]]]"),
+    (10 ** 100, "1" + "0" * 17 + "..." + "0" * 19),
+    (Fraction(10 ** 70, 3), "Fraction(1" + "0" * 18 + "..." + "0" * 25 + ", 3)"),  # 60 characters
+], ids=["four_items", "four_tuple_items", "four_set_items", "four_keys", "four_levels", "huge_number", "other_value"])
+def test_the_echo_keeps_three_items_three_levels_and_60_characters_of_any_other_value(value, echoed):
+    """The module's echo is built once, at import; a fresh one is built here so its limits are read
+    when the test runs (a mutation tool switches code only then)."""
+    assert rules._ShortRepr().repr(value) == echoed
+
+
+def test_an_echo_of_exactly_180_characters_is_kept_whole_and_one_more_is_cut():
+    whole = [["a" * 15] * 3, ["a" * 15] * 3, ["a" * 15, "a" * 15, "a" * 18]]  # strings short enough to be whole
+    assert len(repr(whole)) == 180 and rules.shown(whole) == repr(whole)
+    longer = [["a" * 15] * 3, ["a" * 15] * 3, ["a" * 15, "a" * 15, "a" * 19]]
+    assert rules.shown(longer) == repr(longer)[:180] + "…"
+
+
+def test_a_name_is_judged_as_a_name_unless_the_caller_says_what_it_is():
+    allowed = "3-32 characters, starting with a letter, only letters, digits and hyphens, not ending in a hyphen"
+    assert rules.name_problems("endpoint.name", "ab") == [
+        rules.Problem("endpoint.name", f"'ab' is not a valid name: {allowed}")]
+    assert rules.name_problems("endpoint.name", 5, "endpoint name") == [
+        rules.Problem("endpoint.name", f"endpoint name must be a string ({allowed}), got 5")]
+
+
+def test_a_whole_float_off_the_wire_is_echoed_as_the_integer_it_stands_for():
+    assert rules.instance_count_problems("sku.capacity", 51.0) == [
+        rules.Problem("sku.capacity", "instance count must be a whole number from 1 to 50, got 51")]
+
+
+def test_an_endpoint_may_have_20_deployments_and_not_21():
+    assert rules.deployment_count_problems("deployments", 20) == []
+    assert rules.deployment_count_problems("deployments", 21) == [
+        rules.Problem("deployments", "an endpoint has at most 20 deployments, got 21")]
+
+
+def test_a_lower_mirror_maximum_given_to_the_traffic_rules_is_applied():
+    (problem,) = rules.traffic_problems({"blue": 100}, {"green": 30}, ["blue", "green"], max_mirror_percent=20)
+    assert problem == rules.Problem("mirrorTraffic.green", "mirror traffic percent must be a whole number from 0 to 20, "
+                                                           "got 30")
+
+
+def test_unknown_deployments_are_named_beside_every_known_one_whatever_their_type():
+    """A YAML key can be a number (`1:`); the names are listed sorted as text, or as none."""
+    assert rules.traffic_target_problems({"red": 100}, {}, ["blue", 1]) == [
+        rules.Problem("traffic.red", "live traffic names unknown deployment 'red'; deployments: 1, blue")]
+    assert rules.traffic_target_problems({"red": 100}, {}, []) == [
+        rules.Problem("traffic.red", "live traffic names unknown deployment 'red'; deployments: none")]
+
+
+def test_a_bad_live_share_is_reported_even_when_a_good_one_follows_it():
+    assert rules.traffic_share_problems({"blue": 101, "green": 0}, {}) == [
+        rules.Problem("traffic.blue", "live traffic percent must be a whole number from 0 to 100, got 101")]
+
+
+def test_a_refused_mirror_share_is_not_counted_as_a_mirror():
+    assert rules.traffic_share_problems({"blue": 100}, {"green": 60, "red": 0}) == [
+        rules.Problem("mirrorTraffic.green", "mirror traffic percent must be a whole number from 0 to 50, got 60")]
+
+
+def test_an_environment_variable_name_starting_with_a_digit_is_refused_saying_what_is_allowed():
+    assert rules.environment_variable_problems("environmentVariables", {"1X": "v"}) == [
+        rules.Problem("environmentVariables.1X", "'1X' is not a valid environment variable name: letters, digits and "
+                                                 "underscores, not starting with a digit")]
+
+
+def test_a_kubernetes_deployment_without_an_instance_type_runs_on_the_clusters_default():
+    assert rules.instance_type_on_azure("kubernetes", None) == "defaultinstancetype"
+    assert rules.instance_type_on_azure("managed", None) is None
+    assert rules.instance_type_on_azure("kubernetes", "gpu") == "gpu"
