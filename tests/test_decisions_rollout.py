@@ -932,3 +932,16 @@ def test_a_stage_file_that_cannot_be_read_is_refused_naming_it(tmp_path):
     with pytest.raises(PlanError) as raised:
         load_plan(tmp_path / "missing.yaml", {"to": "green"})
     assert str(raised.value) == f"{tmp_path / 'missing.yaml'}: stage file not found"
+
+
+@pytest.mark.parametrize("flags, message", [
+    ({"interval": [1]}, "  --interval: Input should be a valid string, got [1]\n"
+                        "  --interval: Input should be a valid number, got [1]"),
+    ({"steps": ["a", 100]}, "  --steps: Input should be a valid integer, got 'a'"),
+    ({"compare": {"path": "scores", "maxDisagreement": "x"}},
+     "  --max-disagreement: Input should be a valid number, unable to parse string as a number, got 'x'"),
+], ids=["either_of_two_types", "an_item_of_a_list", "a_compare_key"])
+def test_a_flag_of_the_wrong_type_is_named_as_the_flag_the_user_gave(flags, message):
+    with pytest.raises(PlanError) as raised:
+        load_plan(STAGE_3, {"to": "green", **flags})
+    assert str(raised.value) == "invalid rollout options:\n" + message
