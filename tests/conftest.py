@@ -55,6 +55,12 @@ def pytest_configure(config):
     if "MLCANARY_TEST_STATE_HOME" not in os.environ:  # not inside another run of the suite
         _made.append(tempfile.mkdtemp(prefix="mlcanary-xdg-"))
         os.environ["XDG_STATE_HOME"] = os.environ["MLCANARY_TEST_STATE_HOME"] = _made[0]
+    if hasattr(config, "workerinput"):
+        # Holds are keyed by stack (`prod` in many tests): two xdist workers sharing one folder took
+        # each other's holds. Each worker has a folder of its own inside the run's.
+        worker = Path(os.environ["MLCANARY_TEST_STATE_HOME"], config.workerinput["workerid"])
+        worker.mkdir(exist_ok=True)
+        os.environ["XDG_STATE_HOME"] = str(worker)
 
 
 _made: list[str] = []  # the state folder this run made (and removes)
