@@ -8,9 +8,6 @@ the engine gives them. Then judge each step between consecutive stages. Nothing 
 
 from __future__ import annotations
 
-import multiprocessing
-import os
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -90,13 +87,15 @@ class CheckReport:
 
 
 def check_stages(paths: list[Path], settings: dict[str, PolicySettings]) -> CheckReport:
-    return _report([str(path) for path in paths], _in_workers(load_and_render, paths), settings)
+    """Every stage file judged, in order. One process renders them one after another: a render takes
+    ~25 ms, less than what forked workers cost in CPU (docs/benchmarks.md)."""
+    return _report([str(path) for path in paths], [load_and_render(path) for path in paths], settings)
 
 
 def check_configs(stages: list[tuple[str, dict, Path]], settings: dict[str, PolicySettings]) -> CheckReport:
     """The same gate for stages held in memory: (label, full `config:` mapping, project dir) each,
     in rollout order (e.g. the steps `mlcanary rollout` derives)."""
-    return _report([label for label, _, _ in stages], _in_workers(_load_and_render_config, stages), settings)
+    return _report([label for label, _, _ in stages], [_load_and_render_config(stage) for stage in stages], settings)
 
 
 def _report(labels: list[str], loaded: list[Loaded], settings: dict[str, PolicySettings]) -> CheckReport:
@@ -130,16 +129,6 @@ def judge_stage(
 
 
 Loaded = tuple[EndpointSpec | None, Render | None, str | None]
-
-
-def _in_workers(function, items: list) -> list[Loaded]:
-    """Stages are independent and rendering is CPU-bound: with more than one core and stage, render
-    in forked workers, which inherit the already imported SDKs instead of importing them again."""
-    workers = min(len(items), len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1)
-    if workers < 2 or "fork" not in multiprocessing.get_all_start_methods():
-        return [function(item) for item in items]
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
-        return list(pool.map(function, items))
 
 
 def load_and_render(path: Path) -> Loaded:
