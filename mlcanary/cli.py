@@ -20,7 +20,7 @@ LAZY_COMMANDS = {
     "invoke": "mlcanary.invoke_cli:invoke",
     "logs": "mlcanary.logs_cli:logs",
     "rehearse": "mlcanary.rehearse_cli:rehearse",
-    "rollout": "mlcanary.rollout_group_cli:rollout",  # run (the default), status, pause, ... history
+    "rollout": "mlcanary.rollout_steer_cli:rollout",  # run (the default, rollout_cli.py), status, pause, ... history
 }
 
 

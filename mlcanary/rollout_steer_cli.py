@@ -7,7 +7,8 @@ endpoint's hold document (local_runtime/lease.py) and the rollout acts on it at 
 the rollout's process gone says so; `abort` then restores the baseline itself.
 
 `mlcanary rollout STAGE_FILE ...` (rollout_cli.py) stays the group's default command `run`
-(click-default-group; mlcanary/cli.py adds it). Its options that concern holding and steering the
+(click-default-group), imported only when it runs or --help lists it: it needs the rollout spec
+(pydantic), which the verbs do not (tests/test_cli_imports.py). Its options that concern holding and steering the
 endpoint (--force, --notify, --confirm-promotion) and the steering they make for the runner are here
 too (steering_options, steering_for).
 
@@ -38,7 +39,27 @@ def _fail(message: str, code: int = 1) -> None:
     sys.exit(code)
 
 
-@click.group(cls=DefaultGroup, default="run", default_if_no_args=False,
+class RolloutGroup(DefaultGroup):
+    """DefaultGroup with its default command `run` loaded on first need: a name that is no verb (a
+    stage file) resolves to `run`, as in DefaultGroup; `status`, `pause`, ... never load it."""
+
+    def _load_run(self) -> None:
+        if "run" not in self.commands:
+            from mlcanary.rollout_cli import rollout as run
+
+            self.add_command(run, name="run")
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        self._load_run()
+        return super().list_commands(ctx)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands:
+            self._load_run()
+        return super().get_command(ctx, cmd_name)
+
+
+@click.group(cls=RolloutGroup, default="run", default_if_no_args=False,
              context_settings={"ignore_unknown_options": True})
 def rollout() -> None:
     """Promote a deployment step by step (`mlcanary rollout STAGE_FILE ...`, the default command `run`),
