@@ -178,19 +178,19 @@ def _options(resource: Registration) -> proto.AnalyzerResourceOptions:
 
 def _analyze(stage: str, render: Render, analyzer: _PolicyAnalyzerServicer) -> list[Violation]:
     diagnostics = []
-    for resource in render.resources:
+    properties = [_struct(resource.inputs) for resource in render.resources]
+    for resource, props in zip(render.resources, properties):
         request = proto.AnalyzeRequest(
-            type=resource.type, properties=_struct(resource.inputs), urn=resource.urn,
-            name=resource.name, options=_options(resource),
+            type=resource.type, properties=props, urn=resource.urn, name=resource.name, options=_options(resource),
         )
         diagnostics += [(d, resource.urn) for d in analyzer.Analyze(request, None).diagnostics]
     stack = proto.AnalyzeStackRequest(
         resources=[
             proto.AnalyzerResource(
-                type=r.type, properties=_struct(r.inputs), urn=r.urn, name=r.name, options=_options(r),
+                type=r.type, properties=props, urn=r.urn, name=r.name, options=_options(r),
                 parent=r.parent, dependencies=r.dependencies,
             )
-            for r in render.resources
+            for r, props in zip(render.resources, properties)
         ]
     )
     diagnostics += [(d, "") for d in analyzer.AnalyzeStack(stack, None).diagnostics]
