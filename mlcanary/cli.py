@@ -6,7 +6,6 @@ pay for pulumi, pulumi_policy or azure-ai-ml (tests/test_cli_imports.py, bench/c
 
 from __future__ import annotations
 
-import gc
 import importlib
 import json
 import sys
@@ -72,10 +71,6 @@ def check(stage_files: tuple[Path, ...], policy_pack_config: Path | None, output
     """
     from mlcanary.check import InputError, check_stages, policy_defaults
     from mlcanary.policy_config import PolicyConfigError, load_policy_config
-
-    # The SDKs just imported are ~100,000 objects that are never garbage: out of the
-    # collector's sight, each full collection during the renders costs ~40 ms less.
-    gc.freeze()
     try:
         settings = load_policy_config(policy_pack_config, policy_defaults())
     except PolicyConfigError as err:
