@@ -10,7 +10,8 @@ import pulumi_azure_native.machinelearningservices as ml
 
 from mlcanary.components.durations import iso_seconds
 from mlcanary.components.rules import AUTH_MODES, instance_type_on_azure
-from mlcanary.components.spec import DeploymentSpec, EndpointIdentity, EndpointSpec, InlineEnvironment, Probe
+from mlcanary.components.spec import (DataCollector, DeploymentSpec, EndpointIdentity, EndpointSpec, InlineEnvironment,
+                                      Probe)
 from mlcanary.components.user_files import read_conda_file
 
 # `azure-native:environment` (Pulumi's name of the cloud) -> azure-ai-ml's / Azure CLI's cloud name.
@@ -125,11 +126,36 @@ def _request_settings(spec: DeploymentSpec) -> ml.OnlineRequestSettingsArgs | No
     )
 
 
+def data_collector(collector: DataCollector | None,
+                   data_ids: dict[str, pulumi.Input[str]]) -> ml.DataCollectorArgs | None:
+    """The `dataCollector` body as azure-ai-ml's DataCollector._to_rest_object builds it: the mode spelled
+    "enabled"/"disabled", the rolling rate as written (lowercase), the sampling rate copied into every
+    collection, and each collection's data asset id (registered first, as `az ml` does)."""
+    if collector is None:
+        return None
+    collections = {
+        name: ml.CollectionArgs(
+            data_collection_mode="enabled" if collection.enabled else "disabled",
+            sampling_rate=collector.sampling_rate,
+            data_id=data_ids.get(name),
+            client_id=collection.client_id,
+        )
+        for name, collection in collector.collections.items()
+    }
+    logging = collector.request_logging
+    return ml.DataCollectorArgs(
+        collections=collections,
+        rolling_rate=collector.rolling_rate,
+        request_logging=ml.RequestLoggingArgs(capture_headers=logging.capture_headers) if logging else None,
+    )
+
+
 def deployment_properties(
     spec: DeploymentSpec,
     model_id: pulumi.Input[str] | None,
     code_id: pulumi.Input[str] | None,
     environment_id: pulumi.Input[str] | None,
+    data_ids: dict[str, pulumi.Input[str]] | None = None,
 ):
     """ManagedOnlineDeploymentArgs or KubernetesOnlineDeploymentArgs for one deployment."""
     code_configuration = None
@@ -158,6 +184,7 @@ def deployment_properties(
         liveness_probe=_probe(spec.liveness_probe),
         readiness_probe=_probe(spec.readiness_probe),
         app_insights_enabled=spec.app_insights_enabled,
+        data_collector=data_collector(spec.data_collector, data_ids or {}),
         description=spec.description,
     )
 

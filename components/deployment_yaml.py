@@ -62,7 +62,12 @@ _PROBE_KEYS = {
 _QUANTITY_KEYS = {"cpu": "cpu", "memory": "memory", "nvidia.com/gpu": "gpu"}
 _INLINE_MODEL_KEYS = {"path": "model", "type": "modelType", "name": "modelName", "version": "modelVersion",
                       "description": "modelDescription"}
-_SPECIAL_KEYS = ("$schema", "model", "code_configuration", "environment", "resources")
+_SPECIAL_KEYS = ("$schema", "model", "code_configuration", "environment", "resources", "data_collector")
+# data_collector: azure-ai-ml's DataCollectorSchema / DeploymentCollectionSchema / DataAssetSchema keys.
+_COLLECTOR_KEYS = {"collections": "collections", "rolling_rate": "rollingRate", "sampling_rate": "samplingRate",
+                   "request_logging": "requestLogging"}
+_COLLECTION_KEYS = {"enabled": "enabled", "client_id": "clientId", "data": "data"}
+_COLLECTION_DATA_KEYS = {"name": "name", "path": "path", "version": "version"}
 SUPPORTED_KEYS = tuple(_PLAIN_KEYS) + tuple(_NESTED_KEYS) + _SPECIAL_KEYS
 
 
@@ -115,6 +120,8 @@ def _translate(document: dict[str, Any], where: str, problems: list[Problem]) ->
                 spec["scoringScript"] = value["scoring_script"]
         elif key == "environment":
             spec["environment"] = _environment(value, key, problem)
+        elif key == "data_collector":
+            spec["dataCollector"] = _data_collector(value, key, problem)
         elif key != "$schema":
             problem(key, f"key not supported by mlcanary; supported: {', '.join(SUPPORTED_KEYS)}")
     return spec
@@ -195,3 +202,33 @@ def _environment(value: Any, key: str, problem) -> Any:
         return inline
     problem(key, f"must be an asset reference or an inline environment mapping, got {shown(value)}")
     return None
+
+
+def _data_collector(value: Any, key: str, problem) -> Any:
+    """`data_collector: {collections: {<name>: {enabled, client_id, data}}, rolling_rate, sampling_rate,
+    request_logging: {capture_headers}}`; the spec checks the values."""
+    collector = _rename(value, _COLLECTOR_KEYS, key, problem)
+    if not isinstance(collector, dict):
+        return collector
+    if isinstance(collector.get("requestLogging"), dict):
+        collector["requestLogging"] = _rename(collector["requestLogging"], {"capture_headers": "captureHeaders"},
+                                              f"{key}.request_logging", problem)
+    collections = collector.get("collections")
+    if isinstance(collections, dict):
+        renamed = {}
+        for name, collection in collections.items():
+            where = f"{key}.collections.{shown_text(str(name))}"
+            renamed[name] = _rename(collection, _COLLECTION_KEYS, where, problem)
+            if not isinstance(renamed[name], dict):
+                continue
+            if isinstance(renamed[name].get("enabled"), bool):  # azure-ai-ml's schema takes the text only
+                problem(f"{where}.enabled", f"must be the text 'true' or 'false' (quoted, as azure-ai-ml reads it), "
+                        f"got the YAML boolean {str(renamed[name]['enabled']).lower()}")
+            if "data" in renamed[name]:
+                if isinstance(renamed[name]["data"], dict):
+                    renamed[name]["data"] = _rename(renamed[name]["data"], _COLLECTION_DATA_KEYS, f"{where}.data", problem)
+                else:  # az ml's create reads data.name, data.path and data.version (_register_collection_data_assets)
+                    problem(f"{where}.data", f"must be a mapping with name, path and/or version, got "
+                            f"{shown(renamed[name]['data'])}")
+        collector["collections"] = renamed
+    return collector

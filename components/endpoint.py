@@ -110,6 +110,20 @@ class OnlineEndpoint(pulumi.ComponentResource):
                 opts=asset_options,
             ).asset_id
 
+        def collection_data_ids(deployment: DeploymentSpec, deployment_name: str) -> dict[str, pulumi.Output[str]]:
+            """Each data collector collection's data asset, registered by azure-ai-ml as `az ml` does."""
+            collector = deployment.data_collector
+            return {
+                collection: uploads.CollectionDataAsset(
+                    f"{name}-{deployment_name}-data-{collection}",
+                    workspace_id=workspace_id, endpoint_name=spec.name, deployment_name=deployment_name,
+                    collection=collection, asset_name=settings.data.name if settings.data else None,
+                    path=settings.data.path if settings.data else None,
+                    version=settings.data.version if settings.data else None, cloud=cloud, opts=asset_options,
+                ).data_id
+                for collection, settings in (collector.collections.items() if collector else ())
+            }
+
         deployments = []
         for deployment_name, deployment in spec.deployments.items():
             if isinstance(deployment.environment, InlineEnvironment):
@@ -129,6 +143,7 @@ class OnlineEndpoint(pulumi.ComponentResource):
                 asset("model", deployment.model, deployment, deployment_name),
                 asset("code", deployment.code, deployment, deployment_name),
                 environment_id,
+                collection_data_ids(deployment, deployment_name),
             )
             deployments.append(
                 ml.OnlineDeployment(

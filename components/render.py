@@ -120,6 +120,10 @@ class AzureMocks(mocks.Mocks):
             return f"{workspace}/{kind}/{inputs['name']}/versions/{inputs['version']}", inputs
         if "endpoint_id" in inputs:
             return f"{inputs['endpoint_id']}/traffic", inputs
+        if "collection" in inputs and "deployment_name" in inputs:  # a CollectionDataAsset (azure-ai-ml's naming)
+            data_name = inputs.get("name") or f"{inputs['endpoint_name']}-{inputs['deployment_name']}-{inputs['collection']}"
+            data_id = f"{inputs['workspace_id']}/data/{data_name}/versions/{inputs.get('version') or 1}"
+            return data_id, {**inputs, "data_id": data_id}
         if "content_hash" in inputs:  # a WorkspaceAsset: azure-ai-ml registers an anonymous version
             kind = "codes" if inputs["kind"] == "code" else "models"
             asset_id = f"{inputs['workspace_id']}/{kind}/{inputs.get('name') or inputs['content_hash']}/versions/{inputs.get('version') or 1}"

@@ -1,8 +1,10 @@
 """`mlcanary:rollout`: the plan of `mlcanary rollout`, kept in the stack config and reviewed like a stage.
 
 The keys are the command's options in camelCase (`--min-requests` -> `minRequests`, `--rule` -> `rule`,
-a list); command-line flags override them. The same model and checks validate both, so a bad value
-is refused the same way whether it came from the config or a flag.
+a list), except what the answers are compared on, one object `compare: {path, tolerance,
+maxDisagreement}` (the flags --compare-path, --output-tolerance, --max-disagreement: COMPARE_OPTIONS);
+command-line flags override them. The same model and checks validate both, so a bad value is refused
+the same way whether it came from the config or a flag.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict
 from pydantic.alias_generators import to_camel
+from pydantic_core import PydanticCustomError
 
 from mlcanary.components import answer_compare, rules
 from mlcanary.components.rollout_rules import RuleError, parse_rule
@@ -63,6 +66,27 @@ def _whole(value: Any) -> Any:
 Whole = Annotated[int, Strict(), BeforeValidator(_whole)]
 
 
+# `compare`'s keys -> the command-line options that set them.
+COMPARE_OPTIONS = {"path": "--compare-path", "tolerance": "--output-tolerance", "maxDisagreement": "--max-disagreement"}
+
+
+def _tolerance(value: Any) -> Any:
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        raise PydanticCustomError("tolerance_type", "must be a number (relative: 0.01 = 1 %) or a string: abs:0.5 "
+                                                    "(absolute), 0.01,abs:1e-6 (both)")
+    return value
+
+
+class CompareSpec(BaseModel):
+    """What of the answers is compared (rollout/answer_judge.py); comparing is on when `path` is set."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", alias_generator=to_camel, populate_by_name=False)
+
+    path: str | None = None  # `$`, `predictions`, `$.result[0].score`
+    tolerance: Annotated[str | float, BeforeValidator(_tolerance)] | None = None  # 0.01, "abs:0.5", "0.01,abs:1e-6"
+    max_disagreement: float | None = None
+
+
 class RolloutSpec(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", alias_generator=to_camel, populate_by_name=False)
 
@@ -80,10 +104,7 @@ class RolloutSpec(BaseModel):
     min_requests: Whole | None = None
     max_hold: Whole | None = None
     failure_limit: Whole | None = None
-    # What the answers are judged on (rollout/answer_judge.py); comparing is on when comparePath is set.
-    compare_path: str | None = None
-    output_tolerance: str | float | None = None
-    max_disagreement: float | None = None
+    compare: CompareSpec | None = None  # what the answers are judged on
     notify: Annotated[list[str], BeforeValidator(_listed)] | None = None  # webhooks told of every decision
     confirm_promotion: str | None = None  # a webhook that must answer 2xx before each promotion
 
@@ -173,21 +194,27 @@ def bounds_text() -> str:
 
 
 def _compare_problems(plan: RolloutSpec, field: Callable[[str], str]) -> list[Problem]:
+    """`field` names `compare.path`, `compare.tolerance`, `compare.maxDisagreement`."""
+    compare = plan.compare
+    if compare is None:
+        return []
+    if compare.path is None:
+        given = [key for key in ("tolerance", "maxDisagreement") if compare.model_dump(by_alias=True)[key] is not None]
+        if not given:
+            return [Problem(field("compare.path"), "required: what of the answers to compare ($ for the whole answer, "
+                                                   "or a key such as predictions)")]
+        return [Problem(field(f"compare.{key}"), f"needs a compare path ({COMPARE_OPTIONS['path']} or compare.path): "
+                                                 "what of the answers to compare, $ for the whole answer") for key in given]
     problems = []
-    if plan.compare_path is None:
-        for key in ("outputTolerance", "maxDisagreement"):
-            if plan.get(key) is not None:
-                problems.append(Problem(field(key), "needs comparePath (--compare-path): what of the answers to "
-                                                    "compare, $ for the whole answer"))
-        return problems
-    for key, parse in (("comparePath", answer_compare.parse_path), ("outputTolerance", answer_compare.parse_tolerance)):
-        if plan.get(key) is not None:
+    for key, value, parse in (("path", compare.path, answer_compare.parse_path),
+                              ("tolerance", compare.tolerance, answer_compare.parse_tolerance)):
+        if value is not None:
             try:
-                parse(plan.get(key))
+                parse(value)
             except answer_compare.CompareError as err:
-                problems.append(Problem(field(key), str(err)))
-    share = plan.max_disagreement
+                problems.append(Problem(field(f"compare.{key}"), str(err)))
+    share = compare.max_disagreement
     if share is not None and not 0 <= share < 1:
-        problems.append(Problem(field("maxDisagreement"), f"the share of compared answers allowed to disagree, "
-                                                          f"from 0 up to (not including) 1, got {share}"))
+        problems.append(Problem(field("compare.maxDisagreement"), f"the share of compared answers allowed to disagree, "
+                                                                  f"from 0 up to (not including) 1, got {share}"))
     return problems

@@ -123,6 +123,52 @@ def _environment_text(value: Any) -> Any:
 EnvironmentValue = Annotated[str, BeforeValidator(_environment_text)]
 
 
+def _collection_switch(value: Any) -> Any:
+    """`enabled` as azure-ai-ml reads it: the text 'true' or 'false' in any case ('True' in Microsoft's
+    samples); a YAML or Pulumi-config boolean means the same here."""
+    if isinstance(value, str) and value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    return value
+
+
+def _version_text(value: Any) -> Any:
+    return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+
+CollectionSwitch = Annotated[bool, Strict(), BeforeValidator(_collection_switch)]
+Share = Annotated[float, Strict()]
+
+
+class CollectionData(_Spec):
+    """The data asset a collection's files are registered as (`az ml` registers one per collection:
+    name `<endpoint>-<deployment>-<collection>`, version 1, path under modelDataCollector, unless set)."""
+
+    name: str | None = None
+    path: str | None = None
+    version: Annotated[str | None, BeforeValidator(_version_text)] = None
+
+
+class DataCollection(_Spec):
+    enabled: CollectionSwitch
+    client_id: str | None = None
+    data: CollectionData | None = None
+
+
+class RequestLogging(_Spec):
+    capture_headers: list[str] | None = None
+
+
+class DataCollector(_Spec):
+    """Azure ML's data collector (`data_collector` in CLI files): `request`/`response` collections log the
+    HTTP payloads, any other name is custom logging from the scoring script (azureml-ai-monitoring)."""
+
+    collections: dict[str, DataCollection]
+    rolling_rate: Annotated[Literal["minute", "hour", "day"] | None,
+                            BeforeValidator(lambda v: v.lower() if isinstance(v, str) else v)] = None
+    sampling_rate: Share | None = None
+    request_logging: RequestLogging | None = None
+
+
 class DeploymentSpec(_Spec):
     type: Literal["managed", "kubernetes"] = "managed"
     model: str | None = None
@@ -144,6 +190,7 @@ class DeploymentSpec(_Spec):
     environment_variables: dict[str, EnvironmentValue] = {}
     app_insights_enabled: bool | None = None
     egress_public_network_access: Literal["enabled", "disabled"] | None = None
+    data_collector: DataCollector | None = None
     description: str | None = None
     tags: dict[str, str] = {}
 
@@ -390,6 +437,31 @@ def bounded_settings_problems(field: str, settings: Mapping[str, Any], bounds: M
     return problems
 
 
+CLIENT_ID = re.compile(r"^[0-9a-fA-F]{8}-([0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$")
+
+
+def data_collector_problems(field: str, collector: DataCollector) -> list[Problem]:
+    """The data collector's values azure-ai-ml's DataCollectorSchema and the REST spec bound."""
+    problems = []
+    rate = collector.sampling_rate
+    if rate is not None and not 0.0 <= rate <= 1.0:
+        problems.append(Problem(rules.join(field, "samplingRate"), f"must be a share from 0.0 to 1.0 (1.0 collects "
+                                f"every request; azure-ai-ml's DataCollectorSchema), got {rules.shown(rate)}"))
+    for name, collection in collector.collections.items():
+        collection_field = rules.join(field, "collections", name)
+        if not name or "/" in name or name != name.strip():
+            problems.append(Problem(collection_field, f"{rules.shown(name)} cannot name a collection: the name is a "
+                                    "folder of the blob path (modelDataCollector/<endpoint>/<deployment>/<collection>)"))
+        if collection.client_id is not None and not CLIENT_ID.match(collection.client_id):
+            problems.append(Problem(rules.join(collection_field, "clientId"), f"{rules.shown(collection.client_id)} is "
+                                    "not a client id: the GUID of the managed identity that writes to the storage"))
+        data = collection.data
+        if data is not None and data.path is not None and not data.path.startswith("azureml://"):
+            problems.append(Problem(rules.join(collection_field, "data.path"), f"{rules.shown(data.path)} is not a "
+                                    "datastore path: azureml://datastores/<datastore>/paths/<path>"))
+    return problems
+
+
 def _deployment_problems(
     field: str, name: str, deployment: DeploymentSpec, endpoint: EndpointSpec
 ) -> list[Problem]:
@@ -401,6 +473,8 @@ def _deployment_problems(
     problems += _local_code_problems(field, deployment)
     problems += _kubernetes_only_problems(field, deployment)
     problems += _model_problems(field, deployment)
+    if deployment.data_collector is not None:
+        problems += data_collector_problems(rules.join(field, "dataCollector"), deployment.data_collector)
     timeout = deployment.request_settings and deployment.request_settings.request_timeout_ms
     if deployment.type == "managed" and timeout is not None:
         problems += rules.request_timeout_problems(
@@ -628,6 +702,8 @@ def _problem_from_pydantic(error: Mapping[str, Any]) -> Problem:
         return Problem(field, "required")
     if kind in ("int_type", "int_parsing", "int_from_float"):
         return Problem(field, f"must be a whole number, got {rules.shown(value)}")
+    if kind in ("float_type", "float_parsing"):
+        return Problem(field, f"must be a number, got {rules.shown(value)}")
     if kind in ("string_type",):
         return Problem(field, f"must be a string, got {rules.shown(value)}")
     if kind in ("dict_type", "model_type", "model_attributes_type"):

@@ -125,3 +125,46 @@ class WorkspaceAsset(pulumi.dynamic.Resource, module="azureml", name="WorkspaceA
             },
             opts,
         )
+
+
+class CollectionDataAssetProvider(WorkspaceAssetProvider):
+    """The data asset a data collector's collection is registered as, by azure-ai-ml's own
+    `_register_collection_data_assets` (what `az ml online-deployment create` runs first): name
+    `<endpoint>-<deployment>-<collection>`, version 1 and the modelDataCollector path unless the file
+    names them; an existing version is taken as it is."""
+
+    def create(self, props: dict[str, Any]) -> CreateResult:
+        from azure.ai.ml.entities import DataCollector, DeploymentCollection, ManagedOnlineDeployment
+        from azure.ai.ml.entities._deployment.data_asset import DataAsset
+
+        client = self._client(props["workspace_id"], props.get("cloud"))
+        named = {k: props.get(k) for k in ("name", "path", "version")}
+        collection = DeploymentCollection(enabled="true", data=DataAsset(**named) if any(named.values()) else None)
+        deployment = ManagedOnlineDeployment(name=props["deployment_name"], endpoint_name=props["endpoint_name"],
+                                             data_collector=DataCollector({props["collection"]: collection}))
+        client.online_deployments._register_collection_data_assets(deployment)
+        data_id = deployment.data_collector.collections[props["collection"]].data
+        return CreateResult(id_=data_id, outs={**props, "data_id": data_id})
+
+    def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
+        keys = ("workspace_id", "endpoint_name", "deployment_name", "collection", "name", "path", "version", "cloud")
+        changed = [key for key in keys if olds.get(key) != news.get(key)]
+        return DiffResult(changes=bool(changed), replaces=changed, stables=[], delete_before_replace=False)
+
+
+class CollectionDataAsset(pulumi.dynamic.Resource, module="azureml", name="CollectionDataAsset"):
+    """A data collector's collection registered as a data asset the way `az ml` does; `data_id` is its ARM id."""
+
+    data_id: pulumi.Output[str]
+
+    def __init__(self, name: str, *, workspace_id: pulumi.Input[str], endpoint_name: str, deployment_name: str,
+                 collection: str, asset_name: str | None = None, path: str | None = None, version: str | None = None,
+                 cloud: str | None = None, opts: pulumi.ResourceOptions | None = None):
+        super().__init__(
+            CollectionDataAssetProvider(),
+            name,
+            {"workspace_id": workspace_id, "endpoint_name": endpoint_name, "deployment_name": deployment_name,
+             "collection": collection, "name": asset_name, "path": path, "version": version, "cloud": cloud,
+             "data_id": None},
+            opts,
+        )

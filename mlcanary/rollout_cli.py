@@ -31,7 +31,7 @@ def _steps(value: str | None) -> list | None:
 RECORDED_OPTIONS = {"to": "to", "from": "from", "steps": "steps", "intervalS": "interval", "mirror": "mirror",
                     "mirrorForS": "mirrorFor", "bakeS": "bake", "deleteOld": "deleteOld", "rule": "rule",
                     "judge": "judge", "alpha": "alpha", "minRequests": "minRequests", "maxHold": "maxHold",
-                    "failureLimit": "failureLimit"}
+                    "failureLimit": "failureLimit", "compare": "compare"}
 
 
 @click.command()
@@ -91,7 +91,8 @@ def rollout(stage_file: Path | None, to, from_, steps, interval, mirror, mirror_
 
     Every derived step passes the same gate as a hand-made stage (spec, policy pack, transition rules)
     before anything is applied. The plan may also live in the stack config under mlcanary:rollout
-    (keys as these options, camelCase); flags override it. Only requests routed by the traffic split
+    (keys as these options, camelCase; --compare-path, --output-tolerance, --max-disagreement as
+    compare: {path, tolerance, maxDisagreement}); flags override it. Only requests routed by the traffic split
     (and mirrored copies, in a mirror phase) judge the target; header-pinned requests are shown apart.
     A window whose metrics could not be read (or whose counts restarted) is no data: its step is held.
 
@@ -112,8 +113,9 @@ def rollout(stage_file: Path | None, to, from_, steps, interval, mirror, mirror_
     flags = {"to": to, "from": from_, "steps": _steps(steps), "interval": interval, "mirror": mirror,
              "mirrorFor": mirror_for, "bake": bake, "deleteOld": delete_old, "rule": list(rules) or None,
              "judge": judge, "alpha": alpha, "minRequests": min_requests, "maxHold": max_hold,
-             "failureLimit": failure_limit, "comparePath": compare_path, "outputTolerance": output_tolerance,
-             "maxDisagreement": max_disagreement}
+             "failureLimit": failure_limit,
+             "compare": {k: v for k, v in (("path", compare_path), ("tolerance", output_tolerance),
+                                           ("maxDisagreement", max_disagreement)) if v is not None} or None}
     point = None
     try:
         settings = load_policy_config(policy_pack_config, policy_defaults())
@@ -163,17 +165,26 @@ def _resumed_plan(record: Path | None, stage_file: Path | None, flags: dict):
               "leave STAGE_FILE out to resume it", 2)
     options = {RECORDED_OPTIONS[key]: value for key, value in recorded.items()
                if key in RECORDED_OPTIONS and value is not None and value != []}
+    if isinstance(options.get("compare"), dict):
+        options["compare"] = {k: v for k, v in options["compare"].items() if v is not None}
     try:
         plan = load_plan(recorded_stage, options)
     except PlanError as err:
         raise PlanError(f"record {record}: its plan cannot be made again from {recorded_stage}:\n{err}") from None
+    changed = _differences(recorded, plan.options.as_json())
+    if changed:  # the stage's mlcanary:rollout gives what the record left unset (e.g. compare)
+        _fail(f"{recorded_stage} changed since rollout {point.rollout_id} was recorded: its mlcanary:rollout now sets "
+              + ", ".join(f"{name} (recorded: {value})" for name, value in changed)
+              + "; start a new rollout instead of --resume", 2)
     given = {k: v for k, v in flags.items() if v is not None and v != ()}
     if given:
-        with_flags = load_plan(recorded_stage, {**options, **given}).options.as_json()
-        contradicted = [option_name(RECORDED_OPTIONS[key]) for key, value in plan.options.as_json().items()
-                        if with_flags[key] != value]
+        merged = {**options, **given}
+        if "compare" in given:  # a compare flag replaces its key, not the recorded object
+            merged["compare"] = {**options.get("compare", {}), **given["compare"]}
+        with_flags = load_plan(recorded_stage, merged).options.as_json()
+        contradicted = _differences(recorded, with_flags)
         if contradicted:
-            shown = ", ".join(f"{name} (recorded: {_recorded_value(recorded, name)})" for name in contradicted)
+            shown = ", ".join(f"{name} (recorded: {value})" for name, value in contradicted)
             _fail(f"{shown} contradicts the plan recorded in {record} for rollout {point.rollout_id}; "
                   "--resume takes the plan from the record: leave the option out", 2)
     stages = [{"label": s.label, "traffic": s.traffic, "mirror": s.mirror_traffic} for s in plan.steps]
@@ -183,12 +194,22 @@ def _resumed_plan(record: Path | None, stage_file: Path | None, flags: dict):
     return point, recorded_stage, plan
 
 
-def _recorded_value(recorded: dict, option: str) -> Any:
+def _differences(recorded: dict, options: dict) -> list[tuple[str, Any]]:
+    """The options (by their flag) whose value in `options` (Options.as_json) is not the recorded one,
+    with the recorded value as a user reads it."""
     from mlcanary.rollout.plan import option_name
 
-    key = next(k for k, v in RECORDED_OPTIONS.items() if option_name(v) == option)
-    value = recorded.get(key)
-    return ",".join(map(str, value)) if isinstance(value, list) else value
+    shown = lambda value: ",".join(map(str, value)) if isinstance(value, list) else value  # noqa: E731
+    changed = []
+    for key, value in options.items():
+        before = recorded.get(key)
+        if key == "compare":
+            before, value = before if isinstance(before, dict) else {}, value or {}
+            changed += [(option_name(f"compare.{k}"), before.get(k)) for k in ("path", "tolerance", "maxDisagreement")
+                        if before.get(k) != value.get(k)]
+        elif before != value:
+            changed.append((option_name(RECORDED_OPTIONS[key]), shown(before)))
+    return changed
 
 
 def _check_run_options(plan, stage_file, load_rps, request_file, record, plot, tick) -> bytes | None:
@@ -231,8 +252,7 @@ def _check_run_options(plan, stage_file, load_rps, request_file, record, plot, t
     if missing:
         _fail(f"{missing} is not installed: pip install -e '.[local,rollout]'", 2)
     if plan.target == "azure" and plan.options.compare_path is not None:
-        _fail("--compare-path: comparing answers needs the local target for now (Azure discards the mirror's "
-              "answers; they can only be read from Azure ML's data collector)", 2)
+        _collector_collections(plan)  # Azure discards the mirror's answers: they are read from the data collector
     return body
 
 
@@ -272,8 +292,14 @@ def _run(plan, settings, policy_pack_config, record, plot, point, apply_stage, o
             except (KeyError, TypeError, ValueError, AttributeError) as err:
                 _fail(f"record {record} (rollout {point.rollout_id}): its judgeState cannot be loaded "
                       f"({type(err).__name__}: {err}); nothing was changed", 2)
+    answer_judge = _answer_judge(plan)
+    if answer_judge is not None and point is not None:  # before anything starts: a bad record changes nothing
+        try:
+            answer_judge.replay(list(point.answer_windows))
+        except ValueError as err:
+            _fail(f"record {record} (rollout {point.rollout_id}): {err}; nothing was changed", 2)
     applier, source, client = _edges(plan, policy_pack_config, stack, metrics_region, state_dir)
-    answers = _answer_check(plan, client)
+    answers = _answer_check(plan, client, answer_judge)
     console = output_console(stderr=output_format == "json")
 
     def log(text: str) -> None:
@@ -289,6 +315,8 @@ def _run(plan, settings, policy_pack_config, record, plot, point, apply_stage, o
                  "did not finish: no decision was recorded after it (its process was killed)")
         log(f"rollout {point.rollout_id} {ended} at {point.at_step}; the endpoint runs live {running}; "
             f"resuming at step {start_index + 1}/{len(plan.steps)}")
+        if answers:
+            log(_answers_restored(answers.judge, point, plan, start_index))
     elif not applier.in_state(plan.start):
         lines = applier.preview(plan.start)
         console.print(f"endpoint {plan.endpoint} differs from {plan.stage_file}; the rollout starts by applying it:",
@@ -380,21 +408,87 @@ def _throttled(log, every_s: float = 10.0):
     return progress
 
 
-def _answer_check(plan, client):
-    """The answer judge and its source, when the rollout says what to compare (local target)."""
+def _answer_judge(plan):
+    """The answer judge, when the rollout says what to compare."""
     options = plan.options
     if options.compare_path is None:
         return None
     from mlcanary.components.answer_compare import settings_from
-    from mlcanary.rollout.answer_judge import DEFAULT_MAX_DISAGREEMENT, AnswerCheck, AnswerJudge, AnswerOptions
-    from mlcanary.rollout.answer_source import LocalAnswerSource
+    from mlcanary.rollout.answer_judge import DEFAULT_MAX_DISAGREEMENT, AnswerJudge, AnswerOptions
 
-    answer_options = AnswerOptions(
+    return AnswerJudge(AnswerOptions(
         settings_from(options.compare_path, options.output_tolerance),
         DEFAULT_MAX_DISAGREEMENT if options.max_disagreement is None else options.max_disagreement,
-        options.alpha, options.rules)
-    source = LocalAnswerSource(client, plan.endpoint, answer_options, options.to, options.baseline)
-    return AnswerCheck(AnswerJudge(answer_options), source)
+        options.alpha, options.rules))
+
+
+def _answer_check(plan, client, judge):
+    """The answer judge with where its windows come from: the local runtime's answer book, or on Azure
+    what the data collector wrote to the workspace's storage."""
+    if judge is None:
+        return None
+    from mlcanary.rollout.answer_judge import AnswerCheck
+
+    if plan.target == "azure":
+        return AnswerCheck(judge, _collector_source(plan, judge.options))
+    from mlcanary.rollout.answer_source import LocalAnswerSource
+
+    options = plan.options
+    return AnswerCheck(judge, LocalAnswerSource(client, plan.endpoint, judge.options, options.to, options.baseline))
+
+
+def _answers_restored(judge, point, plan, start_index: int) -> str:
+    """What the resumed answer judge holds from the record, and what the resumed step still needs."""
+    windows = len(point.answer_windows)
+    if not windows:
+        return "answers: the record holds no judged window yet; the answer judge starts from zero"
+    text = f"answers: restored from the record's {windows} judged window(s): {judge.restored()}"
+    judged = [(i, s) for i, s in enumerate(plan.steps) if i >= start_index and s.judged][:1]  # the next judged step
+    index, step = judged[0] if judged else (None, None)
+    if step is not None and judge.step == (index, step.label):
+        kept = (f"{judge.step_compared} compared answers" if step.kind == "mirror" else
+                f"{judge.step_tested} tested outputs")
+        text += (f"; step {step.label} keeps its {kept}, and starts its time and requests again (the error "
+                 "judge's step restarts)")
+    return text
+
+
+def _collector_collections(plan):
+    """(target, baseline) data collector collections holding the answers, or exit 2 naming the field."""
+    from mlcanary.components.spec import ENDPOINT_FIELD
+    from mlcanary.rollout.collector_source import answer_collection
+    from mlcanary.rollout.sources import SourceError
+
+    def spec_of(name):
+        for step in (plan.start, *plan.steps):
+            if name in step.spec.endpoint.deployments:
+                return step.spec.endpoint.deployments[name]
+        return None
+
+    try:
+        return tuple(answer_collection(plan.endpoint, name, spec_of(name), f"{ENDPOINT_FIELD}.deployments.{name}")
+                     for name in (plan.options.to, plan.options.baseline))
+    except SourceError as err:
+        _fail(str(err), 2)
+
+
+def _collector_source(plan, answer_options):
+    from mlcanary.rollout.collector_source import CollectorAnswerSource, datastore_containers
+    from mlcanary.rollout.sources import SourceError
+
+    target, baseline = _collector_collections(plan)
+    endpoint = plan.start.spec.endpoint
+    subscription = os.environ.get("ARM_SUBSCRIPTION_ID") or os.environ.get("AZURE_SUBSCRIPTION_ID")
+    try:
+        containers = datastore_containers((subscription, endpoint.resource_group, endpoint.workspace),
+                                          {target.datastore, baseline.datastore})
+    except SourceError as err:
+        _fail(str(err), 1)
+    source = CollectorAnswerSource(containers, target, baseline, answer_options,
+                                   on_note=lambda text: click.echo(f"{time.strftime('%H:%M:%S')} {text}", err=True))
+    for line in source.describe():
+        click.echo(line, err=True)
+    return source
 
 
 def _edges(plan, policy_pack_config, stack, metrics_region, state_dir):
@@ -452,7 +546,10 @@ def _azure_plan(plan, stack, metrics_region) -> dict:
 
     monitor, _ = _monitor_plan(plan, metrics_region)
     steps = [(plan.start.label, plan.start), *((s.label, s) for s in plan.steps), ("rollback", plan.rollback)]
+    answers = ({c.deployment: {"collection": c.name, "path": str(c)} for c in _collector_collections(plan)}
+               if plan.options.compare_path is not None else None)
     return {"stack": stack, "metrics": monitor.as_json(), "metricLines": monitor.describe(),
+            **({"answers": answers} if answers else {}),
             "config": [{"step": label, "setAllJson": json.loads(stage_config_json(step.config))}
                        for label, step in steps]}
 
@@ -514,6 +611,8 @@ def _print_plan(plan, written: list[Path], output_format: str, azure: dict | Non
     if azure:
         for line in azure["metricLines"]:
             click.echo(line)
+        for name, answers in (azure.get("answers") or {}).items():
+            click.echo(f"answers of {name}: data collector collection {answers['collection']} at {answers['path']}")
         click.echo(f"stack {azure['stack']}: each step writes the stage into the stack config "
                    "(`pulumi config set-all --json`, objects whole), then runs `pulumi up --refresh` with the policy pack:")
         for entry in azure["config"]:
@@ -528,7 +627,7 @@ def _by_deployment(counts: dict) -> str:
 def _answers_json(answer_judge) -> dict[str, Any] | None:
     if answer_judge is None:
         return None
-    return {**answer_judge.options.as_json(), "compared": answer_judge.compared, "agreed": answer_judge.agreed,
+    return {"compare": answer_judge.options.as_json(), "compared": answer_judge.compared, "agreed": answer_judge.agreed,
             "eValues": answer_judge.e_values(), "samples": answer_judge.samples[-5:]}
 
 

@@ -148,6 +148,7 @@ def status_lines(doc: dict[str, Any], now: float | None = None) -> list[str]:
     judge = doc.get("judge") or {}
     if judge:
         lines.append("  judge: " + ", ".join(f"{k} {v}" for k, v in judge.items()))
+    lines += answer_lines(doc.get("answers"))
     from mlcanary.local_runtime import lease
 
     if state == "died" and lease.is_held(doc):
@@ -167,6 +168,47 @@ def status_lines(doc: dict[str, Any], now: float | None = None) -> list[str]:
     for intervention in doc.get("interventions") or []:
         lines.append(f"  {_clock(intervention.get('at'))} {intervention.get('action')} by {intervention.get('user')} "
                      f"at step {intervention.get('step')}")
+    return lines
+
+
+def answer_lines(answers: Any) -> list[str]:
+    """The answer judge's part of the status (rollout/answer_judge.py AnswerJudge.status)."""
+    if answers is None:
+        return []
+    try:
+        return _answer_lines(answers)
+    except (AttributeError, TypeError, ValueError, KeyError):  # the hold file is input like any other
+        return [f"  answers: not readable in the hold document ({str(answers)[:80]})"]
+
+
+def _answer_lines(answers: dict[str, Any]) -> list[str]:
+    compare = answers.get("compare") or {}
+    threshold = answers.get("threshold")
+    lines = []
+    compared, agreed, share = answers.get("compared"), answers.get("agreed"), answers.get("shareAgreed")
+    head = f"  answers at {compare.get('path')} (within {compare.get('tolerance')}): "
+    disagreement = (f"; e(disagreement) {answers.get('eDisagreement')} of {threshold:g} "
+                    f"(allowed {100 * (compare.get('maxDisagreement') or 0):g} % disagreeing)")
+    if compared:
+        lines.append(head + f"{agreed} of {compared} agreed ({100 * share:.1f} %) in the mirror phase"
+                     + (f", {answers.get('stepCompared')} in this step" if answers.get("mirrorStep") else "")
+                     + disagreement)
+    else:
+        lines.append(head + ("none compared yet" + disagreement if answers.get("mirrorStep") else
+                             "no mirrored pair was compared (no mirror phase)"))
+    if not answers.get("mirrorStep"):  # the distribution test judges live steps only
+        if answers.get("eShift") is not None:
+            distance = answers.get("shiftDistance")
+            lines.append(f"  output distribution: e(output shift) {answers['eShift']} of {threshold:g}"
+                         + (f", distance {distance:.3f}" if distance is not None else "")
+                         + f", {answers.get('stepTested', 0)} target outputs tested in this step")
+        else:
+            lines.append(f"  output distribution: {answers.get('referenceOutputs', 0)} of the "
+                         f"{answers.get('referenceNeeded')} baseline outputs its reference needs; the test starts then")
+    if answers.get("lastDisagreement"):
+        lines.append(f"  last disagreement: {answers['lastDisagreement']}")
+    if answers.get("lastNotCompared"):
+        lines.append(f"  last not compared: {answers['lastNotCompared']}")
     return lines
 
 
@@ -268,12 +310,7 @@ def _author() -> dict[str, Any]:
 def pause(endpoint: str, timeout: float, stack: str | None, state_dir: Path | None) -> None:
     """Hold the rollout of ENDPOINT at its step: judging goes on and a failure still rolls back, but
     nothing is promoted (nor halted for want of data) until `resume`."""
-
-    def change(intent, _doc):
-        intent.update(paused=True, pausedBy=_author())
-
-    _steer(_directory(state_dir, stack), endpoint, "pause", change, lambda d: d.get("paused") is True, timeout,
-           "paused at step {step}")
+    _set_paused(True, endpoint, timeout, stack, state_dir)
 
 
 @rollout.command("resume")
@@ -283,12 +320,18 @@ def pause(endpoint: str, timeout: float, stack: str | None, state_dir: Path | No
 @state_dir_option
 def resume(endpoint: str, timeout: float, stack: str | None, state_dir: Path | None) -> None:
     """Let a paused rollout of ENDPOINT promote again when its step passes."""
+    _set_paused(False, endpoint, timeout, stack, state_dir)
+
+
+def _set_paused(paused: bool, endpoint: str, timeout: float, stack: str | None, state_dir: Path | None) -> None:
+    """`pause` and `resume`: the intent's `paused` with who asked, acted on when the rollout shows it."""
+    verb, by = ("pause", "pausedBy") if paused else ("resume", "resumedBy")
 
     def change(intent, _doc):
-        intent.update(paused=False, resumedBy=_author())
+        intent.update({"paused": paused, by: _author()})
 
-    _steer(_directory(state_dir, stack), endpoint, "resume", change, lambda d: d.get("paused") is False, timeout,
-           "resumed at step {step}")
+    _steer(_directory(state_dir, stack), endpoint, verb, change, lambda d: d.get("paused") is paused, timeout,
+           f"{verb}d at step {{step}}")
 
 
 @rollout.command("promote")

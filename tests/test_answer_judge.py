@@ -192,13 +192,89 @@ def test_a_constant_baseline_gets_a_cell_of_its_own():
     assert shift.cell(0.49) != shift.cell(0.5) != shift.cell(0.51) != shift.cell(0.49)
 
 
-def test_the_judge_state_survives_a_resume():
+def recorded(j: AnswerJudge, windows: list[AnswerWindow], index: int, label: str, mirror: bool) -> list[dict]:
+    """The judgement lines a rollout writes for these windows (runner: answers = AnswerCheck.tick())."""
+    j.start_step(mirror, (index, label))
+    lines = []
+    for window in windows:
+        j.observe(window)
+        lines.append({"event": "judgement", "index": index, "step": label, "mirror": {"green": 50} if mirror else {},
+                      "answers": {**window.as_json(), **({"fold": j.fold} if j.fold else {})}})
+    return lines
+
+
+def test_a_replayed_record_restores_the_judge_exactly_and_the_step_it_was_in_keeps_its_counts():
+    rng = random.Random(5)
     j = judge()
-    live_windows(j, random.Random(5), lambda rng: rng.gauss(0.3, 0.1), windows=30)
-    mirror_windows(j, random.Random(5), disagree=0.02, windows=3)
+    mirror = [AnswerWindow(20, 20 - (rng.random() < 0.3), baseline_outputs=tuple(rng.gauss(0.3, 0.1) for _ in range(40)),
+                           samples=({"reason": "$.scores[0]: 0.1 vs 0.5 (outside tolerance)", "request": "ab"},))
+              for _ in range(8)]
+    lines = recorded(j, mirror, 0, "mirror 50 %", True)
+    live = [AnswerWindow(target_outputs=tuple(rng.gauss(0.33, 0.1) for _ in range(10)),
+                         baseline_outputs=tuple(rng.gauss(0.3, 0.1) for _ in range(10))) for _ in range(6)]
+    lines += recorded(j, live, 2, "50 %", False)
+    assert j.shift is not None and j.step_tested == 60
     again = judge()
-    again.load_state(j.state())
+    again.replay(lines)
     assert again.e_values() == j.e_values() and again.shift.edges == j.shift.edges
+    assert again.shift.counts == j.shift.counts and (again.compared, again.agreed) == (j.compared, j.agreed)
+    assert again.samples == j.samples and again.failure is None
+    again.start_step(False, (2, "50 %"))  # the resumed rollout continues step 2: its 60 tested outputs count
+    assert again.step_tested == 60 and again.waiting(min_requests=100) == (
+        "60 of the 100 target outputs the answer judge needs tested")
+    again.start_step(False, (3, "100 %"))  # a later step starts from 0
+    assert again.step_tested == 0
+
+
+def test_a_replayed_mirror_phase_keeps_its_disagreements_and_fails_where_the_first_run_would_have():
+    j = judge(max_disagreement=0.2)
+    lines = recorded(j, [AnswerWindow(5, 2)] * 2, 0, "mirror 50 %", True)
+    assert j.failure is None and 10 < j.e_values()["disagreement"] < 1 / ALPHA  # 6 of 10 disagreed: not yet
+    again = judge(max_disagreement=0.2)
+    again.replay(lines)
+    assert again.e_values() == j.e_values() and (again.compared, again.agreed) == (10, 4)
+    again.start_step(True, (0, "mirror 50 %"))  # the rollout resumes the mirror step it was killed in
+    assert again.step_compared == 10 and again.waiting(min_requests=20) == (
+        "10 of the 20 compared answers the answer judge needs")
+    again.observe(AnswerWindow(5, 2))  # one more window, as the first run's third would have
+    assert again.failure is not None and "9 of 15 compared answers disagreed" in again.failure.message
+    fresh = judge(max_disagreement=0.2)
+    fresh.start_step(True, (0, "mirror 50 %"))
+    fresh.observe(AnswerWindow(5, 2))
+    assert fresh.failure is None  # a judge started from zero would have let it run on
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda w: w.update(agreed=99), "agreed 99 of only 5 compared"),
+    (lambda w: w.update(compared=-1), "compared is not a whole number of at least 0: -1"),
+    (lambda w: w.update(compared="5"), "compared is not a whole number of at least 0: '5'"),
+    (lambda w: w.update(samples="x"), "samples are not a list of objects"),
+    (lambda w: w.update(fold={"tally": {"target": 1, "baseline": 1, "cells": {"0": [1, 1, 1]}}}),
+     "a tally before the reference was full"),
+    (lambda w: w.update(fold={"reference": [0.1] * (REFERENCE_SIZE + 1)}), "at most 200 numbers in all"),
+    (lambda w: w.update(fold={"reference": ["0.1"]}), "at most 200 numbers in all"),
+], ids=["agreed_above_compared", "negative_count", "count_a_string", "samples_not_a_list", "tally_before_reference",
+        "reference_too_long", "reference_not_numbers"])
+def test_a_record_whose_answers_no_run_could_have_written_is_refused(change, message):
+    lines = recorded(judge(), [AnswerWindow(5, 0)], 0, "mirror 50 %", True)
+    change(lines[0]["answers"])
+    with pytest.raises(ValueError) as raised:
+        judge().replay(lines)
+    assert "judgement 1 (step 'mirror 50 %'): its answers" in str(raised.value) and message in str(raised.value)
+
+
+@pytest.mark.parametrize("tally, message", [
+    ({"target": 2, "baseline": 1, "cells": {"0": [1, 1, 1]}}, "do not add up to its 2 target and 1 baseline"),
+    ({"target": 1, "baseline": 1, "cells": {"99": [1, 1, 1]}}, "cell '99' is not one of this test's cells"),
+    ({"target": 1, "baseline": 1, "cells": {"0": [1, 1]}}, "[target, widened baseline, baseline] counts"),
+    ({"target": True, "baseline": 1, "cells": {}}, "a count is a whole number of at least 0, got True"),
+    ([1, 2], "a tally is an object with target, baseline and cells"),
+], ids=["does_not_add_up", "unknown_cell", "short_cell", "boolean_count", "not_an_object"])
+def test_a_recorded_tally_that_cannot_be_one_of_the_tests_is_refused(tally, message):
+    shift = ShiftEValue(*cells_from([float(i) for i in range(100)]), ALPHA)
+    with pytest.raises(ValueError) as raised:
+        shift.apply(tally)
+    assert message in str(raised.value)
 
 
 def test_the_one_sample_e_value_with_p0_zero_is_certain_after_one_event():
@@ -295,3 +371,17 @@ def test_the_plot_gains_an_answers_panel_when_the_record_has_answers(tmp_path):
     import matplotlib.image
 
     assert matplotlib.image.imread(with_panel).shape[0] > matplotlib.image.imread(without).shape[0]  # a fourth panel
+
+
+def test_a_step_where_the_baseline_serves_nothing_does_not_wait_for_the_distribution_test():
+    """Found in use: the first windows of a 100 % step brought the baseline's last outputs of the 50 %
+    step, so the 100 % step waited for tested target outputs that could never come, and halted."""
+    j = judge()
+    j.start_step(False, (0, "50 %"))
+    j.observe(AnswerWindow(baseline_outputs=tuple(float(i % 100) for i in range(REFERENCE_SIZE))))
+    j.start_step(False, (1, "100 %"), split=False)
+    j.observe(AnswerWindow(target_outputs=(5.0,) * 12, baseline_outputs=(7.0,) * 3))  # blue's stragglers
+    assert j.step_baseline_outputs == 3 and j.step_tested == 12 and j.waiting(min_requests=100) is None
+    j.start_step(False, (2, "50 % again"))  # a split step does wait
+    j.observe(AnswerWindow(target_outputs=(5.0,) * 12, baseline_outputs=(7.0,) * 3))
+    assert j.waiting(min_requests=100) == "12 of the 100 target outputs the answer judge needs tested"

@@ -86,7 +86,7 @@ def test_a_green_whose_answers_change_shape_is_rolled_back(runtime, endpoint, tm
 
 def test_a_green_within_tolerance_is_promoted_through_mirror_and_live_steps(runtime, endpoint, tmp_path):  # noqa: F811
     record, plot = tmp_path / "record.jsonl", tmp_path / "rollout.png"
-    path = stage(tmp_path, endpoint, {"SCALE": "1.005"}, {"comparePath": "scores", "outputTolerance": "0.01"})
+    path = stage(tmp_path, endpoint, {"SCALE": "1.005"}, {"compare": {"path": "scores", "tolerance": 0.01}})
     result = rollout(runtime, path, "--to", "green", *MIRROR, "--mirror-for", "3s", "--alpha", "0.001",
                      "--plot", str(plot), *load_args(40), record=record)
     assert result.returncode == 0, result.stderr
@@ -97,6 +97,21 @@ def test_a_green_within_tolerance_is_promoted_through_mirror_and_live_steps(runt
     assert any(w.get("targetOutputs") for w in windows)  # live steps judged the output distribution too
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "hint:" not in result.stderr
+
+
+def test_an_absolute_tolerance_from_the_stack_config_lets_a_green_ten_percent_off_through(runtime, endpoint, tmp_path):  # noqa: F811
+    """compare.tolerance "abs:0.2": scores (0..1) multiplied by 1.1 stay within 0.2 of blue's, in the mirror
+    phase's pairs and in the live steps' distribution test."""
+    record = tmp_path / "record.jsonl"
+    path = stage(tmp_path, endpoint, {"SCALE": "1.1"}, {"compare": {"path": "scores", "tolerance": "abs:0.2"}})
+    result = rollout(runtime, path, "--to", "green", *MIRROR, "--mirror-for", "3s", "--alpha", "0.001",
+                     *load_args(40), record=record)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["decision"] == "promoted" and summary["answers"]["compare"]["tolerance"] == "abs:0.2"
+    assert summary["answers"]["compared"] >= 10 and summary["answers"]["agreed"] == summary["answers"]["compared"]
+    plan = next(e for e in events(record) if e["event"] == "plan")["plan"]
+    assert plan["compare"] == {"path": "scores", "tolerance": "abs:0.2", "maxDisagreement": None}
 
 
 def test_a_green_that_agrees_exactly_is_promoted_on_the_whole_answer(runtime, endpoint, tmp_path):  # noqa: F811
@@ -121,8 +136,8 @@ def test_a_green_whose_output_moved_by_ten_percent_is_rolled_back_in_a_live_step
 # --- options: refused before anything runs, or a hint --------------------------------------------------
 
 @pytest.mark.parametrize("args, message", [
-    (["--output-tolerance", "0.01"], "--output-tolerance: needs comparePath (--compare-path)"),
-    (["--max-disagreement", "0.05"], "--max-disagreement: needs comparePath (--compare-path)"),
+    (["--output-tolerance", "0.01"], "--output-tolerance: needs a compare path (--compare-path or compare.path)"),
+    (["--max-disagreement", "0.05"], "--max-disagreement: needs a compare path (--compare-path or compare.path)"),
     (["--compare-path", "$..scores"], "--compare-path: compare path '$..scores': cannot read it from '..scores'"),
     (["--compare-path", "scores", "--output-tolerance", "5%"], "--output-tolerance: output tolerance '5%': '5%' is not a number"),
     (["--compare-path", "scores", "--max-disagreement", "1"], "--max-disagreement: the share of compared answers allowed"),
@@ -138,9 +153,9 @@ def test_bad_compare_options_exit_2_naming_the_option(args, message, tmp_path):
 
 
 def test_a_bad_compare_path_in_the_stack_config_is_named_there(tmp_path):
-    path = stage(tmp_path, "cfg", {}, {"comparePath": "$[x]"})
+    path = stage(tmp_path, "cfg", {}, {"compare": {"path": "$[x]"}})
     result = run(str(path), "--to", "green", "--plan-only")
-    assert result.exit_code == 2 and "mlcanary:rollout.comparePath: compare path '$[x]'" in result.output
+    assert result.exit_code == 2 and "mlcanary:rollout.compare.path: compare path '$[x]'" in result.output
 
 
 def test_a_mirror_phase_without_comparison_prints_a_hint(tmp_path):
@@ -209,3 +224,24 @@ def test_the_documented_constant_green_example_is_rolled_back_in_the_mirror_phas
     finally:
         if "fraud-scorer" in runtime.status()["endpoints"]:
             runtime.delete_endpoint("fraud-scorer")
+
+
+def test_the_rehearse_text_table_has_an_answers_agreed_column_for_mirrored_stages_only():
+    from rich.console import Console
+
+    from mlcanary.local_runtime.rehearse import DeploymentReport, StageReport
+    from mlcanary.rehearse_cli import _print_report
+
+    def table(report: StageReport) -> str:
+        console = Console(record=True, width=140)
+        _print_report(console, report)
+        return console.export_text()
+
+    mirrored = table(StageReport("mirrored.yaml", 40, [DeploymentReport("blue", 100, 0, answered=40),
+                                                       DeploymentReport("green", 0, 50, mirrored=20, compared=20, agreed=0)]))
+    header, green = next(l for l in mirrored.splitlines() if "deployment" in l), next(
+        l for l in mirrored.splitlines() if "green" in l)
+    assert "answers agreed" in header and green.rstrip(" │").endswith("0/20")
+    dark = table(StageReport("dark.yaml", 40, [DeploymentReport("blue", 100, 0, answered=40),
+                                               DeploymentReport("green", 0, 0)]))
+    assert "answers agreed" not in dark

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import isodate
@@ -23,6 +24,8 @@ from azure.ai.ml import load_online_deployment, load_online_endpoint
 from azure.ai.ml._restclient.arm_ml_service import models as rest
 from azure.ai.ml._scope_dependent_operations import OperationScope
 from azure.ai.ml._utils._endpoint_utils import upload_dependencies
+from azure.ai.ml.constants._common import AzureMLResourceType
+from azure.ai.ml.operations._online_deployment_operations import OnlineDeploymentOperations
 from azure.ai.ml.entities import Environment, Model
 from azure.ai.ml.entities._assets import Code
 from azure.ai.ml.operations._operation_orchestrator import OperationOrchestrator
@@ -45,12 +48,15 @@ ENVIRONMENT_VERSION = "azure-native:machinelearningservices:EnvironmentVersion"
 # makes them (durations in seconds). A difference with any other values is a real one.
 NATIVE_EGRESS = "azure-native's ManagedOnlineDeploymentArgs fills in its default \"Enabled\", the service's own " \
                 "default when az ml sends nothing"
+COLLECTOR_DEFAULTS = ("azure-native's CollectionArgs and DataCollectorArgs fill in samplingRate 1 (every request) and "
+                      "rollingRate Hour, their defaults from the REST spec, when az ml sends none")
 ALLOWED_DIFFERENCES = {
     **{(name, "properties.egressPublicNetworkAccess"): ("Enabled", None, NATIVE_EGRESS) for name in (
         "kubernetes-minimal.yml", "kubernetes-resources-autoscale.yml", "managed-default-scale.yml",
         "managed-environment-variables.yml", "managed-local-code-and-model.yml", "managed-mlflow-no-code.yml",
         "managed-named-local-model.yml", "managed-registered-assets.yml", "managed-registry-and-arm-ids.yml",
-        "green.yml", "kubernetes-no-instance-type.yml", "managed-named-local-model-next-version.yml")},
+        "green.yml", "kubernetes-no-instance-type.yml", "managed-named-local-model-next-version.yml",
+        "data-collector.yml", "data-collector-payload.yml", "data-collector-custom-storage.yml")},
     ("kubernetes-no-instance-type.yml", "properties.instanceType"): ("defaultinstancetype", None, "az ml sends no "
         "instance type and Azure runs the deployment on the cluster's default instance type, `defaultinstancetype`; "
         "azure-native would fill in Standard_F4s_v2 (`_inputs.py`), a VM size no cluster has, so mlcanary names the "
@@ -58,6 +64,9 @@ ALLOWED_DIFFERENCES = {
     ("managed-probes-and-requests.yml", "properties.egressPublicNetworkAccess"): ("Disabled", "disabled",
         "azure-ai-ml passes the file's spelling through; the REST spec's EgressPublicNetworkAccessType (and "
         "azure-native's enum) spell it \"Disabled\", and azure-ai-ml's own REST enum is case-insensitive"),
+    ("data-collector.yml", "properties.dataCollector.collections.model_inputs.samplingRate"): (1, None,
+        COLLECTOR_DEFAULTS),
+    ("data-collector.yml", "properties.dataCollector.rollingRate"): ("Hour", None, COLLECTOR_DEFAULTS),
     ("managed-environment-variables.yml", "sku.capacity"): (1, None, "the file gives no instance_count: az ml leaves "
         "it to the service (which makes it 1); mlcanary sends its default, 1, so the stack config shows the count"),
     ("kubernetes-resources-autoscale.yml", "properties.requestSettings.maxConcurrentRequestsPerInstance"): (1, None,
@@ -86,7 +95,6 @@ ALLOWED_DIFFERENCES = {
 ALLOWED_ENDPOINT_DIFFERENCES = {"properties.publicNetworkAccess": ("Enabled", None)}
 
 REFUSED = {
-    "data-collector.yml": "data_collector: key not supported by mlcanary",
     "environment-build-context.yml": "environment: an inline environment needs an image",
     "code-single-file.yml": "code: '.*score.py' is a file; code must be the folder holding the scoring script",
     "model-label.yml": "model: 'azureml:fraud-model@latest' must pin a version",
@@ -116,8 +124,26 @@ def azure_ai_ml_body(path: Path) -> dict[str, Any]:
         return resolve_string(asset, azureml_type, *args, **kwargs)
 
     orchestrator.get_asset_arm_id = get_asset_arm_id
+    register_collection_data_assets(deployment)
     upload_dependencies(deployment, orchestrator)
     return deployment._to_rest_object(location=MOCK_WORKSPACE_LOCATION).as_dict()
+
+
+def register_collection_data_assets(deployment) -> None:
+    """What `az ml online-deployment create` runs before anything else when the file has a data collector
+    (OnlineDeploymentOperations.begin_create_or_update): azure-ai-ml's own `_register_collection_data_assets`,
+    with a workspace whose data operations register what they are given."""
+    if not deployment.data_collector:
+        return
+
+    class DataOperations:
+        def create_or_update(self, data):
+            return data
+
+    operations = SimpleNamespace(
+        _subscription_id=MOCK_SUBSCRIPTION, _resource_group_name="ml-prod-rg", _workspace_name="ml-prod-ws",
+        _all_operations=SimpleNamespace(_all_operations={AzureMLResourceType.DATA: DataOperations()}))
+    OnlineDeploymentOperations._register_collection_data_assets(operations, deployment)
 
 
 def stack_config(deployment: dict, compute: str | None = None, auth_mode: str = "key", **endpoint) -> dict:

@@ -18,11 +18,12 @@ from azure.ai.ml import load_online_deployment
 from test_azure_conformance import (
     ASSET, DEPLOYMENT, ENVIRONMENT_VERSION, MOCK_WORKSPACE_LOCATION, NATIVE_EGRESS, OperationOrchestrator,
     OperationScope, Code, Environment, Model, MOCK_SUBSCRIPTION, _replace, differences, local_marker, normalized,
-    reveal, stack_config, upload_dependencies)
+    register_collection_data_assets, reveal, stack_config, upload_dependencies)
 from conftest import render_config
 
 EXAMPLES = Path(__file__).parent / "azure_corpus" / "azureml-examples"
-FILES = sorted(str(p.relative_to(EXAMPLES)) for p in EXAMPLES.rglob("*.y*ml"))
+# The data-collector samples are spelled .YAML: the glob takes every case.
+FILES = sorted(str(p.relative_to(EXAMPLES)) for p in EXAMPLES.rglob("*") if p.suffix.lower() in (".yml", ".yaml"))
 # The foundation-model files leave the model to `az ml online-deployment create -f deploy.yml --set model=...`;
 # in a stage it is the `model:` key next to `file:`.
 REGISTRY_MODEL = "azureml://registries/azureml/models/bert-base-uncased/versions/3"
@@ -42,7 +43,17 @@ REFUSED = {
     "cli/generative-ai/promptflow/deploy-flow/deployment.yaml": r"environment: unknown keys \['inference_config'\]",
     "cli/generative-ai/promptflow/deploy-flow/deployment-with-docker-context-environment.yaml":
         r"model: unknown keys \['properties'\] in the inline model",
-    "cli/monitoring/azureml-e2e-model-monitoring/endpoints/deployment.yaml": r"data_collector: key not supported by mlcanary",
+    "cli/monitoring/azureml-e2e-model-monitoring/endpoints/deployment.yaml":
+        rf"model: 'azureml:credit-default-model@latest' {PINNING}",
+    **{f"cli/endpoints/online/data-collector/workspace-blob-storage/workspace-blob-storage-{name}.YAML":
+       rf"model: 'azureml:iris_mlflow_model@latest' {PINNING}" for name in ("custom1", "custom2", "payload1", "payload2")},
+}
+# Files refused only for an unpinned model, as a stage uses them: `file:` with `model:` pinned next to it (what
+# `az ml online-deployment create -f FILE --set model=...` sends). Their data collectors are checked this way.
+PINNED = {
+    "cli/monitoring/azureml-e2e-model-monitoring/endpoints/deployment.yaml": "azureml:credit-default-model:3",
+    **{f"cli/endpoints/online/data-collector/workspace-blob-storage/workspace-blob-storage-{name}.YAML":
+       "azureml:iris_mlflow_model:1" for name in ("custom1", "custom2", "payload1", "payload2")},
 }
 
 # (path) -> (ours, theirs, why) for every example; (file, path) -> ... for one.
@@ -57,6 +68,11 @@ ALLOWED_EVERYWHERE = {
        "file's probe leaves out") for probe in ("livenessProbe", "readinessProbe")
        for key, value in (("failureThreshold", 30), ("period", 10.0), ("successThreshold", 1), ("timeout", 2.0))},
 }
+COLLECTOR_DEFAULTS = ("azure-native's CollectionArgs and DataCollectorArgs fill in samplingRate 1 (every request) and "
+                      "rollingRate Hour, their defaults from the REST spec, when the file gives none")
+ALLOWED_EVERYWHERE |= {"properties.dataCollector.rollingRate": ("Hour", None, COLLECTOR_DEFAULTS),
+                       **{f"properties.dataCollector.collections.{name}.samplingRate": (1, None, COLLECTOR_DEFAULTS)
+                          for name in ("model_inputs", "model_outputs", "model_inputs_outputs", "request", "response")}}
 ALLOWED = {
     ("cli/endpoints/online/kubernetes/kubernetes-blue-deployment.yml", "properties.instanceType"): (
         "defaultinstancetype", None, "no instance_type: Azure uses the cluster's default instance type, which "
@@ -118,6 +134,9 @@ def example(request, tmp_path) -> Path:
 
 
 def overrides(path: Path) -> dict:
+    pinned = next((model for file, model in PINNED.items() if path.as_posix().endswith(file)), None)
+    if pinned:
+        return {"model": pinned}
     return {} if "model" in yaml.safe_load(path.read_text()) else {"model": REGISTRY_MODEL}
 
 
@@ -135,13 +154,15 @@ def theirs(path: Path) -> dict:
         return resolve(asset, azureml_type, *args, **kwargs)
 
     orchestrator.get_asset_arm_id = get_asset_arm_id
+    register_collection_data_assets(deployment)
     upload_dependencies(deployment, orchestrator)
     return deployment._to_rest_object(location=MOCK_WORKSPACE_LOCATION).as_dict()
 
 
-def render(path: Path):
+def render(path: Path, pinned: bool = True):
     kubernetes = "kubernetesOnlineDeployment" in path.read_text()
-    return render_config(stack_config({"file": str(path), **overrides(path)},
+    extra = overrides(path) if pinned else {k: v for k, v in overrides(path).items() if v == REGISTRY_MODEL}
+    return render_config(stack_config({"file": str(path), **extra},
                                       compute="azureml:k8s-compute" if kubernetes else None))
 
 
@@ -166,15 +187,23 @@ def test_an_example_is_sent_as_azure_ai_ml_sends_it(example, request):
     assert {p: d for p, d in found.items() if not allowed(file, p, d)} == {}
 
 
+@pytest.mark.parametrize("example", sorted(PINNED), indirect=True, ids=str)
+def test_an_example_with_its_model_pinned_in_the_stage_is_sent_as_azure_ai_ml_sends_it(example, request):
+    file = request.node.callspec.params["example"]
+    found = differences(normalized(ours(example)), normalized(theirs(example)))
+    assert {p: d for p, d in found.items() if not allowed(file, p, d)} == {}
+    assert "dataCollector" in ours(example)["properties"]
+
+
 @pytest.mark.parametrize("example", sorted(REFUSED), indirect=True, ids=str)
 def test_an_example_we_cannot_send_is_refused_with_its_reason(example, request):
     file = request.node.callspec.params["example"]
     load_online_deployment(example)  # azure-ai-ml loads it: the refusal is ours, and says why
     with pytest.raises(pulumi.RunError) as raised:
-        render(example)
+        render(example, pinned=False)
     assert re.search(REFUSED[file], str(raised.value)), str(raised.value)
 
 
 def test_the_corpus_holds_every_loadable_example_and_the_lists_name_only_its_files():
-    assert len(FILES) == 65
-    assert set(REFUSED) <= set(FILES) and {f for f, _ in ALLOWED} <= set(FILES)
+    assert len(FILES) == 69
+    assert set(REFUSED) <= set(FILES) and {f for f, _ in ALLOWED} <= set(FILES) and set(PINNED) <= set(REFUSED)

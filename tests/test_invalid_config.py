@@ -225,8 +225,64 @@ CASES = {
         rf"{E}\.deployments\.green\.file: .*list\.yml must hold a mapping of deployment keys, got list",
     ),
     "deployment_yaml_unsupported_key": (
-        lambda c, t: deployments(c)["green"].update({"file": write(t, "g.yml", GREEN_YAML + "data_collector: {collections: {}}\n")}),
-        rf"{E}\.deployments\.green\.file \(.*g\.yml\) data_collector: key not supported by mlcanary; supported: name",
+        lambda c, t: deployments(c)["green"].update({"file": write(t, "g.yml", GREEN_YAML + "private_network_connection: true\n")}),
+        rf"{E}\.deployments\.green\.file \(.*g\.yml\) private_network_connection: key not supported by mlcanary; supported: name",
+    ),
+    # data collector (rules: azure-ai-ml's DataCollectorSchema / DeploymentCollectionSchema, REST spec)
+    "data_collector_sampling_rate_above_one": (
+        lambda c, t: deployments(c)["green"].update({"dataCollector": {"collections": {"response": {"enabled": True}},
+                                                                        "samplingRate": 50}}),
+        rf"{E}\.deployments\.green\.dataCollector\.samplingRate: must be a share from 0\.0 to 1\.0",
+    ),
+    "data_collector_enabled_not_true_or_false": (
+        lambda c, t: deployments(c)["green"].update({"dataCollector": {"collections": {"response": {"enabled": "yes"}}}}),
+        rf"{E}\.deployments\.green\.dataCollector\.collections\.response\.enabled: must be true or false, got 'yes'",
+    ),
+    "data_collector_collection_without_enabled": (
+        lambda c, t: deployments(c)["green"].update({"dataCollector": {"collections": {"response": {}}}}),
+        rf"{E}\.deployments\.green\.dataCollector\.collections\.response\.enabled: required",
+    ),
+    "data_collector_without_collections": (
+        lambda c, t: deployments(c)["green"].update({"dataCollector": {"rollingRate": "hour"}}),
+        rf"{E}\.deployments\.green\.dataCollector\.collections: required",
+    ),
+    "data_collector_rolling_rate_unknown": (
+        lambda c, t: deployments(c)["green"].update({"dataCollector": {"collections": {"response": {"enabled": True}},
+                                                                        "rollingRate": "year"}}),
+        rf"{E}\.deployments\.green\.dataCollector\.rollingRate: must be one of 'minute', 'hour' or 'day', got 'year'",
+    ),
+    "data_collector_client_id_not_a_guid": (
+        lambda c, t: deployments(c)["green"].update({"dataCollector": {"collections": {"response": {
+            "enabled": True, "clientId": "my-identity"}}}}),
+        rf"{E}\.deployments\.green\.dataCollector\.collections\.response\.clientId: 'my-identity' is not a client id",
+    ),
+    "data_collector_data_path_not_a_datastore_path": (
+        lambda c, t: deployments(c)["green"].update({"dataCollector": {"collections": {"response": {
+            "enabled": True, "data": {"name": "answers", "path": "/tmp/answers"}}}}}),
+        rf"{E}\.deployments\.green\.dataCollector\.collections\.response\.data\.path: '/tmp/answers' is not a "
+        "datastore path",
+    ),
+    "data_collector_collection_name_with_a_slash": (
+        lambda c, t: deployments(c)["green"].update({"dataCollector": {"collections": {"a/b": {"enabled": True}}}}),
+        rf"{E}\.deployments\.green\.dataCollector\.collections\.a/b: 'a/b' cannot name a collection",
+    ),
+    "deployment_yaml_data_collector_unknown_key": (
+        lambda c, t: deployments(c)["green"].update({"file": write(t, "g.yml", GREEN_YAML + "data_collector:\n  "
+                                                                   "collections:\n    request: {enabled: 'true', mode: x}\n")}),
+        rf"{E}\.deployments\.green\.file \(.*g\.yml\) data_collector\.collections\.request\.mode: unknown key; "
+        "allowed: enabled, client_id, data",
+    ),
+    "deployment_yaml_data_collector_enabled_boolean": (
+        lambda c, t: deployments(c)["green"].update({"file": write(t, "g.yml", GREEN_YAML + "data_collector:\n  "
+                                                                   "collections:\n    request: {enabled: true}\n")}),
+        rf"{E}\.deployments\.green\.file \(.*g\.yml\) data_collector\.collections\.request\.enabled: must be the "
+        "text 'true' or 'false'",
+    ),
+    "deployment_yaml_data_collector_data_as_text": (
+        lambda c, t: deployments(c)["green"].update({"file": write(t, "g.yml", GREEN_YAML + "data_collector:\n  "
+                                                                   "collections:\n    request: {enabled: 'true', data: azureml:x:1}\n")}),
+        rf"{E}\.deployments\.green\.file \(.*g\.yml\) data_collector\.collections\.request\.data: must be a "
+        "mapping with name, path and/or version",
     ),
     "deployment_yaml_name_mismatch": (
         lambda c, t: deployments(c)["green"].update({"file": write(t, "g.yml", "name: red\ninstance_type: x\n")}),

@@ -184,3 +184,52 @@ def test_plot_never_overwrites_a_file_that_is_not_a_picture(tmp_path):
     result = run(STAGE_3, "--to", "green", "--plot", str(notes), "--plan-only", state=tmp_path / "state")
     assert result.exit_code == 2 and "--plot " in result.output and "exists and is not a PNG" in result.output
     assert notes.read_text() == "the only copy\n"
+
+
+COMPARE = {"compare": {"path": "scores", "tolerance": "0.01"}}
+
+
+def test_resume_keeps_the_recorded_comparison_and_refuses_a_compare_option_that_contradicts_it(tmp_path):
+    record = write_record(tmp_path / "record.jsonl", INTERRUPTED_AT_50, flags=COMPARE)
+    path = run("--resume", "--record", str(record), "--compare-path", "$", state=tmp_path / "state")
+    assert path.exit_code == 2 and "--compare-path (recorded: scores) contradicts the plan recorded" in path.output
+    tolerance = run("--resume", "--record", str(record), "--output-tolerance", "abs:1", state=tmp_path / "state")
+    assert tolerance.exit_code == 2 and "--output-tolerance (recorded: 0.01) contradicts" in tolerance.output
+    uncompared = write_record(tmp_path / "uncompared.jsonl", INTERRUPTED_AT_50)
+    added = run("--resume", "--record", str(uncompared), "--compare-path", "scores", state=tmp_path / "state")
+    assert added.exit_code == 2 and "--compare-path (recorded: None) contradicts" in added.output
+    assert not (tmp_path / "state").exists()
+
+
+@pytest.mark.parametrize("answers, message", [
+    ({"compared": 5, "agreed": 9}, "its answers agreed 9 of only 5 compared"),
+    ({"compared": -5, "agreed": 0}, "its answers compared is not a whole number of at least 0: -5"),
+    ({"compared": 5, "agreed": 0, "fold": {"tally": {"target": 1, "baseline": 1, "cells": {}}}},
+     "its answers tally: a tally before the reference was full"),
+    ("lots", "its answers are not an object: 'lots'"),
+], ids=["agreed_above_compared", "negative_compared", "tally_before_reference", "not_an_object"])
+def test_a_record_with_tampered_answers_is_refused_before_anything_changes(answers, message, tmp_path):
+    window = {"event": "judgement", "step": "10 %", "index": 0, "traffic": {"blue": 90, "green": 10}, "mirror": {},
+              "window": {}, "eValues": {}, "targetServed": 5, "answers": answers}
+    record = write_record(tmp_path / "record.jsonl", window, INTERRUPTED_AT_50, flags=COMPARE)
+    before = record.read_bytes()
+    result = run("--resume", "--record", str(record), state=tmp_path / "state")
+    assert result.exit_code == 2, result.output
+    assert "judgement 1 (step '10 %'): " + message in result.output and "nothing was changed" in result.output
+    assert record.read_bytes() == before and not (tmp_path / "state").exists()
+
+
+def test_resume_refuses_a_stage_whose_rollout_config_now_compares_what_the_record_did_not(tmp_path):
+    from mlcanary.rollout.plan import load_plan, plan_json
+    from test_rollout_plan import stage_with
+
+    stage_file = stage_with(tmp_path, {"to": "green", "steps": [10, 50, 100]})
+    plan = load_plan(stage_file, {})
+    record = tmp_path / "record.jsonl"
+    record.write_text(json.dumps({"time": 1.0, "event": "plan", "rollout": "r-1", "plan": plan_json(plan)}) + "\n"
+                      + json.dumps({"time": 2.0, "rollout": "r-1", **INTERRUPTED_AT_50}) + "\n")
+    stage_with(tmp_path, {"to": "green", "steps": [10, 50, 100], "compare": {"path": "scores"}})  # edited since
+    result = run("--resume", "--record", str(record), state=tmp_path / "state")
+    assert result.exit_code == 2, result.output
+    assert "changed since rollout r-1 was recorded: its mlcanary:rollout now sets --compare-path (recorded: None)" \
+        in result.output and not (tmp_path / "state").exists()

@@ -166,9 +166,79 @@ def test_written_stages_have_paths_relative_to_their_project_so_they_can_be_comm
 def test_the_documented_rollout_table_matches_the_model():
     import re
 
-    from mlcanary.components.rollout_spec import RolloutSpec
+    from mlcanary.components.rollout_spec import CompareSpec, RolloutSpec
 
     reference = (PROJECT_DIR / "docs" / "config.md").read_text()
     section = reference.split("`mlcanary:rollout` — ", 1)[1].split("\n\n", 2)[1]
     keys = re.findall(r"^\| `([A-Za-z]+)` \|", section, flags=re.M)
     assert keys == [info.alias for info in RolloutSpec.model_fields.values()]
+    nested = re.findall(r"^\| `compare\.([A-Za-z]+)` \|", section, flags=re.M)
+    assert nested == [info.alias for info in CompareSpec.model_fields.values()]
+
+
+# --- `compare` in mlcanary:rollout: one nested object, named key by key -----------------------------------
+
+@pytest.mark.parametrize("compare, message", [
+    ({"tolerence": 0.1, "path": "scores"},
+     "mlcanary:rollout.compare.tolerence: unknown key; allowed here: path, tolerance, maxDisagreement"),
+    ("scores", "mlcanary:rollout.compare: must be an object"),
+    ({}, "mlcanary:rollout.compare.path: required: what of the answers to compare"),
+    ({"tolerance": 0.01}, "mlcanary:rollout.compare.tolerance: needs a compare path (--compare-path or compare.path)"),
+    ({"maxDisagreement": 0.1}, "mlcanary:rollout.compare.maxDisagreement: needs a compare path"),
+    ({"path": "$..scores"}, "mlcanary:rollout.compare.path: compare path '$..scores': cannot read it from '..scores'"),
+    ({"path": 5}, "mlcanary:rollout.compare.path: must be a string, got 5"),
+    ({"path": "scores", "tolerance": "5 %"}, "mlcanary:rollout.compare.tolerance: output tolerance '5 %'"),
+    ({"path": "scores", "tolerance": "abs:-1"}, "mlcanary:rollout.compare.tolerance: output tolerance 'abs:-1'"),
+    ({"path": "scores", "tolerance": [0.1]}, "mlcanary:rollout.compare.tolerance: must be a number (relative: 0.01 = "
+                                             "1 %) or a string: abs:0.5 (absolute), 0.01,abs:1e-6 (both), got [0.1]"),
+    ({"path": "scores", "tolerance": True}, "mlcanary:rollout.compare.tolerance: must be a number"),
+    ({"path": "scores", "maxDisagreement": 1}, "mlcanary:rollout.compare.maxDisagreement: the share of compared answers "
+                                               "allowed to disagree, from 0 up to (not including) 1, got 1"),
+    ({"path": "scores", "maxDisagreement": "some"}, "mlcanary:rollout.compare.maxDisagreement:"),
+], ids=["unknown_key", "not_an_object", "empty", "tolerance_without_path", "max_disagreement_without_path",
+        "bad_path", "path_not_a_string", "tolerance_not_a_number", "negative_absolute_tolerance", "tolerance_a_list",
+        "tolerance_a_boolean",
+        "max_disagreement_one", "max_disagreement_not_a_number"])
+def test_a_bad_compare_object_is_refused_naming_its_key(compare, message):
+    config = copy.deepcopy(yaml.safe_load(STAGE_3.read_text())["config"])
+    raw = {"target": "local", "endpoint": config["mlcanary:endpoint"], "rollout": {"compare": compare}}
+    with pytest.raises(SpecError) as raised:
+        load_stack_config(raw, PROJECT_DIR)
+    assert message in str(raised.value)
+
+
+@pytest.mark.parametrize("old_key", ["comparePath", "outputTolerance", "maxDisagreement"])
+def test_the_flat_compare_keys_are_unknown(old_key):
+    config = copy.deepcopy(yaml.safe_load(STAGE_3.read_text())["config"])
+    raw = {"target": "local", "endpoint": config["mlcanary:endpoint"], "rollout": {old_key: "scores"}}
+    with pytest.raises(SpecError) as raised:
+        load_stack_config(raw, PROJECT_DIR)
+    assert f"mlcanary:rollout.{old_key}: unknown key; allowed here:" in str(raised.value)
+    assert "compare" in str(raised.value)
+
+
+def test_an_absolute_tolerance_in_the_config_is_the_abs_string_and_flags_override_key_by_key(stage_file):
+    from mlcanary.components.answer_compare import settings_from
+
+    path = stage_file({"to": "green", "compare": {"path": "scores", "tolerance": "abs:0.5", "maxDisagreement": 0.1}})
+    options = load_plan(path, {}).options
+    tolerance = settings_from(options.compare_path, options.output_tolerance).tolerance
+    assert (tolerance.absolute, tolerance.relative) == (0.5, 0.0)
+    assert options.as_json()["compare"] == {"path": "scores", "tolerance": "abs:0.5", "maxDisagreement": 0.1}
+    # a number is relative; a flag replaces one key and keeps the others
+    options = load_plan(path, {"compare": {"tolerance": 0.02}}).options
+    tolerance = settings_from(options.compare_path, options.output_tolerance).tolerance
+    assert (tolerance.absolute, tolerance.relative) == (0.0, 0.02) and options.max_disagreement == 0.1
+    both = load_plan(path, {"compare": {"tolerance": "0.01,abs:1e-6"}}).options
+    tolerance = settings_from(both.compare_path, both.output_tolerance).tolerance
+    assert (tolerance.absolute, tolerance.relative) == (1e-6, 0.01)
+
+
+def test_a_bad_compare_flag_is_named_as_the_flag_even_with_compare_in_the_config(stage_file):
+    path = stage_file({"to": "green", "compare": {"path": "scores"}})
+    with pytest.raises(PlanError) as raised:
+        load_plan(path, {"compare": {"tolerance": "5 %"}})
+    assert "--output-tolerance: output tolerance '5 %'" in str(raised.value)
+    with pytest.raises(PlanError) as raised:
+        load_plan(STAGE_3, {"to": "green", "compare": {"maxDisagreement": 0.5}})
+    assert "--max-disagreement: needs a compare path (--compare-path or compare.path)" in str(raised.value)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -17,6 +18,8 @@ from click.testing import CliRunner
 
 from mlcanary.cli import main
 from mlcanary.local_runtime import lease
+from mlcanary.components.answer_compare import settings_from
+from mlcanary.rollout.answer_judge import AnswerCheck, AnswerJudge, AnswerOptions, AnswerWindow
 from mlcanary.rollout.judges import make_judge
 from mlcanary.rollout.notify import Confirmer, Notifier
 from mlcanary.rollout.plan import load_plan
@@ -31,7 +34,8 @@ def verb(state_dir, *args: str):
     return CliRunner().invoke(main, ["rollout", *args, "--state-dir", str(state_dir)], catch_exceptions=False)
 
 
-def steered_run(tmp_path, at: dict[float, tuple[str, ...]], world=None, notifier=None, confirmer=None, **flags):
+def steered_run(tmp_path, at: dict[float, tuple[str, ...]], world=None, notifier=None, confirmer=None,
+                answer_source=None, **flags):
     """Run a rollout; at each simulated time in `at`, run that verb (`--timeout 0`: it does not wait)."""
     world = world or ReadBackWorld()
     answers = {}
@@ -49,8 +53,13 @@ def steered_run(tmp_path, at: dict[float, tuple[str, ...]], world=None, notifier
     o = plan.options
     steering = HeldSteering(lease.lease_dir(tmp_path), plan, world, record=tmp_path / "r.jsonl", notifier=notifier,
                             confirmer=confirmer, warn=lambda _m: None)
+    check = None
+    if answer_source is not None:
+        check = AnswerCheck(AnswerJudge(AnswerOptions(settings_from(o.compare_path, o.output_tolerance),
+                                                      o.max_disagreement, o.alpha)), answer_source(world))
+        check.source.start()
     runner = Runner(plan, world, world, make_judge(o.judge, o.alpha, o.rules, o.failure_limit), recorder,
-                    clock=world.clock, sleep=world.sleep, steering=steering)
+                    clock=world.clock, sleep=world.sleep, steering=steering, answers=check)
     return runner.run(), recorder.events, world, answers
 
 
@@ -130,6 +139,82 @@ def test_status_shows_step_traffic_counts_judge_and_what_is_next(tmp_path):
     assert document["state"] == "running" and document["step"] == "50 %" and document["traffic"] == {"blue": 50, "green": 50}
     assert document["counts"]["green"]["requests"] > 0 and "errors" in document["eValues"]
     assert "rollbackStage" not in document
+
+
+class WorldAnswers:
+    """The answers of the simulated world: each mirrored copy to green is compared and one in four
+    disagrees; every live answer gives one output number, alike on both sides."""
+
+    def __init__(self, world):
+        self.world, self.seen = world, {}
+
+    def _totals(self) -> dict[str, int]:
+        green, blue = self.world.totals["green"], self.world.totals["blue"]
+        return {"mirrored": green.mirrored.requests, "green": green.live.requests, "blue": blue.live.requests}
+
+    def start(self) -> None:
+        self.seen = self._totals()
+
+    def read(self) -> AnswerWindow:
+        now = self._totals()
+        new = {k: now[k] - self.seen.get(k, 0) for k in now}
+        self.seen = now
+        outputs = lambda n: tuple(0.3 + 0.001 * (i % 50) for i in range(n))  # noqa: E731
+        sample = {"mirror": "green", "request": "ab12", "reason": "$.scores[0]: 0.1 vs 0.5 (outside tolerance)"}
+        return AnswerWindow(new["mirrored"], new["mirrored"] - new["mirrored"] // 4, target_outputs=outputs(new["green"]),
+                            baseline_outputs=outputs(new["blue"]), samples=(sample,) if new["mirrored"] >= 4 else ())
+
+
+def test_status_shows_the_answers_agreement_in_the_mirror_phase_and_the_distribution_test_in_live_steps(tmp_path):
+    _, _, _, answers = steered_run(
+        tmp_path, {3.0: ("status", ENDPOINT), 3.5: ("status", ENDPOINT, "--format", "json"),
+                   5.0: ("status", ENDPOINT), 5.5: ("status", ENDPOINT, "--format", "json")},
+        answer_source=WorldAnswers, mirror=50, mirrorFor="4s", steps=[50, 100], minRequests=20, maxHold=5,
+        compare={"path": "scores", "maxDisagreement": 0.3})
+    mirror = answers[3.0].output
+    assert answers[3.0].exit_code == 0, mirror
+    assert "step 1/4: mirror 50 %" in mirror
+    line = next(l for l in mirror.splitlines() if l.startswith("  answers at scores"))
+    agreed, compared, share = re.search(r"\(within rel:1e-09\): (\d+) of (\d+) agreed \(([\d.]+) %\) in the mirror "
+                                        r"phase, \d+ in this step; e\(disagreement\) [\d.e+-]+ of 1000 \(allowed 30 % "
+                                        r"disagreeing\)$", line).groups()
+    assert int(compared) > 0 and float(share) == round(100 * int(agreed) / int(compared), 1) and 70 < float(share) < 80
+    assert "last disagreement: $.scores[0]: 0.1 vs 0.5 (outside tolerance)" in mirror
+    assert "output distribution" not in mirror  # the distribution test judges live steps
+    document = json.loads(answers[3.5].output)["answers"]
+    assert document["mirrorStep"] is True and document["stepCompared"] == document["compared"] > 0
+    assert document["shareAgreed"] == round(document["agreed"] / document["compared"], 4)
+    assert document["threshold"] == 1000.0 and document["eDisagreement"] < 1  # 25 % disagree, 30 % allowed
+    assert document["compare"] == {"path": "scores", "tolerance": "rel:1e-09", "maxDisagreement": 0.3}
+
+    live = answers[5.0].output
+    assert "step 3/4: 50 %" in live and "in the mirror phase;" in live  # the mirror phase's agreement stays shown
+    shift = next(l for l in live.splitlines() if l.startswith("  output distribution:"))
+    assert "e(output shift) " in shift and " of 1000, distance " in shift and "target outputs tested in this step" in shift
+    document = json.loads(answers[5.5].output)["answers"]
+    assert document["mirrorStep"] is False and document["eShift"] < 1000 and document["stepTested"] > 0
+
+
+def test_status_of_a_rollout_without_a_mirror_phase_shows_the_distribution_test_waiting_for_its_reference(tmp_path):
+    _, _, _, answers = steered_run(tmp_path, {1.5: ("status", ENDPOINT)}, answer_source=WorldAnswers, steps=[50, 100],
+                                   minRequests=20, maxHold=5, compare={"path": "scores"})
+    text = answers[1.5].output
+    assert "answers at scores (within rel:1e-09): no mirrored pair was compared (no mirror phase)" in text
+    waiting = re.search(r"output distribution: (\d+) of the 200 baseline outputs its reference needs; the test starts "
+                        r"then", text)
+    assert waiting and 0 < int(waiting.group(1)) < 200, text
+
+
+@pytest.mark.parametrize("answers, shown", [
+    ({"compared": "many", "compare": {}}, "answers: not readable in the hold document"),
+    ([1, 2], "answers: not readable in the hold document ([1, 2])"),
+], ids=["count_not_a_number", "not_an_object"])
+def test_status_of_a_hold_document_with_tampered_answers_says_so_without_a_traceback(tmp_path, answers, shown):
+    directory = lease.lease_dir(tmp_path)
+    lease.acquire(directory, ENDPOINT, {"id": "x-1", "step": "mirror 50 %", "answers": answers})
+    lease.forget(directory, ENDPOINT)
+    result = verb(tmp_path, "status", ENDPOINT)
+    assert result.exit_code == 0 and shown in result.output
 
 
 def test_status_of_a_rollout_whose_process_died_says_so(tmp_path):

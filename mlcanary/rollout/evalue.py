@@ -14,6 +14,7 @@ import bisect
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 # Alternatives as multiples of r0; equal prior weight each. Wide on purpose: a x30 error rate is
 # caught after a handful of events, a x1.5 one still eventually.
@@ -180,22 +181,39 @@ class ShiftEValue:
         high = self.edges[i] + self.allowance(self.edges[i]) if i < len(self.edges) else math.inf
         return lambda v: low < v <= high
 
-    def update(self, target: list[float], baseline: list[float]) -> None:
-        """Fold in one closed window: the output numbers each side gave in it."""
+    def update(self, target: list[float], baseline: list[float]) -> dict | None:
+        """Fold in one closed window: the output numbers each side gave in it. Returns its tally (None
+        when the window says nothing): `apply(tally)` on a copy of this test's earlier state gives the
+        same state again, which is how a resumed rollout restores it from its record."""
+        tally = self.tally(target, baseline)
+        if tally is not None:
+            self.apply(tally)
+        return tally
+
+    def tally(self, target: list[float], baseline: list[float]) -> dict | None:
+        """Per cell, [target outputs in it, baseline outputs in it widened, baseline outputs in it]."""
         if not target or not baseline:
-            return  # one side gave nothing: the window says nothing about the difference
-        share = len(target) / (len(target) + len(baseline))
-        events = {i: [0, 0] for i in self.cells}
+            return None  # one side gave nothing: the window says nothing about the difference
+        cells: dict[int, list[int]] = {}
         for value in target:
-            events[self.cell(value)][0] += 1
-            self.counts[self.cell(value)][0] += 1
+            cells.setdefault(self.cell(value), [0, 0, 0])[0] += 1
         widened = {i: self.widened(i) for i in self.cells}
         for value in baseline:
-            self.counts[self.cell(value)][1] += 1
+            cells.setdefault(self.cell(value), [0, 0, 0])[2] += 1
             for i, inside in widened.items():
                 if inside(value):
-                    events[i][1] += 1
-        for i, (t, b) in events.items():
+                    cells.setdefault(i, [0, 0, 0])[1] += 1
+        return {"target": len(target), "baseline": len(baseline), "cells": {str(i): c for i, c in sorted(cells.items())}}
+
+    def apply(self, tally: dict) -> None:
+        """Fold in a tally (of `tally`, or read back from a record: checked first, ValueError if it
+        cannot be one of this test's)."""
+        target, baseline, cells = _checked_tally(tally, self.cells)
+        share = target / (target + baseline)
+        for i in self.cells:
+            t, b, plain = cells.get(i, (0, 0, 0))
+            self.counts[i][0] += t
+            self.counts[i][1] += plain
             self.cells[i].update(t, b, share)
 
     @property
@@ -220,6 +238,28 @@ class ShiftEValue:
         return cls(tuple(state["edges"]), tuple(state["tied"]), state["alpha"], state["relative"], state["absolute"],
                    {int(i): RatioEValue.from_state(c) for i, c in state["cells"].items()},
                    {int(i): list(c) for i, c in state["counts"].items()})
+
+
+def _checked_tally(tally: Any, known: dict) -> tuple[int, int, dict[int, tuple[int, int, int]]]:
+    def count(value: Any) -> int:
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise ValueError(f"a count is a whole number of at least 0, got {value!r}")
+        return value
+
+    if not isinstance(tally, dict) or not isinstance(tally.get("cells"), dict):
+        raise ValueError(f"a tally is an object with target, baseline and cells, got {tally!r}")
+    target, baseline = count(tally.get("target")), count(tally.get("baseline"))
+    cells = {}
+    for key, value in tally["cells"].items():
+        if not (isinstance(key, str) and key.isdigit() and int(key) in known):
+            raise ValueError(f"cell {key!r} is not one of this test's cells ({', '.join(map(str, known))})")
+        if not isinstance(value, list) or len(value) != 3:
+            raise ValueError(f"cell {key}: [target, widened baseline, baseline] counts, got {value!r}")
+        cells[int(key)] = tuple(count(v) for v in value)
+    if not target or not baseline or sum(c[0] for c in cells.values()) != target \
+            or sum(c[2] for c in cells.values()) != baseline:
+        raise ValueError(f"its cells do not add up to its {target} target and {baseline} baseline outputs")
+    return target, baseline, cells
 
 
 def cells_from(reference: list[float], quantiles: int = 5, tie_share: float = 0.05) -> tuple[tuple[float, ...], tuple[bool, ...]]:

@@ -18,7 +18,7 @@ import yaml
 from pydantic import ValidationError
 
 from mlcanary.components.rollout_rules import Rule, parse_rule
-from mlcanary.components.rollout_spec import RolloutSpec, duration_seconds, rollout_problems
+from mlcanary.components.rollout_spec import COMPARE_OPTIONS, RolloutSpec, duration_seconds, rollout_problems
 from mlcanary.components.rules import Problem
 from mlcanary.components.spec import NAMESPACE, SpecError, StackSpec, is_asset_reference, load_stack_config
 from mlcanary.components.stage_file import namespaced, project_dir_of, read_stage_file
@@ -59,8 +59,10 @@ class Options:
                 "mirror": self.mirror, "mirrorForS": self.mirror_for_s, "bakeS": self.bake_s,
                 "deleteOld": self.delete_old, "rule": [str(r) for r in self.rules], "judge": self.judge,
                 "alpha": self.alpha, "minRequests": self.min_requests, "maxHold": self.max_hold,
-                "failureLimit": self.failure_limit, "comparePath": self.compare_path,
-                "outputTolerance": self.output_tolerance, "maxDisagreement": self.max_disagreement}
+                "failureLimit": self.failure_limit,
+                "compare": None if self.compare_path is None else {
+                    "path": self.compare_path, "tolerance": self.output_tolerance,
+                    "maxDisagreement": self.max_disagreement}}
 
 
 @dataclass(frozen=True)
@@ -113,7 +115,9 @@ def plan_json(plan: Plan) -> dict[str, Any]:
 
 
 def option_name(key: str) -> str:
-    """`minRequests` -> `--min-requests`."""
+    """`minRequests` -> `--min-requests`; `compare.tolerance` -> `--output-tolerance`."""
+    if key.startswith("compare."):
+        return COMPARE_OPTIONS[key.removeprefix("compare.")]
     return "--" + "".join(f"-{c.lower()}" if c.isupper() else c for c in key)
 
 
@@ -135,17 +139,24 @@ def load_plan(stage_file: Path, flags: dict[str, Any]) -> Plan:
 
 
 def resolve_options(stage: StackSpec, flags: dict[str, Any]) -> Options:
+    """The stage's `mlcanary:rollout` with the flags over it. `flags` as the config spells them; the
+    compare flags as `{"compare": {"path": ..., "tolerance": ..., "maxDisagreement": ...}}`, merged
+    key by key into the config's `compare`."""
     from_config = stage.rollout.model_dump(by_alias=True, exclude_none=True) if stage.rollout else {}
     merged = {**from_config, **flags}
+    flag_compare = flags.get("compare") or {}
+    if "compare" in flags:
+        merged["compare"] = {**from_config.get("compare", {}), **flag_compare}
 
     def field(key: str) -> str:
-        return option_name(key) if key in flags else f"{NAMESPACE}:rollout.{key}"
+        given = key.removeprefix("compare.") in flag_compare if key.startswith("compare.") else key in flags
+        return option_name(key) if given else f"{NAMESPACE}:rollout.{key}"
 
     try:
         plan = RolloutSpec.model_validate(merged)
     except ValidationError as err:
         raise PlanError("invalid rollout options:", [
-            f"{field(str(e['loc'][0]))}: {e['msg']}, got {e.get('input')!r}" for e in err.errors()]) from None
+            f"{field(_key_of(e['loc']))}: {e['msg']}, got {e.get('input')!r}" for e in err.errors()]) from None
     problems = rollout_problems(plan, stage.endpoint.deployments, field)
     if plan.to is None:
         problems.append(Problem("--to", "required: the deployment to promote"))
@@ -161,10 +172,16 @@ def resolve_options(stage: StackSpec, flags: dict[str, Any]) -> Options:
         delete_old=plan.get("deleteOld"), rules=tuple(parse_rule(r) for r in plan.get("rule") or ()),
         judge=plan.get("judge"), alpha=plan.get("alpha"), min_requests=plan.get("minRequests"),
         max_hold=plan.get("maxHold"), failure_limit=plan.get("failureLimit"),
-        compare_path=plan.compare_path,
-        output_tolerance=None if plan.output_tolerance is None else str(plan.output_tolerance),
-        max_disagreement=plan.max_disagreement,
+        compare_path=plan.compare.path if plan.compare else None,
+        output_tolerance=None if plan.compare is None or plan.compare.tolerance is None else str(plan.compare.tolerance),
+        max_disagreement=plan.compare.max_disagreement if plan.compare else None,
     )
+
+
+def _key_of(loc: tuple) -> str:
+    """A pydantic error's place as a key: `steps` (not `steps.1`), `compare.tolerance`."""
+    parts = [str(p) for p in loc if p not in ("str", "float", "int")]
+    return ".".join(parts[:2]) if parts[:1] == ["compare"] else parts[0]
 
 
 def _busiest(stage: StackSpec, target: str | None) -> str | None:

@@ -99,6 +99,7 @@ class ResumePoint:
     target_served: int
     how: str  # how the rollout ended: "interrupted", or "died" (no decision: its process was killed)
     at_step: str  # the step that was live when it ended
+    answer_windows: tuple[dict[str, Any], ...] = ()  # its judgement lines with answers, for AnswerJudge.replay
 
 
 def _field(event: dict, key: str, kind: type | tuple, where: str) -> Any:
@@ -146,4 +147,5 @@ def resume_point(events: list[dict[str, Any]], path: Path) -> ResumePoint:
     served = state_from.get("targetServed", 0) if state_from else 0
     if not isinstance(served, int) or isinstance(served, bool) or served < 0:
         raise RecordError(f"{where}: targetServed must be a whole number of at least 0, got {served!r}")
-    return ResumePoint(rollout_id, plan, last_good + 1, state, served, how, at_step)
+    answers = tuple(e for e in mine if e["event"] == "judgement" and "answers" in e)
+    return ResumePoint(rollout_id, plan, last_good + 1, state, served, how, at_step, answers)

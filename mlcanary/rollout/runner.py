@@ -129,6 +129,8 @@ class Runner:
         on_started()
         for index in range(start_index, len(self.plan.steps)):
             step = self.plan.steps[index]
+            if self._failure() is not None:  # a resumed judge whose record already fails: no step is applied
+                return self._roll_back(index, self._failure())
             if self.steering.skip(step, self.plan.steps[index + 1:]):
                 continue  # `rollout promote --full`: straight to the last live step
             try:
@@ -204,8 +206,9 @@ class Runner:
         before = self._read()
         read_at = self.clock()
         self.judge.start_step((before or {}).get(baseline, DeploymentCounts()).live)
-        if self.answers:
-            self.answers.start_step(step.kind == "mirror")
+        if self.answers:  # a resumed rollout's step (index and label) keeps its answers' counts
+            split = all(step.traffic.get(name, 0) > 0 for name in (to, baseline))
+            self.answers.start_step(step.kind == "mirror", (index, label), split)
         step_counts: dict[str, Counts] = {}
         step_pinned: dict[str, Counts] = {}
         interval_t, interval_b = Counts(), Counts()
@@ -290,7 +293,8 @@ class Runner:
                     self.view.status = f"held {holds}/{options.max_hold}: {why}"
                     self.on_decision(f"held {label}: {why} (hold {holds}; halts after {options.max_hold})")
                     if holds > options.max_hold:
-                        return self._halt(index, label, step_t.requests, no_data if gaps else "")
+                        waited = answers_wait if not gaps and step_t.requests >= options.min_requests else None
+                        return self._halt(index, label, step_t.requests, no_data if gaps else "", waited)
             self.on_update(self.view)
 
     def _failure(self) -> Failure | None:
@@ -339,18 +343,22 @@ class Runner:
                          f"rolled back: live {_shares(self.plan.rollback.traffic)}")
         return Outcome(ROLLED_BACK, "rolled back", message, failure, self.target_served, self.judge.e_values(), step)
 
-    def _halt(self, index: int, label: str, requests: int, no_data: str = "") -> Outcome:
+    def _halt(self, index: int, label: str, requests: int, no_data: str = "", waited: str | None = None) -> Outcome:
+        """`waited`: what the answer judge still needed, when the requests were enough."""
         self._status("halting: not enough data")
         with _signals_deferred():
             error = self._apply_quietly(self.plan.rollback)
         why = (f"no data in its windows ({no_data}); a step is never promoted on missing data" if no_data else
+               f"not enough data for the answer judge ({waited})" if waited else
                f"{self.options.to} served {requests} of the {self.options.min_requests} requests a step needs")
         message = (f"at step {label}: {why}, after {self.options.max_hold} extra interval(s); "
                    + (f"the rollback failed: {error}" if error else f"traffic is back on {self.options.baseline}"))
         self.recorder.write("decision", decision="halted", step=label, index=index, requests=requests,
-                            noData=no_data or None, targetServed=self.target_served, message=message,
+                            noData=no_data or None, **({"waitedFor": waited} if waited else {}),
+                            targetServed=self.target_served, message=message,
                             rollbackError=error)
-        self.on_decision(f"halted at {label}: " + ("no data" if no_data else "not enough requests")
+        self.on_decision(f"halted at {label}: " + ("no data" if no_data else "not enough answers compared or tested"
+                                                   if waited else "not enough requests")
                          + (f"; rollback failed: {error}" if error else f"; rolled back: live {_shares(self.plan.rollback.traffic)}"))
         return Outcome(HALTED, "halted", message, target_served=self.target_served, e_values=self.judge.e_values(), step=label)
 

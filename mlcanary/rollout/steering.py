@@ -364,6 +364,8 @@ class HeldSteering(Steering):
         }
         if self.resources is not None and self.resources.values:
             state["resources"] = self.resources.values
+        if getattr(runner, "answers", None) is not None:
+            state["answers"] = runner.answers.judge.status()
         if step is not None and index is not None:
             state["next"] = self._next(index, step)
         return state
