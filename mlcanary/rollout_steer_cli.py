@@ -27,9 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import click
-from click_default_group import DefaultGroup
-
-from mlcanary.cli_support import state_dir_option
+from mlcanary.cli_support import LazyDefaultGroup, state_dir_option
 
 ACK_POLL_S = 0.2
 
@@ -39,27 +37,8 @@ def _fail(message: str, code: int = 1) -> None:
     sys.exit(code)
 
 
-class RolloutGroup(DefaultGroup):
-    """DefaultGroup with its default command `run` loaded on first need: a name that is no verb (a
-    stage file) resolves to `run`, as in DefaultGroup; `status`, `pause`, ... never load it."""
-
-    def _load_run(self) -> None:
-        if "run" not in self.commands:
-            from mlcanary.rollout_cli import rollout as run
-
-            self.add_command(run, name="run")
-
-    def list_commands(self, ctx: click.Context) -> list[str]:
-        self._load_run()
-        return super().list_commands(ctx)
-
-    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
-        if cmd_name not in self.commands:
-            self._load_run()
-        return super().get_command(ctx, cmd_name)
-
-
-@click.group(cls=RolloutGroup, default="run", default_if_no_args=False,
+@click.group(cls=LazyDefaultGroup, lazy_commands={"run": "mlcanary.rollout_cli:rollout"}, default="run",
+             default_if_no_args=False,
              context_settings={"ignore_unknown_options": True})
 def rollout() -> None:
     """Promote a deployment step by step (`mlcanary rollout STAGE_FILE ...`, the default command `run`),
