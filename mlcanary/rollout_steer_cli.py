@@ -188,6 +188,11 @@ def _answer_lines(answers: dict[str, Any]) -> list[str]:
         lines.append(f"  last disagreement: {answers['lastDisagreement']}")
     if answers.get("lastNotCompared"):
         lines.append(f"  last not compared: {answers['lastNotCompared']}")
+    if answers.get("stepUnpaired"):
+        lines.append(f"  {answers['stepUnpaired']} answers of the target found no partner to pair with in this step: "
+                     "judged on their distribution")
+    if answers.get("pending"):
+        lines.append(f"  answers pending: {answers['pending']} (the step waits for them)")
     return lines
 
 

@@ -205,6 +205,27 @@ def test_status_of_a_rollout_without_a_mirror_phase_shows_the_distribution_test_
     assert waiting and 0 < int(waiting.group(1)) < 200, text
 
 
+class LateAnswers(WorldAnswers):
+    """As the data collector's answers: they have not landed yet, and none could be paired."""
+
+    def read(self) -> AnswerWindow:
+        window = super().read()
+        return AnswerWindow(target_outputs=window.target_outputs, baseline_outputs=window.baseline_outputs,
+                            unpaired=window.compared, pending="answers until 12:00:05 have not landed yet")
+
+
+def test_status_says_when_the_answers_have_not_landed_and_how_many_could_not_be_paired(tmp_path):
+    _, _, _, answers = steered_run(tmp_path, {2.5: ("status", ENDPOINT), 3.0: ("status", ENDPOINT, "--format", "json")},
+                                   answer_source=LateAnswers, mirror=50, mirrorFor="2s", steps=[100], minRequests=20,
+                                   maxHold=1, compare={"path": "scores"})
+    text = answers[2.5].output
+    assert "answers pending: answers until 12:00:05 have not landed yet (the step waits for them)" in text
+    assert re.search(r"  \d+ answers of the target found no partner to pair with in this step: judged on their "
+                     r"distribution", text), text
+    document = json.loads(answers[3.0].output)["answers"]
+    assert document["pending"] == "answers until 12:00:05 have not landed yet" and document["stepUnpaired"] > 0
+
+
 @pytest.mark.parametrize("answers, shown", [
     ({"compared": "many", "compare": {}}, "answers: not readable in the hold document"),
     ([1, 2], "answers: not readable in the hold document ([1, 2])"),

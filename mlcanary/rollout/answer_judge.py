@@ -325,6 +325,10 @@ class AnswerJudge:
             shown["lastDisagreement"] = self.samples[-1].get("reason")
         if self.last_not_compared:
             shown["lastNotCompared"] = self.last_not_compared
+        if self.pending:  # the data collector's answers have not landed: the step waits
+            shown["pending"] = self.pending
+        if self.step_unpaired:
+            shown["stepUnpaired"] = self.step_unpaired
         return shown
 
     def view(self) -> dict[str, Any]:
