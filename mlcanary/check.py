@@ -189,8 +189,11 @@ def _options(resource: Registration) -> proto.AnalyzerResourceOptions:
 
 def _analyze(stage: str, render: Render, analyzer: _PolicyAnalyzerServicer) -> list[Violation]:
     diagnostics = []
-    properties = [_struct(resource.inputs) for resource in render.resources]
-    for resource, props in zip(render.resources, properties):
+    # Sibling resources (blue, green) register in either order: by URN, a stage's violations come out
+    # in the same order on every run.
+    resources = sorted(render.resources, key=lambda resource: resource.urn)
+    properties = [_struct(resource.inputs) for resource in resources]
+    for resource, props in zip(resources, properties):
         request = proto.AnalyzeRequest(
             type=resource.type, properties=props, urn=resource.urn, name=resource.name, options=_options(resource),
         )
@@ -201,7 +204,7 @@ def _analyze(stage: str, render: Render, analyzer: _PolicyAnalyzerServicer) -> l
                 type=r.type, properties=props, urn=r.urn, name=r.name, options=_options(r),
                 parent=r.parent, dependencies=r.dependencies,
             )
-            for r, props in zip(render.resources, properties)
+            for r, props in zip(resources, properties)
         ]
     )
     diagnostics += [(d, "") for d in analyzer.AnalyzeStack(stack, None).diagnostics]
