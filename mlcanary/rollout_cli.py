@@ -276,6 +276,7 @@ def _run(plan, settings, policy_pack_config, record, plot, point, apply_stage, o
 
     from mlcanary.console import output_console
     from mlcanary.rollout.appliers import ApplyError
+    from mlcanary.rollout import judge_replay
     from mlcanary.rollout.judges import make_judge
     from mlcanary.rollout.plan import plan_json
     from mlcanary.rollout.record import Recorder, RecordError, new_rollout_id, read_record
@@ -283,15 +284,20 @@ def _run(plan, settings, policy_pack_config, record, plot, point, apply_stage, o
 
     options = plan.options
     judge = make_judge(options.judge, options.alpha, options.rules, options.failure_limit)
-    start_index, judge_state, served = 0, None, 0
+    start_index, served, restored = 0, 0, None
     if point is not None:
-        start_index, judge_state, served = point.start_index, point.judge_state, point.target_served
-        if judge_state is not None:
+        start_index, served = point.start_index, point.target_served
+        if point.judge_state is not None:
             try:
-                make_judge(options.judge, options.alpha, options.rules, options.failure_limit).load_state(judge_state)
+                make_judge(options.judge, options.alpha, options.rules, options.failure_limit).load_state(point.judge_state)
             except (KeyError, TypeError, ValueError, AttributeError) as err:
                 _fail(f"record {record} (rollout {point.rollout_id}): its judgeState cannot be loaded "
                       f"({type(err).__name__}: {err}); nothing was changed", 2)
+        try:
+            restored = judge_replay.restore(judge, point)
+        except ValueError as err:
+            _fail(f"record {record} (rollout {point.rollout_id}): {err}; nothing was changed", 2)
+        served = restored.target_served
     answer_judge = _answer_judge(plan)
     if answer_judge is not None and point is not None:  # before anything starts: a bad record changes nothing
         try:
@@ -315,6 +321,7 @@ def _run(plan, settings, policy_pack_config, record, plot, point, apply_stage, o
                  "did not finish: no decision was recorded after it (its process was killed)")
         log(f"rollout {point.rollout_id} {ended} at {point.at_step}; the endpoint runs live {running}; "
             f"resuming at step {start_index + 1}/{len(plan.steps)}")
+        log(_judge_restored(judge, point, restored, plan))
         if answers:
             log(_answers_restored(answers.judge, point, plan, start_index))
     elif not applier.in_state(plan.start):
@@ -370,7 +377,8 @@ def _run(plan, settings, policy_pack_config, record, plot, point, apply_stage, o
     try:
         if live:
             live.start()
-        outcome = runner.run(start_index, judge_state, served, on_started=start_load)
+        outcome = runner.run(start_index, None, served, on_started=start_load,  # the judge is restored above
+                             resumed_step=(restored.target, restored.baseline) if restored else None)
     finally:
         if live:
             live.stop()
@@ -437,6 +445,19 @@ def _answer_check(plan, client, judge):
     return AnswerCheck(judge, LocalAnswerSource(client, plan.endpoint, judge.options, options.to, options.baseline))
 
 
+def _judge_restored(judge, point, restored, plan) -> str:
+    """What the resumed error/latency judge holds, and what the resumed step keeps of its requests."""
+    text = f"{judge.name} judge: restored from {point.state_from}"
+    if restored.replayed:
+        text += f" and the {restored.replayed} judged window(s) of the step after it"
+    text += f": {judge.restored()}"
+    if point.start_index < len(plan.steps) and restored.target.requests:
+        step = plan.steps[point.start_index]
+        text += (f"; step {step.label} keeps its {restored.target.requests} judged request(s) to {plan.options.to} "
+                 f"(of the {plan.options.min_requests} it needs) and starts its time again")
+    return text
+
+
 def _answers_restored(judge, point, plan, start_index: int) -> str:
     """What the resumed answer judge holds from the record, and what the resumed step still needs."""
     windows = len(point.answer_windows)
@@ -448,8 +469,7 @@ def _answers_restored(judge, point, plan, start_index: int) -> str:
     if step is not None and judge.step == (index, step.label):
         kept = (f"{judge.step_compared} compared answers" if step.kind == "mirror" else
                 f"{judge.step_tested} tested outputs")
-        text += (f"; step {step.label} keeps its {kept}, and starts its time and requests again (the error "
-                 "judge's step restarts)")
+        text += (f"; step {step.label} keeps its {kept}, and starts its time again")
     return text
 
 

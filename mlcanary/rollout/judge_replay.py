@@ -1,0 +1,85 @@
+"""--resume of the error/latency judge: its state saved at the last promotion (or interruption), then
+the resumed step's judged windows folded in again, in order, from the record's judgement lines.
+
+Each judgement line keeps what the judge folded (`judged`: both sides' counts and the step's
+thresholds), so the same folds give the same e-values: the e-process continues, nothing is counted
+twice (a resumed rollout reads only new windows), and the resumed step keeps the requests judged
+before the stop toward --min-requests, never more than the record holds. A line no run could have
+written (counts that cannot be, e-values or targetServed that its folds do not give) is refused.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from mlcanary.rollout.counts import Counts, counts_from_json
+from mlcanary.rollout.judges import Judge
+from mlcanary.rollout.record import ResumePoint
+
+
+@dataclass(frozen=True)
+class Restored:
+    target: Counts  # the resumed step's judged requests before the stop, per side
+    baseline: Counts
+    replayed: int  # judged windows folded in again on top of the saved state
+    target_served: int
+
+
+def restore(judge: Judge, point: ResumePoint) -> Restored:
+    """Load the saved state into `judge` and fold the step's later windows in; ValueError names the line
+    (KeyError/TypeError from a garbled judgeState are the caller's to report as such)."""
+    if point.judge_state is not None:
+        judge.load_state(point.judge_state)
+    target, baseline, replayed, served = Counts(), Counts(), 0, point.target_served
+    for number, entry in enumerate(point.step_lines, start=1):
+        folded_again = number > point.judged_before
+        where = (f"the {entry['event']} line at time {entry.get('time')} "
+                 f"(line {number} of step {entry.get('step')!r} in the record)")
+        try:
+            if folded_again and judge.failure is not None:
+                raise ValueError(f"follows a window where the {judge.name} judge had already failed")
+            if entry["event"] == "interval":
+                requests = entry.get("requests")
+                if requests != target.requests:
+                    raise ValueError(f"requests {requests!r} is not the {target.requests} its step's windows hold")
+                if folded_again:
+                    judge.replay_interval(entry)
+                continue
+            fold = entry.get("judged")
+            if fold is None:
+                if folded_again and not isinstance(entry.get("noData"), str):
+                    raise ValueError("holds neither what the judge folded ('judged') nor why it had no data ('noData')")
+                continue
+            if not isinstance(fold, dict):
+                raise ValueError(f"'judged' is not an object: {fold!r}")
+            window_t, window_b = _counts(fold, "target"), _counts(fold, "baseline")
+            target, baseline = target + window_t, baseline + window_b
+            if not folded_again:
+                continue
+            judge.replay_window(fold, window_t, window_b)
+            replayed, served = replayed + 1, served + window_t.requests
+            _check_recorded(entry, judge.e_values(), served)
+        except (ValueError, TypeError, KeyError) as err:
+            raise ValueError(f"{where}: {err}") from None
+    return Restored(target, baseline, replayed, served)
+
+
+def _counts(fold: dict, side: str) -> Counts:
+    try:
+        return counts_from_json(fold.get(side))
+    except ValueError as err:
+        raise ValueError(f"judged {side}: {err}") from None
+
+
+def _check_recorded(entry: dict[str, Any], values: dict[str, float], served: int) -> None:
+    """The line's e-values and targetServed are what its folds give: a run wrote them from the same folds."""
+    recorded = entry.get("eValues")
+    if not isinstance(recorded, dict) or recorded.keys() != values.keys() or not all(
+            isinstance(recorded[k], int | float) and math.isclose(recorded[k], v, rel_tol=1e-9)
+            for k, v in values.items()):
+        shown = ", ".join(f"{k} {v:.6g}" for k, v in values.items()) or "none"
+        raise ValueError(f"eValues {recorded!r} are not what its judged counts give ({shown})")
+    if entry.get("targetServed") != served:
+        raise ValueError(f"targetServed {entry.get('targetServed')!r} is not the {served} its judged counts give")

@@ -1,0 +1,241 @@
+"""`mlcanary rollout --resume` with the error/latency judge: the state saved at the last promotion, then
+the resumed step's judged windows folded in again from the record (rollout/judge_replay.py), so the
+e-process continues, nothing is counted twice and the step keeps the requests it judged before the stop.
+
+The first tests drive the runner with the simulated world of test_rollout_runner.py (a process killed
+mid-step is a runner that stops without a decision, as kill -9 leaves its record); the CLI tests refuse
+a tampered record; the last one SIGKILLs a real `mlcanary rollout` on the local target and resumes it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from mlcanary.cli import main
+from mlcanary.rollout import judge_replay
+from mlcanary.rollout.judges import make_judge
+from mlcanary.rollout.plan import load_plan, plan_json
+from mlcanary.rollout.record import Recorder, resume_point
+from mlcanary.rollout.runner import Runner
+from test_rollout_runner import STAGE_3, World
+
+
+class Killed(BaseException):
+    """kill -9: the process stops where it is; nothing after it runs, no decision is recorded."""
+
+
+def judgements(events: list[dict], step: str) -> list[dict]:
+    return [e for e in events if e["event"] == "judgement" and e["step"] == step]
+
+
+def judged_target(lines: list[dict]) -> int:
+    return sum(e["judged"]["target"]["requests"] for e in lines if "judged" in e)
+
+
+def run_until(world: World, plan, recorder: Recorder, *, kill_when=None, point=None):
+    """One process of the rollout, from the start or resumed from `point` as the CLI resumes it; killed
+    (after a tick) once `kill_when(recorder.events)` holds."""
+    options = plan.options
+    judge = make_judge(options.judge, options.alpha, options.rules, options.failure_limit)
+    restored = judge_replay.restore(judge, point) if point is not None else None
+    sleep = world.sleep
+    if kill_when is not None:
+        def sleep(seconds):  # noqa: F811
+            world.sleep(seconds)
+            if kill_when(recorder.events):
+                raise Killed()
+    runner = Runner(plan, world, world, judge, recorder, clock=world.clock, sleep=sleep)
+    start = 0 if point is None else point.start_index
+    recorder.write("plan", plan=plan_json(plan), resumedAt=start if point else None)
+    outcome = runner.run(start, None, restored.target_served if restored else 0,
+                         resumed_step=(restored.target, restored.baseline) if restored else None)
+    return outcome, judge
+
+
+def e_errors_at_least(value: float):
+    def reached(events: list[dict]) -> bool:
+        lines = judgements(events, "50 %")
+        return bool(lines) and lines[-1]["eValues"]["errors"] >= value
+    return reached
+
+
+BAD = {"to": "green", "steps": [50, 100], "interval": "2s", "minRequests": 400, "maxHold": 50}
+
+
+def test_a_bad_target_killed_mid_step_at_e_10_is_rolled_back_sooner_after_resume_than_a_fresh_judge_would():
+    # green fails 3 % of its requests, blue none: e(errors) climbs window by window to 1/alpha = 20.
+    plan = load_plan(STAGE_3, BAD)
+    fresh_world = World(rps=20, green_error_rate=0.03)
+    fresh_events = Recorder(None, "fresh", clock=fresh_world.clock)
+    fresh, _ = run_until(fresh_world, plan, fresh_events)
+    assert fresh.decision == "rolled back" and fresh.step == "50 %", fresh.message
+    fresh_needed = judged_target(judgements(fresh_events.events, "50 %"))
+
+    world = World(rps=20, green_error_rate=0.03)
+    recorder = Recorder(None, "r1", clock=world.clock)
+    with pytest.raises(Killed):
+        run_until(world, plan, recorder, kill_when=e_errors_at_least(10))
+    before = judgements(recorder.events, "50 %")
+    e_at_kill, judged_before = before[-1]["eValues"]["errors"], judged_target(before)
+    assert 10 <= e_at_kill < 20 and not [e for e in recorder.events if e["event"] == "decision"
+                                         and e["decision"] != "held"]
+
+    point = resume_point(recorder.events, STAGE_3)
+    assert point.start_index == 0 and point.how == "died" and point.judged_before == 0
+    resumed_from = len(recorder.events)
+    outcome, judge = run_until(world, plan, recorder, point=point)
+    assert outcome.decision == "rolled back" and outcome.step == "50 %", outcome.message
+    after = judgements(recorder.events[resumed_from:], "50 %")
+    # The e-process went on from where the kill left it: every window after the resume starts above it...
+    assert after and all(e["eValues"]["errors"] >= e_at_kill for e in after)
+    rolled_back = next(e for e in recorder.events[resumed_from:] if e.get("decision") == "rolled-back")
+    assert rolled_back["eValues"]["errors"] >= 20
+    # ... so the target served fewer requests after the resume than a fresh judge needed to roll back,
+    # and the judge's folded requests are those before and after the kill, each counted once.
+    judged_after = judged_target(after)
+    assert judged_after < fresh_needed - judged_before // 2
+    assert judge.errors.events[0] + judge.errors_alone.events[0] == sum(
+        e["judged"]["target"]["errors"] for e in before + after if "judged" in e)
+    assert rolled_back["targetServed"] == judged_before + judged_after == outcome.target_served
+
+
+def test_a_good_target_killed_mid_step_is_promoted_after_resume_with_the_steps_requests_before_and_after_added_up():
+    plan = load_plan(STAGE_3, {**BAD, "minRequests": 200})
+    world = World(rps=40)  # 20 requests/s to green at 50 %: 200 take 10 s, the kill comes at about 4 s
+    recorder = Recorder(None, "r1", clock=world.clock)
+    with pytest.raises(Killed):
+        run_until(world, plan, recorder, kill_when=lambda events: judged_target(judgements(events, "50 %")) >= 80)
+    judged_before = judged_target(judgements(recorder.events, "50 %"))
+    assert 80 <= judged_before < 200
+
+    point = resume_point(recorder.events, STAGE_3)
+    resumed_from = len(recorder.events)
+    outcome, _ = run_until(world, plan, recorder, point=point)
+    assert outcome.decision == "promoted", outcome.message
+    after = recorder.events[resumed_from:]
+    promoted = next(i for i, e in enumerate(after) if e.get("decision") == "promoted" and e["step"] == "50 %")
+    judged_after = judged_target(judgements(after[:promoted], "50 %"))
+    checks = [e for e in after[:promoted] if e["event"] == "interval" and e["step"] == "50 %"]
+    # --min-requests counted the requests judged before the kill and those after, each once
+    assert checks and checks[-1]["requests"] == judged_before + judged_after >= 200
+    assert judged_after < 200  # a step that started from zero would have needed 200 after the resume
+    held = [e for e in after[:promoted] if e.get("decision") == "held"]
+    assert all(e["requests"] > judged_before for e in held)
+
+
+def test_resume_after_an_interruption_folds_only_the_windows_after_the_saved_state():
+    """An interruption saves the judge mid-step: the windows before it are in its state, those of a later
+    run that was killed are folded again, and the step's requests are all of them."""
+    plan = load_plan(STAGE_3, {**BAD, "minRequests": 10_000, "maxHold": 100})
+    world = World(rps=20, green_error_rate=0.01)
+    recorder = Recorder(None, "r1", clock=world.clock)
+    with pytest.raises(Killed):
+        run_until(world, plan, recorder, kill_when=lambda events: len(judgements(events, "50 %")) >= 3)
+    point = resume_point(recorder.events, STAGE_3)
+    judge = make_judge("sequential", plan.options.alpha, (), 1)
+    restored = judge_replay.restore(judge, point)
+    # the interruption's line, as Runner._interrupted writes it: the judge's state as it is now
+    recorder.write("decision", decision="interrupted", step="the stage file", lastGood=-1,
+                   judgeState=judge.state(), targetServed=restored.target_served, exitCode=130, returned=True)
+    assert restored.replayed == 3
+    with pytest.raises(Killed):
+        run_until(world, plan, recorder, point=resume_point(recorder.events, STAGE_3),
+                  kill_when=lambda events: len(judgements(events, "50 %")) >= 6)
+    point = resume_point(recorder.events, STAGE_3)
+    assert point.how == "died" and point.judged_before == 3 and len(point.step_lines) >= 6
+    again = make_judge("sequential", plan.options.alpha, (), 1)
+    restored = judge_replay.restore(again, point)
+    lines = judgements(recorder.events, "50 %")
+    assert restored.replayed == len(lines) - 3
+    assert again.e_values()["errors"] == pytest.approx(lines[-1]["eValues"]["errors"], rel=1e-12)
+    assert restored.target.requests == judged_target(lines) and restored.target_served == lines[-1]["targetServed"]
+
+
+# --- the CLI: a record line no run could have written ---------------------------------------------------
+
+def cli(*args: str, state=None):
+    return CliRunner().invoke(main, ["rollout", *args], env={"MLCANARY_STATE_DIR": str(state)} if state else None)
+
+
+def killed_record(tmp_path: Path) -> Path:
+    """The record of a rollout killed mid-step, as the runner wrote it."""
+    plan = load_plan(STAGE_3, BAD)
+    world = World(rps=20, green_error_rate=0.03)
+    record = tmp_path / "record.jsonl"
+    recorder = Recorder(record, "fraud-scorer-1", clock=world.clock)
+    with pytest.raises(Killed):
+        run_until(world, plan, recorder, kill_when=e_errors_at_least(5))
+    recorder.close()
+    return record
+
+
+def tampered(record: Path, change) -> None:
+    lines = [json.loads(line) for line in record.read_text().splitlines()]
+    last = max(i for i, e in enumerate(lines) if e["event"] == "judgement" and "judged" in e)
+    change(lines[last])
+    record.write_text("".join(json.dumps(line) + "\n" for line in lines))
+
+
+def lower_e(line):
+    line["eValues"]["errors"] /= 2
+
+
+def more_errors_than_requests(line):
+    line["judged"]["target"]["errors"] = line["judged"]["target"]["requests"] + 1
+
+
+def more_served(line):
+    line["targetServed"] += 100
+
+
+def fewer_errors(line):
+    line["judged"]["target"].update(errors=0, errors5xx=0)
+
+
+def no_fold(line):
+    del line["judged"]
+
+
+def bound_not_in_histogram(line):
+    line["judged"]["slowBoundS"] = 0.3
+
+
+@pytest.mark.parametrize("change, message", [
+    (lower_e, "eValues {'errors': "),
+    (more_errors_than_requests, "judged target: errors5xx"),
+    (more_served, "targetServed"),
+    (fewer_errors, "are not what its judged counts give"),
+    (no_fold, "holds neither what the judge folded ('judged') nor why it had no data ('noData')"),
+    (bound_not_in_histogram, "slowBoundS 0.3 is not a latency histogram bound"),
+], ids=["e_value_lowered", "more_errors_than_requests", "target_served_raised", "errors_removed", "fold_removed",
+        "latency_bound_not_a_histogram_bound"])
+def test_a_record_with_a_tampered_judged_window_is_refused_with_exit_2_naming_the_line(change, message, tmp_path):
+    record = killed_record(tmp_path)
+    tampered(record, change)
+    before = record.read_bytes()
+    result = cli("--resume", "--record", str(record), state=tmp_path / "state")
+    assert result.exit_code == 2, result.output
+    assert "error: record" in result.output and "the judgement line at time " in result.output
+    assert "of step '50 %' in the record)" in result.output and message in result.output
+    assert "nothing was changed" in result.output and "Traceback" not in result.output
+    assert record.read_bytes() == before and not (tmp_path / "state").exists()
+
+
+def test_an_untampered_killed_record_passes_the_same_checks(tmp_path):
+    """The refusals above come from the tampering: the record as the runner wrote it is restored."""
+    record = killed_record(tmp_path)
+    events = [json.loads(line) for line in record.read_text().splitlines()]
+    point = resume_point(events, record)
+    judge = make_judge("sequential", 0.05, (), 1)
+    restored = judge_replay.restore(judge, point)
+    lines = judgements(events, "50 %")
+    assert restored.replayed == len([e for e in lines if "judged" in e]) and judge.e_values()["errors"] >= 5
