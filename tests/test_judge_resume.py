@@ -22,6 +22,7 @@ from click.testing import CliRunner
 
 from mlcanary.cli import main
 from mlcanary.rollout import judge_replay
+from mlcanary.rollout.counts import counts_from_json
 from mlcanary.rollout.judges import make_judge
 from mlcanary.rollout.plan import load_plan, plan_json
 from mlcanary.rollout.record import Recorder, resume_point
@@ -239,3 +240,100 @@ def test_an_untampered_killed_record_passes_the_same_checks(tmp_path):
     restored = judge_replay.restore(judge, point)
     lines = judgements(events, "50 %")
     assert restored.replayed == len([e for e in lines if "judged" in e]) and judge.e_values()["errors"] >= 5
+
+
+# --- a real rollout on the local target, SIGKILLed mid-step and resumed ------------------------------------
+
+from test_rollout_local import REQUEST, events, live_traffic, rollout, runtime, stage  # noqa: E402,F401 (fixture)
+
+
+@pytest.fixture
+def endpoint(runtime, request):  # noqa: F811
+    name = request.node.name.removeprefix("test_").replace("_", "-")[:24].rstrip("-")
+    yield name
+    if name in runtime.status()["endpoints"]:
+        runtime.delete_endpoint(name)
+
+
+def test_a_failing_target_sigkilled_mid_step_at_e_10_is_rolled_back_on_evidence_a_fresh_judge_lacks(
+        runtime, endpoint, tmp_path):  # noqa: F811
+    # green fails 5 % of its requests, blue none; with alpha 0.01 the error e-value rolls back at 100, each
+    # failed request multiplies it by about 1.6: the kill at e >= 10 leaves about half the way to go.
+    record, stage_file = tmp_path / "record.jsonl", stage(tmp_path, endpoint, {"FAIL_RATE": "0.05"})
+    args = ["--to", "green", "--steps", "50,100", "--interval", "2s", "--min-requests", "5000", "--max-hold", "100",
+            "--alpha", "0.01", "--load", "20", "--request-file", str(REQUEST)]
+    command = [sys.executable, "-m", "mlcanary.cli", "rollout", str(stage_file), "--format", "json", *args,
+               "--record", str(record), "--apply-stage"]
+    first = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             env={**os.environ, "MLCANARY_STATE_DIR": str(runtime.root)})
+    deadline = time.monotonic() + 180
+    try:
+        while not e_errors_at_least(10)(events(record) if record.exists() else []):
+            assert first.poll() is None, first.communicate()[1]
+            assert time.monotonic() < deadline, "the error e-value did not reach 10"
+            time.sleep(0.1)
+    finally:
+        first.send_signal(signal.SIGKILL)  # as a crash: no decision, the traffic left as it was
+        first.communicate(timeout=60)
+    before = events(record)
+    assert not [e for e in before if e["event"] == "decision" and e["decision"] != "held"]
+    lines_before = judgements(before, "50 %")
+    e_at_kill = lines_before[-1]["eValues"]["errors"]
+    assert 10 <= e_at_kill < 100
+    assert live_traffic(runtime, endpoint) == {"blue": 50, "green": 50}  # left mid-step
+
+    resumed = rollout(runtime, stage_file, *args, "--resume", record=record)
+    assert resumed.returncode == 1 and resumed.stdout, resumed.stderr
+    assert (f"sequential judge: restored from the start and the {len([e for e in lines_before if 'judged' in e])} "
+            f"judged window(s) of the step after it: e(errors) {lines_before[-1]['eValues']['errors']:.3g}") in resumed.stderr
+    summary = json.loads(resumed.stdout)
+    assert summary["decision"] == "rolled back" and summary["step"] == "50 %", summary
+    assert summary["failure"]["judge"] == "sequential" and summary["failure"]["eValue"] >= 100
+    after = judgements(events(record)[len(before):], "50 %")
+    # the evidence before the kill counted: a judge started from zero on the windows after it would not fail
+    fresh = make_judge("sequential", 0.01, (), 1)
+    for line in after:
+        if "judged" in line:
+            fresh.replay_window(line["judged"], *(counts_from_json(line["judged"][side])
+                                                  for side in ("target", "baseline")))
+    assert fresh.failure is None
+    assert summary["targetServed"] == judged_target(lines_before) + judged_target(after)
+    assert live_traffic(runtime, endpoint) == {"blue": 100}
+
+
+def test_a_window_before_an_interruption_whose_requests_were_raised_is_refused(tmp_path):
+    """Those windows are in the interruption's saved state and are not folded again, but their requests
+    count toward --min-requests: a raised count would promote a step on requests no one served."""
+    plan = load_plan(STAGE_3, BAD)
+    world = World(rps=20)
+    recorder = Recorder(None, "r1", clock=world.clock)
+    with pytest.raises(Killed):
+        run_until(world, plan, recorder, kill_when=lambda events: len(judgements(events, "50 %")) >= 4)
+    judge = make_judge("sequential", plan.options.alpha, (), 1)
+    restored = judge_replay.restore(judge, resume_point(recorder.events, STAGE_3))
+    recorder.write("decision", decision="interrupted", step="the stage file", lastGood=-1,
+                   judgeState=judge.state(), targetServed=restored.target_served, exitCode=143, returned=True)
+    assert judge_replay.restore(make_judge("sequential", 0.05, (), 1), resume_point(recorder.events, STAGE_3)
+                                ).target.requests == judged_target(judgements(recorder.events, "50 %"))
+    judgements(recorder.events, "50 %")[2]["judged"]["target"]["requests"] += 1000
+    with pytest.raises(ValueError, match=r"line 3 of step '50 %' in the record\): targetServed \d+ is not the \d+ "
+                                         "the line before and its judged counts give"):
+        judge_replay.restore(make_judge("sequential", 0.05, (), 1), resume_point(recorder.events, STAGE_3))
+
+
+def test_the_threshold_judges_failed_checks_before_a_kill_count_after_resume():
+    # Flagger's check error_rate < 1 % fails every interval of a target failing 5 %; 3 failed checks roll back.
+    plan = load_plan(STAGE_3, {**BAD, "judge": "threshold", "failureLimit": 3, "minRequests": 10})
+    world = World(rps=40, green_error_rate=0.05)
+    recorder = Recorder(None, "r1", clock=world.clock)
+
+    def failed_checks(events):
+        return [e["failedChecks"] for e in events if e["event"] == "interval" and e["step"] == "50 %"]
+
+    with pytest.raises(Killed):
+        run_until(world, plan, recorder, kill_when=lambda events: failed_checks(events) == [1, 2])
+    resumed_from = len(recorder.events)
+    outcome, judge = run_until(world, plan, recorder, point=resume_point(recorder.events, STAGE_3))
+    assert outcome.decision == "rolled back" and outcome.failure.judge == "threshold", outcome.message
+    assert failed_checks(recorder.events[resumed_from:]) == [3]  # one more failed check, not three
+    assert outcome.failure.message.endswith("failed checks 3 of 3") and judge.failed_checks == 3

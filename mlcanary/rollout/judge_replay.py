@@ -33,6 +33,9 @@ def restore(judge: Judge, point: ResumePoint) -> Restored:
     if point.judge_state is not None:
         judge.load_state(point.judge_state)
     target, baseline, replayed, served = Counts(), Counts(), 0, point.target_served
+    chain: int | None = None  # targetServed of the line before, for the lines already in the saved state
+    last_saved = max((n for n, e in enumerate(point.step_lines[:point.judged_before], start=1)
+                      if e["event"] == "judgement"), default=0)
     for number, entry in enumerate(point.step_lines, start=1):
         folded_again = number > point.judged_before
         where = (f"the {entry['event']} line at time {entry.get('time')} "
@@ -48,15 +51,26 @@ def restore(judge: Judge, point: ResumePoint) -> Restored:
                     judge.replay_interval(entry)
                 continue
             fold = entry.get("judged")
-            if fold is None:
-                if folded_again and not isinstance(entry.get("noData"), str):
+            if fold is None and not isinstance(entry.get("noData"), str):
+                if folded_again:
                     raise ValueError("holds neither what the judge folded ('judged') nor why it had no data ('noData')")
+                chain = None  # written before windows kept their folds: nothing of it is counted
                 continue
-            if not isinstance(fold, dict):
+            if fold is not None and not isinstance(fold, dict):
                 raise ValueError(f"'judged' is not an object: {fold!r}")
-            window_t, window_b = _counts(fold, "target"), _counts(fold, "baseline")
+            window_t, window_b = (_counts(fold, "target"), _counts(fold, "baseline")) if fold else (Counts(), Counts())
+            if not folded_again:  # in the saved state already: its requests count toward the step, checked
+                if chain is not None and entry.get("targetServed") != chain + window_t.requests:
+                    raise ValueError(f"targetServed {entry.get('targetServed')!r} is not the {chain + window_t.requests} "
+                                     "the line before and its judged counts give")
+                chain = entry.get("targetServed")
+                if number == last_saved and chain != point.target_served:
+                    raise ValueError(f"targetServed {chain!r} is not the {point.target_served} saved after it")
+                target, baseline = target + window_t, baseline + window_b
+                continue
             target, baseline = target + window_t, baseline + window_b
-            if not folded_again:
+            if fold is None:
+                _check_recorded(entry, judge.e_values(), served)
                 continue
             judge.replay_window(fold, window_t, window_b)
             replayed, served = replayed + 1, served + window_t.requests
