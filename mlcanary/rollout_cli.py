@@ -447,12 +447,16 @@ def _answer_check(plan, client, judge):
 
 def _judge_restored(judge, point, restored, plan) -> str:
     """What the resumed error/latency judge holds, and what the resumed step keeps of its requests."""
-    text = f"{judge.name} judge: restored from {point.state_from}"
-    if restored.replayed:
-        text += f" and the {restored.replayed} judged window(s) of the step after it"
+    step = plan.steps[point.start_index] if point.start_index < len(plan.steps) else None
+    windows = f"the record's {restored.replayed} judged window(s) of step {step.label if step else '?'}"
+    if point.state_from:
+        text = f"{judge.name} judge: restored from its state at {point.state_from}"
+        text += f" and {windows} after it" if restored.replayed else ""
+    else:
+        text = f"{judge.name} judge: " + (f"restored from {windows}" if restored.replayed else
+                                          "the record holds no judged window yet; it starts from zero")
     text += f": {judge.restored()}"
-    if point.start_index < len(plan.steps) and restored.target.requests:
-        step = plan.steps[point.start_index]
+    if step is not None and restored.target.requests:
         text += (f"; step {step.label} keeps its {restored.target.requests} judged request(s) to {plan.options.to} "
                  f"(of the {plan.options.min_requests} it needs) and starts its time again")
     return text

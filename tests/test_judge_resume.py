@@ -284,8 +284,10 @@ def test_a_failing_target_sigkilled_mid_step_at_e_10_is_rolled_back_on_evidence_
 
     resumed = rollout(runtime, stage_file, *args, "--resume", record=record)
     assert resumed.returncode == 1 and resumed.stdout, resumed.stderr
-    assert (f"sequential judge: restored from the start and the {len([e for e in lines_before if 'judged' in e])} "
-            f"judged window(s) of the step after it: e(errors) {lines_before[-1]['eValues']['errors']:.3g}") in resumed.stderr
+    assert (f"sequential judge: restored from the record's {len([e for e in lines_before if 'judged' in e])} "
+            f"judged window(s) of step 50 %: e(errors) {e_at_kill:.3g}") in resumed.stderr
+    assert (f"step 50 % keeps its {judged_target(lines_before)} judged request(s) to green (of the 5000 it needs)"
+            in resumed.stderr)
     summary = json.loads(resumed.stdout)
     assert summary["decision"] == "rolled back" and summary["step"] == "50 %", summary
     assert summary["failure"]["judge"] == "sequential" and summary["failure"]["eValue"] >= 100

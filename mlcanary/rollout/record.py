@@ -104,7 +104,7 @@ class ResumePoint:
     # `judged_before` are already in judge_state (an interruption saved it mid-step), the rest are folded again.
     step_lines: tuple[dict[str, Any], ...] = ()
     judged_before: int = 0
-    state_from: str = "the start"  # the decision judge_state was saved at, as a user reads it
+    state_from: str = ""  # the decision judge_state was saved at, as a user reads it ("": none, the rollout's start)
 
 
 def _field(event: dict, key: str, kind: type | tuple, where: str) -> Any:
@@ -144,7 +144,7 @@ def resume_point(events: list[dict[str, Any]], path: Path) -> ResumePoint:
     base = mine[saved[-1]] if saved else None
     how = "interrupted" if last is not None and last["decision"] == "interrupted" else "died"
     if base is None:
-        last_good, state_from = -1, "the start"
+        last_good, state_from = -1, ""
     elif base["decision"] == "interrupted":
         last_good, state_from = _field(base, "lastGood", int, where), "the interruption"
     else:
