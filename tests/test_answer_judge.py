@@ -344,6 +344,23 @@ def test_the_local_source_turns_cumulative_pair_counts_into_windows_of_the_targe
     assert source.read() == AnswerWindow() and runtime.settings is not None
 
 
+def test_the_local_source_drops_a_window_compared_by_settings_another_client_put_and_sets_its_own_again():
+    """A second actor's PUT /endpoints/<e>/comparison (say `$` with no tolerance) mid-mirror would have
+    the rollout count pairs compared by a rule it did not ask for: a good green rolled back."""
+    runtime = FakeRuntime()
+    source = LocalAnswerSource(runtime, "ep", AnswerOptions(settings_from("scores", "0.05")), "green", "blue")
+    source.start()
+    runtime.set_comparison("ep", "$", "rel:1e-09")  # the other client
+    runtime.readings.append(([{"live": "blue", "mirror": "green", "compared": 30, "agreed": 0, "notCompared": 0}],
+                             [], {}, 30))
+    window = source.read()
+    assert (window.compared, window.agreed) == (0, 0) and "changed by another client" in window.not_compared_reason
+    assert runtime.settings == {"comparePath": "scores", "outputTolerance": "rel:0.05"}
+    runtime.readings.append(([{"live": "blue", "mirror": "green", "compared": 40, "agreed": 10, "notCompared": 0}],
+                             [], {}, 40))
+    assert (source.read().compared, source.read().compared) == (10, 0)  # counted from the re-set on, once
+
+
 def test_an_answer_rule_does_not_switch_off_flaggers_checks_in_the_threshold_judge():
     from mlcanary.rollout.counts import Counts
     from mlcanary.rollout.judges import ThresholdJudge
