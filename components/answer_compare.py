@@ -185,11 +185,18 @@ def request_hash(body: bytes) -> str:
     return hashlib.sha256(body).hexdigest()[:16]
 
 
+TOO_DEEP = "nested too deep to read"
+
+
 def _load(body: bytes) -> tuple[bool, Any]:
+    """(True, the document), or (False, None) for a body that is not JSON, (False, TOO_DEEP) for JSON
+    nested deeper than Python's parser recurses."""
     try:
         return True, json.loads(body)
-    except (ValueError, UnicodeDecodeError, RecursionError):
+    except (ValueError, UnicodeDecodeError):
         return False, None
+    except RecursionError:
+        return False, TOO_DEEP
 
 
 def compare(live_status: int, live_body: bytes, mirror_status: int, mirror_body: bytes,
@@ -204,8 +211,10 @@ def compare(live_status: int, live_body: bytes, mirror_status: int, mirror_body:
     mirror_json, mirror = _load(mirror_body)
     if not live_json or not mirror_json:
         if live_json != mirror_json:
-            which = "live" if live_json else "mirror"
-            return Comparison(False, f"only the {which} answer is JSON", None, truncated(live_body), truncated(mirror_body))
+            which, other = ("live", mirror) if live_json else ("mirror", live)
+            reason = (f"the {'mirror' if live_json else 'live'} answer is JSON {TOO_DEEP}" if other == TOO_DEEP
+                      else f"only the {which} answer is JSON")
+            return Comparison(False, reason, None, truncated(live_body), truncated(mirror_body))
         if live_body == mirror_body:
             return Comparison(True, deviation=0.0)
         return Comparison(False, "the bodies (not JSON) differ", None, truncated(live_body), truncated(mirror_body))

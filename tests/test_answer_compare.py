@@ -252,3 +252,10 @@ def test_an_integer_beyond_float_range_is_an_infinity_not_an_error():
 
 def test_numbers_near_the_float_limit_have_a_finite_mean_output():
     assert output_value(200, b'{"s": [1e308, 1e308]}', parse_path("s")) == pytest.approx(1e308)
+
+
+def test_a_mirror_answer_nested_too_deep_to_parse_disagrees_and_says_so_not_that_it_is_not_json():
+    deep = b'{"scores": ' + b"[" * 50_000 + b"]" * 50_000 + b"}"
+    result = compare(200, b'{"scores": [0.5]}', 200, deep, settings_from("scores"))
+    assert result.agreed is False and result.reason == "the mirror answer is JSON nested too deep to read"
+    assert compare(200, b'{"a": 1}', 200, b"not json").reason == "only the live answer is JSON"
