@@ -251,10 +251,11 @@ def test_a_replayed_mirror_phase_keeps_its_disagreements_and_fails_where_the_fir
     (lambda w: w.update(samples="x"), "samples are not a list of objects"),
     (lambda w: w.update(fold={"tally": {"target": 1, "baseline": 1, "cells": {"0": [1, 1, 1]}}}),
      "a tally before the reference was full"),
-    (lambda w: w.update(fold={"reference": [0.1] * (REFERENCE_SIZE + 1)}), "at most 200 numbers in all"),
-    (lambda w: w.update(fold={"reference": ["0.1"]}), "at most 200 numbers in all"),
+    (lambda w: w.update(fold={"reference": [0.1] * (REFERENCE_SIZE + 1)}), "at most 200 finite numbers in all"),
+    (lambda w: w.update(fold={"reference": ["0.1"]}), "at most 200 finite numbers in all"),
+    (lambda w: w.update(fold={"reference": [0.1, float("nan")]}), "at most 200 finite numbers in all"),
 ], ids=["agreed_above_compared", "negative_count", "count_a_string", "samples_not_a_list", "tally_before_reference",
-        "reference_too_long", "reference_not_numbers"])
+        "reference_too_long", "reference_not_numbers", "reference_nan"])
 def test_a_record_whose_answers_no_run_could_have_written_is_refused(change, message):
     lines = recorded(judge(), [AnswerWindow(5, 0)], 0, "mirror 50 %", True)
     change(lines[0]["answers"])

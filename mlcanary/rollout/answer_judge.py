@@ -209,8 +209,8 @@ class AnswerJudge:
             added = fold["reference"]
             if self.shift is not None or not isinstance(added, list) or not added \
                     or len(self.reference) + len(added) > REFERENCE_SIZE \
-                    or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in added):
-                raise ValueError(f"reference: at most {REFERENCE_SIZE} numbers in all, before the test starts")
+                    or not all(isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in added):
+                raise ValueError(f"reference: at most {REFERENCE_SIZE} finite numbers in all, before the test starts")
             self._extend_reference([float(v) for v in added])
         elif "tally" in fold:
             if self.shift is None:
