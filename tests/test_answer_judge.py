@@ -403,3 +403,17 @@ def test_a_step_where_the_baseline_serves_nothing_does_not_wait_for_the_distribu
     j.start_step(False, (2, "50 % again"))  # a split step does wait
     j.observe(AnswerWindow(target_outputs=(5.0,) * 12, baseline_outputs=(7.0,) * 3))
     assert j.waiting(min_requests=100) == "12 of the 100 target outputs the answer judge needs tested"
+
+
+def test_a_shift_failure_on_a_constant_baseline_names_distinct_cell_edges():
+    """Seen in use: a constant baseline 0.3682 gave 'quintiles 0.3682, 0.3682, 0.3682' (its tolerance
+    band's edges printed with :g)."""
+    j = AnswerJudge(AnswerOptions(settings_from("scores"), alpha=ALPHA))  # the default tolerance, rel:1e-9
+    j.start_step(False, (0, "50 %"))
+    j.observe(AnswerWindow(baseline_outputs=(0.3682,) * REFERENCE_SIZE))
+    for _ in range(5):
+        j.observe(AnswerWindow(target_outputs=(0.5,) * 20, baseline_outputs=(0.3682,) * 20))
+    message = j.failure.message
+    assert "quintiles and the tolerance bands around the value(s) it repeats" in message
+    edges = message.split("repeats ")[1].split(": ")[0].split(", ")
+    assert len(edges) == len(set(edges)) == 3
