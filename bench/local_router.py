@@ -1,8 +1,13 @@
 """The local target's data plane, measured in one run against the same worker.
 
-1. Latency p50/p99 and throughput through the router vs straight to the worker (its Unix socket),
-   at concurrency 1 and 8, printed as ratios measured in the same run: router p50 / direct p50 and
-   router throughput / direct (absolute figures differ across machines; the ratios travel better).
+1. Latency p50/p99 and throughput through the router vs straight to the worker (its Unix socket, what
+   a client calling the worker directly gets), at concurrency 1 and 8, printed as ratios measured in
+   the same run: router p50 / direct p50 and router throughput / direct (absolute figures differ across
+   machines; the ratios travel better). Targets at concurrency 1: p50 <= 1.2x, throughput >= 0.85x.
+   Beside them, at concurrency 1, the floor of one extra hop in Python on this machine
+   (bench/floor_proxies.py: a byte pipe, and aiohttp's server with the router's worker client and
+   nothing else), and each process's CPU time per request. The load average is printed before and
+   after: on a shared machine the ratios move with it.
 2. Split accuracy: 1,000 requests at 90/10 (target: within 1 percentage point).
 3. Mirror share: 1,000 requests with 10 % mirrored (target: within 1 point).
 4. Transition: the seven local sample stages applied while a client sends >= 50 requests/s
@@ -15,7 +20,9 @@ from __future__ import annotations
 import asyncio
 import os
 import platform
+import socket
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -64,8 +71,54 @@ async def load(url: str, headers: dict, total: int, concurrency: int,
         return latencies, time.perf_counter() - started, failures
 
 
+async def interleaved(contenders: dict[str, tuple[str, dict, str | None]], total: int
+                      ) -> dict[str, tuple[list[float], float, int]]:
+    """One request at a time, taking turns: request i goes to every contender before request i+1 goes to
+    any (the first of each turn rotates), so the machine's load, which moves within seconds on a shared
+    machine, weighs on every contender alike. Per contender: latencies (ms), seconds spent, failures."""
+    sessions = {name: aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=unix_socket) if unix_socket
+                                            else aiohttp.TCPConnector())
+                for name, (_, _, unix_socket) in contenders.items()}
+    results = {name: ([], 0.0, 0) for name in contenders}
+    order = list(contenders)
+    try:
+        for i in range(total):
+            for name in order[i % len(order):] + order[:i % len(order)]:
+                url, headers, _ = contenders[name]
+                started = time.perf_counter()
+                async with sessions[name].post(url, data=BODY, headers=headers) as answer:
+                    await answer.read()
+                latency = time.perf_counter() - started
+                latencies, spent, failures = results[name]
+                latencies.append(latency * 1000)
+                results[name] = (latencies, spent + latency, failures + (answer.status != 200))
+    finally:
+        for session in sessions.values():
+            await session.close()
+    return results
+
+
 def pct(values: list[float], q: int) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[q - 1]
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def start_floor_proxy(kind: str, socket_path: str) -> tuple[subprocess.Popen, str]:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    proxy = subprocess.Popen([sys.executable, str(ROOT / "bench" / "floor_proxies.py"), kind, str(port), socket_path],
+                             stdout=subprocess.PIPE, text=True)
+    if proxy.stdout.readline().strip() != "ready":
+        proxy.kill()
+        proxy.wait()
+        raise RuntimeError(f"the {kind} reference proxy did not start")
+    return proxy, f"http://127.0.0.1:{port}/score"
 
 
 def overhead(client: RuntimeClient) -> None:
@@ -74,29 +127,62 @@ def overhead(client: RuntimeClient) -> None:
     client.set_traffic("bench-router", {"only": 100}, {})
     endpoint = client.status()["endpoints"]["bench-router"]
     key = client.keys("bench-router")["primaryKey"]
-    routed = (endpoint["scoringUri"], {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}, None)
-    direct = ("http://localhost/score", {"Content-Type": "application/json"}, status["sockets"][0])
-    rounds = 5
-    print(f"1. router vs direct to the same worker (sample model; {rounds} paired rounds, router and direct "
-          "alternating; medians of the per-round figures)")
-    for concurrency, total in ((1, 1000), (8, 2000)):
-        for url, headers, unix_socket in (routed, direct):  # warm up
-            asyncio.run(load(url, headers, 300, concurrency, unix_socket))
-        figures = {"router": [], "direct": []}  # per round: (p50, p99, req/s, failures)
-        for _ in range(rounds):
-            for name, (url, headers, unix_socket) in (("router", routed), ("direct", direct)):
-                latencies, elapsed, failures = asyncio.run(load(url, headers, total, concurrency, unix_socket))
-                figures[name].append((pct(latencies, 50), pct(latencies, 99), total / elapsed, failures))
-        med = lambda name, i: statistics.median(f[i] for f in figures[name])  # noqa: E731
-        pairs = list(zip(figures["router"], figures["direct"]))
-        p50_ratio = statistics.median(r[0] / d[0] for r, d in pairs)
-        p99_ratio = statistics.median(r[1] / d[1] for r, d in pairs)
-        throughput_ratio = statistics.median(r[2] / d[2] for r, d in pairs)
-        failures = sum(f[3] for runs in figures.values() for f in runs)
-        print(f"   concurrency {concurrency}: router/direct p50 ratio {p50_ratio:.2f}, p99 ratio {p99_ratio:.2f}, "
-              f"throughput ratio {throughput_ratio:.2f} (medians of per-round ratios) | failures {failures}")
-        print(f"      for reference, this machine: direct p50 {med('direct', 0):.2f} ms, {med('direct', 2):.0f} req/s; "
-              f"router p50 {med('router', 0):.2f} ms, {med('router', 2):.0f} req/s")
+    worker_socket = status["sockets"][0]
+    router_pid = client.pid()
+    plain = {"Content-Type": "application/json"}
+    routed = (endpoint["scoringUri"], {"Authorization": f"Bearer {key}", **plain}, None, router_pid)
+    direct = ("http://localhost/score", plain, worker_socket, None)
+    floors = [start_floor_proxy(kind, worker_socket) for kind in ("pipe", "aiohttp")]
+    try:
+        pipe, bare = ((url, plain, None, proxy.pid) for proxy, url in floors)
+        print("1. router vs direct to the same worker (sample model). Concurrency 1: 20 rounds of 250 requests to each "
+              "contender, taking turns request by request; concurrency 8: 5 rounds of 2,000, contenders alternating. "
+              "Medians and best of the per-round ratios to direct")
+        for concurrency, rounds, total, contenders in (
+                (1, 20, 250, {"router": routed, "direct": direct, "pipe": pipe, "aiohttp": bare}),
+                (8, 5, 2000, {"router": routed, "direct": direct})):
+            for url, headers, unix_socket, _ in contenders.values():  # warm up
+                asyncio.run(load(url, headers, 300, concurrency, unix_socket))
+            figures = {name: [] for name in contenders}  # per round: (p50, p99, req/s, failures)
+            cpu = dict.fromkeys(contenders, 0.0)
+            for _ in range(rounds):
+                if concurrency == 1:
+                    before = {name: cpu_seconds(pid) for name, (_, _, _, pid) in contenders.items() if pid}
+                    measured = asyncio.run(interleaved({n: c[:3] for n, c in contenders.items()}, total))
+                    for name, (latencies, spent, failures) in measured.items():
+                        cpu[name] += cpu_seconds(contenders[name][3]) - before[name] if name in before else 0.0
+                        figures[name].append((pct(latencies, 50), pct(latencies, 99), total / spent, failures))
+                    continue
+                for name, (url, headers, unix_socket, pid) in contenders.items():
+                    before = cpu_seconds(pid) if pid else 0.0
+                    latencies, elapsed, failures = asyncio.run(load(url, headers, total, concurrency, unix_socket))
+                    cpu[name] += cpu_seconds(pid) - before if pid else 0.0
+                    figures[name].append((pct(latencies, 50), pct(latencies, 99), total / elapsed, failures))
+            med = lambda name, i: statistics.median(f[i] for f in figures[name])  # noqa: E731
+            failures = sum(f[3] for runs in figures.values() for f in runs)
+
+            def ratios(name: str) -> tuple[list[float], list[float], list[float]]:
+                pairs = list(zip(figures[name], figures["direct"]))
+                return ([r[0] / d[0] for r, d in pairs], [r[1] / d[1] for r, d in pairs],
+                        [r[2] / d[2] for r, d in pairs])
+
+            p50, p99, throughput = ratios("router")
+            print(f"   concurrency {concurrency}: router/direct p50 ratio {statistics.median(p50):.2f} "
+                  f"(best {min(p50):.2f}), p99 ratio {statistics.median(p99):.2f}, throughput ratio "
+                  f"{statistics.median(throughput):.2f} (best {max(throughput):.2f}) | failures {failures}")
+            for name, what in (("pipe", "a byte pipe, no HTTP"), ("aiohttp", "aiohttp's server + the worker client")):
+                if name in contenders:
+                    p50, _, throughput = ratios(name)
+                    print(f"      floor, {what}: p50 ratio {statistics.median(p50):.2f} (best {min(p50):.2f}), "
+                          f"throughput ratio {statistics.median(throughput):.2f} (best {max(throughput):.2f}); "
+                          f"{1e6 * cpu[name] / (rounds * total):.0f} us CPU per request")
+            print(f"      router: {1e6 * cpu['router'] / (rounds * total):.0f} us CPU per request (its process)")
+            print(f"      for reference, this machine: direct p50 {med('direct', 0):.2f} ms, {med('direct', 2):.0f} req/s; "
+                  f"router p50 {med('router', 0):.2f} ms, {med('router', 2):.0f} req/s")
+    finally:
+        for proxy, _ in floors:
+            proxy.kill()
+            proxy.wait()
     client.delete_endpoint("bench-router")
 
 
@@ -167,10 +253,14 @@ def transition(client: RuntimeClient) -> None:
     client.delete_endpoint("fraud-scorer")
 
 
+def load_average() -> str:
+    return "load average (1, 5, 15 min): " + ", ".join(f"{n:.2f}" for n in os.getloadavg())
+
+
 def main() -> None:
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor())
-    print(f"machine: {os.cpu_count()} cores ({cpu}), Python {platform.python_version()}")
+    print(f"machine: {os.cpu_count()} cores ({cpu}), Python {platform.python_version()}; {load_average()}")
     with tempfile.TemporaryDirectory() as state:
         client = RuntimeClient(Path(state), metrics_address="off")  # never the user's scrape address
         client.ensure_running()
@@ -180,6 +270,7 @@ def main() -> None:
             transition(client)
         finally:
             client.shutdown()
+    print(f"at the end: {load_average()}")
 
 
 if __name__ == "__main__":

@@ -525,14 +525,14 @@ def _monitor_plan(plan, metrics_region):
     """Azure Monitor's queries, prepared once at start: the endpoint's region (unless given) and the
     metric definitions, read from Azure with the ARM_* credentials azure-native uses."""
     from mlcanary.components.arm import ArmClient, ArmError
+    from mlcanary.rollout.azure_read_back import endpoint_resource_id
     from mlcanary.rollout.sources import SourceError, monitor_plan
 
     endpoint = plan.start.spec.endpoint
     subscription = os.environ.get("ARM_SUBSCRIPTION_ID") or os.environ.get("AZURE_SUBSCRIPTION_ID")
     if not subscription:
         _fail("Azure Monitor needs the subscription: set ARM_SUBSCRIPTION_ID (as for azure-native)", 2)
-    endpoint_id = (f"/subscriptions/{subscription}/resourceGroups/{endpoint.resource_group}/providers/"
-                   f"Microsoft.MachineLearningServices/workspaces/{endpoint.workspace}/onlineEndpoints/{endpoint.name}")
+    endpoint_id = endpoint_resource_id(subscription, endpoint.resource_group, endpoint.workspace, endpoint.name)
     try:
         arm = ArmClient()
         return monitor_plan(arm, endpoint_id, metrics_region), arm

@@ -56,7 +56,8 @@ ALLOWED_DIFFERENCES = {
         "managed-environment-variables.yml", "managed-local-code-and-model.yml", "managed-mlflow-no-code.yml",
         "managed-named-local-model.yml", "managed-registered-assets.yml", "managed-registry-and-arm-ids.yml",
         "green.yml", "kubernetes-no-instance-type.yml", "managed-named-local-model-next-version.yml",
-        "data-collector.yml", "data-collector-payload.yml", "data-collector-custom-storage.yml")},
+        "data-collector.yml", "data-collector-payload.yml", "data-collector-custom-storage.yml",
+        "kubernetes-data-collector.yml")},
     ("kubernetes-no-instance-type.yml", "properties.instanceType"): ("defaultinstancetype", None, "az ml sends no "
         "instance type and Azure runs the deployment on the cluster's default instance type, `defaultinstancetype`; "
         "azure-native would fill in Standard_F4s_v2 (`_inputs.py`), a VM size no cluster has, so mlcanary names the "
@@ -82,7 +83,7 @@ ALLOWED_DIFFERENCES = {
     **{(name, "properties.scaleSettings"): ({"scaleType": "Default"}, None, "az ml sends no scale settings, and "
         "Azure then defaults a Kubernetes deployment to target-utilization autoscaling; mlcanary sends scaleType "
         "Default so instance_count is what runs (issue 8, finding 8)")
-       for name in ("kubernetes-minimal.yml", "kubernetes-no-instance-type.yml")},
+       for name in ("kubernetes-minimal.yml", "kubernetes-no-instance-type.yml", "kubernetes-data-collector.yml")},
     ("managed-environment-variables.yml", "properties.environmentVariables.WORKERS"): ("4", 4, "az ml sends the YAML "
         "number 4 as a JSON number; the REST model is a map of strings and azure-native's input is too, so mlcanary "
         "sends \"4\" (what Azure stores)"),

@@ -121,6 +121,20 @@ def test_matching_answers_pass(store):
     assert judge.failure is None
 
 
+def test_a_mirror_step_on_late_answers_needs_min_requests_pairs_compared(store):
+    """Azure Monitor may have counted 500 mirrored requests while only a few of their answers have landed."""
+    clock = Clock()
+    judge = AnswerJudge(AnswerOptions(settings_from("predictions", "0.01"), 0.01))
+    reader = source(store, clock, path="predictions")
+    judge.start_step(mirror_step=True)
+    ids = [f"r{i}" for i in range(3)]
+    write(store, "blue", scores(3), START + timedelta(seconds=5), ids)
+    write(store, "green", scores(3), START + timedelta(seconds=5), ids)
+    clock.now = START + timedelta(seconds=30)
+    judge.observe(reader.read())
+    assert judge.waiting(min_requests=10) == "3 of the 10 compared answers the answer judge needs"
+
+
 def test_data_not_landed_yet_holds_the_step_and_never_passes(store):
     clock, judge = Clock(), AnswerJudge(AnswerOptions(settings_from("predictions", "0.01"), 0.01))
     reader = source(store, clock, path="predictions")
@@ -182,7 +196,9 @@ def test_malformed_lines_are_counted_and_ignored_with_a_note(store):
     clock, notes = Clock(), []
     reader = source(store, clock, notes, path="predictions")
     name = write(store, "blue", scores(2), START + timedelta(seconds=5), ["a", "b"])
-    store.append(name, b"{not json\n[1, 2]\n" + b'{"time": "2026-11-30T13:58:09Z"}\n' + b'{"data": 1, "time": "yesterday"}\n')
+    store.append(name, b"{not json\n[1, 2]\n" + b'{"time": "2026-11-30T13:58:09Z"}\n')
+    other = collector_file(ENDPOINT, "blue", "response", START, "i-1")
+    store.append(other, b'{"data": 1, "time": "yesterday"}\n')
     write(store, "green", scores(2), START + timedelta(seconds=6), ["a", "b"])
     clock.now = START + timedelta(seconds=30)
     window = reader.read()
@@ -190,8 +206,41 @@ def test_malformed_lines_are_counted_and_ignored_with_a_note(store):
     assert window.as_json()["malformedLines"] == 4
     reasons = [n.split("collected record (", 1)[1].rsplit("): ignored", 1)[0] for n in notes]
     assert [r.split(":")[0] for r in reasons] == ["not JSON", "a JSON list, not an object", "no data", "no valid time"]
-    assert all(n.startswith(f"data collector: a line of {name} (datastore workspaceblobstore) is not a collected record")
-               for n in notes)
+    assert all(n.startswith(f"data collector: a line of {f} (datastore workspaceblobstore) is not a collected record")
+               for n, f in zip(notes, [name, name, name, other]))
+
+
+def test_a_file_of_garbage_is_noted_in_a_few_lines_and_counted(store):
+    clock, notes = Clock(), []
+    reader = source(store, clock, notes, path="predictions")
+    name = collector_file(ENDPOINT, "green", "response", START, "i-0")
+    store.append(name, b"\x00garbage\n" * 500)
+    clock.now = START + timedelta(seconds=30)
+    assert reader.read().malformed == 500
+    assert len(notes) == 4 and notes[-1] == f"data collector: 497 more lines of {name} are not collected records: ignored"
+
+
+def test_a_file_that_cannot_be_read_keeps_what_was_read_before_it(store, mocker):
+    """A file deleted between the listing and the read (BlobNotFound): the answers of the files read before it in
+    the same reading are not lost (their offsets have moved on), and the window says why it is incomplete."""
+    clock = Clock()
+    reader = source(store, clock, path="predictions")
+    write(store, "green", scores(2), START + timedelta(seconds=5), ["a", "b"])
+    gone = write(store, "blue", scores(2), START + timedelta(seconds=5), ["a", "b"], instance="i-0")
+    write(store, "blue", scores(2), START + timedelta(seconds=5), ["a", "b"], instance="i-1")
+    listed = store.list_blobs
+
+    def listing(name_starts_with=None, **kwargs):
+        found = listed(name_starts_with)
+        if gone in store.blobs and any(b.name == gone for b in found):
+            del store.blobs[gone]  # the deletion lands after the listing
+        return found
+
+    mocker.patch.object(store, "list_blobs", side_effect=listing)
+    clock.now = START + timedelta(seconds=30)
+    window = reader.read()
+    assert len(window.target_outputs) == 2 and window.pending.startswith(f"cannot read {gone} in datastore "
+                                                                         "workspaceblobstore: ResourceNotFoundError")
 
 
 def test_records_before_the_rollout_and_payloads_stored_apart_are_not_compared(store):
@@ -274,6 +323,8 @@ import time  # noqa: E402
 
 import yaml  # noqa: E402
 
+from mlcanary.rollout.record import Recorder  # noqa: E402
+
 from test_rollout_azure_cli import GrowingSource, arm, rollout  # noqa: E402,F401 - the fixture
 from test_rollout_azure_stack import project  # noqa: E402,F401 - the fixture
 
@@ -281,19 +332,25 @@ from test_rollout_azure_stack import project  # noqa: E402,F401 - the fixture
 class Collector(threading.Thread):
     """Azure ML's data collector, writing both deployments' answers while the rollout runs: each mirrored
     request is answered by blue (live) and green (the copy), logged under one correlation id. Green's
-    answers start landing `green_late_s` after the rollout starts reading (`reading` is set), and each green
-    record is written in two parts with a pause between (a reader catches it cut mid-write)."""
+    answers land only once `green_lands` is set (the test sets it when the rollout has held a step for
+    want of them: they land late), and each green record is written in two parts with a pause between (a
+    reader catches it cut mid-write)."""
 
-    def __init__(self, store: FakeContainer, green_answer, green_late_s: float = 0.0, shared_ids: bool = True):
+    def __init__(self, store: FakeContainer, green_answer, shared_ids: bool = True):
         super().__init__(daemon=True)
-        self.store, self.green_answer, self.green_late_s = store, green_answer, green_late_s
-        self.shared_ids = shared_ids
-        self.stopped, self.reading = threading.Event(), threading.Event()
+        self.store, self.green_answer, self.shared_ids = store, green_answer, shared_ids
+        self.stopped, self.green_lands = threading.Event(), threading.Event()
+        self.error: Exception | None = None
         self.rng = random.Random(7)
 
     def run(self) -> None:
-        self.reading.wait(60)
-        started, n = time.monotonic(), 0
+        try:
+            self._write()
+        except Exception as err:  # the test asserts there was none: a dead actor would hide a hold
+            self.error = err
+
+    def _write(self) -> None:
+        n = 0
         while not self.stopped.wait(0.02):
             now = datetime.now(UTC)
             for _ in range(5):
@@ -301,7 +358,7 @@ class Collector(threading.Thread):
                 answer = {"predictions": [round(self.rng.uniform(0, 1000), 3)]}
                 self.store.append(collector_file(ENDPOINT, "blue", "response", now, "blue-0"),
                                   response_record(ENDPOINT, "blue", answer, f"req-{n}", now))
-                if time.monotonic() - started < self.green_late_s:
+                if not self.green_lands.is_set():
                     continue
                 copy_id = f"req-{n}" if self.shared_ids else f"copy-{n}"
                 line = response_record(ENDPOINT, "green", self.green_answer(answer), copy_id, now)
@@ -312,8 +369,11 @@ class Collector(threading.Thread):
 
 
 @pytest.fixture
-def collecting_stage(project, mocker):
-    """The stage with payload logging on both deployments, and the workspace's blob container faked."""
+def collecting_stage(project, mocker, monkeypatch, tmp_path):
+    """The stage with payload logging on both deployments, and the workspace's blob container faked. Each
+    test has its own user state folder (where an Azure rollout keeps its hold, keyed by the stack): the
+    suite's other Azure rollouts of stack prod on the other worker hold the same endpoint name."""
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
     stage = project / "stage.yaml"
     document = yaml.safe_load(stage.read_text())
     for name in ("blue", "green"):
@@ -338,15 +398,22 @@ MIRROR_ROLLOUT = ("--mirror", "10", "--mirror-for", "3s", "--compare-path", "pre
 def test_an_azure_rollout_judges_the_answers_the_data_collector_wrote(
         project, arm, collecting_stage, mocker, green_answer, exit_code, decision):
     store, containers = collecting_stage
-    collector = Collector(store, green_answer, green_late_s=5.0)
-    start = CollectorAnswerSource.start
-    mocker.patch.object(CollectorAnswerSource, "start", lambda self: (start(self), collector.reading.set()))
+    collector = Collector(store, green_answer)
+    write = Recorder.write
+
+    def recorded(self, kind, **fields):
+        if kind == "decision" and fields.get("decision") == "held":
+            collector.green_lands.set()
+        return write(self, kind, **fields)
+
+    mocker.patch.object(Recorder, "write", recorded)
     collector.start()
     try:
         result = rollout(project, *MIRROR_ROLLOUT)
     finally:
         collector.stopped.set()
         collector.join()
+    assert collector.error is None
     assert result.exit_code == exit_code, result.output
     (workspace, datastores), _ = containers.call_args
     assert workspace == ("sub-1", "ml-prod-rg", "ml-prod-ws") and datastores == {"workspaceblobstore"}
@@ -365,13 +432,14 @@ def test_without_shared_correlation_ids_an_azure_mirror_phase_rolls_back_a_const
         project, arm, collecting_stage):
     store, _ = collecting_stage
     collector = Collector(store, lambda answer: {"predictions": [0.5]}, shared_ids=False)
-    collector.reading.set()
+    collector.green_lands.set()
     collector.start()
     try:
         result = rollout(project, *MIRROR_ROLLOUT)
     finally:
         collector.stopped.set()
         collector.join()
+    assert collector.error is None
     assert result.exit_code == 1, result.output
     outcome = json.loads(result.stdout)
     assert outcome["failure"]["what"] == "output distribution" and outcome["answers"]["compared"] == 0
@@ -396,3 +464,24 @@ def test_plan_only_says_where_the_answers_are_read(project, arm, collecting_stag
             "modelDataCollector/fraud-scorer/green/response") in result.stdout
     store, containers = collecting_stage
     assert not containers.called  # --plan-only reads no storage
+
+
+def test_a_rollout_whose_target_answers_never_land_halts_saying_so(project, arm, collecting_stage):
+    """Found in use: the halt said "green served 3200 of the 10 requests a step needs" when the answer judge
+    was what waited."""
+    store, _ = collecting_stage
+    collector = Collector(store, lambda answer: answer)  # green's answers never land
+    collector.start()
+    try:
+        result = rollout(project, *MIRROR_ROLLOUT)
+    finally:
+        collector.stopped.set()
+        collector.join()
+    assert collector.error is None
+    assert result.exit_code == 3, result.output
+    outcome = json.loads(result.stdout)
+    assert outcome["decision"] == "halted"
+    assert outcome["message"].startswith("at step mirror 10 %: not enough data for the answer judge (no answers of "
+                                         "green collected since the rollout began have landed")
+    assert ("halted at mirror 10 %: not enough answers compared or tested; rolled back: live blue 100, green 0"
+            in result.stderr)

@@ -90,17 +90,95 @@ def test_upstream_reads_each_response_framing(raw, body, short_dir):
     async def go():
         server, path = await serve_once(raw, short_dir)
         async with server:
-            return await Upstream(path).post(b"{}", b"application/json")
+            return await Upstream(path).post(b"{}", b"application/json", 5)
 
     status, _, payload = asyncio.run(go())
     assert (status, payload) == (200, body)
+
+
+async def serve_in_pieces(pieces: list[bytes], socket_dir):
+    """A worker that sends its answer in separate writes, a pause between them (the router sees partial answers)."""
+    async def handle(reader, writer):
+        await reader.readuntil(b"\r\n\r\n")
+        for piece in pieces:
+            writer.write(piece)
+            await writer.drain()
+            await asyncio.sleep(0.02)
+        writer.close()
+
+    path = str(socket_dir / "w.sock")
+    return await asyncio.start_unix_server(handle, path), path
+
+
+@pytest.mark.parametrize(
+    "pieces, body",
+    [
+        ([b"HTTP/1.1 200 OK\r\nContent-Le", b"ngth: 4\r\n\r", b"\nab", b"cd"], b"abcd"),
+        ([b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nab", b"c\r\n2\r", b"\nde\r\n0\r\n", b"\r\n"],
+         b"abcde"),
+        ([b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1;ext=1\r\nx\r\n0\r\nTrailer: t\r\n", b"\r\n"], b"x"),
+    ],
+    ids=["content_length", "chunked", "chunk_extension_and_trailer"],
+)
+def test_upstream_reads_an_answer_that_arrives_in_pieces(pieces, body, short_dir):
+    async def go():
+        server, path = await serve_in_pieces(pieces, short_dir)
+        async with server:
+            return await Upstream(path).post(b"{}", b"application/json", 5)
+
+    status, _, payload = asyncio.run(go())
+    assert (status, payload) == (200, body)
+
+
+def test_upstream_answer_without_a_body_status_has_none(short_dir):
+    """204 has no body (RFC 9112 6.3), even without Content-Length: the answer is complete at its head."""
+    async def go():
+        server, path = await serve_in_pieces([b"HTTP/1.1 204 No Content\r\nServer: w\r\n\r\n"], short_dir)
+        async with server:
+            return await Upstream(path).post(b"{}", b"application/json", 0.5)
+
+    assert asyncio.run(go())[0::2] == (204, b"")
+
+
+@pytest.mark.parametrize("answer", [b"SMTP ready\r\n\r\n", b"HTTP/1.1 2x0 OK\r\nContent-Length: 1\r\n\r\nx",
+                                    b"HTTP/1.1 200 OK\r\nContent-Length: many\r\n\r\nx"],
+                         ids=["not_http", "bad_status", "bad_length"])
+def test_upstream_answer_that_is_not_http_is_a_delivered_connection_error(answer, short_dir):
+    async def go():
+        server, path = await serve_once(answer, short_dir)
+        async with server:
+            await Upstream(path).post(b"{}", b"application/json", 5)
+
+    with pytest.raises(UpstreamClosed) as raised:
+        asyncio.run(go())
+    assert raised.value.answered  # delivered: never retried as if it had not been
+
+
+def test_upstream_gives_up_at_its_timeout_and_drops_the_connection(short_dir):
+    async def go():
+        closed = asyncio.Event()
+
+        async def handle(reader, writer):  # reads the request, never answers
+            await reader.readuntil(b"\r\n\r\n")
+            await reader.read()  # returns once the router dropped the connection
+            closed.set()
+
+        path = str(short_dir / "w.sock")
+        async with await asyncio.start_unix_server(handle, path):
+            upstream = Upstream(path)
+            with pytest.raises(TimeoutError):
+                await upstream.post(b"{}", b"application/json", 0.2)
+            await asyncio.wait_for(closed.wait(), 2)
+            return len(upstream._idle)
+
+    assert asyncio.run(go()) == 0  # not kept for reuse
 
 
 def test_upstream_reports_a_connection_closed_mid_answer(short_dir):
     async def go():
         server, path = await serve_once(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc", short_dir)
         async with server:
-            await Upstream(path).post(b"{}", b"application/json")
+            await Upstream(path).post(b"{}", b"application/json", 5)
 
     with pytest.raises(UpstreamClosed):
         asyncio.run(go())
@@ -111,7 +189,7 @@ def test_upstream_to_a_closed_socket_is_a_connection_error(short_dir):
         server, path = await serve_once(b"", short_dir)
         server.close()
         await server.wait_closed()
-        await Upstream(path).post(b"{}", b"application/json")
+        await Upstream(path).post(b"{}", b"application/json", 5)
 
     with pytest.raises(ConnectionError):
         asyncio.run(go())
@@ -159,9 +237,9 @@ def test_a_kept_alive_connection_the_worker_closed_is_retried_on_a_fresh_one(sho
         path = str(short_dir / "w.sock")
         async with await asyncio.start_unix_server(handle, path):
             upstream = Upstream(path, keepalive_s=60)  # the router believes the connection is still good
-            first = await upstream.post(b"{}", b"application/json")
+            first = await upstream.post(b"{}", b"application/json", 5)
             await asyncio.sleep(0.1)
-            second = await upstream.post(b"{}", b"application/json")
+            second = await upstream.post(b"{}", b"application/json", 5)
             return first, second
 
     first, second = asyncio.run(go())
@@ -191,10 +269,10 @@ def test_connections_idle_near_the_keepalive_are_not_reused(short_dir):
                 return await real_connect()
 
             upstream._connect = counting_connect
-            await upstream.post(b"{}", b"application/json")
-            await upstream.post(b"{}", b"application/json")  # reused at once
+            await upstream.post(b"{}", b"application/json", 5)
+            await upstream.post(b"{}", b"application/json", 5)  # reused at once
             await asyncio.sleep(0.4)
-            await upstream.post(b"{}", b"application/json")  # too old: a fresh connection
+            await upstream.post(b"{}", b"application/json", 5)  # too old: a fresh connection
         return len(opened)
 
     assert asyncio.run(go()) == 2

@@ -88,6 +88,7 @@ class Endpoint:
         self._server: web.Server | None = None
         self._listener: asyncio.Server | None = None
         self._key_bytes = [k.encode() for k in self.keys.values()]
+        self.client_keepalive_s = client_keepalive_s()
 
     @property
     def scoring_uri(self) -> str:
@@ -102,7 +103,7 @@ class Endpoint:
         self._server = QuietServer(
             self.handle, request_factory=request_factory, handler_cancellation=True,
             on_malformed=lambda: self.metrics.malformed_request(self.name), what=f"endpoint {self.name}",
-            access_log=None, keepalive_timeout=client_keepalive_s(), auto_decompress=False,
+            access_log=None, keepalive_timeout=self.client_keepalive_s, auto_decompress=False,
         )
         try:
             self._listener = await loop.create_server(self._server, "127.0.0.1", self.port, backlog=LISTEN_BACKLOG)
@@ -146,8 +147,11 @@ class Endpoint:
         try:
             if length is not None:
                 held.charge(length)
-            async with asyncio.timeout(client_keepalive_s()):
-                body = await request.read() if length is not None else await _read_in_steps(request, held)
+            if length is not None and request.content.is_eof():  # all of it arrived with the headers
+                body = request.content.read_nowait()
+            else:
+                async with asyncio.timeout(self.client_keepalive_s):
+                    body = await request.read() if length is not None else await _read_in_steps(request, held)
         except bodies.OverBudget:
             return self._over_budget()
         except (web.HTTPRequestEntityTooLarge, bodies.TooLarge):
@@ -334,9 +338,8 @@ async def forward(deployment: Deployment, body: bytes, content_type: bytes,
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return _timed_out(deployment)
-                async with asyncio.timeout(remaining):  # no extra task, unlike wait_for
-                    status, answer_headers, payload = await worker.upstream.post(body, content_type)
-            except asyncio.TimeoutError:  # before OSError: TimeoutError is one
+                status, answer_headers, payload = await worker.upstream.post(body, content_type, remaining)
+            except TimeoutError:  # before OSError: TimeoutError is one
                 return _timed_out(deployment)
             except (ConnectionError, OSError):
                 worker.take_out()

@@ -323,7 +323,7 @@ def main(argv: list[str] | None = None) -> None:
     except UnusableRecord as err:
         _refuse(f"{err}; the file was kept as it is: stop the workers it lists yourself if any still run, "
                 "then move it away")
-    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+    with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
         runner.run(Runtime(root, state).run(args.port, metrics_at))
 
 
@@ -344,7 +344,7 @@ def _raise_open_file_limit() -> None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 65536) if hard != resource.RLIM_INFINITY else 65536, hard))
 
 
-def _loop_factory():
+def event_loop_factory():
     """uvloop where it is installed (the `local` extra): the router's per-request cost is mostly the loop."""
     try:
         import uvloop

@@ -198,9 +198,8 @@ class Worker:
     async def probe(self, timeout_s: float) -> bool:
         """True if the health route answers 200 within `timeout_s`."""
         try:
-            async with asyncio.timeout(timeout_s):
-                return await self.upstream.get("/") == 200
-        except (OSError, asyncio.TimeoutError, ValueError, IndexError):
+            return await self.upstream.get("/", timeout_s) == 200
+        except OSError:  # ConnectionError (UpstreamClosed among them) and TimeoutError are OSErrors
             return False
 
     async def wait_healthy(self, timeout_s: float | None = None) -> bool:

@@ -47,6 +47,7 @@ DEFAULT_FOLDER = "modelDataCollector"
 ANSWER_COLLECTIONS = ("response", "model_outputs")  # payload logging first, then custom logging
 MAX_WAITING = 20_000  # answers kept waiting for their partner (bounded memory)
 MAX_SAMPLES = 20
+NOTES_PER_FILE = 3  # malformed lines described per file and reading; the rest are counted
 DATASTORE_PATH = re.compile(r"^azureml://(?:subscriptions/[^/]+/resource[gG]roups/[^/]+/workspaces/[^/]+/)?"
                             r"datastores/(?P<datastore>[^/]+)/paths/(?P<path>.*?)/*$")
 
@@ -147,13 +148,14 @@ class CollectorAnswerSource:
 
     def read(self) -> AnswerWindow:
         now = self.clock()
-        answers: list[_Answer] = []
+        answers: list[tuple[str | None, _Answer]] = []
         malformed_before = self.malformed
-        try:
-            for side, collection in self.sides.items():
-                answers += self._read_side(side, collection, now)
-        except SourceError as err:
-            return AnswerWindow(pending=str(err))
+        failed = None
+        for side, collection in self.sides.items():
+            try:
+                self._read_side(side, collection, now, answers)
+            except SourceError as err:  # what was read before stays read: its files' offsets have moved on
+                failed = failed or str(err)
         outputs: dict[str, list[float]] = {"target": [], "baseline": []}
         compared = agreed = unpaired = 0
         unpaired_now: set[str] = set()
@@ -188,7 +190,8 @@ class CollectorAnswerSource:
                 while len(self.waiting) > MAX_WAITING:
                     self.waiting.popitem(last=False)
         return AnswerWindow(compared, agreed, 0, tuple(outputs["target"]), tuple(outputs["baseline"]), tuple(samples),
-                            pending=self._pending(now), unpaired=unpaired, malformed=self.malformed - malformed_before)
+                            pending=failed or self._pending(now), unpaired=unpaired,
+                            malformed=self.malformed - malformed_before)
 
     def _pending(self, now: datetime) -> str | None:
         for side in ("target", "baseline"):
@@ -204,9 +207,9 @@ class CollectorAnswerSource:
                         f"{collection}")
         return None
 
-    def _read_side(self, side: str, collection: Collection, now: datetime) -> list[tuple[str | None, _Answer]]:
+    def _read_side(self, side: str, collection: Collection, now: datetime,
+                   found: list[tuple[str | None, _Answer]]) -> None:
         container = self.containers[collection.datastore]
-        found = []
         day = self.started.date()
         while day <= now.date():
             prefix = f"{collection.folder}/{day:%Y/%m/%d}/"
@@ -219,7 +222,6 @@ class CollectorAnswerSource:
                 if name.endswith(".jsonl"):
                     found += self._read_blob(side, collection, container, name, size)
             day += timedelta(days=1)
-        return found
 
     def _read_blob(self, side: str, collection: Collection, container: Container, name: str,
                    size: int) -> list[tuple[str | None, _Answer]]:
@@ -240,19 +242,22 @@ class CollectorAnswerSource:
             lines.append(tail)  # the file kept its size since the last reading: its last line is whole
             consumed = len(text)
         self.offsets[key] = offset + consumed
-        found = []
-        for number, line in enumerate(lines):
+        found, bad = [], 0
+        for line in lines:
             if not line.strip():
                 continue
             record = _record(line)
             if record is None:
-                self.malformed += 1
-                self.on_note(f"data collector: a line of {name} (datastore {collection.datastore}) is not a collected "
-                             f"record ({_why_not(line)}): ignored")
+                self.malformed, bad = self.malformed + 1, bad + 1
+                if bad <= NOTES_PER_FILE:
+                    self.on_note(f"data collector: a line of {name} (datastore {collection.datastore}) is not a "
+                                 f"collected record ({_why_not(line)}): ignored")
                 continue
             answer = self._answer(side, record)
             if answer is not None:
                 found.append((record.get("correlationid") or None, answer))
+        if bad > NOTES_PER_FILE:
+            self.on_note(f"data collector: {bad - NOTES_PER_FILE} more lines of {name} are not collected records: ignored")
         return found
 
     def _answer(self, side: str, record: dict) -> _Answer | None:
