@@ -299,6 +299,7 @@ def test_answer_rules_parse_with_their_direction():
     ("output_shift > 0.1", "operator '>' not allowed"),
     ("output_agreement >= 1.5", "output_agreement is a fraction of requests (0..1)"),
     ("output_shift < 0", "the limit must be a positive number"),
+    ("output_shift < 2", "output_shift is a distance between distributions (0..1)"),
 ])
 def test_bad_answer_rules_are_refused(text, says):
     with pytest.raises(RuleError) as refused:
