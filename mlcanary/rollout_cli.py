@@ -399,7 +399,7 @@ def _run(plan, settings, policy_pack_config, record, plot, point, apply_stage, o
             click.echo(f"warning: could not draw {plot}: {err}", err=True)
             plot = None
     _print_outcome(console, outcome, runner.view, report, record, plot, output_format, options.alpha, rollout_id,
-                   answers.judge if answers else None)
+                   answers.judge if answers else None, any(step.kind == "mirror" for step in plan.steps))
     return outcome.exit_code
 
 
@@ -549,14 +549,14 @@ def _monitor_plan(plan, metrics_region):
     """Azure Monitor's queries, prepared once at start: the endpoint's region (unless given) and the
     metric definitions, read from Azure with the ARM_* credentials azure-native uses."""
     from mlcanary.components.arm import ArmClient, ArmError
+    from mlcanary.rollout.azure_read_back import endpoint_resource_id
     from mlcanary.rollout.sources import SourceError, monitor_plan
 
     endpoint = plan.start.spec.endpoint
     subscription = os.environ.get("ARM_SUBSCRIPTION_ID") or os.environ.get("AZURE_SUBSCRIPTION_ID")
     if not subscription:
         _fail("Azure Monitor needs the subscription: set ARM_SUBSCRIPTION_ID (as for azure-native)", 2)
-    endpoint_id = (f"/subscriptions/{subscription}/resourceGroups/{endpoint.resource_group}/providers/"
-                   f"Microsoft.MachineLearningServices/workspaces/{endpoint.workspace}/onlineEndpoints/{endpoint.name}")
+    endpoint_id = endpoint_resource_id(subscription, endpoint.resource_group, endpoint.workspace, endpoint.name)
     try:
         arm = ArmClient()
         return monitor_plan(arm, endpoint_id, metrics_region), arm
@@ -656,7 +656,7 @@ def _answers_json(answer_judge) -> dict[str, Any] | None:
 
 
 def _print_outcome(console, outcome, view, report, record, plot, output_format, alpha: float, rollout_id: str,
-                   answer_judge=None) -> None:
+                   answer_judge=None, mirrored: bool = False) -> None:
     client_requests: dict[str, Any] | None = None
     if report is not None:
         client_requests = {"sent": report.sent, "failed": report.failed,
@@ -684,7 +684,8 @@ def _print_outcome(console, outcome, view, report, record, plot, output_format, 
             shown.setdefault((sample["request"], sample["reason"]), sample)
         for sample in list(shown.values())[:3]:
             console.print(f"  disagreement (request {sample['request']}): {sample['reason']}", highlight=False)
-    console.print(f"the target served {outcome.target_served} request(s) during the rollout", highlight=False)
+    console.print(f"the target served {outcome.target_served} request(s) during the rollout"
+                  + (" (its mirrored copies included: no client got those answers)" if mirrored else ""), highlight=False)
     if client_requests:
         console.print(f"client requests (--load): {report.sent} sent, {report.failed} failed"
                       + (f" ({_by_deployment(report.failed_by_deployment)})" if report.failed else ""), highlight=False)
