@@ -339,3 +339,22 @@ def test_the_threshold_judges_failed_checks_before_a_kill_count_after_resume():
     assert outcome.decision == "rolled back" and outcome.failure.judge == "threshold", outcome.message
     assert failed_checks(recorder.events[resumed_from:]) == [3]  # one more failed check, not three
     assert outcome.failure.message.endswith("failed checks 3 of 3") and judge.failed_checks == 3
+
+
+def test_a_step_killed_twice_keeps_the_evidence_and_requests_of_both_runs_before_the_last_resume():
+    plan = load_plan(STAGE_3, {**BAD, "minRequests": 10_000, "maxHold": 100})
+    world = World(rps=20, green_error_rate=0.01)
+    recorder = Recorder(None, "r1", clock=world.clock)
+    with pytest.raises(Killed):
+        run_until(world, plan, recorder, kill_when=lambda events: len(judgements(events, "50 %")) >= 5)
+    with pytest.raises(Killed):
+        run_until(world, plan, recorder, point=resume_point(recorder.events, STAGE_3),
+                  kill_when=lambda events: len(judgements(events, "50 %")) >= 10)
+    point = resume_point(recorder.events, STAGE_3)
+    judge = make_judge("sequential", plan.options.alpha, (), 1)
+    restored = judge_replay.restore(judge, point)
+    lines = judgements(recorder.events, "50 %")
+    assert restored.replayed == len([e for e in lines if "judged" in e]) >= 8  # each window of both runs, once
+    assert judge.e_values() == pytest.approx(lines[-1]["eValues"], rel=1e-12)
+    assert judge.errors.events[0] == sum(e["judged"]["target"]["errors"] for e in lines if "judged" in e)
+    assert restored.target.requests == judged_target(lines) == restored.target_served
