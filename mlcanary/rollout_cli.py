@@ -279,7 +279,7 @@ def _run(plan, settings, policy_pack_config, record, plot, point, apply_stage, o
     from mlcanary.rollout import judge_replay
     from mlcanary.rollout.judges import make_judge
     from mlcanary.rollout.plan import plan_json
-    from mlcanary.rollout.record import Recorder, RecordError, new_rollout_id, read_record
+    from mlcanary.rollout.record import Recorder, RecordError, line_number, new_rollout_id, read_record
     from mlcanary.rollout.runner import Runner
 
     options = plan.options
@@ -295,8 +295,10 @@ def _run(plan, settings, policy_pack_config, record, plot, point, apply_stage, o
                       f"({type(err).__name__}: {err}); nothing was changed", 2)
         try:
             restored = judge_replay.restore(judge, point)
-        except ValueError as err:
-            _fail(f"record {record} (rollout {point.rollout_id}): {err}; nothing was changed", 2)
+        except judge_replay.ReplayError as err:
+            number = line_number(record, err.entry)
+            _fail(f"record {record}{f':{number}' if number else ''} (rollout {point.rollout_id}): {err}; "
+                  "nothing was changed", 2)
         served = restored.target_served
     answer_judge = _answer_judge(plan)
     if answer_judge is not None and point is not None:  # before anything starts: a bad record changes nothing

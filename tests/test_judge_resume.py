@@ -179,11 +179,13 @@ def killed_record(tmp_path: Path) -> Path:
     return record
 
 
-def tampered(record: Path, change) -> None:
+def tampered(record: Path, change) -> int:
+    """Change the record's last judged window with `change`; its line number."""
     lines = [json.loads(line) for line in record.read_text().splitlines()]
     last = max(i for i, e in enumerate(lines) if e["event"] == "judgement" and "judged" in e)
     change(lines[last])
     record.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    return last + 1
 
 
 def lower_e(line):
@@ -221,12 +223,13 @@ def bound_not_in_histogram(line):
         "latency_bound_not_a_histogram_bound"])
 def test_a_record_with_a_tampered_judged_window_is_refused_with_exit_2_naming_the_line(change, message, tmp_path):
     record = killed_record(tmp_path)
-    tampered(record, change)
+    line = tampered(record, change)
     before = record.read_bytes()
     result = cli("--resume", "--record", str(record), state=tmp_path / "state")
     assert result.exit_code == 2, result.output
-    assert "error: record" in result.output and "the judgement line at time " in result.output
-    assert "of step '50 %' in the record)" in result.output and message in result.output
+    assert result.output.startswith(f"error: record {record}:{line} (rollout fraud-scorer-1): the judgement line "
+                                    "of step '50 %' at time ")
+    assert message in result.output
     assert "nothing was changed" in result.output and "Traceback" not in result.output
     assert record.read_bytes() == before and not (tmp_path / "state").exists()
 
@@ -318,7 +321,7 @@ def test_a_window_before_an_interruption_whose_requests_were_raised_is_refused(t
     assert judge_replay.restore(make_judge("sequential", 0.05, (), 1), resume_point(recorder.events, STAGE_3)
                                 ).target.requests == judged_target(judgements(recorder.events, "50 %"))
     judgements(recorder.events, "50 %")[2]["judged"]["target"]["requests"] += 1000
-    with pytest.raises(ValueError, match=r"line 3 of step '50 %' in the record\): targetServed \d+ is not the \d+ "
+    with pytest.raises(ValueError, match=r"the judgement line of step '50 %' at time [\d.]+: targetServed \d+ is not the \d+ "
                                          "the line before and its judged counts give"):
         judge_replay.restore(make_judge("sequential", 0.05, (), 1), resume_point(recorder.events, STAGE_3))
 

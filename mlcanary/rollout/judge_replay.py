@@ -19,6 +19,14 @@ from mlcanary.rollout.judges import Judge
 from mlcanary.rollout.record import ResumePoint
 
 
+class ReplayError(ValueError):
+    """A line no run could have written; `entry` is that line, for the caller to find it in the file."""
+
+    def __init__(self, message: str, entry: dict[str, Any]):
+        super().__init__(message)
+        self.entry = entry
+
+
 @dataclass(frozen=True)
 class Restored:
     target: Counts  # the resumed step's judged requests before the stop, per side
@@ -28,7 +36,7 @@ class Restored:
 
 
 def restore(judge: Judge, point: ResumePoint) -> Restored:
-    """Load the saved state into `judge` and fold the step's later windows in; ValueError names the line
+    """Load the saved state into `judge` and fold the step's later windows in; ReplayError names the line
     (KeyError/TypeError from a garbled judgeState are the caller's to report as such)."""
     if point.judge_state is not None:
         judge.load_state(point.judge_state)
@@ -38,8 +46,7 @@ def restore(judge: Judge, point: ResumePoint) -> Restored:
                       if e["event"] == "judgement"), default=0)
     for number, entry in enumerate(point.step_lines, start=1):
         folded_again = number > point.judged_before
-        where = (f"the {entry['event']} line at time {entry.get('time')} "
-                 f"(line {number} of step {entry.get('step')!r} in the record)")
+        where = f"the {entry['event']} line of step {entry.get('step')!r} at time {entry.get('time')}"
         try:
             if folded_again and judge.failure is not None:
                 raise ValueError(f"follows a window where the {judge.name} judge had already failed")
@@ -76,7 +83,7 @@ def restore(judge: Judge, point: ResumePoint) -> Restored:
             replayed, served = replayed + 1, served + window_t.requests
             _check_recorded(entry, judge.e_values(), served)
         except (ValueError, TypeError, KeyError) as err:
-            raise ValueError(f"{where}: {err}") from None
+            raise ReplayError(f"{where}: {err}", entry) from None
     return Restored(target, baseline, replayed, served)
 
 

@@ -90,6 +90,18 @@ def read_record(path: Path, writing: bool = False) -> list[dict[str, Any]]:
     return events
 
 
+def line_number(path: Path, entry: dict[str, Any]) -> int | None:
+    """The line of the record file that holds `entry` (the last such line), to name it in a refusal."""
+    found = None
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        try:
+            if json.loads(line) == entry:
+                found = number
+        except ValueError:
+            continue
+    return found
+
+
 @dataclass(frozen=True)
 class ResumePoint:
     rollout_id: str
