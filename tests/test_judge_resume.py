@@ -4,7 +4,7 @@ e-process continues, nothing is counted twice and the step keeps the requests it
 
 The first tests drive the runner with the simulated world of test_rollout_runner.py (a process killed
 mid-step is a runner that stops without a decision, as kill -9 leaves its record); the CLI tests refuse
-a tampered record; the last one SIGKILLs a real `mlcanary rollout` on the local target and resumes it.
+a tampered record; one SIGKILLs a real `mlcanary rollout` on the local target and resumes it.
 """
 
 from __future__ import annotations
