@@ -7,7 +7,7 @@ _inputs.py alone is 1.6 MB), which any program using one class pays. So the "loa
 same imports plus one class access: what `pulumi preview` of this program would pay at least.
 
 Measured, each as a subprocess, alternating, several times (medians compared):
-- check azure: `mlcanary check` of the seven sample Azure stages (target: <= 1.3 x loaded);
+- check azure: `mlcanary check` of the sample Azure stages, stacks/stage-*.yaml (target: <= 1.3 x loaded);
 - check local: `mlcanary check` of the first local sample stage (target: <= 1.3 x loaded);
 - local up no-op: `mlcanary local up` of that stage on a runtime already serving it (a temporary
   state directory this script starts and stops), which judges the stage and changes nothing

@@ -3,8 +3,8 @@
 Floor: a fresh Python that imports click and rich.console (what any command with rich output pays).
 Commands: `mlcanary --version`, and against a runtime this script starts in a temporary state
 directory with the first local sample stage: `local status`, `local keys`, `local metrics`, `invoke`,
-`logs`, the rollout steering verbs the CLI has (`rollout status`, `history`, ...; read-only ones
-against no rollout), and `local stop` / `local down` where nothing runs (the running one is kept for
+`logs`, the rollout steering verbs (`rollout status`, `history`, `pause`, ...: against a rollout that
+ended promoted, so the steering ones say no rollout is running), and `local stop` / `local down` where nothing runs (the running one is kept for
 the other commands). Each is run as a subprocess, alternating with the floor, several times; the
 medians are compared. Target: each command / floor <= 2.0.
 It stops the runtime it started (by `local down`, then by PID) and removes its directory.
@@ -38,11 +38,23 @@ def mlcanary() -> list[str]:
 
 
 def rollout_verbs() -> list[str]:
-    """The steering verbs of `mlcanary rollout`, if it is a group of them (status, history, ...)."""
-    from mlcanary.cli import main
+    """The steering verbs of `mlcanary rollout` (status, history, pause, ...), without its default `run`."""
+    from mlcanary.rollout_steer_cli import rollout
 
-    rollout = main.get_command(None, "rollout")
-    return sorted(getattr(rollout, "commands", {}) or [])
+    return sorted(rollout.commands.keys() - {"run"})
+
+
+def finished_rollout(state: Path) -> None:
+    """A rollout of green that ended promoted, in `state`: its hold document and history, as the lease
+    module writes them when a rollout ends, so `status` and `history` show it and the verbs that steer
+    say no rollout is running (and change nothing: they are repeatable)."""
+    from mlcanary.local_runtime import lease
+
+    directory = lease.lease_dir(state)
+    lease.acquire(directory, ENDPOINT, {
+        "id": "r-bench", "target": "green", "baseline": "blue", "plan": {"steps": ["green 10", "green 100"]},
+        "stepIndex": 1, "step": "green 100", "traffic": {"blue": 0, "green": 100}})
+    lease.finish(directory, ENDPOINT, "r-bench", "promoted", "green takes all traffic")
 
 
 def commands(running: Path, idle: Path) -> dict[str, tuple[list[str], Path]]:
@@ -58,8 +70,8 @@ def commands(running: Path, idle: Path) -> dict[str, tuple[list[str], Path]]:
         "local down (idle)": (["local", "down"], idle),
     }
     for verb in rollout_verbs():
-        if verb in ("status", "history"):  # read-only: repeatable; pause/resume/... change a rollout
-            table[f"rollout {verb}"] = (["rollout", verb, "--stage-file", str(STAGE)], running)
+        wait = [] if verb in ("status", "history") else ["--timeout", "0"]
+        table[f"rollout {verb}"] = (["rollout", verb, ENDPOINT, *wait], running)
     return table
 
 
@@ -80,9 +92,13 @@ def main() -> None:
         up = subprocess.run([*mlcanary(), "local", "up", str(STAGE)], cwd=ROOT, env=env, capture_output=True, text=True)
         if up.returncode != 0:
             sys.exit(f"local up failed:\n{up.stdout}{up.stderr}")
+        finished_rollout(running)
         table = commands(running, idle)
-        for arguments, state in table.values():  # warm the file cache
-            timed([*mlcanary(), *arguments], state)
+        for name, (arguments, state) in table.items():  # warm the file cache; each must answer, not fail on usage
+            done = subprocess.run([*mlcanary(), *arguments], cwd=ROOT, capture_output=True, text=True,
+                                  env={**env, "MLCANARY_STATE_DIR": str(state)})
+            if done.returncode not in (0, 1) or "Traceback" in done.stderr:
+                sys.exit(f"{name} failed ({done.returncode}):\n{done.stdout}{done.stderr}")
         times: dict[str, list[float]] = {"floor": [], **{name: [] for name in table}}
         for _ in range(RUNS):
             for name, (arguments, state) in table.items():

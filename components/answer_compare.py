@@ -126,7 +126,13 @@ def parse_path(text: Any) -> ComparePath:
         if match is None:
             raise CompareError(f"compare path {text!r}: cannot read it from {rest[position:][:40]!r}; allowed: {PATH_ALLOWED}")
         key, index, quoted = match.groups()
-        steps.append(int(index) if index is not None else key if key is not None else json.loads(f'"{quoted}"'))
+        if quoted is not None:
+            try:
+                quoted = json.loads(f'"{quoted}"')
+            except ValueError as err:  # a bad escape (\x) or a raw control character in the quoted key
+                raise CompareError(f"compare path {text!r}: the quoted key {quoted!r} is not a JSON string "
+                                   f"({err.msg}); allowed: {PATH_ALLOWED}") from None
+        steps.append(int(index) if index is not None else key if key is not None else quoted)
         position = match.end()
     return ComparePath(text.strip(), tuple(steps))
 
@@ -179,11 +185,18 @@ def request_hash(body: bytes) -> str:
     return hashlib.sha256(body).hexdigest()[:16]
 
 
+TOO_DEEP = "nested too deep to read"
+
+
 def _load(body: bytes) -> tuple[bool, Any]:
+    """(True, the document), or (False, None) for a body that is not JSON, (False, TOO_DEEP) for JSON
+    nested deeper than Python's parser recurses."""
     try:
         return True, json.loads(body)
-    except (ValueError, UnicodeDecodeError, RecursionError):
+    except (ValueError, UnicodeDecodeError):
         return False, None
+    except RecursionError:
+        return False, TOO_DEEP
 
 
 def compare(live_status: int, live_body: bytes, mirror_status: int, mirror_body: bytes,
@@ -198,8 +211,10 @@ def compare(live_status: int, live_body: bytes, mirror_status: int, mirror_body:
     mirror_json, mirror = _load(mirror_body)
     if not live_json or not mirror_json:
         if live_json != mirror_json:
-            which = "live" if live_json else "mirror"
-            return Comparison(False, f"only the {which} answer is JSON", None, truncated(live_body), truncated(mirror_body))
+            which, other = ("live", mirror) if live_json else ("mirror", live)
+            reason = (f"the {'mirror' if live_json else 'live'} answer is JSON {TOO_DEEP}" if other == TOO_DEEP
+                      else f"only the {which} answer is JSON")
+            return Comparison(False, reason, None, truncated(live_body), truncated(mirror_body))
         if live_body == mirror_body:
             return Comparison(True, deviation=0.0)
         return Comparison(False, "the bodies (not JSON) differ", None, truncated(live_body), truncated(mirror_body))
@@ -232,6 +247,14 @@ def compare_values(live: Any, mirror: Any, tolerance: Tolerance = Tolerance(), w
                       truncated(live), truncated(mirror))
 
 
+def _as_float(number: int | float) -> float:
+    """A JSON integer beyond a float's range (1 followed by 400 zeros) is that infinity, not an OverflowError."""
+    try:
+        return float(number)
+    except OverflowError:
+        return math.inf if number > 0 else -math.inf
+
+
 def _kind(value: Any) -> str:
     if isinstance(value, bool):
         return "boolean"
@@ -246,7 +269,7 @@ def _difference(a: Any, b: Any, tolerance: Tolerance, where: str, worst: list[fl
     if kind_a != kind_b:
         return f"{where}: shape: live {kind_a}, mirror {kind_b}"
     if kind_a == "number":
-        a, b = float(a), float(b)
+        a, b = _as_float(a), _as_float(b)
         worst[0] = max(worst[0], relative_difference(a, b))
         if tolerance.allows(a, b):
             return None
@@ -293,14 +316,18 @@ def output_value(status: int, body: bytes, path: ComparePath) -> float | None:
     except RecursionError:  # nested deeper than Python recurses: no number to take from it
         return None
     numbers = [n for n in numbers if math.isfinite(n)]
-    return sum(numbers) / len(numbers) if numbers else None
+    if not numbers:
+        return None
+    mean = sum(numbers) / len(numbers)
+    # Finite numbers near the float limit (1e308, 1e308) overflow their sum, never their mean.
+    return mean if math.isfinite(mean) else sum(n / len(numbers) for n in numbers)
 
 
 def _numbers(value: Any, into: list[float]) -> None:
     if isinstance(value, bool):
         return
     if isinstance(value, int | float):
-        into.append(float(value))
+        into.append(_as_float(value))
     elif isinstance(value, list):
         for item in value:
             _numbers(item, into)

@@ -5,6 +5,11 @@ records every registration the way the engine would receive it (inputs in wire f
 keys, numbers as floats, secrets marked), plus parent, dependencies and options. Tests and
 `mlcanary check` both use this; each render runs in a fresh context, so stages can be rendered
 one after another in one process.
+
+A render records no aliases (nor does anything that reads it: the policies' requests carry none),
+so it drops them before the SDK computes them: azure-native declares one alias per past API version
+(32 on an OnlineEndpoint), and turning each into a URN and an alias spec through Outputs was half
+of a render's time. What is recorded is the same with or without them (tests/test_stages.py).
 """
 
 from __future__ import annotations
@@ -20,9 +25,10 @@ from pathlib import Path
 from typing import Any
 
 from google.protobuf import json_format
+import pulumi
 from pulumi.runtime import mocks, settings
 from pulumi.runtime.config import set_all_config
-from pulumi.runtime.stack import run_in_stack
+from pulumi.runtime.stack import register_stack_transformation, run_in_stack
 from pulumi.runtime.sync_await import _sync_await
 
 SECRET_SIG = "4dabf18193072939515e22adb298388d"
@@ -177,15 +183,26 @@ def stack_config_values(config: Mapping[str, Any]) -> dict[str, str]:
     }
 
 
+def _without_aliases(args: pulumi.ResourceTransformationArgs) -> pulumi.ResourceTransformationResult | None:
+    """A stack transformation: the resource's options without `aliases` (which a render does not record)."""
+    if not args.opts.aliases:
+        return None
+    opts = args.opts._copy()  # ResourceOptions' own shallow copy (merge cannot unset a list)
+    opts.aliases = None
+    return pulumi.ResourceTransformationResult(args.props, opts)
+
+
 def render_program(
     program: Path | Callable[[], None],
     config: Mapping[str, Any],
     *,
     stack: str = "dev",
     mock: mocks.Mocks | None = None,
+    aliases: bool = False,
 ) -> Render:
     """Run `program` (a Pulumi program file, or a function) with the stack `config` (full keys,
-    e.g. `mlcanary:endpoint`) under mocks.
+    e.g. `mlcanary:endpoint`) under mocks. `aliases`: let the SDK compute the resources' aliases
+    (only to show that the render is the same without them).
 
     Raises whatever the program raises (e.g. `pulumi.RunError` for an invalid config).
     """
@@ -209,7 +226,13 @@ def render_program(
                 )
             )
             set_all_config(stack_config_values(config))
-            body = program if callable(program) else lambda: runpy.run_path(str(program), run_name="__main__")
+            run_program = program if callable(program) else lambda: runpy.run_path(str(program), run_name="__main__")
+
+            def body() -> None:
+                if not aliases:
+                    register_stack_transformation(_without_aliases)
+                run_program()
+
             _sync_await(run_in_stack(body))
         finally:
             asyncio.set_event_loop(None)

@@ -81,5 +81,6 @@ def parse_rule(text: str) -> Rule:
     if not math.isfinite(limit) or limit <= 0:
         raise RuleError(f"rule {text!r}: the limit must be a positive number, got {number}")
     if metric_name in (*RATES, *ANSWER_METRICS) and limit > 1:
-        raise RuleError(f"rule {text!r}: {metric_name} is a fraction of requests (0..1), got {number}")
+        what = "a distance between distributions" if metric_name == "output_shift" else "a fraction of requests"
+        raise RuleError(f"rule {text!r}: {metric_name} is {what} (0..1), got {number}")
     return Rule(metric_name, operator, limit)

@@ -14,6 +14,8 @@ refusal is an `UnusableFile` naming the file.
 
 from __future__ import annotations
 
+import copy
+import functools
 import re
 from pathlib import Path
 from typing import Any
@@ -56,10 +58,8 @@ def load_yaml_file(path: Path, what: str, typical: str) -> Any:
 
 def load_yaml(text: str, source: str, typical: str = "") -> Any:
     """The document in `text`; `source` names it in messages."""
-    loader = None
     try:
-        loader = _BoundedLoader(text)  # reading starts here: a control character is refused already
-        return loader.get_single_data()
+        return copy.deepcopy(_document(text))  # a copy: callers may change what they get
     except _Refused as refused:
         advice = f"; {typical}: {refused.advice}" if typical and refused.advice else ""
         raise UnusableFile(f"{source}: {refused}{advice}") from None
@@ -73,9 +73,18 @@ def load_yaml(text: str, source: str, typical: str = "") -> Any:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         raise UnusableFile(f"{source}: not valid YAML{where}: {getattr(err, 'problem', None) or err}") from None
+
+
+@functools.lru_cache(maxsize=32)
+def _document(text: str) -> Any:
+    """The document in `text`, composed once per process: `mlcanary check` reads a `file:` deployment once
+    for the stage's config and once in the program, for every stage that names it (the same text always
+    gives the same document; a refusal is not remembered)."""
+    loader = _BoundedLoader(text)  # reading starts here: a control character is refused already
+    try:
+        return loader.get_single_data()
     finally:
-        if loader is not None:
-            loader.dispose()
+        loader.dispose()
 
 
 class _Refused(Exception):

@@ -6,12 +6,13 @@ pay for pulumi, pulumi_policy or azure-ai-ml (tests/test_cli_imports.py, bench/c
 
 from __future__ import annotations
 
-import importlib
 import json
 import sys
 from pathlib import Path
 
 import click
+
+from mlcanary.cli_support import LazyGroup
 
 # Commands defined in modules of their own, imported only when run (or listed by --help).
 LAZY_COMMANDS = {
@@ -19,25 +20,13 @@ LAZY_COMMANDS = {
     "invoke": "mlcanary.invoke_cli:invoke",
     "logs": "mlcanary.logs_cli:logs",
     "rehearse": "mlcanary.rehearse_cli:rehearse",
-    "rollout": "mlcanary.rollout_group_cli:rollout",  # run (the default), status, pause, ... history
+    "rollout": "mlcanary.rollout_steer_cli:rollout",  # run (the default, rollout_cli.py), status, pause, ... history
 }
 
 
-class LazyGroup(click.Group):
-    """click's lazily loading group (click docs, "Lazily Loading Subcommands"): `mlcanary check` does
-    not import the local runtime's commands, nor `local status` the rollout's."""
-
-    def list_commands(self, ctx: click.Context) -> list[str]:
-        return sorted([*super().list_commands(ctx), *LAZY_COMMANDS])
-
-    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
-        if name in LAZY_COMMANDS:
-            module, attribute = LAZY_COMMANDS[name].split(":")
-            return getattr(importlib.import_module(module), attribute)
-        return super().get_command(ctx, name)
-
-
-@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+# click's lazily loading group: `mlcanary check` does not import the local runtime's commands, nor
+# `local status` the rollout's.
+@click.group(cls=LazyGroup, lazy_commands=LAZY_COMMANDS, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="mlcanary", prog_name="mlcanary", message="%(prog)s %(version)s")
 def main() -> None:
     """Safe, staged rollouts of ML models to Azure ML online endpoints."""
@@ -71,7 +60,6 @@ def check(stage_files: tuple[Path, ...], policy_pack_config: Path | None, output
     """
     from mlcanary.check import InputError, check_stages, policy_defaults
     from mlcanary.policy_config import PolicyConfigError, load_policy_config
-
     try:
         settings = load_policy_config(policy_pack_config, policy_defaults())
     except PolicyConfigError as err:

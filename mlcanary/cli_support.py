@@ -7,13 +7,44 @@ pay for them.
 
 from __future__ import annotations
 
+import importlib
 import json
 import sys
 from pathlib import Path
 
 import click
+from click_default_group import DefaultGroup
 
 EXIT_INTERRUPTED = 130  # as a shell reports a Ctrl-C; SIGTERM during an apply is handled the same way
+
+class LazyGroup(click.Group):
+    """click's lazily loading group (click docs, "Lazily Loading Subcommands"): `lazy_commands` maps a
+    command's name to "module:attribute", imported only when the command runs or help lists it, so a
+    command does not pay for the imports of the others (tests/test_cli_imports.py)."""
+
+    def __init__(self, *args, lazy_commands: dict[str, str] | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.lazy_commands = dict(lazy_commands or {})
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *self.lazy_commands})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in self.lazy_commands and cmd_name not in self.commands:
+            module, attribute = self.lazy_commands[cmd_name].split(":")
+            self.add_command(getattr(importlib.import_module(module), attribute), name=cmd_name)
+        return super().get_command(ctx, cmd_name)
+
+
+class LazyDefaultGroup(LazyGroup, DefaultGroup):
+    """A LazyGroup with click-default-group's default command: a name that is no command (a stage file)
+    runs the default one, loaded first if it is lazy."""
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands and cmd_name not in self.lazy_commands:
+            LazyGroup.get_command(self, ctx, self.default_cmd_name)
+        return super().get_command(ctx, cmd_name)
+
 
 class WholeNumber(click.IntRange):
     """click's INT takes any Unicode digits ("１００" is 100): here only ASCII digits are numbers."""

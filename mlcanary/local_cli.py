@@ -129,6 +129,10 @@ def _gate_and_apply(stage_file: Path, stack, client, settings, preview: bool, ou
 
 def _recorded_endpoints(client) -> list[str]:
     """Endpoints a stopped runtime's state holds (what `local start` would bring back)."""
+    from mlcanary.local_runtime import paths
+
+    if not paths.state_file(client.root).exists():
+        return []  # no runtime ever kept state here; reading the state would import its record schemas (pydantic)
     from mlcanary.local_runtime.running import current_endpoints
 
     try:

@@ -276,22 +276,30 @@ def _run(plan, settings, policy_pack_config, record, plot, point, apply_stage, o
 
     from mlcanary.console import output_console
     from mlcanary.rollout.appliers import ApplyError
+    from mlcanary.rollout import judge_replay
     from mlcanary.rollout.judges import make_judge
     from mlcanary.rollout.plan import plan_json
-    from mlcanary.rollout.record import Recorder, RecordError, new_rollout_id, read_record
+    from mlcanary.rollout.record import Recorder, RecordError, line_number, new_rollout_id, read_record
     from mlcanary.rollout.runner import Runner
 
     options = plan.options
     judge = make_judge(options.judge, options.alpha, options.rules, options.failure_limit)
-    start_index, judge_state, served = 0, None, 0
+    start_index, served, restored = 0, 0, None
     if point is not None:
-        start_index, judge_state, served = point.start_index, point.judge_state, point.target_served
-        if judge_state is not None:
+        start_index, served = point.start_index, point.target_served
+        if point.judge_state is not None:
             try:
-                make_judge(options.judge, options.alpha, options.rules, options.failure_limit).load_state(judge_state)
+                make_judge(options.judge, options.alpha, options.rules, options.failure_limit).load_state(point.judge_state)
             except (KeyError, TypeError, ValueError, AttributeError) as err:
                 _fail(f"record {record} (rollout {point.rollout_id}): its judgeState cannot be loaded "
                       f"({type(err).__name__}: {err}); nothing was changed", 2)
+        try:
+            restored = judge_replay.restore(judge, point)
+        except judge_replay.ReplayError as err:
+            number = line_number(record, err.entry)
+            _fail(f"record {record}{f':{number}' if number else ''} (rollout {point.rollout_id}): {err}; "
+                  "nothing was changed", 2)
+        served = restored.target_served
     answer_judge = _answer_judge(plan)
     if answer_judge is not None and point is not None:  # before anything starts: a bad record changes nothing
         try:
@@ -315,6 +323,7 @@ def _run(plan, settings, policy_pack_config, record, plot, point, apply_stage, o
                  "did not finish: no decision was recorded after it (its process was killed)")
         log(f"rollout {point.rollout_id} {ended} at {point.at_step}; the endpoint runs live {running}; "
             f"resuming at step {start_index + 1}/{len(plan.steps)}")
+        log(_judge_restored(judge, point, restored, plan))
         if answers:
             log(_answers_restored(answers.judge, point, plan, start_index))
     elif not applier.in_state(plan.start):
@@ -370,7 +379,8 @@ def _run(plan, settings, policy_pack_config, record, plot, point, apply_stage, o
     try:
         if live:
             live.start()
-        outcome = runner.run(start_index, judge_state, served, on_started=start_load)
+        outcome = runner.run(start_index, None, served, on_started=start_load,  # the judge is restored above
+                             resumed_step=(restored.target, restored.baseline) if restored else None)
     finally:
         if live:
             live.stop()
@@ -391,7 +401,7 @@ def _run(plan, settings, policy_pack_config, record, plot, point, apply_stage, o
             click.echo(f"warning: could not draw {plot}: {err}", err=True)
             plot = None
     _print_outcome(console, outcome, runner.view, report, record, plot, output_format, options.alpha, rollout_id,
-                   answers.judge if answers else None)
+                   answers.judge if answers else None, any(step.kind == "mirror" for step in plan.steps))
     return outcome.exit_code
 
 
@@ -437,6 +447,23 @@ def _answer_check(plan, client, judge):
     return AnswerCheck(judge, LocalAnswerSource(client, plan.endpoint, judge.options, options.to, options.baseline))
 
 
+def _judge_restored(judge, point, restored, plan) -> str:
+    """What the resumed error/latency judge holds, and what the resumed step keeps of its requests."""
+    step = plan.steps[point.start_index] if point.start_index < len(plan.steps) else None
+    windows = f"the record's {restored.replayed} judged window(s) of step {step.label if step else '?'}"
+    if point.state_from:
+        text = f"{judge.name} judge: restored from its state at {point.state_from}"
+        text += f" and {windows} after it" if restored.replayed else ""
+    else:
+        text = f"{judge.name} judge: " + (f"restored from {windows}" if restored.replayed else
+                                          "the record holds no judged window yet; it starts from zero")
+    text += f": {judge.restored()}"
+    if step is not None and restored.target.requests:
+        text += (f"; step {step.label} keeps its {restored.target.requests} judged request(s) to {plan.options.to} "
+                 f"(of the {plan.options.min_requests} it needs) and starts its time again")
+    return text
+
+
 def _answers_restored(judge, point, plan, start_index: int) -> str:
     """What the resumed answer judge holds from the record, and what the resumed step still needs."""
     windows = len(point.answer_windows)
@@ -448,8 +475,7 @@ def _answers_restored(judge, point, plan, start_index: int) -> str:
     if step is not None and judge.step == (index, step.label):
         kept = (f"{judge.step_compared} compared answers" if step.kind == "mirror" else
                 f"{judge.step_tested} tested outputs")
-        text += (f"; step {step.label} keeps its {kept}, and starts its time and requests again (the error "
-                 "judge's step restarts)")
+        text += (f"; step {step.label} keeps its {kept}, and starts its time again")
     return text
 
 
@@ -525,14 +551,14 @@ def _monitor_plan(plan, metrics_region):
     """Azure Monitor's queries, prepared once at start: the endpoint's region (unless given) and the
     metric definitions, read from Azure with the ARM_* credentials azure-native uses."""
     from mlcanary.components.arm import ArmClient, ArmError
+    from mlcanary.rollout.azure_read_back import endpoint_resource_id
     from mlcanary.rollout.sources import SourceError, monitor_plan
 
     endpoint = plan.start.spec.endpoint
     subscription = os.environ.get("ARM_SUBSCRIPTION_ID") or os.environ.get("AZURE_SUBSCRIPTION_ID")
     if not subscription:
         _fail("Azure Monitor needs the subscription: set ARM_SUBSCRIPTION_ID (as for azure-native)", 2)
-    endpoint_id = (f"/subscriptions/{subscription}/resourceGroups/{endpoint.resource_group}/providers/"
-                   f"Microsoft.MachineLearningServices/workspaces/{endpoint.workspace}/onlineEndpoints/{endpoint.name}")
+    endpoint_id = endpoint_resource_id(subscription, endpoint.resource_group, endpoint.workspace, endpoint.name)
     try:
         arm = ArmClient()
         return monitor_plan(arm, endpoint_id, metrics_region), arm
@@ -632,7 +658,7 @@ def _answers_json(answer_judge) -> dict[str, Any] | None:
 
 
 def _print_outcome(console, outcome, view, report, record, plot, output_format, alpha: float, rollout_id: str,
-                   answer_judge=None) -> None:
+                   answer_judge=None, mirrored: bool = False) -> None:
     client_requests: dict[str, Any] | None = None
     if report is not None:
         client_requests = {"sent": report.sent, "failed": report.failed,
@@ -660,7 +686,8 @@ def _print_outcome(console, outcome, view, report, record, plot, output_format, 
             shown.setdefault((sample["request"], sample["reason"]), sample)
         for sample in list(shown.values())[:3]:
             console.print(f"  disagreement (request {sample['request']}): {sample['reason']}", highlight=False)
-    console.print(f"the target served {outcome.target_served} request(s) during the rollout", highlight=False)
+    console.print(f"the target served {outcome.target_served} request(s) during the rollout"
+                  + (" (its mirrored copies included: no client got those answers)" if mirrored else ""), highlight=False)
     if client_requests:
         console.print(f"client requests (--load): {report.sent} sent, {report.failed} failed"
                       + (f" ({_by_deployment(report.failed_by_deployment)})" if report.failed else ""), highlight=False)

@@ -7,7 +7,8 @@ endpoint's hold document (local_runtime/lease.py) and the rollout acts on it at 
 the rollout's process gone says so; `abort` then restores the baseline itself.
 
 `mlcanary rollout STAGE_FILE ...` (rollout_cli.py) stays the group's default command `run`
-(click-default-group; mlcanary/cli.py adds it). Its options that concern holding and steering the
+(click-default-group), imported only when it runs or --help lists it: it needs the rollout spec
+(pydantic), which the verbs do not (tests/test_cli_imports.py). Its options that concern holding and steering the
 endpoint (--force, --notify, --confirm-promotion) and the steering they make for the runner are here
 too (steering_options, steering_for).
 
@@ -26,9 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import click
-from click_default_group import DefaultGroup
-
-from mlcanary.cli_support import state_dir_option
+from mlcanary.cli_support import LazyDefaultGroup, state_dir_option
 
 ACK_POLL_S = 0.2
 
@@ -38,7 +37,8 @@ def _fail(message: str, code: int = 1) -> None:
     sys.exit(code)
 
 
-@click.group(cls=DefaultGroup, default="run", default_if_no_args=False,
+@click.group(cls=LazyDefaultGroup, lazy_commands={"run": "mlcanary.rollout_cli:rollout"}, default="run",
+             default_if_no_args=False,
              context_settings={"ignore_unknown_options": True})
 def rollout() -> None:
     """Promote a deployment step by step (`mlcanary rollout STAGE_FILE ...`, the default command `run`),

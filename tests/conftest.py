@@ -50,11 +50,20 @@ def pytest_configure(config):
     (their parent-death signal). xdist workers keep the PID they inherit: the controller's."""
     if not hasattr(config, "workerinput"):
         os.environ[owner.ENV_VAR] = str(os.getpid())
-    # An azure-target rollout keeps its hold in the user's state folder ($XDG_STATE_HOME/mlcanary):
-    # the suite's go to a folder of its own, never into the home directory.
-    if "MLCANARY_TEST_STATE_HOME" not in os.environ:  # not inside another run of the suite
-        _made.append(tempfile.mkdtemp(prefix="mlcanary-xdg-"))
-        os.environ["XDG_STATE_HOME"] = os.environ["MLCANARY_TEST_STATE_HOME"] = _made[0]
+    # An azure-target rollout keeps its hold in the user's state folder ($XDG_STATE_HOME/mlcanary), and
+    # every digest of a local folder is remembered in the user's cache ($XDG_CACHE_HOME/mlcanary,
+    # components/content_digest.py): the suite's go to folders of its own, never into the home directory
+    # (tests/test_suite_leaves_nothing.py). The commands the tests run inherit them.
+    for variable, marker in (("XDG_STATE_HOME", "MLCANARY_TEST_STATE_HOME"), ("XDG_CACHE_HOME", "MLCANARY_TEST_CACHE_HOME")):
+        if marker not in os.environ:  # not inside another run of the suite
+            _made.append(tempfile.mkdtemp(prefix=f"mlcanary-{variable.lower()}-"))
+            os.environ[variable] = os.environ[marker] = _made[-1]
+    if hasattr(config, "workerinput"):
+        # Holds are keyed by stack (`prod` in many tests): two xdist workers sharing one folder took
+        # each other's holds. Each worker has a state folder of its own inside the run's.
+        worker = Path(os.environ["MLCANARY_TEST_STATE_HOME"], config.workerinput["workerid"])
+        worker.mkdir(exist_ok=True)
+        os.environ["XDG_STATE_HOME"] = str(worker)
 
 
 _made: list[str] = []  # the state folder this run made (and removes)

@@ -186,6 +186,8 @@ def test_the_settings_say_what_they_compare():
     ("$..scores", "cannot read it from '..scores'"),
     ("scores[0", "cannot read it from '[0'"),
     (3, "compare path 3"),
+    ('$["\\x"]', "the quoted key '\\\\x' is not a JSON string (Invalid \\escape)"),
+    ('$["a\nb"]', "is not a JSON string (Invalid control character"),
 ])
 def test_a_bad_compare_path_is_refused(text, says):
     with pytest.raises(CompareError, match=None) as caught:
@@ -238,3 +240,22 @@ def test_an_output_value_is_the_number_at_the_path_or_the_mean_under_it():
 def test_an_answer_nested_too_deep_gives_no_output_value_rather_than_an_error():
     deeper = b"[" * 100_000 + b"]" * 100_000
     assert output_value(200, deeper, parse_path("$")) is None
+
+
+def test_an_integer_beyond_float_range_is_an_infinity_not_an_error():
+    huge = b'{"scores": [1' + b"0" * 400 + b"]}"
+    result = compare(200, b'{"scores": [0.5]}', 200, huge, settings_from("scores"))
+    assert result.agreed is False and "inf (outside tolerance)" in result.reason
+    assert compare(200, huge, 200, huge, settings_from("scores")).agreed is True
+    assert output_value(200, huge, parse_path("scores")) is None  # an infinity is no output to compare
+
+
+def test_numbers_near_the_float_limit_have_a_finite_mean_output():
+    assert output_value(200, b'{"s": [1e308, 1e308]}', parse_path("s")) == pytest.approx(1e308)
+
+
+def test_a_mirror_answer_nested_too_deep_to_parse_disagrees_and_says_so_not_that_it_is_not_json():
+    deep = b'{"scores": ' + b"[" * 50_000 + b"]" * 50_000 + b"}"
+    result = compare(200, b'{"scores": [0.5]}', 200, deep, settings_from("scores"))
+    assert result.agreed is False and result.reason == "the mirror answer is JSON nested too deep to read"
+    assert compare(200, b'{"a": 1}', 200, b"not json").reason == "only the live answer is JSON"

@@ -251,10 +251,11 @@ def test_a_replayed_mirror_phase_keeps_its_disagreements_and_fails_where_the_fir
     (lambda w: w.update(samples="x"), "samples are not a list of objects"),
     (lambda w: w.update(fold={"tally": {"target": 1, "baseline": 1, "cells": {"0": [1, 1, 1]}}}),
      "a tally before the reference was full"),
-    (lambda w: w.update(fold={"reference": [0.1] * (REFERENCE_SIZE + 1)}), "at most 200 numbers in all"),
-    (lambda w: w.update(fold={"reference": ["0.1"]}), "at most 200 numbers in all"),
+    (lambda w: w.update(fold={"reference": [0.1] * (REFERENCE_SIZE + 1)}), "at most 200 finite numbers in all"),
+    (lambda w: w.update(fold={"reference": ["0.1"]}), "at most 200 finite numbers in all"),
+    (lambda w: w.update(fold={"reference": [0.1, float("nan")]}), "at most 200 finite numbers in all"),
 ], ids=["agreed_above_compared", "negative_count", "count_a_string", "samples_not_a_list", "tally_before_reference",
-        "reference_too_long", "reference_not_numbers"])
+        "reference_too_long", "reference_not_numbers", "reference_nan"])
 def test_a_record_whose_answers_no_run_could_have_written_is_refused(change, message):
     lines = recorded(judge(), [AnswerWindow(5, 0)], 0, "mirror 50 %", True)
     change(lines[0]["answers"])
@@ -298,6 +299,7 @@ def test_answer_rules_parse_with_their_direction():
     ("output_shift > 0.1", "operator '>' not allowed"),
     ("output_agreement >= 1.5", "output_agreement is a fraction of requests (0..1)"),
     ("output_shift < 0", "the limit must be a positive number"),
+    ("output_shift < 2", "output_shift is a distance between distributions (0..1)"),
 ])
 def test_bad_answer_rules_are_refused(text, says):
     with pytest.raises(RuleError) as refused:
@@ -344,6 +346,23 @@ def test_the_local_source_turns_cumulative_pair_counts_into_windows_of_the_targe
     assert source.read() == AnswerWindow() and runtime.settings is not None
 
 
+def test_the_local_source_drops_a_window_compared_by_settings_another_client_put_and_sets_its_own_again():
+    """A second actor's PUT /endpoints/<e>/comparison (say `$` with no tolerance) mid-mirror would have
+    the rollout count pairs compared by a rule it did not ask for: a good green rolled back."""
+    runtime = FakeRuntime()
+    source = LocalAnswerSource(runtime, "ep", AnswerOptions(settings_from("scores", "0.05")), "green", "blue")
+    source.start()
+    runtime.set_comparison("ep", "$", "rel:1e-09")  # the other client
+    runtime.readings.append(([{"live": "blue", "mirror": "green", "compared": 30, "agreed": 0, "notCompared": 0}],
+                             [], {}, 30))
+    window = source.read()
+    assert (window.compared, window.agreed) == (0, 0) and "changed by another client" in window.not_compared_reason
+    assert runtime.settings == {"comparePath": "scores", "outputTolerance": "rel:0.05"}
+    runtime.readings.append(([{"live": "blue", "mirror": "green", "compared": 40, "agreed": 10, "notCompared": 0}],
+                             [], {}, 40))
+    assert (source.read().compared, source.read().compared) == (10, 0)  # counted from the re-set on, once
+
+
 def test_an_answer_rule_does_not_switch_off_flaggers_checks_in_the_threshold_judge():
     from mlcanary.rollout.counts import Counts
     from mlcanary.rollout.judges import ThresholdJudge
@@ -385,3 +404,17 @@ def test_a_step_where_the_baseline_serves_nothing_does_not_wait_for_the_distribu
     j.start_step(False, (2, "50 % again"))  # a split step does wait
     j.observe(AnswerWindow(target_outputs=(5.0,) * 12, baseline_outputs=(7.0,) * 3))
     assert j.waiting(min_requests=100) == "12 of the 100 target outputs the answer judge needs tested"
+
+
+def test_a_shift_failure_on_a_constant_baseline_names_distinct_cell_edges():
+    """Seen in use: a constant baseline 0.3682 gave 'quintiles 0.3682, 0.3682, 0.3682' (its tolerance
+    band's edges printed with :g)."""
+    j = AnswerJudge(AnswerOptions(settings_from("scores"), alpha=ALPHA))  # the default tolerance, rel:1e-9
+    j.start_step(False, (0, "50 %"))
+    j.observe(AnswerWindow(baseline_outputs=(0.3682,) * REFERENCE_SIZE))
+    for _ in range(5):
+        j.observe(AnswerWindow(target_outputs=(0.5,) * 20, baseline_outputs=(0.3682,) * 20))
+    message = j.failure.message
+    assert "quintiles and the tolerance bands around the value(s) it repeats" in message
+    edges = message.split("repeats ")[1].split(": ")[0].split(", ")
+    assert len(edges) == len(set(edges)) == 3

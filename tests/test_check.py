@@ -250,3 +250,20 @@ def test_local_target_stages_are_checked_with_the_same_policies(tmp_path):
     assert strict.exit_code == 1
     assert "LocalOnlineDeployment" in violation["resource"]
     assert violation["message"].endswith("instanceCount: instance count must be a whole number from 2 to 50, got 1")
+
+
+def test_a_stages_violations_come_out_in_the_same_order_whatever_order_its_resources_registered():
+    """Blue and green register in either order (sibling deployments): the report must not follow it,
+    or a pipeline diffing `check --format json` between runs sees changes that are not there."""
+    import dataclasses
+
+    from mlcanary.check import judge_stage, load_and_render
+
+    settings = policy_settings({"instance-count-in-range": {"minInstanceCount": 40}}, policy_defaults())
+    spec, render, error = load_and_render(STAGE["5"])
+    assert error is None
+    reversed_render = dataclasses.replace(render, resources=list(reversed(render.resources)))
+    in_order = judge_stage("stage", spec, render, settings)
+    in_reverse = judge_stage("stage", spec, reversed_render, settings)
+    assert {v.resource.rsplit("::", 1)[1] for v in in_order} >= {"fraud-scorer-blue", "fraud-scorer-green"}
+    assert in_order == in_reverse

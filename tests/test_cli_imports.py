@@ -17,6 +17,7 @@ import sys
 import pytest
 
 from conftest import PROJECT_DIR
+from mlcanary.local_runtime import lease
 from mlcanary.local_runtime.client import RuntimeClient
 from test_local_runtime import stop_runtime
 
@@ -35,7 +36,7 @@ main(sys.argv[1:], prog_name="mlcanary")
 """
 
 
-def run(tmp_path, state, *args):
+def run(tmp_path, state, *args, heavy_modules=HEAVY):
     """(exit code, output, heavy modules loaded) of `mlcanary ARGS` in a fresh Python."""
     record = tmp_path / "modules.json"
     record.unlink(missing_ok=True)
@@ -43,7 +44,7 @@ def run(tmp_path, state, *args):
     done = subprocess.run([sys.executable, "-c", PROBE, str(record), *map(str, args)], cwd=PROJECT_DIR, env=env,
                           capture_output=True, text=True, timeout=300)
     loaded = json.loads(record.read_text())
-    heavy = sorted({h for h in HEAVY for m in loaded if m == h or m.startswith(h + ".")})
+    heavy = sorted({h for h in heavy_modules for m in loaded if m == h or m.startswith(h + ".")})
     return done.returncode, done.stdout + done.stderr, heavy
 
 
@@ -82,6 +83,56 @@ def test_commands_without_a_runtime_load_no_heavy_module(tmp_path, args, expecte
     code, output, heavy = run(tmp_path, tmp_path / "no-runtime", *args)
     assert expected in output.lower(), output
     assert heavy == []
+
+
+def test_local_down_where_no_runtime_ever_ran_reads_no_state_schema(tmp_path):
+    """Without a state file there is nothing to restore and delete: the record schemas (pydantic, ~0.5 s of
+    imports on a loaded machine) are not loaded to find that out."""
+    code, output, heavy = run(tmp_path, tmp_path / "never-ran", "local", "down", heavy_modules=(*HEAVY, "pydantic"))
+    assert code == 0 and "no local runtime is running" in output, output
+    assert heavy == []
+
+
+@pytest.fixture(scope="module")
+def rolled_out(running):
+    """The running state directory after a rollout of green that ended promoted: its hold document and
+    history written by the lease module, as a rollout ends."""
+    directory = lease.lease_dir(running)
+    lease.acquire(directory, "fraud-scorer", {
+        "id": "r-imports", "target": "green", "baseline": "blue", "plan": {"steps": ["green 10", "green 100"]},
+        "stepIndex": 1, "step": "green 100", "traffic": {"blue": 0, "green": 100}})
+    lease.finish(directory, "fraud-scorer", "r-imports", "promoted", "green takes all traffic")
+    return running
+
+
+NOT_RUNNING = "no rollout is running on endpoint fraud-scorer (the last one, r-imports, ended: promoted)"
+
+
+@pytest.mark.parametrize("args, code, expected", [
+    (["status"], 0, "rollout r-imports of green on fraud-scorer (baseline blue): PROMOTED"),
+    (["status", "--format", "json"], 0, '"outcome": "promoted"'),
+    (["history"], 0, "r-imports: promoted at green 100"),
+    (["pause", "--timeout", "0"], 1, f"{NOT_RUNNING}; nothing to pause"),
+    (["resume", "--timeout", "0"], 1, f"{NOT_RUNNING}; nothing to resume"),
+    (["promote", "--timeout", "0"], 1, f"{NOT_RUNNING}; nothing to promote"),
+    (["abort", "--timeout", "0"], 1, f"{NOT_RUNNING}; nothing to abort"),
+], ids=lambda v: " ".join(v) if isinstance(v, list) else None)
+def test_rollout_steering_verbs_load_no_heavy_module(rolled_out, tmp_path, args, code, expected):
+    """The verbs read and write the hold document only: not even the rollout's spec (pydantic), which
+    only the group's default command `run` needs and which is loaded when it runs."""
+    verb, *rest = args
+    got, output, heavy = run(tmp_path, rolled_out, "rollout", verb, "fraud-scorer", *rest,
+                             heavy_modules=(*HEAVY, "pydantic", "mlcanary.rollout_cli"))
+    assert got == code and expected in output, output
+    assert heavy == []
+
+
+def test_the_default_rollout_command_is_still_found(tmp_path):
+    """A stage file where a verb would be is `rollout run STAGE_FILE`: the lazily loaded command answers."""
+    code, output, heavy = run(tmp_path, tmp_path / "state", "rollout", "stacks/local/no-such-stage.yaml",
+                              heavy_modules=("mlcanary.rollout_cli",))
+    assert code == 2 and "error: stacks/local/no-such-stage.yaml: stage file not found" in output, output
+    assert heavy == ["mlcanary.rollout_cli"]
 
 
 def test_the_probe_sees_what_check_loads(tmp_path):

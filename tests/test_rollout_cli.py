@@ -233,3 +233,23 @@ def test_resume_refuses_a_stage_whose_rollout_config_now_compares_what_the_recor
     assert result.exit_code == 2, result.output
     assert "changed since rollout r-1 was recorded: its mlcanary:rollout now sets --compare-path (recorded: None)" \
         in result.output and not (tmp_path / "state").exists()
+
+
+@pytest.mark.parametrize("mirrored, says", [
+    (True, "the target served 12 request(s) during the rollout (its mirrored copies included: no client got those answers)"),
+    (False, "the target served 12 request(s) during the rollout\n"),
+], ids=["with_a_mirror_phase", "live_steps_only"])
+def test_the_summary_says_when_the_targets_requests_include_mirrored_copies(mirrored, says):
+    """A rollout rolled back in its mirror phase said 'the target served 12 request(s)': copies no client got."""
+    import io
+
+    from rich.console import Console
+
+    from mlcanary.rollout.runner import Outcome, View
+    from mlcanary.rollout_cli import _print_outcome
+
+    out = io.StringIO()
+    outcome = Outcome(1, "rolled back", "at step mirror 20 %", target_served=12, step="mirror 20 %")
+    _print_outcome(Console(file=out, width=200), outcome, View(), None, None, None, "text", 0.05, "r-1",
+                   mirrored=mirrored)
+    assert says in out.getvalue()

@@ -266,3 +266,15 @@ def test_written_stages_go_into_a_new_nested_folder_with_a_header_and_the_stage_
     conda = derived["mlcanary:endpoint"]["deployments"]["blue"]["environment"]["condaFile"]
     assert conda == "../../project/conda.yml" and (tmp_path / "out" / "nested" / conda).resolve().is_file()
     assert plan.steps[0].config == before  # the plan's own stages keep their paths
+
+
+@pytest.mark.parametrize("flags", [{"steps": [100]}, {"steps": [100], "bake": "1m"}])
+def test_a_plan_that_compares_answers_in_no_step_is_refused_rather_than_promoting_on_none(flags):
+    """Found in use: `--steps 100 --compare-path scores` with no mirror phase promoted a green that
+    answers a constant: no step has a mirror or both sides live, so the answer judge saw nothing."""
+    with pytest.raises(PlanError) as raised:
+        load_plan(STAGE_3, {"to": "green", "compare": {"path": "scores"}, **flags})
+    assert "--compare-path (mlcanary:rollout.compare.path): no step of this plan gives answers to compare" in str(raised.value)
+    # a mirror phase, or a step both sides serve, gives answers
+    assert load_plan(STAGE_3, {"to": "green", "compare": {"path": "scores"}, "steps": [100], "mirror": 10, "mirrorFor": "1m"})
+    assert load_plan(STAGE_3, {"to": "green", "compare": {"path": "scores"}, "steps": [50, 100]})

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from mlcanary.components.render import MOCK_WORKSPACE_LOCATION, is_secret, reveal
-from conftest import PROJECT_DIR, STAGE_FILES, render_config, stage_config
+from mlcanary.components.render import MOCK_WORKSPACE_LOCATION, is_secret, render_program, reveal
+from conftest import PROGRAM, PROJECT_DIR, STAGE_FILES, render_config, stage_config
 
 COMPONENT = "mlcanary:endpoint:OnlineEndpoint"
 ENDPOINT = "azure-native:machinelearningservices:OnlineEndpoint"
@@ -323,3 +323,40 @@ def test_an_inline_environment_that_names_itself_keeps_its_name_and_version(cana
     (environment,) = render_config(canary_config).of_type("azure-native:machinelearningservices:EnvironmentVersion")
     assert (environment.inputs["name"], environment.inputs["version"]) == ("fraud-score-env", "4")
     assert environment.inputs["properties"]["description"] == "pinned"
+
+
+LOCAL_STAGE_FILES = sorted((PROJECT_DIR / "stacks" / "local").glob("stage-*.yaml"))
+
+
+def recorded(render) -> list:
+    """All a render records (the policies' input). Sorted: sibling resources (blue, green) register from the
+    SDK's threads in either order, and the SDK gathers a resource's dependencies in a set."""
+    resources = sorted(({**vars(r), "dependencies": sorted(r.dependencies)} for r in render.resources),
+                       key=lambda r: (r["urn"], r["type"]))
+    return [resources, render.outputs, sorted(render.invokes)]
+
+
+@pytest.mark.parametrize("path", [*STAGE_FILES, *LOCAL_STAGE_FILES], ids=lambda p: f"{p.parent.name}/{p.stem}")
+def test_a_render_is_the_same_without_the_sdks_aliases(path):
+    """render_program drops the resources' aliases before the SDK computes them (azure-native declares one
+    per past API version): nothing it records, so nothing a policy sees, may change."""
+    with_aliases = render_program(PROGRAM, stage_config(path), aliases=True)
+    assert recorded(render_config(stage_config(path))) == recorded(with_aliases)
+
+
+def test_a_render_without_aliases_keeps_the_rest_of_a_resources_options(canary_config, tmp_path):
+    """What the alias-dropping transformation hands back still carries parent, dependencies, ignore_changes,
+    delete_before_replace and retain_on_delete (an inline environment and local folders: every resource kind)."""
+    code, _ = local_blue(canary_config, tmp_path)
+    conda = tmp_path / "conda.yml"
+    conda.write_text("dependencies: [python=3.11]\n")
+    canary_config["mlcanary:endpoint"]["deployments"]["green"]["environment"] = {
+        "image": "mcr.microsoft.com/azureml/minimal-ubuntu22.04-py39-cpu-inference", "condaFile": str(conda)}
+    render = render_config(canary_config)
+    assert recorded(render) == recorded(render_program(PROGRAM, canary_config, aliases=True))
+    endpoint = render.named("fraud-scorer", ENDPOINT)
+    assert endpoint.ignore_changes == ["properties.traffic", "properties.mirrorTraffic"]
+    assert endpoint.delete_before_replace and endpoint.parent.endswith(f"{COMPONENT}::fraud-scorer")
+    (environment,) = render.of_type("azure-native:machinelearningservices:EnvironmentVersion")
+    assert environment.retain_on_delete and render.named("fraud-scorer-blue-code").retain_on_delete
+    assert endpoint.urn in render.named("fraud-scorer-green", DEPLOYMENT).dependencies

@@ -1,4 +1,5 @@
-"""A test run stopped the hard way (a CI time limit, `kill -9`) leaves no runtime and no worker behind.
+"""A test run stopped the hard way (a CI time limit, `kill -9`) leaves no runtime and no worker behind, and
+a test run leaves nothing in the user's cache (~/.cache/mlcanary).
 
 The runtimes a test starts, in the test's process or through a command it runs, belong to the suite's
 process (tests/conftest.py sets $MLCANARY_RUNTIME_OWNER_PID): they stop when it is gone, and their
@@ -98,3 +99,42 @@ def test_a_suite_killed_mid_run_leaves_no_runtime_or_worker(tmp_path):
             suite.wait()
         for name in ("in-process", "by-command"):
             stop_runtime(RuntimeClient(tmp_path / name))
+
+
+CACHE_TEST = f'''
+import os, subprocess, sys, time
+from pathlib import Path
+
+from mlcanary.components.content_digest import cache_dir
+
+
+def test_checks_a_local_stage():
+    here = Path(os.environ["HYGIENE_DIR"])
+    (here / "cache-dir").write_text(str(cache_dir()))
+    done = subprocess.run([sys.executable, "-m", "mlcanary.cli", "check", {str(STAGE)!r}], capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+    (here / "cached").write_text("\\n".join(sorted(p.name for p in cache_dir().glob("*.json"))))
+'''
+
+
+def test_a_test_run_leaves_the_users_cache_untouched(tmp_path):
+    """`check` of a local stage remembers its folders' digests in $XDG_CACHE_HOME/mlcanary (else
+    ~/.cache/mlcanary): in a test run, in a folder of the suite's own, removed when the run ends."""
+    (tmp_path / "test_inner.py").write_text(CACHE_TEST)
+    home = tmp_path / "home"  # the inner run's home directory: its ~/.cache must stay as it is
+    (home / ".cache").mkdir(parents=True)
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("PYTEST_", owner.ENV_VAR, "XDG_", "MLCANARY_TEST_"))}
+    env.update(HOME=str(home), HYGIENE_DIR=str(tmp_path),
+               PYTHONPATH=os.pathsep.join([str(PROJECT_DIR / "tests"), env.get("PYTHONPATH", "")]))
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "conftest", "-p", "no:cacheprovider", "-q", "--rootdir", str(tmp_path),
+         "--basetemp", str(tmp_path / "basetemp"), str(tmp_path / "test_inner.py")],
+        cwd=PROJECT_DIR, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    used = Path((tmp_path / "cache-dir").read_text())
+    assert not used.is_relative_to(home), used
+    assert (tmp_path / "cached").read_text(), "the check remembered no digest: nothing was tested"
+    assert not used.exists(), "the run's cache folder outlived the run"
+    assert list((home / ".cache").iterdir()) == []

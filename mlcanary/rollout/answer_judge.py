@@ -209,8 +209,8 @@ class AnswerJudge:
             added = fold["reference"]
             if self.shift is not None or not isinstance(added, list) or not added \
                     or len(self.reference) + len(added) > REFERENCE_SIZE \
-                    or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in added):
-                raise ValueError(f"reference: at most {REFERENCE_SIZE} numbers in all, before the test starts")
+                    or not all(isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in added):
+                raise ValueError(f"reference: at most {REFERENCE_SIZE} finite numbers in all, before the test starts")
             self._extend_reference([float(v) for v in added])
         elif "tally" in fold:
             if self.shift is None:
@@ -296,7 +296,8 @@ class AnswerJudge:
         distance = self.shift.distance() if self.shift else None
         return ("the target's outputs at " + str(self.options.settings.path) + " are distributed unlike the baseline's"
                 + (f" (distance {distance:.3f})" if distance is not None else "")
-                + f"; cells between the baseline's quintiles {', '.join(f'{e:g}' for e in self.shift.edges)}: "
+                + f"; cells between the baseline's quintiles{_bands(self.shift.tied)} "
+                + ", ".join(f"{e:.10g}" for e in self.shift.edges) + ": "
                 + ", ".join(f"{t}/{b}" for t, b in self.shift.counts.values()) + " (target/baseline outputs)")
 
     def e_values(self) -> dict[str, float]:
@@ -339,6 +340,12 @@ class AnswerJudge:
             if value != 1.0:
                 shown[f"e({name})"] = float(f"{value:.3g}") if math.isfinite(value) else value
         return shown
+
+
+def _bands(tied: tuple[bool, ...]) -> str:
+    """A repeated value has edges just beyond the tolerance around it: printed with `:g` they read as
+    the same number three times (0.3682, 0.3682, 0.3682), hence the 10 digits and this note."""
+    return " and the tolerance bands around the value(s) it repeats" if any(tied) else ""
 
 
 def _rounded(value: float) -> float:

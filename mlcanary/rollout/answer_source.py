@@ -40,6 +40,12 @@ class LocalAnswerSource:
         if reading.get("settings") is None:  # the runtime restarted or someone stopped it: ask again
             self.start()
             return AnswerWindow()
+        if reading["settings"] != self.options.settings.as_json():
+            # Someone else told the runtime to compare something else: this window's pairs may have been
+            # compared by their rule, not the rollout's. Set ours again and count from there.
+            self.start()
+            return AnswerWindow(not_compared_reason=f"the runtime compared {reading['settings']} instead of "
+                                                    "the rollout's settings (changed by another client): set again")
         totals = self._pair_totals(reading)
         compared, agreed, not_compared = (max(0, now - before) for now, before in zip(totals, self.totals))
         self.totals, self.since = totals, reading["next"]

@@ -76,6 +76,39 @@ class Counts:
         return LATENCY_BOUNDS[-2]
 
 
+def counts_json(counts: Counts) -> dict:
+    """A window's counts as the record keeps what a judge folded: enough to fold them again."""
+    return {"requests": counts.requests, "errors": counts.errors, "errors5xx": counts.errors_5xx,
+            "buckets": list(counts.buckets), "percentilesMs": {str(q): v for q, v in counts.percentiles_ms.items()}}
+
+
+def counts_from_json(data) -> Counts:
+    """The inverse of counts_json; ValueError names a field no source could have counted."""
+    if not isinstance(data, dict):
+        raise ValueError(f"counts are not an object: {data!r}")
+
+    def whole(key: str) -> int:
+        value = data.get(key)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise ValueError(f"{key} is not a whole number of at least 0: {value!r}")
+        return value
+
+    requests, errors, errors_5xx = whole("requests"), whole("errors"), whole("errors5xx")
+    if errors > requests or errors_5xx > errors:
+        raise ValueError(f"errors5xx {errors_5xx} <= errors {errors} <= requests {requests} does not hold")
+    buckets = data.get("buckets", [])
+    if not isinstance(buckets, list) or len(buckets) not in (0, len(LATENCY_BOUNDS)) or not all(
+            isinstance(b, int) and not isinstance(b, bool) and b >= 0 for b in buckets) or sum(buckets) > requests:
+        raise ValueError(f"buckets must be {len(LATENCY_BOUNDS)} whole numbers (or none) adding up to at most "
+                         f"the {requests} requests, got {buckets!r}")
+    percentiles = data.get("percentilesMs", {})
+    if not isinstance(percentiles, dict) or not all(
+            k.isdigit() and 0 < int(k) < 100 and isinstance(v, int | float) and not isinstance(v, bool)
+            and math.isfinite(v) and v >= 0 for k, v in percentiles.items()):
+        raise ValueError(f"percentilesMs must map percentiles (1-99) to milliseconds, got {percentiles!r}")
+    return Counts(requests, errors, errors_5xx, tuple(buckets), {int(k): float(v) for k, v in percentiles.items()})
+
+
 def _add(a: tuple[int, ...], b: tuple[int, ...]) -> tuple[int, ...]:
     if not a:
         return b

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from mlcanary.components.rollout_rules import ANSWER_METRICS, Rule, parse_rule
-from mlcanary.rollout.counts import Counts
+from mlcanary.rollout.counts import LATENCY_BOUNDS, Counts
 from mlcanary.rollout.evalue import RatioEValue, RateEValue, reference_rate
 from mlcanary.rollout.rules import observe
 
@@ -125,6 +125,32 @@ class SequentialJudge:
         return {"errors": self.errors.e_value * self.errors_alone.e_value,
                 "latency": self.slow.e_value}
 
+    def step_setup(self) -> dict:
+        """What this step's windows are judged against, kept with each judged window of the record."""
+        return {"slowBoundS": self.slow_bound_s, "referenceErrorRate": self.reference_error_rate}
+
+    def replay_window(self, fold: dict, target: Counts, baseline: Counts) -> None:
+        """Fold a recorded window in again, against the thresholds its step was judged with."""
+        bound, reference = fold.get("slowBoundS"), fold.get("referenceErrorRate")
+        if bound is not None and bound not in LATENCY_BOUNDS[:-1]:
+            raise ValueError(f"slowBoundS {bound!r} is not a latency histogram bound")
+        if reference is not None and not (isinstance(reference, float) and 0 < reference <= 0.99):
+            raise ValueError(f"referenceErrorRate {reference!r} is not a rate above 0 and at most 0.99")
+        self.slow_bound_s, self.reference_error_rate = bound, reference
+        self.observe(target, baseline)
+
+    def interval_record(self) -> dict:
+        return {}
+
+    def replay_interval(self, entry: dict) -> None:
+        pass  # an interval check of this judge only ever fails the rollout (a rule), which then ends
+
+    def restored(self) -> str:
+        values = self.e_values()
+        return (f"e(errors) {values['errors']:.3g}, e(latency) {values['latency']:.3g} (rolls back at {1 / self.alpha:g}); "
+                f"errors folded: target {self.errors.events[0] + self.errors_alone.events[0]}, "
+                f"baseline {self.errors.events[1]}")
+
     def state(self) -> dict:
         return {"errors": self.errors.state(), "slow": self.slow.state(), "slowBoundS": self.slow_bound_s,
                 "errorsAlone": self.errors_alone.state()}
@@ -176,6 +202,31 @@ class ThresholdJudge:
 
     def e_values(self) -> dict[str, float]:
         return {}
+
+    def step_setup(self) -> dict:
+        return {}
+
+    def replay_window(self, fold: dict, target: Counts, baseline: Counts) -> None:
+        pass  # judged once per interval (replay_interval)
+
+    def interval_record(self) -> dict:
+        return {"failedChecks": self.failed_checks}
+
+    def replay_interval(self, entry: dict) -> None:
+        """A recorded interval check: one more failed check at most. The check that reached the limit was
+        killed before its rollback was recorded: the resumed rollout rolls back."""
+        checks = entry.get("failedChecks")
+        if not isinstance(checks, int) or isinstance(checks, bool) or checks not in (
+                self.failed_checks, self.failed_checks + 1) or checks > self.failure_limit:
+            raise ValueError(f"failedChecks {checks!r} does not follow {self.failed_checks} "
+                             f"(one failed check more at most, up to the limit {self.failure_limit})")
+        self.failed_checks = checks
+        if checks >= self.failure_limit:
+            self.failure = Failure(self.name, "failed checks", f"failed checks {checks} of {self.failure_limit}, "
+                                   "recorded before the rollout stopped")
+
+    def restored(self) -> str:
+        return f"failed checks {self.failed_checks}/{self.failure_limit}"
 
     def state(self) -> dict:
         return {"failedChecks": self.failed_checks}

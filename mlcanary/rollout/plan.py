@@ -209,6 +209,14 @@ def derive(stage_file: Path, project_dir: Path, config: dict, stage: StackSpec, 
         made.append(("mirror off", "mirror-off", 0, _with_traffic(config, traffic(0), {})))
     for percent in options.steps:
         made.append((f"{percent} %", "live", percent, _with_traffic(config, traffic(percent), {})))
+    if options.compare_path is not None and not any(
+            kind == "mirror" or (kind == "live" and 0 < percent < room) for _, kind, percent, _ in made):
+        # The answer judge compares mirrored pairs, or both sides' outputs in a split step: with neither,
+        # a target answering a constant would be promoted on no compared answer at all.
+        raise PlanError("invalid rollout options:", [
+            f"--compare-path ({NAMESPACE}:rollout.compare.path): no step of this plan gives answers to compare: "
+            f"add a mirror phase (--mirror, --mirror-for), or a step in which {options.baseline!r} keeps live "
+            f"traffic (the steps {', '.join(map(str, options.steps))} go straight to {options.steps[-1]} %)"])
     if options.delete_old:
         made.append((f"delete {options.baseline}", "delete", options.steps[-1],
                      _without(config, options.baseline, traffic(options.steps[-1]))))

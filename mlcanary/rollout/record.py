@@ -90,6 +90,18 @@ def read_record(path: Path, writing: bool = False) -> list[dict[str, Any]]:
     return events
 
 
+def line_number(path: Path, entry: dict[str, Any]) -> int | None:
+    """The line of the record file that holds `entry` (the last such line), to name it in a refusal."""
+    found = None
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        try:
+            if json.loads(line) == entry:
+                found = number
+        except ValueError:
+            continue
+    return found
+
+
 @dataclass(frozen=True)
 class ResumePoint:
     rollout_id: str
@@ -100,6 +112,11 @@ class ResumePoint:
     how: str  # how the rollout ended: "interrupted", or "died" (no decision: its process was killed)
     at_step: str  # the step that was live when it ended
     answer_windows: tuple[dict[str, Any], ...] = ()  # its judgement lines with answers, for AnswerJudge.replay
+    # The resumed step's judgement and interval lines since the step began (judge_replay.py): the first
+    # `judged_before` are already in judge_state (an interruption saved it mid-step), the rest are folded again.
+    step_lines: tuple[dict[str, Any], ...] = ()
+    judged_before: int = 0
+    state_from: str = ""  # the decision judge_state was saved at, as a user reads it ("": none, the rollout's start)
 
 
 def _field(event: dict, key: str, kind: type | tuple, where: str) -> Any:
@@ -132,20 +149,31 @@ def resume_point(events: list[dict[str, Any]], path: Path) -> ResumePoint:
         raise RecordError(f"{where}: the rollout ended ({last['decision']} at {last.get('step')!r}); nothing to resume")
     steps = [e for e in mine if e["event"] == "step"]
     at_step = steps[-1].get("label", "?") if steps else "the stage file"
-    if last is not None and last["decision"] == "interrupted":
-        last_good = _field(last, "lastGood", int, where)
-        how, state_from = "interrupted", last
-    else:  # no decision after the last promotion: the process was killed mid-step
-        promoted = [e for e in decisions if e["decision"] in ("promoted", "baked")]
-        last_good = _field(promoted[-1], "index", int, where) if promoted else -1
-        how, state_from = "died", promoted[-1] if promoted else None
+    # The judge's state was saved at the last promotion (or bake), or at an interruption, mid-step;
+    # the step's windows since it began are in the record.
+    saved = [n for n, e in enumerate(mine) if e["event"] == "decision"
+             and e["decision"] in ("promoted", "baked", "interrupted")]
+    base = mine[saved[-1]] if saved else None
+    how = "interrupted" if last is not None and last["decision"] == "interrupted" else "died"
+    if base is None:
+        last_good, state_from = -1, ""
+    elif base["decision"] == "interrupted":
+        last_good, state_from = _field(base, "lastGood", int, where), "the interruption"
+    else:
+        last_good, state_from = _field(base, "index", int, where), f"the {base['decision']} step {base.get('step')!r}"
     if not -1 <= last_good < len(stages):
         raise RecordError(f"{where}: lastGood {last_good} is not a step of this plan (-1 to {len(stages) - 1})")
-    state = state_from.get("judgeState") if state_from else None
+    state = base.get("judgeState") if base else None
     if state is not None and not isinstance(state, dict):
         raise RecordError(f"{where}: judgeState is not an object")
-    served = state_from.get("targetServed", 0) if state_from else 0
+    served = base.get("targetServed", 0) if base else 0
     if not isinstance(served, int) or isinstance(served, bool) or served < 0:
         raise RecordError(f"{where}: targetServed must be a whole number of at least 0, got {served!r}")
+    promotions = [n for n in saved if mine[n]["decision"] != "interrupted"]
+    step_began = promotions[-1] + 1 if promotions else 0
+    step_lines = [(n, e) for n, e in enumerate(mine[step_began:], start=step_began)
+                  if e["event"] in ("judgement", "interval") and e.get("index") == last_good + 1]
+    judged_before = sum(1 for n, _ in step_lines if saved and n < saved[-1])
     answers = tuple(e for e in mine if e["event"] == "judgement" and "answers" in e)
-    return ResumePoint(rollout_id, plan, last_good + 1, state, served, how, at_step, answers)
+    return ResumePoint(rollout_id, plan, last_good + 1, state, served, how, at_step, answers,
+                       tuple(e for _, e in step_lines), judged_before, state_from)

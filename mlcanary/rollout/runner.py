@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mlcanary.rollout.appliers import ApplyError
-from mlcanary.rollout.counts import Counts, CountsRestarted, DeploymentCounts, Snapshot, window
+from mlcanary.rollout.counts import Counts, CountsRestarted, DeploymentCounts, Snapshot, counts_json, window
 from mlcanary.rollout.judges import Failure, Judge
 from mlcanary.rollout.plan import Plan, Step
 from mlcanary.rollout.record import Recorder
@@ -91,14 +91,20 @@ class Runner:
         self.target_served = 0
         self.rollout_baseline = Counts()
         self.last_good = -1  # index into plan.steps; -1: the stage file
+        self.resumed_step: tuple[int, Counts, Counts] | None = None  # (index, target, baseline) judged before a stop
 
     # --- the whole rollout -------------------------------------------------------------------------
 
     def run(self, start_index: int = 0, judge_state: dict | None = None, target_served: int = 0,
-            on_started: Callable[[], None] = lambda: None) -> Outcome:
+            on_started: Callable[[], None] = lambda: None,
+            resumed_step: tuple[Counts, Counts] | None = None) -> Outcome:
+        """`resumed_step`: the (target, baseline) requests step `start_index` judged before the rollout
+        stopped (judge_replay.restore), counted toward its --min-requests."""
         self.target_served = target_served
         if judge_state:
             self.judge.load_state(judge_state)
+        if resumed_step is not None:
+            self.resumed_step = (start_index, *resumed_step)
         self.last_good = start_index - 1
         refused = self.steering.begin(self)
         if refused is not None:
@@ -210,6 +216,9 @@ class Runner:
             split = all(step.traffic.get(name, 0) > 0 for name in (to, baseline))
             self.answers.start_step(step.kind == "mirror", (index, label), split)
         step_counts: dict[str, Counts] = {}
+        if self.resumed_step is not None and self.resumed_step[0] == index and not baking:
+            step_counts = {to: self.resumed_step[1], baseline: self.resumed_step[2]}
+        self.resumed_step = None
         step_pinned: dict[str, Counts] = {}
         interval_t, interval_b = Counts(), Counts()
         started = interval_started = self.clock()
@@ -235,14 +244,17 @@ class Runner:
                 if counts.pinned.requests:
                     step_pinned[name] = step_pinned.get(name, Counts()) + counts.pinned
             interval_t, interval_b = interval_t + target, interval_b + base
-            if not gap:
+            judged = {}
+            if not gap:  # what the judge folded, for --resume to fold again (judge_replay.py)
+                judged = {"judged": {"target": counts_json(target), "baseline": counts_json(base),
+                                     **self.judge.step_setup()}}
                 self.judge.observe(target, base)
             answers = {"answers": self.answers.tick()} if self.answers else {}
             elapsed = self.clock() - started
             self.recorder.write(
                 "judgement", step=label, index=index, traffic=step.traffic, mirror=step.mirror_traffic,
                 window={n: _window_json(c) for n, c in closed.items()}, eValues=self.judge.e_values(),
-                targetServed=self.target_served, **({"noData": gap} if gap else {}), **answers)
+                targetServed=self.target_served, **({"noData": gap} if gap else {}), **judged, **answers)
             self.view.counts, self.view.pinned = dict(step_counts), dict(step_pinned)
             self.view.elapsed_s, self.view.judge = elapsed, self._judge_view()
             if self._failure() is not None:
@@ -262,6 +274,8 @@ class Runner:
                 enough = step_t.requests >= options.min_requests and answers_wait is None
                 if enough:
                     self.judge.check_interval((interval_t, interval_b), (step_t, step_b), self.rollout_baseline)
+                    self.recorder.write("interval", step=label, index=index, requests=step_t.requests,
+                                        **self.judge.interval_record())
                     if self.answers:
                         self.answers.judge.check_interval(step_t.requests, options.min_requests)
                     if self._failure() is not None:
