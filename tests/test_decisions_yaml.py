@@ -5,8 +5,25 @@ from __future__ import annotations
 
 import pytest
 
+from mlcanary.components import safe_yaml
 from mlcanary.components.safe_yaml import load_yaml
 from mlcanary.components.user_files import UnusableFile
+
+
+@pytest.fixture(autouse=True)
+def documents_read_afresh():
+    """load_yaml keeps the documents it read (per process, by text): each test reads its own afresh, so
+    what it checks is the reader's work, not a document an earlier test (or process) left behind."""
+    safe_yaml._document.cache_clear()
+    yield
+    safe_yaml._document.cache_clear()
+
+
+def test_a_document_changed_by_its_reader_is_read_as_written_next_time():
+    text = "deployments: {blue: {instanceCount: 1}}\n"
+    first = load_yaml(text, "stage.yaml")
+    first["deployments"]["blue"]["instanceCount"] = 5
+    assert load_yaml(text, "stage.yaml") == {"deployments": {"blue": {"instanceCount": 1}}}
 
 
 @pytest.mark.parametrize("text, shown", [
