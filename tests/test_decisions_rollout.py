@@ -945,3 +945,13 @@ def test_a_flag_of_the_wrong_type_is_named_as_the_flag_the_user_gave(flags, mess
     with pytest.raises(PlanError) as raised:
         load_plan(STAGE_3, {"to": "green", **flags})
     assert str(raised.value) == "invalid rollout options:\n" + message
+
+
+def test_comparing_answers_needs_a_step_both_sides_serve_and_1_percent_is_one():
+    with pytest.raises(PlanError) as raised:
+        load_plan(STAGE_3, {"to": "green", "compare": {"path": "scores"}, "steps": [100]})
+    assert str(raised.value) == (
+        "invalid rollout options:\n  --compare-path (mlcanary:rollout.compare.path): no step of this plan gives answers "
+        "to compare: add a mirror phase (--mirror, --mirror-for), or a step in which 'blue' keeps live traffic (the "
+        "steps 100 go straight to 100 %)")
+    assert load_plan(STAGE_3, {"to": "green", "compare": {"path": "scores"}, "steps": [1, 100]}).steps[0].percent == 1
