@@ -1,0 +1,397 @@
+"""--resume's replay of the judges pinned without a runtime (issue 19): record lines as the runner
+writes them are fed to `judge_replay.restore` and to the judges' replay methods, and the e-values,
+counts and refusals (exact messages) are read back. The end-to-end resumes (a runner killed mid-step,
+a real rollout SIGKILLed) are in tests/test_judge_resume.py; these are the fast ones the mutation run
+of judges.py and judge_replay.py uses."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+
+from mlcanary.rollout.counts import LATENCY_BOUNDS, Counts, counts_json
+from mlcanary.rollout.judge_replay import ReplayError, Restored, restore
+from mlcanary.rollout.judges import SequentialJudge, ThresholdJudge
+from mlcanary.rollout.record import ResumePoint
+from test_rollout_judges import buckets
+
+# The baseline before the step: 1000 requests, 10 errors, p90 at the 5 ms bound (900 fast, 100 at 250 ms).
+BEFORE = Counts(1000, 10, 0, buckets(900, 100))
+BAD = (Counts(100, 8, 8, buckets(80, 20)), Counts(100, 1, 1, buckets(90, 10)))  # 8 % errors vs 1 %
+GOOD = (Counts(100, 1, 1, buckets(91, 9)), Counts(100, 1, 1, buckets(90, 10)))
+
+
+def sequential(state: dict | None = None) -> SequentialJudge:
+    judge = SequentialJudge(0.05)
+    if state is not None:
+        judge.load_state(state)
+    return judge
+
+
+class Writer:
+    """Writes a step's judgement and interval lines as the runner does: the fold taken before observe."""
+
+    def __init__(self, judge, served: int = 0):
+        self.judge, self.served, self.lines, self.step_target = judge, served, [], 0
+
+    def window(self, target: Counts, baseline: Counts) -> dict:
+        fold = {"target": counts_json(target), "baseline": counts_json(baseline), **self.judge.step_setup()}
+        self.judge.observe(target, baseline)
+        self.served += target.requests
+        self.step_target += target.requests
+        line = {"event": "judgement", "step": "50 %", "time": float(len(self.lines)), "judged": fold,
+                "eValues": self.judge.e_values(), "targetServed": self.served}
+        self.lines.append(line)
+        return line
+
+    def no_data(self) -> dict:
+        line = {"event": "judgement", "step": "50 %", "time": float(len(self.lines)), "noData": "no new scrape",
+                "eValues": self.judge.e_values(), "targetServed": self.served}
+        self.lines.append(line)
+        return line
+
+    def interval(self, **record) -> dict:
+        line = {"event": "interval", "step": "50 %", "time": float(len(self.lines)), "requests": self.step_target,
+                **record}
+        self.lines.append(line)
+        return line
+
+
+def point(lines, *, state=None, served=0, judged_before=0) -> ResumePoint:
+    return ResumePoint("r1", {}, 1, state, served, "died", "50 %", step_lines=tuple(lines), judged_before=judged_before)
+
+
+def written_step(*windows, served=0):
+    writer = Writer(sequential(), served)
+    writer.judge.start_step(BEFORE)
+    for window in windows:
+        writer.window(*window)
+    return writer
+
+
+# --- the sequential judge's replay methods ---------------------------------------------------------------
+
+def test_the_step_setup_is_the_steps_latency_bound_and_reference_error_rate():
+    judge = sequential()
+    assert judge.step_setup() == {"slowBoundS": None, "referenceErrorRate": None}
+    judge.start_step(BEFORE)
+    setup = judge.step_setup()
+    assert setup["slowBoundS"] == 0.005  # the baseline's p90: 900 of 1000 at or below 5 ms
+    assert setup["referenceErrorRate"] == pytest.approx(0.021952, abs=1e-6)  # 1.25 x (11/1002 + 2 standard errors)
+
+
+def test_a_replayed_window_gives_the_e_values_of_the_window_judged_live():
+    writer = written_step(BAD, GOOD, BAD)
+    replayed = sequential()
+    for line in writer.lines:
+        replayed.replay_window(line["judged"], Counts(**_counts(line, "target")), Counts(**_counts(line, "baseline")))
+    assert replayed.e_values() == writer.judge.e_values()
+    assert replayed.slow_bound_s == 0.005 and replayed.reference_error_rate == writer.judge.reference_error_rate
+
+
+def _counts(line, side):
+    data = line["judged"][side]
+    return {"requests": data["requests"], "errors": data["errors"], "errors_5xx": data["errors5xx"],
+            "buckets": tuple(data["buckets"])}
+
+
+def test_a_replayed_window_is_judged_against_its_own_latency_bound_not_the_judges():
+    """slow at 250 ms: with the recorded 5 ms bound, all 20 of the target's are slow, with 0.25 none."""
+    slow = (Counts(100, 0, 0, buckets(60, 40)), Counts(100, 0, 0, buckets(90, 10)))
+    judge = sequential()
+    judge.slow_bound_s = 0.25
+    judge.replay_window({"slowBoundS": 0.005, "referenceErrorRate": None}, *slow)
+    assert judge.slow.events == (40, 10) and judge.slow_bound_s == 0.005
+
+
+def test_a_window_the_baseline_did_not_serve_is_replayed_against_its_recorded_reference_error_rate():
+    alone = Counts(100, 10, 10, buckets(100, 0))
+    judge = sequential()
+    judge.replay_window({"slowBoundS": None, "referenceErrorRate": 0.02}, alone, Counts())
+    assert judge.errors_alone.events == (10, 100) and judge.reference_error_rate == 0.02
+    live = sequential()
+    live.reference_error_rate = 0.02
+    live.observe(alone, Counts())
+    assert judge.e_values() == live.e_values() and judge.e_values()["errors"] > 1
+
+
+@pytest.mark.parametrize("bound", [LATENCY_BOUNDS[0], LATENCY_BOUNDS[-2], None], ids=["first_bound", "last_finite_bound", "none"])
+def test_a_recorded_latency_bound_of_the_histogram_is_accepted(bound):
+    judge = sequential()
+    judge.replay_window({"slowBoundS": bound, "referenceErrorRate": None}, *GOOD)
+    assert judge.slow_bound_s == bound
+
+
+@pytest.mark.parametrize("bound", [math.inf, 0.3, "0.25"], ids=["infinity", "not_a_bound", "a_string"])
+def test_a_recorded_latency_bound_outside_the_histogram_is_refused(bound):
+    judge = sequential()
+    with pytest.raises(ValueError) as raised:
+        judge.replay_window({"slowBoundS": bound, "referenceErrorRate": None}, *GOOD)
+    assert str(raised.value) == f"slowBoundS {bound!r} is not a latency histogram bound"
+    assert judge.slow_bound_s is None and judge.e_values() == {"errors": 1.0, "latency": 1.0}
+
+
+@pytest.mark.parametrize("rate", [0.99, 1e-9, None], ids=["at_most_0_99", "just_above_0", "none"])
+def test_a_recorded_reference_error_rate_above_0_and_at_most_0_99_is_accepted(rate):
+    judge = sequential()
+    judge.replay_window({"slowBoundS": None, "referenceErrorRate": rate}, *GOOD)
+    assert judge.reference_error_rate == rate
+
+
+@pytest.mark.parametrize("rate", [0.0, 0.991, 1, "0.5", True], ids=["zero", "above_0_99", "a_whole_number", "a_string", "a_bool"])
+def test_a_recorded_reference_error_rate_that_is_not_a_rate_is_refused(rate):
+    judge = sequential()
+    with pytest.raises(ValueError) as raised:
+        judge.replay_window({"slowBoundS": None, "referenceErrorRate": rate}, *GOOD)
+    assert str(raised.value) == f"referenceErrorRate {rate!r} is not a rate above 0 and at most 0.99"
+    assert judge.reference_error_rate is None
+
+
+def test_the_sequential_judge_records_nothing_at_an_interval_and_replays_an_interval_line_as_nothing():
+    judge = sequential()
+    judge.errors.update(3, 1, 0.5)
+    before = judge.state()
+    assert judge.interval_record() == {}
+    judge.replay_interval({"event": "interval", "requests": 100})
+    assert judge.state() == before and judge.failure is None
+
+
+def test_the_restored_sequential_judge_is_described_with_its_e_values_and_the_errors_it_folded():
+    judge = written_step(GOOD, GOOD).judge
+    judge.observe(Counts(50, 3, 3, buckets(50, 0)), Counts())  # 3 errors the baseline did not share
+    e = judge.e_values()
+    assert judge.restored() == (f"e(errors) {e['errors']:.3g}, e(latency) {e['latency']:.3g} (rolls back at 20); "
+                                "errors folded: target 5, baseline 2")
+
+
+# --- the threshold judge's replay methods -----------------------------------------------------------------
+
+def test_the_threshold_judge_has_no_step_setup_and_folds_no_window():
+    judge = ThresholdJudge((), 3)
+    assert judge.step_setup() == {}
+    judge.replay_window({}, *BAD)
+    assert judge.failed_checks == 0 and judge.failure is None and judge.interval_record() == {"failedChecks": 0}
+
+
+@pytest.mark.parametrize("checks", [0, 1], ids=["passed_check", "one_failed_check_more"])
+def test_a_recorded_interval_check_with_the_same_or_one_more_failed_check_is_replayed(checks):
+    judge = ThresholdJudge((), 3)
+    judge.replay_interval({"failedChecks": checks})
+    assert judge.failed_checks == checks and judge.failure is None
+    assert judge.interval_record() == {"failedChecks": checks} and judge.restored() == f"failed checks {checks}/3"
+
+
+def test_the_recorded_check_that_reaches_the_failure_limit_rolls_back():
+    judge = ThresholdJudge((), 2)
+    judge.replay_interval({"failedChecks": 1})
+    assert judge.failure is None
+    judge.replay_interval({"failedChecks": 2})
+    assert (judge.failure.judge, judge.failure.what) == ("threshold", "failed checks")
+    assert judge.failure.message == "failed checks 2 of 2, recorded before the rollout stopped"
+
+
+@pytest.mark.parametrize("before, checks", [(0, 2), (1, 0), (0, -1), (3, 4), (0, True), (0, 1.0), (0, None), (0, "1")],
+                         ids=["two_more", "fewer", "negative", "above_the_limit", "a_bool", "a_float", "missing", "a_string"])
+def test_a_recorded_interval_check_no_run_could_have_written_is_refused(before, checks):
+    judge = ThresholdJudge((), 3)
+    judge.load_state({"failedChecks": before})
+    with pytest.raises(ValueError) as raised:
+        judge.replay_interval({} if checks is None else {"failedChecks": checks})
+    assert str(raised.value) == (f"failedChecks {checks!r} does not follow {before} "
+                                 "(one failed check more at most, up to the limit 3)")
+    assert judge.failed_checks == before and judge.failure is None
+
+
+def test_a_threshold_judge_at_its_limit_refuses_one_failed_check_more():
+    judge = ThresholdJudge((), 1)
+    with pytest.raises(ValueError, match=r"^failedChecks 2 does not follow 1 \(one failed check more at most, up to the limit 1\)$"):
+        judge.load_state({"failedChecks": 1})
+        judge.replay_interval({"failedChecks": 2})
+
+
+# --- restore: the saved state, then the step's later windows folded in again ------------------------------
+
+def test_nothing_saved_and_no_lines_restore_an_empty_step_with_the_saved_target_served():
+    judge = sequential()
+    assert restore(judge, point([], served=70)) == Restored(Counts(), Counts(), 0, 70)
+    assert judge.e_values() == {"errors": 1.0, "latency": 1.0}
+
+
+def test_the_steps_windows_are_folded_again_to_the_e_values_the_record_holds():
+    writer = written_step(BAD, GOOD, BAD, served=500)
+    judge = sequential()
+    restored = restore(judge, point(writer.lines, served=500))
+    assert judge.e_values() == writer.judge.e_values() and judge.e_values()["errors"] > 5
+    assert restored.replayed == 3 and restored.target_served == 800
+    assert restored.target == BAD[0] + GOOD[0] + BAD[0] and restored.baseline == BAD[1] + GOOD[1] + BAD[1]
+
+
+def test_windows_already_in_the_saved_state_are_counted_toward_the_step_but_not_folded_again():
+    writer = written_step(BAD, GOOD, served=500)
+    saved = copy.deepcopy(writer.judge.state())
+    writer.interval()
+    writer.window(*GOOD)
+    judge = sequential()
+    restored = restore(judge, point(writer.lines, state=saved, served=700, judged_before=3))
+    assert judge.e_values() == writer.judge.e_values()  # folded once each: the state, then the last window
+    assert restored.replayed == 1 and restored.target_served == 800
+    assert restored.target.requests == 300 and restored.baseline.requests == 300
+
+
+def test_the_saved_state_alone_restores_its_e_values_and_the_steps_requests():
+    writer = written_step(BAD, GOOD, served=500)
+    judge = sequential()
+    restored = restore(judge, point(writer.lines, state=writer.judge.state(), served=700, judged_before=2))
+    assert judge.e_values() == writer.judge.e_values() and restored == Restored(
+        BAD[0] + GOOD[0], BAD[1] + GOOD[1], 0, 700)
+
+
+def refused(lines, **kwargs) -> ReplayError:
+    with pytest.raises(ReplayError) as raised:
+        restore(sequential(kwargs.pop("state", None)), point(lines, **kwargs))
+    return raised.value
+
+
+def test_a_replayed_window_whose_e_values_were_lowered_is_refused_naming_the_line():
+    writer = written_step(BAD, BAD)
+    line = writer.lines[1]
+    recorded, line["eValues"] = line["eValues"], {**line["eValues"], "errors": line["eValues"]["errors"] / 2}
+    error = refused(writer.lines)
+    assert str(error) == (f"the judgement line of step '50 %' at time 1.0: eValues {line['eValues']!r} are not what "
+                          f"its judged counts give (errors {recorded['errors']:.6g}, latency {recorded['latency']:.6g})")
+    assert error.entry is line
+
+
+def test_recorded_e_values_within_a_billionth_pass_and_beyond_it_are_refused():
+    writer = written_step(BAD)
+    e = writer.lines[0]["eValues"]["errors"]
+    writer.lines[0]["eValues"]["errors"] = e * (1 + 5e-10)
+    restore(sequential(), point(writer.lines))
+    writer.lines[0]["eValues"]["errors"] = e * (1 + 3e-9)
+    assert "are not what its judged counts give" in str(refused(writer.lines))
+
+
+@pytest.mark.parametrize("values", [None, [1.0, 1.0], {"errors": 1.0}, {"errors": 1.0, "latency": 1.0, "x": 1.0},
+                                    {"errors": "1.0", "latency": 1.0}],
+                         ids=["missing", "a_list", "a_value_missing", "a_value_more", "a_string_value"])
+def test_recorded_e_values_that_are_not_the_judges_e_values_are_refused(values):
+    writer = written_step(GOOD)
+    e = writer.lines[0]["eValues"]
+    writer.lines[0]["eValues"] = values
+    assert str(refused(writer.lines)) == (f"the judgement line of step '50 %' at time 0.0: eValues {values!r} are not "
+                                          f"what its judged counts give (errors {e['errors']:.6g}, latency {e['latency']:.6g})")
+
+
+def test_a_threshold_judges_judgement_line_with_e_values_is_refused_showing_none():
+    line = {"event": "judgement", "step": "50 %", "time": 0.0, "noData": "gap", "eValues": {"errors": 1.0},
+            "targetServed": 0}
+    with pytest.raises(ReplayError) as raised:
+        restore(ThresholdJudge((), 1), point([line]))
+    assert str(raised.value).endswith("eValues {'errors': 1.0} are not what its judged counts give (none)")
+
+
+def test_a_replayed_window_whose_target_served_was_raised_is_refused():
+    writer = written_step(BAD, served=40)
+    writer.lines[0]["targetServed"] = 141
+    assert str(refused(writer.lines, served=40)) == ("the judgement line of step '50 %' at time 0.0: targetServed 141 "
+                                                     "is not the 140 its judged counts give")
+
+
+def test_a_no_data_window_is_checked_but_counts_nothing():
+    writer = written_step(BAD, served=10)
+    writer.no_data()
+    writer.window(*GOOD)
+    judge = sequential()
+    restored = restore(judge, point(writer.lines, served=10))
+    assert restored == Restored(BAD[0] + GOOD[0], BAD[1] + GOOD[1], 2, 210)
+    writer.lines[1]["targetServed"] = 111
+    assert str(refused(writer.lines, served=10)).endswith("targetServed 111 is not the 110 its judged counts give")
+
+
+def test_a_window_replayed_without_its_fold_or_a_reason_for_no_data_is_refused():
+    writer = written_step(BAD)
+    del writer.lines[0]["judged"]
+    assert str(refused(writer.lines)) == ("the judgement line of step '50 %' at time 0.0: holds neither what the judge "
+                                          "folded ('judged') nor why it had no data ('noData')")
+    writer.lines[0]["noData"] = 1
+    assert "holds neither" in str(refused(writer.lines))
+
+
+def test_a_fold_that_is_not_an_object_is_refused():
+    writer = written_step(BAD)
+    writer.lines[0]["judged"] = [1]
+    assert str(refused(writer.lines)) == "the judgement line of step '50 %' at time 0.0: 'judged' is not an object: [1]"
+
+
+@pytest.mark.parametrize("side", ["target", "baseline"])
+def test_a_fold_with_counts_no_source_could_have_counted_is_refused_naming_the_side(side):
+    writer = written_step(BAD)
+    writer.lines[0]["judged"][side]["errors"] = 101
+    assert str(refused(writer.lines)) == (f"the judgement line of step '50 %' at time 0.0: judged {side}: errors5xx "
+                                          f"{writer.lines[0]['judged'][side]['errors5xx']} <= errors 101 <= requests 100 "
+                                          "does not hold")
+
+
+def test_a_window_after_the_one_that_failed_the_judge_is_refused():
+    writer = written_step(BAD, BAD, BAD, BAD)
+    failed_at = next(i for i, line in enumerate(writer.lines) if line["eValues"]["errors"] >= 20)
+    writer.judge.failure = None  # a record that goes on after the judge failed: no run writes one
+    writer.window(*GOOD)
+    assert failed_at < len(writer.lines) - 1
+    error = refused(writer.lines[:failed_at + 2])
+    assert str(error) == (f"the judgement line of step '50 %' at time {float(failed_at + 1)}: follows a window where "
+                          "the sequential judge had already failed")
+
+
+def test_the_threshold_judges_interval_lines_after_the_state_are_replayed_as_failed_checks():
+    writer = Writer(ThresholdJudge((), 3))
+    writer.window(*BAD)
+    writer.interval(failedChecks=1)
+    writer.window(*BAD)
+    writer.interval(failedChecks=2)
+    judge = ThresholdJudge((), 3)
+    restored = restore(judge, point(writer.lines))
+    assert judge.failed_checks == 2 and judge.failure is None and restored.target.requests == 200
+    judge = ThresholdJudge((), 3)
+    restore(judge, point(writer.lines, state={"failedChecks": 1}, served=100, judged_before=2))
+    assert judge.failed_checks == 2  # the first interval is in the state: not counted twice
+
+
+def test_an_interval_line_whose_requests_are_not_the_steps_windows_is_refused():
+    writer = written_step(GOOD, GOOD)
+    writer.interval()
+    writer.lines[-1]["requests"] = 201
+    assert str(refused(writer.lines)) == ("the interval line of step '50 %' at time 2.0: requests 201 is not the 200 "
+                                          "its step's windows hold")
+    assert "requests 201 is not the 200" in str(refused(writer.lines, state=writer.judge.state(), judged_before=3,
+                                                        served=200))
+
+
+def test_a_saved_window_whose_target_served_does_not_follow_the_line_before_is_refused():
+    writer = written_step(BAD, BAD, GOOD)
+    writer.lines[1]["judged"]["target"].update(requests=150, buckets=[*writer.lines[1]["judged"]["target"]["buckets"][:-1], 50])
+    error = refused(writer.lines, state=writer.judge.state(), served=300, judged_before=3)
+    assert str(error) == ("the judgement line of step '50 %' at time 1.0: targetServed 200 is not the 250 the line "
+                          "before and its judged counts give")
+
+
+def test_the_last_saved_window_must_hold_the_target_served_saved_after_it():
+    writer = written_step(BAD, GOOD)
+    writer.interval()
+    state = writer.judge.state()
+    assert restore(sequential(), point(writer.lines, state=state, served=200, judged_before=3)).target_served == 200
+    error = refused(writer.lines, state=state, served=250, judged_before=3)
+    assert str(error) == "the judgement line of step '50 %' at time 1.0: targetServed 200 is not the 250 saved after it"
+    error = refused(writer.lines, state=state, served=150, judged_before=2)
+    assert str(error).endswith("targetServed 200 is not the 150 saved after it")
+
+
+def test_a_saved_line_without_a_fold_is_skipped_and_breaks_the_chain_of_target_served():
+    """Lines written before windows kept their folds: not counted, and the next line is not checked against it."""
+    writer = written_step(BAD, BAD, GOOD)
+    del writer.lines[0]["judged"]
+    writer.lines[0]["targetServed"] = 5
+    restored = restore(sequential(), point(writer.lines, state=writer.judge.state(), served=300, judged_before=3))
+    assert restored.target.requests == 200 and restored.replayed == 0
