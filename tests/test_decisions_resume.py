@@ -1,26 +1,39 @@
-"""--resume's replay of the judges pinned without a runtime (issue 19): record lines as the runner
-writes them are fed to `judge_replay.restore` and to the judges' replay methods, and the e-values,
-counts and refusals (exact messages) are read back. The end-to-end resumes (a runner killed mid-step,
-a real rollout SIGKILLed) are in tests/test_judge_resume.py; these are the fast ones the mutation run
-of judges.py and judge_replay.py uses."""
+"""--resume with the error/latency judge pinned without a runtime (issue 19): the state saved at the last
+promotion, then the resumed step's judged windows folded in again from the record (rollout/judge_replay.py),
+so the e-process continues, nothing is counted twice and the step keeps the requests it judged before the stop.
+
+First, record lines as the runner writes them are fed to `judge_replay.restore` and to the judges' replay
+methods, and the e-values, counts and refusals (exact messages) are read back. Then the runner is driven
+with the simulated world of test_rollout_runner.py (a process killed mid-step is a runner that stops
+without a decision, as kill -9 leaves its record), and the CLI refuses a tampered record. These are the
+fast tests the mutation runs of judges.py, judge_replay.py and runner.py use; a real rollout SIGKILLed
+on the local target and resumed is in tests/test_judge_resume.py."""
 
 from __future__ import annotations
 
 import copy
+import json
 import math
+from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
+from mlcanary.cli import main
+from mlcanary.rollout import judge_replay
 from mlcanary.rollout.counts import LATENCY_BOUNDS, Counts, counts_json
 from mlcanary.rollout.judge_replay import ReplayError, Restored, restore
-from mlcanary.rollout.judges import SequentialJudge, ThresholdJudge
-from mlcanary.rollout.record import ResumePoint
+from mlcanary.rollout.judges import SequentialJudge, ThresholdJudge, make_judge
+from mlcanary.rollout.plan import load_plan, plan_json
+from mlcanary.rollout.record import Recorder, ResumePoint, resume_point
+from mlcanary.rollout.runner import Runner
 from test_rollout_judges import buckets
+from test_rollout_runner import STAGE_3, World
 
 # The baseline before the step: 1000 requests, 10 errors, p90 at the 5 ms bound (900 fast, 100 at 250 ms).
 BEFORE = Counts(1000, 10, 0, buckets(900, 100))
-BAD = (Counts(100, 8, 8, buckets(80, 20)), Counts(100, 1, 1, buckets(90, 10)))  # 8 % errors vs 1 %
-GOOD = (Counts(100, 1, 1, buckets(91, 9)), Counts(100, 1, 1, buckets(90, 10)))
+BAD_WINDOW = (Counts(100, 8, 8, buckets(80, 20)), Counts(100, 1, 1, buckets(90, 10)))  # 8 % errors vs 1 %
+GOOD_WINDOW = (Counts(100, 1, 1, buckets(91, 9)), Counts(100, 1, 1, buckets(90, 10)))
 
 
 def sequential(state: dict | None = None) -> SequentialJudge:
@@ -83,7 +96,7 @@ def test_the_step_setup_is_the_steps_latency_bound_and_reference_error_rate():
 
 
 def test_a_replayed_window_gives_the_e_values_of_the_window_judged_live():
-    writer = written_step(BAD, GOOD, BAD)
+    writer = written_step(BAD_WINDOW, GOOD_WINDOW, BAD_WINDOW)
     replayed = sequential()
     for line in writer.lines:
         replayed.replay_window(line["judged"], Counts(**_counts(line, "target")), Counts(**_counts(line, "baseline")))
@@ -120,7 +133,7 @@ def test_a_window_the_baseline_did_not_serve_is_replayed_against_its_recorded_re
 @pytest.mark.parametrize("bound", [LATENCY_BOUNDS[0], LATENCY_BOUNDS[-2], None], ids=["first_bound", "last_finite_bound", "none"])
 def test_a_recorded_latency_bound_of_the_histogram_is_accepted(bound):
     judge = sequential()
-    judge.replay_window({"slowBoundS": bound, "referenceErrorRate": None}, *GOOD)
+    judge.replay_window({"slowBoundS": bound, "referenceErrorRate": None}, *GOOD_WINDOW)
     assert judge.slow_bound_s == bound
 
 
@@ -128,7 +141,7 @@ def test_a_recorded_latency_bound_of_the_histogram_is_accepted(bound):
 def test_a_recorded_latency_bound_outside_the_histogram_is_refused(bound):
     judge = sequential()
     with pytest.raises(ValueError) as raised:
-        judge.replay_window({"slowBoundS": bound, "referenceErrorRate": None}, *GOOD)
+        judge.replay_window({"slowBoundS": bound, "referenceErrorRate": None}, *GOOD_WINDOW)
     assert str(raised.value) == f"slowBoundS {bound!r} is not a latency histogram bound"
     assert judge.slow_bound_s is None and judge.e_values() == {"errors": 1.0, "latency": 1.0}
 
@@ -136,7 +149,7 @@ def test_a_recorded_latency_bound_outside_the_histogram_is_refused(bound):
 @pytest.mark.parametrize("rate", [0.99, 1e-9, None], ids=["at_most_0_99", "just_above_0", "none"])
 def test_a_recorded_reference_error_rate_above_0_and_at_most_0_99_is_accepted(rate):
     judge = sequential()
-    judge.replay_window({"slowBoundS": None, "referenceErrorRate": rate}, *GOOD)
+    judge.replay_window({"slowBoundS": None, "referenceErrorRate": rate}, *GOOD_WINDOW)
     assert judge.reference_error_rate == rate
 
 
@@ -144,7 +157,7 @@ def test_a_recorded_reference_error_rate_above_0_and_at_most_0_99_is_accepted(ra
 def test_a_recorded_reference_error_rate_that_is_not_a_rate_is_refused(rate):
     judge = sequential()
     with pytest.raises(ValueError) as raised:
-        judge.replay_window({"slowBoundS": None, "referenceErrorRate": rate}, *GOOD)
+        judge.replay_window({"slowBoundS": None, "referenceErrorRate": rate}, *GOOD_WINDOW)
     assert str(raised.value) == f"referenceErrorRate {rate!r} is not a rate above 0 and at most 0.99"
     assert judge.reference_error_rate is None
 
@@ -159,7 +172,7 @@ def test_the_sequential_judge_records_nothing_at_an_interval_and_replays_an_inte
 
 
 def test_the_restored_sequential_judge_is_described_with_its_e_values_and_the_errors_it_folded():
-    judge = written_step(GOOD, GOOD).judge
+    judge = written_step(GOOD_WINDOW, GOOD_WINDOW).judge
     judge.observe(Counts(50, 3, 3, buckets(50, 0)), Counts())  # 3 errors the baseline did not share
     e = judge.e_values()
     assert judge.restored() == (f"e(errors) {e['errors']:.3g}, e(latency) {e['latency']:.3g} (rolls back at 20); "
@@ -171,7 +184,7 @@ def test_the_restored_sequential_judge_is_described_with_its_e_values_and_the_er
 def test_the_threshold_judge_has_no_step_setup_and_folds_no_window():
     judge = ThresholdJudge((), 3)
     assert judge.step_setup() == {}
-    judge.replay_window({}, *BAD)
+    judge.replay_window({}, *BAD_WINDOW)
     assert judge.failed_checks == 0 and judge.failure is None and judge.interval_record() == {"failedChecks": 0}
 
 
@@ -220,19 +233,19 @@ def test_nothing_saved_and_no_lines_restore_an_empty_step_with_the_saved_target_
 
 
 def test_the_steps_windows_are_folded_again_to_the_e_values_the_record_holds():
-    writer = written_step(BAD, GOOD, BAD, served=500)
+    writer = written_step(BAD_WINDOW, GOOD_WINDOW, BAD_WINDOW, served=500)
     judge = sequential()
     restored = restore(judge, point(writer.lines, served=500))
     assert judge.e_values() == writer.judge.e_values() and judge.e_values()["errors"] > 5
     assert restored.replayed == 3 and restored.target_served == 800
-    assert restored.target == BAD[0] + GOOD[0] + BAD[0] and restored.baseline == BAD[1] + GOOD[1] + BAD[1]
+    assert restored.target == BAD_WINDOW[0] + GOOD_WINDOW[0] + BAD_WINDOW[0] and restored.baseline == BAD_WINDOW[1] + GOOD_WINDOW[1] + BAD_WINDOW[1]
 
 
 def test_windows_already_in_the_saved_state_are_counted_toward_the_step_but_not_folded_again():
-    writer = written_step(BAD, GOOD, served=500)
+    writer = written_step(BAD_WINDOW, GOOD_WINDOW, served=500)
     saved = copy.deepcopy(writer.judge.state())
     writer.interval()
-    writer.window(*GOOD)
+    writer.window(*GOOD_WINDOW)
     judge = sequential()
     restored = restore(judge, point(writer.lines, state=saved, served=700, judged_before=3))
     assert judge.e_values() == writer.judge.e_values()  # folded once each: the state, then the last window
@@ -241,11 +254,11 @@ def test_windows_already_in_the_saved_state_are_counted_toward_the_step_but_not_
 
 
 def test_the_saved_state_alone_restores_its_e_values_and_the_steps_requests():
-    writer = written_step(BAD, GOOD, served=500)
+    writer = written_step(BAD_WINDOW, GOOD_WINDOW, served=500)
     judge = sequential()
     restored = restore(judge, point(writer.lines, state=writer.judge.state(), served=700, judged_before=2))
     assert judge.e_values() == writer.judge.e_values() and restored == Restored(
-        BAD[0] + GOOD[0], BAD[1] + GOOD[1], 0, 700)
+        BAD_WINDOW[0] + GOOD_WINDOW[0], BAD_WINDOW[1] + GOOD_WINDOW[1], 0, 700)
 
 
 def refused(lines, **kwargs) -> ReplayError:
@@ -255,7 +268,7 @@ def refused(lines, **kwargs) -> ReplayError:
 
 
 def test_a_replayed_window_whose_e_values_were_lowered_is_refused_naming_the_line():
-    writer = written_step(BAD, BAD)
+    writer = written_step(BAD_WINDOW, BAD_WINDOW)
     line = writer.lines[1]
     recorded, line["eValues"] = line["eValues"], {**line["eValues"], "errors": line["eValues"]["errors"] / 2}
     error = refused(writer.lines)
@@ -265,7 +278,7 @@ def test_a_replayed_window_whose_e_values_were_lowered_is_refused_naming_the_lin
 
 
 def test_recorded_e_values_within_a_billionth_pass_and_beyond_it_are_refused():
-    writer = written_step(BAD)
+    writer = written_step(BAD_WINDOW)
     e = writer.lines[0]["eValues"]["errors"]
     writer.lines[0]["eValues"]["errors"] = e * (1 + 5e-10)
     restore(sequential(), point(writer.lines))
@@ -277,7 +290,7 @@ def test_recorded_e_values_within_a_billionth_pass_and_beyond_it_are_refused():
                                     {"errors": "1.0", "latency": 1.0}],
                          ids=["missing", "a_list", "a_value_missing", "a_value_more", "a_string_value"])
 def test_recorded_e_values_that_are_not_the_judges_e_values_are_refused(values):
-    writer = written_step(GOOD)
+    writer = written_step(GOOD_WINDOW)
     e = writer.lines[0]["eValues"]
     writer.lines[0]["eValues"] = values
     assert str(refused(writer.lines)) == (f"the judgement line of step '50 %' at time 0.0: eValues {values!r} are not "
@@ -293,25 +306,25 @@ def test_a_threshold_judges_judgement_line_with_e_values_is_refused_showing_none
 
 
 def test_a_replayed_window_whose_target_served_was_raised_is_refused():
-    writer = written_step(BAD, served=40)
+    writer = written_step(BAD_WINDOW, served=40)
     writer.lines[0]["targetServed"] = 141
     assert str(refused(writer.lines, served=40)) == ("the judgement line of step '50 %' at time 0.0: targetServed 141 "
                                                      "is not the 140 its judged counts give")
 
 
 def test_a_no_data_window_is_checked_but_counts_nothing():
-    writer = written_step(BAD, served=10)
+    writer = written_step(BAD_WINDOW, served=10)
     writer.no_data()
-    writer.window(*GOOD)
+    writer.window(*GOOD_WINDOW)
     judge = sequential()
     restored = restore(judge, point(writer.lines, served=10))
-    assert restored == Restored(BAD[0] + GOOD[0], BAD[1] + GOOD[1], 2, 210)
+    assert restored == Restored(BAD_WINDOW[0] + GOOD_WINDOW[0], BAD_WINDOW[1] + GOOD_WINDOW[1], 2, 210)
     writer.lines[1]["targetServed"] = 111
     assert str(refused(writer.lines, served=10)).endswith("targetServed 111 is not the 110 its judged counts give")
 
 
 def test_a_window_replayed_without_its_fold_or_a_reason_for_no_data_is_refused():
-    writer = written_step(BAD)
+    writer = written_step(BAD_WINDOW)
     del writer.lines[0]["judged"]
     assert str(refused(writer.lines)) == ("the judgement line of step '50 %' at time 0.0: holds neither what the judge "
                                           "folded ('judged') nor why it had no data ('noData')")
@@ -320,14 +333,14 @@ def test_a_window_replayed_without_its_fold_or_a_reason_for_no_data_is_refused()
 
 
 def test_a_fold_that_is_not_an_object_is_refused():
-    writer = written_step(BAD)
+    writer = written_step(BAD_WINDOW)
     writer.lines[0]["judged"] = [1]
     assert str(refused(writer.lines)) == "the judgement line of step '50 %' at time 0.0: 'judged' is not an object: [1]"
 
 
 @pytest.mark.parametrize("side", ["target", "baseline"])
 def test_a_fold_with_counts_no_source_could_have_counted_is_refused_naming_the_side(side):
-    writer = written_step(BAD)
+    writer = written_step(BAD_WINDOW)
     writer.lines[0]["judged"][side]["errors"] = 101
     assert str(refused(writer.lines)) == (f"the judgement line of step '50 %' at time 0.0: judged {side}: errors5xx "
                                           f"{writer.lines[0]['judged'][side]['errors5xx']} <= errors 101 <= requests 100 "
@@ -335,10 +348,10 @@ def test_a_fold_with_counts_no_source_could_have_counted_is_refused_naming_the_s
 
 
 def test_a_window_after_the_one_that_failed_the_judge_is_refused():
-    writer = written_step(BAD, BAD, BAD, BAD)
+    writer = written_step(BAD_WINDOW, BAD_WINDOW, BAD_WINDOW, BAD_WINDOW)
     failed_at = next(i for i, line in enumerate(writer.lines) if line["eValues"]["errors"] >= 20)
     writer.judge.failure = None  # a record that goes on after the judge failed: no run writes one
-    writer.window(*GOOD)
+    writer.window(*GOOD_WINDOW)
     assert failed_at < len(writer.lines) - 1
     error = refused(writer.lines[:failed_at + 2])
     assert str(error) == (f"the judgement line of step '50 %' at time {float(failed_at + 1)}: follows a window where "
@@ -347,9 +360,9 @@ def test_a_window_after_the_one_that_failed_the_judge_is_refused():
 
 def test_the_threshold_judges_interval_lines_after_the_state_are_replayed_as_failed_checks():
     writer = Writer(ThresholdJudge((), 3))
-    writer.window(*BAD)
+    writer.window(*BAD_WINDOW)
     writer.interval(failedChecks=1)
-    writer.window(*BAD)
+    writer.window(*BAD_WINDOW)
     writer.interval(failedChecks=2)
     judge = ThresholdJudge((), 3)
     restored = restore(judge, point(writer.lines))
@@ -360,7 +373,7 @@ def test_the_threshold_judges_interval_lines_after_the_state_are_replayed_as_fai
 
 
 def test_an_interval_line_whose_requests_are_not_the_steps_windows_is_refused():
-    writer = written_step(GOOD, GOOD)
+    writer = written_step(GOOD_WINDOW, GOOD_WINDOW)
     writer.interval()
     writer.lines[-1]["requests"] = 201
     assert str(refused(writer.lines)) == ("the interval line of step '50 %' at time 2.0: requests 201 is not the 200 "
@@ -370,7 +383,7 @@ def test_an_interval_line_whose_requests_are_not_the_steps_windows_is_refused():
 
 
 def test_a_saved_window_whose_target_served_does_not_follow_the_line_before_is_refused():
-    writer = written_step(BAD, BAD, GOOD)
+    writer = written_step(BAD_WINDOW, BAD_WINDOW, GOOD_WINDOW)
     writer.lines[1]["judged"]["target"].update(requests=150, buckets=[*writer.lines[1]["judged"]["target"]["buckets"][:-1], 50])
     error = refused(writer.lines, state=writer.judge.state(), served=300, judged_before=3)
     assert str(error) == ("the judgement line of step '50 %' at time 1.0: targetServed 200 is not the 250 the line "
@@ -378,7 +391,7 @@ def test_a_saved_window_whose_target_served_does_not_follow_the_line_before_is_r
 
 
 def test_the_last_saved_window_must_hold_the_target_served_saved_after_it():
-    writer = written_step(BAD, GOOD)
+    writer = written_step(BAD_WINDOW, GOOD_WINDOW)
     writer.interval()
     state = writer.judge.state()
     assert restore(sequential(), point(writer.lines, state=state, served=200, judged_before=3)).target_served == 200
@@ -390,8 +403,284 @@ def test_the_last_saved_window_must_hold_the_target_served_saved_after_it():
 
 def test_a_saved_line_without_a_fold_is_skipped_and_breaks_the_chain_of_target_served():
     """Lines written before windows kept their folds: not counted, and the next line is not checked against it."""
-    writer = written_step(BAD, BAD, GOOD)
+    writer = written_step(BAD_WINDOW, BAD_WINDOW, GOOD_WINDOW)
     del writer.lines[0]["judged"]
     writer.lines[0]["targetServed"] = 5
     restored = restore(sequential(), point(writer.lines, state=writer.judge.state(), served=300, judged_before=3))
     assert restored.target.requests == 200 and restored.replayed == 0
+
+
+# --- the runner killed mid-step and resumed, on the simulated world ----------------------------------------
+
+class Killed(BaseException):
+    """kill -9: the process stops where it is; nothing after it runs, no decision is recorded."""
+
+
+def judgements(events: list[dict], step: str) -> list[dict]:
+    return [e for e in events if e["event"] == "judgement" and e["step"] == step]
+
+
+def judged_target(lines: list[dict]) -> int:
+    return sum(e["judged"]["target"]["requests"] for e in lines if "judged" in e)
+
+
+def run_until(world: World, plan, recorder: Recorder, *, kill_when=None, point=None):
+    """One process of the rollout, from the start or resumed from `point` as the CLI resumes it; killed
+    (after a tick) once `kill_when(recorder.events)` holds."""
+    options = plan.options
+    judge = make_judge(options.judge, options.alpha, options.rules, options.failure_limit)
+    restored = judge_replay.restore(judge, point) if point is not None else None
+    sleep = world.sleep
+    if kill_when is not None:
+        def sleep(seconds):  # noqa: F811
+            world.sleep(seconds)
+            if kill_when(recorder.events):
+                raise Killed()
+    runner = Runner(plan, world, world, judge, recorder, clock=world.clock, sleep=sleep)
+    start = 0 if point is None else point.start_index
+    recorder.write("plan", plan=plan_json(plan), resumedAt=start if point else None)
+    outcome = runner.run(start, None, restored.target_served if restored else 0,
+                         resumed_step=(restored.target, restored.baseline) if restored else None)
+    return outcome, judge
+
+
+def e_errors_at_least(value: float):
+    def reached(events: list[dict]) -> bool:
+        lines = judgements(events, "50 %")
+        return bool(lines) and lines[-1]["eValues"]["errors"] >= value
+    return reached
+
+
+BAD = {"to": "green", "steps": [50, 100], "interval": "2s", "minRequests": 400, "maxHold": 50}
+
+
+
+def test_a_bad_target_killed_mid_step_at_e_10_is_rolled_back_sooner_after_resume_than_a_fresh_judge_would():
+    # green fails 3 % of its requests, blue none: e(errors) climbs window by window to 1/alpha = 20.
+    plan = load_plan(STAGE_3, BAD)
+    fresh_world = World(rps=20, green_error_rate=0.03)
+    fresh_events = Recorder(None, "fresh", clock=fresh_world.clock)
+    fresh, _ = run_until(fresh_world, plan, fresh_events)
+    assert fresh.decision == "rolled back" and fresh.step == "50 %", fresh.message
+    fresh_needed = judged_target(judgements(fresh_events.events, "50 %"))
+
+    world = World(rps=20, green_error_rate=0.03)
+    recorder = Recorder(None, "r1", clock=world.clock)
+    with pytest.raises(Killed):
+        run_until(world, plan, recorder, kill_when=e_errors_at_least(10))
+    before = judgements(recorder.events, "50 %")
+    e_at_kill, judged_before = before[-1]["eValues"]["errors"], judged_target(before)
+    assert 10 <= e_at_kill < 20 and not [e for e in recorder.events if e["event"] == "decision"
+                                         and e["decision"] != "held"]
+
+    point = resume_point(recorder.events, STAGE_3)
+    assert point.start_index == 0 and point.how == "died" and point.judged_before == 0
+    resumed_from = len(recorder.events)
+    outcome, judge = run_until(world, plan, recorder, point=point)
+    assert outcome.decision == "rolled back" and outcome.step == "50 %", outcome.message
+    after = judgements(recorder.events[resumed_from:], "50 %")
+    # The e-process went on from where the kill left it: every window after the resume starts above it...
+    assert after and all(e["eValues"]["errors"] >= e_at_kill for e in after)
+    rolled_back = next(e for e in recorder.events[resumed_from:] if e.get("decision") == "rolled-back")
+    assert rolled_back["eValues"]["errors"] >= 20
+    # ... so the target served fewer requests after the resume than a fresh judge needed to roll back,
+    # and the judge's folded requests are those before and after the kill, each counted once.
+    judged_after = judged_target(after)
+    assert judged_after < fresh_needed - judged_before // 2
+    assert judge.errors.events[0] + judge.errors_alone.events[0] == sum(
+        e["judged"]["target"]["errors"] for e in before + after if "judged" in e)
+    assert rolled_back["targetServed"] == judged_before + judged_after == outcome.target_served
+
+
+def test_a_good_target_killed_mid_step_is_promoted_after_resume_with_the_steps_requests_before_and_after_added_up():
+    plan = load_plan(STAGE_3, {**BAD, "minRequests": 200})
+    world = World(rps=40)  # 20 requests/s to green at 50 %: 200 take 10 s, the kill comes at about 4 s
+    recorder = Recorder(None, "r1", clock=world.clock)
+    with pytest.raises(Killed):
+        run_until(world, plan, recorder, kill_when=lambda events: judged_target(judgements(events, "50 %")) >= 80)
+    judged_before = judged_target(judgements(recorder.events, "50 %"))
+    assert 80 <= judged_before < 200
+
+    point = resume_point(recorder.events, STAGE_3)
+    resumed_from = len(recorder.events)
+    outcome, _ = run_until(world, plan, recorder, point=point)
+    assert outcome.decision == "promoted", outcome.message
+    after = recorder.events[resumed_from:]
+    promoted = next(i for i, e in enumerate(after) if e.get("decision") == "promoted" and e["step"] == "50 %")
+    judged_after = judged_target(judgements(after[:promoted], "50 %"))
+    checks = [e for e in after[:promoted] if e["event"] == "interval" and e["step"] == "50 %"]
+    # --min-requests counted the requests judged before the kill and those after, each once
+    assert checks and checks[-1]["requests"] == judged_before + judged_after >= 200
+    assert judged_after < 200  # a step that started from zero would have needed 200 after the resume
+    held = [e for e in after[:promoted] if e.get("decision") == "held"]
+    assert all(e["requests"] > judged_before for e in held)
+
+
+def test_resume_after_an_interruption_folds_only_the_windows_after_the_saved_state():
+    """An interruption saves the judge mid-step: the windows before it are in its state, those of a later
+    run that was killed are folded again, and the step's requests are all of them."""
+    plan = load_plan(STAGE_3, {**BAD, "minRequests": 10_000, "maxHold": 100})
+    world = World(rps=20, green_error_rate=0.01)
+    recorder = Recorder(None, "r1", clock=world.clock)
+    with pytest.raises(Killed):
+        run_until(world, plan, recorder, kill_when=lambda events: len(judgements(events, "50 %")) >= 3)
+    point = resume_point(recorder.events, STAGE_3)
+    judge = make_judge("sequential", plan.options.alpha, (), 1)
+    restored = judge_replay.restore(judge, point)
+    # the interruption's line, as Runner._interrupted writes it: the judge's state as it is now
+    recorder.write("decision", decision="interrupted", step="the stage file", lastGood=-1,
+                   judgeState=judge.state(), targetServed=restored.target_served, exitCode=130, returned=True)
+    assert restored.replayed == 3
+    with pytest.raises(Killed):
+        run_until(world, plan, recorder, point=resume_point(recorder.events, STAGE_3),
+                  kill_when=lambda events: len(judgements(events, "50 %")) >= 6)
+    point = resume_point(recorder.events, STAGE_3)
+    assert point.how == "died" and point.judged_before == 3 and len(point.step_lines) >= 6
+    again = make_judge("sequential", plan.options.alpha, (), 1)
+    restored = judge_replay.restore(again, point)
+    lines = judgements(recorder.events, "50 %")
+    assert restored.replayed == len(lines) - 3
+    assert again.e_values()["errors"] == pytest.approx(lines[-1]["eValues"]["errors"], rel=1e-12)
+    assert restored.target.requests == judged_target(lines) and restored.target_served == lines[-1]["targetServed"]
+
+
+# --- the CLI: a record line no run could have written ---------------------------------------------------
+
+def cli(*args: str, state=None):
+    return CliRunner().invoke(main, ["rollout", *args], env={"MLCANARY_STATE_DIR": str(state)} if state else None)
+
+
+def killed_record(tmp_path: Path) -> Path:
+    """The record of a rollout killed mid-step, as the runner wrote it."""
+    plan = load_plan(STAGE_3, BAD)
+    world = World(rps=20, green_error_rate=0.03)
+    record = tmp_path / "record.jsonl"
+    recorder = Recorder(record, "fraud-scorer-1", clock=world.clock)
+    with pytest.raises(Killed):
+        run_until(world, plan, recorder, kill_when=e_errors_at_least(5))
+    recorder.close()
+    return record
+
+
+def tampered(record: Path, change) -> int:
+    """Change the record's last judged window with `change`; its line number."""
+    lines = [json.loads(line) for line in record.read_text().splitlines()]
+    last = max(i for i, e in enumerate(lines) if e["event"] == "judgement" and "judged" in e)
+    change(lines[last])
+    record.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    return last + 1
+
+
+def lower_e(line):
+    line["eValues"]["errors"] /= 2
+
+
+def more_errors_than_requests(line):
+    line["judged"]["target"]["errors"] = line["judged"]["target"]["requests"] + 1
+
+
+def more_served(line):
+    line["targetServed"] += 100
+
+
+def fewer_errors(line):
+    line["judged"]["target"].update(errors=0, errors5xx=0)
+
+
+def no_fold(line):
+    del line["judged"]
+
+
+def bound_not_in_histogram(line):
+    line["judged"]["slowBoundS"] = 0.3
+
+
+@pytest.mark.parametrize("change, message", [
+    (lower_e, "eValues {'errors': "),
+    (more_errors_than_requests, "judged target: errors5xx"),
+    (more_served, "targetServed"),
+    (fewer_errors, "are not what its judged counts give"),
+    (no_fold, "holds neither what the judge folded ('judged') nor why it had no data ('noData')"),
+    (bound_not_in_histogram, "slowBoundS 0.3 is not a latency histogram bound"),
+], ids=["e_value_lowered", "more_errors_than_requests", "target_served_raised", "errors_removed", "fold_removed",
+        "latency_bound_not_a_histogram_bound"])
+def test_a_record_with_a_tampered_judged_window_is_refused_with_exit_2_naming_the_line(change, message, tmp_path):
+    record = killed_record(tmp_path)
+    line = tampered(record, change)
+    before = record.read_bytes()
+    result = cli("--resume", "--record", str(record), state=tmp_path / "state")
+    assert result.exit_code == 2, result.output
+    assert result.output.startswith(f"error: record {record}:{line} (rollout fraud-scorer-1): the judgement line "
+                                    "of step '50 %' at time ")
+    assert message in result.output
+    assert "nothing was changed" in result.output and "Traceback" not in result.output
+    assert record.read_bytes() == before and not (tmp_path / "state").exists()
+
+
+def test_an_untampered_killed_record_passes_the_same_checks(tmp_path):
+    """The refusals above come from the tampering: the record as the runner wrote it is restored."""
+    record = killed_record(tmp_path)
+    events = [json.loads(line) for line in record.read_text().splitlines()]
+    point = resume_point(events, record)
+    judge = make_judge("sequential", 0.05, (), 1)
+    restored = judge_replay.restore(judge, point)
+    lines = judgements(events, "50 %")
+    assert restored.replayed == len([e for e in lines if "judged" in e]) and judge.e_values()["errors"] >= 5
+
+
+
+def test_a_window_before_an_interruption_whose_requests_were_raised_is_refused(tmp_path):
+    """Those windows are in the interruption's saved state and are not folded again, but their requests
+    count toward --min-requests: a raised count would promote a step on requests no one served."""
+    plan = load_plan(STAGE_3, BAD)
+    world = World(rps=20)
+    recorder = Recorder(None, "r1", clock=world.clock)
+    with pytest.raises(Killed):
+        run_until(world, plan, recorder, kill_when=lambda events: len(judgements(events, "50 %")) >= 4)
+    judge = make_judge("sequential", plan.options.alpha, (), 1)
+    restored = judge_replay.restore(judge, resume_point(recorder.events, STAGE_3))
+    recorder.write("decision", decision="interrupted", step="the stage file", lastGood=-1,
+                   judgeState=judge.state(), targetServed=restored.target_served, exitCode=143, returned=True)
+    assert judge_replay.restore(make_judge("sequential", 0.05, (), 1), resume_point(recorder.events, STAGE_3)
+                                ).target.requests == judged_target(judgements(recorder.events, "50 %"))
+    judgements(recorder.events, "50 %")[2]["judged"]["target"]["requests"] += 1000
+    with pytest.raises(ValueError, match=r"the judgement line of step '50 %' at time [\d.]+: targetServed \d+ is not the \d+ "
+                                         "the line before and its judged counts give"):
+        judge_replay.restore(make_judge("sequential", 0.05, (), 1), resume_point(recorder.events, STAGE_3))
+
+
+def test_the_threshold_judges_failed_checks_before_a_kill_count_after_resume():
+    # Flagger's check error_rate < 1 % fails every interval of a target failing 5 %; 3 failed checks roll back.
+    plan = load_plan(STAGE_3, {**BAD, "judge": "threshold", "failureLimit": 3, "minRequests": 10})
+    world = World(rps=40, green_error_rate=0.05)
+    recorder = Recorder(None, "r1", clock=world.clock)
+
+    def failed_checks(events):
+        return [e["failedChecks"] for e in events if e["event"] == "interval" and e["step"] == "50 %"]
+
+    with pytest.raises(Killed):
+        run_until(world, plan, recorder, kill_when=lambda events: failed_checks(events) == [1, 2])
+    resumed_from = len(recorder.events)
+    outcome, judge = run_until(world, plan, recorder, point=resume_point(recorder.events, STAGE_3))
+    assert outcome.decision == "rolled back" and outcome.failure.judge == "threshold", outcome.message
+    assert failed_checks(recorder.events[resumed_from:]) == [3]  # one more failed check, not three
+    assert outcome.failure.message.endswith("failed checks 3 of 3") and judge.failed_checks == 3
+
+
+def test_a_step_killed_twice_keeps_the_evidence_and_requests_of_both_runs_before_the_last_resume():
+    plan = load_plan(STAGE_3, {**BAD, "minRequests": 10_000, "maxHold": 100})
+    world = World(rps=20, green_error_rate=0.01)
+    recorder = Recorder(None, "r1", clock=world.clock)
+    with pytest.raises(Killed):
+        run_until(world, plan, recorder, kill_when=lambda events: len(judgements(events, "50 %")) >= 5)
+    with pytest.raises(Killed):
+        run_until(world, plan, recorder, point=resume_point(recorder.events, STAGE_3),
+                  kill_when=lambda events: len(judgements(events, "50 %")) >= 10)
+    point = resume_point(recorder.events, STAGE_3)
+    judge = make_judge("sequential", plan.options.alpha, (), 1)
+    restored = judge_replay.restore(judge, point)
+    lines = judgements(recorder.events, "50 %")
+    assert restored.replayed == len([e for e in lines if "judged" in e]) >= 8  # each window of both runs, once
+    assert judge.e_values() == pytest.approx(lines[-1]["eValues"], rel=1e-12)
+    assert judge.errors.events[0] == sum(e["judged"]["target"]["errors"] for e in lines if "judged" in e)
+    assert restored.target.requests == judged_target(lines) == restored.target_served
