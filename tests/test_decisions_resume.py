@@ -172,11 +172,11 @@ def test_the_sequential_judge_records_nothing_at_an_interval_and_replays_an_inte
 
 
 def test_the_restored_sequential_judge_is_described_with_its_e_values_and_the_errors_it_folded():
-    judge = written_step(GOOD_WINDOW, GOOD_WINDOW).judge
+    judge = written_step(BAD_WINDOW, GOOD_WINDOW).judge  # target errors 8 + 1, baseline 1 + 1
     judge.observe(Counts(50, 3, 3, buckets(50, 0)), Counts())  # 3 errors the baseline did not share
     e = judge.e_values()
     assert judge.restored() == (f"e(errors) {e['errors']:.3g}, e(latency) {e['latency']:.3g} (rolls back at 20); "
-                                "errors folded: target 5, baseline 2")
+                                "errors folded: target 12, baseline 2")
 
 
 # --- the threshold judge's replay methods -----------------------------------------------------------------
