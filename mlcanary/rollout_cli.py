@@ -380,7 +380,8 @@ def _run(plan, settings, policy_pack_config, record, plot, point, apply_stage, o
         if live:
             live.start()
         outcome = runner.run(start_index, None, served, on_started=start_load,  # the judge is restored above
-                             resumed_step=(restored.target, restored.baseline) if restored else None)
+                             resumed_step=(restored.target, restored.baseline) if restored else None,
+                             baked=point.baked if point is not None else True)
     finally:
         if live:
             live.stop()
@@ -450,7 +451,9 @@ def _answer_check(plan, client, judge):
 def _judge_restored(judge, point, restored, plan) -> str:
     """What the resumed error/latency judge holds, and what the resumed step keeps of its requests."""
     step = plan.steps[point.start_index] if point.start_index < len(plan.steps) else None
-    windows = f"the record's {restored.replayed} judged window(s) of step {step.label if step else '?'}"
+    # the lines' own step: a rollout stopped in its bake resumes the bake ("bake at 100 %")
+    label = str(point.step_lines[-1].get("step")) if point.step_lines else step.label if step else "?"
+    windows = f"the record's {restored.replayed} judged window(s) of step {label}"
     if point.state_from:
         text = f"{judge.name} judge: restored from its state at {point.state_from}"
         text += f" and {windows} after it" if restored.replayed else ""
@@ -458,8 +461,8 @@ def _judge_restored(judge, point, restored, plan) -> str:
         text = f"{judge.name} judge: " + (f"restored from {windows}" if restored.replayed else
                                           "the record holds no judged window yet; it starts from zero")
     text += f": {judge.restored()}"
-    if step is not None and restored.target.requests:
-        text += (f"; step {step.label} keeps its {restored.target.requests} judged request(s) to {plan.options.to} "
+    if restored.target.requests:
+        text += (f"; step {label} keeps its {restored.target.requests} judged request(s) to {plan.options.to} "
                  f"(of the {plan.options.min_requests} it needs) and starts its time again")
     return text
 
