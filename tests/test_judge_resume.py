@@ -417,3 +417,27 @@ def test_a_promotions_saved_judge_state_is_not_changed_by_the_windows_judged_aft
     again.load_state(promoted["judgeState"])
     at_promotion = [e for e in recorder.events if e["event"] == "judgement" and e["step"] == "50 %"][-1]
     assert again.e_values() == pytest.approx(at_promotion["eValues"], rel=1e-12)
+
+
+def test_a_second_resume_of_the_same_rollout_while_the_first_runs_is_refused_by_the_endpoint_hold(tmp_path):
+    """Both --resume processes carry the record's rollout id: the hold is taken back from a dead process
+    only, so the second sees the first (pid, record) and changes nothing unless --force."""
+    from mlcanary.local_runtime import lease
+
+    directory = tmp_path / "rollouts"
+    lease.acquire(directory, "fraud-scorer", {"id": "r1", "step": "50 %", "record": "/r/r.jsonl"})
+    first = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        doc = lease.read(directory, "fraud-scorer")
+        doc["holder"] = {**doc["holder"], "pid": first.pid, "processStart": lease.process_start(first.pid)}
+        lease.write_atomically(lease.document_file(directory, "fraud-scorer"), json.dumps(doc))
+        lease.forget(directory, "fraud-scorer")
+        with pytest.raises(lease.EndpointHeld, match=f"pid {first.pid}.*--force"):
+            lease.acquire(directory, "fraud-scorer", {"id": "r1", "step": None})
+        assert lease.read(directory, "fraud-scorer")["holder"]["pid"] == first.pid  # the first keeps it
+    finally:
+        first.kill()
+        first.wait()
+    # the first is gone now (kill -9): the next --resume takes its hold back
+    lease.acquire(directory, "fraud-scorer", {"id": "r1", "step": None})
+    assert lease.read(directory, "fraud-scorer")["holder"]["pid"] == os.getpid()
