@@ -321,8 +321,13 @@ def _run(plan, settings, policy_pack_config, record, plot, point, apply_stage, o
             running = f"unknown ({err})"
         ended = ("was interrupted" if point.how == "interrupted" else
                  "did not finish: no decision was recorded after it (its process was killed)")
-        log(f"rollout {point.rollout_id} {ended} at {point.at_step}; the endpoint runs live {running}; "
-            f"resuming at step {start_index + 1}/{len(plan.steps)}")
+        from mlcanary.rollout.runner import bakes_after
+
+        steps = len(plan.steps)
+        resuming = (f"resuming its bake at step {start_index}/{steps}" if not point.baked and bakes_after(plan, start_index - 1)
+                    else f"resuming at step {start_index + 1}/{steps}" if start_index < steps
+                    else f"resuming after its last step {steps}/{steps}")
+        log(f"rollout {point.rollout_id} {ended} at {point.at_step}; the endpoint runs live {running}; {resuming}")
         log(_judge_restored(judge, point, restored, plan))
         if answers:
             log(_answers_restored(answers.judge, point, plan, start_index))

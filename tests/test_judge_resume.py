@@ -441,3 +441,17 @@ def test_a_second_resume_of_the_same_rollout_while_the_first_runs_is_refused_by_
     # the first is gone now (kill -9): the next --resume takes its hold back
     lease.acquire(directory, "fraud-scorer", {"id": "r1", "step": None})
     assert lease.read(directory, "fraud-scorer")["holder"]["pid"] == os.getpid()
+
+
+def test_a_record_whose_last_line_was_cut_by_a_kill_is_refused_saying_so_and_left_untouched(tmp_path):
+    record = killed_record(tmp_path)
+    text = record.read_text()
+    record.write_text(text[:-30])  # kill -9 in the middle of writing the last window
+    lines = len(record.read_text().splitlines())
+    result = cli("--resume", "--record", str(record), state=tmp_path / "state")
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert result.output.startswith(f"error: record {record}:{lines}: the last line is cut short")
+    assert "delete that line" in result.output and record.read_text() == text[:-30]
+    record.write_text("".join(line + "\n" for line in text.splitlines()[:-1]))  # as the message says
+    events = [json.loads(line) for line in record.read_text().splitlines()]
+    assert resume_point(events, record).how == "died"

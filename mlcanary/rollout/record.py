@@ -75,7 +75,8 @@ def read_record(path: Path, writing: bool = False) -> list[dict[str, Any]]:
     except (UnicodeDecodeError, IsADirectoryError):
         raise RecordError(f"{what} {path}: not a rollout record (JSON lines written by --record)") from None
     events = []
-    for number, line in enumerate(text.splitlines(), start=1):
+    lines = text.splitlines()
+    for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         try:
@@ -84,6 +85,10 @@ def read_record(path: Path, writing: bool = False) -> list[dict[str, Any]]:
             event = None
         if not (isinstance(event, dict) and isinstance(event.get("event"), str)
                 and isinstance(event.get("time"), int | float) and not isinstance(event.get("time"), bool)):
+            if number == len(lines) and not text.endswith("\n"):  # each line is written with its newline
+                raise RecordError(f"{what} {path}:{number}: the last line is cut short (no newline at its end: the "
+                                  "process was killed while writing it); delete that line to use the record "
+                                  "as it was before it")
             raise RecordError(f"{what} {path}:{number}: not a line of a rollout record "
                               "(--record appends only to a record it wrote, or creates a new file)")
         events.append(event)

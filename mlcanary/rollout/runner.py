@@ -184,9 +184,7 @@ class Runner:
                        e_values=self.judge.e_values(), step=self.plan.steps[-1].label)
 
     def _bakes_after(self, index: int) -> bool:
-        """--bake: the last live step (only deletions after it) is judged again for bake_s once promoted."""
-        is_last_live = all(s.kind == "delete" for s in self.plan.steps[index + 1:])
-        return is_last_live and self.plan.steps[index].judged and bool(self.options.bake_s) and not self.steering.full
+        return bakes_after(self.plan, index) and not self.steering.full
 
     def _bake(self, index: int, step: Step) -> Outcome | None:
         outcome = self._judge_step(index, step, self.options.bake_s, baking=True)
@@ -446,6 +444,12 @@ class Runner:
         if self.answers:
             state.update(self.answers.judge.view())
         return state
+
+
+def bakes_after(plan: Plan, index: int) -> bool:
+    """--bake: the last live step (only deletions after it) is judged again for bake_s once promoted."""
+    is_last_live = all(s.kind == "delete" for s in plan.steps[index + 1:])
+    return 0 <= index < len(plan.steps) and is_last_live and plan.steps[index].judged and bool(plan.options.bake_s)
 
 
 def _shares(traffic: dict[str, int]) -> str:
