@@ -171,6 +171,11 @@ def _resumed_plan(record: Path | None, stage_file: Path | None, flags: dict):
         plan = load_plan(recorded_stage, options)
     except PlanError as err:
         raise PlanError(f"record {record}: its plan cannot be made again from {recorded_stage}:\n{err}") from None
+    for key, now in (("endpoint", plan.endpoint), ("target", plan.target)):  # the record's windows are of its endpoint
+        if recorded.get(key) != now:
+            _fail(f"{recorded_stage} now names {key} {now!r}; rollout {point.rollout_id} in {record} is of "
+                  f"{key} {recorded.get(key)!r}: its record is not evidence about {now!r}; start a new rollout "
+                  "instead of --resume", 2)
     changed = _differences(recorded, plan.options.as_json())
     if changed:  # the stage's mlcanary:rollout gives what the record left unset (e.g. compare)
         _fail(f"{recorded_stage} changed since rollout {point.rollout_id} was recorded: its mlcanary:rollout now sets "

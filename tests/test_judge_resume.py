@@ -455,3 +455,21 @@ def test_a_record_whose_last_line_was_cut_by_a_kill_is_refused_saying_so_and_lef
     record.write_text("".join(line + "\n" for line in text.splitlines()[:-1]))  # as the message says
     events = [json.loads(line) for line in record.read_text().splitlines()]
     assert resume_point(events, record).how == "died"
+
+
+@pytest.mark.parametrize("key, value", [("endpoint", "other-endpoint"), ("target", "azure")],
+                         ids=["other_endpoint", "other_target"])
+def test_a_record_of_another_endpoint_than_its_stage_file_names_now_is_refused(key, value, tmp_path):
+    """The record's windows and promotions are evidence about the endpoint it names, not about the one
+    the stage file names now: no --resume carries them over."""
+    record = killed_record(tmp_path)
+    lines = [json.loads(line) for line in record.read_text().splitlines()]
+    for line in lines:
+        if line["event"] == "plan":
+            line["plan"][key] = value
+    record.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    before = record.read_bytes()
+    result = cli("--resume", "--record", str(record), state=tmp_path / "state")
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    assert f"is of {key} {value!r}" in result.output and "start a new rollout instead of --resume" in result.output
+    assert record.read_bytes() == before and not (tmp_path / "state").exists()
