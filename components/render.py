@@ -18,6 +18,7 @@ import asyncio
 import contextvars
 import hashlib
 import json
+import pickle
 import runpy
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -37,6 +38,11 @@ MOCK_SUBSCRIPTION = "00000000-0000-0000-0000-000000000000"
 # The mock workspace's region: not the stage files' `azure-native:location`, so a render shows which is used.
 MOCK_WORKSPACE_LOCATION = "swedencentral"
 PROJECT = "mlcanary"
+# pulumi.dynamic's serialize_provider wraps pickle._Pickler._batch_setitems in a sorting wrapper on
+# every dynamic resource and never puts the original back: in a process that renders many stages
+# (`check`, `rehearse`, a test worker) the wrappers nest until a render fails with RecursionError
+# (seen after a few hundred renders). Each render puts the original back when it ends.
+_BATCH_SETITEMS = pickle._Pickler._batch_setitems
 
 
 @dataclass
@@ -237,6 +243,7 @@ def render_program(
         finally:
             asyncio.set_event_loop(None)
             loop.close()
+            pickle._Pickler._batch_setitems = _BATCH_SETITEMS
 
     contextvars.Context().run(run)
     return render

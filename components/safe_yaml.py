@@ -7,7 +7,7 @@ constructed or validated: duplicate keys (naming both lines), more than MAX_VALU
 aliases are expanded, nesting deeper than MAX_DEPTH (aliases included), and an alias inside the
 collection it names. Values PyYAML cannot construct (a 5,000-digit number, the 45th of a month)
 are refused with their line too, and so are YAML 1.1's other ways of writing a number (`010` is octal
-8, `0x2` hex, `1:30` base 60, `1_000` with underscores): numbers are plain decimal digits, so what a
+8, `0x2` hex, `1:30` base 60, `1_000` with underscores, `!!int --5` as 5): numbers are plain decimal digits, so what a
 file says is what it means (Pulumi's own YAML reader would read some of them otherwise). Every
 refusal is an `UnusableFile` naming the file.
 """
@@ -36,6 +36,8 @@ _PLAIN_INT = re.compile(r"[-+]?(0|[1-9][0-9]*)")
 def _unplain_number_form(text: str) -> str | None:
     """How YAML 1.1 reads a number written other than in plain decimal digits, or None if it is plain."""
     body = text.lstrip("+-")
+    if len(text) - len(body) > 1:
+        return "with its signs multiplied"
     if "_" in body:
         return "with its underscores dropped"
     if ":" in body:

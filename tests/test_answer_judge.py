@@ -156,7 +156,7 @@ def test_a_live_step_waits_until_the_distribution_test_has_tested_enough_outputs
     j.start_step(mirror_step=False)
     assert j.waiting(min_requests=10) is None  # no number yet: nothing to wait for (a label answer never gives one)
     j.observe(AnswerWindow(target_outputs=(0.5,) * 30, baseline_outputs=(0.5,) * (REFERENCE_SIZE - 1)))
-    assert j.waiting(10) == f"{REFERENCE_SIZE - 1} of the {REFERENCE_SIZE} baseline outputs the answer judge's reference needs"
+    assert j.waiting(10) == "199 of the 200 baseline outputs the answer judge's reference needs"  # docs/answers.md
     j.observe(AnswerWindow(target_outputs=(0.5,) * 6, baseline_outputs=(0.5,)))  # fills the reference: not tested
     assert j.waiting(10) == "0 of the 10 target outputs the answer judge needs tested"
     j.observe(AnswerWindow(target_outputs=(0.5,) * 6, baseline_outputs=(0.5,) * 6))

@@ -21,7 +21,7 @@ from mlcanary.rollout.counts import LATENCY_BOUNDS, Counts, DeploymentCounts
 from mlcanary.rollout.evalue import RateEValue, RatioEValue, reference_rate, sprt
 from mlcanary.rollout.judges import Failure, SequentialJudge, ThresholdJudge, check_rules, describe, make_judge
 from mlcanary.rollout.appliers import ApplyError
-from mlcanary.rollout.plan import PlanError, gate, load_plan
+from mlcanary.rollout.plan import PlanError, gate, load_plan, plan_json
 from mlcanary.rollout.record import Recorder
 from mlcanary.rollout.runner import Runner
 from mlcanary.components.rollout_rules import parse_rule
@@ -626,6 +626,7 @@ def test_windows_close_every_tick_in_every_step_and_a_failed_reading_is_delayed_
                     clock=world.clock, sleep=world.sleep)
     assert runner.run().exit_code == 0
     times = [e["time"] for e in recorder.events if e["event"] == "judgement"]
+    assert len(times) >= 8  # two steps of 2 s, a window every 0.5 s
     assert all(later - earlier == pytest.approx(0.5) for earlier, later in zip(times, times[1:]))
     judged = sum(e["window"].get("green", {}).get("requests", 0) for e in recorder.events if e["event"] == "judgement")
     assert judged == world.totals["green"].live.requests  # every request green served, judged once
@@ -788,3 +789,169 @@ def test_the_gate_judges_the_first_step_against_the_stage_file():
     assert len(refused) == 1
     assert refused[0].startswith("stage-3-green-dark.yaml -> step '50 %': [mandatory] max-traffic-shift: this step "
                                  "moves 50 percentage points")
+
+
+def test_the_plan_record_keeps_every_option_and_stage_that_resume_derives_again():
+    """The record's plan (plan_json) is what `--resume` re-derives the plan from and compares the stage
+    file's steps with: each option under its record key, each step's live and mirror traffic."""
+    plan = load_plan(STAGE_3, {"to": "green", "steps": [25, 50, 100], "interval": "2s", "mirror": 10,
+                               "mirrorFor": "1m", "bake": "30s", "deleteOld": True, "rule": ["error_rate < 0.02"],
+                               "judge": "threshold", "alpha": 0.01, "minRequests": 7, "maxHold": 4,
+                               "failureLimit": 2,
+                               "compare": {"path": "$.result", "tolerance": "0.01", "maxDisagreement": 0.05}})
+    assert (plan.endpoint, plan.target) == ("fraud-scorer", "local")
+    assert plan_json(plan) == {
+        "endpoint": "fraud-scorer", "stageFile": str(STAGE_3.resolve()), "target": "local",
+        "to": "green", "from": "blue", "steps": [25, 50, 100], "intervalS": 2.0, "mirror": 10, "mirrorForS": 60.0,
+        "bakeS": 30.0, "deleteOld": True, "rule": ["error_rate < 0.02"], "judge": "threshold", "alpha": 0.01,
+        "minRequests": 7, "maxHold": 4, "failureLimit": 2,
+        "compare": {"path": "$.result", "tolerance": "0.01", "maxDisagreement": 0.05},
+        "stages": [
+            {"label": "mirror 10 %", "traffic": {"blue": 100, "green": 0}, "mirror": {"green": 10}},
+            {"label": "mirror off", "traffic": {"blue": 100, "green": 0}, "mirror": {}},
+            {"label": "25 %", "traffic": {"blue": 75, "green": 25}, "mirror": {}},
+            {"label": "50 %", "traffic": {"blue": 50, "green": 50}, "mirror": {}},
+            {"label": "100 %", "traffic": {"blue": 0, "green": 100}, "mirror": {}},
+            {"label": "delete blue", "traffic": {"green": 100}, "mirror": {}},
+        ],
+        "rollback": {"blue": 100, "green": 0},
+    }
+    assert [(s.kind, s.percent, s.judged) for s in plan.steps] == [
+        ("mirror", 10, True), ("mirror-off", 0, False), ("live", 25, True), ("live", 50, True), ("live", 100, True),
+        ("delete", 100, False)]
+    assert (plan.start.label, plan.start.kind, plan.start.percent) == ("stage-3-green-dark.yaml", "start", 0)
+    # the way back is a stage of its own: the baseline live, the target dark, no mirror
+    rollback = plan.rollback.config["mlcanary:endpoint"]
+    assert (plan.rollback.kind, plan.rollback.percent) == ("live", 0)
+    assert (rollback["traffic"], rollback["mirrorTraffic"]) == ({"blue": 100, "green": 0}, {})
+
+
+def test_every_bad_option_is_listed_on_a_line_of_its_own_under_the_refusal():
+    with pytest.raises(PlanError) as raised:
+        load_plan(STAGE_3, {"steps": [10, 50]})
+    assert str(raised.value) == (
+        "invalid rollout options:\n"
+        "  --steps: live percentages 1-100 for the target, increasing, ending at 100 (e.g. 10,25,50,100), got 10,50\n"
+        "  --to: required: the deployment to promote")
+
+
+def test_the_start_step_records_the_share_the_target_already_has(tmp_path):
+    plan = load_plan(stage_in(tmp_path, {"blue": 90, "red": 0, "green": 10}), {"to": "green", "steps": [50, 100]})
+    assert (plan.start.kind, plan.start.percent) == ("start", 10)
+    # nothing asked of the answer judge: the record says so (compare: null)
+    assert plan_json(plan)["compare"] is None
+
+
+def test_a_target_busier_than_the_others_still_rolls_out_from_the_busiest_other(tmp_path):
+    plan = load_plan(stage_in(tmp_path, {"blue": 40, "red": 0, "green": 60}), {"to": "green", "steps": [80, 100]})
+    assert plan.options.baseline == "blue" and plan.steps[0].traffic == {"blue": 20, "red": 0, "green": 80}
+
+
+def test_the_busiest_other_deployment_is_chosen_by_share_not_by_name(tmp_path):
+    with pytest.raises(PlanError) as raised:  # blue (70 %) is the baseline; red keeps its 30 %
+        load_plan(stage_in(tmp_path, {"blue": 70, "red": 30, "green": 0}), {"to": "green"})
+    assert str(raised.value) == ("other deployments keep 30 % of live traffic ({'red': 30}); "
+                                 "'green' can take at most 70 %, but the last step is 100 %")
+
+
+def test_a_deployment_with_1_percent_is_a_baseline_and_none_with_0_is(tmp_path):
+    plan = load_plan(stage_in(tmp_path, {"blue": 1, "red": 0, "green": 99}), {"to": "green", "steps": [100]})
+    assert plan.options.baseline == "blue"
+    with pytest.raises(PlanError) as raised:
+        load_plan(stage_in(tmp_path, {"blue": 0, "red": 0, "green": 100}), {"to": "green"})
+    assert str(raised.value) == ("invalid rollout options:\n"
+                                 "  --from: no other deployment has live traffic in this stage: name the baseline")
+
+
+def test_rollout_keys_of_the_stage_file_in_their_documented_spelling_make_the_plan(tmp_path):
+    """`from` and `deleteOld` together: the delete step's stage no longer names the deleted baseline."""
+    path = stage_in(tmp_path, {"blue": 100, "red": 0, "green": 0},
+                    {"to": "green", "from": "blue", "minRequests": 7, "failureLimit": 2, "deleteOld": True})
+    plan = load_plan(path, {})
+    options = plan.options
+    assert (options.baseline, options.min_requests, options.failure_limit, options.delete_old) == ("blue", 7, 2, True)
+    deleted = plan.steps[-1].config
+    assert "blue" not in deleted["mlcanary:endpoint"]["deployments"] and "from" not in deleted["mlcanary:rollout"]
+    assert plan.start.config["mlcanary:rollout"]["from"] == "blue"  # the stage file's own config is left as it is
+
+
+def test_a_flag_of_the_wrong_type_is_refused_naming_the_flag_and_the_value():
+    with pytest.raises(PlanError) as raised:
+        load_plan(STAGE_3, {"to": "green", "minRequests": "x"})
+    assert str(raised.value) == "invalid rollout options:\n  --min-requests: Input should be a valid integer, got 'x'"
+
+
+def test_a_stage_file_the_spec_refuses_is_refused_with_each_problem_on_its_line(tmp_path):
+    path = stage_in(tmp_path, {"blue": 90, "red": 0, "green": 0})
+    with pytest.raises(PlanError) as raised:
+        load_plan(path, {"to": "green"})
+    assert str(raised.value) == (f"{path}: invalid stack config:\n  mlcanary:endpoint.traffic: live traffic must sum "
+                                 "to 100 (or 0 when nothing is live), got 90 (blue=90, green=0, red=0)")
+
+
+def kubernetes_stage(folder: Path) -> Path:
+    """Azure stage 3 on a Kubernetes compute: both deployments on the cluster."""
+    shutil.copy(PROJECT_DIR / "Pulumi.yaml", folder / "Pulumi.yaml")
+    config = yaml.safe_load((PROJECT_DIR / "stacks" / "stage-3-green-dark.yaml").read_text())["config"]
+    endpoint = config["mlcanary:endpoint"]
+    blue = {k: v for k, v in endpoint["deployments"]["blue"].items() if k != "instanceType"}
+    endpoint.update(compute="azureml:k8s-compute", traffic={"blue": 100, "green": 0},
+                    deployments={name: {**blue, "type": "kubernetes"} for name in ("blue", "green")})
+    path = folder / "stage.yaml"
+    path.write_text(yaml.safe_dump({"config": config}))
+    return path
+
+
+def test_a_mirror_phase_on_a_kubernetes_endpoint_is_refused_before_anything_runs(tmp_path):
+    """Kubernetes online endpoints take no mirror traffic (design.md): the derived mirror step is invalid."""
+    with pytest.raises(PlanError) as raised:
+        load_plan(kubernetes_stage(tmp_path), {"to": "green", "mirror": 10, "mirrorFor": "1m"})
+    assert str(raised.value) == (
+        "a derived stage is invalid:\n  stage.yaml step 'mirror 10 %': mlcanary:endpoint.mirrorTraffic: mirror traffic "
+        "is not supported on Kubernetes online endpoints")
+
+
+def test_advisory_violations_let_the_plan_run_and_are_kept_with_it():
+    settings = load_policy_config(None, policy_defaults())
+    settings["max-traffic-shift"] = PolicySettings(EnforcementLevel.ADVISORY, {"maxShiftPercent": 40})
+    plan = load_plan(STAGE_3, {"to": "green", "steps": [50, 100]})
+    assert gate(plan, settings) == []
+    moved = "[advisory] max-traffic-shift: this step moves 50 percentage points of live traffic; at most 40 may move in one step"
+    assert plan.advisories == [f"stage-3-green-dark.yaml -> step '50 %': {moved}", f"step '50 %' -> step '100 %': {moved}"]
+
+
+def test_a_stage_file_key_made_wrong_by_a_flag_is_named_where_it_is_written(tmp_path):
+    path = stage_in(tmp_path, {"blue": 100, "red": 0, "green": 0}, {"from": "blue"})
+    with pytest.raises(PlanError) as raised:
+        load_plan(path, {"to": "blue"})
+    assert str(raised.value) == ("invalid rollout options:\n"
+                                 "  mlcanary:rollout.from: the baseline must be another deployment than the target 'blue'")
+
+
+def test_a_stage_file_that_cannot_be_read_is_refused_naming_it(tmp_path):
+    with pytest.raises(PlanError) as raised:
+        load_plan(tmp_path / "missing.yaml", {"to": "green"})
+    assert str(raised.value) == f"{tmp_path / 'missing.yaml'}: stage file not found"
+
+
+@pytest.mark.parametrize("flags, message", [
+    ({"interval": [1]}, "  --interval: Input should be a valid string, got [1]\n"
+                        "  --interval: Input should be a valid number, got [1]"),
+    ({"steps": ["a", 100]}, "  --steps: Input should be a valid integer, got 'a'"),
+    ({"compare": {"path": "scores", "maxDisagreement": "x"}},
+     "  --max-disagreement: Input should be a valid number, unable to parse string as a number, got 'x'"),
+], ids=["either_of_two_types", "an_item_of_a_list", "a_compare_key"])
+def test_a_flag_of_the_wrong_type_is_named_as_the_flag_the_user_gave(flags, message):
+    with pytest.raises(PlanError) as raised:
+        load_plan(STAGE_3, {"to": "green", **flags})
+    assert str(raised.value) == "invalid rollout options:\n" + message
+
+
+def test_comparing_answers_needs_a_step_both_sides_serve_and_1_percent_is_one():
+    with pytest.raises(PlanError) as raised:
+        load_plan(STAGE_3, {"to": "green", "compare": {"path": "scores"}, "steps": [100]})
+    assert str(raised.value) == (
+        "invalid rollout options:\n  --compare-path (mlcanary:rollout.compare.path): no step of this plan gives answers "
+        "to compare: add a mirror phase (--mirror, --mirror-for), or a step in which 'blue' keeps live traffic (the "
+        "steps 100 go straight to 100 %)")
+    assert load_plan(STAGE_3, {"to": "green", "compare": {"path": "scores"}, "steps": [1, 100]}).steps[0].percent == 1

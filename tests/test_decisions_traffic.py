@@ -9,7 +9,7 @@ import pytest
 
 from mlcanary.components.arm import ArmError
 from mlcanary.components.traffic import TrafficProvider
-from test_traffic_provider import arm, props, response  # noqa: F401 - `arm` is a fixture
+from test_traffic_provider import ENDPOINT_ID, arm, props, response  # noqa: F401 - `arm` is a fixture
 
 __all__ = ["arm"]
 
@@ -76,7 +76,7 @@ def test_a_refresh_reports_the_live_and_mirror_traffic_azure_has(arm):  # noqa: 
 def test_create_and_update_report_what_they_set(arm):  # noqa: F811
     arm(["blue", "green"], traffic={})
     created = TrafficProvider().create(props({"blue": 90, "green": 10}, {}))
-    assert created.id == f"{created.outs['endpoint_id']}/traffic"
+    assert created.id == f"{ENDPOINT_ID}/traffic" and created.outs["endpoint_id"] == ENDPOINT_ID
     assert (created.outs["traffic"], created.outs["mirror_traffic"]) == ({"blue": 90, "green": 10}, {})
     assert created.outs["deployments"] == ["blue", "green"]
     updated = TrafficProvider().update(created.id, created.outs, props({"blue": 100, "green": 0}, {"green": 10}))

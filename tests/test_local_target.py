@@ -132,3 +132,16 @@ def test_probe_settings_arrive_as_wire_floats_and_are_accepted(runtime):
     assert runtime.status()["endpoints"]["ep-probe"]["deployments"]["blue"]["spec"]["readinessProbe"] == {
         "initialDelay": 0, "period": 2, "failureThreshold": 30}
     LocalEndpointProvider(RUNTIME).delete("id", {"endpointName": "ep-probe", "stateDir": root})
+
+
+def test_a_process_can_render_stages_without_bound():
+    """pulumi.dynamic's serialize_provider leaves a sorting wrapper around pickle's _batch_setitems on
+    every dynamic resource (pulumi/dynamic/dynamic.py), each wrapping the last: a test worker that had
+    rendered a few hundred stages failed every render with RecursionError. A render puts pickle back."""
+    import pickle
+
+    path = next(p for p in LOCAL_STAGES if p.stem.startswith("stage-5"))
+    for _ in range(3):
+        render_config(stage_config(path))
+        setitems = pickle._Pickler._batch_setitems
+        assert (setitems.__module__, setitems.__qualname__) == ("pickle", "_Pickler._batch_setitems")

@@ -244,6 +244,30 @@ def test_a_bad_compare_flag_is_named_as_the_flag_even_with_compare_in_the_config
     assert "--max-disagreement: needs a compare path (--compare-path or compare.path)" in str(raised.value)
 
 
+def test_written_stages_go_into_a_new_nested_folder_with_a_header_and_the_stage_files_key_order(tmp_path):
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "conda.yml").write_text("name: scoring\ndependencies: [python=3.11]\n")
+    path = stage_with(project)
+    loaded = yaml.safe_load(path.read_text())["config"]
+    loaded["mlcanary:endpoint"]["deployments"]["blue"]["environment"] = {
+        "image": "mcr.microsoft.com/azureml/minimal-ubuntu22.04-py311-cpu-inference:latest", "condaFile": "./conda.yml"}
+    config = {"config": {"mlcanary:target": "local", "mlcanary:endpoint": loaded["mlcanary:endpoint"]}}  # not sorted
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    plan = load_plan(path, {"to": "green", "steps": [50, 100]})
+    before = copy.deepcopy(plan.steps[0].config)
+
+    written = write_stages(plan, tmp_path / "out" / "nested")  # no Pulumi project above: paths from there
+    assert written[0].read_text().splitlines()[0] == (
+        "# Derived by `mlcanary rollout stage-3-with-rollout.yaml --to green`: step 1 of 2, 50 % "
+        "(traffic {'blue': 50, 'green': 50}, mirror off)")
+    derived = yaml.safe_load(written[0].read_text())["config"]
+    assert list(derived) == list(config["config"])  # the stage file's order, not sorted
+    conda = derived["mlcanary:endpoint"]["deployments"]["blue"]["environment"]["condaFile"]
+    assert conda == "../../project/conda.yml" and (tmp_path / "out" / "nested" / conda).resolve().is_file()
+    assert plan.steps[0].config == before  # the plan's own stages keep their paths
+
+
 @pytest.mark.parametrize("flags", [{"steps": [100]}, {"steps": [100], "bake": "1m"}])
 def test_a_plan_that_compares_answers_in_no_step_is_refused_rather_than_promoting_on_none(flags):
     """Found in use: `--steps 100 --compare-path scores` with no mirror phase promoted a green that

@@ -8,7 +8,7 @@ import pytest
 from matplotlib.colors import to_hex
 
 from mlcanary.rollout.plan import load_plan, plan_json
-from mlcanary.rollout.plot import ROLE_COLOURS, draw, plot_record
+from mlcanary.rollout.plot import draw, plot_record
 from test_rollout_runner import STAGE_3, World, fail_reads_while, run
 
 
@@ -16,6 +16,9 @@ def record(world: World, **flags) -> tuple[str, list[dict]]:
     outcome, events = run(world, **flags)
     plan = load_plan(STAGE_3, {"to": "green", "interval": "2s", "minRequests": 5, **flags})
     return outcome.decision, [{"time": 0.0, "event": "plan", "plan": plan_json(plan)}, *events]
+
+
+BASELINE_BLUE, TARGET_ORANGE = "#1f77b4", "#ff7f0e"
 
 
 def legend(axis) -> list[str]:
@@ -34,8 +37,9 @@ def test_the_traffic_panel_stacks_live_shares_so_they_sum_to_100_and_names_each_
     baseline, target = share.collections[:2]  # fill_between bands, baseline first, target stacked on it
     tops = target.get_paths()[0].vertices[:, 1]
     assert max(tops) == pytest.approx(100)  # at 50/50 the target is drawn on top of the baseline, not hidden
-    assert to_hex(baseline.get_facecolor()[0]) == ROLE_COLOURS["baseline"]
-    assert to_hex(target.get_facecolor()[0]) == ROLE_COLOURS["target"]
+    # the baseline in matplotlib's blue, the target in its orange: told apart at a glance
+    assert to_hex(baseline.get_facecolor()[0]) == BASELINE_BLUE
+    assert to_hex(target.get_facecolor()[0]) == TARGET_ORANGE
 
 
 def test_colours_follow_roles_not_names():
@@ -48,8 +52,8 @@ def test_colours_follow_roles_not_names():
     figure = draw(events, "t")
     volume = figure.axes[1]
     colours = {line.get_label(): to_hex(line.get_color()) for line in volume.get_lines()}
-    assert colours["blue (target) via the split"] == ROLE_COLOURS["target"]
-    assert colours["green (baseline) via the split"] == ROLE_COLOURS["baseline"]
+    assert colours["blue (target) via the split"] == TARGET_ORANGE
+    assert colours["green (baseline) via the split"] == BASELINE_BLUE
 
 
 def test_the_error_axis_starts_at_0_and_each_closed_window_is_one_point(fifty_fifty):

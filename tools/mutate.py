@@ -176,6 +176,17 @@ def diffs(workdir: Path, names: list[str]) -> dict[str, str]:
     return json.loads(shown.stdout)
 
 
+def statuses(workdir: Path) -> dict[str, str]:
+    """mutmut's status of each mutant (name -> "killed", "survived", "not checked", ...)."""
+    results = mutmut(workdir, "results", "--all", "true")
+    found = {}
+    for line in results.stdout.splitlines():
+        name, _, status = line.strip().rpartition(": ")
+        if name.startswith("mlcanary."):
+            found[name] = status
+    return found
+
+
 def run_module(module: str, target: Target, children: int, keep: bool, equivalents: set[str]) -> Score:
     score = Score(module)
     started = time.monotonic()
@@ -183,13 +194,19 @@ def run_module(module: str, target: Target, children: int, keep: bool, equivalen
     print(f"  working in {workdir}", flush=True)
     try:
         make_copy(workdir, module, target)
-        with open(workdir / "mutmut.log", "w", encoding="utf-8") as log:
-            ran = mutmut(workdir, "run", "--max-children", str(children), log=log)
-        results = mutmut(workdir, "results", "--all", "true")
-        for line in results.stdout.splitlines():
-            name, _, status = line.strip().rpartition(": ")
-            if name.startswith("mlcanary."):
-                score.statuses[name] = status
+        for attempt in (1, 2):
+            with open(workdir / "mutmut.log", "a", encoding="utf-8") as log:
+                ran = mutmut(workdir, "run", "--max-children", str(children), log=log)
+            score.statuses = statuses(workdir)
+            # mutmut stops before testing any mutant when its stats run or its clean run of the tests
+            # fails, which a timing-sensitive test can do on a loaded machine: run it once more (it
+            # keeps what it measured), as a test failing only under load is rerun once.
+            if attempt == 1 and ran.returncode != 0 and not any(s in CAUGHT or s == "survived"
+                                                                for s in score.statuses.values()):
+                print(f"  mutmut stopped before testing a mutant (exit {ran.returncode}): running it once more",
+                      flush=True)
+                continue
+            break
         if not score.statuses:
             tail = (workdir / "mutmut.log").read_text(encoding="utf-8", errors="replace")[-3000:]
             score.error = f"mutmut produced no results (exit {ran.returncode}); the end of its log:\n{tail}"

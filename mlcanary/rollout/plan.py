@@ -248,8 +248,13 @@ def _with_traffic(config: dict, traffic: dict[str, int], mirror: dict[str, int])
 
 
 def _without(config: dict, deployment: str, traffic: dict[str, int]) -> dict:
+    """The stage without `deployment`, nor anything naming it (its traffic; the rollout's `from`, which
+    the stage file may name and which would otherwise make the delete step's stage invalid)."""
     derived = _with_traffic(config, {n: s for n, s in traffic.items() if n != deployment}, {})
     del derived[ENDPOINT_KEY]["deployments"][deployment]
+    rollout = derived.get(f"{NAMESPACE}:rollout")
+    if isinstance(rollout, dict) and rollout.get("from") == deployment:
+        del rollout["from"]
     return derived
 
 
