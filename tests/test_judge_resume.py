@@ -473,3 +473,27 @@ def test_a_record_of_another_endpoint_than_its_stage_file_names_now_is_refused(k
     assert result.exit_code == 2 and "Traceback" not in result.output, result.output
     assert f"is of {key} {value!r}" in result.output and "start a new rollout instead of --resume" in result.output
     assert record.read_bytes() == before and not (tmp_path / "state").exists()
+
+
+def test_a_rollout_interrupted_while_baking_bakes_again_after_resume_with_the_bakes_windows_in_its_state():
+    plan = load_plan(STAGE_3, {**BAD, "minRequests": 20, "bake": "6s"})
+    world = World(rps=40)
+    recorder = Recorder(None, "r1", clock=world.clock)
+    judge = make_judge("sequential", plan.options.alpha, (), 1)
+
+    def sleep(seconds):  # Ctrl-C in the bake's third window
+        world.sleep(seconds)
+        if len(judgements(recorder.events, "bake at 100 %")) >= 3:
+            raise KeyboardInterrupt
+    recorder.write("plan", plan=plan_json(plan), resumedAt=None)
+    interrupted = Runner(plan, world, world, judge, recorder, clock=world.clock, sleep=sleep).run()
+    assert interrupted.decision == "interrupted" and interrupted.step == "100 %"
+    point = resume_point(recorder.events, STAGE_3)
+    assert point.how == "interrupted" and not point.baked and point.judged_before == len(point.step_lines) >= 3
+    resumed_from = len(recorder.events)
+    outcome, _ = run_until(world, plan, recorder, point=point)
+    assert outcome.decision == "promoted", outcome.message
+    after = recorder.events[resumed_from:]
+    assert [e["decision"] for e in after if e["event"] == "decision"] == ["baked", "finished"]
+    bake_after = judgements(after, "bake at 100 %")
+    assert bake_after[-1]["time"] - bake_after[0]["time"] >= 5
