@@ -171,6 +171,11 @@ def _resumed_plan(record: Path | None, stage_file: Path | None, flags: dict):
         plan = load_plan(recorded_stage, options)
     except PlanError as err:
         raise PlanError(f"record {record}: its plan cannot be made again from {recorded_stage}:\n{err}") from None
+    for key, now in (("endpoint", plan.endpoint), ("target", plan.target)):  # the record's windows are of its endpoint
+        if recorded.get(key) != now:
+            _fail(f"{recorded_stage} now names {key} {now!r}; rollout {point.rollout_id} in {record} is of "
+                  f"{key} {recorded.get(key)!r}: its record is not evidence about {now!r}; start a new rollout "
+                  "instead of --resume", 2)
     changed = _differences(recorded, plan.options.as_json())
     if changed:  # the stage's mlcanary:rollout gives what the record left unset (e.g. compare)
         _fail(f"{recorded_stage} changed since rollout {point.rollout_id} was recorded: its mlcanary:rollout now sets "
@@ -321,8 +326,13 @@ def _run(plan, settings, policy_pack_config, record, plot, point, apply_stage, o
             running = f"unknown ({err})"
         ended = ("was interrupted" if point.how == "interrupted" else
                  "did not finish: no decision was recorded after it (its process was killed)")
-        log(f"rollout {point.rollout_id} {ended} at {point.at_step}; the endpoint runs live {running}; "
-            f"resuming at step {start_index + 1}/{len(plan.steps)}")
+        from mlcanary.rollout.runner import bakes_after
+
+        steps = len(plan.steps)
+        resuming = (f"resuming its bake at step {start_index}/{steps}" if not point.baked and bakes_after(plan, start_index - 1)
+                    else f"resuming at step {start_index + 1}/{steps}" if start_index < steps
+                    else f"resuming after its last step {steps}/{steps}")
+        log(f"rollout {point.rollout_id} {ended} at {point.at_step}; the endpoint runs live {running}; {resuming}")
         log(_judge_restored(judge, point, restored, plan))
         if answers:
             log(_answers_restored(answers.judge, point, plan, start_index))
@@ -380,7 +390,8 @@ def _run(plan, settings, policy_pack_config, record, plot, point, apply_stage, o
         if live:
             live.start()
         outcome = runner.run(start_index, None, served, on_started=start_load,  # the judge is restored above
-                             resumed_step=(restored.target, restored.baseline) if restored else None)
+                             resumed_step=(restored.target, restored.baseline) if restored else None,
+                             baked=point.baked if point is not None else True)
     finally:
         if live:
             live.stop()
@@ -450,7 +461,9 @@ def _answer_check(plan, client, judge):
 def _judge_restored(judge, point, restored, plan) -> str:
     """What the resumed error/latency judge holds, and what the resumed step keeps of its requests."""
     step = plan.steps[point.start_index] if point.start_index < len(plan.steps) else None
-    windows = f"the record's {restored.replayed} judged window(s) of step {step.label if step else '?'}"
+    # the lines' own step: a rollout stopped in its bake resumes the bake ("bake at 100 %")
+    label = str(point.step_lines[-1].get("step")) if point.step_lines else step.label if step else "?"
+    windows = f"the record's {restored.replayed} judged window(s) of step {label}"
     if point.state_from:
         text = f"{judge.name} judge: restored from its state at {point.state_from}"
         text += f" and {windows} after it" if restored.replayed else ""
@@ -458,8 +471,8 @@ def _judge_restored(judge, point, restored, plan) -> str:
         text = f"{judge.name} judge: " + (f"restored from {windows}" if restored.replayed else
                                           "the record holds no judged window yet; it starts from zero")
     text += f": {judge.restored()}"
-    if step is not None and restored.target.requests:
-        text += (f"; step {step.label} keeps its {restored.target.requests} judged request(s) to {plan.options.to} "
+    if restored.target.requests:
+        text += (f"; step {label} keeps its {restored.target.requests} judged request(s) to {plan.options.to} "
                  f"(of the {plan.options.min_requests} it needs) and starts its time again")
     return text
 

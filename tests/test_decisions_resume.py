@@ -440,7 +440,8 @@ def run_until(world: World, plan, recorder: Recorder, *, kill_when=None, point=N
     start = 0 if point is None else point.start_index
     recorder.write("plan", plan=plan_json(plan), resumedAt=start if point else None)
     outcome = runner.run(start, None, restored.target_served if restored else 0,
-                         resumed_step=(restored.target, restored.baseline) if restored else None)
+                         resumed_step=(restored.target, restored.baseline) if restored else None,
+                         baked=point.baked if point else True)
     return outcome, judge
 
 
@@ -684,3 +685,114 @@ def test_a_step_killed_twice_keeps_the_evidence_and_requests_of_both_runs_before
     assert judge.e_values() == pytest.approx(lines[-1]["eValues"], rel=1e-12)
     assert judge.errors.events[0] == sum(e["judged"]["target"]["errors"] for e in lines if "judged" in e)
     assert restored.target.requests == judged_target(lines) == restored.target_served
+
+
+def test_a_rollout_killed_while_baking_bakes_again_after_resume_before_it_finishes():
+    """The bake is the evidence at 100 % that --bake asks for: a rollout killed in it is not finished
+    by --resume without baking (its promotion of the last live step saved the state before the bake)."""
+    plan = load_plan(STAGE_3, {**BAD, "minRequests": 20, "bake": "6s"})
+    world = World(rps=40)
+    recorder = Recorder(None, "r1", clock=world.clock)
+    with pytest.raises(Killed):
+        run_until(world, plan, recorder, kill_when=lambda events: len(judgements(events, "bake at 100 %")) >= 2)
+    bake_before = judgements(recorder.events, "bake at 100 %")
+    point = resume_point(recorder.events, STAGE_3)
+    assert not point.baked and len(point.step_lines) >= 2  # the bake's windows are folded again
+    resumed_from = len(recorder.events)
+    outcome, _ = run_until(world, plan, recorder, point=point)
+    assert outcome.decision == "promoted", outcome.message
+    after = recorder.events[resumed_from:]
+    baked = [e for e in after if e.get("decision") == "baked"]
+    assert baked, [e.get("decision") for e in after if e["event"] == "decision"]
+    bake_after = judgements(after, "bake at 100 %")
+    # the bake's time starts again (6 s of windows after the resume), its e-process goes on from the kill
+    assert bake_after and bake_after[-1]["time"] - bake_after[0]["time"] >= 5
+    assert bake_after[0]["targetServed"] > bake_before[-1]["targetServed"]
+    assert [e["decision"] for e in after if e["event"] == "decision"] == ["baked", "finished"]
+
+
+def test_a_rollout_killed_while_baking_a_failing_target_is_rolled_back_after_resume_not_finished():
+    plan = load_plan(STAGE_3, {**BAD, "minRequests": 20, "bake": "60s", "maxHold": 100})
+    world = World(rps=40)
+    recorder = Recorder(None, "r1", clock=world.clock)
+    with pytest.raises(Killed):
+        run_until(world, plan, recorder, kill_when=lambda events: len(judgements(events, "bake at 100 %")) >= 1)
+    world.green_error_rate = 0.2  # green starts failing in its bake
+    with pytest.raises(Killed):
+        run_until(world, plan, recorder, point=resume_point(recorder.events, STAGE_3),
+                  kill_when=lambda events: 5 <= judgements(events, "bake at 100 %")[-1]["eValues"]["errors"] < 20)
+    point = resume_point(recorder.events, STAGE_3)
+    outcome, _ = run_until(world, plan, recorder, point=point)
+    assert outcome.decision == "rolled back" and outcome.step == "100 %", outcome.message
+    assert not [e for e in recorder.events if e.get("decision") in ("baked", "finished")]
+
+
+def test_a_promotions_saved_judge_state_is_not_changed_by_the_windows_judged_after_it():
+    """Recorder.events keeps the lines as written (--plot without a file, the tests' resume): the
+    state saved with a promotion is a copy, not the live judge's lists."""
+    plan = load_plan(STAGE_3, {**BAD, "minRequests": 20})
+    world = World(rps=40, green_error_rate=0.02)
+    recorder = Recorder(None, "r1", clock=world.clock)
+    run_until(world, plan, recorder)
+    promoted = next(e for e in recorder.events if e.get("decision") == "promoted")
+    assert json.loads(json.dumps(promoted["judgeState"])) == promoted["judgeState"]
+    again = make_judge("sequential", plan.options.alpha, (), 1)
+    again.load_state(promoted["judgeState"])
+    at_promotion = [e for e in recorder.events if e["event"] == "judgement" and e["step"] == "50 %"][-1]
+    assert again.e_values() == pytest.approx(at_promotion["eValues"], rel=1e-12)
+
+
+def test_a_record_whose_last_line_was_cut_by_a_kill_is_refused_saying_so_and_left_untouched(tmp_path):
+    record = killed_record(tmp_path)
+    text = record.read_text()
+    record.write_text(text[:-30])  # kill -9 in the middle of writing the last window
+    lines = len(record.read_text().splitlines())
+    result = cli("--resume", "--record", str(record), state=tmp_path / "state")
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert result.output.startswith(f"error: record {record}:{lines}: the last line is cut short")
+    assert "delete that line" in result.output and record.read_text() == text[:-30]
+    record.write_text("".join(line + "\n" for line in text.splitlines()[:-1]))  # as the message says
+    events = [json.loads(line) for line in record.read_text().splitlines()]
+    assert resume_point(events, record).how == "died"
+
+
+@pytest.mark.parametrize("key, value", [("endpoint", "other-endpoint"), ("target", "azure")],
+                         ids=["other_endpoint", "other_target"])
+def test_a_record_of_another_endpoint_than_its_stage_file_names_now_is_refused(key, value, tmp_path):
+    """The record's windows and promotions are evidence about the endpoint it names, not about the one
+    the stage file names now: no --resume carries them over."""
+    record = killed_record(tmp_path)
+    lines = [json.loads(line) for line in record.read_text().splitlines()]
+    for line in lines:
+        if line["event"] == "plan":
+            line["plan"][key] = value
+    record.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    before = record.read_bytes()
+    result = cli("--resume", "--record", str(record), state=tmp_path / "state")
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    assert f"is of {key} {value!r}" in result.output and "start a new rollout instead of --resume" in result.output
+    assert record.read_bytes() == before and not (tmp_path / "state").exists()
+
+
+def test_a_rollout_interrupted_while_baking_bakes_again_after_resume_with_the_bakes_windows_in_its_state():
+    plan = load_plan(STAGE_3, {**BAD, "minRequests": 20, "bake": "6s"})
+    world = World(rps=40)
+    recorder = Recorder(None, "r1", clock=world.clock)
+    judge = make_judge("sequential", plan.options.alpha, (), 1)
+
+    def sleep(seconds):  # Ctrl-C in the bake's third window
+        world.sleep(seconds)
+        if len(judgements(recorder.events, "bake at 100 %")) >= 3:
+            raise KeyboardInterrupt
+    recorder.write("plan", plan=plan_json(plan), resumedAt=None)
+    interrupted = Runner(plan, world, world, judge, recorder, clock=world.clock, sleep=sleep).run()
+    assert interrupted.decision == "interrupted" and interrupted.step == "100 %"
+    point = resume_point(recorder.events, STAGE_3)
+    assert point.how == "interrupted" and not point.baked and point.judged_before == len(point.step_lines) >= 3
+    resumed_from = len(recorder.events)
+    outcome, _ = run_until(world, plan, recorder, point=point)
+    assert outcome.decision == "promoted", outcome.message
+    after = recorder.events[resumed_from:]
+    assert [e["decision"] for e in after if e["event"] == "decision"] == ["baked", "finished"]
+    bake_after = judgements(after, "bake at 100 %")
+    assert bake_after[-1]["time"] - bake_after[0]["time"] >= 5

@@ -2,9 +2,10 @@
 the resumed step's judged windows folded in again from the record (rollout/judge_replay.py), so the
 e-process continues, nothing is counted twice and the step keeps the requests it judged before the stop.
 
-Here a real `mlcanary rollout` on the local target is SIGKILLed mid-step and resumed (about 30 s). The
-fast tests (the replay fed record lines, the runner on a simulated world killed and resumed, the CLI
-refusing a tampered record) are in tests/test_decisions_resume.py, where the mutation runs use them.
+Here a real `mlcanary rollout` on the local target is SIGKILLed mid-step and resumed (about 30 s), and a
+second --resume meets the endpoint hold of a first that still runs. The fast tests (the replay fed
+record lines, the runner on a simulated world killed and resumed, the CLI refusing a tampered record)
+are in tests/test_decisions_resume.py, where the mutation runs use them.
 """
 
 from __future__ import annotations
@@ -83,3 +84,28 @@ def test_a_failing_target_sigkilled_mid_step_at_e_10_is_rolled_back_on_evidence_
     assert summary["targetServed"] == judged_target(lines_before) + judged_target(after)
     assert live_traffic(runtime, endpoint) == {"blue": 100}
 
+
+# --- two processes resuming the same rollout ---------------------------------------------------------------
+
+def test_a_second_resume_of_the_same_rollout_while_the_first_runs_is_refused_by_the_endpoint_hold(tmp_path):
+    """Both --resume processes carry the record's rollout id: the hold is taken back from a dead process
+    only, so the second sees the first (pid, record) and changes nothing unless --force."""
+    from mlcanary.local_runtime import lease
+
+    directory = tmp_path / "rollouts"
+    lease.acquire(directory, "fraud-scorer", {"id": "r1", "step": "50 %", "record": "/r/r.jsonl"})
+    first = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        doc = lease.read(directory, "fraud-scorer")
+        doc["holder"] = {**doc["holder"], "pid": first.pid, "processStart": lease.process_start(first.pid)}
+        lease.write_atomically(lease.document_file(directory, "fraud-scorer"), json.dumps(doc))
+        lease.forget(directory, "fraud-scorer")
+        with pytest.raises(lease.EndpointHeld, match=f"pid {first.pid}.*--force"):
+            lease.acquire(directory, "fraud-scorer", {"id": "r1", "step": None})
+        assert lease.read(directory, "fraud-scorer")["holder"]["pid"] == first.pid  # the first keeps it
+    finally:
+        first.kill()
+        first.wait()
+    # the first is gone now (kill -9): the next --resume takes its hold back
+    lease.acquire(directory, "fraud-scorer", {"id": "r1", "step": None})
+    assert lease.read(directory, "fraud-scorer")["holder"]["pid"] == os.getpid()

@@ -121,6 +121,11 @@ def _process_state(pid: int) -> str | None:
     return stat[stat.rindex(")") + 2:].split()[0]
 
 
+def _is_this_process(doc: dict[str, Any]) -> bool:
+    holder, me = doc.get("holder") or {}, this_process()
+    return all(holder.get(key) == me[key] for key in ("pid", "host", "processStart"))
+
+
 def is_held(doc: dict[str, Any] | None) -> bool:
     """A hold that has not ended (its holder may have died)."""
     return doc is not None and doc.get("outcome") is None
@@ -249,7 +254,9 @@ def acquire(directory: Path, endpoint: str, fields: dict[str, Any], force: bool 
     live holder keeps it and force is not given."""
     with locked(directory, endpoint) as held:
         doc = held.doc
-        if is_held(doc) and doc.get("id") != fields["id"]:
+        # A resumed rollout keeps its id: its hold is taken back from its dead process, never from a
+        # live one (a second `rollout --resume` of the same record while the first runs).
+        if is_held(doc) and (doc.get("id") != fields["id"] or (holder_alive(doc) and not _is_this_process(doc))):
             _take_over(held, doc, f"rollout {fields['id']}", force, notice)
         now = time.time()
         new = {"endpoint": endpoint, "holder": this_process(), "startedAt": now, "heartbeat": now,

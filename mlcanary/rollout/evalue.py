@@ -58,7 +58,7 @@ class RatioEValue:
         return self.e_value >= 1.0 / self.alpha
 
     def state(self) -> dict:
-        return {"r0": self.r0, "alpha": self.alpha, "grid": list(self.grid), "logRatios": self.log_ratios,
+        return {"r0": self.r0, "alpha": self.alpha, "grid": list(self.grid), "logRatios": list(self.log_ratios),
                 "events": list(self.events)}
 
     @classmethod
@@ -102,7 +102,7 @@ class RateEValue:
         return math.exp(min(top + math.log(sum(math.exp(v - top) for v in self.log_ratios) / len(self.log_ratios)), 700.0))
 
     def state(self) -> dict:
-        return {"alpha": self.alpha, "grid": list(self.grid), "logRatios": self.log_ratios, "events": list(self.events)}
+        return {"alpha": self.alpha, "grid": list(self.grid), "logRatios": list(self.log_ratios), "events": list(self.events)}
 
     @classmethod
     def from_state(cls, state: dict) -> RateEValue:
@@ -231,7 +231,7 @@ class ShiftEValue:
     def state(self) -> dict:
         return {"edges": list(self.edges), "tied": list(self.tied), "alpha": self.alpha, "relative": self.relative,
                 "absolute": self.absolute, "cells": {str(i): c.state() for i, c in self.cells.items()},
-                "counts": {str(i): c for i, c in self.counts.items()}}
+                "counts": {str(i): list(c) for i, c in self.counts.items()}}
 
     @classmethod
     def from_state(cls, state: dict) -> ShiftEValue:

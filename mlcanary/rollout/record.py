@@ -75,7 +75,8 @@ def read_record(path: Path, writing: bool = False) -> list[dict[str, Any]]:
     except (UnicodeDecodeError, IsADirectoryError):
         raise RecordError(f"{what} {path}: not a rollout record (JSON lines written by --record)") from None
     events = []
-    for number, line in enumerate(text.splitlines(), start=1):
+    lines = text.splitlines()
+    for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         try:
@@ -84,6 +85,10 @@ def read_record(path: Path, writing: bool = False) -> list[dict[str, Any]]:
             event = None
         if not (isinstance(event, dict) and isinstance(event.get("event"), str)
                 and isinstance(event.get("time"), int | float) and not isinstance(event.get("time"), bool)):
+            if number == len(lines) and not text.endswith("\n"):  # each line is written with its newline
+                raise RecordError(f"{what} {path}:{number}: the last line is cut short (no newline at its end: the "
+                                  "process was killed while writing it); delete that line to use the record "
+                                  "as it was before it")
             raise RecordError(f"{what} {path}:{number}: not a line of a rollout record "
                               "(--record appends only to a record it wrote, or creates a new file)")
         events.append(event)
@@ -117,6 +122,7 @@ class ResumePoint:
     step_lines: tuple[dict[str, Any], ...] = ()
     judged_before: int = 0
     state_from: str = ""  # the decision judge_state was saved at, as a user reads it ("": none, the rollout's start)
+    baked: bool = False  # the record holds a "baked" decision: a rollout stopped after its last live step bakes first
 
 
 def _field(event: dict, key: str, kind: type | tuple, where: str) -> Any:
@@ -171,9 +177,13 @@ def resume_point(events: list[dict[str, Any]], path: Path) -> ResumePoint:
         raise RecordError(f"{where}: targetServed must be a whole number of at least 0, got {served!r}")
     promotions = [n for n in saved if mine[n]["decision"] != "interrupted"]
     step_began = promotions[-1] + 1 if promotions else 0
+    # A rollout stopped in its bake (after the promotion of its last live step, index last_good) has the
+    # bake's windows to fold again: their step is "bake at <label>" (Runner._judge_step).
     step_lines = [(n, e) for n, e in enumerate(mine[step_began:], start=step_began)
-                  if e["event"] in ("judgement", "interval") and e.get("index") == last_good + 1]
+                  if e["event"] in ("judgement", "interval") and (e.get("index") == last_good + 1 or (
+                      e.get("index") == last_good and str(e.get("step", "")).startswith("bake at ")))]
+    baked = any(e.get("decision") == "baked" for e in decisions)
     judged_before = sum(1 for n, _ in step_lines if saved and n < saved[-1])
     answers = tuple(e for e in mine if e["event"] == "judgement" and "answers" in e)
     return ResumePoint(rollout_id, plan, last_good + 1, state, served, how, at_step, answers,
-                       tuple(e for _, e in step_lines), judged_before, state_from)
+                       tuple(e for _, e in step_lines), judged_before, state_from, baked)

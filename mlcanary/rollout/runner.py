@@ -97,9 +97,11 @@ class Runner:
 
     def run(self, start_index: int = 0, judge_state: dict | None = None, target_served: int = 0,
             on_started: Callable[[], None] = lambda: None,
-            resumed_step: tuple[Counts, Counts] | None = None) -> Outcome:
+            resumed_step: tuple[Counts, Counts] | None = None, baked: bool = True) -> Outcome:
         """`resumed_step`: the (target, baseline) requests step `start_index` judged before the rollout
-        stopped (judge_replay.restore), counted toward its --min-requests."""
+        stopped (judge_replay.restore), counted toward its --min-requests. `baked`: False when the
+        record holds no bake yet, so a rollout stopped after its last live step bakes before it ends."""
+        self.bake_pending = not baked
         self.target_served = target_served
         if judge_state:
             self.judge.load_state(judge_state)
@@ -133,6 +135,12 @@ class Runner:
         except ApplyError as err:
             return Outcome(2, "refused", f"the stage file could not be applied; nothing was changed by the rollout:\n{err}")
         on_started()
+        if start_index > 0 and self.bake_pending and self._bakes_after(start_index - 1):  # stopped in the bake
+            if self.resumed_step is not None:  # the bake's windows before the stop (record.resume_point)
+                self.resumed_step = (start_index - 1, *self.resumed_step[1:])
+            outcome = self._bake(start_index - 1, self.plan.steps[start_index - 1])
+            if outcome is not None:
+                return outcome
         for index in range(start_index, len(self.plan.steps)):
             step = self.plan.steps[index]
             if self._failure() is not None:  # a resumed judge whose record already fails: no step is applied
@@ -159,14 +167,10 @@ class Runner:
                                 judgeState=self.judge.state(), targetServed=self.target_served)
             self.on_decision(f"passed step {index + 1}/{len(self.plan.steps)} {step.label}: "
                              f"{self.view.counts.get(self.options.to, Counts()).requests} requests to {self.options.to} judged")
-            is_last_live = all(s.kind == "delete" for s in self.plan.steps[index + 1:])
-            if is_last_live and self.options.bake_s and not self.steering.full:
-                outcome = self._judge_step(index, step, self.options.bake_s, baking=True)
+            if self._bakes_after(index):
+                outcome = self._bake(index, step)
                 if outcome is not None:
                     return outcome
-                self.recorder.write("decision", decision="baked", step=step.label, index=index,
-                                    judgeState=self.judge.state(), targetServed=self.target_served)
-                self.on_decision(f"baked at {step.label} for {self.options.bake_s:g} s")
         final = self.steering.verify_final(self, self.plan.steps[-1])  # what runs is what the last step set
         if final is not None:
             return self._stop(final, len(self.plan.steps) - 1)
@@ -178,6 +182,18 @@ class Runner:
                             targetServed=self.target_served, message=message)
         return Outcome(PROMOTED, "promoted", message, target_served=self.target_served,
                        e_values=self.judge.e_values(), step=self.plan.steps[-1].label)
+
+    def _bakes_after(self, index: int) -> bool:
+        return bakes_after(self.plan, index) and not self.steering.full
+
+    def _bake(self, index: int, step: Step) -> Outcome | None:
+        outcome = self._judge_step(index, step, self.options.bake_s, baking=True)
+        if outcome is not None:
+            return outcome
+        self.recorder.write("decision", decision="baked", step=step.label, index=index,
+                            judgeState=self.judge.state(), targetServed=self.target_served)
+        self.on_decision(f"baked at {step.label} for {self.options.bake_s:g} s")
+        return None
 
     def _read_back(self, last: Step) -> Outcome | None:
         """"Promoted" only when the endpoint is read back holding what the last step set."""
@@ -216,7 +232,7 @@ class Runner:
             split = all(step.traffic.get(name, 0) > 0 for name in (to, baseline))
             self.answers.start_step(step.kind == "mirror", (index, label), split)
         step_counts: dict[str, Counts] = {}
-        if self.resumed_step is not None and self.resumed_step[0] == index and not baking:
+        if self.resumed_step is not None and self.resumed_step[0] == index:
             step_counts = {to: self.resumed_step[1], baseline: self.resumed_step[2]}
         self.resumed_step = None
         step_pinned: dict[str, Counts] = {}
@@ -428,6 +444,12 @@ class Runner:
         if self.answers:
             state.update(self.answers.judge.view())
         return state
+
+
+def bakes_after(plan: Plan, index: int) -> bool:
+    """--bake: the last live step (only deletions after it) is judged again for bake_s once promoted."""
+    is_last_live = all(s.kind == "delete" for s in plan.steps[index + 1:])
+    return 0 <= index < len(plan.steps) and is_last_live and plan.steps[index].judged and bool(plan.options.bake_s)
 
 
 def _shares(traffic: dict[str, int]) -> str:
