@@ -27,7 +27,7 @@ from mlcanary.rollout.runner import Runner
 from mlcanary.components.rollout_rules import parse_rule
 from conftest import PROJECT_DIR
 from test_rollout_judges import buckets
-from test_rollout_runner import STAGE_3, World, decisions, run
+from test_rollout_runner import STAGE_3, World, decisions, fail_reads_while, run
 
 # --- e-values ------------------------------------------------------------------------------------
 
@@ -428,6 +428,36 @@ def test_a_halt_whose_rollback_fails_says_so():
     outcome, events, _ = run_watched(world, steps=[100], maxHold=1)
     assert outcome.exit_code == 3 and outcome.message.endswith("the rollback failed: cannot apply rollback")
     assert events[-1]["message"] == outcome.message
+
+
+def halted(world: World, **flags):
+    """run() of test_rollout_runner to a halt: the outcome, the halt's record line, the decision lines said."""
+    said: list[str] = []
+    outcome, events = run(world, lines=said, **flags)
+    assert outcome.decision == "halted", outcome.message
+    return outcome, events[-1], said
+
+
+def test_a_halt_for_want_of_requests_says_so_in_one_line_and_records_no_missing_data():
+    outcome, line, said = halted(quiet_after_start(World()), steps=[100], maxHold=1)
+    assert said[-1] == "halted at 100 %: not enough requests; rolled back: live blue 100, green 0"
+    assert line["noData"] is None and "waitedFor" not in line and line["rollbackError"] is None
+    assert outcome.e_values == {"errors": 1.0, "latency": 1.0} and outcome.target_served == 0
+
+
+def test_a_halt_whose_rollback_fails_records_the_error_and_says_it():
+    outcome, line, said = halted(failing_on(quiet_after_start(World()), "rollback"), steps=[100], maxHold=1)
+    assert said[-1] == "halted at 100 %: not enough requests; rollback failed: cannot apply rollback"
+    assert line["rollbackError"] == "cannot apply rollback"
+
+
+def test_a_halt_for_missing_data_records_why_and_says_no_data():
+    world = World()
+    fail_reads_while(world, lambda: world.traffic.get("green") == 50)
+    outcome, line, said = halted(world, steps=[50, 100], maxHold=1)
+    assert said[-1] == "halted at 50 %: no data; rolled back: live blue 100, green 0"
+    assert "metrics unavailable" in line["noData"] and line["noData"] in outcome.message
+    assert line["targetServed"] == outcome.target_served and outcome.step == "50 %"
 
 
 def test_a_rollback_says_which_judge_failed_on_what_and_records_what_it_observed():
