@@ -985,3 +985,13 @@ def test_comparing_answers_needs_a_step_both_sides_serve_and_1_percent_is_one():
         "to compare: add a mirror phase (--mirror, --mirror-for), or a step in which 'blue' keeps live traffic (the "
         "steps 100 go straight to 100 %)")
     assert load_plan(STAGE_3, {"to": "green", "compare": {"path": "scores"}, "steps": [1, 100]}).steps[0].percent == 1
+
+
+def test_a_judgement_line_keeps_each_deployments_mirrored_and_pinned_requests_and_errors_apart():
+    world = World(pinned_rps=10)
+    _, events = run(world, steps=[50, 100], mirror=10, mirrorFor="2s")
+    mirror_window = next(e for e in events if e["event"] == "judgement" and e["mirror"])["window"]["green"]
+    mirrored, pinned = mirror_window["mirrored"]["requests"], mirror_window["pinned"]["requests"]
+    assert mirrored > 0 and pinned > 0
+    assert (mirror_window["mirrored"], mirror_window["pinned"]) == ({"requests": mirrored, "errors": 0},
+                                                                    {"requests": pinned, "errors": 0})
