@@ -995,3 +995,36 @@ def test_a_judgement_line_keeps_each_deployments_mirrored_and_pinned_requests_an
     assert mirrored > 0 and pinned > 0
     assert (mirror_window["mirrored"], mirror_window["pinned"]) == ({"requests": mirrored, "errors": 0},
                                                                     {"requests": pinned, "errors": 0})
+
+
+def test_a_promotion_read_back_otherwise_records_what_the_endpoint_it_named_runs_and_why():
+    world = World()
+    asked = []
+
+    def moved_back(endpoint):  # another actor moved traffic back meanwhile
+        asked.append(endpoint)
+        return {"blue": 100, "green": 0}
+    world.live_traffic = moved_back
+    said = []
+    outcome, events = run(world, lines=said, steps=[50, 100])
+    why = "the endpoint now runs live blue 100, not blue 0, green 100 as the last step set"
+    assert asked == ["fraud-scorer"]
+    line = events[-1]
+    assert (line["decision"], line["step"], line["index"], line["readBack"], line["message"]) == (
+        "unconfirmed", "100 %", 1, {"blue": 100}, f"green is not promoted: {why}")
+    assert said[-1] == f"not promoted: {why}"
+    last_window = [e for e in events if e["event"] == "judgement"][-1]
+    assert (outcome.step, outcome.message, outcome.target_served) == ("100 %", line["message"], last_window["targetServed"])
+    assert outcome.e_values == last_window["eValues"] and outcome.target_served > 0
+
+
+def test_a_promotion_whose_traffic_cannot_be_read_back_is_not_promoted_saying_why():
+    world = World()
+
+    def unreadable(endpoint):
+        raise ApplyError("the runtime is not answering")
+    world.live_traffic = unreadable
+    outcome, events = run(world, steps=[50, 100])
+    assert outcome.decision == "not promoted" and events[-1]["readBack"] is None
+    assert outcome.message == ("green is not promoted: the endpoint's traffic could not be read back: "
+                               "the runtime is not answering")
