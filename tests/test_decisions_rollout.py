@@ -1028,3 +1028,38 @@ def test_a_promotion_whose_traffic_cannot_be_read_back_is_not_promoted_saying_wh
     assert outcome.decision == "not promoted" and events[-1]["readBack"] is None
     assert outcome.message == ("green is not promoted: the endpoint's traffic could not be read back: "
                                "the runtime is not answering")
+
+
+def interrupted_at_50(world: World, fail_return: bool = False):
+    """Ctrl-C in the 50 % step; with `fail_return`, putting the 10 % step back fails."""
+    serve, apply = world.sleep, world.apply
+
+    def sleep(seconds):
+        serve(seconds)
+        if world.traffic.get("green") == 50:
+            raise KeyboardInterrupt
+
+    def apply_once(step):
+        if fail_return and step.label in world.applied:
+            raise ApplyError("the runtime is not answering")
+        apply(step)
+    world.sleep, world.apply = sleep, apply_once
+    said = []
+    outcome, events = run(world, lines=said, steps=[10, 50, 100])
+    return outcome, events[-1], said
+
+
+def test_an_interruption_says_where_it_left_the_traffic_and_records_what_resume_needs():
+    outcome, line, said = interrupted_at_50(World())
+    assert said[-1] == "interrupted: back to 10 % (live blue 90, green 10)"
+    assert outcome.message == "left at the last good step (10 %: live blue 90, green 10); continue with --resume"
+    assert (line["step"], line["returned"], line["targetServed"]) == ("10 %", True, outcome.target_served)
+    assert outcome.target_served > 0 and outcome.step == "10 %" and outcome.e_values["errors"] > 0
+
+
+def test_an_interruption_that_cannot_put_the_last_good_step_back_says_the_traffic_is_unknown():
+    outcome, line, said = interrupted_at_50(World(), fail_return=True)
+    assert said[-1] == "interrupted: could not return to 10 %: the runtime is not answering; the traffic is unknown"
+    assert outcome.message == ("could not return to the last good step (10 %: live blue 90, green 10): the runtime "
+                               "is not answering\nthe endpoint's traffic is unknown: check it before --resume")
+    assert line["returned"] is False and outcome.exit_code == 130
