@@ -1063,3 +1063,42 @@ def test_an_interruption_that_cannot_put_the_last_good_step_back_says_the_traffi
     assert outcome.message == ("could not return to the last good step (10 %: live blue 90, green 10): the runtime "
                                "is not answering\nthe endpoint's traffic is unknown: check it before --resume")
     assert line["returned"] is False and outcome.exit_code == 130
+
+
+def test_each_step_says_what_it_applied_and_how_many_requests_passed_it():
+    said = []
+    outcome, events = run(World(), lines=said, steps=[50, 100], mirror=10, mirrorFor="2s")
+    promoted = {e["step"]: e for e in events if e.get("decision") == "promoted"}
+    judged = {}
+    for e in events:
+        if e["event"] == "judgement":
+            judged[e["step"]] = judged.get(e["step"], 0) + e["window"]["green"]["requests"] + (
+                e["window"]["green"]["mirrored"]["requests"] if e["mirror"] else 0)
+    assert outcome.exit_code == 0 and set(promoted) == {"mirror 10 %", "50 %", "100 %"}
+    assert [line for line in said if line.startswith(("applied", "passed"))] == [
+        "applied step 1/4 mirror 10 %: live blue 100, green 0, mirror green 10",
+        f"passed step 1/4 mirror 10 %: {judged['mirror 10 %']} requests to green judged",
+        "applied step 2/4 mirror off: live blue 100, green 0",
+        "applied step 3/4 50 %: live blue 50, green 50",
+        f"passed step 3/4 50 %: {judged['50 %']} requests to green judged",
+        "applied step 4/4 100 %: live blue 0, green 100",
+        f"passed step 4/4 100 %: {judged['100 %']} requests to green judged"]
+    assert all(judged.values())
+
+
+def test_counts_that_restart_are_recorded_with_why():
+    world = World()
+    serve = world.sleep
+    restarted = []
+
+    def sleep(seconds):
+        serve(seconds)
+        if world.traffic.get("green") == 50 and not restarted:
+            restarted.append(world.now)
+            world.restart()
+    world.sleep = sleep
+    _, events = run(world, steps=[50, 100])
+    lines = [e for e in events if e["event"] == "counts-restarted"]
+    assert len(lines) == 1 and "started again from zero" in lines[0]["message"]
+    no_data = [e["noData"] for e in events if e["event"] == "judgement" and "noData" in e]
+    assert lines[0]["message"] in no_data
