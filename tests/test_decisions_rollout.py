@@ -1102,3 +1102,26 @@ def test_counts_that_restart_are_recorded_with_why():
     assert len(lines) == 1 and "started again from zero" in lines[0]["message"]
     no_data = [e["noData"] for e in events if e["event"] == "judgement" and "noData" in e]
     assert lines[0]["message"] in no_data
+
+
+def test_a_step_short_of_requests_is_held_each_interval_saying_how_many_it_has_and_needs():
+    said = []
+    _, events = run(quiet_after_start(World()), lines=said, steps=[100], maxHold=2)
+    held = [e for e in events if e.get("decision") == "held"]
+    assert [(e["step"], e["index"], e["reason"], e["requests"], e["needed"], e["holds"], e["noDataWindows"])
+            for e in held] == [("100 %", 0, "0 of the 5 requests needed", 0, 5, holds, 0) for holds in (1, 2, 3)]
+    assert [line for line in said if line.startswith("held")] == [
+        f"held 100 %: 0 of the 5 requests needed (hold {holds}; halts after 2)" for holds in (1, 2, 3)]
+
+
+def test_a_step_without_data_is_held_saying_how_many_windows_had_none_and_why():
+    world = World()
+    fail_reads_while(world, lambda: world.traffic.get("green") == 50)
+    said = []
+    _, events = run(world, lines=said, steps=[50, 100], maxHold=1)
+    held = [e for e in events if e.get("decision") == "held"]
+    assert held and all(e["noDataWindows"] > 0 for e in held)
+    first = held[0]
+    assert first["reason"] == (f"no data in {first['noDataWindows']} window(s) of this interval "
+                               "(metrics unavailable)")
+    assert f"held 50 %: {first['reason']} (hold 1; halts after 1)" in said
