@@ -1125,3 +1125,34 @@ def test_a_step_without_data_is_held_saying_how_many_windows_had_none_and_why():
     assert first["reason"] == (f"no data in {first['noDataWindows']} window(s) of this interval "
                                "(metrics unavailable)")
     assert f"held 50 %: {first['reason']} (hold 1; halts after 1)" in said
+
+
+def watched_views(world: World, judge=None, **flags):
+    """Every view the live table was given: (step, index, status, judge) as it was then."""
+    plan = load_plan(STAGE_3, {"to": "green", "interval": "2s", "minRequests": 5, **flags})
+    o = plan.options
+    views, recorder = [], Recorder(None, clock=world.clock)
+    runner = Runner(plan, world, world, judge or make_judge(o.judge, o.alpha, o.rules, o.failure_limit),
+                    recorder, clock=world.clock, sleep=world.sleep,
+                    on_update=lambda view: views.append((view.step, view.index, view.steps, view.status, dict(view.judge))))
+    return runner.run(), views, recorder.events
+
+
+def test_the_live_table_shows_the_step_the_requests_judged_so_far_and_the_e_values_to_3_places():
+    outcome, views, events = watched_views(World(green_error_rate=0.02), steps=[50, 100])
+    judging = [v for v in views if v[3].startswith("judging")]
+    assert judging and all(v[3].endswith(" of 5 requests to green") for v in judging)
+    assert {(v[0], v[1], v[2]) for v in judging} == {("50 %", 1, 2), ("100 %", 2, 2)}
+    assert ("50 %", 1, 2, "applying 50 %", {}) in [(v[0], v[1], v[2], v[3], {}) for v in views]
+    shown = [v[4] for v in judging]
+    assert all(set(e) == {"judge", "e(errors)", "e(latency)"} and e["judge"] == "sequential" for e in shown)
+    recorded = {round(e["eValues"]["errors"], 3) for e in events if e["event"] == "judgement"}
+    assert {e["e(errors)"] for e in shown} <= recorded and len(recorded) > 2
+    assert any(e["e(errors)"] != round(e["e(errors)"], 2) for e in shown)
+
+
+def test_the_live_table_shows_the_threshold_judges_failed_checks_of_its_limit():
+    _, views, _ = watched_views(World(green_error_rate=0.05), ThresholdJudge((parse_rule("error_rate < 0.01"),), 3),
+                                steps=[50, 100])
+    shown = [v[4]["failed checks"] for v in views if "failed checks" in v[4]]
+    assert shown[0] == "0/3" and set(shown) == {"0/3", "1/3", "2/3", "3/3"}
