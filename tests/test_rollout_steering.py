@@ -20,6 +20,7 @@ from mlcanary.cli import main
 from mlcanary.local_runtime import lease
 from mlcanary.components.answer_compare import settings_from
 from mlcanary.rollout.answer_judge import AnswerCheck, AnswerJudge, AnswerOptions, AnswerWindow
+from mlcanary.rollout.appliers import ApplyError
 from mlcanary.rollout.judges import make_judge
 from mlcanary.rollout.notify import Confirmer, Notifier
 from mlcanary.rollout.plan import load_plan
@@ -35,7 +36,7 @@ def verb(state_dir, *args: str):
 
 
 def steered_run(tmp_path, at: dict[float, tuple[str, ...]], world=None, notifier=None, confirmer=None,
-                answer_source=None, **flags):
+                answer_source=None, said=None, **flags):
     """Run a rollout; at each simulated time in `at`, run that verb (`--timeout 0`: it does not wait)."""
     world = world or ReadBackWorld()
     answers = {}
@@ -59,7 +60,8 @@ def steered_run(tmp_path, at: dict[float, tuple[str, ...]], world=None, notifier
                                                       o.max_disagreement, o.alpha)), answer_source(world))
         check.source.start()
     runner = Runner(plan, world, world, make_judge(o.judge, o.alpha, o.rules, o.failure_limit), recorder,
-                    clock=world.clock, sleep=world.sleep, steering=steering, answers=check)
+                    clock=world.clock, sleep=world.sleep, steering=steering, answers=check,
+                    on_decision=said.append if said is not None else lambda _line: None)
     return runner.run(), recorder.events, world, answers
 
 
@@ -124,6 +126,34 @@ def test_abort_puts_the_baseline_back_and_the_rollout_exits_1_saying_from_where(
     assert world.traffic == {"blue": 100, "green": 0} and world.applied[-1] == "rollback"
     ended = lease.read(lease.lease_dir(tmp_path), ENDPOINT)
     assert ended["outcome"] == "aborted" and ended["interventions"][-1]["action"] == "abort"
+
+
+def test_an_abort_records_its_step_message_e_values_and_requests_and_says_it_in_one_line(tmp_path):
+    said = []
+    outcome, events, _, _ = steered_run(tmp_path, {3.0: ("abort", ENDPOINT)}, said=said, steps=[50, 100], minRequests=500)
+    line = events[-1]
+    assert (line["event"], line["decision"], line["step"], line["index"], line["message"]) == (
+        "decision", "aborted", "50 %", 0, outcome.message)
+    served = [e for e in events if e["event"] == "judgement"][-1]["targetServed"]
+    assert line["targetServed"] == outcome.target_served == served > 0
+    assert line["eValues"] == outcome.e_values and set(outcome.e_values) == {"errors", "latency"}
+    assert said[-1] == f"aborted at 50 %: {outcome.message}" and outcome.step == "50 %"
+    assert "failed" not in outcome.message
+
+
+def test_an_abort_whose_rollback_fails_says_so(tmp_path):
+    world = ReadBackWorld()
+    apply = world.apply
+
+    def apply_or_fail(step):
+        if step.label == "rollback":
+            raise ApplyError("the runtime is not answering")
+        apply(step)
+    world.apply = apply_or_fail
+    outcome, events, _, _ = steered_run(tmp_path, {3.0: ("abort", ENDPOINT)}, world=world, steps=[50, 100],
+                                        minRequests=500)
+    assert outcome.message.endswith("\nsetting rollback failed: the runtime is not answering")
+    assert events[-1]["message"] == outcome.message
 
 
 # --- status -----------------------------------------------------------------------------------------------
