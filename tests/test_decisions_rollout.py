@@ -1156,3 +1156,18 @@ def test_the_live_table_shows_the_threshold_judges_failed_checks_of_its_limit():
                                 steps=[50, 100])
     shown = [v[4]["failed checks"] for v in views if "failed checks" in v[4]]
     assert shown[0] == "0/3" and set(shown) == {"0/3", "1/3", "2/3", "3/3"}
+
+
+def test_a_step_whose_first_reading_failed_has_no_earlier_reading_to_count_its_first_window_from():
+    world = World()
+    reads = []
+    fail_reads_while(world, lambda: world.traffic.get("green") == 50 and not reads and not reads.append(world.now))
+    _, events = run(world, steps=[50, 100])
+    windows = [e for e in events if e["event"] == "judgement" and e["step"] == "50 %"]
+    assert windows[0]["noData"] == "no earlier reading in this step to count from"
+    assert all("noData" not in e for e in windows[1:])
+    promoted = next(e for e in events if e.get("decision") == "promoted" and e["step"] == "50 %")
+    applied = next(e for e in events if e["event"] == "step" and e["label"] == "50 %")
+    held = [e for e in events if e.get("decision") == "held" and e["step"] == "50 %"]
+    assert [e["noDataWindows"] for e in held] == [1]  # its interval is held: promoted one interval later
+    assert promoted["time"] - applied["time"] == pytest.approx(4.0)
