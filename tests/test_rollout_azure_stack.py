@@ -196,12 +196,14 @@ def interrupt_when_locked(project: Path) -> threading.Thread:
     return thread
 
 
+@pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning")  # no traceback on Ctrl-C
 def test_after_ctrl_c_the_return_to_the_last_good_step_starts_once_the_interrupted_update_ended(
         project, plan, monkeypatch):
-    """Finding 6: the return to the last good step must not race the update Ctrl-C cut short. The
-    Automation API's `Popen` context (`pulumi/automation/_cmd.py`) only lets KeyboardInterrupt out once
-    the CLI child has exited - the reader threads hold its pipes - so the applier's next `up` finds the
-    stack unlocked; a lock still held (by anyone) would be waited for, as above."""
+    """Finding 6: the return to the last good step must not race the update Ctrl-C cut short: the
+    interrupt waits for the update's thread to end, so the applier's next `up` finds the stack
+    unlocked; a lock still held (by anyone) would be waited for, as above. And no reader thread of the
+    Automation API (`pulumi/automation/_cmd.py`, `consumer`) fails on pipes closed under it: that
+    printed a traceback on the user's terminal."""
     applier = select(project, lock_wait_s=60, retry_s=0.1)
     applier.apply(plan.start)
     monkeypatch.setenv("FAKE_PULUMI_UP_SECONDS", "2")
@@ -259,3 +261,30 @@ def test_a_failed_return_to_the_last_good_step_is_never_reported_as_done():
     assert outcome.message.startswith("could not return to the last good step (10 %: live blue 90, green 10)")
     assert "the endpoint's traffic is unknown" in outcome.message
     assert recorder.events[-1]["returned"] is False
+
+
+def test_an_interrupt_waits_for_the_update_to_end_in_its_own_thread_then_is_raised():
+    """Ctrl-C during `pulumi up`: the update's own thread (the Automation API's, with its pipe readers)
+    is never interrupted; the interrupt comes out once the update ended, so nothing closes its pipes
+    under its readers and the return to the last good step cannot race it."""
+    import signal
+    import threading
+    import time
+
+    from mlcanary.rollout.appliers import _to_its_end
+
+    ended: list[float] = []
+
+    def update() -> str:
+        time.sleep(0.6)
+        ended.append(time.monotonic())
+        return "outputs"
+
+    threading.Timer(0.1, os.kill, (os.getpid(), signal.SIGINT)).start()
+    with pytest.raises(KeyboardInterrupt):
+        _to_its_end(update)
+    raised = time.monotonic()
+    assert ended and ended[0] <= raised  # the update ran to its end before the interrupt came out
+    assert _to_its_end(lambda: "outputs") == "outputs"
+    with pytest.raises(ValueError, match="the update's own error"):
+        _to_its_end(lambda: (_ for _ in ()).throw(ValueError("the update's own error")))

@@ -7,6 +7,7 @@ other (the baseline live, the target dark, no mirror) and takes the same path, a
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -118,9 +119,9 @@ class PulumiApplier:
 
     Another update of the stack (a person, a pipeline) holds the stack's lock: `up` fails with
     `ConcurrentUpdateError`. The applier waits for it, up to `lock_wait_s`, and never cancels an
-    update it did not start. Its own update cut short by Ctrl-C or SIGTERM needs no cancel: the
-    Automation API's `Popen` context does not return before the CLI child has exited (its reader
-    threads hold the pipes), so the return to the last good step starts after it.
+    update it did not start. Its own update cut short by Ctrl-C or SIGTERM needs no cancel: `up` runs
+    in a thread of its own and an interrupt waits for it to end (`_to_its_end`), so the return to the
+    last good step starts after it.
     After `up`, the traffic the stack reports (read from Azure by the refresh and the traffic
     resource's confirmed PUT) must be the step's, or the step fails.
     """
@@ -184,8 +185,8 @@ class PulumiApplier:
         deadline = self.clock() + self.lock_wait_s
         while True:
             try:
-                result = self.stack.up(message=f"mlcanary rollout: {step.label}", on_output=self.on_output,
-                                       refresh=True, **packs)
+                result = _to_its_end(lambda: self.stack.up(message=f"mlcanary rollout: {step.label}",
+                                                           on_output=self.on_output, refresh=True, **packs))
             except ConcurrentUpdateError:
                 if self.clock() < deadline:
                     self.sleep(self.retry_s)
@@ -204,6 +205,36 @@ class PulumiApplier:
         if got != want:
             raise ApplyError(f"after pulumi up for step {step.label!r} the endpoint reports live {got['traffic']} "
                              f"and mirror {got['mirrorTraffic']}, not {want['traffic']} and {want['mirrorTraffic']}")
+
+
+def _to_its_end(call: Callable[[], Any]) -> Any:
+    """`call()` in a thread of its own; an interrupt (Ctrl-C, the runner's SIGTERM) of this thread waits
+    for it to end, then is raised. Interrupted in the Automation API's own thread, its `Popen` context
+    closed the CLI's pipes under its reader threads, which printed "Exception in thread ... ValueError:
+    I/O operation on closed file" to the user's terminal (pulumi/automation/_cmd.py, `consumer`)."""
+    outcome: dict[str, Any] = {}
+    done = threading.Event()  # not Thread.join: an interrupted join can mark a running thread stopped
+
+    def run() -> None:
+        try:
+            outcome["value"] = call()
+        except BaseException as err:  # handed to the caller's thread below
+            outcome["error"] = err
+        finally:
+            done.set()
+
+    threading.Thread(target=run, name="pulumi-up", daemon=True).start()
+    interrupt: BaseException | None = None
+    while not done.is_set():
+        try:
+            done.wait(0.5)
+        except BaseException as err:  # the update runs on to its end (the CLI child ends it on its own signal)
+            interrupt = interrupt or err
+    if interrupt is not None:
+        raise interrupt
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
 
 
 def _output(outputs: dict[str, Any], key: str) -> Any:
