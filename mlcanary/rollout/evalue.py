@@ -228,17 +228,6 @@ class ShiftEValue:
             return None
         return sum(abs(t / t_total - b / b_total) for t, b in self.counts.values()) / 2
 
-    def state(self) -> dict:
-        return {"edges": list(self.edges), "tied": list(self.tied), "alpha": self.alpha, "relative": self.relative,
-                "absolute": self.absolute, "cells": {str(i): c.state() for i, c in self.cells.items()},
-                "counts": {str(i): list(c) for i, c in self.counts.items()}}
-
-    @classmethod
-    def from_state(cls, state: dict) -> ShiftEValue:
-        return cls(tuple(state["edges"]), tuple(state["tied"]), state["alpha"], state["relative"], state["absolute"],
-                   {int(i): RatioEValue.from_state(c) for i, c in state["cells"].items()},
-                   {int(i): list(c) for i, c in state["counts"].items()})
-
 
 def _checked_tally(tally: Any, known: dict) -> tuple[int, int, dict[int, tuple[int, int, int]]]:
     def count(value: Any) -> int:
