@@ -122,15 +122,7 @@ def test_a_fresh_mirror_step_is_not_promoted_before_it_compared_min_requests_ans
 # --- a real rollout on the local target, killed mid-mirror and resumed ------------------------------------
 
 from test_answer_rollout import stage  # noqa: E402
-from test_rollout_local import REQUEST, events, live_traffic, rollout, runtime  # noqa: E402,F401 (fixture)
-
-
-@pytest.fixture
-def endpoint(runtime, request):  # noqa: F811
-    name = request.node.name.removeprefix("test_").replace("_", "-")[:24].rstrip("-")
-    yield name
-    if name in runtime.status()["endpoints"]:
-        runtime.delete_endpoint(name)
+from test_rollout_local import REQUEST, endpoint, events, live_traffic, rollout, runtime  # noqa: E402,F401 (fixtures)
 
 
 def compared_in(lines: list[dict]) -> int:

@@ -26,15 +26,7 @@ from test_decisions_resume import e_errors_at_least, judged_target, judgements
 
 # --- a real rollout on the local target, SIGKILLed mid-step and resumed ------------------------------------
 
-from test_rollout_local import REQUEST, events, live_traffic, rollout, runtime, stage  # noqa: E402,F401 (fixture)
-
-
-@pytest.fixture
-def endpoint(runtime, request):  # noqa: F811
-    name = request.node.name.removeprefix("test_").replace("_", "-")[:24].rstrip("-")
-    yield name
-    if name in runtime.status()["endpoints"]:
-        runtime.delete_endpoint(name)
+from test_rollout_local import REQUEST, endpoint, events, live_traffic, rollout, runtime, stage  # noqa: E402,F401 (fixtures)
 
 
 def test_a_failing_target_sigkilled_mid_step_at_e_10_is_rolled_back_on_evidence_a_fresh_judge_lacks(
