@@ -537,7 +537,7 @@ def steering_for(plan: Any, applier: Any, client: Any, stack: str | None, record
                             lock_root=lock_root, notifier=Notifier(notify) if notify else None,
                             confirmer=Confirmer(confirm) if confirm else None,
                             resources=_resource_watch(plan, client), reader=_azure_reader(plan, client))
-    refused = steering.begin(None)  # before the live display: a held endpoint is an error line, exit 1
+    refused = steering.begin()  # before the live display: a held endpoint is an error line, exit 1
     if refused is not None:
         click.echo(f"error: {refused.message}", err=True)
         sys.exit(refused.exit_code)

@@ -101,7 +101,7 @@ def test_an_unreadable_runtime_at_the_end_is_halted_not_promoted():
     world.read_back = lambda endpoint: (_ for _ in ()).throw(OSError("connection refused"))
     steering = Steering(world, sleep=lambda _s: None)
     plan = load_plan(STAGE_3, {"to": "green", "steps": [100]})
-    stop = steering.verify_final(None, plan.steps[-1])
+    stop = steering.verify_final(plan.steps[-1])
     assert stop.exit_code == 3 and "does not claim it promoted" in stop.message
 
 

@@ -18,8 +18,8 @@ STAGE_3 = PROJECT_DIR / "stacks" / "local" / "stage-3-green-dark.yaml"
 class World:
     """A clock, an endpoint that serves `rps` requests/s split by the applied traffic, and its metrics."""
 
-    def __init__(self, rps=100, green_error_rate=0.0, fail_reads=(), pinned_rps=0):
-        self.now, self.rps, self.green_error_rate = 0.0, rps, green_error_rate
+    def __init__(self, rps=100, green_error_rate=0.0, fail_reads=(), pinned_rps=0, blue_error_rate=0.0):
+        self.now, self.rps, self.green_error_rate, self.blue_error_rate = 0.0, rps, green_error_rate, blue_error_rate
         self.pinned_rps = pinned_rps  # requests/s sent to green with the deployment header, around the split
         self.series = 1  # the runtime process counting; a restart counts from zero under a new one
         self.traffic, self.mirror = {"blue": 100, "green": 0}, {}
@@ -42,7 +42,7 @@ class World:
     def _serve(self, seconds: float) -> None:
         """Add this slice's requests (fractional rates accumulate, whole requests are counted)."""
         for name in ("blue", "green"):
-            error_rate = self.green_error_rate if name == "green" else 0.0
+            error_rate = self.green_error_rate if name == "green" else self.blue_error_rate
             pinned = self.pinned_rps * 100 / self.rps if name == "green" and self.rps else 0
             for kind, share in (("live", self.traffic.get(name, 0)), ("mirrored", self.mirror.get(name, 0)),
                                 ("pinned", pinned)):
@@ -79,14 +79,18 @@ class World:
         return dict(self.traffic)
 
 
-def run(world: World, judge=None, lines=None, **flags):
+def run(world: World, judge=None, lines=None, updates=None, steering=None, resume=None, **flags):
+    """`updates`: gets each view the live table would show; `steering(plan, world)`: the rollout's
+    steering (default: none, as without a state folder); `resume`: Runner.run's arguments (--resume)."""
     plan = load_plan(STAGE_3, {"to": "green", "interval": "2s", "minRequests": 5, **flags})
     recorder = Recorder(None, clock=world.clock)
     o = plan.options
     judge = judge or make_judge(o.judge, o.alpha, o.rules, o.failure_limit)
     runner = Runner(plan, world, world, judge, recorder, clock=world.clock, sleep=world.sleep,
-                    on_decision=(lines.append if lines is not None else lambda _: None))
-    return runner.run(), recorder.events
+                    on_decision=(lines.append if lines is not None else lambda _: None),
+                    on_update=(updates if updates is not None else lambda _: None),
+                    steering=steering(plan, world) if steering else None)
+    return runner.run(**(resume or {})), recorder.events
 
 
 def decisions(events) -> list[tuple[str, str]]:

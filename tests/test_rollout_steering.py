@@ -36,7 +36,7 @@ def verb(state_dir, *args: str):
 
 
 def steered_run(tmp_path, at: dict[float, tuple[str, ...]], world=None, notifier=None, confirmer=None,
-                answer_source=None, said=None, **flags):
+                answer_source=None, said=None, updates=None, resources=None, **flags):
     """Run a rollout; at each simulated time in `at`, run that verb (`--timeout 0`: it does not wait)."""
     world = world or ReadBackWorld()
     answers = {}
@@ -53,7 +53,7 @@ def steered_run(tmp_path, at: dict[float, tuple[str, ...]], world=None, notifier
     recorder = Recorder(None, clock=world.clock)
     o = plan.options
     steering = HeldSteering(lease.lease_dir(tmp_path), plan, world, record=tmp_path / "r.jsonl", notifier=notifier,
-                            confirmer=confirmer, warn=lambda _m: None)
+                            confirmer=confirmer, warn=lambda _m: None, resources=resources)
     check = None
     if answer_source is not None:
         check = AnswerCheck(AnswerJudge(AnswerOptions(settings_from(o.compare_path, o.output_tolerance),
@@ -61,7 +61,8 @@ def steered_run(tmp_path, at: dict[float, tuple[str, ...]], world=None, notifier
         check.source.start()
     runner = Runner(plan, world, world, make_judge(o.judge, o.alpha, o.rules, o.failure_limit), recorder,
                     clock=world.clock, sleep=world.sleep, steering=steering, answers=check,
-                    on_decision=said.append if said is not None else lambda _line: None)
+                    on_decision=said.append if said is not None else lambda _line: None,
+                    on_update=updates if updates is not None else lambda _view: None)
     return runner.run(), recorder.events, world, answers
 
 

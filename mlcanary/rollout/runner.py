@@ -108,7 +108,7 @@ class Runner:
         if resumed_step is not None:
             self.resumed_step = (start_index, *resumed_step)
         self.last_good = start_index - 1
-        refused = self.steering.begin(self)
+        refused = self.steering.begin()
         if refused is not None:
             return Outcome(refused.exit_code, refused.decision, refused.message)
         previous = signal.signal(signal.SIGTERM, _raise_interrupted)
@@ -171,7 +171,7 @@ class Runner:
                 outcome = self._bake(index, step)
                 if outcome is not None:
                     return outcome
-        final = self.steering.verify_final(self, self.plan.steps[-1])  # what runs is what the last step set
+        final = self.steering.verify_final(self.plan.steps[-1])  # what runs is what the last step set
         if final is not None:
             return self._stop(final, len(self.plan.steps) - 1)
         unconfirmed = self._read_back(self.plan.steps[-1])
@@ -239,7 +239,7 @@ class Runner:
         interval_t, interval_b = Counts(), Counts()
         started = interval_started = self.clock()
         covered_s, interval_gaps, holds = 0.0, 0, 0
-        no_data = "" if before is not None else self.read_error
+        no_data = ""  # why the last window without data had none
         self.view = View(step=label, index=index + 1, steps=len(self.plan.steps), traffic=step.traffic,
                          mirror=step.mirror_traffic, judge=self._judge_view())
         next_tick = started + self.tick_s
@@ -299,7 +299,7 @@ class Runner:
                 gaps, interval_gaps = interval_gaps, 0
                 interval_t, interval_b, interval_started = Counts(), Counts(), self.clock()
                 paused = self.steering.paused  # `rollout pause`: judged, never promoted nor halted for want of data
-                if elapsed >= hold_s - 1e-6 and not gaps and covered_s >= hold_s - 1e-6 and not paused:
+                if not gaps and covered_s >= hold_s - 1e-6 and not paused:  # covered_s <= elapsed: read windows lie within the step
                     if enough and self.judge.interval_ok:
                         unconfirmed = self.steering.confirm(self, index, step)  # --confirm-promotion
                         if unconfirmed is None:
@@ -373,7 +373,7 @@ class Runner:
                          f"rolled back: live {_shares(self.plan.rollback.traffic)}")
         return Outcome(ROLLED_BACK, "rolled back", message, failure, self.target_served, self.judge.e_values(), step)
 
-    def _halt(self, index: int, label: str, requests: int, no_data: str = "", waited: str | None = None) -> Outcome:
+    def _halt(self, index: int, label: str, requests: int, no_data: str, waited: str | None) -> Outcome:
         """`waited`: what the answer judge still needed, when the requests were enough."""
         self._status("halting: not enough data")
         with _signals_deferred():

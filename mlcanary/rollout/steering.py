@@ -105,7 +105,7 @@ class Steering:
             self._specs = (step, {n: deployment_payload(d) for n, d in step.spec.endpoint.deployments.items()})
         return self._specs[1]
 
-    def begin(self, runner: Any) -> Stop | None:
+    def begin(self) -> Stop | None:
         return None
 
     def observe(self, recorder: Any) -> Any:
@@ -114,7 +114,7 @@ class Steering:
     def tick(self, runner: Any, index: int, step: Step) -> Stop | Failure | str | None:
         """Once per judged window: a Stop, a Failure (rolled back), "promote" (promote this step now),
         or None (go on)."""
-        return self._outside(runner, index, step)
+        return self._outside(step)
 
     def confirm(self, runner: Any, index: int, step: Step) -> str | None:
         """None when the step may be promoted, else why it is held."""
@@ -124,7 +124,7 @@ class Steering:
         """After `promote --full`: live steps before the last one are skipped."""
         return self.full and step.kind != "delete" and any(s.kind != "delete" for s in later)
 
-    def verify_final(self, runner: Any, step: Step) -> Stop | None:
+    def verify_final(self, step: Step) -> Stop | None:
         """Read back that the last step holds before the rollout says promoted."""
         if not hasattr(self.reader, "read_back"):
             return None  # nothing to read back with: `up` succeeding is the stack's own read-back
@@ -140,7 +140,7 @@ class Steering:
                                      "the runtime does not answer; the rollout does not claim it promoted")
         changed = differences(step, running, self._expected_specs(step))
         if changed:
-            return _outside_stop(runner, step, changed)
+            return _outside_stop(step, changed)
         return None
 
     def end(self, runner: Any, outcome: Any) -> None:
@@ -153,17 +153,17 @@ class Steering:
         except Exception:  # noqa: BLE001 - a runtime restarting or down: unknown, not a change
             return False
 
-    def _outside(self, runner: Any, index: int, step: Step) -> Stop | None:
+    def _outside(self, step: Step) -> Stop | None:
         if not hasattr(self.reader, "read_back"):
             return None
         running = self._read_back(step)
         if running is False:
             return None
         changed = differences(step, running, self._expected_specs(step))
-        return _outside_stop(runner, step, changed) if changed else None
+        return _outside_stop(step, changed) if changed else None
 
 
-def _outside_stop(runner: Any, step: Step, changed: list[str]) -> Stop:
+def _outside_stop(step: Step, changed: list[str]) -> Stop:
     return Stop(OUTSIDE_CHANGE, "outside-change",
                 f"endpoint {step.spec.endpoint.name} was changed by someone else during step {step.label}: "
                 f"{'; '.join(changed)}. The rollout stops and leaves it as it is (nothing overwritten)",
@@ -206,7 +206,7 @@ class HeldSteering(Steering):
 
     # -- start and end --------------------------------------------------------------------------------
 
-    def begin(self, runner: Any) -> Stop | None:
+    def begin(self) -> Stop | None:
         if self.acquired:
             return None
         plan = self.plan
@@ -279,7 +279,7 @@ class HeldSteering(Steering):
                 return Stop(OUTSIDE_CHANGE, "taken-over",
                             f"the hold on endpoint {self.plan.endpoint} was taken over by {by.get('writer', 'another process')} "
                             f"(pid {by.get('pid')}, user {by.get('user')}); the rollout stops without changing anything")
-            outside = self._outside(runner, index, step)
+            outside = self._outside(step)
             if outside is not None:
                 held.save({**doc, **self._state(runner, index, step), "heartbeat": time.time()})
                 return outside
