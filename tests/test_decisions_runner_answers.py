@@ -70,6 +70,19 @@ def test_a_step_halted_for_too_few_requests_says_so_even_while_the_answer_judge_
     assert lines[-1] == "halted at 1 %: not enough requests; rolled back: live blue 100, green 0"
 
 
+def test_a_step_halted_on_unreadable_metrics_says_no_data_not_that_the_answer_judge_waited():
+    # Enough requests and no tested output, but the last interval's reading failed: what the user must
+    # fix is the metrics source; the halt names it and does not put the blame on the answers.
+    world = World(rps=100, fail_reads={9})  # the reading at 8 s, in the last interval before the halt
+    outcome, events, lines = rolled_out(NoTargetNumbers, world, steps=[1, 100], minRequests=4, maxHold=3)
+    assert (outcome.exit_code, outcome.decision) == (3, "halted")
+    assert outcome.message.startswith("at step 1 %: no data in its windows (metrics unavailable); a step is never "
+                                      "promoted on missing data, after 3 extra interval(s)")
+    halted = only(events, "halted")
+    assert halted["requests"] >= 4 and halted["noData"] == "metrics unavailable" and "waitedFor" not in halted
+    assert lines[-1] == "halted at 1 %: no data; rolled back: live blue 100, green 0"
+
+
 class DelayedOutputs:
     """One output number per live answer of each side, landing one window late: the first window of a
     step brings the last of the step before (at 100 %: the baseline's, though it serves no live traffic
