@@ -255,8 +255,7 @@ class Runner:
             self.target_served += target.requests
             self.rollout_baseline = self.rollout_baseline + base
             for name, counts in closed.items():
-                counts_here = _target_counts(counts, step.kind == "mirror") if name == to else counts.live
-                step_counts[name] = step_counts.get(name, Counts()) + counts_here
+                step_counts[name] = step_counts.get(name, Counts()) + (target if name == to else counts.live)
                 if counts.pinned.requests:
                     step_pinned[name] = step_pinned.get(name, Counts()) + counts.pinned
             interval_t, interval_b = interval_t + target, interval_b + base
