@@ -319,6 +319,19 @@ def _run(plan, settings, policy_pack_config, record, plot, point, apply_stage, o
         """One line per decision, kept in the scrollback (above the live table on a terminal)."""
         console.print(f"{time.strftime('%H:%M:%S')} {text}", markup=False, highlight=False)
 
+    if point is None and not applier.in_state(plan.start):
+        lines = applier.preview(plan.start)
+        console.print(f"endpoint {plan.endpoint} differs from {plan.stage_file}; the rollout starts by applying it:",
+                      highlight=False)
+        console.print("\n".join(lines), markup=False, highlight=False)
+        if not apply_stage and not (sys.stdin.isatty() and console.is_terminal
+                                    and click.confirm("apply it now?", default=False, err=True)):
+            _fail(f"the endpoint differs from {plan.stage_file}: pass --apply-stage to apply it first (shown above), "
+                  "or roll out from a stage file of what runs; nothing was changed", 2)
+    rollout_id = point.rollout_id if point is not None else new_rollout_id(plan.endpoint)
+    # The endpoint's hold before anything is said or written: a rollout refused because another holds
+    # the endpoint leaves the record untouched (and does not announce a resume it will not make).
+    steering = steering_for(plan, applier, client, stack, record, rollout_id)
     if point is not None:
         try:
             running = _shares({n: s for n, s in applier.live_traffic(plan.endpoint).items() if s})
@@ -336,19 +349,12 @@ def _run(plan, settings, policy_pack_config, record, plot, point, apply_stage, o
         log(_judge_restored(judge, point, restored, plan))
         if answers:
             log(_answers_restored(answers.judge, point, plan, start_index))
-    elif not applier.in_state(plan.start):
-        lines = applier.preview(plan.start)
-        console.print(f"endpoint {plan.endpoint} differs from {plan.stage_file}; the rollout starts by applying it:",
-                      highlight=False)
-        console.print("\n".join(lines), markup=False, highlight=False)
-        if not apply_stage and not (sys.stdin.isatty() and console.is_terminal
-                                    and click.confirm("apply it now?", default=False, err=True)):
-            _fail(f"the endpoint differs from {plan.stage_file}: pass --apply-stage to apply it first (shown above), "
-                  "or roll out from a stage file of what runs; nothing was changed", 2)
-    rollout_id = point.rollout_id if point is not None else new_rollout_id(plan.endpoint)
     try:
         recorder = Recorder(record, rollout_id)
-    except (RecordError, OSError) as err:
+    except (RecordError, OSError) as err:  # the file changed since it was checked: let the hold go
+        from mlcanary.local_runtime import lease
+
+        lease.finish(steering.directory, plan.endpoint, rollout_id, "refused", str(err))
         _fail(str(err), 2)
     recorder.write("plan", plan=plan_json(plan), resumedAt=start_index if point is not None else None)
     load = None
@@ -383,7 +389,7 @@ def _run(plan, settings, policy_pack_config, record, plot, point, apply_stage, o
         applier.progress = _throttled(log) if live is None else lambda text: None
     runner = Runner(plan, applier, source, judge, recorder, tick_s=tick,
                     on_update=(lambda view: live.update(_table(view))) if live else print_status,
-                    on_decision=log, answers=answers, steering=steering_for(plan, applier, client, stack, record, rollout_id))
+                    on_decision=log, answers=answers, steering=steering)
     log(f"rollout {rollout_id}: {options.baseline} -> {options.to} on {plan.endpoint}, {len(plan.steps)} step(s)"
         + (f", record {record}" if record else ""))
     try:

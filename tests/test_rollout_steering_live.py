@@ -145,8 +145,14 @@ def test_abort_of_a_running_rollout_exits_1_and_leaves_the_baseline(runtime, end
                             "--min-requests", "5")
     processes.append(rollout)
     wait_for(lambda: hold(runtime, endpoint).get("step") == "50 %", "the 50 % step")
-    second = mlcanary(runtime, "rollout", str(stage_file), "--to", "green", "--steps", "25,100", "--interval", "1s")
+    second = mlcanary(runtime, "rollout", str(stage_file), "--to", "green", "--steps", "25,100", "--interval", "1s",
+                      "--record", str(tmp_path / "second.jsonl"))
     assert second.returncode == 1 and f"endpoint {endpoint} is held by rollout" in second.stderr
+    assert not (tmp_path / "second.jsonl").exists()  # refused: no record begun
+    resumed = mlcanary(runtime, "rollout", "--resume", "--record", str(record))  # the same rollout, from another terminal
+    assert resumed.returncode == 1 and f"endpoint {endpoint} is held by rollout" in resumed.stderr
+    assert "resuming" not in resumed.stdout + resumed.stderr
+    assert [json.loads(line)["event"] for line in record.read_text().splitlines()].count("plan") == 1
 
     aborted = mlcanary(runtime, "rollout", "abort", endpoint)
     assert aborted.returncode == 0 and "aborted: aborted by" in aborted.stdout, aborted.stderr
