@@ -24,7 +24,7 @@ from mlcanary.rollout.judges import make_judge
 from mlcanary.rollout.plan import load_plan, plan_json
 from mlcanary.rollout.record import Recorder, resume_point
 from mlcanary.rollout.runner import Runner
-from test_rollout_runner import STAGE_3, World
+from test_rollout_runner import STAGE_3, World, outputs
 
 
 class Killed(BaseException):
@@ -186,14 +186,19 @@ class LiveOutputs:
     def start(self) -> None:
         self.seen = {n: self.world.totals[n].live.requests for n in ("blue", "green")}
 
-    def read(self) -> AnswerWindow:
+    def new_answers(self) -> dict[str, int]:
+        """The live answers each side gave since the last reading."""
         now = {n: self.world.totals[n].live.requests for n in ("blue", "green")}
         new = {n: now[n] - self.seen[n] for n in now}
         self.seen = now
+        return new
+
+    def read(self) -> AnswerWindow:
+        new = self.new_answers()
         stragglers = 3 if self.traffic is not None and self.traffic != self.world.traffic else 0
         self.traffic = dict(self.world.traffic)
-        outputs = lambda n: tuple(0.3 + 0.001 * (i % 50) for i in range(n))  # noqa: E731
         return AnswerWindow(target_outputs=outputs(new["green"]), baseline_outputs=outputs(new["blue"] + stragglers))
+
 
 
 def rolled_out_with(source, world: World, **flags):

@@ -27,7 +27,7 @@ from mlcanary.rollout.runner import Runner
 from mlcanary.components.rollout_rules import parse_rule
 from conftest import PROJECT_DIR
 from test_rollout_judges import buckets
-from test_rollout_runner import STAGE_3, World, decisions, fail_reads_while, run
+from test_rollout_runner import STAGE_3, World, decisions, fail_reads_while, failing_on, interrupted_at, run
 
 # --- e-values ------------------------------------------------------------------------------------
 
@@ -385,19 +385,6 @@ def run_watched(world: World, judge=None, **flags):
     return runner.run(), recorder.events, statuses
 
 
-def failing_on(world: World, label: str) -> World:
-    """`world` whose applier fails when asked to apply the step `label`."""
-    apply = world.apply
-
-    def apply_or_fail(step):
-        if step.label == label:
-            raise ApplyError(f"cannot apply {label}")
-        apply(step)
-
-    world.apply = apply_or_fail
-    return world
-
-
 def quiet_after_start(world: World) -> World:
     apply = world.apply
 
@@ -487,18 +474,6 @@ def test_a_step_that_cannot_be_applied_is_rolled_back_as_an_apply_failure():
     outcome, events, _ = run_watched(world, steps=[10, 50, 100])
     assert (outcome.exit_code, outcome.step, outcome.failure.judge, outcome.failure.what) == (1, "50 %", "apply", "50 %")
     assert world.traffic == {"blue": 100, "green": 0}
-
-
-def interrupted_at(world: World, green_share: int) -> World:
-    serve = world.sleep
-
-    def sleep(seconds):
-        serve(seconds)
-        if world.traffic.get("green") == green_share:
-            raise KeyboardInterrupt
-
-    world.sleep = sleep
-    return world
 
 
 def test_an_interrupted_rollout_goes_back_to_the_last_good_step_and_says_how_to_go_on():

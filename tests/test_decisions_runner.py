@@ -10,12 +10,10 @@ import pytest
 
 from mlcanary.local_runtime import lease
 from mlcanary.components.rollout_rules import parse_rule
-from mlcanary.rollout.appliers import ApplyError
 from mlcanary.rollout.judges import ThresholdJudge, make_judge
 from mlcanary.rollout.notify import Confirmer
-from mlcanary.rollout.steering import HeldSteering
 from test_rollout_ownership import ENDPOINT, ReadBackWorld
-from test_rollout_runner import World, decisions, fail_reads_while, run
+from test_rollout_runner import World, decisions, fail_reads_while, failing_on, interrupted_at, run
 from test_rollout_steering import steered_run
 
 
@@ -167,15 +165,7 @@ def test_the_live_table_shows_no_data_then_the_hold_then_the_steps_time_and_pinn
 
 
 def test_an_interrupted_step_shows_and_keeps_the_judges_values():
-    world = World()
-    serve = world.sleep
-
-    def sleep(seconds):
-        serve(seconds)
-        if world.traffic.get("green") == 100:
-            raise KeyboardInterrupt
-
-    world.sleep = sleep
+    world = interrupted_at(World(), 100)
     shown: list = []
     outcome, _ = run(world, updates=views(shown), steps=[50, 100])
     assert outcome.exit_code == 130
@@ -197,38 +187,21 @@ def test_a_rolled_back_step_records_what_each_deployment_served_in_it():
 
 
 def test_a_failed_apply_rolls_back_naming_the_step_and_the_error():
-    world = World()
-    apply = world.apply
-
-    def apply_or_fail(step):
-        if step.label == "50 %":
-            raise ApplyError("quota exceeded for deployment green")
-        apply(step)
-
-    world.apply = apply_or_fail
+    world = failing_on(World(), "50 %")
     outcome, events = run(world, steps=[10, 50, 100])
     assert outcome.exit_code == 1 and outcome.step == "50 %" and outcome.failure.judge == "apply"
-    assert outcome.failure.message == "quota exceeded for deployment green"
-    assert "quota exceeded for deployment green" in outcome.message
+    assert outcome.failure.message == "cannot apply 50 %" and "cannot apply 50 %" in outcome.message
     assert world.traffic == {"blue": 100, "green": 0}
 
 
 def test_a_rollback_that_fails_is_said_and_never_called_rolled_back():
-    world = World(green_error_rate=0.5)
-    apply = world.apply
-
-    def apply_but_not_the_rollback(step):
-        if step.label == "rollback":
-            raise ApplyError("the runtime does not answer")
-        apply(step)
-
-    world.apply = apply_but_not_the_rollback
+    world = failing_on(World(green_error_rate=0.5), "rollback")
     lines: list[str] = []
     outcome, events = run(world, lines=lines, steps=[10, 100], rule=["error_rate < 0.05"])
-    assert outcome.exit_code == 1 and "the rollback itself failed: the runtime does not answer" in outcome.message
-    assert lines[-1] == "rollback failed: the runtime does not answer"
+    assert outcome.exit_code == 1 and "the rollback itself failed: cannot apply rollback" in outcome.message
+    assert lines[-1] == "rollback failed: cannot apply rollback"
     assert not any(line.startswith("rolled back") for line in lines)
-    assert events[-1]["rollbackError"] == "the runtime does not answer"
+    assert events[-1]["rollbackError"] == "cannot apply rollback"
 
 
 def test_a_halt_after_a_no_data_interval_names_the_missing_requests_not_the_old_outage():
@@ -315,15 +288,7 @@ def test_a_resumed_rollout_whose_record_already_fails_rolls_back_before_applying
 
 
 def test_an_interrupt_after_the_mirror_is_switched_off_returns_to_that_step():
-    world = World()
-    serve = world.sleep
-
-    def sleep(seconds):
-        serve(seconds)
-        if world.traffic.get("green") == 50:
-            raise KeyboardInterrupt
-
-    world.sleep = sleep
+    world = interrupted_at(World(), 50)
     outcome, events = run(world, steps=[50, 100], mirror=20, mirrorFor="2s")
     assert outcome.exit_code == 130 and outcome.step == "mirror off"
     assert world.applied[-1] == "mirror off" and world.traffic == {"blue": 100, "green": 0} and world.mirror == {}

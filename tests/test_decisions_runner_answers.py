@@ -14,7 +14,7 @@ from mlcanary.rollout.runner import Runner
 from mlcanary.rollout_cli import _answer_judge
 import test_answer_resume
 from test_answer_resume import LiveOutputs, NoTargetNumbers, PartlyCompared, mirror_step_windows
-from test_rollout_runner import STAGE_3, World, decisions
+from test_rollout_runner import STAGE_3, World, decisions, outputs
 
 
 def rolled_out(source, world: World, **flags):
@@ -83,22 +83,17 @@ def test_a_step_halted_on_unreadable_metrics_says_no_data_not_that_the_answer_ju
     assert lines[-1] == "halted at 1 %: no data; rolled back: live blue 100, green 0"
 
 
-class DelayedOutputs:
+class DelayedOutputs(LiveOutputs):
     """One output number per live answer of each side, landing one window late: the first window of a
     step brings the last of the step before (at 100 %: the baseline's, though it serves no live traffic
     any more), and nothing after it."""
 
     def __init__(self, world: World):
-        self.world, self.seen, self.held = world, {}, AnswerWindow()
-
-    def start(self) -> None:
-        self.seen = {n: self.world.totals[n].live.requests for n in ("blue", "green")}
+        super().__init__(world)
+        self.held = AnswerWindow()
 
     def read(self) -> AnswerWindow:
-        now = {n: self.world.totals[n].live.requests for n in ("blue", "green")}
-        new = {n: now[n] - self.seen[n] for n in now}
-        self.seen = now
-        outputs = lambda n: tuple(0.3 + 0.001 * (i % 50) for i in range(n))  # noqa: E731
+        new = self.new_answers()
         window, self.held = self.held, AnswerWindow(target_outputs=outputs(new["green"]),
                                                     baseline_outputs=outputs(new["blue"]))
         return window

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import pytest
-
+from mlcanary.rollout.appliers import ApplyError
 from mlcanary.rollout.counts import Counts, DeploymentCounts
 from mlcanary.rollout.judges import ThresholdJudge, make_judge
 from mlcanary.rollout.plan import load_plan
@@ -79,6 +78,37 @@ class World:
         return dict(self.traffic)
 
 
+def outputs(n: int) -> tuple[float, ...]:
+    """`n` model outputs (numbers 0.3 to 0.349) for a fake answer source, alike on both sides."""
+    return tuple(0.3 + 0.001 * (i % 50) for i in range(n))
+
+
+def failing_on(world: World, label: str) -> World:
+    """`world` whose applier fails when asked to apply the step `label`."""
+    apply = world.apply
+
+    def apply_or_fail(step):
+        if step.label == label:
+            raise ApplyError(f"cannot apply {label}")
+        apply(step)
+
+    world.apply = apply_or_fail
+    return world
+
+
+def interrupted_at(world: World, green_share: int) -> World:
+    """Ctrl-C as soon as the world serves green `green_share` % of its live traffic."""
+    serve = world.sleep
+
+    def sleep(seconds):
+        serve(seconds)
+        if world.traffic.get("green") == green_share:
+            raise KeyboardInterrupt
+
+    world.sleep = sleep
+    return world
+
+
 def run(world: World, judge=None, lines=None, updates=None, steering=None, resume=None, **flags):
     """`updates`: gets each view the live table would show; `steering(plan, world)`: the rollout's
     steering (default: none, as without a state folder); `resume`: Runner.run's arguments (--resume)."""
@@ -149,15 +179,7 @@ def test_the_sequential_judge_does_not_wait_for_the_interval():
 
 
 def test_ctrl_c_leaves_the_last_good_step_and_records_it():
-    world = World()
-    serve = world.sleep
-
-    def sleep(seconds):
-        serve(seconds)
-        if world.traffic.get("green") == 50:
-            raise KeyboardInterrupt
-
-    world.sleep = sleep
+    world = interrupted_at(World(), 50)
     outcome, events = run(world, steps=[10, 50, 100])
     assert outcome.exit_code == 130 and world.applied[-1] == "10 %" and world.traffic == {"blue": 90, "green": 10}
     last = events[-1]

@@ -28,7 +28,7 @@ from mlcanary.rollout.record import Recorder
 from mlcanary.rollout.runner import Runner
 from mlcanary.rollout.steering import HeldSteering
 from test_rollout_ownership import ENDPOINT, ReadBackWorld
-from test_rollout_runner import STAGE_3, decisions
+from test_rollout_runner import STAGE_3, decisions, outputs
 
 
 def verb(state_dir, *args: str):
@@ -190,7 +190,6 @@ class WorldAnswers:
         now = self._totals()
         new = {k: now[k] - self.seen.get(k, 0) for k in now}
         self.seen = now
-        outputs = lambda n: tuple(0.3 + 0.001 * (i % 50) for i in range(n))  # noqa: E731
         sample = {"mirror": "green", "request": "ab12", "reason": "$.scores[0]: 0.1 vs 0.5 (outside tolerance)"}
         return AnswerWindow(new["mirrored"], new["mirrored"] - new["mirrored"] // 4, target_outputs=outputs(new["green"]),
                             baseline_outputs=outputs(new["blue"]), samples=(sample,) if new["mirrored"] >= 4 else ())
