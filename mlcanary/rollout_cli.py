@@ -397,7 +397,7 @@ def _run(plan, settings, policy_pack_config, record, plot, point, apply_stage, o
             live.start()
         outcome = runner.run(start_index, None, served, on_started=start_load,  # the judge is restored above
                              resumed_step=(restored.target, restored.baseline) if restored else None,
-                             baked=point.baked if point is not None else True)
+                             baked=point.baked if point is not None else True, resuming=point is not None)
     finally:
         if live:
             live.stop()

@@ -265,6 +265,19 @@ def test_a_rollout_resumed_after_its_bake_was_recorded_goes_straight_to_deleting
     assert world.applied == ["delete blue"] and decisions(events) == [("finished", "delete blue")]
 
 
+def test_a_rollout_resumed_in_its_first_step_applies_that_step_again_not_the_stage_file_first():
+    """Killed mid-step at 50 %: going back to the stage file first would send every live request to the
+    baseline for the length of an apply (a whole `pulumi up` on Azure), then back to 50 %."""
+    world = World()
+    world.traffic = {"blue": 50, "green": 50}
+    lines: list[str] = []
+    outcome, events = run(world, lines=lines, resume={"start_index": 0, "resuming": True}, steps=[50, 100])
+    assert outcome.exit_code == 0
+    assert world.applied == ["50 %", "100 %"]
+    assert not [e for e in events if e["event"] == "step" and e["index"] == -1]  # the first run recorded the start
+    assert not any(line.startswith("start:") for line in lines)
+
+
 def test_a_rollout_stopped_in_the_bake_of_its_first_step_bakes_again_when_resumed():
     world = World()
     world.traffic = {"blue": 0, "green": 100}

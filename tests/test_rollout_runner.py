@@ -25,7 +25,6 @@ class World:
         self.totals = {"blue": DeploymentCounts(), "green": DeploymentCounts()}
         self.applied: list[str] = []
         self.reads, self.fail_reads = 0, set(fail_reads)
-        self.current = None
         self.exact: dict[tuple[str, str], tuple[float, float]] = {}
         self._serve(0)
 

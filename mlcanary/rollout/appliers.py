@@ -138,7 +138,6 @@ class PulumiApplier:
         self.on_output = on_output
         self.lock_wait_s, self.retry_s = lock_wait_s, retry_s
         self.clock, self.sleep = clock, sleep
-        self.current: Step | None = None
 
     @classmethod
     def for_stack(cls, stack_name: str, project_dir: Path, policy_pack: Path, policy_pack_config: Path | None,
@@ -172,7 +171,6 @@ class PulumiApplier:
             self.stack.set_all_config_json(stage_config_json(step.config))
         except CommandError as err:
             raise ApplyError(f"cannot write step {step.label!r} into the stack config: {err}") from None
-        self.current = step  # the config now says this step, whether or not `up` gets it live
         outputs = self._up(step)
         self._confirm(step, outputs)
 

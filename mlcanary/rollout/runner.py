@@ -97,10 +97,13 @@ class Runner:
 
     def run(self, start_index: int = 0, judge_state: dict | None = None, target_served: int = 0,
             on_started: Callable[[], None] = lambda: None,
-            resumed_step: tuple[Counts, Counts] | None = None, baked: bool = True) -> Outcome:
-        """`resumed_step`: the (target, baseline) requests step `start_index` judged before the rollout
-        stopped (judge_replay.restore), counted toward its --min-requests. `baked`: False when the
-        record holds no bake yet, so a rollout stopped after its last live step bakes before it ends."""
+            resumed_step: tuple[Counts, Counts] | None = None, baked: bool = True, resuming: bool = False) -> Outcome:
+        """`resuming`: --resume of a record; the stage file was applied by the run that stopped, so even in
+        the first step the step is applied again directly (going back to the stage file first would move
+        live traffic to the baseline and back). `resumed_step`: the (target, baseline) requests step
+        `start_index` judged before the rollout stopped (judge_replay.restore), counted toward its
+        --min-requests. `baked`: False when the record holds no bake yet, so a rollout stopped after its
+        last live step bakes before it ends."""
         self.bake_pending = not baked
         self.target_served = target_served
         if judge_state:
@@ -113,7 +116,7 @@ class Runner:
             return Outcome(refused.exit_code, refused.decision, refused.message)
         previous = signal.signal(signal.SIGTERM, _raise_interrupted)
         try:
-            outcome = self._run(start_index, on_started)
+            outcome = self._run(start_index, on_started, resuming)
         except (Interrupted, KeyboardInterrupt) as stop:
             outcome = self._interrupted(stop.exit_code if isinstance(stop, Interrupted) else 130)
         finally:
@@ -121,19 +124,17 @@ class Runner:
         self.steering.end(self, outcome)
         return outcome
 
-    def _run(self, start_index: int, on_started: Callable[[], None]) -> Outcome:
-        try:
-            if start_index == 0:
+    def _run(self, start_index: int, on_started: Callable[[], None], resuming: bool) -> Outcome:
+        if start_index == 0 and not resuming:
+            try:
                 if not self.applier.in_state(self.plan.start):
                     self._status(f"applying {self.plan.start.label}")
                     self.applier.apply(self.plan.start)
-                self.recorder.write("step", index=-1, label=self.plan.start.label, traffic=self.plan.start.traffic,
-                                    mirror=self.plan.start.mirror_traffic)
-                self.on_decision(f"start: {self.plan.start.label} (live {_shares(self.plan.start.traffic)})")
-            elif hasattr(self.applier, "current"):
-                self.applier.current = self.plan.steps[start_index - 1]
-        except ApplyError as err:
-            return Outcome(2, "refused", f"the stage file could not be applied; nothing was changed by the rollout:\n{err}")
+            except ApplyError as err:
+                return Outcome(2, "refused", f"the stage file could not be applied; nothing was changed by the rollout:\n{err}")
+            self.recorder.write("step", index=-1, label=self.plan.start.label, traffic=self.plan.start.traffic,
+                                mirror=self.plan.start.mirror_traffic)
+            self.on_decision(f"start: {self.plan.start.label} (live {_shares(self.plan.start.traffic)})")
         on_started()
         if start_index > 0 and self.bake_pending and self._bakes_after(start_index - 1):  # stopped in the bake
             if self.resumed_step is not None:  # the bake's windows before the stop (record.resume_point)
