@@ -329,9 +329,20 @@ def _run(plan, settings, policy_pack_config, record, plot, point, apply_stage, o
             _fail(f"the endpoint differs from {plan.stage_file}: pass --apply-stage to apply it first (shown above), "
                   "or roll out from a stage file of what runs; nothing was changed", 2)
     rollout_id = point.rollout_id if point is not None else new_rollout_id(plan.endpoint)
+    begun = record is not None and record.exists()
+    try:  # opened before the hold is taken (a record that cannot be opened must not touch another's hold)
+        recorder = Recorder(record, rollout_id)
+    except (RecordError, OSError) as err:
+        _fail(str(err), 2)
     # The endpoint's hold before anything is said or written: a rollout refused because another holds
-    # the endpoint leaves the record untouched (and does not announce a resume it will not make).
-    steering = steering_for(plan, applier, client, stack, record, rollout_id)
+    # the endpoint leaves the record as it was (and does not announce a resume it will not make).
+    try:
+        steering = steering_for(plan, applier, client, stack, record, rollout_id)
+    except SystemExit:
+        recorder.close()
+        if not begun and record is not None:
+            record.unlink(missing_ok=True)
+        raise
     if point is not None:
         try:
             running = _shares({n: s for n, s in applier.live_traffic(plan.endpoint).items() if s})
@@ -349,13 +360,6 @@ def _run(plan, settings, policy_pack_config, record, plot, point, apply_stage, o
         log(_judge_restored(judge, point, restored, plan))
         if answers:
             log(_answers_restored(answers.judge, point, plan, start_index))
-    try:
-        recorder = Recorder(record, rollout_id)
-    except (RecordError, OSError) as err:  # the file changed since it was checked: let the hold go
-        from mlcanary.local_runtime import lease
-
-        lease.finish(steering.directory, plan.endpoint, rollout_id, "refused", str(err))
-        _fail(str(err), 2)
     recorder.write("plan", plan=plan_json(plan), resumedAt=start_index if point is not None else None)
     load = None
 

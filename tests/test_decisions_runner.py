@@ -5,6 +5,8 @@ shows, and that the evidence judged is the split's. The simulated world of test_
 from __future__ import annotations
 
 import dataclasses
+import os
+import signal
 
 import pytest
 
@@ -43,8 +45,9 @@ def views(into: list):
 # --- how long a step is held: mirrorFor seconds of counted windows ---------------------------------------
 
 def test_a_mirror_phase_is_promoted_only_after_mirror_for_seconds_of_counted_windows():
-    """mirrorFor 6 s, intervals of 2 s. The runtime restarts 0.5 s in (the window up to 1 s is lost: its
-    counts cannot be subtracted) and one reading at 3 s fails (its span is counted by the next reading).
+    """mirrorFor 6 s, intervals of 2 s. The runtime restarts just before the reading at 1 s (the window up
+    to 1 s is lost: its counts cannot be subtracted) and the reading at 3 s fails (its span is counted by
+    the next reading).
     Counted: 5 s at 6 s, so the phase is held to 8 s; it is never promoted on time it did not count."""
     world = ExactWorld()
     serve, restarted = world.sleep, []
@@ -70,6 +73,19 @@ def test_a_mirror_phase_with_every_window_read_is_promoted_at_mirror_for_not_an_
     outcome, events = run(world, steps=[100], mirror=50, mirrorFor="3s", interval="1s")
     assert outcome.exit_code == 0
     assert when(events, "promoted", "mirror 50 %") - step_started(events, "mirror 50 %") == 3.0
+
+
+def test_a_hold_is_met_within_a_microsecond_of_its_length():
+    """A duration is read to the microsecond: mirrorFor 3.000001 s counted as 3 s of windows is met
+    (promoted at 3 s, not a tick later), and so is the hold of a starved phase (halted at 3 s)."""
+    world = ExactWorld()
+    outcome, events = run(world, steps=[100], mirror=50, mirrorFor="3.000001s", interval="1s")
+    assert outcome.exit_code == 0
+    assert when(events, "promoted", "mirror 50 %") - step_started(events, "mirror 50 %") == 3.0
+    world = ExactWorld(rps=1)
+    outcome, events = run(world, steps=[100], mirror=10, mirrorFor="3.000001s", interval="1s", maxHold=0)
+    assert outcome.decision == "halted"
+    assert when(events, "halted", "mirror 10 %") - step_started(events, "mirror 10 %") == 3.0
 
 
 def test_an_interval_of_2_s_is_judged_at_its_second_tick_and_a_starved_step_held_then():
@@ -306,6 +322,24 @@ def test_an_interrupt_after_the_mirror_is_switched_off_returns_to_that_step():
     assert outcome.exit_code == 130 and outcome.step == "mirror off"
     assert world.applied[-1] == "mirror off" and world.traffic == {"blue": 100, "green": 0} and world.mirror == {}
     assert (events[-1]["decision"], events[-1]["lastGood"]) == ("interrupted", 1)
+
+
+def test_a_second_sigterm_while_the_rollout_records_its_interruption_does_not_cut_its_ending():
+    """SIGTERM again while the interrupted rollout writes its decision (systemd's stop, a second kill):
+    the ending is written whole and the exit is 143's, not a traceback."""
+    world = World()
+    serve = world.sleep
+
+    def sleep(seconds):
+        serve(seconds)
+        if world.traffic.get("green") == 50:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    world.sleep = sleep
+    again = lambda line: line.startswith("interrupted:") and os.kill(os.getpid(), signal.SIGTERM)  # noqa: E731
+    outcome, events = run(world, lines=Said(again), steps=[10, 50, 100])
+    assert outcome.exit_code == 143 and outcome.step == "10 %"
+    assert (events[-1]["decision"], events[-1]["exitCode"]) == ("interrupted", 143)
 
 
 # --- without a shared hold (no state folder): outside changes and the final read-back ----------------------

@@ -118,10 +118,12 @@ class Runner:
         try:
             outcome = self._run(start_index, on_started, resuming)
         except (Interrupted, KeyboardInterrupt) as stop:
-            outcome = self._interrupted(stop.exit_code if isinstance(stop, Interrupted) else 130)
+            with _signals_deferred():  # a second Ctrl-C or SIGTERM must not cut the return, its record or the hold's end
+                outcome = self._interrupted(stop.exit_code if isinstance(stop, Interrupted) else 130)
         finally:
             signal.signal(signal.SIGTERM, previous)
-        self.steering.end(self, outcome)
+        with _signals_deferred():
+            self.steering.end(self, outcome)
         return outcome
 
     def _run(self, start_index: int, on_started: Callable[[], None], resuming: bool) -> Outcome:
@@ -238,7 +240,7 @@ class Runner:
         self.resumed_step = None
         step_pinned: dict[str, Counts] = {}
         interval_t, interval_b = Counts(), Counts()
-        started = interval_started = self.clock()
+        started = interval_started = read_at  # the step counts from its first reading: covered_s <= elapsed
         covered_s, interval_gaps, holds = 0.0, 0, 0
         no_data = ""  # why the last window without data had none
         self.view = View(step=label, index=index + 1, steps=len(self.plan.steps), traffic=step.traffic,
@@ -299,7 +301,7 @@ class Runner:
                 gaps, interval_gaps = interval_gaps, 0
                 interval_t, interval_b, interval_started = Counts(), Counts(), self.clock()
                 paused = self.steering.paused  # `rollout pause`: judged, never promoted nor halted for want of data
-                if not gaps and covered_s >= hold_s - 1e-6 and not paused:  # covered_s <= elapsed: read windows lie within the step
+                if not gaps and covered_s >= hold_s - 1e-6 and not paused:  # implies elapsed >= hold_s
                     if enough and self.judge.interval_ok:
                         unconfirmed = self.steering.confirm(self, index, step)  # --confirm-promotion
                         if unconfirmed is None:
