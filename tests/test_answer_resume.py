@@ -69,7 +69,8 @@ def run_until(world: World, plan, recorder: Recorder, *, kill_at: float | None =
                     recorder, clock=world.clock, sleep=sleep, answers=answers)
     start = 0 if point is None else point.start_index
     recorder.write("plan", plan=plan_json(plan), resumedAt=start if point else None)
-    return runner.run(start, point.judge_state if point else None, point.target_served if point else 0), answers.judge
+    return (runner.run(start, point.judge_state if point else None, point.target_served if point else 0,
+                       resuming=point is not None), answers.judge)
 
 
 def mirror_step_windows(events: list[dict]) -> list[dict]:

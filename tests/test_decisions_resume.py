@@ -28,7 +28,7 @@ from mlcanary.rollout.plan import load_plan, plan_json
 from mlcanary.rollout.record import Recorder, ResumePoint, resume_point
 from mlcanary.rollout.runner import Runner
 from test_rollout_judges import buckets
-from test_rollout_runner import STAGE_3, World
+from test_rollout_runner import STAGE_3, World, judgements
 
 # The baseline before the step: 1000 requests, 10 errors, p90 at the 5 ms bound (900 fast, 100 at 250 ms).
 BEFORE = Counts(1000, 10, 0, buckets(900, 100))
@@ -416,10 +416,6 @@ class Killed(BaseException):
     """kill -9: the process stops where it is; nothing after it runs, no decision is recorded."""
 
 
-def judgements(events: list[dict], step: str) -> list[dict]:
-    return [e for e in events if e["event"] == "judgement" and e["step"] == step]
-
-
 def judged_target(lines: list[dict]) -> int:
     return sum(e["judged"]["target"]["requests"] for e in lines if "judged" in e)
 
@@ -441,7 +437,7 @@ def run_until(world: World, plan, recorder: Recorder, *, kill_when=None, point=N
     recorder.write("plan", plan=plan_json(plan), resumedAt=start if point else None)
     outcome = runner.run(start, None, restored.target_served if restored else 0,
                          resumed_step=(restored.target, restored.baseline) if restored else None,
-                         baked=point.baked if point else True)
+                         baked=point.baked if point else True, resuming=point is not None)
     return outcome, judge
 
 

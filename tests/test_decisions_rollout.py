@@ -1004,18 +1004,13 @@ def test_a_promotion_whose_traffic_cannot_be_read_back_is_not_promoted_saying_wh
 
 def interrupted_at_50(world: World, fail_return: bool = False):
     """Ctrl-C in the 50 % step; with `fail_return`, putting the 10 % step back fails."""
-    serve, apply = world.sleep, world.apply
-
-    def sleep(seconds):
-        serve(seconds)
-        if world.traffic.get("green") == 50:
-            raise KeyboardInterrupt
+    world, apply = interrupted_at(world, 50), world.apply
 
     def apply_once(step):
         if fail_return and step.label in world.applied:
             raise ApplyError("the runtime is not answering")
         apply(step)
-    world.sleep, world.apply = sleep, apply_once
+    world.apply = apply_once
     said = []
     outcome, events = run(world, lines=said, steps=[10, 50, 100])
     return outcome, events[-1], said

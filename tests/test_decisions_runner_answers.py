@@ -14,7 +14,7 @@ from mlcanary.rollout.runner import Runner
 from mlcanary.rollout_cli import _answer_judge
 import test_answer_resume
 from test_answer_resume import LiveOutputs, NoTargetNumbers, PartlyCompared, mirror_step_windows
-from test_rollout_runner import STAGE_3, World, decisions, outputs
+from test_rollout_runner import STAGE_3, World, decisions, judgements, outputs
 
 
 def rolled_out(source, world: World, **flags):
@@ -28,10 +28,6 @@ def rolled_out(source, world: World, **flags):
     runner = Runner(plan, world, world, make_judge(options.judge, options.alpha, options.rules, options.failure_limit),
                     recorder, clock=world.clock, sleep=world.sleep, answers=answers, on_decision=lines.append)
     return runner.run(), recorder.events, lines
-
-
-def judgements(events: list[dict], step: str) -> list[dict]:
-    return [e for e in events if e["event"] == "judgement" and e["step"] == step]
 
 
 def only(events: list[dict], decision: str) -> dict:

@@ -122,6 +122,11 @@ def run(world: World, judge=None, lines=None, updates=None, steering=None, resum
     return runner.run(**(resume or {})), recorder.events
 
 
+def judgements(events: list[dict], step: str) -> list[dict]:
+    """The record's judgement lines of one step."""
+    return [e for e in events if e["event"] == "judgement" and e["step"] == step]
+
+
 def decisions(events) -> list[tuple[str, str]]:
     return [(e["decision"], e["step"]) for e in events if e["event"] == "decision"]
 
