@@ -515,15 +515,7 @@ def test_an_interrupted_rollout_that_cannot_go_back_says_so():
 
 
 def test_sigterm_stops_the_rollout_at_the_last_good_step_with_exit_143():
-    world = World()
-    serve = world.sleep
-
-    def sleep(seconds):
-        serve(seconds)
-        if world.traffic.get("green") == 50:
-            os.kill(os.getpid(), signal.SIGTERM)
-
-    world.sleep = sleep
+    world = interrupted_at(World(), 50, by=signal.SIGTERM)
     previous = signal.getsignal(signal.SIGTERM)
     outcome, events, _ = run_watched(world, steps=[10, 50, 100])
     assert (outcome.exit_code, outcome.step) == (143, "10 %") and events[-1]["exitCode"] == 143

@@ -327,15 +327,7 @@ def test_an_interrupt_after_the_mirror_is_switched_off_returns_to_that_step():
 def test_a_second_sigterm_while_the_rollout_records_its_interruption_does_not_cut_its_ending():
     """SIGTERM again while the interrupted rollout writes its decision (systemd's stop, a second kill):
     the ending is written whole and the exit is 143's, not a traceback."""
-    world = World()
-    serve = world.sleep
-
-    def sleep(seconds):
-        serve(seconds)
-        if world.traffic.get("green") == 50:
-            os.kill(os.getpid(), signal.SIGTERM)
-
-    world.sleep = sleep
+    world = interrupted_at(World(), 50, by=signal.SIGTERM)
     again = lambda line: line.startswith("interrupted:") and os.kill(os.getpid(), signal.SIGTERM)  # noqa: E731
     outcome, events = run(world, lines=Said(again), steps=[10, 50, 100])
     assert outcome.exit_code == 143 and outcome.step == "10 %"

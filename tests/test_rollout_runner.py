@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from mlcanary.rollout.appliers import ApplyError
 from mlcanary.rollout.counts import Counts, DeploymentCounts
 from mlcanary.rollout.judges import ThresholdJudge, make_judge
@@ -95,14 +97,17 @@ def failing_on(world: World, label: str) -> World:
     return world
 
 
-def interrupted_at(world: World, green_share: int) -> World:
-    """Ctrl-C as soon as the world serves green `green_share` % of its live traffic."""
+def interrupted_at(world: World, green_share: int, by: int | None = None) -> World:
+    """Ctrl-C (or the signal `by`, sent to this process) as soon as the world serves green `green_share` %
+    of its live traffic."""
     serve = world.sleep
 
     def sleep(seconds):
         serve(seconds)
         if world.traffic.get("green") == green_share:
-            raise KeyboardInterrupt
+            if by is None:
+                raise KeyboardInterrupt
+            os.kill(os.getpid(), by)
 
     world.sleep = sleep
     return world
