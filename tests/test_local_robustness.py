@@ -427,9 +427,9 @@ def test_a_deployment_restarts_from_its_pinned_code_when_the_users_folder_is_gon
     assert score(target).status_code == 200
 
 
-def mount_small_disk(where: Path) -> bool:
+def mount_small_disk(where: Path, size: str = "3m") -> bool:
     where.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m,mode=0700", "tmpfs", str(where)],
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(where)],
                              capture_output=True)
     return mounted.returncode == 0
 

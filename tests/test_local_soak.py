@@ -29,7 +29,7 @@ def runtime(tmp_path):
     disk-full fault it can switch on; workers' keep-alive 1 s. Yields (client, make_disk_full)."""
     root = tmp_path / "small"
     flag = tmp_path / "disk-is-full"
-    mounted = mount_small_disk(root)
+    mounted = mount_small_disk(root, "16m")  # the soak's worker logs alone take ~1 MB; the test fills the rest
     client = RuntimeClient(root)
     with environment(**{KEEPALIVE_ENV: "1", FAULT_DISK_FULL_ENV: str(flag)}):
         client.ensure_running()
