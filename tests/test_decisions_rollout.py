@@ -26,7 +26,8 @@ from mlcanary.rollout.runner import Runner
 from mlcanary.components.rollout_rules import parse_rule
 from conftest import PROJECT_DIR
 from test_rollout_judges import buckets
-from test_rollout_runner import STAGE_3, World, decisions, fail_reads_while, failing_on, interrupted_at, run
+from test_rollout_runner import (STAGE_3, World, decisions, fail_reads_while,
+                                 failing_on, interrupted_at, restarted_once_when, run)
 
 # --- e-values ------------------------------------------------------------------------------------
 
@@ -1046,15 +1047,7 @@ def test_each_step_says_what_it_applied_and_how_many_requests_passed_it():
 
 def test_counts_that_restart_are_recorded_with_why():
     world = World()
-    serve = world.sleep
-    restarted = []
-
-    def sleep(seconds):
-        serve(seconds)
-        if world.traffic.get("green") == 50 and not restarted:
-            restarted.append(world.now)
-            world.restart()
-    world.sleep = sleep
+    restarted_once_when(world, lambda: world.traffic.get("green") == 50)
     _, events = run(world, steps=[50, 100])
     lines = [e for e in events if e["event"] == "counts-restarted"]
     assert len(lines) == 1 and "started again from zero" in lines[0]["message"]

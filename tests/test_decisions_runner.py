@@ -15,7 +15,8 @@ from mlcanary.components.rollout_rules import parse_rule
 from mlcanary.rollout.judges import ThresholdJudge, make_judge
 from mlcanary.rollout.notify import Confirmer
 from test_rollout_ownership import ENDPOINT, ReadBackWorld
-from test_rollout_runner import World, decisions, fail_reads_while, failing_on, interrupted_at, run
+from test_rollout_runner import (World, decisions, fail_reads_while,
+                                 failing_on, interrupted_at, restarted_once_when, run)
 from test_rollout_steering import steered_run
 
 
@@ -50,15 +51,7 @@ def test_a_mirror_phase_is_promoted_only_after_mirror_for_seconds_of_counted_win
     the next reading).
     Counted: 5 s at 6 s, so the phase is held to 8 s; it is never promoted on time it did not count."""
     world = ExactWorld()
-    serve, restarted = world.sleep, []
-
-    def sleep(seconds):
-        serve(seconds)
-        if world.mirror and world.now > 0.5 and not restarted:
-            restarted.append(world.now)
-            world.restart()
-
-    world.sleep = sleep
+    restarted = restarted_once_when(world, lambda: bool(world.mirror) and world.now > 0.5)
     fail_reads_while(world, lambda: bool(world.mirror) and 2.9 < world.now < 3.1)
     outcome, events = run(world, steps=[100], mirror=50, mirrorFor="6s", maxHold=5)
     assert outcome.exit_code == 0 and restarted

@@ -97,6 +97,21 @@ def failing_on(world: World, label: str) -> World:
     return world
 
 
+def restarted_once_when(world: World, condition) -> list[float]:
+    """The runtime restarts (its counts from zero) once, after the first slice of time where `condition()`
+    holds; returns the list that gets the time it restarted."""
+    serve, restarted = world.sleep, []
+
+    def sleep(seconds):
+        serve(seconds)
+        if not restarted and condition():
+            restarted.append(world.now)
+            world.restart()
+
+    world.sleep = sleep
+    return restarted
+
+
 def interrupted_at(world: World, green_share: int, by: int | None = None) -> World:
     """Ctrl-C (or the signal `by`, sent to this process) as soon as the world serves green `green_share` %
     of its live traffic."""
@@ -264,16 +279,7 @@ def test_a_brief_source_outage_holds_the_step_then_it_is_judged_on_read_windows(
 def test_counts_that_restart_mid_step_are_no_data_not_negative_or_zero_traffic():
     """Issue 13's repro: the runtime killed and started again at once; its counts start from zero."""
     world = World()
-    serve = world.sleep
-    restarted = []
-
-    def sleep(seconds):
-        serve(seconds)
-        if world.traffic.get("green") == 50 and not restarted and world.now > 3.0:
-            restarted.append(world.now)
-            world.restart()
-
-    world.sleep = sleep
+    restarted = restarted_once_when(world, lambda: world.traffic.get("green") == 50 and world.now > 3.0)
     outcome, events = run(world, steps=[10, 50, 100])
     assert restarted and outcome.exit_code == 0
     gaps = [e for e in events if e["event"] == "judgement" and e.get("noData")]
